@@ -1,0 +1,90 @@
+"""Adapter from the shared input space to a model's native input, and from its output to a scalar.
+
+Every signature's gradients are taken with respect to the shared input (3 x R x R in [0, 1]), so
+models with different native sizes, normalisations and heads are all comparable.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import SignatureError
+from .models.spec import InputSpec
+
+OUTPUT_REDUCTIONS = ("norm", "top-logit")
+
+
+def flatten_output(output: object) -> torch.Tensor:
+    """Flatten a model output to (B, N): tensors as is, tuples/lists/dicts concatenated in order."""
+    if isinstance(output, torch.Tensor):
+        return output.reshape(output.shape[0], -1)
+    parts: list[torch.Tensor] = []
+    if isinstance(output, Mapping):
+        items: Sequence[object] = [output[key] for key in output]
+    elif isinstance(output, (tuple, list)):
+        items = output
+    else:
+        raise SignatureError(f"model returned {type(output).__name__}, expected a tensor, "
+                             "or a tuple/list/dict of tensors")
+    for item in items:
+        parts.append(flatten_output(item))
+    if not parts:
+        raise SignatureError("model returned an empty tuple/list/dict; expected tensors")
+    return torch.cat(parts, dim=1)
+
+
+class SharedSpaceAdapter(nn.Module):
+    """Wrap a model so it takes shared-space images and returns one scalar per image.
+
+    forward(x, target) -> (B,): resize x (B, 3, R, R) to the model's native size (differentiable,
+    antialiased when shrinking), normalise with the model's mean/std, run the model, and reduce the
+    output: ``norm`` is the l2 norm of the whole flattened output (paper, footnote 4); ``top-logit``
+    is output[target], where target is the class predicted at the reference point (see predict()).
+    """
+
+    def __init__(self, model: nn.Module, spec: InputSpec, output: str = "norm"):
+        super().__init__()
+        if output not in OUTPUT_REDUCTIONS:
+            raise ValueError(f"unknown output reduction {output!r}; expected one of {OUTPUT_REDUCTIONS}")
+        self.model = model.eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.spec = spec
+        self.output = output
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def train(self, mode: bool = True) -> "SharedSpaceAdapter":
+        """Signatures are defined in eval mode only (BatchNorm statistics, no dropout)."""
+        return super().train(False)
+
+    def to_native(self, x: torch.Tensor) -> torch.Tensor:
+        """Map shared-space images to the model's normalised native input."""
+        size = tuple(self.spec.size)
+        if tuple(x.shape[-2:]) != size:
+            mode = self.spec.interpolation if self.spec.interpolation in ("bilinear", "bicubic") else "bilinear"
+            shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+            x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrinking)
+        return (x - self.mean) / self.std
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's flattened output (B, N) on shared-space images."""
+        return flatten_output(self.model(self.to_native(x)))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Index of the largest output per image, used to fix the ``top-logit`` target along a path."""
+        return self.logits(x).argmax(dim=1)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.logits(x)
+        if self.output == "norm":
+            return torch.linalg.vector_norm(out, dim=1)
+        if target is None:
+            raise ValueError("top-logit output needs the target class of each image")
+        return out.gather(1, target.view(-1, 1).to(out.device)).squeeze(1)

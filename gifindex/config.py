@@ -1,0 +1,98 @@
+"""The signature configuration: everything that decides what a model's signature is.
+
+An index fixes one configuration; its hash is stored with every shard so signatures made under
+different settings are never mixed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .quadrature import RULES
+
+METHODS = ("modelgif",)
+PROBE_KINDS = ("random", "cutmix", "pgd")
+MODES = ("field", "ig")
+OUTPUTS = ("norm", "top-logit")
+BASELINES = ("zero", "random")
+
+
+@dataclass(frozen=True)
+class SignatureConfig:
+    """How signatures are computed. Defaults are gifindex's recommended settings.
+
+    resolution: side R of the shared input space (3 x R x R images in [0, 1]).
+    num_probes: K reference points; steps: T curve points per reference point.
+    probe_source: ``builtin`` (crops of images shipped with scikit-image / scikit-learn), a folder
+    of images, or an ``.npz``/``.npy`` array.  pgd_anchor: model reference PGD probes attack.
+    proj_dim: dimension each curve point is projected to in the compressed signature.
+    """
+
+    method: str = "modelgif"
+    resolution: int = 64
+    num_probes: int = 16
+    probe_kind: str = "random"
+    probe_source: str = "builtin"
+    steps: int = 8
+    rule: str = "riemann"
+    mode: str = "field"
+    output: str = "norm"
+    baseline: str = "zero"
+    proj_dim: int = 128
+    seed: int = 0
+    pgd_anchor: str | None = None
+    pgd_eps: float = 8 / 255
+    pgd_steps: int = 10
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError with a one-line message for any invalid field."""
+        choices = {"method": METHODS, "probe_kind": PROBE_KINDS, "rule": RULES, "mode": MODES,
+                   "output": OUTPUTS, "baseline": BASELINES}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"invalid {name} {value!r}: expected one of {', '.join(allowed)}")
+        for name, low in (("resolution", 8), ("num_probes", 1), ("steps", 1), ("proj_dim", 1),
+                          ("pgd_steps", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
+        if self.probe_kind == "pgd" and not self.pgd_anchor:
+            raise ConfigError("probe kind 'pgd' needs an anchor model: set pgd_anchor (--pgd-anchor REF)")
+        if not (0 < self.pgd_eps <= 1):
+            raise ConfigError(f"invalid pgd_eps {self.pgd_eps!r}: expected 0 < eps <= 1")
+
+    @property
+    def points_per_model(self) -> int:
+        """K*T: the number of curve points (and forward/backward passes) per model."""
+        return self.num_probes * self.steps
+
+    @property
+    def input_dim(self) -> int:
+        return 3 * self.resolution * self.resolution
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SignatureConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown signature configuration field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "SignatureConfig":
+        return dataclasses.replace(self, **changes)
+
+    def hash(self) -> str:
+        """A short stable hash of every field (canonical JSON, sha256, 16 hex digits)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,119 @@
+"""Model references: the one parser for every way a user can name a model.
+
+Forms: ``timm:NAME[.TAG]``, ``torchvision:NAME`` (alias ``tv:NAME``), ``taskonomy:TASK``,
+``hf-hub:ORG/NAME`` and local files (``.pt``, ``.pth``, ``.bin``, ``.safetensors``, TorchScript
+``.ts``/``.torchscript``/``.jit``, or any existing file; the loader sniffs the content, not the name).
+Parsing checks syntax and, for files, existence; names are validated by the loaders.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gifindex.errors import RefError
+
+KINDS = ("timm", "torchvision", "taskonomy", "hf-hub", "file")
+_PREFIXES = {"timm": "timm", "torchvision": "torchvision", "tv": "torchvision",
+             "taskonomy": "taskonomy", "hf-hub": "hf-hub"}
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
+FILE_SUFFIXES = WEIGHT_SUFFIXES + TORCHSCRIPT_SUFFIXES
+
+# Encoders published by visualpriors (Sax et al.), by their visualpriors names.
+TASKONOMY_TASKS = (
+    "autoencoding", "class_object", "class_scene", "colorization", "curvature", "denoising",
+    "depth_euclidean", "depth_zbuffer", "edge_occlusion", "edge_texture", "egomotion",
+    "fixated_pose", "inpainting", "jigsaw", "keypoints2d", "keypoints3d", "nonfixated_pose",
+    "normal", "point_matching", "reshading", "room_layout", "segment_semantic",
+    "segment_unsup25d", "segment_unsup2d", "vanishing_point",
+)
+# Original Taskonomy / taskbank names mapped to the visualpriors names.
+TASKONOMY_ALIASES = {
+    "autoencoder": "autoencoding", "class_1000": "class_object", "class_places": "class_scene",
+    "denoise": "denoising", "rgb2mist": "depth_euclidean", "rgb2depth": "depth_zbuffer",
+    "edge3d": "edge_occlusion", "edge2d": "edge_texture", "ego_motion": "egomotion",
+    "fix_pose": "fixated_pose", "inpainting_whole": "inpainting", "keypoint2d": "keypoints2d",
+    "keypoint3d": "keypoints3d", "non_fixated_pose": "nonfixated_pose", "rgb2sfnorm": "normal",
+    "point_match": "point_matching", "reshade": "reshading", "segmentsemantic": "segment_semantic",
+    "segment25d": "segment_unsup25d", "segment2d": "segment_unsup2d", "depth": "depth_zbuffer",
+    "normals": "normal", "surface_normal": "normal",
+}
+
+_EXPECTED = ("expected timm:NAME[.TAG], torchvision:NAME (tv:NAME), taskonomy:TASK, hf-hub:ORG/NAME "
+             "or a path to .pt/.pth/.bin/.safetensors")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference. ``path`` is set (absolute) only for ``kind == "file"``."""
+
+    kind: str
+    name: str
+    tag: str | None = None
+    path: str | None = None
+
+    def canonical(self) -> str:
+        """The normal spelling: ``timm:NAME[.TAG]``, ``torchvision:NAME``, ... or the absolute path."""
+        if self.kind == "file":
+            return str(self.path)
+        if self.kind in ("timm", "torchvision") and self.tag:
+            return f"{self.kind}:{self.name}.{self.tag}"
+        return f"{self.kind}:{self.name}"
+
+    def __str__(self) -> str:
+        return self.canonical()
+
+
+def taskonomy_task(name: str) -> str | None:
+    """The visualpriors task name for ``name`` (case, '-' and aliases tolerated), or None."""
+    key = name.strip().lower().replace("-", "_")
+    if key in TASKONOMY_TASKS:
+        return key
+    return TASKONOMY_ALIASES.get(key)
+
+
+def _unknown(text: str) -> RefError:
+    return RefError(f"unknown model reference {text!r}: {_EXPECTED}")
+
+
+def _parse_prefixed(text: str, kind: str, rest: str) -> ModelRef:
+    if not rest or any(c.isspace() for c in rest):
+        raise RefError(f"empty or malformed model name in reference {text!r}: {_EXPECTED}")
+    if kind == "taskonomy":
+        task = taskonomy_task(rest)
+        if task is None:
+            raise RefError(f"unknown Taskonomy task {rest!r} in {text!r}; known tasks: "
+                           + ", ".join(TASKONOMY_TASKS))
+        return ModelRef("taskonomy", task)
+    if kind == "hf-hub":
+        parts = rest.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise RefError(f"malformed reference {text!r}: expected hf-hub:ORG/NAME")
+        return ModelRef("hf-hub", rest)
+    name, _, tag = rest.partition(".")
+    if not name:
+        raise RefError(f"malformed reference {text!r}: expected {kind}:NAME[.TAG]")
+    return ModelRef(kind, name, tag or None)
+
+
+def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
+    """Parse a model reference; raise :class:`RefError` with the accepted forms when it is not one."""
+    if isinstance(text, ModelRef):
+        return text
+    if isinstance(text, os.PathLike):
+        text = os.fspath(text)
+    text = str(text).strip()
+    if not text:
+        raise _unknown(text)
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix.lower() in _PREFIXES and not os.path.exists(text):
+        return _parse_prefixed(text, _PREFIXES[prefix.lower()], rest.strip())
+    path = Path(text).expanduser()
+    if path.is_file():
+        return ModelRef("file", path.name, path=str(path.resolve()))
+    if path.suffix.lower() in FILE_SUFFIXES:
+        if path.exists():
+            raise RefError(f"model file {text} is not a regular file")
+        raise RefError(f"model file not found: {text}")
+    raise _unknown(text)

@@ -1,0 +1,46 @@
+"""Hand-built models and specs so the maths is testable against exact answers."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from gifindex.models.spec import InputSpec, LoadedModel
+
+
+def identity_spec(resolution: int) -> InputSpec:
+    """A native input equal to the shared space: no resize, mean 0, std 1."""
+    return InputSpec(size=(resolution, resolution), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def wrap(module: nn.Module, spec: InputSpec | None = None, name: str = "m") -> LoadedModel:
+    module = module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(module=module, spec=spec or InputSpec(size=(32, 32)), ref=name, name=name, source="test")
+
+
+class Linear(nn.Module):
+    """M(x) = w . x (one output)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight.reshape(1, -1).clone())
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.t()
+
+
+class SmoothNet(nn.Module):
+    """A small smooth nonlinear conv net (tanh / softplus), for completeness checks."""
+
+    def __init__(self, seed: int = 0, outputs: int = 5):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8, outputs)
+
+    def forward(self, x):
+        x = torch.tanh(self.conv1(x))
+        x = nn.functional.softplus(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
