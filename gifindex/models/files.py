@@ -92,7 +92,7 @@ def _torch_load(data: bytes, path: str, trust: bool) -> Any:
             raise ModelLoadError(f"cannot read {path}: corrupt or truncated file ({_first_line(e)})")
         if not trust:
             raise _untrusted(path) from None
-    except (EOFError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, KeyError) as e:
+    except Exception as e:  # EOFError, RuntimeError, struct.error, zipfile errors...: unreadable
         raise ModelLoadError(f"cannot read {path}: corrupt or truncated file ({_first_line(e)})")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

@@ -1,4 +1,4 @@
-"""The ``gifindex`` command line (click). Errors are one line on stderr with exit code 1."""
+"""Shared pieces of the command line: error handling, option groups, index location, output."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from .config import BASELINES, MODES, OUTPUTS, PROBE_KINDS, SignatureConfig
-from .errors import GifindexError
-from .quadrature import RULES
+from ..config import BASELINES, MODES, OUTPUTS, PROBE_KINDS, SignatureConfig
+from ..errors import GifindexError
+from ..quadrature import RULES
 
 
 class GifindexGroup(click.Group):
@@ -124,42 +124,60 @@ def check_device(device: str) -> str:
     return device
 
 
-@click.group(cls=GifindexGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="gifindex")
-def main() -> None:
-    """gifindex: how functionally alike are trained neural networks? (ModelGiF curves)"""
+
+DEFAULT_INDEX = "gifindex-index"
 
 
-@main.command()
-@click.argument("model_a")
-@click.argument("model_b")
-@config_options
-@load_options
-@device_options
-@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-def distance(model_a: str, model_b: str, as_json: bool, device: str, batch_size: int, **kwargs: Any) -> None:
-    """ModelGiF distance between two models (0 = same function, up to 2).
+def index_option(func):
+    """``-i/--index DIR``: default $GIFINDEX_INDEX, else ./gifindex-index."""
+    return click.option("-i", "--index", "index_path", envvar="GIFINDEX_INDEX", default=DEFAULT_INDEX,
+                        show_default=True, type=click.Path(file_okay=False),
+                        help="index directory (env GIFINDEX_INDEX)")(func)
 
-    Signs both with the given configuration and prints the exact (uncompressed) distance.
-    """
-    from .curves import compute_curves
-    from .distance import curve_distance
-    from .models import load_model
-    from .probes import make_probes
 
-    config = config_from(kwargs)
-    load_kwargs = load_kwargs_from(kwargs)
-    device = check_device(device)
-    probes = make_probes(config, device=device)
-    curves, timings = [], []
-    for ref in (model_a, model_b):
-        loaded = load_model(ref, device=device, **load_kwargs)
-        start = time.perf_counter()
-        curves.append(compute_curves(loaded, probes, config, batch_size=batch_size, device=device))
-        timings.append(time.perf_counter() - start)
-    value = curve_distance(curves[0], curves[1])
-    if as_json:
-        click.echo(json.dumps({"a": model_a, "b": model_b, "distance": value, "config": config.to_dict(),
-                               "config_hash": config.hash(), "seconds": timings}))
-    else:
-        click.echo(f"{value:.6f}")
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="print one JSON document on stdout")(func)
+
+
+def open_index(path: str):
+    from ..index import Index
+
+    return Index.open(path)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    """A plain aligned text table."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def config_given(ctx: click.Context) -> bool:
+    """Whether any signature-configuration option was given explicitly on the command line."""
+    from click.core import ParameterSource
+
+    names = ("resolution", "probe_source", "num_probes", "probe_kind", "pgd_anchor", "steps", "rule", "mode",
+             "output", "baseline", "proj_dim", "seed")
+    return any(ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE for n in names)

@@ -1,0 +1,223 @@
+"""Commands that create and change an index: init, ingest, remove, rebuild; and list/info/verify."""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from typing import Any
+
+import click
+
+from . import main
+from .options import (check_device, config_from, config_options, device_options, emit_json, index_option,
+                      json_option, load_options, load_kwargs_from, open_index, table)
+
+
+@main.command()
+@index_option
+@click.option("--method", type=click.Choice(["modelgif"]), default="modelgif", show_default=True,
+              help="signature method")
+@config_options
+@click.option("--search", "search_kind", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
+              help="flat: exact inner-product search; hnsw: approximate, for large hubs")
+@click.option("--device", default="cpu", show_default=True, help="device for PGD probe generation")
+@json_option
+def init(index_path: str, method: str, search_kind: str, device: str, as_json: bool, **kwargs: Any) -> None:
+    """Create an empty index with a fixed signature configuration (probes drawn and stored now)."""
+    from ..index import Index, SearchSpec
+
+    config = config_from(kwargs)
+    config = config.replace(method=method)
+    index = Index.create(index_path, config, search=SearchSpec(kind=search_kind), device=check_device(device))
+    info = index.info()
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(f"created index at {index_path} (configuration {info['config_hash']}: K={config.num_probes}, "
+                   f"T={config.steps}, R={config.resolution}, proj_dim={config.proj_dim}; "
+                   f"{info['bytes_per_model']} bytes per model)")
+
+
+class ProgressReporter:
+    """Progress bars for an ingest: one over models, one within the current model's curve points."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.models = None
+        self.inner = None
+
+    def start(self, total: int) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.models = tqdm(total=total, desc="models", unit="model", position=0, file=sys.stderr)
+
+    def model_start(self, entry, points: int) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.inner = tqdm(total=points, desc=entry.display_name()[:30], unit="pt", position=1, leave=False,
+                              file=sys.stderr)
+
+    def points(self, count: int) -> None:
+        if self.inner is not None:
+            self.inner.update(count)
+
+    def model_done(self, result) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+        line = _result_line(result)
+        if self.models is not None:
+            self.models.write(line, file=sys.stderr)
+            self.models.update(1)
+        else:
+            click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+        if self.models is not None:
+            self.models.close()
+
+
+def _result_line(result) -> str:
+    if result.status == "added":
+        return f"added    {result.name}  ({result.seconds:.1f} s)"
+    if result.status == "skipped":
+        return f"skipped  {result.name}  (already indexed: same weights)"
+    return f"failed   {result.name}: {result.error}"
+
+
+@main.command()
+@index_option
+@click.argument("refs", nargs=-1)
+@click.option("--manifest", type=click.Path(dir_okay=False), help="YAML manifest of models (see zoo_manifests/)")
+@click.option("--name", default=None, help="name of the model (one REF only)")
+@click.option("--weights", default=None, help="state-dict file with the weights of a named architecture")
+@load_options
+@device_options
+@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--commit-every", type=int, default=8, show_default=True,
+              help="models per shard commit (an interrupted ingest loses at most this many)")
+@click.option("--wait", type=float, default=0.0, help="seconds to wait if another process is writing")
+@click.option("--no-progress", is_flag=True, help="no progress bars (per-model lines are still printed)")
+@json_option
+def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: str | None, weights: str | None,
+           device: str, batch_size: int, executor: str, commit_every: int, wait: float, no_progress: bool,
+           as_json: bool, **kwargs: Any) -> None:
+    """Sign models and add them; those already indexed (same weights) are skipped.
+
+    A model that fails is reported with the reason and the rest go on; the exit code is 1 if any failed.
+    """
+    from ..errors import GifindexError
+    from ..manifest import ModelEntry, read_manifest
+
+    load_kwargs = load_kwargs_from(kwargs)
+    entries = read_manifest(manifest) if manifest else []
+    if (name or weights) and len(refs) != 1:
+        raise GifindexError("--name and --weights apply to a single REF")
+    for ref in refs:
+        entries.append(ModelEntry(ref=ref, name=name, weights=weights, **{
+            k: v for k, v in load_kwargs.items()}))
+    if not entries:
+        raise GifindexError("nothing to ingest: give model references or --manifest FILE")
+    index = open_index(index_path)
+    start = time.perf_counter()
+    report = index.ingest(entries, device=check_device(device), batch_size=batch_size, commit_every=commit_every,
+                          reporter=ProgressReporter(enabled=not no_progress and not as_json), wait=wait)
+    summary = report.to_dict()
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    summary["index_models"] = len(index)
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(f"{summary['added']} added, {summary['skipped']} skipped, {summary['failed']} failed "
+                   f"in {summary['seconds']:.1f} s; the index holds {summary['index_models']} models")
+        for result in report.by_status("failed"):
+            click.echo(f"  failed {result.name}: {result.error}")
+    if report.by_status("failed"):
+        sys.exit(1)
+
+
+@main.command("list")
+@index_option
+@json_option
+def list_models(index_path: str, as_json: bool) -> None:
+    """Indexed models (name, reference, when added)."""
+    index = open_index(index_path)
+    records = index.records()
+    if as_json:
+        emit_json([r.to_dict() for r in records])
+        return
+    rows = [[r.name, r.ref, _dt.datetime.fromtimestamp(r.added).strftime("%Y-%m-%d %H:%M"),
+             r.metadata.get("arch") or "", r.weights_sha256[:12]] for r in records]
+    click.echo(table(rows, ["name", "ref", "added", "arch", "sha256"]) if rows else "the index is empty")
+
+
+@main.command()
+@index_option
+@json_option
+def info(index_path: str, as_json: bool) -> None:
+    """Index details: configuration, size, search kind, versions, recorded failures."""
+    index = open_index(index_path)
+    details = index.info()
+    details["recent_failures"] = index.catalog.failures()[-10:]
+    if as_json:
+        emit_json(details)
+        return
+    config = details["config"]
+    click.echo(f"index       {details['path']} (format {details['format_version']})")
+    click.echo(f"models      {details['models']} in {details['shards']} shard(s), "
+               f"{details['bytes_on_disk'] / 1e6:.2f} MB on disk")
+    click.echo(f"config      {details['config_hash']}: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    click.echo(f"signature   {details['signature_dim']} dims, {details['bytes_per_model']} bytes per model "
+               "(float16)")
+    click.echo(f"search      {details['search']['kind']}")
+    click.echo(f"failures    {details['failures']} recorded")
+    for failure in details["recent_failures"]:
+        click.echo(f"  {failure['name'] or failure['ref']}: {failure['error']}")
+
+
+@main.command()
+@index_option
+@click.argument("name")
+@json_option
+def remove(index_path: str, name: str, as_json: bool) -> None:
+    """Remove a model from the index."""
+    record = open_index(index_path).remove(name)
+    if as_json:
+        emit_json({"removed": record.to_dict()})
+    else:
+        click.echo(f"removed {record.name}")
+
+
+@main.command()
+@index_option
+@json_option
+def verify(index_path: str, as_json: bool) -> None:
+    """Check the catalogue, every shard's checksums and the search index; exit 1 on any problem."""
+    report = open_index(index_path).verify()
+    if as_json:
+        emit_json(report)
+    else:
+        state = "ok" if report["ok"] else "PROBLEMS"
+        click.echo(f"{state}: {report['models']} models in {report['shards']} shard(s)")
+        for problem in report["problems"]:
+            click.echo(f"  problem: {problem}")
+        for note in report["notes"]:
+            click.echo(f"  note: {note}")
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@main.command()
+@index_option
+@json_option
+def rebuild(index_path: str, as_json: bool) -> None:
+    """Recreate the search index (search.faiss) from the shards."""
+    count = open_index(index_path).rebuild()
+    if as_json:
+        emit_json({"rebuilt": True, "models": count})
+    else:
+        click.echo(f"rebuilt search index over {count} models")

@@ -1,0 +1,166 @@
+"""Commands that read an index: nearest, distance, matrix, tree."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import main
+from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
+                      emit_json, index_option, json_option, load_kwargs_from, load_options, open_index, table)
+
+
+def _entry(ref: str, load_kwargs: dict[str, Any]):
+    from ..manifest import ModelEntry
+
+    return ModelEntry(ref=ref, **load_kwargs)
+
+
+@main.command()
+@index_option
+@click.argument("ref")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="number of neighbours")
+@load_options
+@device_options
+@json_option
+def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
+    """Indexed models nearest to REF: an indexed name, or any model reference (signed on the fly, not added)."""
+    index = open_index(index_path)
+    entry = ref if index.catalog.by_name(ref) else _entry(ref, load_kwargs_from(kwargs))
+    start = time.perf_counter()
+    neighbours = index.nearest(entry, k=k, device=check_device(device), batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    if as_json:
+        emit_json({"query": ref, "k": k, "seconds": round(seconds, 4), "neighbors": [n.to_dict() for n in neighbours]})
+        return
+    rows = [[rank, n.name, n.distance, n.ref] for rank, n in enumerate(neighbours, 1)]
+    click.echo(table(rows, ["rank", "name", "distance", "ref"]) if rows else "the index is empty")
+
+
+@main.command()
+@index_option
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option("--exact", is_flag=True, help="with an index: recompute uncompressed curves with its probes")
+@config_options
+@load_options
+@device_options
+@json_option
+@click.pass_context
+def distance(ctx: click.Context, index_path: str, model_a: str, model_b: str, exact: bool, device: str,
+             batch_size: int, as_json: bool, **kwargs: Any) -> None:
+    """ModelGiF distance of two models (0 = same function, at most 2).
+
+    With an index (-i, $GIFINDEX_INDEX or ./gifindex-index) MODEL_A/B may be indexed names or references,
+    and stored compressed signatures are used. Without one, or when configuration options are given,
+    both models are signed with that configuration and the exact distance is printed.
+    """
+    from ..curves import compute_curves
+    from ..distance import curve_distance
+    from ..models import load_model
+    from ..probes import make_probes
+
+    device = check_device(device)
+    load_kwargs = load_kwargs_from(kwargs)
+    use_index = not config_given(ctx) and (Path(index_path) / "index.json").exists()
+    if index_path != DEFAULT_INDEX and not use_index and not config_given(ctx):
+        open_index(index_path)  # an explicit index that does not exist: say so
+    config = config_from(kwargs)
+    start = time.perf_counter()
+    if use_index and not exact:
+        index = open_index(index_path)
+        entries = [m if index.catalog.by_name(m) else _entry(m, load_kwargs) for m in (model_a, model_b)]
+        value = index.distance(entries[0], entries[1], device=device, batch_size=batch_size)
+        kind, config = "compressed", index.config
+    else:
+        if use_index:
+            index = open_index(index_path)
+            config, probes = index.config, index.probes
+        else:
+            probes = make_probes(config, device=device)
+        curves = []
+        for ref in (model_a, model_b):
+            if use_index and index.catalog.by_name(ref):
+                entry = index.entry_for(ref)
+                loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
+            else:
+                loaded = load_model(ref, device=device, **load_kwargs)
+            curves.append(compute_curves(loaded, probes, config, batch_size=batch_size, device=device))
+        value, kind = curve_distance(curves[0], curves[1]), "exact"
+    seconds = time.perf_counter() - start
+    if as_json:
+        emit_json({"a": model_a, "b": model_b, "distance": value, "kind": kind, "config_hash": config.hash(),
+                   "config": config.to_dict(), "seconds": round(seconds, 3)})
+    else:
+        click.echo(f"{value:.6f}")
+
+
+@main.command()
+@index_option
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
+              help="FILE.csv, FILE.npy or FILE.json (default: CSV on stdout)")
+def matrix(index_path: str, output: str | None) -> None:
+    """All pairwise distances between indexed models."""
+    import numpy as np
+
+    from ..errors import GifindexError
+    from ..index.atomic import atomic_path
+
+    names, dist = open_index(index_path).matrix()
+    suffix = Path(output).suffix.lower() if output else ".csv"
+    if suffix not in (".csv", ".npy", ".json"):
+        raise GifindexError(f"unsupported matrix format {suffix!r}: use .csv, .npy or .json")
+    if suffix == ".npy":
+        with atomic_path(output) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, dist)
+        with atomic_path(Path(output).with_suffix(".names.txt")) as tmp:
+            tmp.write_text("\n".join(names) + "\n")
+        return
+    if suffix == ".json":
+        text = json.dumps({"names": names, "distances": dist.round(6).tolist()})
+    else:
+        import csv
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow([""] + names)
+        for name, row in zip(names, dist):
+            writer.writerow([name] + [f"{v:.6f}" for v in row])
+        text = buffer.getvalue()
+    if output:
+        with atomic_path(output) as tmp:
+            tmp.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@index_option
+@click.option("--linkage", type=click.Choice(["average", "complete", "single", "ward"]), default="average",
+              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["newick", "json", "png", "svg", "html"]), default=None,
+              help="default: from the -o suffix, else newick")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="output file (default: stdout "
+              "for newick/json)")
+def tree(index_path: str, linkage: str, fmt: str | None, output: str | None) -> None:
+    """Hierarchical clustering of the whole index: Newick, JSON, PNG/SVG dendrogram, or an HTML page."""
+    from ..errors import GifindexError
+    from ..tree import infer_format, save_tree, to_json, to_newick
+
+    fmt = fmt or (infer_format(output) if output else "newick")
+    result = open_index(index_path).tree(linkage=linkage)
+    if output is None:
+        if fmt == "newick":
+            click.echo(to_newick(result))
+        elif fmt == "json":
+            emit_json(to_json(result))
+        else:
+            raise GifindexError(f"--format {fmt} writes a file: give -o FILE")
+        return
+    save_tree(result, output, fmt)
+    click.echo(f"wrote {output}")

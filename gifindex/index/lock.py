@@ -1,0 +1,39 @@
+"""One writer at a time: an OS-level file lock (released by the kernel if the holder dies)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from ..errors import IndexError_
+
+
+class WriterLock:
+    """Exclusive lock on ``INDEX/.lock``; ``wait`` seconds to wait for another writer (0: refuse at once).
+
+    The lock is an fcntl/flock lock, so a writer killed with SIGKILL leaves no stale lock behind: the
+    kernel releases it. The holder's pid is written beside it only to say who holds it.
+    """
+
+    def __init__(self, root: Path, wait: float = 0.0):
+        self.path = root / ".lock"
+        self.owner = root / ".lock.owner"
+        self.wait = wait
+        self._lock = FileLock(str(self.path))
+
+    def __enter__(self) -> "WriterLock":
+        try:
+            self._lock.acquire(timeout=self.wait)
+        except Timeout:
+            holder = self.owner.read_text().strip() if self.owner.exists() else "unknown"
+            raise IndexError_(f"the index at {self.path.parent} is being written by another process "
+                              f"(pid {holder}); wait for it to finish, or pass --wait SECONDS") from None
+        self.owner.write_text(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.owner.unlink(missing_ok=True)
+        finally:
+            self._lock.release()

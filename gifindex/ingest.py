@@ -1,0 +1,117 @@
+"""The per-model worker: reference -> loaded model -> content hash -> signature.
+
+One function, ``sign_entry``, does the work for one model and never raises for a bad model: failures
+come back as a result with the reason, so one broken file never stops an ingest. Executors (local loop,
+Ray) only decide where it runs; the index commits the results.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import GifindexError
+from .manifest import ModelEntry
+
+if TYPE_CHECKING:
+    from .config import SignatureConfig
+    from .models.spec import LoadedModel
+    from .probes import Probes
+
+
+@dataclass
+class SignResult:
+    """What the worker returns for one model."""
+
+    name: str
+    ref: str
+    status: str  # "added" (signed, to be committed), "skipped" (already indexed), "failed"
+    weights_sha256: str | None = None
+    signature: np.ndarray | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out = {"name": self.name, "ref": self.ref, "status": self.status, "seconds": round(self.seconds, 3)}
+        if self.weights_sha256:
+            out["weights_sha256"] = self.weights_sha256
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def content_sha256(loaded: "LoadedModel", output: str) -> str:
+    """Hash of what defines the model's function: every tensor of its state dict (names, dtypes, shapes,
+    bytes), its input convention and the output reduction. The same weights saved in another file
+    format hash the same; the same weights behind another normalisation do not."""
+    digest = hashlib.sha256()
+    state = loaded.module.state_dict()
+    for key in sorted(state):
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    spec = loaded.spec
+    digest.update(json.dumps({"size": list(spec.size), "mean": list(spec.mean), "std": list(spec.std),
+                              "interpolation": spec.interpolation, "output": output}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, GifindexError):
+        return str(exc)
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *, device: str = "cpu",
+               batch_size: int | None = 32, known_sha256: Collection[str] = (),
+               progress: Callable[[int], None] | None = None) -> SignResult:
+    """Load, hash and sign one model; return a SignResult (never raises for a bad model)."""
+    from .adapter import SharedSpaceAdapter
+    from .compress import compress
+    from .curves import compute_curves
+    from .models import load_model
+    from .signature import projection_for
+
+    start = time.perf_counter()
+    name = entry.display_name()
+    result = SignResult(name=name, ref=entry.ref, status="failed")
+    try:
+        loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
+        output = entry.output or config.output
+        result.weights_sha256 = content_sha256(loaded, output)
+        if result.weights_sha256 in known_sha256:
+            result.status = "skipped"
+            return result
+        adapter = SharedSpaceAdapter(loaded.module, loaded.spec, output)
+        curves = compute_curves(adapter, probes, config, batch_size=batch_size, device=device, progress=progress)
+        result.signature = compress(curves, projection_for(config))
+        result.status = "added"
+        result.metadata = {
+            "source": loaded.source, "arch": loaded.arch, "output": output, "device": device,
+            "input_size": list(loaded.spec.size), "mean": list(loaded.spec.mean), "std": list(loaded.spec.std),
+            "num_outputs": loaded.num_outputs, "tags": entry.tags,
+            "parameters": int(sum(p.numel() for p in loaded.module.parameters())),
+            "file_sha256": loaded.weights_sha256,
+            "load": {k: v for k, v in entry.to_dict().items() if k not in ("tags", "name")},
+        }
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bad model is a result, not a crash
+        result.error = _describe(exc)
+        result.metadata = {"traceback": traceback.format_exc(limit=5)}
+    finally:
+        result.seconds = time.perf_counter() - start
+    if result.status == "added":
+        result.metadata["seconds"] = round(result.seconds, 3)
+    return result

@@ -1,0 +1,159 @@
+"""Model manifests (YAML): which models to ingest and how to load each.
+
+All problems in a manifest are collected with their line numbers and reported together, before any
+model is loaded.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import GifindexError
+
+FIELDS = ("name", "ref", "weights", "arch", "num_classes", "input_size", "mean", "std", "output", "tags",
+          "trust", "random_init")
+
+
+class ManifestError(GifindexError):
+    """A manifest with one or more problems (all listed, with line numbers)."""
+
+
+@dataclass
+class ModelEntry:
+    """One model to ingest: a reference plus how to load it."""
+
+    ref: str
+    name: str | None = None
+    weights: str | None = None
+    arch: str | None = None
+    num_classes: int | None = None
+    input_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    output: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    trust: bool = False
+    random_init: bool = False
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {"arch": self.arch, "weights": self.weights, "num_classes": self.num_classes,
+                "input_size": self.input_size, "mean": self.mean, "std": self.std, "trust": self.trust,
+                "random_init": self.random_init}
+
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if any(self.ref.lower().endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors", ".ts", ".jit")):
+            return Path(self.ref).stem
+        return self.ref
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}, False)}
+
+
+def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str]) -> ModelEntry | None:
+    before = len(errors)
+    for key in data:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(FIELDS)})"
+            errors.append(f"line {line}: unknown field {key!r}{hint}")
+    ref = data.get("ref")
+    if not isinstance(ref, str) or not ref.strip():
+        errors.append(f"line {line}: missing 'ref' (a model reference or file path)")
+    for key in ("name", "weights", "arch", "output"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            errors.append(f"line {line}: {key!r} must be a string")
+    for key in ("num_classes", "input_size"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            errors.append(f"line {line}: {key!r} must be a positive integer, got {value!r}")
+    for key in ("mean", "std"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, list) or len(value) != 3 or
+                                  not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            errors.append(f"line {line}: {key!r} must be a list of three numbers")
+    if data.get("output") not in (None, "norm", "top-logit"):
+        errors.append(f"line {line}: 'output' must be norm or top-logit")
+    if data.get("tags") is not None and not isinstance(data["tags"], dict):
+        errors.append(f"line {line}: 'tags' must be a mapping")
+    for key in ("trust", "random_init"):
+        if data.get(key) is not None and not isinstance(data[key], bool):
+            errors.append(f"line {line}: {key!r} must be true or false")
+    if len(errors) > before:
+        return None
+
+    def resolve(path: str | None) -> str | None:
+        if path is None or ":" in path.split("/")[0] and not Path(path).exists():
+            return path  # a model reference such as timm:resnet50, not a path
+        candidate = Path(path).expanduser()
+        return str(candidate if candidate.is_absolute() else (base / candidate))
+
+    return ModelEntry(ref=resolve(ref) or ref, name=data.get("name"), weights=resolve(data.get("weights")),
+                      arch=data.get("arch"), num_classes=data.get("num_classes"),
+                      input_size=data.get("input_size"),
+                      mean=tuple(data["mean"]) if data.get("mean") else None,  # type: ignore[arg-type]
+                      std=tuple(data["std"]) if data.get("std") else None,  # type: ignore[arg-type]
+                      output=data.get("output"), tags=dict(data.get("tags") or {}),
+                      trust=bool(data.get("trust", False)), random_init=bool(data.get("random_init", False)))
+
+
+def parse_manifest(text: str, source: str = "<manifest>", base: Path | None = None) -> list[ModelEntry]:
+    """Parse manifest text: a list of entries, or a mapping with a ``models`` list."""
+    base = base or Path.cwd()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError(f"manifest {source} is not valid YAML: {where}{problem}") from None
+    if data is None:
+        raise ManifestError(f"manifest {source} is empty")
+    nodes = root.value if isinstance(root, yaml.SequenceNode) else None
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - {"models", "description", "name"})
+        if unknown or not isinstance(data.get("models"), list):
+            raise ManifestError(f"manifest {source}: expected a list of models or a mapping with a 'models' list")
+        for key_node, value_node in root.value:
+            if key_node.value == "models":
+                nodes = value_node.value
+        data = data["models"]
+    if not isinstance(data, list) or nodes is None:
+        raise ManifestError(f"manifest {source}: expected a list of models")
+    errors: list[str] = []
+    entries: list[ModelEntry] = []
+    first_line: dict[str, int] = {}
+    for item, node in zip(data, nodes):
+        line = node.start_mark.line + 1
+        if isinstance(item, str):
+            item = {"ref": item}
+        if not isinstance(item, dict):
+            errors.append(f"line {line}: expected a mapping with at least 'ref', got {type(item).__name__}")
+            continue
+        entry = _check_entry(item, line, base, errors)
+        if entry is None:
+            continue
+        name = entry.display_name()
+        if name in first_line:
+            errors.append(f"line {line}: duplicate name {name!r} (first on line {first_line[name]})")
+            continue
+        first_line[name] = line
+        entries.append(entry)
+    if errors:
+        raise ManifestError(f"manifest {source} has {len(errors)} error(s): " + "; ".join(errors))
+    return entries
+
+
+def read_manifest(path: str | Path) -> list[ModelEntry]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc}") from None
+    return parse_manifest(text, source=str(path), base=path.parent)

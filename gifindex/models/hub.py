@@ -1,0 +1,289 @@
+"""timm, torchvision and Hugging Face hub models, built by name, weights from local caches only.
+
+Pretrained weights come from ``--weights FILE`` (read with the safe file loader) or from what is
+already on disk: the huggingface_hub cache (timm, hf-hub; read with HF_HUB_OFFLINE semantics) or the
+torch hub checkpoints folder (torchvision, older timm URLs). Nothing here touches the network.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from gifindex.errors import MissingWeightsError, ModelLoadError, RefError
+from gifindex.models import detect
+from gifindex.models.files import read_state_dict
+from gifindex.models.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+
+
+@dataclass
+class Built:
+    """A constructed module with what is known about its weights and input."""
+
+    module: nn.Module
+    spec: InputSpec
+    arch: str
+    weights_sha256: str | None
+    meta: dict[str, Any]
+
+
+def _home(path: str | Path) -> str:
+    text, home = str(path), os.path.expanduser("~")
+    return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home) else text
+
+
+def hf_cache_dir() -> str:
+    """The huggingface_hub cache folder."""
+    from huggingface_hub import constants
+    return str(constants.HF_HUB_CACHE)
+
+
+@contextmanager
+def hf_offline() -> Iterator[None]:
+    """Make huggingface_hub act as with ``HF_HUB_OFFLINE=1`` (cache only) for the duration."""
+    from huggingface_hub import constants
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
+def unknown_name(lib: str, name: str, known: list[str]) -> RefError:
+    """An error naming the closest known names."""
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return RefError(f"unknown {lib} model {name!r}{hint}")
+
+
+def _finish_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str) -> None:
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"cannot load weights into {arch}: {str(e).splitlines()[0]}") from None
+
+
+def _file_sha(path: Path) -> str:
+    from gifindex.models.files import read_weights_file
+    return read_weights_file(path).sha256
+
+
+def read_weights(weights: Any, trust: bool) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state_dict, sha256)`` from a ``--weights`` path, or passed through when already read."""
+    if isinstance(weights, tuple):
+        return weights
+    return read_state_dict(weights, trust=trust)
+
+
+def _describe(weights: Any) -> str:
+    return "(preloaded)" if isinstance(weights, tuple) else str(weights)
+
+
+# ---------------------------------------------------------------- timm
+def timm_spec(module: nn.Module) -> InputSpec:
+    """Input size, mean, std and interpolation from timm's ``pretrained_cfg``."""
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    size = tuple(cfg.get("input_size", (3, 224, 224))[-2:])
+    return InputSpec(size=size, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+                     std=tuple(cfg.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+                     interpolation=str(cfg.get("interpolation") or "bilinear"))
+
+
+def timm_cached_file(cfg: dict[str, Any]) -> Path | None:
+    """The cached weights for a timm pretrained config: hf hub cache first, then torch hub checkpoints."""
+    from huggingface_hub import try_to_load_from_cache
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else \
+            ["model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
+        for fname in names:
+            found = try_to_load_from_cache(hub_id, fname)
+            if isinstance(found, str) and os.path.isfile(found):
+                return Path(found)
+    url = cfg.get("url")
+    if url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+        if path.is_file():
+            return path
+    return None
+
+
+def load_timm(name: str, tag: str | None, *, weights: Any, num_classes: int | None,
+              random_init: bool, trust: bool = False) -> Built:
+    """Build ``timm:name[.tag]``; weights from ``weights``, the local caches, or random."""
+    import timm
+    if not timm.is_model(name):
+        raise unknown_name("timm", name, timm.list_models())
+    full = f"{name}.{tag}" if tag else name
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    meta: dict[str, Any] = {}
+    sha = None
+    if weights:
+        sd, sha = read_weights(weights, trust)
+        n = detect.fit_architecture("timm", name, sd, num_classes)
+        if n is not None:
+            kwargs["num_classes"] = n
+        module = _timm_create(full, False, kwargs)
+        _finish_weights(module, sd, f"timm:{name}")
+        meta["weights_file"] = _describe(weights)
+    elif random_init:
+        module = _timm_create(full, False, kwargs)
+        meta["random_init"] = True
+    else:
+        cfg = timm.models.get_pretrained_cfg(full)
+        cached = timm_cached_file(cfg.to_dict()) if cfg is not None else None
+        if cached is None:
+            raise MissingWeightsError(
+                f"no pretrained weights for timm:{full} in the local cache ({_home(hf_cache_dir())}); "
+                "pass --weights FILE, or --random-init for untrained weights")
+        sd, sha = read_state_dict(cached)
+        kwargs["pretrained_cfg_overlay"] = {"state_dict": sd}
+        module = _timm_create(full, True, kwargs)
+        meta["weights_file"] = str(cached)
+    return Built(module, timm_spec(module), f"timm:{name}", sha, meta)
+
+
+def _timm_create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+    try:
+        with hf_offline():
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as e:
+        raise ModelLoadError(f"cannot build timm:{name}: {str(e).splitlines()[0] if str(e) else e!r}")
+
+
+def load_hf_hub(repo: str, *, weights: Any, num_classes: int | None, random_init: bool,
+                trust: bool = False) -> Built:
+    """Build ``hf-hub:ORG/NAME`` through timm from the huggingface_hub cache (config + weights)."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+    if not isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        raise MissingWeightsError(
+            f"hf-hub:{repo} is not in the local cache ({_home(hf_cache_dir())}): its config.json is "
+            "missing; download it on a connected machine, or use timm:NAME with --weights FILE")
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    meta: dict[str, Any] = {}
+    sha = None
+    pretrained = not (weights or random_init)
+    try:
+        with hf_offline():
+            module = timm.create_model(f"hf-hub:{repo}", pretrained=pretrained, **kwargs)
+    except Exception as e:  # offline misses surface as various hub/OS errors
+        if pretrained:
+            raise MissingWeightsError(
+                f"no pretrained weights for hf-hub:{repo} in the local cache ({_home(hf_cache_dir())}); "
+                "pass --weights FILE, or --random-init for untrained weights") from None
+        raise ModelLoadError(f"cannot build hf-hub:{repo}: {str(e).splitlines()[0]}") from None
+    if weights:
+        sd, sha = read_weights(weights, trust)
+        _finish_weights(module, sd, f"hf-hub:{repo}")
+        meta["weights_file"] = _describe(weights)
+    elif pretrained:
+        cached = timm_cached_file(dict(module.pretrained_cfg, hf_hub_id=repo))
+        sha = _file_sha(cached) if cached else None
+        meta["weights_file"] = str(cached) if cached else None
+    else:
+        meta["random_init"] = True
+    arch = module.pretrained_cfg.get("architecture")
+    return Built(module, timm_spec(module), f"timm:{arch}" if arch else f"hf-hub:{repo}", sha, meta)
+
+
+# ---------------------------------------------------------------- torchvision
+def torchvision_weights(name: str, tag: str | None) -> Any:
+    """The torchvision weights enum member for ``name`` (``tag`` or DEFAULT), or None."""
+    import torchvision.models as tvm
+    try:
+        enum = tvm.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+    if tag is None:
+        return enum.DEFAULT
+    try:
+        return enum[tag]
+    except KeyError:
+        raise RefError(f"unknown weights {tag!r} for torchvision:{name}; known: "
+                       + ", ".join(w.name for w in enum)) from None
+
+
+def torchvision_spec(weights: Any) -> InputSpec:
+    """Crop size, mean, std and interpolation from a weights enum's transforms (ImageNet 224 without)."""
+    if weights is None:
+        return InputSpec()
+    tf = weights.transforms()
+    crop = getattr(tf, "crop_size", None) or [224]
+    size = (crop[0], crop[-1])
+    interp = getattr(tf, "interpolation", None)
+    return InputSpec(size=size, mean=tuple(getattr(tf, "mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+                     std=tuple(getattr(tf, "std", IMAGENET_STD)),  # type: ignore[arg-type]
+                     interpolation=getattr(interp, "value", "bilinear"))
+
+
+def load_torchvision(name: str, tag: str | None, *, weights: Any, num_classes: int | None,
+                     random_init: bool, trust: bool = False) -> Built:
+    """Build ``torchvision:name``; weights from ``weights``, torch hub's checkpoints folder, or random."""
+    import torchvision.models as tvm
+    known = tvm.list_models()
+    if name not in known:
+        raise unknown_name("torchvision", name, known)
+    wenum = torchvision_weights(name, tag)
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    meta: dict[str, Any] = {}
+    sha = None
+    if weights:
+        sd, sha = read_weights(weights, trust)
+        n = detect.fit_architecture("torchvision", name, sd, num_classes)
+        if n is not None:
+            kwargs["num_classes"] = n
+        module = _tv_build(name, None, kwargs)
+        _finish_weights(module, sd, f"torchvision:{name}")
+        meta["weights_file"] = _describe(weights)
+    elif random_init:
+        module = _tv_build(name, None, kwargs)
+        meta["random_init"] = True
+    else:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(wenum.url) if wenum else None
+        if path is None or not path.is_file():
+            where = _home(path) if path else _home(Path(torch.hub.get_dir()) / "checkpoints")
+            raise MissingWeightsError(
+                f"no pretrained weights for torchvision:{name} in the local cache ({where}); "
+                "pass --weights FILE, or --random-init for untrained weights")
+        sd, sha = read_state_dict(path)  # weights_only: torch.hub's own loader would unpickle freely
+        module = _tv_build(name, wenum, kwargs, sd)
+        meta["weights_file"] = str(path)
+        meta["weights"] = str(wenum)
+    return Built(module, torchvision_spec(wenum), f"torchvision:{name}", sha, meta)
+
+
+def _tv_build(name: str, wenum: Any, kwargs: dict[str, Any],
+              sd: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Build with torchvision's own builder; with ``wenum``, it is handed ``sd`` (already read
+    safely) instead of fetching, so its per-model key fix-ups (e.g. densenet) still apply."""
+    import torchvision.models as tvm
+    enum_cls = type(wenum) if wenum is not None else None
+    original = enum_cls.__dict__.get("get_state_dict") if enum_cls is not None else None
+    if enum_cls is not None:
+        enum_cls.get_state_dict = lambda self, *a, **k: dict(sd or {})  # type: ignore[method-assign]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return tvm.get_model(name, weights=wenum, **kwargs)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ModelLoadError(f"cannot build torchvision:{name}: {str(e).splitlines()[0]}") from None
+    finally:
+        if enum_cls is not None and original is not None:
+            enum_cls.get_state_dict = original  # type: ignore[method-assign]
+        elif enum_cls is not None:
+            del enum_cls.get_state_dict
