@@ -99,7 +99,8 @@ def build_tree(names: Sequence[str], distances: np.ndarray, linkage: str = "aver
         raise GifindexError("distance matrix is not symmetric (tolerance 1e-6)")
     d = np.clip((d + d.T) / 2.0, 0.0, None)
     np.fill_diagonal(d, 0.0)
-    meta = {k: dict(v) for k, v in (metadata or {}).items() if k in set(names)}
+    known = set(names)
+    meta = {k: dict(v) for k, v in (metadata or {}).items() if k in known}
     if n == 1:
         return SimilarityTree(names, np.zeros(0), np.zeros((0, 4)), linkage, d, meta)
     condensed = squareform(d, checks=False)
@@ -177,7 +178,11 @@ def to_newick(tree: SimilarityTree) -> str:
 
 def to_json(tree: SimilarityTree) -> dict[str, Any]:
     """Nested dict: ``{"linkage", "n", "root"}``; a node is ``{"height", "size", "children"}``,
-    a leaf ``{"name", "height": 0, "size": 1}`` plus ``"metadata"`` when the model has any."""
+    a leaf ``{"name", "height": 0, "size": 1}`` plus ``"metadata"`` when the model has any.
+
+    Children are in dendrogram order. Nesting is as deep as the tree (up to n for single-linkage
+    chains): Python's ``json.loads`` needs a raised recursion limit beyond ~900 levels.
+    """
     made: dict[int, dict[str, Any]] = {}
     for node in _postorder(tree):
         kids = _children(tree, node)
@@ -269,8 +274,19 @@ def _flat_data(tree: SimilarityTree) -> dict[str, Any]:
         "merges": [[int(a), int(b), round(float(h), 6)] for a, b, h, _ in tree.linkage_matrix],
         "order": tree.leaf_order,
         "cond": np.round(tree.condensed, 5).tolist(),   # condensed: half the size
-        "meta": {k: v for k, v in tree.metadata.items() if v},
+        "meta": {k: _finite(v) for k, v in tree.metadata.items() if v},
     }
+
+
+def _finite(value: Any) -> Any:
+    """Metadata with NaN/inf floats replaced by None (JSON.parse rejects them)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _script_json(obj: Any) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 
 import pytest
 import timm
@@ -20,15 +19,15 @@ from gifindex.models.taskonomy import ENCODER_FILES, TaskonomyEncoder
 
 
 @pytest.fixture(autouse=True)
-def offline_caches(tmp_path_factory, monkeypatch):
-    """Empty torch hub / HF caches and a shared fingerprint cache for the whole session."""
+def offline_caches(tmp_path_factory, tmp_path, monkeypatch):
+    """Empty torch hub / HF caches per test; one fingerprint cache for the session (speed)."""
     from huggingface_hub import constants
-    root = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("GIFINDEX_CACHE_DIR", str(root / "gifindex-cache"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root / "hf-empty"))
+    shared = tmp_path_factory.getbasetemp() / "gifindex-cache"
+    monkeypatch.setenv("GIFINDEX_CACHE_DIR", str(shared))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-empty"))
     old = torch.hub.get_dir()
-    torch.hub.set_dir(str(root / "torch-hub"))
-    yield root / "torch-hub"
+    torch.hub.set_dir(str(tmp_path / "torch-hub"))
+    yield tmp_path / "torch-hub"
     torch.hub.set_dir(old)
 
 
