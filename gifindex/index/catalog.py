@@ -92,6 +92,13 @@ class Catalog:
         row = self.db.execute(f"SELECT {self._COLUMNS} FROM models WHERE weights_sha256 = ?", (sha,)).fetchone()
         return self._record(row) if row else None
 
+    def by_ids(self, ids: list[int]) -> dict[int, ModelRecord]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM models WHERE id IN ({marks})", ids).fetchall()
+        return {r[0]: self._record(r) for r in rows}
+
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0])
 

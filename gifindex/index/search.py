@@ -1,7 +1,9 @@
 """The FAISS search index over signatures (inner product on unit vectors = 1 - distance).
 
-``flat`` is exact (IndexFlatIP); ``hnsw`` is an approximate graph index for large hubs. Both are wrapped
-in an ID map whose ids are the catalogue's model ids.
+``flat`` is exhaustive and exact over the stored float16 signatures (IndexScalarQuantizer with QT_fp16:
+the shards hold float16, so nothing is lost, and each query reads half the bytes of float32, which matters
+because exhaustive search is memory-bound); ``hnsw`` is an approximate graph index (float16 vectors) for
+large hubs. Both are wrapped in an ID map whose ids are the catalogue's model ids.
 """
 from __future__ import annotations
 
@@ -32,9 +34,9 @@ class SearchSpec:
 
 def empty_index(dim: int, spec: SearchSpec) -> faiss.Index:
     if spec.kind == "flat":
-        inner = faiss.IndexFlatIP(dim)
+        inner = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     else:
-        inner = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = spec.ef_construction
         inner.hnsw.efSearch = spec.ef_search
     return faiss.IndexIDMap2(inner)
@@ -54,7 +56,13 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
         raise IndexError_(f"query has dimension {queries.shape[1]}, the index holds {index.d}-dimensional "
                           "signatures")
     k = max(1, min(int(k), max(index.ntotal, 1)))
-    scores, ids = index.search(queries, k)
+    threads = faiss.omp_get_max_threads()
+    if len(queries) < threads:  # faiss parallelises over queries: extra threads only contend
+        faiss.omp_set_num_threads(1)
+    try:
+        scores, ids = index.search(queries, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return np.clip(1.0 - scores, 0.0, 2.0), ids
 
 

@@ -287,7 +287,7 @@ class Index:
             return []
         extra = 1 if record is not None else 0
         distances, ids = search(index, vector, k + extra)
-        by_id = {r.id: r for r in self.records()}
+        by_id = self.catalog.by_ids([int(i) for i in ids[0] if i >= 0])
         out = []
         for dist, model_id in zip(distances[0], ids[0]):
             if model_id < 0 or (record is not None and model_id == record.id) or model_id not in by_id:
