@@ -16,7 +16,7 @@ from gifindex.probes import make_probes
 
 SMALL = DemoZooConfig(bases=("timm:test_resnet", "timm:test_convnext"),
                       students=("timm:test_convnext", "timm:test_resnet"),
-                      relations=("base", "finetuned", "pruned"), epochs=3)
+                      relations=("base", "finetuned", "pruned"), epochs=2, finetune_epochs=1)
 
 
 def _load(entry: dict) -> LoadedModel:
@@ -42,7 +42,7 @@ def test_zoo_files_and_manifest(zoo, tmp_path):
         assert all(isinstance(v, torch.Tensor) for v in state.values())
         assert 0.0 <= entry["tags"]["test_accuracy"] <= 1.0
         assert entry["num_classes"] == 10 and entry["input_size"] == 32
-    assert all(e["tags"]["test_accuracy"] >= 0.8 for e in entries if e["tags"]["relation"] == "base")
+    assert all(e["tags"]["test_accuracy"] >= 0.7 for e in entries if e["tags"]["relation"] == "base")
     pruned = [e for e in entries if e["tags"]["relation"] == "pruned"]
     assert all(e["tags"]["sparsity"] >= SMALL.prune_amount * 0.95 for e in pruned)
     path = write_manifest(entries, tmp_path / "demo.yaml", relative_to=out)

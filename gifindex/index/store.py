@@ -125,7 +125,7 @@ class Index:
             meta = {
                 "format": "gifindex", "format_version": FORMAT_VERSION, "config": config.to_dict(),
                 "config_hash": config.hash(), "probes_sha256": file_sha256(root / PROBES_FILE),
-                "projection": {"kind": "gaussian-blocked", "seed": config.seed, "block_rows": 4096},
+                "projection": {"kind": "gaussian-blocked+point-signs", "seed": config.seed, "block_rows": 4096},
                 "search": {"kind": search.kind, "hnsw_m": search.hnsw_m, "ef_search": search.ef_search,
                            "ef_construction": search.ef_construction},
                 "signature_dim": config.points_per_model * config.proj_dim,

@@ -28,7 +28,11 @@ from gifindex.probes import make_probes
 
 
 def exact_curves(zoo_dir: Path, config: SignatureConfig) -> tuple[list[str], list]:
-    entries = build_demo_zoo(zoo_dir)
+    stamp = zoo_dir / "demo_zoo.json"
+    if stamp.is_file():  # an existing zoo, whatever configuration it was built with
+        entries = [{**e, "ref": str(zoo_dir / e["ref"])} for e in json.loads(stamp.read_text())["entries"]]
+    else:
+        entries = build_demo_zoo(zoo_dir)
     probes = make_probes(config)
     names, curves = [], []
     for item in entries:

@@ -1,0 +1,100 @@
+"""`gifindex demo`: build the demo zoo from bundled data, index it, show nearest models and the tree."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from . import main
+from .build import ProgressReporter
+from .options import check_device, table
+
+
+def demo_config(probe_file: Path):
+    """The demo index's signature configuration: digit probes at 16 px (the digits are 8x8)."""
+    from ..config import SignatureConfig
+
+    return SignatureConfig(resolution=16, num_probes=16, steps=4, probe_source=str(probe_file))
+
+
+def relation_rows(index, entries: list[dict]) -> list[list]:
+    """Per derived model: distance to its parent, the parent's rank among its neighbours, nearest model."""
+    names, dist = index.matrix()
+    position = {name: i for i, name in enumerate(names)}
+    family = {e["name"]: e["tags"].get("family") for e in entries}
+    rows = []
+    for entry in entries:
+        parent = entry["tags"].get("parent")
+        if not parent or entry["name"] not in position or parent not in position:
+            continue
+        i = position[entry["name"]]
+        order = [j for j in dist[i].argsort() if j != i]
+        nearest = names[order[0]]
+        rank = 1 + [names[j] for j in order].index(parent)
+        rows.append([entry["name"], entry["tags"].get("relation"), round(float(dist[i, position[parent]]), 4),
+                     rank, nearest, "yes" if family.get(nearest) == family[entry["name"]] else "no"])
+    return rows
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="gifindex-demo", show_default=True,
+              help="folder for the zoo, its manifest, the index and the tree files")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--fresh", is_flag=True, help="retrain the zoo and rebuild the index from scratch")
+@click.option("--no-progress", is_flag=True)
+def demo(out_dir: str, device: str, fresh: bool, no_progress: bool) -> None:
+    """Build a small demo zoo (trained on scikit-learn's digits), index it, print nearest models and the tree.
+
+    Runs offline in a minute or two on a laptop CPU; a second run reuses the trained zoo and the index.
+    """
+    from ..demo import DemoZooConfig, build_demo_zoo, write_manifest
+    from ..index import Index
+    from ..manifest import read_manifest
+    from ..tree import save_tree, to_newick
+
+    device = check_device(device)
+    out = Path(out_dir)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    zoo_dir, index_dir = out / "zoo", out / "index"
+    started = time.perf_counter()
+    click.echo(f"1/4 building the demo zoo in {zoo_dir} (scikit-learn digits, upscaled to RGB)")
+    entries = build_demo_zoo(zoo_dir, DemoZooConfig(), progress=lambda msg: click.echo(msg))
+    manifest = write_manifest(entries, out / "demo.yaml", relative_to=out)
+
+    config = demo_config(zoo_dir / "digit_probes.npy")
+    if (index_dir / "index.json").exists():
+        index = Index.open(index_dir)
+        if index.config != config:
+            index.close()
+            shutil.rmtree(index_dir)
+    if not (index_dir / "index.json").exists():
+        index = Index.create(index_dir, config, device=device)
+    click.echo(f"2/4 signing and indexing {len(entries)} models in {index_dir} "
+               f"(K={config.num_probes} probes x T={config.steps} steps, R={config.resolution})")
+    report = index.ingest(read_manifest(manifest), device=device, batch_size=64,
+                          reporter=ProgressReporter(enabled=not no_progress))
+    summary = report.to_dict()
+    click.echo(f"    {summary['added']} added, {summary['skipped']} already indexed, {summary['failed']} failed")
+
+    query = entries[1]["name"] if len(entries) > 1 else entries[0]["name"]
+    click.echo(f"3/4 nearest models to {query}:")
+    neighbours = index.nearest(query, k=5)
+    click.echo(table([[rank, n.name, n.distance] for rank, n in enumerate(neighbours, 1)],
+                     ["rank", "name", "distance"]))
+    click.echo("\n    does each derived model sit next to its parent?")
+    click.echo(table(relation_rows(index, entries),
+                     ["model", "relation", "d(parent)", "parent rank", "nearest model", "same family"]))
+
+    click.echo("4/4 similarity tree (average linkage):")
+    tree = index.tree()
+    written = [save_tree(tree, out / f"tree.{suffix}", fmt) for suffix, fmt in
+               (("nwk", "newick"), ("png", "png"), ("html", "html"))]
+    click.echo("    " + to_newick(tree))
+    click.echo("    wrote " + ", ".join(str(p) for p in written))
+    click.echo(f"done in {time.perf_counter() - started:.0f} s. Next: open {out / 'tree.html'} in a browser, or try\n"
+               f"    gifindex nearest -i {index_dir} {query}\n"
+               f"    gifindex tree -i {index_dir} --format json")
+    index.close()
