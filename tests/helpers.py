@@ -44,3 +44,24 @@ class SmoothNet(nn.Module):
         x = torch.tanh(self.conv1(x))
         x = nn.functional.softplus(self.conv2(x))
         return self.head(x.mean(dim=(2, 3)))
+
+
+class HangNet(nn.Module):
+    """A model whose forward pass never returns in reasonable time (for the per-model time limit)."""
+
+    def forward(self, x):
+        import time
+
+        time.sleep(600)
+        return x.flatten(1)
+
+
+class CrashNet(nn.Module):
+    """A model whose forward pass kills its process with SIGSEGV (a crashing native extension)."""
+
+    def forward(self, x):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return x.flatten(1)

@@ -97,20 +97,27 @@ def _result_line(result) -> str:
 @click.option("--weights", default=None, help="state-dict file with the weights of a named architecture")
 @load_options
 @device_options
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "inline", "ray"]), default="local", show_default=True,
+              help="local: a worker process (a model that hangs or crashes is isolated); inline: in this "
+                   "process; ray: a Ray cluster (pip install 'gifindex[ray]')")
+@click.option("--timeout", type=float, default=1800.0, show_default=True,
+              help="per-model time limit in seconds (local and ray executors)")
+@click.option("--address", default=None, help="Ray cluster address (default: start or join a local one)")
 @click.option("--commit-every", type=int, default=8, show_default=True,
               help="models per shard commit (an interrupted ingest loses at most this many)")
 @click.option("--wait", type=float, default=0.0, help="seconds to wait if another process is writing")
 @click.option("--no-progress", is_flag=True, help="no progress bars (per-model lines are still printed)")
 @json_option
 def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: str | None, weights: str | None,
-           device: str, batch_size: int, executor: str, commit_every: int, wait: float, no_progress: bool,
+           device: str, batch_size: int, executor: str, timeout: float, address: str | None, commit_every: int,
+           wait: float, no_progress: bool,
            as_json: bool, **kwargs: Any) -> None:
     """Sign models and add them; those already indexed (same weights) are skipped.
 
     A model that fails is reported with the reason and the rest go on; the exit code is 1 if any failed.
     """
     from ..errors import GifindexError
+    from ..executors import make_executor
     from ..manifest import ModelEntry, read_manifest
 
     load_kwargs = load_kwargs_from(kwargs)
@@ -124,8 +131,10 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
         raise GifindexError("nothing to ingest: give model references or --manifest FILE")
     index = open_index(index_path)
     start = time.perf_counter()
+    options = {"address": address} if executor == "ray" else {}
     report = index.ingest(entries, device=check_device(device), batch_size=batch_size, commit_every=commit_every,
-                          reporter=ProgressReporter(enabled=not no_progress and not as_json), wait=wait)
+                          reporter=ProgressReporter(enabled=not no_progress and not as_json), wait=wait,
+                          executor=make_executor(executor, timeout=timeout, **options))
     summary = report.to_dict()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["index_models"] = len(index)

@@ -21,6 +21,7 @@ import numpy as np
 from .. import __version__
 from ..config import SignatureConfig
 from ..errors import GifindexError, IndexError_
+from ..executors import InlineExecutor, Reporter, SignJob
 from ..ingest import SignResult, sign_entry
 from ..manifest import ModelEntry
 from ..probes import Probes, make_probes
@@ -48,6 +49,9 @@ class Neighbor:
         return {"name": self.name, "distance": self.distance, "ref": self.ref}
 
 
+IngestReporter = Reporter  # progress hooks an ingest calls (see gifindex.executors.Reporter)
+
+
 @dataclass
 class IngestReport:
     results: list[SignResult] = field(default_factory=list)
@@ -58,20 +62,6 @@ class IngestReport:
     def to_dict(self) -> dict[str, Any]:
         return {"added": len(self.by_status("added")), "skipped": len(self.by_status("skipped")),
                 "failed": len(self.by_status("failed")), "models": [r.summary() for r in self.results]}
-
-
-class IngestReporter:
-    """Hooks an ingest calls as it goes (the CLI draws progress bars with them). No-ops by default."""
-
-    def start(self, total: int) -> None: ...
-
-    def model_start(self, entry: ModelEntry, points: int) -> None: ...
-
-    def points(self, count: int) -> None: ...
-
-    def model_done(self, result: SignResult) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _versions() -> dict[str, str]:
@@ -340,39 +330,32 @@ class Index:
         self._save_search(index)
 
     def ingest(self, refs: Iterable[str | ModelEntry], *, device: str = "cpu", batch_size: int | None = 32,
-               commit_every: int = 8, commit_seconds: float = 60.0, reporter: IngestReporter | None = None,
-               wait: float = 0.0) -> IngestReport:
+               commit_every: int = 8, commit_seconds: float = 60.0, reporter: Reporter | None = None,
+               wait: float = 0.0, executor=None) -> IngestReport:
         """Sign and add models; skip those already indexed (same content hash); record failures.
 
-        Signed models are committed in shards of up to ``commit_every`` models, or sooner when
-        ``commit_seconds`` have passed, so an interrupted ingest loses at most that much work and a rerun
-        resumes where it stopped.
+        ``executor`` decides where the per-model worker runs (default: in this process; see
+        gifindex.executors). Signed models are committed in shards of up to ``commit_every`` models, or
+        sooner when ``commit_seconds`` have passed, so an interrupted ingest loses at most that much work
+        and a rerun resumes where it stopped.
         """
         entries = [r if isinstance(r, ModelEntry) else ModelEntry(ref=r) for r in refs]
-        reporter = reporter or IngestReporter()
+        reporter = reporter or Reporter()
+        executor = executor or InlineExecutor()
         report = IngestReport()
         with self.writer(wait=wait):
             known = {r.weights_sha256 for r in self.records()}
             names = {r.name: r.weights_sha256 for r in self.records()}
+            job = SignJob(self.config, self.probes, device=device, batch_size=batch_size,
+                          known_sha256=frozenset(known))
             pending: list[SignResult] = []
             last_commit = time.monotonic()
             reporter.start(len(entries))
             try:
-                for entry in entries:
-                    reporter.model_start(entry, self.config.points_per_model)
-                    result = sign_entry(entry, self.config, self.probes, device=device, batch_size=batch_size,
-                                        known_sha256=known, progress=reporter.points)
-                    if result.status == "added" and names.get(result.name, result.weights_sha256) != \
-                            result.weights_sha256:
-                        result.status, result.signature = "failed", None
-                        result.error = (f"name {result.name!r} is already used by another model in the index; "
-                                        "give this one another name (--name or the manifest's name)")
+                for result in executor.map(entries, job, reporter):
+                    self._settle(result, known, names)
                     if result.status == "added":
-                        known.add(result.weights_sha256)
-                        names[result.name] = result.weights_sha256
                         pending.append(result)
-                    elif result.status == "failed":
-                        self.catalog.record_failure(result.name, result.ref, result.error or "unknown error")
                     report.results.append(result)
                     reporter.model_done(result)
                     if len(pending) >= commit_every or (pending and time.monotonic() - last_commit > commit_seconds):
@@ -382,6 +365,20 @@ class Index:
             finally:
                 reporter.close()
         return report
+
+    def _settle(self, result: SignResult, known: set[str], names: dict[str, str]) -> None:
+        """Decide a worker's result against the index: duplicates, name clashes, failures to record."""
+        if result.status == "added" and result.weights_sha256 in known:
+            result.status, result.signature = "skipped", None  # signed twice in one ingest
+        elif result.status == "added" and names.get(result.name, result.weights_sha256) != result.weights_sha256:
+            result.status, result.signature = "failed", None
+            result.error = (f"name {result.name!r} is already used by another model in the index; "
+                            "give this one another name (--name or the manifest's name)")
+        if result.status == "added":
+            known.add(result.weights_sha256)
+            names[result.name] = result.weights_sha256
+        elif result.status == "failed":
+            self.catalog.record_failure(result.name, result.ref, result.error or "unknown error")
 
     def remove(self, name: str) -> ModelRecord:
         """Remove a model from the catalogue and the search index (its shard row becomes garbage)."""
