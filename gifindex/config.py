@@ -14,7 +14,7 @@ from typing import Any
 from .errors import ConfigError
 from .quadrature import RULES
 
-METHODS = ("modelgif",)
+METHODS = ("modelgif", "saliency", "ig", "sac", "rsa")
 PROBE_KINDS = ("random", "cutmix", "pgd")
 MODES = ("field", "ig")
 OUTPUTS = ("norm", "top-logit")
@@ -66,6 +66,9 @@ class SignatureConfig:
                 raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
         if self.probe_kind == "pgd" and not self.pgd_anchor:
             raise ConfigError("probe kind 'pgd' needs an anchor model: set pgd_anchor (--pgd-anchor REF)")
+        if self.method in ("sac", "rsa") and self.num_probes < 3:
+            raise ConfigError(f"method {self.method!r} compares the outputs on pairs of probes: "
+                              "it needs num_probes >= 3")
         if not (0 < self.pgd_eps <= 1):
             raise ConfigError(f"invalid pgd_eps {self.pgd_eps!r}: expected 0 < eps <= 1")
 
@@ -73,6 +76,16 @@ class SignatureConfig:
     def points_per_model(self) -> int:
         """K*T: the number of curve points (and forward/backward passes) per model."""
         return self.num_probes * self.steps
+
+    @property
+    def signature_dim(self) -> int:
+        """Length of a stored signature, by method (gifindex.methods): modelgif K*T*proj_dim; saliency and
+        ig K*proj_dim (one point per probe); sac and rsa K*(K-1)/2 (the upper triangle of a K x K matrix)."""
+        if self.method == "modelgif":
+            return self.points_per_model * self.proj_dim
+        if self.method in ("saliency", "ig"):
+            return self.num_probes * self.proj_dim
+        return self.num_probes * (self.num_probes - 1) // 2
 
     @property
     def input_dim(self) -> int:

@@ -94,8 +94,15 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
             result.status = "skipped"
             return result
         adapter = SharedSpaceAdapter(loaded.module, loaded.spec, output)
-        curves = compute_curves(adapter, probes, config, batch_size=batch_size, device=device, progress=progress)
-        result.signature = compress(curves, projection_for(config))
+        if config.method == "modelgif":
+            curves = compute_curves(adapter, probes, config, batch_size=batch_size, device=device,
+                                    progress=progress)
+            result.signature = compress(curves, projection_for(config))
+        else:  # baselines (gifindex.methods): saliency, ig, sac, rsa
+            from .methods import sign as sign_with_method
+
+            result.signature = sign_with_method(adapter, probes, config, batch_size=batch_size, device=device,
+                                                progress=progress)
         result.status = "added"
         result.metadata = {
             "source": loaded.source, "arch": loaded.arch, "output": output, "device": device,

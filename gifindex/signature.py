@@ -23,5 +23,9 @@ def projection_for(config: "SignatureConfig") -> Projection:
 def signature(model: "LoadedModel", config: "SignatureConfig", probes: "Probes", batch_size: int | None = 32,
               device: str | torch.device = "cpu", progress: ProgressFn | None = None) -> np.ndarray:
     """Sign a model: its ModelGiF curves, compressed to a unit-norm float32 vector of K*T*proj_dim."""
+    if config.method != "modelgif":
+        from .methods import sign as sign_with_method
+
+        return sign_with_method(model, probes, config, batch_size=batch_size, device=device, progress=progress)
     curves = compute_curves(model, probes, config, batch_size=batch_size, device=device, progress=progress)
     return compress(curves, projection_for(config))

@@ -131,6 +131,13 @@ def test_duplicate_weights_add_nothing(zoo, tmp_path):
         assert len(opened) == 1 and len(opened.catalog.shards()) == 1
 
 
+CONFIG = SignatureConfig(resolution=16, num_probes=3, steps=2, proj_dim=256, seed=1)
+
+
+def _entries(zoo: dict) -> list[ModelEntry]:
+    return [ModelEntry(ref=str(zoo[n][0]), name=n, arch=zoo[n][1], num_classes=4, input_size=32) for n in sorted(zoo)]
+
+
 class _Interrupt(IngestReporter):
     def __init__(self, after: int):
         self.after, self.done = after, 0
@@ -142,9 +149,7 @@ class _Interrupt(IngestReporter):
 
 
 def test_interrupted_ingest_resumes_to_the_same_index(zoo, tmp_path):
-    config = SignatureConfig(resolution=16, num_probes=3, steps=2, proj_dim=256, seed=1)
-    entries = [ModelEntry(ref=str(zoo[n][0]), name=n, arch=zoo[n][1], num_classes=4, input_size=32)
-               for n in sorted(zoo)]
+    config, entries = CONFIG, _entries(zoo)
     with Index.create(tmp_path / "full", config) as full:
         full.ingest(entries)
         names_full, vectors_full = full.vectors()
@@ -164,9 +169,7 @@ def test_interrupted_ingest_resumes_to_the_same_index(zoo, tmp_path):
 
 
 def test_nearest_equals_brute_force_and_compressed_tracks_exact(zoo, tmp_path):
-    config = SignatureConfig(resolution=16, num_probes=3, steps=2, proj_dim=256, seed=1)
-    entries = [ModelEntry(ref=str(zoo[n][0]), name=n, arch=zoo[n][1], num_classes=4, input_size=32)
-               for n in sorted(zoo)]
+    config, entries = CONFIG, _entries(zoo)
     with Index.create(tmp_path / "idx", config) as index:
         index.ingest(entries)
         records, vectors = index.vectors()

@@ -102,11 +102,14 @@ def test_torchscript_refused_then_trusted(tmp_path) -> None:
     _same_outputs(lm.module, net)
 
 
+REFIX = "re-download the file or re-save it with torch.save(model.state_dict(), PATH)"
+
+
 @pytest.mark.parametrize("content, message", [
-    (b"", "cannot read {p}: the file is empty"),
+    (b"", "cannot read {p}: the file is empty; " + REFIX),
     (bytes(range(7, 200)) * 5, "cannot read {p}: not a PyTorch, TorchScript or safetensors file "
-                               "(unrecognised content)"),
-    (b"PK\x03\x04" + b"\x00" * 40, "cannot read {p}: corrupt or truncated zip archive"),
+                               "(unrecognised content); " + REFIX),
+    (b"PK\x03\x04" + b"\x00" * 40, "cannot read {p}: corrupt or truncated zip archive; " + REFIX),
 ])
 def test_unreadable_files(tmp_path, content: bytes, message: str) -> None:
     path = tmp_path / "bad.pth"

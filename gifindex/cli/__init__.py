@@ -15,6 +15,6 @@ def main() -> None:
     """
 
 
-from . import build, demo, query  # noqa: E402,F401  (registers the commands)
+from . import apps, build, demo, query  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["main"]

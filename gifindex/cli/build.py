@@ -15,8 +15,10 @@ from .options import (check_device, config_from, config_options, device_options,
 
 @main.command()
 @index_option
-@click.option("--method", type=click.Choice(["modelgif"]), default="modelgif", show_default=True,
-              help="signature method")
+@click.option("--method", type=click.Choice(["modelgif", "saliency", "ig", "sac", "rsa"]), default="modelgif",
+              show_default=True, help="signature method: modelgif, or a baseline to compare with (saliency: "
+              "input gradient at each probe; ig: Integrated Gradients; sac: cosine matrix of outputs on CutMix "
+              "probes, probe kind cutmix unless --probe-kind is given; rsa: dissimilarity matrix of outputs)")
 @config_options
 @click.option("--search", "search_kind", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
               help="flat: exact inner-product search; hnsw: approximate, for large hubs")
@@ -27,6 +29,9 @@ def init(index_path: str, method: str, search_kind: str, device: str, as_json: b
     from ..index import Index, SearchSpec
 
     config = config_from(kwargs)
+    if method == "sac" and click.get_current_context().get_parameter_source("probe_kind") != \
+            click.core.ParameterSource.COMMANDLINE:
+        config = config.replace(probe_kind="cutmix")  # SAC's fingerprint is defined on CutMix samples
     config = config.replace(method=method)
     index = Index.create(index_path, config, search=SearchSpec(kind=search_kind), device=check_device(device))
     info = index.info()

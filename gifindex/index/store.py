@@ -118,7 +118,7 @@ class Index:
                 "projection": {"kind": "gaussian-blocked+point-signs", "seed": config.seed, "block_rows": 4096},
                 "search": {"kind": search.kind, "hnsw_m": search.hnsw_m, "ef_search": search.ef_search,
                            "ef_construction": search.ef_construction},
-                "signature_dim": config.points_per_model * config.proj_dim,
+                "signature_dim": config.signature_dim,
                 "created": time.time(), "versions": _versions(),
             }
             index = cls(root, meta, config, probes)
@@ -165,7 +165,7 @@ class Index:
 
     @property
     def dim(self) -> int:
-        return self.config.points_per_model * self.config.proj_dim
+        return self.config.signature_dim
 
     @property
     def config_hash(self) -> str:

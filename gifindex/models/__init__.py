@@ -30,6 +30,7 @@ def load_model(ref: "str | ModelRef", *, arch: str | None = None, weights: str |
     """
     from gifindex.models import hub, taskonomy
 
+    _check_file_ref(ref)
     r = parse_ref(ref)
     if weights is not None and random_init:
         raise ConfigError("--weights and --random-init exclude each other")
@@ -60,6 +61,21 @@ def load_model(ref: "str | ModelRef", *, arch: str | None = None, weights: str |
                        arch=built.arch, weights_sha256=built.weights_sha256,
                        num_outputs=built.meta.pop("num_outputs", None) or num_outputs(built.module),
                        meta=built.meta)
+
+
+def _check_file_ref(ref: object) -> None:
+    """A reference that names a local path: refuse FIFOs, devices, directories, outside symlinks (files.py)."""
+    import os
+
+    from gifindex.models.files import check_path
+    from gifindex.refs import _PREFIXES, FILE_SUFFIXES
+
+    if not isinstance(ref, (str, os.PathLike)):
+        return
+    text = os.path.expanduser(os.fspath(ref).strip())
+    prefixed = text.partition(":")[0].lower() in _PREFIXES and ":" in text
+    if os.path.lexists(text) or (not prefixed and Path(text).suffix.lower() in FILE_SUFFIXES):
+        check_path(text)
 
 
 def num_outputs(module: nn.Module) -> int | None:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import math
+import os
 import pickle
+import stat
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -20,6 +24,17 @@ import torch
 import torch.nn as nn
 
 from gifindex.errors import ModelLoadError, UntrustedFileError
+
+# Caps applied before anything is allocated or decompressed.
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+ZIP_MAX_RATIO = 20  # declared uncompressed bytes per byte of archive (real checkpoints: about 1)
+ZIP_SLACK = 1 << 20
+ZIP_MAX_ENTRIES = 1_000_000
+LFS_MAGIC = b"version https://git-lfs.github.com/spec/"
+REFIX = "re-download the file or re-save it with torch.save(model.state_dict(), PATH)"
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2,
+                      "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8,
+                      "F64": 8, "C64": 8, "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75}
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "ema", "state_dict_ema", "model_ema",
                "module", "net")
@@ -37,24 +52,132 @@ class WeightsFile:
 
 
 def sniff(data: bytes) -> str:
-    """Name the container format of ``data``: torch-zip, torchscript, torch-legacy, safetensors, ..."""
+    """Name the container format of ``data``: torch-zip, torchscript, torch-legacy, safetensors, lfs-pointer,
+    html, bad-zip, empty or unknown. Reads only; never raises."""
     if not data:
         return "empty"
+    if data.startswith(LFS_MAGIC):
+        return "lfs-pointer"
+    head = data[:1024].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or \
+            (head.startswith(b"<") and b"<html" in head):
+        return "html"
     if data[:4] == b"PK\x03\x04":
         try:
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
+        except Exception:  # noqa: BLE001 - any failure to parse the directory: a bad archive
             return "bad-zip"
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
             return "torchscript"
         return "torch-zip"
     if data[0] == 0x80:
         return "torch-legacy"
-    if len(data) >= 9:
-        (n,) = struct.unpack("<Q", data[:8])
-        if 0 < n <= len(data) - 8 and data[8:9] == b"{":
-            return "safetensors"
+    if len(data) >= 9 and data[8:9] == b"{":
+        return "safetensors"  # (layout checked by check_safetensors)
     return "unknown"
+
+
+def check_path(path: str | os.PathLike) -> None:
+    """Refuse what is not a plain weights file before opening it: missing paths, directories, FIFOs,
+    devices, sockets, broken symlinks and symlinks that point outside their own folder."""
+    text = os.fspath(path)
+    try:
+        info = os.lstat(text)
+    except FileNotFoundError:
+        raise ModelLoadError(f"model file not found: {text}; check the path (paths in a manifest are relative "
+                             "to the manifest)") from None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {text}: {_first_line(e)}") from None
+    if stat.S_ISLNK(info.st_mode):
+        target = os.path.realpath(text)
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(text)))
+        if not os.path.exists(target):
+            raise ModelLoadError(f"{text} is a broken symbolic link (to {target}); fix the link or give the "
+                                 "file itself")
+        if os.path.commonpath([folder, target]) != folder:
+            raise ModelLoadError(f"{text} is a symbolic link to {target}, outside its folder {folder}; refusing "
+                                 "to follow it; give the target path itself if you trust it")
+        info = os.stat(text)
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        raise ModelLoadError(f"{text} is a directory, not a model file; give the weights file inside it "
+                             "(.pt/.pth/.bin/.safetensors)")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device file"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise ModelLoadError(f"{text} is {kind}, not a regular file; refusing to read it; give a weights file")
+
+
+def check_zip(data: bytes, path: str) -> None:
+    """Cap a zip checkpoint's declared sizes before torch decompresses or allocates anything."""
+    try:
+        infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except Exception:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read {path}: corrupt or truncated zip archive; {REFIX}") from None
+    if len(infos) > ZIP_MAX_ENTRIES:
+        raise ModelLoadError(f"cannot read {path}: the zip archive lists {len(infos)} entries; refusing it as a "
+                             f"zip bomb; {REFIX}")
+    declared = sum(max(0, int(i.file_size)) for i in infos)
+    limit = ZIP_MAX_RATIO * len(data) + ZIP_SLACK
+    if declared > limit:
+        raise ModelLoadError(f"cannot read {path}: the zip archive declares {declared} bytes uncompressed in a "
+                             f"{len(data)}-byte file (a zip bomb or a corrupt archive); refusing to decompress "
+                             f"it; {REFIX}")
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise ModelLoadError(f"cannot read {path}: zip entry {info.filename!r} declares {info.file_size} "
+                                 f"bytes but stores {info.compress_size}; corrupt archive; {REFIX}")
+        if info.header_offset + info.compress_size > len(data):
+            raise ModelLoadError(f"cannot read {path}: zip entry {info.filename!r} lies beyond the end of the "
+                                 f"file (truncated); {REFIX}")
+
+
+def check_safetensors(data: bytes, path: str) -> None:
+    """Validate a safetensors layout before the library allocates: header size, JSON, dtypes, shapes,
+    offsets inside the data section, sizes that fit shape and dtype, tensors that do not overlap."""
+    def bad(why: str) -> ModelLoadError:
+        return ModelLoadError(f"cannot read {path}: corrupt safetensors file ({why}); {REFIX}")
+
+    if len(data) < 8:
+        raise bad("shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_SAFETENSORS_HEADER:
+        raise bad(f"declared header of {n} bytes exceeds the {MAX_SAFETENSORS_HEADER}-byte limit")
+    if n > len(data) - 8:
+        raise bad(f"declared header of {n} bytes but the file has only {len(data) - 8} after the length")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(f"header is not valid JSON: {_first_line(e)}") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    size = len(data) - 8 - n
+    spans = []
+    for key, spec in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(spec, dict) or set(spec) - {"dtype", "shape", "data_offsets"}:
+            raise bad(f"tensor {key!r} has a malformed entry")
+        dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise bad(f"tensor {key!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"tensor {key!r} has a malformed shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise bad(f"tensor {key!r} has malformed data_offsets {offsets!r}")
+        begin, end = offsets
+        if not 0 <= begin <= end <= size:
+            raise bad(f"tensor {key!r} offsets [{begin}, {end}] lie outside the {size}-byte data section")
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+        if nbytes != end - begin:
+            raise bad(f"tensor {key!r} shaped {shape} {dtype} needs {nbytes:g} bytes but its offsets span "
+                      f"{end - begin}")
+        spans.append((begin, end, key))
+    spans.sort()
+    for (b1, e1, k1), (b2, e2, k2) in zip(spans, spans[1:]):
+        if b2 < e1:
+            raise bad(f"tensors {k1!r} and {k2!r} overlap")
 
 
 def extract_state_dict(obj: Any, path: str = "") -> dict[str, torch.Tensor]:
@@ -89,11 +212,11 @@ def _torch_load(data: bytes, path: str, trust: bool) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
-            raise ModelLoadError(f"cannot read {path}: corrupt or truncated file ({_first_line(e)})")
+            raise ModelLoadError(f"cannot read {path}: corrupt or truncated file ({_first_line(e)}); {REFIX}")
         if not trust:
             raise _untrusted(path) from None
     except Exception as e:  # EOFError, RuntimeError, struct.error, zipfile errors...: unreadable
-        raise ModelLoadError(f"cannot read {path}: corrupt or truncated file ({_first_line(e)})")
+        raise ModelLoadError(f"cannot read {path}: corrupt or truncated file ({_first_line(e)}); {REFIX}")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as e:  # trusted arbitrary pickle: any failure is a load failure
@@ -108,27 +231,37 @@ def _first_line(e: BaseException) -> str:
 def read_weights_file(path: str | Path, *, trust: bool = False) -> WeightsFile:
     """Read ``path`` as a state dict (or, with ``trust``, a pickled module / TorchScript archive)."""
     path = str(path)
+    check_path(path)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ModelLoadError(f"model file not found: {path}") from None
+        raise ModelLoadError(f"model file not found: {path}; check the path") from None
     except OSError as e:
         raise ModelLoadError(f"cannot read {path}: {_first_line(e)}") from None
     sha = hashlib.sha256(data).hexdigest()
     fmt = sniff(data)
     if fmt == "empty":
-        raise ModelLoadError(f"cannot read {path}: the file is empty")
+        raise ModelLoadError(f"cannot read {path}: the file is empty; {REFIX}")
+    if fmt == "lfs-pointer":
+        raise ModelLoadError(f"cannot read {path}: it is a Git LFS pointer ({len(data)} bytes), not the weights; "
+                             "run `git lfs pull` in its repository (or download the real file) and retry")
+    if fmt == "html":
+        raise ModelLoadError(f"cannot read {path}: it is an HTML page (a download error or login page saved as "
+                             "a model file), not weights; download the file again")
     if fmt == "unknown":
         raise ModelLoadError(f"cannot read {path}: not a PyTorch, TorchScript or safetensors file "
-                             "(unrecognised content)")
+                             f"(unrecognised content); {REFIX}")
     if fmt == "bad-zip":
-        raise ModelLoadError(f"cannot read {path}: corrupt or truncated zip archive")
+        raise ModelLoadError(f"cannot read {path}: corrupt or truncated zip archive; {REFIX}")
+    if fmt in ("torch-zip", "torchscript"):
+        check_zip(data, path)
     if fmt == "safetensors":
         from safetensors.torch import load as st_load
+        check_safetensors(data, path)
         try:
             sd = st_load(data)
         except Exception as e:  # safetensors raises its own SafetensorError
-            raise ModelLoadError(f"cannot read {path}: corrupt safetensors file ({_first_line(e)})")
+            raise ModelLoadError(f"cannot read {path}: corrupt safetensors file ({_first_line(e)}); {REFIX}")
         return WeightsFile(path, fmt, sha, state_dict=extract_state_dict(sd, path))
     if fmt == "torchscript":
         if not trust:

@@ -121,6 +121,25 @@ def timm_cached_file(cfg: dict[str, Any]) -> Path | None:
     return None
 
 
+def _explicit_build(lib: str, name: str, build: Any, weights: Any, random_init: bool, num_classes: int | None,
+                    trust: bool, kwargs: dict[str, Any], meta: dict[str, Any]) -> tuple[nn.Module, str | None] | None:
+    """Build with weights from ``--weights`` (class count read from the file) or untrained on request;
+    None when the pretrained weights of the local caches are wanted instead."""
+    if weights:
+        sd, sha = read_weights(weights, trust)
+        n = detect.fit_architecture(lib, name, sd, num_classes)
+        if n is not None:
+            kwargs["num_classes"] = n
+        module = build(kwargs)
+        _finish_weights(module, sd, f"{lib}:{name}")
+        meta["weights_file"] = _describe(weights)
+        return module, sha
+    if random_init:
+        meta["random_init"] = True
+        return build(kwargs), None
+    return None
+
+
 def load_timm(name: str, tag: str | None, *, weights: Any, num_classes: int | None,
               random_init: bool, trust: bool = False) -> Built:
     """Build ``timm:name[.tag]``; weights from ``weights``, the local caches, or random."""
@@ -131,17 +150,10 @@ def load_timm(name: str, tag: str | None, *, weights: Any, num_classes: int | No
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     meta: dict[str, Any] = {}
     sha = None
-    if weights:
-        sd, sha = read_weights(weights, trust)
-        n = detect.fit_architecture("timm", name, sd, num_classes)
-        if n is not None:
-            kwargs["num_classes"] = n
-        module = _timm_create(full, False, kwargs)
-        _finish_weights(module, sd, f"timm:{name}")
-        meta["weights_file"] = _describe(weights)
-    elif random_init:
-        module = _timm_create(full, False, kwargs)
-        meta["random_init"] = True
+    explicit = _explicit_build("timm", name, lambda kw: _timm_create(full, False, kw), weights, random_init,
+                               num_classes, trust, kwargs, meta)
+    if explicit is not None:
+        module, sha = explicit
     else:
         cfg = timm.models.get_pretrained_cfg(full)
         cached = timm_cached_file(cfg.to_dict()) if cfg is not None else None
@@ -242,17 +254,10 @@ def load_torchvision(name: str, tag: str | None, *, weights: Any, num_classes: i
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     meta: dict[str, Any] = {}
     sha = None
-    if weights:
-        sd, sha = read_weights(weights, trust)
-        n = detect.fit_architecture("torchvision", name, sd, num_classes)
-        if n is not None:
-            kwargs["num_classes"] = n
-        module = _tv_build(name, None, kwargs)
-        _finish_weights(module, sd, f"torchvision:{name}")
-        meta["weights_file"] = _describe(weights)
-    elif random_init:
-        module = _tv_build(name, None, kwargs)
-        meta["random_init"] = True
+    explicit = _explicit_build("torchvision", name, lambda kw: _tv_build(name, None, kw), weights, random_init,
+                               num_classes, trust, kwargs, meta)
+    if explicit is not None:
+        module, sha = explicit
     else:
         path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(wenum.url) if wenum else None
         if path is None or not path.is_file():

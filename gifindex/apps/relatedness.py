@@ -1,0 +1,124 @@
+"""Task relatedness: does the index's distance matrix rank source tasks like a ground-truth transfer affinity?
+
+For every target task (column j), Spearman's rho between column j of the distance matrix and column j of
+the affinity matrix (affinity[i][j]: how well source i transfers to target j, higher is better), then the
+mean over columns. Distances and affinities should be anti-correlated, so ``agreement`` = -rho is
+reported too (the paper's 0.83 for ModelGiF on Taskonomy is an agreement). Computed with the diagonal
+(what the authors' script does; a model is trivially at distance 0 from itself and its own task is
+usually the best source, which inflates the score) and without it; the stricter, diagonal-free score
+leads.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import GifindexError
+
+if TYPE_CHECKING:
+    from ..index import Index
+
+
+def load_affinity(path: str | Path) -> tuple[list[str], np.ndarray, list[list[str]]]:
+    """Read an affinity file: ``{"names": [...], "matrix": [[...]]}`` or gifindex/data/taskonomy_affinity.json.
+
+    Returns (names, matrix, aliases): aliases[i] lists every accepted name of task i (for Taskonomy:
+    the pickle key, the visualpriors name and the paper's display name).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise GifindexError(f"cannot read affinity file {path}: {exc}") from None
+    if not isinstance(data, dict) or "matrix" not in data:
+        raise GifindexError(f"{path}: expected a JSON object with 'matrix' and 'names' (or the Taskonomy "
+                            "format of gifindex/data/taskonomy_affinity.json)")
+    matrix = np.asarray(data["matrix"], dtype=np.float64)
+    if "names" in data:
+        names = [str(n) for n in data["names"]]
+        aliases = [[n] for n in names]
+    elif "task_keys_pickle" in data:
+        names = [str(n) for n in data["task_keys_pickle"]]
+        others = [data.get(k) or names for k in ("task_names_visualpriors", "task_display_names_paper")]
+        aliases = [[names[i]] + [str(o[i]) for o in others] for i in range(len(names))]
+    else:
+        raise GifindexError(f"{path}: no 'names' list to match the matrix rows to indexed models")
+    if matrix.ndim != 2 or matrix.shape != (len(names), len(names)):
+        raise GifindexError(f"{path}: matrix must be square with one row per name ({len(names)}), "
+                            f"got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise GifindexError(f"{path}: matrix holds NaN or Inf")
+    return names, matrix, aliases
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def match_names(aliases: Sequence[Sequence[str]], indexed: Sequence[str]) -> list[int | None]:
+    """For every task, the position of the indexed model that bears one of its names (exact, then
+    case/punctuation-insensitive, then ``taskonomy-NAME``/``NAME-...`` style prefixes); None if absent."""
+    exact = {n: i for i, n in enumerate(indexed)}
+    loose = {_norm(n): i for i, n in enumerate(indexed)}
+    out: list[int | None] = []
+    for names in aliases:
+        hit = next((exact[n] for n in names if n in exact), None)
+        if hit is None:
+            hit = next((loose[_norm(n)] for n in names if _norm(n) in loose), None)
+        if hit is None:
+            for n in names:
+                cands = [i for i, m in enumerate(indexed) if _norm(m).endswith(_norm(n)) or
+                         _norm(m).startswith(_norm(n))]
+                if len(cands) == 1:
+                    hit = cands[0]
+                    break
+        out.append(hit)
+    return out
+
+
+def spearman_columns(distances: np.ndarray, affinity: np.ndarray, diagonal: bool) -> np.ndarray:
+    """Spearman's rho per column j between distances[:, j] and affinity[:, j] (optionally without row j)."""
+    from scipy.stats import spearmanr
+
+    n = distances.shape[0]
+    rhos = []
+    for j in range(n):
+        rows = np.arange(n) if diagonal else np.array([i for i in range(n) if i != j])
+        rho = spearmanr(distances[rows, j], affinity[rows, j])[0]
+        rhos.append(np.nan if rho is None else rho)
+    return np.asarray(rhos, dtype=np.float64)
+
+
+def score(distances: np.ndarray, affinity: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Column-wise Spearman with and without the diagonal, for matched square matrices."""
+    strict = spearman_columns(distances, affinity, diagonal=False)
+    loose = spearman_columns(distances, affinity, diagonal=True)
+    return {
+        "spearman_without_diagonal": float(np.nanmean(strict)),
+        "spearman_with_diagonal": float(np.nanmean(loose)),
+        "agreement_without_diagonal": float(-np.nanmean(strict)),
+        "agreement_with_diagonal": float(-np.nanmean(loose)),
+        "per_column": [{"task": t, "without_diagonal": float(a), "with_diagonal": float(b)}
+                       for t, a, b in zip(names, strict, loose)],
+    }
+
+
+def relatedness(index: "Index", truth: str | Path) -> dict[str, Any]:
+    """Spearman between the index's distance matrix and the ground-truth affinity in ``truth``."""
+    names, affinity, aliases = load_affinity(truth)
+    indexed, dist = index.matrix()
+    positions = match_names(aliases, indexed)
+    used = [i for i, p in enumerate(positions) if p is not None]
+    missing = [names[i] for i, p in enumerate(positions) if p is None]
+    if len(used) < 3:
+        raise GifindexError(f"only {len(used)} of the {len(names)} tasks in {truth} match indexed model names "
+                            f"(need >= 3); missing e.g. {', '.join(missing[:5])}")
+    sub_dist = dist[np.ix_([positions[i] for i in used], [positions[i] for i in used])]
+    sub_aff = affinity[np.ix_(used, used)]
+    out = score(sub_dist, sub_aff, [names[i] for i in used])
+    out.update({"tasks": len(used), "matched": {names[i]: indexed[positions[i]] for i in used},
+                "missing": missing, "method": index.config.method})
+    return out

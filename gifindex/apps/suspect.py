@@ -1,0 +1,64 @@
+"""IP protection: is SUSPECT derived from OWNER? Its distance to the owner, calibrated against the owner's
+distances to the rest of the index (the population of models that are, for the most part, unrelated).
+
+Scores: ``p_value`` = (1 + #population at or below d) / (1 + n), the empirical chance that an indexed
+model sits at least as close to the owner; ``z`` = (median - d) / (1.4826 MAD), a robust z-score (robust so
+that the owner's own derivatives in the index, if any, do not drag the population towards the owner).
+Verdict ``derived`` when z >= z_threshold (default 3), ``unrelated`` otherwise; the threshold used is
+also reported as a distance.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import GifindexError
+
+if TYPE_CHECKING:
+    from ..index import Index
+    from ..manifest import ModelEntry
+
+MIN_POPULATION = 3
+MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
+
+
+def suspect_from_distances(d: float, population: Sequence[float], z_threshold: float = 3.0) -> dict[str, Any]:
+    """Calibrate one suspect-owner distance against the owner's distances to a reference population."""
+    pop = np.asarray(population, dtype=np.float64)
+    if pop.size < MIN_POPULATION:
+        raise GifindexError(f"suspect needs at least {MIN_POPULATION} other indexed models to calibrate "
+                            f"against (found {pop.size}); ingest unrelated models trained on the same task")
+    median = float(np.median(pop))
+    mad = float(np.median(np.abs(pop - median))) * MAD_SCALE
+    scale = mad if mad > 1e-9 else max(float(pop.std()), 1e-9)
+    z = (median - d) / scale
+    p_value = (1 + int(np.sum(pop <= d))) / (1 + pop.size)
+    threshold = median - z_threshold * scale
+    derived = bool(z >= z_threshold)
+    return {
+        "distance": float(d), "z": float(z), "p_value": float(p_value), "verdict": "derived" if derived else "unrelated",
+        "threshold": {"z": float(z_threshold), "distance": float(threshold)},
+        "population": {"n": int(pop.size), "median": median, "mad_sigma": float(scale), "min": float(pop.min()),
+                       "max": float(pop.max()), "mean": float(pop.mean()), "std": float(pop.std())},
+    }
+
+
+def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | ModelEntry", z_threshold: float = 3.0,
+            exclude: Sequence[str] = (), device: str = "cpu", batch_size: int | None = 32) -> dict[str, Any]:
+    """Calibrated verdict on whether ``suspect_ref`` is derived from ``owner`` (names or references)."""
+    owner_vec, owner_name, owner_record = index.query(owner, device=device, batch_size=batch_size)
+    sus_vec, sus_name, sus_record = index.query(suspect_ref, device=device, batch_size=batch_size)
+    skip = {r.id for r in (owner_record, sus_record) if r is not None}
+    skip_names = set(exclude) | {owner_name, sus_name}
+    records, vectors = index.vectors()
+    keep = [i for i, r in enumerate(records) if r.id not in skip and r.name not in skip_names]
+    ov = owner_vec.astype(np.float64)
+    population = np.clip(1.0 - vectors[keep].astype(np.float64) @ ov, 0.0, 2.0)
+    d = float(np.clip(1.0 - float(sus_vec.astype(np.float64) @ ov), 0.0, 2.0))
+    out = suspect_from_distances(d, population, z_threshold)
+    closest = sorted(zip(population.tolist(), [records[i].name for i in keep]))[:5]
+    out.update({"suspect": sus_name, "owner": owner_name, "method": index.config.method,
+                "closest_population": [{"name": n, "distance": v} for v, n in closest]})
+    return out

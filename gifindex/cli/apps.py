@@ -1,0 +1,133 @@
+"""The paper's applications as commands: suspect (IP protection), unlearning, relatedness."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import main
+from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
+                      emit_json, index_option, json_option, load_kwargs_from, load_options, open_index, table)
+
+
+def _entry(index, ref: str, load_kwargs: dict[str, Any]):
+    from ..manifest import ModelEntry
+
+    if index is not None and index.catalog.by_name(ref):
+        return index.entry_for(ref)
+    return ModelEntry(ref=ref, **load_kwargs)
+
+
+@main.command()
+@index_option
+@click.argument("suspect_ref", metavar="SUSPECT")
+@click.option("--owner", required=True, help="the owner's model: an indexed name or a model reference")
+@click.option("--z-threshold", type=float, default=3.0, show_default=True,
+              help="robust z-score at or above which the suspect is judged derived from the owner")
+@click.option("--exclude", multiple=True, help="indexed names to leave out of the calibration population "
+              "(e.g. other known derivatives of the owner); repeatable")
+@load_options
+@device_options
+@json_option
+def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, exclude: tuple[str, ...],
+            device: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
+    """IP protection: is SUSPECT derived from OWNER?
+
+    The suspect-owner distance is set against the owner's distances to every other indexed model (the
+    unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used.
+    """
+    from ..apps import suspect as run_suspect
+
+    index = open_index(index_path)
+    load_kwargs = load_kwargs_from(kwargs)
+    refs = [r if index.catalog.by_name(r) else _entry(index, r, load_kwargs) for r in (suspect_ref, owner)]
+    result = run_suspect(index, refs[0], refs[1], z_threshold=z_threshold, exclude=exclude,
+                         device=check_device(device), batch_size=batch_size)
+    if as_json:
+        emit_json(result)
+        return
+    pop = result["population"]
+    click.echo(f"suspect {result['suspect']}  owner {result['owner']}  ({result['method']})")
+    click.echo(f"distance      {result['distance']:.4f}")
+    click.echo(f"population    {pop['n']} other models: median {pop['median']:.4f}, robust sigma "
+               f"{pop['mad_sigma']:.4f}, closest {pop['min']:.4f}")
+    click.echo(f"z-score       {result['z']:.2f}   empirical p-value {result['p_value']:.4f}")
+    click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "
+               f"<= {result['threshold']['distance']:.4f})")
+
+
+@main.command()
+@index_option
+@click.argument("original")
+@click.argument("candidate")
+@click.option("--forget", required=True, type=click.Path(exists=True),
+              help="the data to be forgotten: an .npy/.npz array of images or a folder of images")
+@click.option("--control", default=None, help="a model that never saw the forget data (e.g. retrained "
+              "without it), to calibrate the verdict")
+@click.option("--method", type=click.Choice(["modelgif", "saliency", "ig", "sac", "rsa"]), default=None,
+              help="signature method (default: the index's, else modelgif)")
+@config_options
+@load_options
+@device_options
+@json_option
+@click.pass_context
+def unlearning(ctx: click.Context, index_path: str, original: str, candidate: str, forget: str,
+               control: str | None, method: str | None, device: str, batch_size: int, as_json: bool,
+               **kwargs: Any) -> None:
+    """Unlearning verification: distances on probes drawn from the forget data.
+
+    With an index (and no configuration options) its configuration is used and ORIGINAL/CANDIDATE may
+    be indexed names; the probes always come from --forget (up to K of its images).
+    """
+    from ..apps import unlearning as run_unlearning
+
+    load_kwargs = load_kwargs_from(kwargs)
+    config = config_from(kwargs)
+    index = None
+    if not config_given(ctx) and (Path(index_path) / "index.json").exists():
+        index = open_index(index_path)
+        config = index.config
+    elif index_path != DEFAULT_INDEX and not config_given(ctx):
+        index = open_index(index_path)
+        config = index.config
+    if method:
+        config = config.replace(method=method)
+    entries = [_entry(index, r, load_kwargs) if r else None for r in (original, candidate, control)]
+    result = run_unlearning(entries[0], entries[1], forget, config, control=entries[2],
+                            device=check_device(device), batch_size=batch_size)
+    if as_json:
+        emit_json(result)
+        return
+    rows = [["original - candidate", result["original_candidate"]]]
+    if control:
+        rows += [["original - control", result["original_control"]],
+                 ["candidate - control", result["candidate_control"]], ["ratio", result["ratio"]]]
+    click.echo(f"{result['method']} distances on {result['num_probes']} probes from {forget}")
+    click.echo(table(rows, ["pair", "distance"]))
+    click.echo(f"verdict: {result['verdict']}: {result['meaning']}")
+
+
+@main.command()
+@index_option
+@click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="ground-truth affinity JSON: {'names': [...], 'matrix': [[...]]} (matrix[i][j]: transfer "
+                   "from source i to target j, higher is better) or gifindex/data/taskonomy_affinity.json")
+@json_option
+def relatedness(index_path: str, truth: str, as_json: bool) -> None:
+    """Task relatedness: Spearman between the index's distances and a ground-truth affinity, per column,
+    without and with the diagonal (the authors' protocol includes it, which inflates the score)."""
+    from ..apps import relatedness as run_relatedness
+
+    result = run_relatedness(open_index(index_path), truth)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"{result['tasks']} tasks matched ({result['method']}); distances vs affinities, mean over "
+               "target columns (negative = agreement)")
+    click.echo(f"Spearman without diagonal  {result['spearman_without_diagonal']:+.4f}   (agreement "
+               f"{result['agreement_without_diagonal']:.4f})")
+    click.echo(f"Spearman with diagonal     {result['spearman_with_diagonal']:+.4f}   (agreement "
+               f"{result['agreement_with_diagonal']:.4f}; the authors' protocol)")
+    if result["missing"]:
+        click.echo(f"not in the index: {', '.join(result['missing'])}")

@@ -1,0 +1,86 @@
+"""Ray executor: a local two-worker Ray cluster gives the same index as the local executor."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gifindex.config import SignatureConfig
+from gifindex.executors import LocalExecutor
+from gifindex.index import Index
+from gifindex.manifest import ModelEntry
+
+from helpers import CrashNet, SmoothNet
+
+ray = pytest.importorskip("ray")
+from gifindex.executors_ray import RayExecutor  # noqa: E402
+
+CONFIG = SignatureConfig(resolution=16, num_probes=2, steps=2, proj_dim=16)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Two worker slots; the workers import tests/helpers.py (the pickled test models' classes live there).
+    tests_dir = str(Path(__file__).parent)
+    path = os.pathsep.join([tests_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AUTH_MODE": "disabled"}})
+    yield
+    ray.shutdown()
+
+
+def _entries(tmp_path):
+    for seed in range(4):
+        torch.save(SmoothNet(seed=seed), tmp_path / f"m{seed}.pt")
+    torch.save(CrashNet(), tmp_path / "crash.pt")
+    entries = [ModelEntry(ref=str(tmp_path / f"m{s}.pt"), name=f"m{s}", trust=True, input_size=16) for s in range(4)]
+    entries.append(ModelEntry(ref=str(tmp_path / "missing.pt"), name="missing"))
+    entries.append(ModelEntry(ref=str(tmp_path / "crash.pt"), name="crash", trust=True, input_size=16))
+    return entries
+
+
+def _contents(index):
+    records, vectors = index.vectors()
+    return {r.name: v for r, v in zip(records, vectors)}
+
+
+def test_ray_equals_local_and_records_failures_and_resumes(tmp_path, cluster):
+    entries = _entries(tmp_path)
+    with Index.create(tmp_path / "local", CONFIG) as index:
+        index.ingest(entries, executor=LocalExecutor(timeout=60))
+        local, local_failures = _contents(index), {f["name"] for f in index.catalog.failures()}
+
+    with Index.create(tmp_path / "ray", CONFIG) as index:
+        # First run: only part of the models (an interrupted ingest), committed one by one.
+        report = index.ingest(entries[:2], executor=RayExecutor(timeout=60), commit_every=1)
+        assert {r.name for r in report.by_status("added")} == {"m0", "m1"}
+        report = index.ingest(entries, executor=RayExecutor(timeout=60), commit_every=2)
+        status = {r.name: (r.status, r.error or "") for r in report.results}
+        assert status["m0"][0] == status["m1"][0] == "skipped"          # resumed, not signed again
+        assert status["m2"][0] == status["m3"][0] == "added"
+        assert status["missing"][0] == "failed"
+        assert status["crash"][0] == "failed" and "Ray worker failed" in status["crash"][1]
+        remote = _contents(index)
+        assert {f["name"] for f in index.catalog.failures()} == local_failures == {"missing", "crash"}
+        assert index.verify()["ok"]
+
+    assert sorted(remote) == sorted(local) == ["m0", "m1", "m2", "m3"]
+    for name in local:
+        np.testing.assert_array_equal(remote[name], local[name])
+
+
+def test_ray_timeout_is_a_recorded_failure(tmp_path, cluster):
+    from helpers import HangNet
+
+    torch.save(HangNet(), tmp_path / "hang.pt")
+    torch.save(SmoothNet(seed=7), tmp_path / "good.pt")
+    entries = [ModelEntry(ref=str(tmp_path / f"{n}.pt"), name=n, trust=True, input_size=16) for n in ("hang", "good")]
+    with Index.create(tmp_path / "idx", CONFIG) as index:
+        report = index.ingest(entries, executor=RayExecutor(timeout=6))
+        status = {r.name: (r.status, r.error or "") for r in report.results}
+        assert status["hang"][0] == "failed" and "timed out after 6 s" in status["hang"][1]
+        assert status["good"][0] == "added"
+        assert [r.name for r in index.records()] == ["good"]
