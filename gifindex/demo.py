@@ -65,6 +65,7 @@ class DemoZooConfig:
     distill_epochs: int = 4
     distill_temperature: float = 4.0
     distill_alpha: float = 0.7
+    distill_augment: bool = False
 
     def __post_init__(self) -> None:
         if len(self.students) < len(self.bases):
@@ -139,9 +140,39 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def augment(xb: torch.Tensor, generator: torch.Generator, noise: float = 0.1, shift: int = 1,
+            mixup: float = 0.5) -> torch.Tensor:
+    """A distiller's ordinary augmentations of its own (normalised) digits, returned normalised.
+
+    Per image, in [0, 1] pixel space: a random intensity scale in [0, 1] (dim to bright), Gaussian noise,
+    a shift of up to ``shift`` pixels, and with probability ``mixup`` a mixup with another image of the
+    batch. Labels are not needed: the student learns the teacher's outputs on whatever it is shown.
+    """
+    mean = torch.tensor(DIGITS_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(DIGITS_STD).view(1, 3, 1, 1)
+    raw = xb * std + mean
+    n = len(raw)
+    if mixup > 0:
+        lam = torch.rand(n, 1, 1, 1, generator=generator)
+        use = (torch.rand(n, 1, 1, 1, generator=generator) < mixup).float()
+        partner = raw[torch.randperm(n, generator=generator)]
+        raw = raw * (1 - use * lam) + partner * use * lam
+    if shift > 0:
+        dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
+        raw = torch.roll(raw, shifts=(dy, dx), dims=(2, 3))
+    raw = raw * torch.rand(n, 1, 1, 1, generator=generator)
+    raw = (raw + noise * torch.randn(raw.shape, generator=generator)).clamp(0.0, 1.0)
+    return (raw - mean) / std
+
+
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int,
-          seed: int, teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9) -> nn.Module:
-    """Adam with a cosine schedule; with a teacher, the loss mixes soft-label KL (weight alpha) and CE."""
+          seed: int, teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9,
+          augmented: bool = False) -> nn.Module:
+    """AdamW with a one-cycle schedule; with a teacher, the loss mixes soft-label KL (weight alpha) and CE.
+
+    augmented (distillation only): each batch is the clean images plus an augmented copy (see augment());
+    the augmented copy is trained on the teacher's soft outputs only.
+    """
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -155,8 +186,10 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
             if len(index) < 2:  # BatchNorm cannot train on a single image
                 continue
             xb, yb = x[index], y[index]
+            if teacher is not None and augmented:
+                xb = torch.cat([xb, augment(xb, generator)])
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(logits[:len(yb)], yb)
             if teacher is not None:
                 with torch.no_grad():
                     soft = F.softmax(teacher(xb) / temperature, dim=1)
@@ -326,7 +359,8 @@ def build_demo_zoo(out_dir: str | os.PathLike, config: DemoZooConfig = DemoZooCo
             torch.manual_seed(seed + 3)
             student = train(build_arch(student_arch), data.x_train, data.y_train, config.distill_epochs,
                             config.lr, config.batch_size, seed + 3, teacher=base,
-                            temperature=config.distill_temperature, alpha=config.distill_alpha)
+                            temperature=config.distill_temperature, alpha=config.distill_alpha,
+                            augmented=config.distill_augment)
             finish(student, f"{family}-distilled-{short_name(student_arch)}", student_arch, family,
                    "distilled", family)
 

@@ -67,6 +67,18 @@ def content_sha256(loaded: "LoadedModel", output: str) -> str:
     return digest.hexdigest()
 
 
+def check_finite_weights(module: torch.nn.Module, ref: str) -> None:
+    """Refuse weights holding NaN/Inf (their signature would be NaN and poison search); name the tensors."""
+    from .errors import SignatureError
+
+    bad = [key for key, t in module.state_dict().items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise SignatureError(f"{ref}: the weights hold NaN or Inf in {', '.join(bad[:3])}{more}; the model is "
+                             "refused (a NaN signature would poison search); re-export the checkpoint")
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, GifindexError):
         return str(exc)
@@ -88,6 +100,7 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
     result = SignResult(name=name, ref=entry.ref, status="failed")
     try:
         loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
+        check_finite_weights(loaded.module, entry.ref)
         output = entry.output or config.output
         result.weights_sha256 = content_sha256(loaded, output)
         if result.weights_sha256 in known_sha256:
@@ -116,6 +129,9 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         raise
     except Exception as exc:  # noqa: BLE001 - a bad model is a result, not a crash
         result.error = _describe(exc)
+        if not isinstance(exc, GifindexError) and "channels" in result.error and "expected" in result.error:
+            result.error = (f"{entry.ref}: the model does not accept 3-channel RGB images ({result.error[:160]}); "
+                            "gifindex signs models on RGB input only")
         result.metadata = {"traceback": traceback.format_exc(limit=5)}
     finally:
         result.seconds = time.perf_counter() - start

@@ -108,7 +108,7 @@ def parse_manifest(text: str, source: str = "<manifest>", base: Path | None = No
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
@@ -117,7 +117,7 @@ def parse_manifest(text: str, source: str = "<manifest>", base: Path | None = No
         raise ManifestError(f"manifest {source} is empty")
     nodes = root.value if isinstance(root, yaml.SequenceNode) else None
     if isinstance(data, dict):
-        unknown = sorted(set(data) - {"models", "description", "name"})
+        unknown = sorted(str(k) for k in set(data) - {"models", "description", "name"})
         if unknown or not isinstance(data.get("models"), list):
             raise ManifestError(f"manifest {source}: expected a list of models or a mapping with a 'models' list")
         for key_node, value_node in root.value:

@@ -109,7 +109,10 @@ def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
     prefix, sep, rest = text.partition(":")
     if sep and prefix.lower() in _PREFIXES and not os.path.exists(text):
         return _parse_prefixed(text, _PREFIXES[prefix.lower()], rest.strip())
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~user of an unknown user: not expandable, take the text literally
+        path = Path(text)
     if path.is_file():
         return ModelRef("file", path.name, path=str(path.resolve()))
     if path.suffix.lower() in FILE_SUFFIXES:

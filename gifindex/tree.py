@@ -13,6 +13,8 @@ the path between two leaves is *twice* their cophenetic distance.
 
 Scale: the dense path keeps the full n x n matrix (O(n^2) memory and O(n^2) work in scipy), so
 :func:`build_tree` refuses more than ``max_models`` models (default :data:`MAX_DENSE_MODELS`).
+:func:`build_tree_scalable` builds from the signatures over FAISS k-means clusters instead (memory
+O(n * dim + clusters^2 + max cluster^2)); ``Index.tree`` switches to it above the threshold.
 """
 from __future__ import annotations
 
@@ -106,6 +108,102 @@ def build_tree(names: Sequence[str], distances: np.ndarray, linkage: str = "aver
     condensed = squareform(d, checks=False)
     z = hierarchy.linkage(condensed, method=linkage)
     return SimilarityTree(names, condensed, z, linkage, d, meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scalable path: k-means clusters, a dense tree inside each, a dense tree over the clusters
+
+def build_tree_scalable(names: Sequence[str], vectors: np.ndarray, linkage: str = "average",
+                        metadata: Mapping[str, Mapping[str, Any]] | None = None, clusters: int | None = None,
+                        max_cluster: int = MAX_DENSE_MODELS, kmeans_dim: int = 256,
+                        seed: int = 0) -> SimilarityTree:
+    """A tree of many models from their signatures (unit vectors; d = 1 - <a, b>) in O(n * clusters) memory.
+
+    The models are split by spherical k-means (FAISS, on a PCA projection to ``kmeans_dim`` dimensions)
+    into ``clusters`` groups (default about 2 sqrt(n)); each group gets the dense tree of its exact
+    distances (``linkage``), and the groups are joined by a dense tree over the distances between their
+    mean signatures (for unit vectors, 1 - <mean_A, mean_B> is exactly the mean pairwise distance between
+    the two groups, so ``average`` linkage joins groups as UPGMA would, except that each group counts once).
+    Merge heights are made monotone (a group's root never sits above the merge that joins it). Groups
+    larger than ``max_cluster`` are split again. The tree has no distance matrix (``distances`` is
+    empty): Newick and JSON exports work at any size; the heatmap page and dendrogram images need the
+    dense path.
+    """
+    import faiss
+
+    names = [str(n) for n in names]
+    n = len(names)
+    if len(set(names)) != n:
+        raise GifindexError("model names must be unique")
+    if linkage not in LINKAGES:
+        raise GifindexError(f"unknown linkage {linkage!r}; use one of {', '.join(LINKAGES)}")
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.shape[0] != n or n < 2:
+        raise GifindexError(f"need at least two signatures, one per name (got {x.shape[0]} for {n} names)")
+    k = int(clusters or min(max(2, round(2 * np.sqrt(n))), max(2, n // 2)))
+    reduced = x
+    if x.shape[1] > kmeans_dim:
+        from gifindex.index.search import PCA_TRAIN, _fit_pca
+
+        pca = faiss.PCAMatrix(x.shape[1], kmeans_dim)
+        sample = x[np.sort(np.random.default_rng(seed).choice(n, min(n, PCA_TRAIN), replace=False))]
+        _fit_pca(pca, sample)
+        reduced = np.concatenate([pca.apply(x[i:i + 65536]) for i in range(0, n, 65536)])
+    km = faiss.Kmeans(reduced.shape[1], k, niter=20, seed=seed, spherical=False, verbose=False,
+                      min_points_per_centroid=1, max_points_per_centroid=512)
+    km.train(reduced)
+    assign = km.index.search(reduced, 1)[1][:, 0]
+    groups = [np.flatnonzero(assign == c) for c in range(k)]
+    groups = [g for g in groups if len(g)]
+    while any(len(g) > max_cluster for g in groups):  # rare: split oversized groups in halves by k-means
+        big = max(groups, key=len)
+        groups.remove(big)
+        sub = faiss.Kmeans(reduced.shape[1], 2, niter=20, seed=seed, verbose=False)
+        sub.train(reduced[big])
+        part = sub.index.search(reduced[big], 1)[1][:, 0]
+        halves = [big[part == 0], big[part == 1]]
+        groups += [h for h in halves if len(h)] if all(len(h) for h in halves) else [big[: len(big) // 2],
+                                                                                      big[len(big) // 2:]]
+    rows: list[list[float]] = []
+    roots, heights, sizes = [], [], []
+    for g in groups:  # dense tree inside each group, node ids remapped to the global numbering
+        if len(g) == 1:
+            roots.append(int(g[0]))
+            heights.append(0.0)
+            sizes.append(1)
+            continue
+        v = x[g].astype(np.float64)
+        d = np.clip(1.0 - v @ v.T, 0.0, 2.0)
+        d = (d + d.T) / 2
+        np.fill_diagonal(d, 0.0)
+        z = hierarchy.linkage(squareform(d, checks=False), method=linkage)
+        local = {i: int(g[i]) for i in range(len(g))}
+        for j, (a, b, h, c) in enumerate(z):
+            local[len(g) + j] = n + len(rows)
+            rows.append([local[int(a)], local[int(b)], float(h), float(c)])
+        roots.append(n + len(rows) - 1)
+        heights.append(float(z[-1, 2]))
+        sizes.append(len(g))
+    if len(groups) > 1:
+        means = np.stack([x[g].astype(np.float64).mean(0) for g in groups])
+        d = np.clip(1.0 - means @ means.T, 0.0, 2.0)
+        d = (d + d.T) / 2
+        np.fill_diagonal(d, 0.0)
+        z = hierarchy.linkage(squareform(d, checks=False), method=linkage)
+        node_h = dict(enumerate(heights))
+        local = dict(enumerate(roots))
+        count = dict(enumerate(sizes))
+        m = len(groups)
+        for j, (a, b, h, _) in enumerate(z):
+            a, b = int(a), int(b)
+            height = max(float(h), node_h[a], node_h[b])
+            local[m + j] = n + len(rows)
+            node_h[m + j], count[m + j] = height, count[a] + count[b]
+            rows.append([local[a], local[b], height, float(count[m + j])])
+    known = set(names)
+    meta = {key: dict(val) for key, val in (metadata or {}).items() if key in known}
+    return SimilarityTree(names, np.zeros(0), np.array(rows, dtype=np.float64), linkage + "+kmeans",
+                          np.zeros((0, 0)), meta)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,6 +421,9 @@ def save_tree(tree: SimilarityTree, path: str | Path, format: str | None = None)
     if fmt not in FORMATS:
         raise GifindexError(f"unknown tree format {fmt!r}; use one of {', '.join(FORMATS)}")
     path = Path(path)
+    if fmt in ("png", "svg", "html") and tree.n > 1 and tree.distances.size == 0:
+        raise GifindexError(f"a tree of {tree.n} models (built over k-means clusters) is written as Newick or "
+                            f"JSON only; {fmt} needs the dense path (at most {MAX_DENSE_MODELS} models)")
     if fmt in ("png", "svg"):
         return save_dendrogram(tree, path, fmt)
     if fmt == "newick":

@@ -115,9 +115,9 @@ def test_duplicate_weights_add_nothing(zoo, tmp_path):
     index = tmp_path / "idx"
     _run("init", "-i", index, *TINY)
     file, arch = zoo["a"]
-    _run("ingest", "-i", index, file, "--arch", arch, *LOAD, "--no-progress")
+    _run("ingest", "-i", index, file, "--arch", arch, *LOAD, "--no-progress", "--executor", "inline")
     again = json.loads(_run("ingest", "-i", index, file, "--arch", arch, *LOAD, "--name", "a-again",
-                            "--json").stdout)
+                            "--json", "--executor", "inline").stdout)
     assert (again["added"], again["skipped"]) == (0, 1)
     # the same weights saved as safetensors hash the same: skipped too
     from safetensors.torch import save_file
@@ -125,7 +125,7 @@ def test_duplicate_weights_add_nothing(zoo, tmp_path):
     state = torch.load(file, weights_only=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "a.safetensors"))
     third = json.loads(_run("ingest", "-i", index, tmp_path / "a.safetensors", "--arch", arch, *LOAD,
-                            "--json").stdout)
+                            "--json", "--executor", "inline").stdout)
     assert third["skipped"] == 1
     with Index.open(index) as opened:
         assert len(opened) == 1 and len(opened.catalog.shards()) == 1

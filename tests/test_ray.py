@@ -27,7 +27,7 @@ def cluster():
     tests_dir = str(Path(__file__).parent)
     path = os.pathsep.join([tests_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AUTH_MODE": "disabled"}})
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
 
@@ -56,7 +56,7 @@ def test_ray_equals_local_and_records_failures_and_resumes(tmp_path, cluster):
     with Index.create(tmp_path / "ray", CONFIG) as index:
         # First run: only part of the models (an interrupted ingest), committed one by one.
         report = index.ingest(entries[:2], executor=RayExecutor(timeout=60), commit_every=1)
-        assert {r.name for r in report.by_status("added")} == {"m0", "m1"}
+        assert {r.name for r in report.by_status("added")} == {"m0", "m1"}, [(r.name, r.error) for r in report.results]
         report = index.ingest(entries, executor=RayExecutor(timeout=60), commit_every=2)
         status = {r.name: (r.status, r.error or "") for r in report.results}
         assert status["m0"][0] == status["m1"][0] == "skipped"          # resumed, not signed again

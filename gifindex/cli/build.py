@@ -20,11 +20,15 @@ from .options import (check_device, config_from, config_options, device_options,
               "input gradient at each probe; ig: Integrated Gradients; sac: cosine matrix of outputs on CutMix "
               "probes, probe kind cutmix unless --probe-kind is given; rsa: dissimilarity matrix of outputs)")
 @config_options
-@click.option("--search", "search_kind", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
-              help="flat: exact inner-product search; hnsw: approximate, for large hubs")
+@click.option("--search", "search_kind", type=click.Choice(["auto", "flat", "hnsw", "ivfpq"]), default="auto",
+              show_default=True, help="auto: exact (flat) while the float16 signatures fit --flat-budget-mb, then "
+              "ivfpq; flat: always exact; hnsw / ivfpq: approximate (PCA to 256 dims first), for large hubs")
+@click.option("--flat-budget-mb", type=float, default=4096.0, show_default=True,
+              help="auto search: memory for exact search before switching to approximate")
 @click.option("--device", default="cpu", show_default=True, help="device for PGD probe generation")
 @json_option
-def init(index_path: str, method: str, search_kind: str, device: str, as_json: bool, **kwargs: Any) -> None:
+def init(index_path: str, method: str, search_kind: str, flat_budget_mb: float, device: str, as_json: bool,
+         **kwargs: Any) -> None:
     """Create an empty index with a fixed signature configuration (probes drawn and stored now)."""
     from ..index import Index, SearchSpec
 
@@ -33,7 +37,7 @@ def init(index_path: str, method: str, search_kind: str, device: str, as_json: b
             click.core.ParameterSource.COMMANDLINE:
         config = config.replace(probe_kind="cutmix")  # SAC's fingerprint is defined on CutMix samples
     config = config.replace(method=method)
-    index = Index.create(index_path, config, search=SearchSpec(kind=search_kind), device=check_device(device))
+    index = Index.create(index_path, config, search=SearchSpec(kind=search_kind, flat_budget_mb=flat_budget_mb), device=check_device(device))
     info = index.info()
     if as_json:
         emit_json(info)
@@ -187,7 +191,8 @@ def info(index_path: str, as_json: bool) -> None:
     click.echo(f"config      {details['config_hash']}: " + ", ".join(f"{k}={v}" for k, v in config.items()))
     click.echo(f"signature   {details['signature_dim']} dims, {details['bytes_per_model']} bytes per model "
                "(float16)")
-    click.echo(f"search      {details['search']['kind']}")
+    search = details["search"]
+    click.echo(f"search      {search.get('kind')} -> {search.get('active')}: {search.get('reason')}")
     click.echo(f"failures    {details['failures']} recorded")
     for failure in details["recent_failures"]:
         click.echo(f"  {failure['name'] or failure['ref']}: {failure['error']}")
@@ -208,10 +213,25 @@ def remove(index_path: str, name: str, as_json: bool) -> None:
 
 @main.command()
 @index_option
+@click.option("--repair", is_flag=True, help="quarantine corrupt shards (moved to shards/quarantine/, their "
+              "models dropped and named for re-ingest), remove debris of interrupted writes, rebuild the "
+              "search index; then verify again")
+@click.option("--wait", type=float, default=0.0, help="with --repair: seconds to wait if another process is writing")
 @json_option
-def verify(index_path: str, as_json: bool) -> None:
+def verify(index_path: str, repair: bool, wait: float, as_json: bool) -> None:
     """Check the catalogue, every shard's checksums and the search index; exit 1 on any problem."""
-    report = open_index(index_path).verify()
+    index = open_index(index_path)
+    repaired = index.repair(wait=wait) if repair else None
+    report = index.verify()
+    if repaired is not None:
+        report["repair"] = repaired
+        if not as_json:
+            for shard, item in repaired["quarantined"].items():
+                where = f"moved to {item['moved_to']}" if item["moved_to"] else "was missing"
+                click.echo(f"quarantined shard {shard} ({item['reason']}; {where}); re-ingest: "
+                           f"{', '.join(item['reingest']) or 'nothing (no live models)'}")
+            click.echo(f"repaired: search index rebuilt over {repaired['models']} models; "
+                       f"{len(repaired['removed'])} leftover file(s) removed")
     if as_json:
         emit_json(report)
     else:
@@ -230,8 +250,10 @@ def verify(index_path: str, as_json: bool) -> None:
 @json_option
 def rebuild(index_path: str, as_json: bool) -> None:
     """Recreate the search index (search.faiss) from the shards."""
-    count = open_index(index_path).rebuild()
+    index = open_index(index_path)
+    count = index.rebuild()
+    status = index.search_status()
     if as_json:
-        emit_json({"rebuilt": True, "models": count})
+        emit_json({"rebuilt": True, "models": count, "search": status})
     else:
-        click.echo(f"rebuilt search index over {count} models")
+        click.echo(f"rebuilt search index over {count} models ({status['reason']})")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import IndexError_
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     id INTEGER PRIMARY KEY,
@@ -64,10 +66,15 @@ class Catalog:
 
     def __init__(self, path: Path):
         self.path = path
-        self.db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise IndexError_(f"cannot open the catalogue {path} ({exc}): the disk may be full, over a file size "
+                              "limit or read-only, or the file is not a catalogue; free space (or fix the "
+                              "permissions) and retry; nothing was changed") from None
 
     def close(self) -> None:
         self.db.close()

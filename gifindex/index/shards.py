@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..errors import IndexError_
-from .atomic import atomic_path
+from .atomic import atomic_write_bytes
 
 
 def file_sha256(path: Path) -> str:
@@ -23,14 +24,18 @@ def write_shard(path: Path, names: list[str], signatures: np.ndarray, config_has
     """Write a complete shard atomically; returns its sha256."""
     if signatures.ndim != 2 or signatures.shape[0] != len(names):
         raise ValueError(f"{len(names)} names but signatures shaped {signatures.shape}")
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as handle:
-            handle.create_dataset("signatures", data=signatures.astype(np.float16), fletcher32=True,
-                                  chunks=(1, signatures.shape[1]))
-            handle.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
-            handle.attrs["config_hash"] = config_hash
-            handle.attrs["format"] = "gifindex-shard-1"
-    return file_sha256(path)
+    # Built in memory, then written with plain file I/O: a full disk is one clean OSError, and HDF5 never
+    # holds a half-written file open.
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        handle.create_dataset("signatures", data=signatures.astype(np.float16), fletcher32=True,
+                              chunks=(1, signatures.shape[1]))
+        handle.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+        handle.attrs["config_hash"] = config_hash
+        handle.attrs["format"] = "gifindex-shard-1"
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_shard(path: Path, config_hash: str | None = None) -> tuple[list[str], np.ndarray]:

@@ -8,8 +8,11 @@ stale search index (detected by its generation number and rebuilt from the shard
 from __future__ import annotations
 
 import json
+import os
 import platform
 import secrets
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +28,10 @@ from ..executors import InlineExecutor, Reporter, SignJob
 from ..ingest import SignResult, sign_entry
 from ..manifest import ModelEntry
 from ..probes import Probes, make_probes
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text, fsync_dir
 from .catalog import Catalog, ModelRecord
 from .lock import WriterLock
-from .search import SearchSpec, build_index, load_index, save_index, search
+from .search import APPROXIMATE, SearchSpec, build_index, index_kind, load_index, save_index, search
 from .shards import file_sha256, read_shard, write_shard
 
 FORMAT_VERSION = 1
@@ -37,6 +40,18 @@ PROBES_FILE = "probes.npz"
 CATALOG_FILE = "catalog.sqlite"
 SEARCH_FILE = "search.faiss"
 SHARD_DIR = "shards"
+QUARANTINE_DIR = "quarantine"  # under shards/: corrupt shards moved aside by `verify --repair`
+SEARCH_SUM = "search.sha256"  # sha256 of search.faiss as written (a flipped bit is found by verify)
+
+
+def _write_failure(what: str, exc: BaseException, after: str) -> IndexError_:
+    """A failed write (disk full, file size limit, I/O error) as one clear line."""
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    errno_ = getattr(exc, "errno", None)
+    if errno_ in (28, 27, 122) or any(w in reason.lower() for w in ("no space", "file too large", "disk is full",
+                                                                    "disk full", "quota")):
+        reason = f"disk full or over a file size limit: {reason}"
+    return IndexError_(f"cannot write {what} ({reason}); {after}")
 
 
 @dataclass
@@ -80,7 +95,7 @@ class Index:
         self.meta = meta
         self.config = config
         self.probes = probes
-        self.search_spec = SearchSpec(**meta.get("search", {}))
+        self.search_spec = SearchSpec.from_dict(meta.get("search"))
         self.catalog = Catalog(root / CATALOG_FILE)
         self._search = None
         self._search_generation = -1
@@ -116,8 +131,7 @@ class Index:
                 "format": "gifindex", "format_version": FORMAT_VERSION, "config": config.to_dict(),
                 "config_hash": config.hash(), "probes_sha256": file_sha256(root / PROBES_FILE),
                 "projection": {"kind": "gaussian-blocked+point-signs", "seed": config.seed, "block_rows": 4096},
-                "search": {"kind": search.kind, "hnsw_m": search.hnsw_m, "ef_search": search.ef_search,
-                           "ef_construction": search.ef_construction},
+                "search": search.to_dict(),
                 "signature_dim": config.signature_dim,
                 "created": time.time(), "versions": _versions(),
             }
@@ -246,8 +260,30 @@ class Index:
 
     # ---------------------------------------------------------------------------------------- search
     def _save_search(self, index) -> None:
-        save_index(index, self.root / SEARCH_FILE, self.catalog.generation(), self.search_spec)
-        self._search, self._search_generation = index, self.catalog.generation()
+        generation = self.catalog.generation()
+        try:
+            save_index(index, self.root / SEARCH_FILE, generation, self.search_spec,
+                       self.search_spec.resolve(int(index.ntotal), self.dim)[1])
+            atomic_write_text(self.root / SEARCH_SUM, json.dumps(
+                {"generation": generation, "sha256": file_sha256(self.root / SEARCH_FILE)}))
+        except (OSError, RuntimeError) as exc:
+            raise _write_failure(SEARCH_FILE, exc, "every committed model is kept in the catalogue and shards; "
+                                 "free space and run `gifindex rebuild`") from None
+        self._search, self._search_generation = index, generation
+
+    def _clean_debris(self) -> list[str]:
+        """Remove what interrupted writers left (temporary files, unregistered shards); needs the lock."""
+        removed = []
+        registered = set(self.catalog.shards())
+        for folder in (self.root, self.root / SHARD_DIR):
+            for path in folder.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(self.root)))
+        for path in (self.root / SHARD_DIR).glob("*.h5"):
+            if path.name not in registered:
+                path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(self.root)))
+        return removed
 
     def _rebuilt_search(self):
         records, vectors = self.vectors()
@@ -268,6 +304,11 @@ class Index:
         self._search, self._search_generation = index, generation
         return index
 
+    def search_status(self) -> dict[str, Any]:
+        """The search kind in use and why (``auto`` switches from exact to approximate above its budget)."""
+        index = self.search_index()
+        return {"active": index_kind(index), "reason": self.search_spec.resolve(int(index.ntotal), self.dim)[1]}
+
     def nearest(self, ref: str | ModelEntry, k: int = 10, device: str = "cpu",
                 batch_size: int | None = 32) -> list[Neighbor]:
         """The k indexed models nearest to ``ref`` (an indexed name is not returned as its own neighbour)."""
@@ -276,8 +317,15 @@ class Index:
         if index.ntotal == 0:
             return []
         extra = 1 if record is not None else 0
-        distances, ids = search(index, vector, k + extra)
+        approximate = index_kind(index) in APPROXIMATE
+        distances, ids = search(index, vector, (k + extra) * (4 if approximate else 1))
         by_id = self.catalog.by_ids([int(i) for i in ids[0] if i >= 0])
+        if approximate:  # candidates from the approximate index, distances exact from the shards
+            found = [int(i) for i in ids[0] if i >= 0 and int(i) in by_id]
+            exact = 1.0 - self._load_vectors([by_id[i] for i in found]).astype(np.float64) @ vector.astype(np.float64)
+            order = np.argsort(exact, kind="stable")
+            distances = np.clip(exact[order], 0.0, 2.0)[None]
+            ids = np.array(found, dtype=np.int64)[order][None]
         out = []
         for dist, model_id in zip(distances[0], ids[0]):
             if model_id < 0 or (record is not None and model_id == record.id) or model_id not in by_id:
@@ -303,8 +351,12 @@ class Index:
 
     def tree(self, linkage: str = "average"):
         """Hierarchical clustering of every indexed model (see gifindex.tree)."""
-        from ..tree import build_tree
+        from ..tree import MAX_DENSE_MODELS, build_tree, build_tree_scalable
 
+        if len(self) > MAX_DENSE_MODELS:  # the n x n matrix would not fit: k-means clusters, then dense trees
+            records, vectors = self.vectors()
+            metadata = {r.name: {"ref": r.ref, **r.metadata.get("tags", {})} for r in records}
+            return build_tree_scalable([r.name for r in records], vectors, linkage=linkage, metadata=metadata)
         names, dist = self.matrix()
         if len(names) < 2:
             raise IndexError_(f"a tree needs at least two indexed models; the index holds {len(names)}")
@@ -321,12 +373,25 @@ class Index:
             return
         shard = f"{len(self.catalog.shards()) + 1:05d}-{secrets.token_hex(4)}.h5"
         signatures = np.stack([r.signature for r in results]).astype(np.float16)
-        sha = write_shard(self.root / SHARD_DIR / shard, [r.name for r in results], signatures, self.config_hash)
+        kept = "models committed before are kept; free space and rerun the same ingest to add the rest"
+        try:
+            sha = write_shard(self.root / SHARD_DIR / shard, [r.name for r in results], signatures,
+                              self.config_hash)
+        except (OSError, RuntimeError) as exc:
+            (self.root / SHARD_DIR / shard).unlink(missing_ok=True)
+            raise _write_failure(f"shard {shard}", exc, kept) from None
         entries = [{"name": r.name, "ref": r.ref, "weights_sha256": r.weights_sha256, "metadata": r.metadata}
                    for r in results]
         index = self.search_index()
-        ids = self.catalog.register_shard(shard, sha, entries)
-        index.add_with_ids(signatures.astype(np.float32), np.array(ids, dtype=np.int64))
+        try:
+            ids = self.catalog.register_shard(shard, sha, entries)
+        except sqlite3.Error as exc:
+            (self.root / SHARD_DIR / shard).unlink(missing_ok=True)
+            raise _write_failure(CATALOG_FILE, exc, kept) from None
+        if self.search_spec.resolve(int(index.ntotal) + len(ids), self.dim)[0] != index_kind(index):
+            index = self._rebuilt_search()  # auto: the hub crossed the exact-search budget (or came back)
+        else:
+            index.add_with_ids(signatures.astype(np.float32), np.array(ids, dtype=np.int64))
         self._save_search(index)
 
     def ingest(self, refs: Iterable[str | ModelEntry], *, device: str = "cpu", batch_size: int | None = 32,
@@ -344,6 +409,7 @@ class Index:
         executor = executor or InlineExecutor()
         report = IngestReport()
         with self.writer(wait=wait):
+            self._clean_debris()
             known = {r.weights_sha256 for r in self.records()}
             names = {r.name: r.weights_sha256 for r in self.records()}
             job = SignJob(self.config, self.probes, device=device, batch_size=batch_size,
@@ -397,9 +463,58 @@ class Index:
     def rebuild(self) -> int:
         """Recreate ``search.faiss`` from the shards; returns the number of models indexed."""
         with self.writer():
+            self._clean_debris()
+            bad = self._bad_shards()
+            if bad:
+                shard, reason = sorted(bad.items())[0]
+                raise IndexError_(f"cannot rebuild: shard {shard} is corrupt ({reason}); run `gifindex verify "
+                                  "--repair` to quarantine it and see which models to re-ingest")
             index = self._rebuilt_search()
             self._save_search(index)
         return int(index.ntotal)
+
+    def _bad_shards(self) -> dict[str, str]:
+        """Registered shards that are missing, differ from their recorded sha256, or cannot be read."""
+        bad = {}
+        for shard, (rows, sha) in self.catalog.shards().items():
+            path = self.root / SHARD_DIR / shard
+            if not path.is_file():
+                bad[shard] = "missing"
+            elif file_sha256(path) != sha:
+                bad[shard] = "differs from its recorded sha256"
+            else:
+                try:
+                    names, signatures = read_shard(path, self.config_hash)
+                except IndexError_ as exc:
+                    bad[shard] = str(exc)
+                    continue
+                if len(names) != rows or signatures.shape != (rows, self.dim) or not np.isfinite(signatures).all():
+                    bad[shard] = "holds the wrong number of rows or non-finite signatures"
+        return bad
+
+    def repair(self, wait: float = 0.0) -> dict[str, Any]:
+        """Quarantine corrupt shards (moved to shards/quarantine/, their models dropped from the catalogue,
+        named for re-ingest), remove debris of interrupted writes, and rebuild the search index."""
+        with self.writer(wait=wait):
+            removed = self._clean_debris()
+            quarantined: dict[str, dict[str, Any]] = {}
+            for shard, reason in self._bad_shards().items():
+                source = self.root / SHARD_DIR / shard
+                moved_to = None
+                if source.exists():
+                    folder = self.root / SHARD_DIR / QUARANTINE_DIR
+                    folder.mkdir(exist_ok=True)
+                    target = folder / shard
+                    os.replace(source, target)
+                    fsync_dir(folder)
+                    fsync_dir(source.parent)
+                    moved_to = str(target.relative_to(self.root))
+                names = self.catalog.drop_shard(shard)
+                quarantined[shard] = {"reason": reason, "moved_to": moved_to, "reingest": names}
+            index = self._rebuilt_search()
+            self._save_search(index)
+        return {"quarantined": quarantined, "removed": removed, "models": int(index.ntotal),
+                "reingest": sorted(n for q in quarantined.values() for n in q["reingest"])}
 
     def verify(self) -> dict[str, Any]:
         """Check every file: catalogue integrity, shard checksums and rows, search index consistency."""
@@ -412,15 +527,19 @@ class Index:
         records = self.records()
         for shard, (rows, sha) in registered.items():
             path = self.root / SHARD_DIR / shard
+            holds = sorted(r.name for r in records if r.shard == shard)
+            fix = (f" (holds {', '.join(map(repr, holds)) or 'no live models'}; `gifindex verify --repair` "
+                   "quarantines it and names the models to re-ingest)")
             if not path.is_file():
-                problems.append(f"shard {shard} is missing")
+                problems.append(f"shard {shard} is missing{fix}")
                 continue
             if file_sha256(path) != sha:
-                problems.append(f"shard {shard} differs from its recorded sha256 (corrupt)")
+                problems.append(f"shard {shard} differs from its recorded sha256 (corrupt){fix}")
+                continue
             try:
                 names, signatures = read_shard(path, self.config_hash)
             except IndexError_ as exc:
-                problems.append(str(exc))
+                problems.append(f"{exc}{fix}")
                 continue
             if len(names) != rows or signatures.shape != (rows, self.dim):
                 problems.append(f"shard {shard} holds {signatures.shape} signatures, expected ({rows}, {self.dim})")
@@ -431,21 +550,65 @@ class Index:
                 problems.append(f"model {record.name!r} points to unregistered shard {record.shard}")
         on_disk = {p.name for p in (self.root / SHARD_DIR).glob("*.h5")}
         for orphan in sorted(on_disk - set(registered)):
-            notes.append(f"shard {orphan} is not registered (left by an interrupted ingest; harmless)")
-        try:
-            index, meta = load_index(self.root / SEARCH_FILE)
-            if meta.get("generation") != self.catalog.generation() or index.ntotal != len(records):
-                problems.append("search.faiss is stale (does not match the catalogue); run `gifindex rebuild`")
-            elif index.d != self.dim:
-                problems.append(f"search.faiss has dimension {index.d}, expected {self.dim}")
-            else:
-                ids = set(int(i) for i in faiss_ids(index))
-                if ids != {r.id for r in records}:
-                    problems.append("search.faiss ids differ from the catalogue; run `gifindex rebuild`")
-        except IndexError_ as exc:
-            problems.append(str(exc))
+            notes.append(f"shard {orphan} is not registered (left by an interrupted ingest; harmless, removed "
+                         "by the next ingest, rebuild or verify --repair)")
+        for folder in (self.root, self.root / SHARD_DIR):
+            for tmp in sorted(folder.glob(".*.tmp")):
+                notes.append(f"{tmp.relative_to(self.root)} is a temporary file left by an interrupted write "
+                             "(harmless, removed by the next ingest, rebuild or verify --repair)")
+        quarantine = self.root / SHARD_DIR / QUARANTINE_DIR
+        if quarantine.is_dir() and any(quarantine.iterdir()):
+            notes.append(f"{len(list(quarantine.iterdir()))} quarantined shard(s) in {SHARD_DIR}/{QUARANTINE_DIR} "
+                         "(their models were dropped; re-ingest them, then delete the folder)")
+        self._verify_search(records, problems, notes)
         return {"ok": not problems, "models": len(records), "shards": len(registered), "problems": problems,
                 "notes": notes}
+
+    def _search_matches(self, index, records: Sequence[ModelRecord]) -> bool:
+        """Whether ``index`` holds exactly the catalogue's models with their shard signatures."""
+        if index.ntotal != len(records) or index.d != self.dim:
+            return False
+        if set(int(i) for i in faiss_ids(index)) != {r.id for r in records}:
+            return False
+        try:
+            stored = self._load_vectors(records).astype(np.float16)
+            held = np.stack([index.reconstruct(int(r.id)) for r in records]).astype(np.float16) if records \
+                else stored
+        except (IndexError_, RuntimeError):
+            return False
+        return bool(np.array_equal(stored, held))
+
+    def _verify_search(self, records: Sequence[ModelRecord], problems: list[str], notes: list[str]) -> None:
+        """search.faiss: intact (its sha256 as recorded when written) or, if not, equal to the shards.
+
+        Writes go search.faiss -> search.json -> search.sha256, each atomic, and always after the catalogue,
+        so a kill leaves either an intact older file (a stale index: rebuilt when queried; a note) or a new
+        file matching the catalogue whose checksum record was not written yet (a note). Anything else is
+        corruption (a problem)."""
+        path = self.root / SEARCH_FILE
+        import faiss
+
+        try:
+            index = faiss.read_index(str(path))
+        except (RuntimeError, OSError) as exc:
+            problems.append(f"{SEARCH_FILE} is missing or unreadable ({' '.join(str(exc).split())[:100]}); "
+                            "run `gifindex rebuild`")
+            return
+        try:
+            recorded = json.loads((self.root / SEARCH_SUM).read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        matches = self._search_matches(index, records)
+        if recorded is not None and recorded == file_sha256(path):
+            if not matches:
+                notes.append(f"{SEARCH_FILE} is behind the catalogue (an interrupted write); it is rebuilt from "
+                             "the shards when queried, or now with `gifindex rebuild`")
+        elif matches:
+            notes.append(f"{SEARCH_FILE} matches the shards but its checksum record was not written (an "
+                         "interrupted write); `gifindex rebuild` rewrites both")
+        else:
+            problems.append(f"{SEARCH_FILE} differs from its recorded sha256 and from the shards (corrupt); run "
+                            "`gifindex rebuild`")
 
     def info(self) -> dict[str, Any]:
         records = self.records()
@@ -455,7 +618,7 @@ class Index:
             "path": str(self.root), "format_version": self.meta["format_version"],
             "config": self.config.to_dict(), "config_hash": self.config_hash, "models": len(records),
             "shards": len(shards), "signature_dim": self.dim, "bytes_per_model": self.dim * 2,
-            "search": self.meta.get("search"), "bytes_on_disk": bytes_on_disk,
+            "search": {**(self.meta.get("search") or {}), **self.search_status()}, "bytes_on_disk": bytes_on_disk,
             "failures": len(self.catalog.failures()), "created": self.meta.get("created"),
             "versions": self.meta.get("versions"),
         }

@@ -1,0 +1,127 @@
+"""The applications: suspect (IP protection), unlearning, relatedness."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+
+from gifindex.apps import load_affinity, spearman_columns, suspect_from_distances
+from gifindex.apps.relatedness import score
+from gifindex.cli import main
+from gifindex.errors import GifindexError
+
+DATA = Path(__file__).resolve().parents[1] / "gifindex" / "data"
+
+
+def _run(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_relatedness_reproduces_the_published_taskonomy_numbers():
+    names, affinity, aliases = load_affinity(DATA / "taskonomy_affinity.json")
+    authors = json.loads((DATA / "modelgif_taskonomy_distances.json").read_text())
+    assert authors["names"] == names and len(names) == 17 and "class_object" in aliases[-1]
+    out = score(np.array(authors["distances"]), affinity, names)
+    assert out["spearman_with_diagonal"] == pytest.approx(-0.8349192618, abs=1e-9)
+    assert out["spearman_without_diagonal"] == pytest.approx(-0.8035, abs=5e-5)
+
+
+def test_spearman_columns_by_hand():
+    d = np.array([[0.0, 1.0, 3.0], [1.0, 0.0, 2.0], [3.0, 2.0, 0.0]])
+    aff = np.array([[9.0, 5.0, 1.0], [5.0, 9.0, 4.0], [1.0, 2.0, 9.0]])
+    # with the diagonal each column's ranks are exactly reversed -> rho = -1
+    assert spearman_columns(d, aff, diagonal=True).tolist() == pytest.approx([-1, -1, -1])
+    # without it, two points per column: column 0 (1,3) vs (5,1) -> -1; column 2 (3,2) vs (1,4) -> -1;
+    # column 1 (1,2) vs (5,2) -> -1
+    assert spearman_columns(d, aff, diagonal=False).tolist() == pytest.approx([-1, -1, -1])
+    aff2 = aff.copy()
+    aff2[:, 1] = [2.0, 9.0, 5.0]  # column 1 without diagonal: (1, 2) vs (2, 5) -> +1
+    assert spearman_columns(d, aff2, diagonal=False)[1] == pytest.approx(1.0)
+
+
+def test_suspect_calibration():
+    population = [0.9, 0.95, 1.0, 1.02, 0.97, 0.93]
+    stolen = suspect_from_distances(0.05, population)
+    assert stolen["verdict"] == "derived" and stolen["p_value"] == pytest.approx(1 / 7) and stolen["z"] > 10
+    unrelated = suspect_from_distances(0.96, population)
+    assert unrelated["verdict"] == "unrelated" and unrelated["p_value"] > 0.5
+    assert stolen["threshold"]["distance"] < 0.9
+    with pytest.raises(GifindexError):
+        suspect_from_distances(0.1, [0.9, 1.0])
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """An index with an owner, a slightly perturbed copy of it, and five independent models."""
+    root = tmp_path_factory.mktemp("hub")
+    files = {}
+    for i in range(6):
+        torch.manual_seed(i)
+        model = timm.create_model("test_resnet", num_classes=4)
+        name = "owner" if i == 0 else f"other{i}"
+        files[name] = root / f"{name}.pt"
+        torch.save(model.state_dict(), files[name])
+        if i == 0:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.0 + 0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+            files["copy"] = root / "copy.pt"
+            torch.save(model.state_dict(), files["copy"])
+    index = root / "idx"
+    _run("init", "-i", index, "-K", "6", "-T", "2", "--resolution", "16", "--proj-dim", "128")
+    manifest = root / "m.yaml"
+    manifest.write_text("".join(f"- name: {n}\n  ref: {p}\n  arch: timm:test_resnet\n  num_classes: 4\n"
+                                f"  input_size: 16\n" for n, p in files.items()))
+    _run("ingest", "-i", index, "--manifest", manifest, "--no-progress", "--executor", "inline")
+    return index, files
+
+
+def test_suspect_command_flips_between_a_copy_and_an_unrelated_model(hub):
+    index, files = hub
+    self_check = json.loads(_run("suspect", "-i", index, "owner", "--owner", "owner", "--json").stdout)
+    assert self_check["distance"] < 1e-3 and self_check["verdict"] == "derived"
+    copy = json.loads(_run("suspect", "-i", index, "copy", "--owner", "owner", "--json").stdout)
+    assert copy["verdict"] == "derived" and copy["population"]["n"] == 5
+    other = json.loads(_run("suspect", "-i", index, "other3", "--owner", "owner", "--json").stdout)
+    assert other["verdict"] == "unrelated" and other["z"] < copy["z"]
+    # a file reference is signed on the fly
+    fly = json.loads(_run("suspect", "-i", index, files["copy"], "--owner", "owner", "--arch", "timm:test_resnet",
+                          "--num-classes", "4", "--input-size", "16", "--json").stdout)
+    assert fly["verdict"] == "derived"
+    text = _run("suspect", "-i", index, "other3", "--owner", "owner").stdout
+    assert "UNRELATED" in text and "z >= 3" in text
+
+
+def test_unlearning_command(hub, tmp_path):
+    index, files = hub
+    forget = tmp_path / "forget.npy"
+    np.save(forget, np.random.default_rng(0).random((8, 16, 16)).astype(np.float32))
+    out = json.loads(_run("unlearning", "-i", index, "owner", "copy", "--forget", forget, "--control", "other2",
+                          "--json").stdout)
+    assert out["num_probes"] == 6 and out["verdict"] == "not-forgotten"
+    assert out["original_candidate"] < out["original_control"]
+    same = json.loads(_run("unlearning", "-i", index, "owner", "other2", "--forget", forget, "--control", "other2",
+                           "--json").stdout)
+    assert same["verdict"] == "forgotten" and same["ratio"] == pytest.approx(1.0)
+
+
+def test_relatedness_command_matches_names(hub, tmp_path):
+    index, _ = hub
+    names = ["owner", "copy", "other1", "other2"]
+    truth = tmp_path / "truth.json"
+    # affinity: owner and copy transfer well to each other, the rest poorly
+    m = [[1, 0.9, 0.1, 0.2], [0.9, 1, 0.15, 0.1], [0.1, 0.2, 1, 0.3], [0.2, 0.1, 0.3, 1]]
+    truth.write_text(json.dumps({"names": names, "matrix": m}))
+    out = json.loads(_run("relatedness", "-i", index, "--truth", truth, "--json").stdout)
+    assert out["tasks"] == 4 and out["missing"] == []
+    assert out["spearman_with_diagonal"] < 0
+    text = _run("relatedness", "-i", index, "--truth", DATA / "taskonomy_affinity.json", ok=False)
+    assert text.exit_code == 1  # none of the Taskonomy tasks are indexed

@@ -1,0 +1,109 @@
+"""Signature methods (gifindex.methods): exact answers on hand-built models, and every method in an index."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+
+from gifindex.cli import main
+from gifindex.config import SignatureConfig
+from gifindex.errors import ConfigError
+from gifindex.methods import compress_features, feature_distance, features, rdm, sac_matrix
+from gifindex.probes import make_probes
+
+from helpers import Linear, SmoothNet, identity_spec, wrap
+
+R = 8
+
+
+@pytest.fixture
+def probes():
+    return make_probes(SignatureConfig(resolution=R, num_probes=4, steps=4, seed=5))
+
+
+@pytest.mark.parametrize("output", ["norm", "top-logit"])
+def test_saliency_of_a_linear_model_is_its_weight_exactly(probes, output):
+    w = torch.rand(3 * R * R) + 0.1  # positive weights, positive inputs: |w.x| = w.x, so norm is linear too
+    model = wrap(Linear(w), identity_spec(R))
+    config = SignatureConfig(method="saliency", resolution=R, num_probes=4, steps=4, output=output)
+    sal = features(model, probes, config)
+    assert sal.shape == (4, 3 * R * R)
+    assert torch.equal(sal, w.expand(4, -1))
+
+
+def test_ig_of_a_linear_model_is_w_times_the_input(probes):
+    w = torch.randn(3 * R * R)
+    model = wrap(Linear(w), identity_spec(R))
+    config = SignatureConfig(method="ig", resolution=R, num_probes=4, steps=4, output="top-logit")
+    ig = features(model, probes, config)
+    expected = w * (probes.images - probes.baseline).reshape(4, -1)
+    assert torch.allclose(ig, expected, atol=1e-6)
+    # completeness: the attributions sum to M(x) - M(x0)
+    assert torch.allclose(ig.sum(1), (probes.images.reshape(4, -1) - probes.baseline.reshape(4, -1)) @ w, atol=1e-4)
+
+
+def test_output_matrices_by_hand():
+    out = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0]])
+    cos = sac_matrix(out)
+    assert cos[0, 1] == pytest.approx(0.0) and cos[0, 2] == pytest.approx(1 / np.sqrt(2)) and cos[1, 1] == pytest.approx(1)
+    d = rdm(out)
+    # Pearson of [1,0,0] and [0,2,0]: centred [2/3,-1/3,-1/3], [-2/3,4/3,-2/3] -> r = -0.5
+    assert d[0, 1] == pytest.approx(1.5) and d[0, 0] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("method", ["modelgif", "saliency", "ig", "sac", "rsa"])
+def test_signatures_are_unit_norm_fixed_length_and_track_exact_distances(probes, method):
+    config = SignatureConfig(method=method, resolution=R, num_probes=4, steps=4, proj_dim=512, seed=5)
+    a, b = wrap(SmoothNet(0)), wrap(SmoothNet(1))
+    fa, fb = features(a, probes, config), features(b, probes, config)
+    sa, sb = compress_features(fa, config), compress_features(fb, config)
+    assert sa.shape == (config.signature_dim,) and np.linalg.norm(sa) == pytest.approx(1.0, abs=1e-5)
+    exact = feature_distance(fa, fb, method)
+    assert feature_distance(fa, fa, method) == pytest.approx(0.0, abs=1e-9)
+    assert 1.0 - float(sa @ sb) == pytest.approx(exact, abs=0.08)
+    assert exact > 1e-3
+
+
+def test_sac_and_rsa_need_three_probes():
+    with pytest.raises(ConfigError):
+        SignatureConfig(method="rsa", num_probes=2)
+    assert SignatureConfig(method="sac", num_probes=5).signature_dim == 10
+    assert SignatureConfig(method="saliency", num_probes=5, proj_dim=7).signature_dim == 35
+
+
+def _run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("method", ["saliency", "ig", "sac", "rsa"])
+def test_every_method_works_in_an_index(tmp_path, method):
+    files = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        model = timm.create_model("test_resnet", num_classes=4)
+        files[name] = tmp_path / f"{name}.pt"
+        torch.save(model.state_dict(), files[name])
+        if name == "a":
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.0 + 0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(9)))
+            files["a_ft"] = tmp_path / "a_ft.pt"
+            torch.save(model.state_dict(), files["a_ft"])
+    index = tmp_path / "idx"
+    _run("init", "-i", index, "--method", method, "-K", "6", "-T", "2", "--resolution", "16", "--proj-dim", "64")
+    info = json.loads(_run("info", "-i", index, "--json").stdout)
+    assert info["config"]["method"] == method
+    assert info["config"]["probe_kind"] == ("cutmix" if method == "sac" else "random")
+    for name, path in files.items():
+        _run("ingest", "-i", index, path, "--name", name, "--arch", "timm:test_resnet", "--num-classes", "4",
+             "--input-size", "16", "--no-progress", "--executor", "inline")
+    near = json.loads(_run("nearest", "-i", index, "a", "-k", "2", "--json").stdout)["neighbors"]
+    assert near[0]["name"] == "a_ft"
+    assert _run("tree", "-i", index).stdout.strip().endswith(";")

@@ -1,0 +1,345 @@
+"""Hostile and broken inputs (issue 5): each is refused with one clear line naming the file and the fix,
+exit code 1, no traceback, and the index unchanged (models, shards, search index byte-identical)."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import struct
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from gifindex.cli import main
+from gifindex.config import SignatureConfig
+from gifindex.curves import compute_curves
+from gifindex.errors import GifindexError, IndexError_, ModelLoadError, SignatureError
+from gifindex.index import Index
+from gifindex.index.search import search
+from gifindex.manifest import ManifestError, parse_manifest
+from gifindex.models import load_model
+from gifindex.models.detect import detect_architecture
+from gifindex.models.files import read_weights_file
+from gifindex.probes import make_probes
+
+from helpers import SmoothNet, wrap
+
+CONFIG = SignatureConfig(resolution=16, num_probes=2, steps=2, proj_dim=16, seed=7)
+ARCH = ["--arch", "timm:test_resnet", "--num-classes", "4", "--input-size", "16"]
+REFIX = "re-download the file or re-save it with torch.save(model.state_dict(), PATH)"
+
+
+class WritesMarker:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=4)
+    torch.save(model.state_dict(), root / "good.pt")
+    index = root / "idx"
+    Index.create(index, CONFIG).close()
+    result = CliRunner().invoke(main, ["ingest", "-i", str(index), str(root / "good.pt"), *ARCH, "--executor",
+                                       "inline", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return root, model
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith("catalog.sqlite")}
+
+
+def _models(root: Path):
+    with Index.open(root) as index:
+        return [(r.name, r.weights_sha256, r.shard, r.row) for r in index.records()]
+
+
+def refused(hub, args, fragment: str, *, ingest: bool = True) -> str:
+    """Run the CLI; assert exit 1, one error line holding ``fragment``, no traceback, index unchanged."""
+    root = hub[0] / "idx"
+    before, models = _snapshot(root), _models(root)
+    argv = (["ingest", "-i", str(root), "--executor", "inline", "--no-progress"] if ingest else []) + \
+        [str(a) for a in args]
+    result = CliRunner().invoke(main, argv)
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code == 1, text
+    assert fragment in text, text
+    assert "Traceback" not in text and not isinstance(result.exception, Exception) or \
+        isinstance(result.exception, SystemExit), text
+    lines = [line for line in text.splitlines() if fragment in line]
+    assert lines and all(len(line) < 600 for line in lines)
+    assert _snapshot(root) == before and _models(root) == models
+    return text
+
+
+# 1. code execution through pickle ---------------------------------------------------------------------------
+@pytest.mark.parametrize("zipformat", [True, False])
+def test_reduce_pickle_never_runs(hub, tmp_path, zipformat):
+    marker, evil = tmp_path / "PWNED", tmp_path / "evil.pt"
+    torch.save({"w": WritesMarker(str(marker))}, evil, _use_new_zipfile_serialization=zipformat)
+    refused(hub, [evil], f"{evil} holds a pickled Python object")
+    assert "pass --trust if you trust its origin" in refused(hub, [evil], "--trust")
+    (tmp_path / "m.yaml").write_text(f"- name: evil\n  ref: {evil}\n")  # a manifest entry without trust
+    refused(hub, ["--manifest", tmp_path / "m.yaml"], "holds a pickled Python object")
+    raw = tmp_path / "raw.pkl.pt"  # a bare pickle (no torch container) too
+    raw.write_bytes(pickle.dumps(WritesMarker(str(marker)), protocol=2))
+    refused(hub, [raw], "holds a pickled Python object")
+    assert not marker.exists()
+
+
+# 2. whole modules and TorchScript ----------------------------------------------------------------------------
+def test_whole_module_and_torchscript_need_trust(hub, tmp_path):
+    torch.save(SmoothNet(), tmp_path / "module.pt")
+    refused(hub, [tmp_path / "module.pt"], "holds a pickled Python object (e.g. a whole nn.Module)")
+    torch.jit.script(SmoothNet()).save(str(tmp_path / "scripted.pt"))
+    refused(hub, [tmp_path / "scripted.pt"], f"{tmp_path / 'scripted.pt'} is a TorchScript archive; loading it "
+                                             "runs code from the file; pass --trust")
+
+
+# 3. unreadable files -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, fragment", [
+    ("truncated", "corrupt or truncated"),
+    ("random", f"not a PyTorch, TorchScript or safetensors file (unrecognised content); {REFIX}"),
+    ("html", "is an HTML page (a download error or login page saved as a model file), not weights; download"),
+    ("lfs", "is a Git LFS pointer (133 bytes), not the weights; run `git lfs pull`"),
+    ("empty", f"the file is empty; {REFIX}"),
+])
+def test_unreadable_files(hub, tmp_path, kind, fragment):
+    path = tmp_path / "bad.pt"
+    good = (hub[0] / "good.pt").read_bytes()
+    path.write_bytes({
+        "truncated": good[: len(good) // 3],
+        "random": bytes(np.random.default_rng(0).integers(1, 127, 4096, dtype=np.uint8)),
+        "html": b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>",
+        "lfs": b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 46827520\n",
+        "empty": b"",
+    }[kind])
+    if kind == "random":
+        path.write_bytes(b"\x13" + path.read_bytes()[1:])
+    text = refused(hub, [path, *ARCH], fragment)
+    assert str(path) in text
+
+
+# 4. wrong extension: the bytes decide --------------------------------------------------------------------------
+def test_wrong_extension_detected_by_magic(hub, tmp_path):
+    model = hub[1]
+    save_file(model.state_dict(), str(tmp_path / "st_named.pt"))
+    torch.save(model.state_dict(), tmp_path / "pickle_named.safetensors")
+    assert read_weights_file(tmp_path / "st_named.pt").format == "safetensors"
+    assert read_weights_file(tmp_path / "pickle_named.safetensors").format == "torch-zip"
+    root = hub[0] / "idx"
+    before = _snapshot(root)
+    result = CliRunner().invoke(main, ["ingest", "-i", str(root), str(tmp_path / "st_named.pt"),
+                                       str(tmp_path / "pickle_named.safetensors"), *ARCH[:2], "--num-classes", "4",
+                                       "--input-size", "16", "--executor", "inline", "--no-progress", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["skipped"] == 2  # the same weights as good.pt: one model
+    assert _snapshot(root) == before
+
+
+# 5. corrupt safetensors ------------------------------------------------------------------------------------------
+def _st(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+@pytest.mark.parametrize("blob, fragment", [
+    (struct.pack("<Q", 12) + b"{not json!!}" + b"\0" * 8, "header is not valid JSON"),
+    (struct.pack("<Q", 1 << 40) + b"{" + b"\0" * 30, "declared header of 1099511627776 bytes exceeds"),
+    (_st({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8),
+     "tensor 'w' offsets [0, 16] lie outside the 8-byte data section"),
+    (_st({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+          "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, b"\0" * 24), "tensors 'a' and 'b' overlap"),
+    (_st({"w": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 16]}}, b"\0" * 16),
+     "needs 4.39805e+12 bytes but its offsets span 16"),
+    (_st({"w": {"dtype": "X99", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), "unknown dtype 'X99'"),
+])
+def test_corrupt_safetensors(hub, tmp_path, blob, fragment):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(blob)
+    text = refused(hub, [path, *ARCH], f"cannot read {path}: corrupt safetensors file (")
+    assert fragment in text and REFIX in text
+
+
+# 6. zip bombs: declared sizes capped before anything is decompressed or allocated ------------------------------
+def test_zip_bombs_refused_before_decompression(hub, tmp_path):
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", pickle.dumps({}))
+        z.writestr("archive/data/0", b"\0" * (64 << 20))  # 64 MB of zeros in ~64 KB
+    assert bomb.stat().st_size < 200_000
+    started = time.monotonic()
+    refused(hub, [bomb, *ARCH], "(a zip bomb or a corrupt archive); refusing to decompress it")
+    assert time.monotonic() - started < 5
+    # a stored archive whose directory claims an entry far larger than the file
+    liar = tmp_path / "liar.pt"
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(4)}, buf)
+    data = bytearray(buf.getvalue())
+    cd = data.rfind(b"PK\x01\x02")  # last central-directory entry: patch its uncompressed size
+    data[cd + 24:cd + 28] = struct.pack("<I", 0xFFFFFFF0)
+    liar.write_bytes(bytes(data))
+    refused(hub, [liar, *ARCH], "cannot read")
+    with pytest.raises(ModelLoadError, match="zip bomb|corrupt"):
+        read_weights_file(liar)
+
+
+# 7. architectures ----------------------------------------------------------------------------------------------
+def test_state_dicts_that_fit_no_architecture(hub, tmp_path):
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "lin.pt")
+    text = refused(hub, [tmp_path / "lin.pt", *ARCH], "the state dict does not fit timm:test_resnet: missing: ")
+    assert "unexpected: " in text or "bias" in text
+    sd = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).state_dict()
+    with pytest.raises(GifindexError, match=r"matches no torchvision or timm architecture \(4 tensors\)"):
+        detect_architecture(sd, libraries=("torchvision",))
+
+
+# 8. NaN / Inf -------------------------------------------------------------------------------------------------
+def test_nan_weights_outputs_and_gradients_refused(hub, tmp_path):
+    sd = {k: v.clone() for k, v in hub[1].state_dict().items()}
+    key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
+    sd[key].view(-1)[0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    refused(hub, [tmp_path / "nan.pt", *ARCH], f"the weights hold NaN or Inf in {key}; the model is refused")
+    probes = make_probes(CONFIG)
+
+    class NanOut(nn.Module):
+        def forward(self, x):
+            return x.flatten(1) * float("nan")
+
+    class InfGrad(nn.Module):
+        def forward(self, x):
+            return torch.sqrt((x * 0).flatten(1).sum(1, keepdim=True))  # d sqrt(u)/du at u = 0: inf
+
+    with pytest.raises(SignatureError, match="model output is NaN or Inf on the probes"):
+        compute_curves(wrap(NanOut()), probes, CONFIG)
+    with pytest.raises(SignatureError, match="input gradients are NaN or Inf on the probes"):
+        compute_curves(wrap(InfGrad()), probes, CONFIG)
+
+
+# 9. models that do not fit the pipeline ------------------------------------------------------------------------
+def test_wrong_channels_non_tensor_output_and_oom(hub, tmp_path):
+    torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), tmp_path / "gray.pt")
+    refused(hub, [tmp_path / "gray.pt", "--trust", "--input-size", "16"],
+            "the model does not accept 3-channel RGB images")
+
+    class Words(nn.Module):
+        def forward(self, x):
+            return "a string"
+
+    probes = make_probes(CONFIG)
+    with pytest.raises(SignatureError, match="model returned str, expected a tensor"):
+        compute_curves(wrap(Words()), probes, CONFIG)
+
+    class FakeOOM(nn.Module):
+        """Runs out of memory above 2 images per batch (a fake CUDA OOM)."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = SmoothNet(seed=3)
+            self.sizes = []
+
+        def forward(self, x):
+            self.sizes.append(len(x))
+            if len(x) > 2:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return self.net(x)
+
+    oom = FakeOOM()
+    big = compute_curves(wrap(oom), probes, CONFIG, batch_size=8)
+    assert oom.sizes[0] == 4 and oom.sizes[-2:] == [2, 2]  # retried at half the batch size
+    small = compute_curves(wrap(SmoothNet(seed=3)), probes, CONFIG, batch_size=1)
+    assert torch.allclose(big, small, atol=1e-6)
+
+    class AlwaysOOM(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(SignatureError, match="out of memory on cpu even with one image per batch"):
+        compute_curves(wrap(AlwaysOOM()), probes, CONFIG, batch_size=4)
+
+
+# 10. paths that are not plain files ------------------------------------------------------------------------------
+def test_symlinks_fifos_devices_directories_missing(hub, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "real.pt").write_bytes((hub[0] / "good.pt").read_bytes())
+    inside = tmp_path / "zoo"
+    inside.mkdir()
+    (inside / "link.pt").symlink_to(outside / "real.pt")
+    refused(hub, [inside / "link.pt", *ARCH], "is a symbolic link to")
+    refused(hub, [inside / "link.pt", *ARCH], "outside its folder")
+    (inside / "dangling.pt").symlink_to(tmp_path / "nothing.pt")
+    refused(hub, [inside / "dangling.pt", *ARCH], "is a broken symbolic link")
+    os.mkfifo(inside / "fifo.pt")
+    refused(hub, [inside / "fifo.pt", *ARCH], f"{inside / 'fifo.pt'} is a FIFO (named pipe), not a regular file; "
+                                             "refusing to read it")
+    refused(hub, ["/dev/zero"], "/dev/zero is a device file, not a regular file")
+    (inside / "dir.pt").mkdir()
+    refused(hub, [inside / "dir.pt", *ARCH], "is a directory, not a model file; give the weights file inside it")
+    refused(hub, [inside / "missing.pt", *ARCH], f"model file not found: {inside / 'missing.pt'}; check the path")
+    refused(hub, ["timm:test_resnet", "--weights", inside / "fifo.pt", "--num-classes", "4"], "is a FIFO")
+
+
+# 11. index directories and queries -------------------------------------------------------------------------------
+def test_bad_index_directories_and_query_dimensions(hub, tmp_path):
+    (tmp_path / "notindex").mkdir()
+    (tmp_path / "notindex" / "x.txt").write_text("hi")
+    refused(hub, ["list", "-i", tmp_path / "notindex"], "no gifindex index at", ingest=False)
+    for key, value, fragment in (("format_version", 99, "has format version 99, this gifindex reads version 1"),
+                                 ("config", "edit", "stored configuration does not match its hash"),
+                                 ("format", "other", "is not a gifindex index file")):
+        copy = tmp_path / f"copy-{key}"
+        Index.create(copy, CONFIG).close()
+        meta = json.loads((copy / "index.json").read_text())
+        if value == "edit":
+            meta["config"]["steps"] = 3
+        else:
+            meta[key] = value
+        (copy / "index.json").write_text(json.dumps(meta))
+        refused(hub, ["verify", "-i", copy], fragment, ingest=False)
+    other = tmp_path / "other"
+    with pytest.raises(IndexError_, match="another configuration"):
+        Index.create(hub[0] / "idx", CONFIG.replace(steps=3))
+    with Index.open(hub[0] / "idx") as index:
+        with pytest.raises(IndexError_, match=r"query has dimension 5, the index holds 64-dimensional"):
+            search(index.search_index(), np.zeros(5, np.float32), 1)
+    del other
+
+
+# 12. manifests -----------------------------------------------------------------------------------------------------
+def test_malformed_manifests_listed_before_any_work(hub, tmp_path):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save(SmoothNet(), evil)  # would run if loaded with trust; the manifest's errors stop it first
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"- name: a\n  ref: {evil}\n  trust: true\n"
+                        f"- name: a\n  ref: {evil}\n"
+                        "- name: b\n  ref: timm:test_resnet\n  archh: x\n"
+                        "- name: c\n  ref: timm:test_resnet\n  num_classes: -2\n")
+    text = refused(hub, ["--manifest", manifest], f"manifest {manifest} has 3 error(s): ")
+    assert "line 4: duplicate name 'a' (first on line 1)" in text
+    assert "line 6: unknown field 'archh' (did you mean 'arch'?)" in text
+    assert "line 9: 'num_classes' must be a positive integer, got -2" in text
+    assert not marker.exists()
+    manifest.write_text("- name: a\n  ref: [unclosed\n")
+    refused(hub, ["--manifest", manifest], f"manifest {manifest} is not valid YAML: line 3")
+    with pytest.raises(ManifestError, match="expected a list of models"):
+        parse_manifest("just a string")
