@@ -150,7 +150,7 @@ def build_tree_scalable(names: Sequence[str], vectors: np.ndarray, linkage: str 
         _fit_pca(pca, sample)
         reduced = np.concatenate([pca.apply(x[i:i + 65536]) for i in range(0, n, 65536)])
     km = faiss.Kmeans(reduced.shape[1], k, niter=20, seed=seed, spherical=False, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=512)
+                      min_points_per_centroid=1, max_points_per_centroid=128)
     km.train(reduced)
     assign = km.index.search(reduced, 1)[1][:, 0]
     groups = [np.flatnonzero(assign == c) for c in range(k)]

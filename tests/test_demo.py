@@ -9,14 +9,15 @@ import yaml
 
 from gifindex.config import SignatureConfig
 from gifindex.curves import compute_curves
-from gifindex.demo import DemoZooConfig, build_arch, build_demo_zoo, write_manifest
+from gifindex.demo import DemoZooConfig, augment, build_arch, build_demo_zoo, normalise, write_manifest
 from gifindex.distance import curve_distance
 from gifindex.models.spec import InputSpec, LoadedModel
 from gifindex.probes import make_probes
 
-SMALL = DemoZooConfig(bases=("timm:test_resnet", "timm:test_convnext"),
-                      students=("timm:test_convnext", "timm:test_resnet"),
-                      relations=("base", "finetuned", "pruned"), epochs=2, finetune_epochs=1)
+SMALL = DemoZooConfig(bases=("timm:test_resnet", "timm:test_efficientnet"),
+                      students=("timm:test_efficientnet", "timm:test_resnet"),
+                      relations=("base", "finetuned", "pruned", "distilled"), epochs=3, finetune_epochs=1,
+                      distill_epochs=2)
 
 
 def _load(entry: dict) -> LoadedModel:
@@ -36,13 +37,16 @@ def zoo(tmp_path_factory):
 
 def test_zoo_files_and_manifest(zoo, tmp_path):
     out, entries, _ = zoo
-    assert [e["tags"]["relation"] for e in entries] == ["base", "finetuned", "pruned"] * 2
+    assert [e["tags"]["relation"] for e in entries] == ["base", "finetuned", "pruned", "distilled"] * 2
+    distilled = [e for e in entries if e["tags"]["relation"] == "distilled"]
+    assert [e["arch"] for e in distilled] == list(SMALL.students)
     for entry in entries:
         state = torch.load(entry["ref"], weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
         assert 0.0 <= entry["tags"]["test_accuracy"] <= 1.0
-        assert entry["num_classes"] == 10 and entry["input_size"] == 32
+        assert entry["num_classes"] == 10 and entry["input_size"] == SMALL.image_size
     assert all(e["tags"]["test_accuracy"] >= 0.7 for e in entries if e["tags"]["relation"] == "base")
+    assert all(e["tags"]["test_accuracy"] >= 0.5 for e in distilled)
     pruned = [e for e in entries if e["tags"]["relation"] == "pruned"]
     assert all(e["tags"]["sparsity"] >= SMALL.prune_amount * 0.95 for e in pruned)
     path = write_manifest(entries, tmp_path / "demo.yaml", relative_to=out)
@@ -62,14 +66,31 @@ def test_cache_reuse(zoo):
     assert {p.name: p.read_bytes() for p in out.glob("*.pt")} == hashes
 
 
+def test_default_config_has_every_relation_and_a_torchvision_base():
+    config = DemoZooConfig()
+    assert set(config.relations) == {"base", "finetuned", "pruned", "distilled", "reseeded"}
+    assert any(b.startswith("timm:") for b in config.bases)
+    assert any(b.startswith("torchvision:") for b in config.bases)
+    assert all(s != b for s, b in zip(config.students, config.bases))
+
+
+def test_augment_keeps_shape_and_pixel_range():
+    x = normalise(torch.rand(8, 3, 16, 16))
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    raw = out * torch.tensor(0.324) + torch.tensor(0.305)
+    assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
+    assert torch.equal(out, augment(x, torch.Generator().manual_seed(0)))
+
+
 def test_derived_models_nearer_their_parent(zoo):
     out, entries, _ = zoo
-    config = SignatureConfig(resolution=32, num_probes=8, steps=4, probe_source=str(out / "digit_probes.npy"))
+    config = SignatureConfig(resolution=16, num_probes=8, steps=4, probe_source=str(out / "digit_probes.npy"))
     probes = make_probes(config)
     curves = {e["name"]: compute_curves(_load(e), probes, config) for e in entries}
     bases = [e["name"] for e in entries if e["tags"]["relation"] == "base"]
     for entry in entries:
-        if entry["tags"]["relation"] == "base":
+        if entry["tags"]["relation"] not in ("finetuned", "pruned"):  # distilled/reseeded: see DemoZooConfig
             continue
         parent = entry["tags"]["parent"]
         other = next(b for b in bases if b != parent)

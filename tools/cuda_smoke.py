@@ -66,10 +66,10 @@ def main() -> int:
         d = curve_distance(curves[("cpu", name)], curves[(gpu, name)])
         good = d < args.tolerance
         ok &= good
-        print(f"{name}: cpu vs cuda curve distance {d:.2e} ({'ok' if good else 'TOO LARGE'})")
+        print(f"{name}: cpu vs {gpu} curve distance {d:.2e} ({'ok' if good else 'TOO LARGE'})")
     pair = {dev: curve_distance(curves[(dev, "resnet18")], curves[(dev, "mobilenetv3_small_100")])
             for dev in ("cpu", gpu)}
-    good = abs(pair["cpu"] - pair["cuda"]) < args.tolerance
+    good = abs(pair["cpu"] - pair[gpu]) < args.tolerance
     ok &= good
     print(f"resnet18 vs mobilenet: cpu {pair['cpu']:.6f}, cuda {pair[gpu]:.6f} ({'ok' if good else 'DIFFER'})")
 

@@ -192,7 +192,7 @@ def info(index_path: str, as_json: bool) -> None:
     click.echo(f"signature   {details['signature_dim']} dims, {details['bytes_per_model']} bytes per model "
                "(float16)")
     search = details["search"]
-    click.echo(f"search      {search.get('kind')} -> {search.get('active')}: {search.get('reason')}")
+    click.echo(f"search      {search.get('kind')} -> {search.get('reason')}")
     click.echo(f"failures    {details['failures']} recorded")
     for failure in details["recent_failures"]:
         click.echo(f"  {failure['name'] or failure['ref']}: {failure['error']}")
