@@ -107,7 +107,10 @@ def compute_curves(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", 
     field = gradient_field(adapter, probes, positions, batch_size=batch_size, targets=targets, device=device,
                            progress=progress)
     weights = torch.from_numpy(rule.weights).to(torch.float64).view(1, -1, 1, 1, 1)
-    curves = torch.cumsum(field.double() * weights, dim=1).float()
+    # Per probe, in place: float64 temporaries of one probe's T points, not of all K*T (bounded memory).
+    for k in range(field.shape[0]):
+        field[k] = torch.cumsum(field[k].double() * weights[0], dim=0).float()
+    curves = field
     if config.mode == "ig":
         curves = curves * (probes.images - probes.baseline).unsqueeze(1)
     return curves.reshape(config.num_probes, config.steps, -1)

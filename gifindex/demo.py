@@ -66,7 +66,7 @@ class DemoZooConfig:
     finetune_fraction: float = 0.5
     prune_amount: float = 0.4
     prune_recovery_epochs: int = 1
-    distill_epochs: int = 8
+    distill_epochs: int = 4
     distill_temperature: float = 4.0
     distill_alpha: float = 1.0
     distill_augment: bool = True

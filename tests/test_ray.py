@@ -77,10 +77,12 @@ def test_ray_timeout_is_a_recorded_failure(tmp_path, cluster):
 
     torch.save(HangNet(), tmp_path / "hang.pt")
     torch.save(SmoothNet(seed=7), tmp_path / "good.pt")
-    entries = [ModelEntry(ref=str(tmp_path / f"{n}.pt"), name=n, trust=True, input_size=16) for n in ("hang", "good")]
+    hang, good = (ModelEntry(ref=str(tmp_path / f"{n}.pt"), name=n, trust=True, input_size=16) for n in ("hang", "good"))
     with Index.create(tmp_path / "idx", CONFIG) as index:
-        report = index.ingest(entries, executor=RayExecutor(timeout=6))
+        assert index.ingest([good], executor=RayExecutor(timeout=300)).results[0].status == "added"
+        report = index.ingest([hang, good], executor=RayExecutor(timeout=20))  # worker start-up counts
         status = {r.name: (r.status, r.error or "") for r in report.results}
-        assert status["hang"][0] == "failed" and "timed out after 6 s" in status["hang"][1]
-        assert status["good"][0] == "added"
+        assert status["hang"][0] == "failed" and "timed out after 20 s" in status["hang"][1]
+        assert status["good"][0] == "skipped", status["good"]
         assert [r.name for r in index.records()] == ["good"]
+        assert [f["name"] for f in index.catalog.failures()] == ["hang"]

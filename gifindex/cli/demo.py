@@ -12,6 +12,14 @@ from .build import ProgressReporter
 from .options import check_device, table
 
 
+def _quick_zoo():
+    from ..demo import DemoZooConfig
+
+    return DemoZooConfig(bases=("timm:test_resnet", "timm:test_efficientnet"),
+                         students=("timm:test_efficientnet", "timm:test_resnet"), epochs=3, finetune_epochs=1,
+                         distill_epochs=3)
+
+
 def demo_config(probe_file: Path):
     """The demo index's signature configuration: digit probes at 16 px (the digits are 8x8)."""
     from ..config import SignatureConfig
@@ -43,8 +51,9 @@ def relation_rows(index, entries: list[dict]) -> list[list]:
               help="folder for the zoo, its manifest, the index and the tree files")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--fresh", is_flag=True, help="retrain the zoo and rebuild the index from scratch")
+@click.option("--quick", is_flag=True, help="a smaller zoo (two tiny timm families, shorter training): a smoke test")
 @click.option("--no-progress", is_flag=True)
-def demo(out_dir: str, device: str, fresh: bool, no_progress: bool) -> None:
+def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool) -> None:
     """Build a small demo zoo (trained on scikit-learn's digits), index it, print nearest models and the tree.
 
     Runs offline in a minute or two on a laptop CPU; a second run reuses the trained zoo and the index.
@@ -61,7 +70,8 @@ def demo(out_dir: str, device: str, fresh: bool, no_progress: bool) -> None:
     zoo_dir, index_dir = out / "zoo", out / "index"
     started = time.perf_counter()
     click.echo(f"1/4 building the demo zoo in {zoo_dir} (scikit-learn digits, upscaled to RGB)")
-    entries = build_demo_zoo(zoo_dir, DemoZooConfig(), progress=lambda msg: click.echo(msg))
+    zoo_config = _quick_zoo() if quick else DemoZooConfig()
+    entries = build_demo_zoo(zoo_dir, zoo_config, progress=lambda msg: click.echo(msg))
     manifest = write_manifest(entries, out / "demo.yaml", relative_to=out)
 
     config = demo_config(zoo_dir / "digit_probes.npy")
