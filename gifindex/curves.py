@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .adapter import SharedSpaceAdapter
+from .batching import resolve_batch_size
 from .errors import SignatureError
 from .quadrature import quadrature
 
@@ -84,13 +85,14 @@ def gradient_field(adapter: SharedSpaceAdapter, probes: "Probes", positions: tor
 
 
 def compute_curves(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", config: "SignatureConfig",
-                   batch_size: int | None = 32, device: str | torch.device = "cpu",
+                   batch_size: int | str | None = 32, device: str | torch.device = "cpu",
                    progress: ProgressFn | None = None) -> torch.Tensor:
     """The K ModelGiF curves of a model: a (K, T, 3*R*R) float32 tensor.
 
     ``model`` is a LoadedModel (wrapped in the shared-space adapter with ``config.output``) or an
     adapter. Mode ``field`` returns the integrated gradients as they are; mode ``ig`` multiplies each
-    point by (x1 - x0), so its last point is Integrated Gradients.
+    point by (x1 - x0), so its last point is Integrated Gradients. ``batch_size`` is the number of path
+    points per pass (None: all at once; "auto": the most that fit in free memory, see gifindex.batching).
     """
     if probes.resolution != config.resolution or probes.num_probes != config.num_probes:
         raise SignatureError(f"probes are {probes.num_probes} x {probes.resolution}px but the configuration "
@@ -98,6 +100,7 @@ def compute_curves(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", 
     adapter = model if isinstance(model, SharedSpaceAdapter) else \
         SharedSpaceAdapter(model.module, model.spec, config.output)
     adapter = adapter.to(device).eval()
+    batch_size = resolve_batch_size(batch_size, adapter, config.resolution, device)
     targets = None
     if adapter.output == "top-logit":
         targets = torch.cat([adapter.predict(probes.images[s:s + (batch_size or probes.num_probes)].to(device))

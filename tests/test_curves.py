@@ -146,3 +146,19 @@ def test_quadrature_rules_integrate_polynomials():
     np.testing.assert_allclose(riemann.curve_times, np.arange(1, 11) / 10)
     with pytest.raises(ValueError):
         quadrature("simpson", 3)
+
+
+def test_auto_batch_size_fits_memory_and_changes_nothing():
+    from gifindex.batching import bytes_per_image, resolve_batch_size
+
+    cfg = SignatureConfig(resolution=16, num_probes=3, steps=4, seed=2)
+    loaded = wrap(SmoothNet(seed=3), InputSpec(size=(24, 24)))
+    adapter = SharedSpaceAdapter(loaded.module, loaded.spec)
+    per_image = bytes_per_image(adapter, 16, "cpu")
+    # conv1 (6 x 24 x 24) + conv2 (8 x 12 x 12) + head (5) outputs and the native input, in float32
+    assert per_image >= 4 * (6 * 24 * 24 + 8 * 12 * 12 + 5 + 3 * 24 * 24)
+    chosen = resolve_batch_size("auto", adapter, 16, "cpu")
+    assert isinstance(chosen, int) and 1 <= chosen <= 256
+    probes = make_probes(cfg)
+    torch.testing.assert_close(compute_curves(loaded, probes, cfg, batch_size="auto"),
+                               compute_curves(loaded, probes, cfg, batch_size=5), rtol=1e-5, atol=1e-7)

@@ -109,9 +109,27 @@ def load_kwargs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
                 random_init=kwargs.pop("random_init"))
 
 
+class BatchSize(click.ParamType):
+    """A positive integer or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"expected a positive integer or 'auto', got {value!r}", param, ctx)
+        if number < 1:
+            self.fail(f"expected a positive integer or 'auto', got {value!r}", param, ctx)
+        return number
+
+
 def device_options(func):
-    func = click.option("--batch-size", type=int, default=32, show_default=True,
-                        help="path points per forward/backward pass (bounds memory)")(func)
+    func = click.option("--batch-size", type=BatchSize(), default="32", show_default=True,
+                        help="path points per forward/backward pass (bounds memory), or 'auto' for the "
+                             "most that fit in free memory")(func)
     func = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")(func)
     return func
 

@@ -113,7 +113,10 @@ def features(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", config
     """The method's uncompressed features: (P, D) with P = K*T (modelgif), K (saliency, ig), 1 (sac, rsa)."""
     from ..curves import compute_curves
 
-    adapter = _adapter(model, config)
+    from ..batching import resolve_batch_size
+
+    adapter = _adapter(model, config).to(device)
+    batch_size = resolve_batch_size(batch_size, adapter, config.resolution, device)
     method = config.method
     if method == "modelgif":
         curves = compute_curves(adapter, probes, config, batch_size=batch_size, device=device, progress=progress)
