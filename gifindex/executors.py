@@ -36,6 +36,13 @@ class SignJob:
     batch_size: int | None = 32
     known_sha256: frozenset[str] = field(default_factory=frozenset)
 
+    @property
+    def points(self) -> int:
+        """Images the worker pushes through a model per signature (what a progress bar counts)."""
+        from .methods import passes
+
+        return passes(self.config)
+
     def run(self, entry: ModelEntry, progress=None) -> SignResult:
         return sign_entry(entry, self.config, self.probes, device=self.device, batch_size=self.batch_size,
                           known_sha256=self.known_sha256, progress=progress)
@@ -62,7 +69,7 @@ class InlineExecutor:
 
     def map(self, entries: Iterable[ModelEntry], job: SignJob, reporter: Reporter) -> Iterator[SignResult]:
         for entry in entries:
-            reporter.model_start(entry, job.config.points_per_model)
+            reporter.model_start(entry, job.points)
             yield job.run(entry, progress=reporter.points)
 
 
@@ -135,7 +142,7 @@ class LocalExecutor:
                 if worker is None:
                     worker = self._start(job)
                 process, tasks, results = worker
-                reporter.model_start(entry, job.config.points_per_model)
+                reporter.model_start(entry, job.points)
                 started = time.monotonic()
                 tasks.put(entry)
                 while True:

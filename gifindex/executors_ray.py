@@ -112,7 +112,7 @@ class RayExecutor:
                             entry, _ = running.pop(ref)
                             started.pop(ref)
                             ray.cancel(ref, force=True)
-                            reporter.model_start(entry, job.config.points_per_model)
+                            reporter.model_start(entry, job.points)
                             yield SignResult(name=entry.display_name(), ref=entry.ref, status="failed",
                                              error=f"timed out after {self.timeout:g} s (per-model limit; raise "
                                                    "it with --timeout)", seconds=now - began)
@@ -127,7 +127,7 @@ class RayExecutor:
 
     @staticmethod
     def _collect(ray, ref, entry: ModelEntry, began: float, job: SignJob, reporter: Reporter) -> SignResult:
-        reporter.model_start(entry, job.config.points_per_model)
+        reporter.model_start(entry, job.points)
         try:
             result = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # the worker function raised (it should not)
@@ -142,5 +142,5 @@ class RayExecutor:
                               error=f"the Ray worker failed with {reason}{hint} while loading or signing this "
                                     "model", seconds=time.monotonic() - began)
         if result.status == "added":
-            reporter.points(job.config.points_per_model)
+            reporter.points(job.points)
         return result

@@ -90,10 +90,8 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
                progress: Callable[[int], None] | None = None) -> SignResult:
     """Load, hash and sign one model; return a SignResult (never raises for a bad model)."""
     from .adapter import SharedSpaceAdapter
-    from .compress import compress
-    from .curves import compute_curves
     from .models import load_model
-    from .signature import projection_for
+    from .signature import signature
 
     start = time.perf_counter()
     name = entry.display_name()
@@ -107,15 +105,8 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
             result.status = "skipped"
             return result
         adapter = SharedSpaceAdapter(loaded.module, loaded.spec, output)
-        if config.method == "modelgif":
-            curves = compute_curves(adapter, probes, config, batch_size=batch_size, device=device,
-                                    progress=progress)
-            result.signature = compress(curves, projection_for(config))
-        else:  # baselines (gifindex.methods): saliency, ig, sac, rsa
-            from .methods import sign as sign_with_method
-
-            result.signature = sign_with_method(adapter, probes, config, batch_size=batch_size, device=device,
-                                                progress=progress)
+        result.signature = signature(adapter, config, probes, batch_size=batch_size, device=device,
+                                     progress=progress)
         result.status = "added"
         result.metadata = {
             "source": loaded.source, "arch": loaded.arch, "output": output, "device": device,

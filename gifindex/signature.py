@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .compress import Projection, compress
-from .curves import ProgressFn, compute_curves
+from .compress import Projection
+from .curves import ProgressFn
 
 if TYPE_CHECKING:
     from .config import SignatureConfig
@@ -22,10 +22,8 @@ def projection_for(config: "SignatureConfig") -> Projection:
 
 def signature(model: "LoadedModel", config: "SignatureConfig", probes: "Probes", batch_size: int | None = 32,
               device: str | torch.device = "cpu", progress: ProgressFn | None = None) -> np.ndarray:
-    """Sign a model: its ModelGiF curves, compressed to a unit-norm float32 vector of K*T*proj_dim."""
-    if config.method != "modelgif":
-        from .methods import sign as sign_with_method
+    """Sign a model under config.method (ModelGiF: its curves, compressed to a unit-norm float32 vector of
+    K*T*proj_dim; baselines: see gifindex.methods)."""
+    from .methods import sign as sign_with_method
 
-        return sign_with_method(model, probes, config, batch_size=batch_size, device=device, progress=progress)
-    curves = compute_curves(model, probes, config, batch_size=batch_size, device=device, progress=progress)
-    return compress(curves, projection_for(config))
+    return sign_with_method(model, probes, config, batch_size=batch_size, device=device, progress=progress)

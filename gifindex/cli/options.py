@@ -50,6 +50,11 @@ def _floats(text: str | None, name: str) -> tuple[float, float, float] | None:
     return values  # type: ignore[return-value]
 
 
+# The keyword names config_options gives its options (SignatureConfig fields); config_from reads them back.
+CONFIG_OPTION_NAMES = ("resolution", "probe_source", "num_probes", "probe_kind", "pgd_anchor", "steps", "rule",
+                       "mode", "output", "baseline", "proj_dim", "seed")
+
+
 def config_options(func):
     """Options that define a signature configuration (shared by init and one-off commands)."""
     defaults = SignatureConfig()
@@ -80,9 +85,7 @@ def config_options(func):
 
 def config_from(kwargs: dict[str, Any]) -> SignatureConfig:
     """Pop the configuration options out of a command's kwargs and build the config."""
-    names = ("resolution", "probe_source", "num_probes", "probe_kind", "pgd_anchor", "steps", "rule", "mode",
-             "output", "baseline", "proj_dim", "seed")
-    return SignatureConfig(**{name: kwargs.pop(name) for name in names})
+    return SignatureConfig(**{name: kwargs.pop(name) for name in CONFIG_OPTION_NAMES})
 
 
 def load_options(func):
@@ -196,6 +199,4 @@ def config_given(ctx: click.Context) -> bool:
     """Whether any signature-configuration option was given explicitly on the command line."""
     from click.core import ParameterSource
 
-    names = ("resolution", "probe_source", "num_probes", "probe_kind", "pgd_anchor", "steps", "rule", "mode",
-             "output", "baseline", "proj_dim", "seed")
-    return any(ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE for n in names)
+    return any(ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE for n in CONFIG_OPTION_NAMES)

@@ -248,7 +248,6 @@ class Index:
             record = self.catalog.by_name(ref)
             if record is not None:
                 return self._load_vectors([record])[0], record.name, record
-        if isinstance(ref, str):
             from ..refs import parse_ref
 
             try:
@@ -410,8 +409,9 @@ class Index:
         report = IngestReport()
         with self.writer(wait=wait):
             self._clean_debris()
-            known = {r.weights_sha256 for r in self.records()}
-            names = {r.name: r.weights_sha256 for r in self.records()}
+            records = self.records()
+            known = {r.weights_sha256 for r in records}
+            names = {r.name: r.weights_sha256 for r in records}
             job = SignJob(self.config, self.probes, device=device, batch_size=batch_size,
                           known_sha256=frozenset(known))
             pending: list[SignResult] = []
@@ -474,22 +474,25 @@ class Index:
         return int(index.ntotal)
 
     def _bad_shards(self) -> dict[str, str]:
-        """Registered shards that are missing, differ from their recorded sha256, or cannot be read."""
+        """Registered shards that fail a check, each with what is wrong (a phrase that follows "shard NAME")."""
         bad = {}
         for shard, (rows, sha) in self.catalog.shards().items():
             path = self.root / SHARD_DIR / shard
             if not path.is_file():
-                bad[shard] = "missing"
-            elif file_sha256(path) != sha:
+                bad[shard] = "is missing"
+                continue
+            if file_sha256(path) != sha:
                 bad[shard] = "differs from its recorded sha256"
-            else:
-                try:
-                    names, signatures = read_shard(path, self.config_hash)
-                except IndexError_ as exc:
-                    bad[shard] = str(exc)
-                    continue
-                if len(names) != rows or signatures.shape != (rows, self.dim) or not np.isfinite(signatures).all():
-                    bad[shard] = "holds the wrong number of rows or non-finite signatures"
+                continue
+            try:
+                names, signatures = read_shard(path, self.config_hash)
+            except IndexError_ as exc:
+                bad[shard] = str(exc).removeprefix(f"shard {shard} ")
+                continue
+            if len(names) != rows or signatures.shape != (rows, self.dim):
+                bad[shard] = f"holds {signatures.shape} signatures, expected ({rows}, {self.dim})"
+            elif not np.isfinite(signatures).all():
+                bad[shard] = "holds non-finite signatures"
         return bad
 
     def repair(self, wait: float = 0.0) -> dict[str, Any]:
@@ -525,26 +528,10 @@ class Index:
             problems.append(f"catalog.sqlite integrity check: {integrity}")
         registered = self.catalog.shards()
         records = self.records()
-        for shard, (rows, sha) in registered.items():
-            path = self.root / SHARD_DIR / shard
+        for shard, reason in self._bad_shards().items():
             holds = sorted(r.name for r in records if r.shard == shard)
-            fix = (f" (holds {', '.join(map(repr, holds)) or 'no live models'}; `gifindex verify --repair` "
-                   "quarantines it and names the models to re-ingest)")
-            if not path.is_file():
-                problems.append(f"shard {shard} is missing{fix}")
-                continue
-            if file_sha256(path) != sha:
-                problems.append(f"shard {shard} differs from its recorded sha256 (corrupt){fix}")
-                continue
-            try:
-                names, signatures = read_shard(path, self.config_hash)
-            except IndexError_ as exc:
-                problems.append(f"{exc}{fix}")
-                continue
-            if len(names) != rows or signatures.shape != (rows, self.dim):
-                problems.append(f"shard {shard} holds {signatures.shape} signatures, expected ({rows}, {self.dim})")
-            elif not np.isfinite(signatures).all():
-                problems.append(f"shard {shard} holds non-finite signatures")
+            problems.append(f"shard {shard} {reason} (holds {', '.join(map(repr, holds)) or 'no live models'}; "
+                            "`gifindex verify --repair` quarantines it and names the models to re-ingest)")
         for record in records:
             if record.shard not in registered:
                 problems.append(f"model {record.name!r} points to unregistered shard {record.shard}")

@@ -149,7 +149,6 @@ def load_timm(name: str, tag: str | None, *, weights: Any, num_classes: int | No
     full = f"{name}.{tag}" if tag else name
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     meta: dict[str, Any] = {}
-    sha = None
     explicit = _explicit_build("timm", name, lambda kw: _timm_create(full, False, kw), weights, random_init,
                                num_classes, trust, kwargs, meta)
     if explicit is not None:
@@ -253,7 +252,6 @@ def load_torchvision(name: str, tag: str | None, *, weights: Any, num_classes: i
     wenum = torchvision_weights(name, tag)
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     meta: dict[str, Any] = {}
-    sha = None
     explicit = _explicit_build("torchvision", name, lambda kw: _tv_build(name, None, kw), weights, random_init,
                                num_classes, trust, kwargs, meta)
     if explicit is not None:
