@@ -3,13 +3,16 @@
 Everything here is a pure function of ``(names, distances)``: ``names`` is a list of unique model
 names and ``distances`` the square, symmetric matrix of their distances (in [0, 2]; 0 = identical
 function). :func:`build_tree` clusters them with :mod:`scipy.cluster.hierarchy`; the exporters write
-Newick, JSON, a matplotlib dendrogram (PNG/SVG) or one self-contained interactive HTML page.
+Newick, JSON, a matplotlib dendrogram (PNG/SVG) or one self-contained interactive HTML page
+(template: ``gifindex/data/tree.html``). The images and the page can colour leaves by one metadata tag
+(``color_by``, e.g. ``family``), with a legend.
 
-Height convention (used by every exporter): a leaf has height 0 and an internal node has the
-linkage's merge distance (for ``average`` linkage, the mean distance between the two merged clades),
-i.e. the value on the dendrogram's "ModelGiF distance" axis. Newick branch lengths are
-``parent height - child height`` (clipped at 0), so every root-to-tip path has the root's height, and
-the path between two leaves is *twice* their cophenetic distance.
+Height convention: a leaf has height 0 and an internal node has the linkage's merge distance (for
+``average`` linkage, the mean distance between the two merged clades), i.e. the value on the
+dendrogram's "ModelGiF distance" axis and the ``height`` in JSON. Newick is ultrametric with branch
+lengths ``(parent height - child height) / 2``: the path between two leaves through the tree equals
+the merge distance at which they join (their cophenetic distance), and every root-to-tip path is half
+the root's height.
 
 Scale: the dense path keeps the full n x n matrix (O(n^2) memory and O(n^2) work in scipy), so
 :func:`build_tree` refuses more than ``max_models`` models (default :data:`MAX_DENSE_MODELS`).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import html
 import json
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,13 @@ from gifindex.errors import GifindexError
 LINKAGES = ("average", "complete", "single", "ward")
 FORMATS = ("newick", "json", "png", "svg", "html")
 MAX_DENSE_MODELS = 5000
+TEMPLATE = Path(__file__).parent / "data" / "tree.html"
+# Tableau 20 (matplotlib's tab10 first, then the light variants): the colours of --color-by groups
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+           "#dbdb8d", "#9edae5")
+NO_GROUP = "#9ca3af"
+MIN_LABEL_PT = 7.0
 _SUFFIXES = {".nwk": "newick", ".newick": "newick", ".tree": "newick", ".json": "json",
              ".png": "png", ".svg": "svg", ".html": "html", ".htm": "html"}
 
@@ -242,9 +253,10 @@ def _newick_label(name: str) -> str:
 
 
 def to_newick(tree: SimilarityTree) -> str:
-    """Newick string with branch lengths (parent height - child height), terminated by ';'."""
+    """Ultrametric Newick, terminated by ';': branch length ``(parent height - child height) / 2``, so the
+    leaf-to-leaf path length is the distance at which the two leaves merge (the linkage distance)."""
     def bl(x: float) -> str:
-        return format(max(0.0, x), ".10g")
+        return format(max(0.0, x) / 2.0, ".10g")
 
     out: list[str] = []
     stack: list[tuple[int, float | None, int]] = [(_root(tree), None, 0)]  # (node, parent h, state)
@@ -324,55 +336,135 @@ def _json_text(obj: Any, **kw: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Colour groups (--color-by TAG)
+
+@dataclass
+class Groups:
+    """Each leaf's value of one metadata tag and the colour of every value (``None``: no value)."""
+
+    tag: str
+    values: list[str | None]         # per leaf, in ``tree.names`` order
+    colours: dict[str, str]          # value -> "#rrggbb", most frequent value first
+
+    def colour(self, i: int) -> str:
+        value = self.values[i]
+        return NO_GROUP if value is None else self.colours[value]
+
+    def counts(self) -> dict[str, int]:
+        """Leaves per value, in legend order (``(no TAG)`` last when some leaves lack the tag)."""
+        got = Counter(self.values)
+        out = {v: got[v] for v in self.colours}
+        if got[None]:
+            out[f"(no {self.tag})"] = got[None]
+        return out
+
+
+def _tag_value(meta: Mapping[str, Any], tag: str) -> str | None:
+    """A tag's value: a top-level metadata key, else a key of a nested ``tags`` mapping."""
+    value = meta.get(tag)
+    if value is None and isinstance(meta.get("tags"), Mapping):
+        value = meta["tags"].get(tag)
+    return None if value is None else str(value)
+
+
+def leaf_groups(tree: SimilarityTree, tag: str) -> Groups:
+    """Group the leaves by the metadata tag ``tag`` (e.g. ``family``); beyond 20 values the rarest share
+    one "other" colour. Raises :class:`GifindexError` when no model has the tag, naming the tags there are."""
+    values = [_tag_value(tree.metadata.get(name, {}), tag) for name in tree.names]
+    counts = Counter(v for v in values if v is not None)
+    if not counts:
+        present = sorted({k for m in tree.metadata.values() for k in m if k != "tags"}
+                         | {k for m in tree.metadata.values() if isinstance(m.get("tags"), Mapping)
+                            for k in m["tags"]})
+        raise GifindexError(f"no model has a tag {tag!r} to colour by; tags present: "
+                            f"{', '.join(present) if present else 'none (add tags: in the manifest)'}")
+    ranked = sorted(counts, key=lambda v: (-counts[v], v))
+    if len(ranked) > len(PALETTE):
+        keep = set(ranked[:len(PALETTE) - 1])
+        other = f"other ({len(ranked) - len(keep)} values)"
+        values = [v if v is None or v in keep else other for v in values]
+        ranked = ranked[:len(PALETTE) - 1] + [other]
+    return Groups(tag, values, {v: PALETTE[i] for i, v in enumerate(ranked)})
+
+
+# ----------------------------------------------------------------------------------------------
 # Dendrogram (matplotlib, Agg)
 
-def save_dendrogram(tree: SimilarityTree, path: str | Path, format: str = "png") -> Path:
-    """Horizontal dendrogram (root left, labels right); height and font adapt to n (~200 readable)."""
+def save_dendrogram(tree: SimilarityTree, path: str | Path, format: str = "png",
+                    color_by: str | None = None) -> Path:
+    """Horizontal dendrogram (root left, labels right), grey links; with ``color_by`` each leaf label and
+    marker takes its tag value's colour, with a legend. Labels stay at least 7 pt with rows 1.5 labels
+    apart at any n (about 200 models fit one tall page). SVG keeps text as ``<text>`` (searchable)."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     if format not in ("png", "svg"):
         raise GifindexError(f"dendrogram format must be png or svg, not {format!r}")
+    groups = leaf_groups(tree, color_by) if color_by else None
     n = tree.n
-    font = 10.0 if n <= 40 else max(6.0, 10.0 - 4.0 * (n - 40) / 160)
-    row_in = font / 72 * 1.45                      # one label row, in inches
+    font = 10.0 if n <= 40 else max(MIN_LABEL_PT, 10.0 - 3.0 * (n - 40) / 160)
+    row_in = font / 72 * 1.5                       # one label row, in inches
     longest = max(len(s) for s in tree.names)
-    fig = Figure(figsize=(6.0 + min(longest, 60) * font / 72 * 0.6, max(2.5, n * row_in + 1.2)))
+    legend_in = 0.0 if groups is None else 0.4 + 0.22 * ((len(groups.counts()) + 2) // 3)
+    fig = Figure(figsize=(6.0 + min(longest, 60) * font / 72 * 0.6, max(2.5, n * row_in + 1.2 + legend_in)),
+                 layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     if n == 1:
-        ax.plot([0], [0], "o", color="C0")
+        ax.plot([0], [0], "o", color=groups.colour(0) if groups else "0.3")
         ax.set_yticks([0], tree.names, fontsize=font)
         ax.yaxis.tick_right()
         ax.set_xlim(0.1, -0.01)
     else:
         with _deep_recursion():
             hierarchy.dendrogram(tree.linkage_matrix, labels=tree.names, orientation="left", ax=ax,
-                                 leaf_font_size=font, above_threshold_color="0.55")
+                                 leaf_font_size=font, link_color_func=lambda _: "0.35")
         ax.set_xlim(tree.height * 1.03, 0)
         ax.invert_yaxis()                          # first leaf on top, as in the HTML page
+    if groups is not None:
+        index = {name: i for i, name in enumerate(tree.names)}
+        ys, colours = [], []
+        for y, label in zip(ax.get_yticks(), ax.get_yticklabels()):
+            colour = groups.colour(index[label.get_text()])
+            label.set_color(colour)
+            ys.append(y)
+            colours.append(colour)
+        ax.scatter([0.0] * len(ys), ys, c=colours, s=max(12.0, font * 3), zorder=3, clip_on=False,
+                   edgecolors="0.2", linewidths=0.4)
+        handles = [Patch(facecolor=groups.colours.get(v, NO_GROUP), edgecolor="0.3", label=f"{v} ({k})")
+                   for v, k in groups.counts().items()]
+        fig.legend(handles=handles, title=color_by, loc="outside upper left", ncol=min(3, len(handles)),
+                   fontsize=9, title_fontsize=9, frameon=False)
     ax.set_xlabel("ModelGiF distance")
     ax.set_title(f"{n} model{'s' * (n != 1)}, {tree.method} linkage", fontsize=11)
     for side in ("top", "left"):
         ax.spines[side].set_visible(False)
-    fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, format=format, dpi=110, bbox_inches="tight")
+    with matplotlib.rc_context({"svg.fonttype": "none"}):   # SVG text stays text: searchable, selectable
+        fig.savefig(path, format=format, dpi=110, bbox_inches="tight")
     return path
 
 
 # ----------------------------------------------------------------------------------------------
 # HTML
 
-def _flat_data(tree: SimilarityTree) -> dict[str, Any]:
-    """Compact data for the page: names, linkage rows, leaf order, rounded distances."""
+def _flat_data(tree: SimilarityTree, groups: Groups | None = None) -> dict[str, Any]:
+    """Compact data for the page: names, linkage rows, leaf order, rounded distances, the heatmap's
+    quantiles (its rank colour scale) and, with ``groups``, each leaf's group and the group colours."""
+    quantiles = np.quantile(tree.condensed, np.linspace(0, 1, 101)) if tree.condensed.size else np.zeros(0)
     return {
         "names": tree.names,
         "linkage": tree.method,
         "merges": [[int(a), int(b), round(float(h), 6)] for a, b, h, _ in tree.linkage_matrix],
         "order": tree.leaf_order,
         "cond": np.round(tree.condensed, 5).tolist(),   # condensed: half the size
+        "quantiles": np.round(quantiles, 6).tolist(),
         "meta": {k: _finite(v) for k, v in tree.metadata.items() if v},
+        "colorBy": groups.tag if groups else None,
+        "group": groups.values if groups else None,
+        "palette": groups.colours if groups else {},
     }
 
 
@@ -396,11 +488,14 @@ def _script_json(obj: Any) -> str:
     return text
 
 
-def to_html(tree: SimilarityTree, title: str = "gifindex similarity tree") -> str:
-    """One self-contained HTML page (no network): interactive tree and ordered distance heatmap."""
-    return (_HTML_TEMPLATE
+def to_html(tree: SimilarityTree, title: str = "gifindex similarity tree", color_by: str | None = None) -> str:
+    """One self-contained HTML page (no network): interactive tree (leaves coloured by the tag ``color_by``
+    with a legend; a leaf's tooltip lists its nearest models) and a heatmap in dendrogram order whose colour
+    is the rank of each distance among all pairs (readable when most pairs sit near 1)."""
+    groups = leaf_groups(tree, color_by) if color_by else None
+    return (TEMPLATE.read_text(encoding="utf-8")
             .replace("%%TITLE%%", html.escape(title))
-            .replace("%%DATA%%", _script_json(_flat_data(tree))))
+            .replace("%%DATA%%", _script_json(_flat_data(tree, groups))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,156 +510,27 @@ def infer_format(path: str | Path) -> str:
     return fmt
 
 
-def save_tree(tree: SimilarityTree, path: str | Path, format: str | None = None) -> Path:
-    """Write ``tree`` to ``path`` in ``format`` (one of :data:`FORMATS`; default from the suffix)."""
+def save_tree(tree: SimilarityTree, path: str | Path, format: str | None = None,
+              color_by: str | None = None) -> Path:
+    """Write ``tree`` to ``path`` in ``format`` (one of :data:`FORMATS`; default from the suffix); ``color_by``
+    names a metadata tag that colours the leaves of the PNG/SVG/HTML outputs (checked for every format)."""
     fmt = format or infer_format(path)
     if fmt not in FORMATS:
         raise GifindexError(f"unknown tree format {fmt!r}; use one of {', '.join(FORMATS)}")
     path = Path(path)
+    if color_by:
+        leaf_groups(tree, color_by)   # an unknown tag is an error whatever the format
     if fmt in ("png", "svg", "html") and tree.n > 1 and tree.distances.size == 0:
         raise GifindexError(f"a tree of {tree.n} models (built over k-means clusters) is written as Newick or "
                             f"JSON only; {fmt} needs the dense path (at most {MAX_DENSE_MODELS} models)")
     if fmt in ("png", "svg"):
-        return save_dendrogram(tree, path, fmt)
+        return save_dendrogram(tree, path, fmt, color_by=color_by)
     if fmt == "newick":
         text = to_newick(tree) + "\n"
     elif fmt == "json":
         text = _json_text(to_json(tree), separators=(",", ":")) + "\n"
     else:
-        text = to_html(tree)
+        text = to_html(tree, color_by=color_by)
     path.write_text(text, encoding="utf-8")
     return path
 
-
-_HTML_TEMPLATE = r"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>%%TITLE%%</title>
-<style>
-:root{--ink:#1f2430;--mute:#6b7280;--line:#e5e7eb;--bg:#f6f7f9;--accent:#d9480f;--link:#4b5563}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--ink);background:var(--bg)}
-header{display:flex;flex-wrap:wrap;align-items:baseline;gap:8px 20px;padding:14px 22px;background:#fff;border-bottom:1px solid var(--line)}
-h1{font-size:18px;margin:0}
-#stats{color:var(--mute)}
-#search{margin-left:auto;padding:6px 10px;border:1px solid #cbd0d8;border-radius:6px;width:260px;font:inherit}
-#hits{color:var(--mute);min-width:80px}
-main{display:grid;grid-template-columns:minmax(0,auto) minmax(0,1fr);gap:18px;padding:18px 22px;align-items:start}
-@media (max-width:900px){main{grid-template-columns:minmax(0,1fr)}}
-section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 14px;overflow:auto;max-height:calc(100vh - 96px);min-width:0}
-section h2{font-size:13px;font-weight:600;text-transform:uppercase;letter-spacing:.04em;color:var(--mute);margin:0 0 8px}
-.hint{color:var(--mute);font-size:12px;margin:0 0 6px}
-svg text{font-size:12px;fill:var(--ink)}
-.link{fill:none;stroke:var(--link);stroke-width:1.3}
-.node{fill:#fff;stroke:var(--link);stroke-width:1.3;cursor:pointer}
-.node:hover,.collapsed:hover{stroke:var(--accent);stroke-width:2}
-.collapsed{fill:#e8ecf3;stroke:var(--link);cursor:pointer}
-.leaf-dot{fill:var(--link)}
-.leaf-label{cursor:default}
-.leaf-label.hit,.clade-label.hit{fill:var(--accent);font-weight:700}
-.hit-bg{fill:#ffe8cc}
-.clade-label{fill:var(--mute);font-style:italic}
-.axis line,.axis path{stroke:#9ca3af}
-.axis text{font-size:10px;fill:var(--mute)}
-.cell:hover{stroke:#000;stroke-width:1}
-.hm-label{font-size:10px}
-.hm-label.hit{fill:var(--accent);font-weight:700}
-#tip{position:fixed;pointer-events:none;background:rgba(20,24,32,.94);color:#fff;padding:7px 10px;border-radius:6px;font-size:12px;max-width:380px;display:none;z-index:9;white-space:pre-wrap;word-break:break-word}
-#tip b{color:#ffd8a8}
-</style></head>
-<body>
-<header><h1>%%TITLE%%</h1><span id="stats"></span>
-<input id="search" type="search" placeholder="Search models…" autocomplete="off"><span id="hits"></span></header>
-<main>
-<section id="tree-panel"><h2>Similarity tree</h2><p class="hint">Click a branch point to collapse or expand its clade. Hover for details.</p><div id="tree"></div></section>
-<section id="heat-panel"><h2>Distance heatmap (dendrogram order)</h2><p class="hint">Hover a cell for the pair and its distance.</p><div id="heat"></div><div id="legend"></div></section>
-</main>
-<div id="tip"></div>
-<script type="application/json" id="gif-data">%%DATA%%</script>
-<script>
-(function(){
-"use strict";
-var D=JSON.parse(document.getElementById("gif-data").textContent);
-var SVGNS="http://www.w3.org/2000/svg", n=D.names.length, tip=document.getElementById("tip");
-function el(tag,attrs,parent){var e=document.createElementNS(SVGNS,tag);for(var k in attrs)e.setAttribute(k,attrs[k]);if(parent)parent.appendChild(e);return e;}
-function fmt(x){return (+x).toFixed(4);}
-function showTip(ev,lines){tip.textContent="";lines.forEach(function(l,i){if(i)tip.appendChild(document.createTextNode("\n"));if(l[0]){var b=document.createElement("b");b.textContent=l[0];tip.appendChild(b);tip.appendChild(document.createTextNode(" "));}tip.appendChild(document.createTextNode(l[1]));});
- tip.style.display="block";var x=ev.clientX+14,y=ev.clientY+14;if(x+tip.offsetWidth>innerWidth)x=ev.clientX-tip.offsetWidth-10;if(y+tip.offsetHeight>innerHeight)y=ev.clientY-tip.offsetHeight-10;tip.style.left=x+"px";tip.style.top=y+"px";}
-function hideTip(){tip.style.display="none";}
-function metaLines(name){var m=D.meta[name]||{},out=[];for(var k in m){var v=m[k];out.push([k+":",typeof v==="string"?v:JSON.stringify(v)]);}return out;}
-document.getElementById("stats").textContent=n+" model"+(n===1?"":"s")+" · "+D.linkage+" linkage";
-// ---- nodes: leaves 0..n-1, merge i is node n+i
-var nodes=[];
-D.names.forEach(function(nm,i){nodes.push({id:i,name:nm,h:0,size:1,kids:null});});
-D.merges.forEach(function(m,i){var a=nodes[m[0]],b=nodes[m[1]];nodes.push({id:n+i,h:m[2],size:a.size+b.size,kids:[a,b],collapsed:false});a.parent=b.parent=nodes[n+i];});
-var root=nodes[nodes.length-1], H=root.h||1, query="";
-function leavesOf(v){var out=[],st=[v];while(st.length){var x=st.pop();if(x.kids){st.push(x.kids[1]);st.push(x.kids[0]);}else out.push(x);}return out;}
-function matches(name){if(!query)return false;var q=query.toLowerCase();if(name.toLowerCase().indexOf(q)>=0)return true;var m=D.meta[name];return !!m&&JSON.stringify(m).toLowerCase().indexOf(q)>=0;}
-// ---- tree
-var ROW=n>120?14:18, LABW=Math.min(340,12+7*Math.max.apply(null,D.names.map(function(s){return Math.min(s.length,48);}))), TW=Math.max(260,Math.min(520,200+4*n));
-function drawTree(){
- var box=document.getElementById("tree");box.textContent="";
- var rows=[],st=[root];while(st.length){var v=st.pop();if(v.kids&&!v.collapsed){st.push(v.kids[1]);st.push(v.kids[0]);}else rows.push(v);}
- var W=TW+LABW+40, Hh=rows.length*ROW+56, x0=26;
- var svg=el("svg",{width:W,height:Hh,id:"tree-svg",role:"img"},box);
- function X(h){return x0+(1-h/H)*TW;}
- rows.forEach(function(v,i){v.y=48+i*ROW+ROW/2;});
- (function place(){var post=[],s=[root];while(s.length){var v=s.pop();post.push(v);if(v.kids&&!v.collapsed){s.push(v.kids[0]);s.push(v.kids[1]);}}
-  for(var i=post.length-1;i>=0;i--){var v=post[i];if(v.kids&&!v.collapsed)v.y=(v.kids[0].y+v.kids[1].y)/2;}})();
- var gl=el("g",{},svg), gn=el("g",{},svg), hitCount=0;
- var s2=[root];while(s2.length){var v=s2.pop();
-  if(v.kids&&!v.collapsed){var a=v.kids[0],b=v.kids[1],x=X(v.h);
-   el("path",{"class":"link",d:"M"+X(a.h)+","+a.y+"H"+x+"V"+b.y+"H"+X(b.h)},gl);
-   var c=el("circle",{"class":"node",cx:x,cy:v.y,r:4},gn);c.__v=v;s2.push(a,b);}
-  else if(v.kids){var x=X(v.h),xe=X(0),k=v.size,hits=leavesOf(v).filter(function(l){return matches(l.name);}).length;hitCount+=hits;
-   var t=el("path",{"class":"collapsed",d:"M"+x+","+v.y+"L"+xe+","+(v.y-ROW*0.42)+"V"+(v.y+ROW*0.42)+"Z"},gn);t.__v=v;
-   var lb=el("text",{"class":"clade-label"+(hits?" hit":""),x:xe+8,y:v.y+4},gn);lb.textContent=k+" models"+(hits?" ("+hits+" match"+(hits>1?"es":"")+")":"");}
-  else{var hit=matches(v.name);if(hit){hitCount++;el("rect",{"class":"hit-bg",x:X(0)+4,y:v.y-ROW/2+1,width:LABW,height:ROW-2,rx:3},gl);}
-   el("circle",{"class":"leaf-dot",cx:X(0),cy:v.y,r:2.5},gn);
-   var tx=el("text",{"class":"leaf-label"+(hit?" hit":""),x:X(0)+8,y:v.y+4,"data-name":v.name},gn);tx.textContent=v.name;tx.__v=v;}
- }
- var ax=el("g",{"class":"axis"},svg), ya=34;el("line",{x1:X(H),x2:X(0),y1:ya,y2:ya},ax);
- for(var i=0;i<=4;i++){var hv=H*i/4;el("line",{x1:X(hv),x2:X(hv),y1:ya,y2:ya-4},ax);var tt=el("text",{x:X(hv),y:ya-7,"text-anchor":"middle"},ax);tt.textContent=root.h?hv.toFixed(3):"0";}
- var cap=el("text",{x:(X(H)+X(0))/2,y:10,"text-anchor":"middle"},ax);cap.textContent="ModelGiF distance";
- svg.addEventListener("click",function(ev){var v=ev.target.__v;if(v&&v.kids){v.collapsed=!v.collapsed;hideTip();drawTree();}});
- svg.addEventListener("mousemove",function(ev){var v=ev.target.__v;if(!v)return hideTip();
-  if(!v.kids)showTip(ev,[["",v.name],["height:",fmt(v.h)]].concat(metaLines(v.name)));
-  else{var ls=leavesOf(v).map(function(l){return l.name;});showTip(ev,[["clade of",v.size+" models"],["merge height:",fmt(v.h)],["members:",ls.slice(0,8).join(", ")+(ls.length>8?", …":"")],["",v.collapsed?"click to expand":"click to collapse"]]);}});
- svg.addEventListener("mouseleave",hideTip);
- document.getElementById("hits").textContent=query?hitCount+" match"+(hitCount===1?"":"es"):"";
-}
-// ---- heatmap
-var VIR=[[68,1,84],[72,40,120],[62,74,137],[49,104,142],[38,130,142],[31,158,137],[53,183,121],[109,205,89],[180,222,44],[253,231,37]];
-var DMAX=D.cond.reduce(function(m,x){return x>m?x:m;},0)||1;
-function dist(i,j){if(i===j)return 0;if(i>j){var t=i;i=j;j=t;}return D.cond[n*i-i*(i+1)/2+j-i-1];}
-function color(x){var t=Math.max(0,Math.min(1,x/DMAX))*(VIR.length-1),i=Math.min(VIR.length-2,Math.floor(t)),f=t-i,a=VIR[i],b=VIR[i+1];
- return "rgb("+[0,1,2].map(function(k){return Math.round(a[k]+(b[k]-a[k])*f);}).join(",")+")";}
-var hmLabels=[], SVG_CELLS=150;   // above this many models the heatmap is one canvas
-function drawHeat(){
- var order=D.order, C=Math.max(2,Math.min(26,Math.floor(540/n))), showLab=C>=9, L=showLab?Math.min(220,12+6*Math.max.apply(null,D.names.map(function(s){return Math.min(s.length,40);}))):0, S=C*n;
- var box=document.getElementById("heat"), svg=el("svg",{width:S+L+4,height:S+L+4,id:"heat-svg"},box);
- if(showLab)order.forEach(function(j,p){var t=el("text",{"class":"hm-label",x:S+4,y:p*C+C/2+3,"data-name":D.names[j]},svg);t.textContent=D.names[j];hmLabels.push(t);
-  var u=el("text",{"class":"hm-label",x:0,y:0,transform:"translate("+(p*C+C/2+3)+","+(S+4)+") rotate(90)","data-name":D.names[j]},svg);u.textContent=D.names[j];hmLabels.push(u);});
- if(n<=SVG_CELLS){var g=el("g",{},svg);
-  order.forEach(function(i,r){order.forEach(function(j,c){var rc=el("rect",{"class":"cell",x:c*C,y:r*C,width:C,height:C,fill:color(dist(i,j))},g);rc.__ij=[i,j];});});}
- else{var fo=el("foreignObject",{x:0,y:0,width:S,height:S},svg), cv=document.createElement("canvas");cv.width=S;cv.height=S;cv.id="heat-canvas";fo.appendChild(cv);
-  var cx=cv.getContext("2d");order.forEach(function(i,r){order.forEach(function(j,c){cx.fillStyle=color(dist(i,j));cx.fillRect(c*C,r*C,C,C);});});
-  cv.setAttribute("data-cells",n*n);
-  cv.addEventListener("mousemove",function(ev){var b=cv.getBoundingClientRect(),c=Math.floor((ev.clientX-b.left)/C),r=Math.floor((ev.clientY-b.top)/C);
-   if(r<0||c<0||r>=n||c>=n)return hideTip();var i=order[r],j=order[c];showTip(ev,[["",D.names[i]],["vs",D.names[j]],["distance:",fmt(dist(i,j))]]);});
-  cv.addEventListener("mouseleave",hideTip);}
- svg.addEventListener("mousemove",function(ev){var ij=ev.target.__ij;if(ij)showTip(ev,[["",D.names[ij[0]]],["vs",D.names[ij[1]]],["distance:",fmt(dist(ij[0],ij[1]))]]);else if(ev.target.tagName!=="CANVAS")hideTip();});
- svg.addEventListener("mouseleave",hideTip);
- var lg=document.getElementById("legend"), LW=Math.max(220,Math.min(S,360)), ls=el("svg",{width:LW+20,height:44,id:"legend-svg"},lg);
- var defs=el("defs",{},ls), gr=el("linearGradient",{id:"vir"},defs);
- VIR.forEach(function(c,i){el("stop",{offset:(100*i/(VIR.length-1))+"%","stop-color":"rgb("+c.join(",")+")"},gr);});
- el("rect",{x:10,y:6,width:LW,height:12,fill:"url(#vir)",rx:2},ls);
- [0,0.5,1].forEach(function(f){var t=el("text",{x:10+f*LW,y:33,"text-anchor":f===0?"start":f===1?"end":"middle","class":"hm-label"},ls);t.textContent=(f*DMAX).toFixed(3)+(f===1?"  (max)":"");});
-}
-function markHeat(){hmLabels.forEach(function(t){t.setAttribute("class","hm-label"+(matches(t.getAttribute("data-name"))?" hit":""));});}
-document.getElementById("search").addEventListener("input",function(ev){query=ev.target.value.trim();drawTree();markHeat();});
-drawTree();drawHeat();
-})();
-</script>
-</body></html>
-"""

@@ -109,12 +109,16 @@ def test_newick_parses_with_biopython(families):
     parsed = Phylo.read(io.StringIO(text), "newick")
     tips = {t.name: t for t in parsed.get_terminals()}
     assert set(tips) == set(tree.names)
-    for tip in tips.values():                           # ultrametric: every tip sits at the root height
-        assert parsed.distance(parsed.root, tip) == pytest.approx(tree.height, abs=1e-8)
+    for tip in tips.values():                           # ultrametric: every tip sits at half the root height
+        assert parsed.distance(parsed.root, tip) == pytest.approx(tree.height / 2, abs=1e-8)
     coph = squareform(hierarchy.cophenet(tree.linkage_matrix))
-    for i, a in enumerate(tree.names):                  # path between leaves = 2 x merge height
+    for i, a in enumerate(tree.names):                  # path between leaves = their linkage distance
         for j, b in enumerate(tree.names[:i]):
-            assert parsed.distance(tips[a], tips[b]) == pytest.approx(2 * coph[i, j], abs=1e-8)
+            assert parsed.distance(tips[a], tips[b]) == pytest.approx(coph[i, j], abs=1e-8)
+    # and for a pair of singletons that merge first, that is exactly their distance in the matrix
+    a, b, h, _ = tree.linkage_matrix[0]
+    assert parsed.distance(tips[tree.names[int(a)]], tips[tree.names[int(b)]]) == \
+        pytest.approx(tree.distances[int(a), int(b)], abs=1e-8) == pytest.approx(h)
     for f in fams:
         assert parsed.is_monophyletic([tips[n] for n in f])
 
@@ -294,3 +298,132 @@ def test_html_collapse_and_search(page):
     assert clade["text"].startswith(f"{tree.n} models (2 matches)") and "hit" in clade["class"]
     assert [e["text"] for e in dom.find("span") if e.get("id") == "hits"] == ["2 matches"]
     assert {e["data-name"] for e in dom.find("text", "hm-label") if "hit" in e["class"]} == {"vit_a", "vit_c"}
+
+
+# ---------------------------------------------------------------------------- colour by a tag
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+FAMILY_OF = {0: "resnet", 1: "vit", 2: "convnext"}
+
+
+@pytest.fixture(scope="module")
+def tagged():
+    """The nine-model families tree with a ``family`` tag (top level) and a ``relation`` tag (nested)."""
+    names, d, fams = family_matrix()
+    meta = {n: {"ref": f"timm:{n}", "family": FAMILY_OF[i // 3], "tags": {"relation": "base" if i % 3 == 0
+                                                                          else "derived"}}
+            for i, n in enumerate(names)}
+    return build_tree(names, d, metadata=meta)
+
+
+def test_leaf_groups(tagged):
+    from gifindex.tree import PALETTE, leaf_groups
+    groups = leaf_groups(tagged, "family")
+    assert groups.values == [FAMILY_OF[i // 3] for i in range(9)]
+    assert set(groups.colours) == {"resnet", "vit", "convnext"} and set(groups.colours.values()) <= set(PALETTE)
+    assert len(set(groups.colours.values())) == 3
+    assert leaf_groups(tagged, "relation").counts() == {"derived": 6, "base": 3}   # nested tags, by count
+    with pytest.raises(GifindexError, match=r"no model has a tag 'dataset'.*tags present: family, ref, relation"):
+        leaf_groups(tagged, "dataset")
+    with pytest.raises(GifindexError, match="dataset"):
+        save_tree(tagged, Path("/nonexistent/never-written.nwk"), color_by="dataset")
+    many = build_tree([f"m{i}" for i in range(30)], squareform(random_matrix(30)),
+                      metadata={f"m{i}": {"k": f"v{i}"} for i in range(29)})
+    folded = leaf_groups(many, "k")
+    assert len(folded.colours) == len(PALETTE) and "other (10 values)" in folded.colours
+    assert folded.values[-1] is None and folded.colour(29) != folded.colour(0)
+    assert folded.counts()["(no k)"] == 1
+
+
+def _svg_texts(path: Path) -> list[tuple[str, str, float, float]]:
+    """(text, style, x, y) of every <text> element of a matplotlib SVG."""
+    import xml.etree.ElementTree as ET
+    ns = "{http://www.w3.org/2000/svg}"
+    return [(e.text or "", e.get("style", ""), float(e.get("x", 0)), float(e.get("y", 0)))
+            for e in ET.parse(path).iter(f"{ns}text")]
+
+
+def test_svg_text_is_searchable_and_coloured(tagged, tmp_path):
+    from gifindex.tree import leaf_groups
+    path = save_tree(tagged, tmp_path / "t.svg", color_by="family")
+    texts = _svg_texts(path)
+    labels = {t: style for t, style, _, _ in texts}
+    assert set(tagged.names) <= set(labels)                 # real <text>, hostile names kept as text
+    groups = leaf_groups(tagged, "family")
+    for i, name in enumerate(tagged.names):                 # each label in its family's colour
+        assert f"fill: {groups.colour(i)}" in labels[name]
+    assert {"family", "resnet (3)", "vit (3)", "convnext (3)"} <= set(labels)   # the legend
+    assert "<script" not in path.read_text().replace("&lt;script", "")
+
+
+def test_dendrogram_legible_at_200_models(tmp_path):
+    x = np.random.default_rng(5).normal(size=(200, 5))
+    names = [f"hub-model-{i:03d}" for i in range(200)]
+    tree = build_tree(names, np.linalg.norm(x[:, None] - x[None], axis=-1) / 4,
+                      metadata={n: {"family": f"f{i % 7}"} for i, n in enumerate(names)})
+    path = save_tree(tree, tmp_path / "t200.svg", color_by="family")
+    leaves = sorted((y, style) for t, style, _, y in _svg_texts(path) if t in set(names))
+    assert len(leaves) == 200
+    sizes = {float(re.search(r"font-size: ([\d.]+)px", s).group(1)) for _, s in leaves}
+    assert min(sizes) >= 7.0                                # SVG user units are points
+    gaps = np.diff([y for y, _ in leaves])
+    assert gaps.min() >= 1.4 * min(sizes)                   # rows never overlap
+    from PIL import Image
+    with Image.open(save_tree(tree, tmp_path / "t200.png", color_by="family")) as im:
+        assert im.size[1] >= 200 * 7 / 72 * 110 * 1.4       # 7 pt rows at 110 dpi
+
+
+def test_html_color_by_in_chromium(tagged, tmp_path):
+    """The --color-by page in a real browser: coloured dots and legend, a neighbour tooltip, a rank-scaled
+    heatmap; the screenshot is kept at tests/artifacts/tree-color-by.png."""
+    from PIL import Image
+
+    from gifindex.tree import leaf_groups
+    groups = leaf_groups(tagged, "family")
+    path = save_tree(tagged, tmp_path / "tree.html", color_by="family")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "tree-color-by.png"
+    shot.unlink(missing_ok=True)
+    run_chromium(tmp_path, path.as_uri(), f"--screenshot={shot}")
+    print(f"\nscreenshot of the --color-by tree page: {shot}")
+    with Image.open(shot) as im:
+        px = np.asarray(im.convert("RGB")).reshape(-1, 3).astype(int)
+    for colour in groups.colours.values():                  # every family colour is visible on the page
+        rgb = np.array([int(colour[k:k + 2], 16) for k in (1, 3, 5)])
+        assert np.sum(np.abs(px - rgb).sum(axis=1) < 12) > 40, colour
+    hover = ("<script>addEventListener('load',function(){"
+             "var t=document.querySelector('#tree-svg text.leaf-label[data-name=\"resnet_a\"]');"
+             "var r=t.getBoundingClientRect();t.dispatchEvent(new MouseEvent('mousemove',{bubbles:true,"
+             "clientX:r.left+2,clientY:r.top+2}));"
+             "var p=document.createElement('pre');p.id='tip-copy';p.textContent=document.getElementById('tip')"
+             ".textContent;document.body.appendChild(p);});</script></body>")
+    driven = tmp_path / "hover.html"
+    driven.write_text(path.read_text().replace("</body>", hover))
+    dom = parse(run_chromium(tmp_path, driven.as_uri(), "--dump-dom").stdout)
+    dots = {e["data-name"]: e for e in dom.find("circle", "leaf-dot")}
+    for i, name in enumerate(tagged.names):
+        assert dots[name]["fill"] == groups.colour(i) and dots[name]["data-group"] == groups.values[i]
+    legend = [e for e in dom.find("span", "group")]
+    assert {e["data-group"]: e["text"] for e in legend} == {"resnet": "resnet (3)", "vit": "vit (3)",
+                                                              "convnext": "convnext (3)"}
+    [tip] = [e["text"] for e in dom.find("pre") if e.get("id") == "tip-copy"]
+    lines = tip.splitlines()
+    assert lines[:3] == ["resnet_a", "family: resnet", "nearest: "]
+    i = tagged.names.index("resnet_a")
+    expect = sorted((tagged.distances[i, j], tagged.names[j]) for j in range(9) if j != i)[:5]
+    assert lines[3:8] == [f"  {d:.4f} {nm}" for d, nm in expect]   # nearest first: its own family
+    assert {nm for _, nm in expect[:2]} == {"resnet_b", HOSTILE}
+    assert "height" not in tip
+    # heatmap: rank colour scale, so the between-family pairs (all within 1.00-1.05) still span the palette
+    order = [tagged.names.index(n) for n in tagged.names]
+    cells = dom.find("rect", "cell")
+    size = float(cells[0]["width"])
+    leaf_order = tagged.leaf_order
+    far = [(tagged.distances[leaf_order[round(float(c["y"]) / size)], leaf_order[round(float(c["x"]) / size)]],
+            c["fill"]) for c in cells]
+    far = sorted((d, tuple(map(int, re.findall(r"\d+", f)))) for d, f in far if d > 0.9)
+    assert len(far) == 54 and len(order) == 9
+    lo, hi = np.array(far[0][1]), np.array(far[-1][1])
+    assert np.abs(hi - lo).sum() > 200, (far[0], far[-1])    # a linear 0..max scale gave < 60 here
+    notes = [e["text"] for e in dom.find("p") if e.get("id") == "scale-note"]
+    assert notes and "rank" in notes[0]
