@@ -1,9 +1,11 @@
 """Model references: the one parser for every way a user can name a model.
 
 Forms: ``timm:NAME[.TAG]``, ``torchvision:NAME`` (alias ``tv:NAME``), ``taskonomy:TASK``,
-``hf-hub:ORG/NAME`` and local files (``.pt``, ``.pth``, ``.bin``, ``.safetensors``, TorchScript
-``.ts``/``.torchscript``/``.jit``, or any existing file; the loader sniffs the content, not the name).
-Parsing checks syntax and, for files, existence; names are validated by the loaders.
+``hf-hub:ORG/NAME`` (also timm's spelling ``hf_hub:ORG/NAME``), a local Hugging Face model folder
+(``config.json`` with timm's ``architecture`` + ``model.safetensors`` or ``pytorch_model.bin``) and local
+files (``.pt``, ``.pth``, ``.bin``, ``.safetensors``, TorchScript ``.ts``/``.torchscript``/``.jit``, or any
+existing file; the loader sniffs the content, not the name).
+Parsing checks syntax and, for files and folders, existence; names are validated by the loaders.
 """
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from pathlib import Path
 
 from gifindex.errors import RefError
 
-KINDS = ("timm", "torchvision", "taskonomy", "hf-hub", "file")
+KINDS = ("timm", "torchvision", "taskonomy", "hf-hub", "hf-folder", "file")
 _PREFIXES = {"timm": "timm", "torchvision": "torchvision", "tv": "torchvision",
-             "taskonomy": "taskonomy", "hf-hub": "hf-hub"}
+             "taskonomy": "taskonomy", "hf-hub": "hf-hub", "hf_hub": "hf-hub"}
+HF_FOLDER_CONFIG = "config.json"
+HF_FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
 FILE_SUFFIXES = WEIGHT_SUFFIXES + TORCHSCRIPT_SUFFIXES
@@ -40,13 +44,13 @@ TASKONOMY_ALIASES = {
     "normals": "normal", "surface_normal": "normal",
 }
 
-_EXPECTED = ("expected timm:NAME[.TAG], torchvision:NAME (tv:NAME), taskonomy:TASK, hf-hub:ORG/NAME "
-             "or a path to .pt/.pth/.bin/.safetensors")
+_EXPECTED = ("expected timm:NAME[.TAG], torchvision:NAME (tv:NAME), taskonomy:TASK, hf-hub:ORG/NAME, "
+             "a path to .pt/.pth/.bin/.safetensors or a Hugging Face model folder")
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A parsed model reference. ``path`` is set (absolute) only for ``kind == "file"``."""
+    """A parsed model reference. ``path`` is set (absolute) only for ``kind`` ``file`` and ``hf-folder``."""
 
     kind: str
     name: str
@@ -55,7 +59,7 @@ class ModelRef:
 
     def canonical(self) -> str:
         """The normal spelling: ``timm:NAME[.TAG]``, ``torchvision:NAME``, ... or the absolute path."""
-        if self.kind == "file":
+        if self.kind in ("file", "hf-folder"):
             return str(self.path)
         if self.kind in ("timm", "torchvision") and self.tag:
             return f"{self.kind}:{self.name}.{self.tag}"
@@ -89,12 +93,24 @@ def _parse_prefixed(text: str, kind: str, rest: str) -> ModelRef:
     if kind == "hf-hub":
         parts = rest.split("/")
         if len(parts) != 2 or not all(parts):
-            raise RefError(f"malformed reference {text!r}: expected hf-hub:ORG/NAME")
+            raise RefError(f"malformed reference {text!r}: expected hf-hub:ORG/NAME (or hf_hub:ORG/NAME)")
         return ModelRef("hf-hub", rest)
     name, _, tag = rest.partition(".")
     if not name:
         raise RefError(f"malformed reference {text!r}: expected {kind}:NAME[.TAG]")
     return ModelRef(kind, name, tag or None)
+
+
+def _hf_folder(text: str, path: Path) -> ModelRef:
+    """A local Hugging Face model folder (timm's layout), or a :class:`RefError` saying what it lacks."""
+    if not (path / HF_FOLDER_CONFIG).is_file():
+        raise RefError(f"{text} is a folder without {HF_FOLDER_CONFIG}; a Hugging Face model folder needs "
+                       f"{HF_FOLDER_CONFIG} and {' or '.join(HF_FOLDER_WEIGHTS)}; for a weights file give its path")
+    if not any((path / w).is_file() for w in HF_FOLDER_WEIGHTS):
+        raise RefError(f"Hugging Face model folder {text} has no weights: expected "
+                       f"{' or '.join(HF_FOLDER_WEIGHTS)} next to {HF_FOLDER_CONFIG}")
+    resolved = path.resolve()
+    return ModelRef("hf-folder", resolved.name, path=str(resolved))
 
 
 def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
@@ -115,6 +131,8 @@ def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
         path = Path(text)
     if path.is_file():
         return ModelRef("file", path.name, path=str(path.resolve()))
+    if path.is_dir():
+        return _hf_folder(text, path)
     if path.suffix.lower() in FILE_SUFFIXES:
         if path.exists():
             raise RefError(f"model file {text} is not a regular file")

@@ -6,8 +6,8 @@ import pytest
 from gifindex.errors import RefError
 from gifindex.refs import ModelRef, parse_ref
 
-EXPECTED = ("expected timm:NAME[.TAG], torchvision:NAME (tv:NAME), taskonomy:TASK, hf-hub:ORG/NAME "
-            "or a path to .pt/.pth/.bin/.safetensors")
+EXPECTED = ("expected timm:NAME[.TAG], torchvision:NAME (tv:NAME), taskonomy:TASK, hf-hub:ORG/NAME, "
+            "a path to .pt/.pth/.bin/.safetensors or a Hugging Face model folder")
 
 
 @pytest.mark.parametrize("text, kind, name, tag, canonical", [
@@ -24,6 +24,8 @@ EXPECTED = ("expected timm:NAME[.TAG], torchvision:NAME (tv:NAME), taskonomy:TAS
     ("taskonomy:depth-zbuffer", "taskonomy", "depth_zbuffer", None, "taskonomy:depth_zbuffer"),
     ("taskonomy:class_1000", "taskonomy", "class_object", None, "taskonomy:class_object"),
     ("hf-hub:timm/resnet18.a1_in1k", "hf-hub", "timm/resnet18.a1_in1k", None,
+     "hf-hub:timm/resnet18.a1_in1k"),
+    ("hf_hub:timm/resnet18.a1_in1k", "hf-hub", "timm/resnet18.a1_in1k", None,   # timm's own spelling
      "hf-hub:timm/resnet18.a1_in1k"),
 ])
 def test_named_references(text: str, kind: str, name: str, tag: str | None, canonical: str) -> None:
@@ -63,8 +65,9 @@ def test_file_with_colon_in_name_is_a_file(tmp_path) -> None:
                           "fixated_pose, inpainting, jigsaw, keypoints2d, keypoints3d, nonfixated_pose, "
                           "normal, point_matching, reshading, room_layout, segment_semantic, "
                           "segment_unsup25d, segment_unsup2d, vanishing_point"),
-    ("hf-hub:resnet18", "malformed reference 'hf-hub:resnet18': expected hf-hub:ORG/NAME"),
-    ("hf-hub:a/b/c", "malformed reference 'hf-hub:a/b/c': expected hf-hub:ORG/NAME"),
+    ("hf-hub:resnet18", "malformed reference 'hf-hub:resnet18': expected hf-hub:ORG/NAME (or hf_hub:ORG/NAME)"),
+    ("hf-hub:a/b/c", "malformed reference 'hf-hub:a/b/c': expected hf-hub:ORG/NAME (or hf_hub:ORG/NAME)"),
+    ("hf_hub:x", "malformed reference 'hf_hub:x': expected hf-hub:ORG/NAME (or hf_hub:ORG/NAME)"),
     ("timm:", f"empty or malformed model name in reference 'timm:': {EXPECTED}"),
     ("timm:.tag", "malformed reference 'timm:.tag': expected timm:NAME[.TAG]"),
 ])
@@ -72,3 +75,24 @@ def test_refusals(text: str, message: str) -> None:
     with pytest.raises(RefError) as info:
         parse_ref(text)
     assert str(info.value) == message
+
+
+def test_hugging_face_folder(tmp_path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    with pytest.raises(RefError) as info:
+        parse_ref(str(folder))
+    assert str(info.value) == (f"{folder} is a folder without config.json; a Hugging Face model folder needs "
+                               "config.json and model.safetensors or pytorch_model.bin; for a weights file "
+                               "give its path")
+    (folder / "config.json").write_text('{"architecture": "resnet18"}')
+    with pytest.raises(RefError) as info:
+        parse_ref(str(folder))
+    assert str(info.value) == (f"Hugging Face model folder {folder} has no weights: expected "
+                               "model.safetensors or pytorch_model.bin next to config.json")
+    for weights in ("pytorch_model.bin", "model.safetensors"):
+        (folder / weights).write_bytes(b"x")
+        ref = parse_ref(str(folder) + "/")
+        assert ref == ModelRef("hf-folder", "my-model", path=str(folder.resolve()))
+        assert ref.canonical() == str(folder.resolve()) and parse_ref(ref.canonical()) == ref
+        (folder / weights).unlink()

@@ -53,7 +53,9 @@ class WeightsFile:
 
 def sniff(data: bytes) -> str:
     """Name the container format of ``data``: torch-zip, torchscript, torch-legacy, safetensors, lfs-pointer,
-    html, bad-zip, empty or unknown. Reads only; never raises."""
+    html, bad-zip, empty or unknown. Reads only; never raises. A file whose first 8 bytes are a little-endian
+    length followed by that many bytes of a JSON object is safetensors even when its first byte is 0x80
+    (the pickle magic): about one safetensors file in 256 starts so."""
     if not data:
         return "empty"
     if data.startswith(LFS_MAGIC):
@@ -70,11 +72,27 @@ def sniff(data: bytes) -> str:
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
             return "torchscript"
         return "torch-zip"
-    if data[0] == 0x80:
+    if _safetensors_header(data):   # safetensors' own structure first: its length may start with 0x80
+        return "safetensors"
+    if data[0] == 0x80:              # pickle protocol 2+ (torch's legacy format)
         return "torch-legacy"
     if len(data) >= 9 and data[8:9] == b"{":
-        return "safetensors"  # (layout checked by check_safetensors)
+        return "safetensors"  # a damaged header: check_safetensors says what is wrong
     return "unknown"
+
+
+def _safetensors_header(data: bytes) -> bool:
+    """True when ``data`` starts as a safetensors file does: an 8-byte little-endian header length that fits
+    the file (and the library's limit), then that many bytes of a JSON object. Never raises."""
+    if len(data) < 10 or data[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", data[:8])
+    if n < 2 or n > min(MAX_SAFETENSORS_HEADER, len(data) - 8):
+        return False
+    try:
+        return isinstance(json.loads(data[8:8 + n].decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
 
 
 def check_path(path: str | os.PathLike) -> None:

@@ -1,0 +1,65 @@
+"""A local Hugging Face model folder as a model reference (timm's layout, as ``save_for_hf`` writes it).
+
+The folder holds ``config.json`` (with timm's ``architecture``, optional ``num_classes`` and
+``pretrained_cfg``) and ``model.safetensors`` or ``pytorch_model.bin``. The architecture comes from the
+config, the input convention from its ``pretrained_cfg``, and the weights are read with the same safe
+reader as any weights file (no code runs unless ``trust``); nothing is downloaded.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gifindex.errors import ModelLoadError
+from gifindex.refs import HF_FOLDER_CONFIG, HF_FOLDER_WEIGHTS
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The folder's ``config.json`` as a dict with a timm ``architecture``; a clear error otherwise."""
+    path = folder / HF_FOLDER_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        hint = f" (a transformers config: {config['architectures']})" if isinstance(config, dict) and \
+            config.get("architectures") else ""
+        raise ModelLoadError(f"{path} names no timm 'architecture'{hint}; only timm-style folders "
+                             "(timm's save_for_hf / push_to_hf_hub) are supported")
+    return config
+
+
+def weights_path(folder: Path) -> Path:
+    """``model.safetensors`` when present, else ``pytorch_model.bin``."""
+    for name in HF_FOLDER_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelLoadError(f"Hugging Face model folder {folder} has no weights: expected "
+                         f"{' or '.join(HF_FOLDER_WEIGHTS)}")
+
+
+def load_hf_folder(folder: str | Path, *, num_classes: int | None = None, trust: bool = False):
+    """Build the timm model a Hugging Face folder describes and load its weights (returns ``hub.Built``)."""
+    import timm
+
+    from gifindex.models.hub import Built, _finish_weights, timm_spec
+    from gifindex.models.files import read_state_dict
+
+    folder = Path(folder)
+    config = read_config(folder)
+    arch = config["architecture"]
+    if not timm.is_model(arch):
+        raise ModelLoadError(f"{folder / HF_FOLDER_CONFIG} names architecture {arch!r}, which this timm "
+                             f"({timm.__version__}) does not know")
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        module = timm.create_model(f"local-dir:{folder}", pretrained=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a bad config surfaces as various timm errors
+        raise ModelLoadError(f"cannot build {arch} from {folder / HF_FOLDER_CONFIG}: "
+                             f"{str(e).splitlines()[0][:200]}") from None
+    path = weights_path(folder)
+    sd, sha = read_state_dict(path, trust=trust)
+    _finish_weights(module, sd, f"timm:{arch}")
+    return Built(module, timm_spec(module), f"timm:{arch}", sha,
+                 {"folder": str(folder), "weights_file": str(path)})
