@@ -1,0 +1,99 @@
+"""One call per question for Python users: sign or compare models given in any form.
+
+A *model* here is a model reference (``"timm:resnet18"``, a weights file, a Hugging Face folder), a
+:class:`~gifindex.models.spec.LoadedModel`, or a bare ``torch.nn.Module``. A bare module takes its input
+convention from timm's ``pretrained_cfg`` when it has one, else ImageNet's (224 px, ImageNet mean/std);
+``input_size``, ``mean`` and ``std`` override either. References are loaded with :func:`gifindex.load_model`
+and the remaining keyword arguments (``arch``, ``num_classes``, ``weights``, ``random_init``, ``trust``).
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Sequence, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from .config import SignatureConfig
+    from .models.spec import LoadedModel
+    from .probes import Probes
+    from .refs import ModelRef
+
+ModelLike = Union[str, "os.PathLike[str]", "ModelRef", "nn.Module", "LoadedModel"]
+
+
+def as_loaded_model(model: ModelLike, *, input_size: int | None = None, mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None, device: str = "cpu", **load_opts: Any) -> "LoadedModel":
+    """``model`` as a :class:`LoadedModel` in eval mode with frozen parameters (see the module docstring)."""
+    import torch.nn as nn
+
+    from .models import load_model
+    from .models.spec import InputSpec, LoadedModel
+
+    overrides = (input_size, tuple(mean) if mean is not None else None, tuple(std) if std is not None else None)
+    if isinstance(model, LoadedModel):
+        if load_opts:
+            raise TypeError(f"loading options {sorted(load_opts)} do not apply to an already loaded model")
+        if any(v is not None for v in overrides):
+            model = LoadedModel(**{**model.__dict__, "spec": model.spec.with_overrides(*overrides)})
+        return model
+    if isinstance(model, nn.Module):
+        if load_opts:
+            raise TypeError(f"loading options {sorted(load_opts)} do not apply to an nn.Module")
+        from .models.hub import timm_spec
+
+        spec = timm_spec(model) if getattr(model, "pretrained_cfg", None) else InputSpec()
+        module = model.to(device).eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        name = type(model).__name__
+        return LoadedModel(module=module, spec=spec.with_overrides(*overrides), ref=f"<nn.Module {name}>",
+                           name=name, source="module")
+    return load_model(model, input_size=input_size, mean=mean, std=std, device=device, **load_opts)
+
+
+def _setup(config: "SignatureConfig | None", probes: "Probes | None",
+           device: str) -> tuple["SignatureConfig", "Probes"]:
+    from .config import SignatureConfig
+    from .probes import make_probes
+
+    config = config or SignatureConfig()
+    return config, probes if probes is not None else make_probes(config, device=device)
+
+
+def signature(model: ModelLike, config: "SignatureConfig | None" = None, probes: "Probes | None" = None, *,
+              batch_size: int | str | None = 32, device: str = "cpu", progress: Any = None,
+              **load_opts: Any) -> np.ndarray:
+    """The compressed signature of ``model``: a unit-norm float32 vector (K*T*proj_dim for ModelGiF).
+
+    ``config`` defaults to ``SignatureConfig()``, ``probes`` to ``make_probes(config)``; use an index's
+    (``index.config``, ``index.probes``) to compare with what it holds. ``load_opts`` go to the loader.
+    """
+    from .signature import signature as sign_loaded
+
+    config, probes = _setup(config, probes, device)
+    loaded = as_loaded_model(model, device=device, **load_opts)
+    return sign_loaded(loaded, config, probes, batch_size=batch_size, device=device, progress=progress)
+
+
+def distance(a: "ModelLike | np.ndarray | torch.Tensor", b: "ModelLike | np.ndarray | torch.Tensor",
+             config: "SignatureConfig | None" = None, probes: "Probes | None" = None, *,
+             batch_size: int | str | None = 32, device: str = "cpu", **load_opts: Any) -> float:
+    """The exact (uncompressed) distance of two models under ``config.method``: 0 for the same function,
+    about 1 for unrelated models, at most 2. Two arrays of curves (from :func:`compute_curves`) are compared
+    directly (:func:`curve_distance`). ``load_opts`` apply to both models when they are references."""
+    import torch
+
+    from .distance import curve_distance
+    from .methods import feature_distance, features
+
+    arrays = (np.ndarray, torch.Tensor)
+    if isinstance(a, arrays) and isinstance(b, arrays):
+        return curve_distance(a, b)
+    config, probes = _setup(config, probes, device)
+    feats = [features(as_loaded_model(m, device=device, **load_opts), probes, config, batch_size=batch_size,
+                      device=device) for m in (a, b)]
+    return feature_distance(feats[0], feats[1], config.method)
