@@ -69,10 +69,3 @@ def compress(curves: torch.Tensor, projection: Projection) -> np.ndarray:
     norms = torch.linalg.vector_norm(projected, dim=1, keepdim=True)
     unit = torch.where(norms > 0, projected / norms.clamp_min(1e-300), torch.zeros_like(projected))
     return (unit / np.sqrt(points.shape[0])).reshape(-1).float().numpy()
-
-
-def signature_distance(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
-    """Approximate ModelGiF distance of two compressed signatures: 1 - <s_a, s_b>, clipped to [0, 2]."""
-    a = np.asarray(sig_a, dtype=np.float64)
-    b = np.asarray(sig_b, dtype=np.float64)
-    return float(np.clip(1.0 - a @ b, 0.0, 2.0))

@@ -37,3 +37,36 @@ def pointwise_cosine(curves_a: "np.ndarray | torch.Tensor", curves_b: "np.ndarra
 def curve_distance(curves_a: "np.ndarray | torch.Tensor", curves_b: "np.ndarray | torch.Tensor") -> float:
     """d = mean over k, t of 1 - cos(g_a^k(t), g_b^k(t)); in [0, 2], 0 for identical curves."""
     return float(np.mean(1.0 - pointwise_cosine(curves_a, curves_b)))
+
+
+# Compressed signatures are unit vectors: their distance is 1 - <a, b>, clipped to [0, 2] (float64).
+def signature_distance(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
+    """Approximate ModelGiF distance of two compressed signatures: 1 - <s_a, s_b>, clipped to [0, 2]."""
+    return float(signature_distances(np.asarray(sig_a)[None], sig_b)[0])
+
+
+def signature_distances(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Distances of each row of ``vectors`` (n, dim) to one ``query`` signature (dim,)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    return np.clip(1.0 - v @ np.asarray(query, dtype=np.float64), 0.0, 2.0)
+
+
+def distance_matrix(vectors: np.ndarray) -> np.ndarray:
+    """All pairwise distances of the rows of ``vectors``: float64, symmetric, zero diagonal."""
+    v = np.asarray(vectors, dtype=np.float64)
+    d = np.clip(1.0 - v @ v.T, 0.0, 2.0)
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def centred_cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - Pearson correlation of two feature vectors, in [0, 2] (output-based methods' exact distance);
+    a constant vector is at 0 from another constant one and 1 from anything else."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    a, b = a - a.mean(), b - b.mean()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 0.0 if na == nb else 1.0
+    return float(np.clip(1.0 - a @ b / (na * nb), 0.0, 2.0))

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
+from gifindex.distance import distance_matrix
 from gifindex.errors import GifindexError
 
 LINKAGES = ("average", "complete", "single", "ward")
@@ -154,11 +155,11 @@ def build_tree_scalable(names: Sequence[str], vectors: np.ndarray, linkage: str 
     k = int(clusters or min(max(2, round(2 * np.sqrt(n))), max(2, n // 2)))
     reduced = x
     if x.shape[1] > kmeans_dim:
-        from gifindex.index.search import PCA_TRAIN, _fit_pca
+        from gifindex.pca import PCA_TRAIN, fit_pca
 
         pca = faiss.PCAMatrix(x.shape[1], kmeans_dim)
         sample = x[np.sort(np.random.default_rng(seed).choice(n, min(n, PCA_TRAIN), replace=False))]
-        _fit_pca(pca, sample)
+        fit_pca(pca, sample)
         reduced = np.concatenate([pca.apply(x[i:i + 65536]) for i in range(0, n, 65536)])
     km = faiss.Kmeans(reduced.shape[1], k, niter=20, seed=seed, spherical=False, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=128)
@@ -183,10 +184,7 @@ def build_tree_scalable(names: Sequence[str], vectors: np.ndarray, linkage: str 
             heights.append(0.0)
             sizes.append(1)
             continue
-        v = x[g].astype(np.float64)
-        d = np.clip(1.0 - v @ v.T, 0.0, 2.0)
-        d = (d + d.T) / 2
-        np.fill_diagonal(d, 0.0)
+        d = distance_matrix(x[g])
         z = hierarchy.linkage(squareform(d, checks=False), method=linkage)
         local = {i: int(g[i]) for i in range(len(g))}
         for j, (a, b, h, c) in enumerate(z):
@@ -197,9 +195,7 @@ def build_tree_scalable(names: Sequence[str], vectors: np.ndarray, linkage: str 
         sizes.append(len(g))
     if len(groups) > 1:
         means = np.stack([x[g].astype(np.float64).mean(0) for g in groups])
-        d = np.clip(1.0 - means @ means.T, 0.0, 2.0)
-        d = (d + d.T) / 2
-        np.fill_diagonal(d, 0.0)
+        d = distance_matrix(means)
         z = hierarchy.linkage(squareform(d, checks=False), method=linkage)
         node_h = dict(enumerate(heights))
         local = dict(enumerate(roots))

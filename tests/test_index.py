@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from gifindex.cli import main
-from gifindex.compress import signature_distance
+from gifindex.distance import signature_distance
 from gifindex.config import SignatureConfig
 from gifindex.curves import compute_curves
 from gifindex.distance import curve_distance

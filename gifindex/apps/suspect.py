@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
 
 if TYPE_CHECKING:
@@ -54,9 +55,8 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     skip_names = set(exclude) | {owner_name, sus_name}
     records, vectors = index.vectors()
     keep = [i for i, r in enumerate(records) if r.id not in skip and r.name not in skip_names]
-    ov = owner_vec.astype(np.float64)
-    population = np.clip(1.0 - vectors[keep].astype(np.float64) @ ov, 0.0, 2.0)
-    d = float(np.clip(1.0 - float(sus_vec.astype(np.float64) @ ov), 0.0, 2.0))
+    population = signature_distances(vectors[keep], owner_vec)
+    d = signature_distance(sus_vec, owner_vec)
     out = suspect_from_distances(d, population, z_threshold)
     closest = sorted(zip(population.tolist(), [records[i].name for i in keep]))[:5]
     out.update({"suspect": sus_name, "owner": owner_name, "method": index.config.method,

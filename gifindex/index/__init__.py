@@ -1,13 +1,11 @@
-"""The model index: compressed signatures in HDF5 shards, a SQLite catalogue, a FAISS search index."""
-from pathlib import Path
+"""The model index: compressed signatures in HDF5 shards, a SQLite catalogue, a FAISS search index.
 
+Modules: ``layout`` (file names, index.json), ``files`` (opening, reading signatures, the search file,
+the lock), ``writer`` (create, ingest, remove), ``maintenance`` (verify, repair, rebuild), ``store`` (the
+``Index`` facade); ``catalog``, ``shards``, ``search``, ``atomic``, ``lock`` are the storage pieces.
+"""
+from .layout import INDEX_FILE, index_exists
 from .search import SearchSpec
-from .store import INDEX_FILE, Index, IngestReport, IngestReporter, Neighbor
+from .store import Index, IngestReport, IngestReporter, Neighbor
 
-
-def index_exists(path: str | Path) -> bool:
-    """Whether ``path`` holds a gifindex index (its metadata file is written last, so a half-made one does not)."""
-    return (Path(path) / INDEX_FILE).is_file()
-
-
-__all__ = ["Index", "IngestReport", "IngestReporter", "Neighbor", "SearchSpec", "index_exists"]
+__all__ = ["INDEX_FILE", "Index", "IngestReport", "IngestReporter", "Neighbor", "SearchSpec", "index_exists"]

@@ -30,11 +30,11 @@ import faiss
 import numpy as np
 
 from ..errors import IndexError_
+from ..pca import PCA_TRAIN, fit_pca
 from .atomic import atomic_path, atomic_write_text
 
 SEARCH_KINDS = ("auto", "flat", "hnsw", "ivfpq")
 APPROXIMATE = ("hnsw", "ivfpq")
-PCA_TRAIN = 8192
 
 
 @dataclass(frozen=True)
@@ -139,37 +139,12 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> faiss
         inner = faiss.downcast_index(index.index)
         if isinstance(inner, faiss.IndexPreTransform):
             # PCA first, on at most PCA_TRAIN rows (FAISS uses the n x n Gram matrix when n < dim)
-            _fit_pca(faiss.downcast_VectorTransform(inner.chain.at(0)), sample[:PCA_TRAIN])
+            fit_pca(faiss.downcast_VectorTransform(inner.chain.at(0)), sample[:PCA_TRAIN])
         index.train(sample)
     for start in range(0, n, 65536):  # chunks: converting float16 to float32 at once would double memory
         index.add_with_ids(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32),
                            np.asarray(ids[start:start + 65536], dtype=np.int64))
     return index
-
-
-def _fit_pca(pca: faiss.PCAMatrix, x: np.ndarray) -> None:
-    """Train a FAISS PCAMatrix by randomised SVD (torch; seconds at 8,192 x 16,384 where FAISS's exact
-    eigendecomposition takes minutes on a small CPU)."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    mean = x.mean(0)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        _, sv, v = torch.svd_lowrank(x - mean, q=min(pca.d_out + 16, *x.shape), niter=3)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    d_out = pca.d_out
-    components = v[:, :d_out].T.contiguous()                      # (d_out, d_in)
-    if components.shape[0] < d_out:                               # fewer samples than d_out: pad with zeros
-        components = torch.cat([components, torch.zeros(d_out - components.shape[0], pca.d_in)])
-        sv = torch.cat([sv, torch.zeros(d_out - len(sv))])
-    faiss.copy_array_to_vector(mean.numpy().astype(np.float32), pca.mean)
-    faiss.copy_array_to_vector((sv[:d_out] ** 2 / max(len(x) - 1, 1)).numpy().astype(np.float32), pca.eigenvalues)
-    faiss.copy_array_to_vector(components.numpy().ravel().astype(np.float32), pca.PCAMat)
-    pca.prepare_Ab()
-    pca.is_trained = True
 
 
 def _silence(index: faiss.Index) -> None:

@@ -149,17 +149,11 @@ def compress_features(feats: torch.Tensor, config: "SignatureConfig") -> np.ndar
 def feature_distance(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray,
                      method: str) -> float:
     """The exact (uncompressed) distance of two models' features under ``method``, in [0, 2]."""
-    from ..distance import curve_distance
+    from ..distance import centred_cosine_distance, curve_distance
 
     if method in GRADIENT_METHODS:
         return curve_distance(feats_a, feats_b)
-    a = np.asarray(feats_a, dtype=np.float64).reshape(-1)
-    b = np.asarray(feats_b, dtype=np.float64).reshape(-1)
-    a, b = a - a.mean(), b - b.mean()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return 0.0 if na == nb else 1.0
-    return float(np.clip(1.0 - a @ b / (na * nb), 0.0, 2.0))
+    return centred_cosine_distance(feats_a, feats_b)
 
 
 def sign(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", config: "SignatureConfig",

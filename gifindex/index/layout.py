@@ -1,0 +1,69 @@
+"""The index directory's layout: file names, the metadata file (``index.json``) and what it must hold.
+
+Every path of an index is named here and nowhere else (DESIGN section 4)::
+
+    INDEX/index.json        configuration, its hash, probes checksum, search settings (written last)
+    INDEX/probes.npz        the K probes every signature is computed on
+    INDEX/catalog.sqlite    which models are indexed, in which shard row; failures of past ingests
+    INDEX/shards/*.h5       signatures (float16), written once, never modified
+    INDEX/search.faiss      search index over the signatures (+ search.json, search.sha256): derived
+    INDEX/.lock             the writer lock
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import IndexError_
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+PROBES_FILE = "probes.npz"
+CATALOG_FILE = "catalog.sqlite"
+SEARCH_FILE = "search.faiss"
+SEARCH_SUM = "search.sha256"  # sha256 of search.faiss as written (a flipped bit is found by verify)
+SHARD_DIR = "shards"
+QUARANTINE_DIR = "quarantine"  # under shards/: corrupt shards moved aside by `verify --repair`
+
+
+def index_exists(path: str | Path) -> bool:
+    """Whether ``path`` holds a gifindex index (its metadata file is written last, so a half-made one does not)."""
+    return (Path(path) / INDEX_FILE).is_file()
+
+
+def shard_dir(root: Path) -> Path:
+    return root / SHARD_DIR
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in index.json when an index is created."""
+    import faiss
+    import torch
+
+    return {"gifindex": __version__, "torch": torch.__version__, "faiss": faiss.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def write_failure(what: str, exc: BaseException, after: str) -> IndexError_:
+    """A failed write (disk full, file size limit, I/O error) as one clear line."""
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    errno_ = getattr(exc, "errno", None)
+    if errno_ in (28, 27, 122) or any(w in reason.lower() for w in ("no space", "file too large", "disk is full",
+                                                                    "disk full", "quota")):
+        reason = f"disk full or over a file size limit: {reason}"
+    return IndexError_(f"cannot write {what} ({reason}); {after}")
+
+
+def new_meta(config_dict: dict[str, Any], config_hash: str, signature_dim: int, probes_sha256: str,
+             search: dict[str, Any], seed: int, created: float) -> dict[str, Any]:
+    """The content of a new index.json."""
+    return {
+        "format": "gifindex", "format_version": FORMAT_VERSION, "config": config_dict,
+        "config_hash": config_hash, "probes_sha256": probes_sha256,
+        "projection": {"kind": "gaussian-blocked+point-signs", "seed": seed, "block_rows": 4096},
+        "search": search, "signature_dim": signature_dim, "created": created, "versions": versions(),
+    }
