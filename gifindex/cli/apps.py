@@ -1,7 +1,6 @@
 """The paper's applications as commands: suspect (IP protection), unlearning, relatedness."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -10,13 +9,8 @@ from . import main
 from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
                       emit_json, index_option, json_option, load_kwargs_from, load_options, open_index, table)
 
-
-def _entry(index, ref: str, load_kwargs: dict[str, Any]):
-    from ..manifest import ModelEntry
-
-    if index is not None and index.catalog.by_name(ref):
-        return index.entry_for(ref)
-    return ModelEntry(ref=ref, **load_kwargs)
+# gifindex.apps and gifindex.session (faiss, scipy) are imported inside the commands: `gifindex --help` does
+# not pay for them.
 
 
 @main.command()
@@ -38,12 +32,11 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used.
     """
     from ..apps import suspect as run_suspect
+    from ..session import Session
 
-    index = open_index(index_path)
-    load_kwargs = load_kwargs_from(kwargs)
-    refs = [r if index.catalog.by_name(r) else _entry(index, r, load_kwargs) for r in (suspect_ref, owner)]
-    result = run_suspect(index, refs[0], refs[1], z_threshold=z_threshold, exclude=exclude,
-                         device=check_device(device), batch_size=batch_size)
+    session = Session.at(index_path, load_kwargs_from(kwargs))
+    result = run_suspect(session.index, session.model(suspect_ref), session.model(owner), z_threshold=z_threshold,
+                         exclude=exclude, device=check_device(device), batch_size=batch_size)
     if as_json:
         emit_json(result)
         return
@@ -81,21 +74,14 @@ def unlearning(ctx: click.Context, index_path: str, original: str, candidate: st
     be indexed names; the probes always come from --forget (up to K of its images).
     """
     from ..apps import unlearning as run_unlearning
+    from ..session import Session
 
-    load_kwargs = load_kwargs_from(kwargs)
-    config = config_from(kwargs)
-    index = None
-    if not config_given(ctx) and (Path(index_path) / "index.json").exists():
-        index = open_index(index_path)
-        config = index.config
-    elif index_path != DEFAULT_INDEX and not config_given(ctx):
-        index = open_index(index_path)
-        config = index.config
-    if method:
-        config = config.replace(method=method)
-    entries = [_entry(index, r, load_kwargs) if r else None for r in (original, candidate, control)]
-    result = run_unlearning(entries[0], entries[1], forget, config, control=entries[2],
-                            device=check_device(device), batch_size=batch_size)
+    session = Session.choose(index_path, config_from(kwargs), config_given=config_given(ctx),
+                             explicit=index_path != DEFAULT_INDEX, load=load_kwargs_from(kwargs))
+    config = session.config.replace(method=method) if method else session.config
+    result = run_unlearning(session.entry(original), session.entry(candidate), forget, config,
+                            control=session.entry(control) if control else None, device=check_device(device),
+                            batch_size=batch_size)
     if as_json:
         emit_json(result)
         return

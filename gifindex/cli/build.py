@@ -8,9 +8,15 @@ from typing import Any
 
 import click
 
+from ..errors import GifindexError
+from ..executors import make_executor
+from ..manifest import ModelEntry, read_manifest
 from . import main
+from .progress import ProgressReporter
 from .options import (check_device, config_from, config_options, device_options, emit_json, index_option,
                       json_option, load_options, load_kwargs_from, open_index, table)
+
+# gifindex.index (faiss) is imported inside init: `gifindex --help` does not pay for it.
 
 
 @main.command()
@@ -47,57 +53,6 @@ def init(index_path: str, method: str, search_kind: str, flat_budget_mb: float, 
                    f"{info['bytes_per_model']} bytes per model)")
 
 
-class ProgressReporter:
-    """Progress bars for an ingest: one over models, one within the current model's curve points."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.models = None
-        self.inner = None
-
-    def start(self, total: int) -> None:
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.models = tqdm(total=total, desc="models", unit="model", position=0, file=sys.stderr)
-
-    def model_start(self, entry, points: int) -> None:
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.inner = tqdm(total=points, desc=entry.display_name()[:30], unit="pt", position=1, leave=False,
-                              file=sys.stderr)
-
-    def points(self, count: int) -> None:
-        if self.inner is not None:
-            self.inner.update(count)
-
-    def model_done(self, result) -> None:
-        if self.inner is not None:
-            self.inner.close()
-            self.inner = None
-        line = _result_line(result)
-        if self.models is not None:
-            self.models.write(line, file=sys.stderr)
-            self.models.update(1)
-        else:
-            click.echo(line, err=True)
-
-    def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
-        if self.models is not None:
-            self.models.close()
-
-
-def _result_line(result) -> str:
-    if result.status == "added":
-        return f"added    {result.name}  ({result.seconds:.1f} s)"
-    if result.status == "skipped":
-        return f"skipped  {result.name}  (already indexed: same weights)"
-    return f"failed   {result.name}: {result.error}"
-
-
 @main.command()
 @index_option
 @click.argument("refs", nargs=-1)
@@ -125,10 +80,6 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
 
     A model that fails is reported with the reason and the rest go on; the exit code is 1 if any failed.
     """
-    from ..errors import GifindexError
-    from ..executors import make_executor
-    from ..manifest import ModelEntry, read_manifest
-
     load_kwargs = load_kwargs_from(kwargs)
     entries = read_manifest(manifest) if manifest else []
     if (name or weights) and len(refs) != 1:

@@ -7,23 +7,25 @@ from pathlib import Path
 
 import click
 
+from ..config import SignatureConfig
+from ..demo import DemoZooConfig, build_demo_zoo, write_manifest
+from ..manifest import read_manifest
 from . import main
-from .build import ProgressReporter
 from .options import check_device, table
+from .progress import ProgressReporter
+
+# gifindex.index (faiss) and gifindex.tree (scipy) are imported inside the command: `gifindex --help` does
+# not pay for them.
 
 
-def _quick_zoo():
-    from ..demo import DemoZooConfig
-
+def _quick_zoo() -> DemoZooConfig:
     return DemoZooConfig(bases=("timm:test_resnet", "timm:test_efficientnet"),
                          students=("timm:test_efficientnet", "timm:test_resnet"), epochs=3, finetune_epochs=1,
                          distill_epochs=3)
 
 
-def demo_config(probe_file: Path):
+def demo_config(probe_file: Path) -> SignatureConfig:
     """The demo index's signature configuration: digit probes at 16 px (the digits are 8x8)."""
-    from ..config import SignatureConfig
-
     return SignatureConfig(resolution=16, num_probes=16, steps=4, probe_source=str(probe_file))
 
 
@@ -58,9 +60,7 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
 
     Runs offline in a minute or two on a laptop CPU; a second run reuses the trained zoo and the index.
     """
-    from ..demo import DemoZooConfig, build_demo_zoo, write_manifest
-    from ..index import Index
-    from ..manifest import read_manifest
+    from ..index import Index, index_exists
     from ..tree import save_tree, to_newick
 
     device = check_device(device)
@@ -75,12 +75,12 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
     manifest = write_manifest(entries, out / "demo.yaml", relative_to=out)
 
     config = demo_config(zoo_dir / "digit_probes.npy")
-    if (index_dir / "index.json").exists():
+    if index_exists(index_dir):
         index = Index.open(index_dir)
         if index.config != config:
             index.close()
             shutil.rmtree(index_dir)
-    if not (index_dir / "index.json").exists():
+    if not index_exists(index_dir):
         index = Index.create(index_dir, config, device=device)
     click.echo(f"2/4 signing and indexing {len(entries)} models in {index_dir} "
                f"(K={config.num_probes} probes x T={config.steps} steps, R={config.resolution})")

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import click
+import numpy as np
+from click.core import ParameterSource
 
 from ..config import BASELINES, MODES, OUTPUTS, PROBE_KINDS, SignatureConfig
 from ..errors import GifindexError
@@ -138,7 +139,7 @@ def device_options(func):
 
 
 def check_device(device: str) -> str:
-    import torch
+    import torch  # lazy: heavy, and not needed to parse or print help
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise GifindexError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
@@ -161,7 +162,7 @@ def json_option(func):
 
 
 def open_index(path: str):
-    from ..index import Index
+    from ..index import Index  # lazy: faiss, not needed to parse or print help
 
     return Index.open(path)
 
@@ -171,8 +172,6 @@ def emit_json(data: Any) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    import numpy as np
-
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -197,6 +196,4 @@ def _cell(value: Any) -> str:
 
 def config_given(ctx: click.Context) -> bool:
     """Whether any signature-configuration option was given explicitly on the command line."""
-    from click.core import ParameterSource
-
     return any(ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE for n in CONFIG_OPTION_NAMES)

@@ -1,6 +1,7 @@
 """Commands that read an index: nearest, distance, matrix, tree."""
 from __future__ import annotations
 
+import csv
 import io
 import json
 import time
@@ -8,16 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
+from ..errors import GifindexError
 from . import main
 from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
                       emit_json, index_option, json_option, load_kwargs_from, load_options, open_index, table)
 
-
-def _entry(ref: str, load_kwargs: dict[str, Any]):
-    from ..manifest import ModelEntry
-
-    return ModelEntry(ref=ref, **load_kwargs)
+# gifindex.session and gifindex.index (faiss) and gifindex.tree (scipy) are imported inside the commands
+# that use them: `gifindex --help` does not pay for them.
 
 
 @main.command()
@@ -29,10 +29,11 @@ def _entry(ref: str, load_kwargs: dict[str, Any]):
 @json_option
 def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
     """Indexed models nearest to REF: an indexed name, or any model reference (signed on the fly, not added)."""
-    index = open_index(index_path)
-    entry = ref if index.catalog.by_name(ref) else _entry(ref, load_kwargs_from(kwargs))
+    from ..session import Session
+
+    session = Session.at(index_path, load_kwargs_from(kwargs))
     start = time.perf_counter()
-    neighbours = index.nearest(entry, k=k, device=check_device(device), batch_size=batch_size)
+    neighbours = session.index.nearest(session.model(ref), k=k, device=check_device(device), batch_size=batch_size)
     seconds = time.perf_counter() - start
     if as_json:
         emit_json({"query": ref, "k": k, "seconds": round(seconds, 4), "neighbors": [n.to_dict() for n in neighbours]})
@@ -45,7 +46,8 @@ def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_
 @index_option
 @click.argument("model_a")
 @click.argument("model_b")
-@click.option("--exact", is_flag=True, help="with an index: recompute uncompressed curves with its probes")
+@click.option("--exact", is_flag=True, help="with an index: recompute uncompressed features with its probes "
+              "and method")
 @config_options
 @load_options
 @device_options
@@ -53,48 +55,22 @@ def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_
 @click.pass_context
 def distance(ctx: click.Context, index_path: str, model_a: str, model_b: str, exact: bool, device: str,
              batch_size: int, as_json: bool, **kwargs: Any) -> None:
-    """ModelGiF distance of two models (0 = same function, at most 2).
+    """Distance of two models under the signature method (0 = same function, at most 2).
 
     With an index (-i, $GIFINDEX_INDEX or ./gifindex-index) MODEL_A/B may be indexed names or references,
     and stored compressed signatures are used. Without one, or when configuration options are given,
     both models are signed with that configuration and the exact distance is printed.
     """
-    from ..curves import compute_curves
-    from ..distance import curve_distance
-    from ..models import load_model
-    from ..probes import make_probes
+    from ..session import Session
 
-    device = check_device(device)
-    load_kwargs = load_kwargs_from(kwargs)
-    use_index = not config_given(ctx) and (Path(index_path) / "index.json").exists()
-    if index_path != DEFAULT_INDEX and not use_index and not config_given(ctx):
-        open_index(index_path)  # an explicit index that does not exist: say so
-    config = config_from(kwargs)
+    session = Session.choose(index_path, config_from(kwargs), config_given=config_given(ctx),
+                             explicit=index_path != DEFAULT_INDEX, load=load_kwargs_from(kwargs))
     start = time.perf_counter()
-    if use_index and not exact:
-        index = open_index(index_path)
-        entries = [m if index.catalog.by_name(m) else _entry(m, load_kwargs) for m in (model_a, model_b)]
-        value = index.distance(entries[0], entries[1], device=device, batch_size=batch_size)
-        kind, config = "compressed", index.config
-    else:
-        if use_index:
-            index = open_index(index_path)
-            config, probes = index.config, index.probes
-        else:
-            probes = make_probes(config, device=device)
-        curves = []
-        for ref in (model_a, model_b):
-            if use_index and index.catalog.by_name(ref):
-                entry = index.entry_for(ref)
-                loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
-            else:
-                loaded = load_model(ref, device=device, **load_kwargs)
-            curves.append(compute_curves(loaded, probes, config, batch_size=batch_size, device=device))
-        value, kind = curve_distance(curves[0], curves[1]), "exact"
+    value, kind = session.distance(model_a, model_b, exact=exact, device=check_device(device), batch_size=batch_size)
     seconds = time.perf_counter() - start
     if as_json:
-        emit_json({"a": model_a, "b": model_b, "distance": value, "kind": kind, "config_hash": config.hash(),
-                   "config": config.to_dict(), "seconds": round(seconds, 3)})
+        emit_json({"a": model_a, "b": model_b, "distance": value, "kind": kind, "config_hash": session.config.hash(),
+                   "config": session.config.to_dict(), "seconds": round(seconds, 3)})
     else:
         click.echo(f"{value:.6f}")
 
@@ -105,9 +81,6 @@ def distance(ctx: click.Context, index_path: str, model_a: str, model_b: str, ex
               help="FILE.csv, FILE.npy or FILE.json (default: CSV on stdout)")
 def matrix(index_path: str, output: str | None) -> None:
     """All pairwise distances between indexed models."""
-    import numpy as np
-
-    from ..errors import GifindexError
     from ..index.atomic import atomic_path
 
     names, dist = open_index(index_path).matrix()
@@ -124,8 +97,6 @@ def matrix(index_path: str, output: str | None) -> None:
     if suffix == ".json":
         text = json.dumps({"names": names, "distances": dist.round(6).tolist()})
     else:
-        import csv
-
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow([""] + names)
@@ -149,7 +120,6 @@ def matrix(index_path: str, output: str | None) -> None:
               "for newick/json)")
 def tree(index_path: str, linkage: str, fmt: str | None, output: str | None) -> None:
     """Hierarchical clustering of the whole index: Newick, JSON, PNG/SVG dendrogram, or an HTML page."""
-    from ..errors import GifindexError
     from ..tree import infer_format, save_tree, to_json, to_newick
 
     fmt = fmt or (infer_format(output) if output else "newick")

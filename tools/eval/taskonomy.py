@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from gifindex.index import index_exists  # noqa: E402
+
 AFFINITY = ROOT / "gifindex" / "data" / "taskonomy_affinity.json"
 
 
@@ -30,7 +34,7 @@ def main() -> None:
     data = json.loads(AFFINITY.read_text())
     gif = [str(Path(sys.executable).parent / "gifindex")]
     index = Path(args.index)
-    if not (index / "index.json").exists():
+    if not index_exists(index):
         subprocess.run(gif + ["init", "-i", str(index), "--method", args.method, "--probe-kind", "cutmix",
                               "-K", str(args.K), "-T", str(args.T), "--resolution", str(args.resolution)], check=True)
     for key, task in zip(data["task_keys_pickle"], data["task_names_visualpriors"]):

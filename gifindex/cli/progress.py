@@ -1,0 +1,58 @@
+"""Progress rendering for commands that ingest models (``ingest``, ``demo``): tqdm bars on stderr."""
+from __future__ import annotations
+
+import sys
+
+import click
+from tqdm import tqdm
+
+from ..ingest import SignResult
+from ..manifest import ModelEntry
+
+
+class ProgressReporter:
+    """Progress bars for an ingest: one over models, one within the current model's curve points."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.models = None
+        self.inner = None
+
+    def start(self, total: int) -> None:
+        if self.enabled:
+            self.models = tqdm(total=total, desc="models", unit="model", position=0, file=sys.stderr)
+
+    def model_start(self, entry: ModelEntry, points: int) -> None:
+        if self.enabled:
+            self.inner = tqdm(total=points, desc=entry.display_name()[:30], unit="pt", position=1, leave=False,
+                              file=sys.stderr)
+
+    def points(self, count: int) -> None:
+        if self.inner is not None:
+            self.inner.update(count)
+
+    def model_done(self, result: SignResult) -> None:
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+        line = result_line(result)
+        if self.models is not None:
+            self.models.write(line, file=sys.stderr)
+            self.models.update(1)
+        else:
+            click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+        if self.models is not None:
+            self.models.close()
+
+
+def result_line(result: SignResult) -> str:
+    """One line per model: added, skipped (same weights already indexed) or failed with the reason."""
+    if result.status == "added":
+        return f"added    {result.name}  ({result.seconds:.1f} s)"
+    if result.status == "skipped":
+        return f"skipped  {result.name}  (already indexed: same weights)"
+    return f"failed   {result.name}: {result.error}"

@@ -1,0 +1,72 @@
+"""Where a one-off command's signatures come from: an index, or a signature configuration.
+
+``gifindex distance`` and ``gifindex unlearning`` work with or without an index; ``nearest`` and ``suspect``
+need one. The rule, in one place: an index is used when no configuration option was given and either it
+exists or it was named explicitly (a named index that does not exist is an error); otherwise the models
+are signed with the given configuration. Model arguments are indexed names or model references; a
+reference is loaded with the command's loading options.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import SignatureConfig
+from .index import Index, index_exists
+from .manifest import ModelEntry
+from .methods import feature_distance, features
+from .models import load_model
+from .probes import Probes, make_probes
+
+
+@dataclass
+class Session:
+    """The configuration models are signed with, the index it comes from (if any) and loading options."""
+
+    config: SignatureConfig
+    index: Index | None = None
+    load: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def at(cls, index_path: str | Path, load: dict[str, Any] | None = None) -> "Session":
+        """A session on the index at ``index_path`` (which must exist)."""
+        index = Index.open(index_path)
+        return cls(index.config, index, dict(load or {}))
+
+    @classmethod
+    def choose(cls, index_path: str | Path, config: SignatureConfig, *, config_given: bool, explicit: bool,
+               load: dict[str, Any] | None = None) -> "Session":
+        """The index at ``index_path`` unless configuration options were given (``config_given``); it is used
+        when it exists or was named ``explicit``-ly (then opening a missing one is the error the user sees)."""
+        if not config_given and (explicit or index_exists(index_path)):
+            return cls.at(index_path, load)
+        return cls(config, None, dict(load or {}))
+
+    def model(self, ref: str) -> str | ModelEntry:
+        """What index queries take: an indexed name as it is, anything else as a reference to sign."""
+        if self.index is not None and self.index.catalog.by_name(ref):
+            return ref
+        return ModelEntry(ref=ref, **self.load)
+
+    def entry(self, ref: str) -> ModelEntry:
+        """How to load ``ref``: an indexed name's stored loading options, or the reference with this session's."""
+        query = self.model(ref)
+        return self.index.entry_for(query) if self.index is not None else query
+
+    def probes(self, device: str = "cpu") -> Probes:
+        return self.index.probes if self.index is not None else make_probes(self.config, device=device)
+
+    def distance(self, a: str, b: str, exact: bool = False, device: str = "cpu",
+                 batch_size: int | str | None = 32) -> tuple[float, str]:
+        """(distance, kind): ``compressed`` from the index's signatures, else ``exact`` under the method."""
+        if self.index is not None and not exact:
+            value = self.index.distance(self.model(a), self.model(b), device=device, batch_size=batch_size)
+            return value, "compressed"
+        probes = self.probes(device)
+        feats = []
+        for ref in (a, b):
+            entry = self.entry(ref)
+            loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
+            feats.append(features(loaded, probes, self.config, batch_size=batch_size, device=device))
+        return feature_distance(feats[0], feats[1], self.config.method), "exact"
