@@ -9,14 +9,14 @@ from typing import Any
 import click
 
 from ..errors import GifindexError
-from ..executors import make_executor
 from ..manifest import ModelEntry, read_manifest
 from . import main
 from .progress import ProgressReporter
 from .options import (check_device, config_from, config_options, device_options, emit_json, index_option,
                       json_option, load_options, load_kwargs_from, open_index, table)
 
-# gifindex.index (faiss) is imported inside init: `gifindex --help` does not pay for it.
+# gifindex.index and gifindex.executors (torch, faiss) are imported inside the commands that use them:
+# `gifindex --help` does not pay for them.
 
 
 @main.command()
@@ -80,6 +80,8 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
 
     A model that fails is reported with the reason and the rest go on; the exit code is 1 if any failed.
     """
+    from ..executors import make_executor
+
     load_kwargs = load_kwargs_from(kwargs)
     entries = read_manifest(manifest) if manifest else []
     if (name or weights) and len(refs) != 1:

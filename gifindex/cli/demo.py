@@ -4,21 +4,26 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..config import SignatureConfig
-from ..demo import DemoZooConfig, build_demo_zoo, write_manifest
 from ..manifest import read_manifest
 from . import main
 from .options import check_device, table
 from .progress import ProgressReporter
 
-# gifindex.index (faiss) and gifindex.tree (scipy) are imported inside the command: `gifindex --help` does
-# not pay for them.
+if TYPE_CHECKING:
+    from ..demo import DemoZooConfig
+
+# gifindex.demo (torch), gifindex.index (faiss) and gifindex.tree (scipy) are imported inside the commands:
+# `gifindex --help` does not pay for them.
 
 
-def _quick_zoo() -> DemoZooConfig:
+def _quick_zoo() -> "DemoZooConfig":
+    from ..demo import DemoZooConfig
+
     return DemoZooConfig(bases=("timm:test_resnet", "timm:test_efficientnet"),
                          students=("timm:test_efficientnet", "timm:test_resnet"), epochs=3, finetune_epochs=1,
                          distill_epochs=3)
@@ -60,6 +65,7 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
 
     Runs offline in a minute or two on a laptop CPU; a second run reuses the trained zoo and the index.
     """
+    from ..demo import DemoZooConfig, build_demo_zoo, write_manifest
     from ..index import Index, index_exists
     from ..tree import save_tree, to_newick
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from tqdm import tqdm
 
-from ..ingest import SignResult
-from ..manifest import ModelEntry
+if TYPE_CHECKING:  # gifindex.ingest imports torch; `gifindex --help` does not need it
+    from ..ingest import SignResult
+    from ..manifest import ModelEntry
 
 
 class ProgressReporter:
@@ -22,7 +24,7 @@ class ProgressReporter:
         if self.enabled:
             self.models = tqdm(total=total, desc="models", unit="model", position=0, file=sys.stderr)
 
-    def model_start(self, entry: ModelEntry, points: int) -> None:
+    def model_start(self, entry: "ModelEntry", points: int) -> None:
         if self.enabled:
             self.inner = tqdm(total=points, desc=entry.display_name()[:30], unit="pt", position=1, leave=False,
                               file=sys.stderr)
@@ -31,7 +33,7 @@ class ProgressReporter:
         if self.inner is not None:
             self.inner.update(count)
 
-    def model_done(self, result: SignResult) -> None:
+    def model_done(self, result: "SignResult") -> None:
         if self.inner is not None:
             self.inner.close()
             self.inner = None
@@ -49,7 +51,7 @@ class ProgressReporter:
             self.models.close()
 
 
-def result_line(result: SignResult) -> str:
+def result_line(result: "SignResult") -> str:
     """One line per model: added, skipped (same weights already indexed) or failed with the reason."""
     if result.status == "added":
         return f"added    {result.name}  ({result.seconds:.1f} s)"
