@@ -6,13 +6,16 @@ the shard is registered here, in the same transaction as its models.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import IndexError_
+from ..text import printable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -61,20 +64,71 @@ class ModelRecord:
                 "shard": self.shard, "row": self.row, "added": self.added, "metadata": self.metadata}
 
 
-class Catalog:
-    """Thin typed access to ``catalog.sqlite`` (durable: WAL journal, synchronous=FULL)."""
+def read_only_storage(folder: Path) -> bool:
+    """Whether ``folder`` is on a read-only mount or has no write permission bits (a published snapshot)."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return True
+        return not (folder.stat().st_mode & 0o222) or not os.access(folder, os.W_OK)
+    except OSError:
+        return True
 
-    def __init__(self, path: Path):
+
+class Catalog:
+    """Thin typed access to ``catalog.sqlite`` (durable: WAL journal, synchronous=FULL).
+
+    ``readonly`` opens it with SQLite's ``mode=ro`` (no write, no schema change); on read-only storage
+    (a read-only mount, or a folder without write permission bits) with ``immutable=1`` too, so that
+    reading creates no ``-wal``/``-shm`` file. ``create`` makes a new, empty catalogue; without it a
+    missing file is an error (never silently an empty catalogue: the shards would look unregistered).
+    """
+
+    def __init__(self, path: Path, readonly: bool = False, create: bool = False):
         self.path = path
+        self.readonly = readonly
+        if not create and not path.is_file():
+            raise IndexError_(f"{path} is missing: the index's catalogue was deleted or moved; `gifindex "
+                              "rebuild` recreates it from the shards (nothing else was changed)")
         try:
-            self.db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise IndexError_(f"cannot open the catalogue {path} ({exc}): the disk may be full, over a file size "
-                              "limit or read-only, or the file is not a catalogue; free space (or fix the "
-                              "permissions) and retry; nothing was changed") from None
+            if readonly:
+                self.db = self._connect_readonly(path)
+            else:
+                self.db = sqlite3.connect(str(path), timeout=60.0, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.executescript(SCHEMA)
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(exc) from None
+        if not {"models", "shards", "failures", "state"} <= tables:
+            raise IndexError_(f"{path} is not a gifindex catalogue (tables: {', '.join(sorted(tables)) or 'none'}); "
+                              "`gifindex rebuild` recreates it from the shards")
+
+    @staticmethod
+    def _connect_readonly(path: Path) -> sqlite3.Connection:
+        quoted = urllib.parse.quote(str(path.resolve()))
+        modes = ["mode=ro&immutable=1"] if read_only_storage(path.parent) else ["mode=ro", "mode=ro&immutable=1"]
+        for number, mode in enumerate(modes):
+            db = sqlite3.connect(f"file:{quoted}?{mode}", uri=True, timeout=60.0, isolation_level=None)
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return db
+            except sqlite3.OperationalError:  # a WAL catalogue on storage we cannot write: read it as is
+                db.close()
+                if number == len(modes) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def damaged(self, exc: BaseException) -> IndexError_:
+        """A catalogue that SQLite cannot read, as one line naming the file and the fix."""
+        return IndexError_(f"{self.path} is damaged or not a catalogue ({' '.join(str(exc).split())[:160]}); "
+                           "`gifindex rebuild` recreates it from the shards (the damaged file is kept beside it)")
+
+    def _read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(exc) from None
 
     def close(self) -> None:
         self.db.close()
@@ -88,39 +142,54 @@ class Catalog:
     _COLUMNS = "id, name, ref, weights_sha256, shard, row, added, metadata"
 
     def models(self) -> list[ModelRecord]:
-        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM models ORDER BY id").fetchall()
-        return [self._record(r) for r in rows]
+        return [self._record(r) for r in self._read(f"SELECT {self._COLUMNS} FROM models ORDER BY id")]
 
     def by_name(self, name: str) -> ModelRecord | None:
-        row = self.db.execute(f"SELECT {self._COLUMNS} FROM models WHERE name = ?", (name,)).fetchone()
-        return self._record(row) if row else None
+        rows = self._read(f"SELECT {self._COLUMNS} FROM models WHERE name = ?", (name,))
+        return self._record(rows[0]) if rows else None
 
     def by_sha(self, sha: str) -> ModelRecord | None:
-        row = self.db.execute(f"SELECT {self._COLUMNS} FROM models WHERE weights_sha256 = ?", (sha,)).fetchone()
+        rows = self._read(f"SELECT {self._COLUMNS} FROM models WHERE weights_sha256 = ?", (sha,))
+        return self._record(rows[0]) if rows else None
+
+    def by_file_sha(self, sha: str) -> ModelRecord | None:
+        """The first model ingested from a file with these bytes (``file_sha256`` in its metadata)."""
+        row = self.db.execute(f"SELECT {self._COLUMNS} FROM models WHERE json_extract(metadata, '$.file_sha256') = ? "
+                              "ORDER BY id", (sha,)).fetchone()
         return self._record(row) if row else None
 
     def by_ids(self, ids: list[int]) -> dict[int, ModelRecord]:
         if not ids:
             return {}
-        marks = ",".join("?" * len(ids))
-        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM models WHERE id IN ({marks})", ids).fetchall()
-        return {r[0]: self._record(r) for r in rows}
+        out: dict[int, ModelRecord] = {}
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update({r[0]: self._record(r) for r in
+                        self._read(f"SELECT {self._COLUMNS} FROM models WHERE id IN ({marks})", chunk)})
+        return out
+
+    def ids(self) -> list[int]:
+        return [int(r[0]) for r in self._read("SELECT id FROM models ORDER BY id")]
 
     def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0])
+        return int(self._read("SELECT COUNT(*) FROM models")[0][0])
 
     def shards(self) -> dict[str, tuple[int, str]]:
-        return {name: (rows, sha) for name, rows, sha in
-                self.db.execute("SELECT name, rows, sha256 FROM shards ORDER BY name")}
+        return {name: (rows, sha) for name, rows, sha in self._read("SELECT name, rows, sha256 FROM shards ORDER BY name")}
 
     def failures(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT name, ref, error, time FROM failures ORDER BY id").fetchall()
+        rows = self._read("SELECT name, ref, error, time FROM failures ORDER BY id")
         return [{"name": n, "ref": r, "error": e, "time": t} for n, r, e, t in rows]
+
+    def state(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     def generation(self) -> int:
         """A counter bumped by every change to the set of models (to detect a stale search index)."""
-        row = self.db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0
+        value = self.state("generation")
+        return int(value) if value is not None else 0
 
     # ----------------------------------------------------------------------------------------- writes
     def _bump(self) -> None:
@@ -171,8 +240,27 @@ class Catalog:
         return names
 
     def record_failure(self, name: str | None, ref: str, error: str) -> None:
-        self.db.execute("INSERT INTO failures(name, ref, error, time) VALUES(?, ?, ?, ?)",
-                        (name, ref, error, time.time()))
+        """Append to the failure log (never pruned: every failure of every ingest is kept)."""
+        self.record_failures([(name, ref, error)])
+
+    def record_failures(self, failures: list[tuple[str | None, str, str]]) -> None:
+        """Append several failures in one transaction (one fsync, not one per failure)."""
+        if not failures:
+            return
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT INTO failures(name, ref, error, time) VALUES(?, ?, ?, ?)",
+                                [(printable(n) if n is not None else None, printable(r), printable(e), now)
+                                 for n, r, e in failures])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def set_state(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO state(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
+                        (key, value, value))
 
     def integrity(self) -> str:
-        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+        return str(self._read("PRAGMA integrity_check")[0][0])

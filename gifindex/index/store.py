@@ -6,10 +6,12 @@ API in one place.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import difflib
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -29,7 +31,16 @@ from .layout import INDEX_FILE
 from .search import APPROXIMATE, SearchSpec, index_kind, search
 from .writer import IngestReport
 
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from ..models.spec import LoadedModel
+
 IngestReporter = Reporter  # progress hooks an ingest calls (see gifindex.executors.Reporter)
+# What a query may be: an indexed name, a model reference, a ModelEntry (reference + loading options),
+# a LoadedModel or nn.Module (signed with the index's probes), or a signature vector of the index's dimension.
+QueryLike = Union[str, ModelEntry, "LoadedModel", "nn.Module", np.ndarray]
+RELOCATE_DEPTH = 2   # a missing model file is looked for this many folders below the index's parent
 
 
 @dataclass
@@ -37,9 +48,25 @@ class Neighbor:
     name: str
     distance: float
     ref: str
+    random_init: bool = False   # the indexed model has random (untrained) weights
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "distance": self.distance, "ref": self.ref}
+        return {"name": self.name, "distance": self.distance, "ref": self.ref, "random_init": self.random_init}
+
+
+@dataclass
+class Query:
+    """A query model resolved against an index: its signature and where it came from.
+
+    ``record`` is set for an indexed model; ``signed`` (for a model signed on the fly) says how it was
+    loaded: architecture, input size, mean and std, and whether each was given, detected or reused from
+    an indexed model with the same weights file (``reused_from``).
+    """
+
+    vector: np.ndarray
+    name: str
+    record: ModelRecord | None = None
+    signed: dict[str, Any] = field(default_factory=dict)
 
 
 class Index(IndexFiles):
@@ -48,17 +75,25 @@ class Index(IndexFiles):
     # ------------------------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, path: str | Path, config: SignatureConfig | None = None, search: SearchSpec | None = None,
-               probes: Probes | None = None, device: str = "cpu") -> "Index":
-        """Create an empty index with a fixed configuration; its probes are drawn now and stored."""
+               probes: Probes | None = None, device: str = "cpu", exist_ok: bool = False) -> "Index":
+        """Create an empty index with a fixed configuration; its probes are drawn now and stored.
+
+        With ``exist_ok`` an index already at ``path`` with the same configuration is opened instead; one
+        with another configuration is always an error.
+        """
         root = Path(path)
         config = config or SignatureConfig()
         if (root / INDEX_FILE).exists():
             existing = cls.open(root)
-            existing.close()
             if existing.config != config:
+                existing.close()
                 raise IndexError_(f"an index with another configuration ({existing.config.hash()}) already "
                                   f"exists at {root}; choose another --index directory")
-            raise IndexError_(f"an index already exists at {root} (same configuration); nothing to do")
+            if exist_ok:
+                return existing
+            existing.close()
+            raise IndexError_(f"an index already exists at {root} (same configuration); nothing to do "
+                              "(Python: Index.open, or Index.create(..., exist_ok=True))")
         if root.exists() and not root.is_dir():
             raise IndexError_(f"{root} exists and is not a directory")
         if root.exists() and any(p for p in root.iterdir() if not p.name.startswith(".")):
@@ -72,10 +107,13 @@ class Index(IndexFiles):
         return cls(*cls.read(path))
 
     # ------------------------------------------------------------------------------------ signatures
-    def sign(self, entry: ModelEntry | str, device: str = "cpu", batch_size: int | None = 32) -> SignResult:
-        """Sign a model with this index's probes and configuration without adding it."""
+    def sign(self, entry: ModelEntry | str, device: str = "cpu", batch_size: int | None = 32,
+             progress: Callable[[int], None] | None = None) -> SignResult:
+        """Sign a model with this index's probes and configuration without adding it (``progress`` is
+        called with the number of images done, see gifindex.methods.passes)."""
         entry = entry if isinstance(entry, ModelEntry) else ModelEntry(ref=entry)
-        result = sign_entry(entry, self.config, self.probes, device=device, batch_size=batch_size)
+        result = sign_entry(entry, self.config, self.probes, device=device, batch_size=batch_size,
+                            progress=progress)
         if result.status != "added":
             raise GifindexError(f"cannot sign {entry.ref}: {result.error}")
         return result
@@ -91,27 +129,123 @@ class Index(IndexFiles):
         for key in ("mean", "std"):
             if load.get(key) is not None:
                 load[key] = tuple(load[key])
+        for key in ("ref", "weights"):
+            if load.get(key):
+                load[key] = self.locate(record, load[key])
         return ModelEntry(name=record.name, **load)
 
-    def query(self, ref: str | ModelEntry, device: str = "cpu",
+    def locate(self, record: ModelRecord, path: str) -> str:
+        """The file an indexed model was ingested from: ``path`` when it is there, else a file of the same
+        name and weights sha256 next to the index (up to RELOCATE_DEPTH folders below its parent), else a
+        one-line error naming the hash. Model references that are not paths come back unchanged."""
+        wanted = Path(path)
+        if wanted.exists() or (":" in path.split("/")[0] and not wanted.is_absolute()):
+            return path
+        sha = record.metadata.get("file_sha256")
+        base = self.root.resolve().parent
+        patterns = [wanted.name] + ["/".join(["*"] * depth + [wanted.name]) for depth in range(1, RELOCATE_DEPTH + 1)]
+        for pattern in patterns:
+            for candidate in sorted(base.glob(pattern)):
+                if sha and candidate.is_file() and _file_sha256(candidate) == sha:
+                    return str(candidate.resolve())
+        held = f"weights sha256 {sha}" if sha else "no weights hash recorded"
+        raise IndexError_(f"model {record.name!r} was ingested from {path} ({held}), which is missing; put the "
+                          f"file back, or anywhere up to {RELOCATE_DEPTH} folders below {base} (next to the index), "
+                          "where it is found by that hash")
+
+    def query(self, ref: QueryLike, device: str = "cpu",
               batch_size: int | None = 32) -> tuple[np.ndarray, str, ModelRecord | None]:
-        """Signature for an indexed name, or for any model reference signed on the fly (not added)."""
-        if isinstance(ref, str):
-            record = self.catalog.by_name(ref)
+        """``(signature, name, record)`` for any query (see :meth:`resolve`)."""
+        q = self.resolve(ref, device=device, batch_size=batch_size)
+        return q.vector, q.name, q.record
+
+    def resolve(self, model: QueryLike, device: str = "cpu", batch_size: int | None = 32,
+                progress: Callable[[int], None] | None = None) -> Query:
+        """Resolve a query: an indexed name (its stored signature), a signature vector, or a model signed on
+        the fly with this index's probes (not added). A model file whose bytes match a file an indexed model
+        was ingested from, given without --input-size/--mean/--std/--arch, is signed with that model's stored
+        loading options (``signed["reused_from"]``). A mistyped name gets a "did you mean" error."""
+        import torch
+        import torch.nn as nn
+
+        from ..models.spec import LoadedModel
+
+        if isinstance(model, (np.ndarray, torch.Tensor)):
+            return Query(self._as_vector(model), "<signature>")
+        if isinstance(model, (LoadedModel, nn.Module)):
+            return self._sign_loaded(model, device, batch_size, progress)
+        if isinstance(model, str):
+            record = self.catalog.by_name(model)
             if record is not None:
-                return self.load_vectors([record])[0], record.name, record
+                return Query(self.load_vectors([record])[0], record.name, record)
             try:
-                parse_ref(ref)
+                parse_ref(model)
             except GifindexError as exc:
-                raise IndexError_(f"{ref!r} is neither an indexed model name nor a model reference ({exc})") from None
-        result = self.sign(ref, device=device, batch_size=batch_size)
-        return result.signature.astype(np.float16).astype(np.float32), result.name, None  # as stored
+                raise self._unknown_name(model, exc) from None
+            model = ModelEntry(ref=model)
+        entry, reused = self._reuse_convention(model)
+        result = self.sign(entry, device=device, batch_size=batch_size, progress=progress)
+        signed = _signed_info(entry, result.metadata, reused)
+        return Query(result.signature.astype(np.float16).astype(np.float32), result.name, None, signed)  # as stored
+
+    def _as_vector(self, vector: Any) -> np.ndarray:
+        arr = np.asarray(vector.detach().cpu() if hasattr(vector, "detach") else vector, dtype=np.float32).reshape(-1)
+        if arr.shape[0] != self.dim:
+            raise IndexError_(f"a signature of {arr.shape[0]} values cannot query this index, whose signatures have "
+                              f"{self.dim}; sign the model with index.config and index.probes")
+        if not np.all(np.isfinite(arr)):
+            raise IndexError_("the query signature holds NaN or Inf")
+        return arr.astype(np.float16).astype(np.float32)
+
+    def _sign_loaded(self, model: Any, device: str, batch_size: int | None,
+                     progress: Callable[[int], None] | None) -> Query:
+        from ..api import as_loaded_model
+        from ..signature import signature
+
+        loaded = as_loaded_model(model, device=device)
+        vector = signature(loaded, self.config, self.probes, batch_size=batch_size, device=device, progress=progress)
+        signed = {"ref": loaded.ref, "arch": loaded.arch or type(loaded.module).__name__, "arch_from": "given",
+                  "input_size": list(loaded.spec.size), "mean": list(loaded.spec.mean), "std": list(loaded.spec.std),
+                  "convention_from": "given", "random_init": bool(loaded.meta.get("random_init"))}
+        return Query(vector.astype(np.float16).astype(np.float32), loaded.name, None, signed)
+
+    def _unknown_name(self, text: str, exc: GifindexError) -> IndexError_:
+        close = difflib.get_close_matches(text, [r.name for r in self.records()], n=3, cutoff=0.6)
+        if close:
+            return IndexError_(f"no model named {text!r}; did you mean {' or '.join(repr(c) for c in close)}?")
+        return IndexError_(f"no model named {text!r} in the index, and it is not a model reference either ({exc})")
+
+    def _reuse_convention(self, entry: ModelEntry) -> tuple[ModelEntry, str | None]:
+        """A file given without loading options whose bytes match an indexed model's file: that model's
+        stored options (architecture, classes, input convention, output), so the two sign alike."""
+        if entry.arch or entry.input_size or entry.mean or entry.std or entry.weights or entry.random_init:
+            return entry, None
+        try:
+            path = parse_ref(entry.ref).path
+        except GifindexError:
+            return entry, None
+        if path is None or not Path(path).is_file():
+            return entry, None
+        record = self.catalog.by_file_sha(_file_sha256(Path(path)))
+        if record is None:
+            return entry, None
+        stored = self.entry_for(record.name) if record.metadata.get("load") else ModelEntry(ref=path)
+        keep = {"arch", "num_classes", "input_size", "mean", "std", "output"}
+        options = {k: getattr(stored, k) for k in keep if getattr(stored, k) is not None}
+        return ModelEntry(ref=entry.ref, name=entry.name, tags=entry.tags, trust=entry.trust, **options), record.name
 
     # --------------------------------------------------------------------------------------- queries
-    def nearest(self, ref: str | ModelEntry, k: int = 10, device: str = "cpu",
-                batch_size: int | None = 32) -> list[Neighbor]:
-        """The k indexed models nearest to ``ref`` (an indexed name is not returned as its own neighbour)."""
-        vector, _, record = self.query(ref, device=device, batch_size=batch_size)
+    def nearest(self, ref: QueryLike, k: int = 10, device: str = "cpu",
+                batch_size: int | None = 32, progress: Callable[[int], None] | None = None) -> list[Neighbor]:
+        """The k indexed models nearest to ``ref``: an indexed name (not returned as its own neighbour), a model
+        reference, ModelEntry, LoadedModel or nn.Module (signed on the fly), or a signature vector."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise IndexError_(f"k must be a positive number of neighbours, got {k!r}")
+        return self.nearest_to(self.resolve(ref, device=device, batch_size=batch_size, progress=progress), k)
+
+    def nearest_to(self, query: Query, k: int = 10) -> list[Neighbor]:
+        """The k indexed models nearest to an already resolved query (see :meth:`resolve`)."""
+        vector, record = query.vector, query.record
         index = self.search_index()
         if index.ntotal == 0:
             return []
@@ -129,12 +263,13 @@ class Index(IndexFiles):
         for dist, model_id in zip(distances[0], ids[0]):
             if model_id < 0 or (record is not None and model_id == record.id) or model_id not in by_id:
                 continue
-            out.append(Neighbor(by_id[model_id].name, float(dist), by_id[model_id].ref))
+            found = by_id[model_id]
+            out.append(Neighbor(found.name, float(dist), found.ref, bool(found.metadata.get("random_init"))))
         return out[:k]
 
-    def distance(self, a: str | ModelEntry, b: str | ModelEntry, device: str = "cpu",
-                 batch_size: int | None = 32) -> float:
-        """Approximate ModelGiF distance from stored (or freshly signed) compressed signatures."""
+    def distance(self, a: QueryLike, b: QueryLike, device: str = "cpu", batch_size: int | None = 32) -> float:
+        """Approximate ModelGiF distance from stored (or freshly signed) compressed signatures; ``a`` and
+        ``b`` are anything :meth:`nearest` takes."""
         va, _, _ = self.query(a, device=device, batch_size=batch_size)
         vb, _, _ = self.query(b, device=device, batch_size=batch_size)
         return signature_distance(va, vb)
@@ -145,15 +280,18 @@ class Index(IndexFiles):
         return [r.name for r in records], distance_matrix(vectors)
 
     def tree(self, linkage: str = "average"):
-        """Hierarchical clustering of every indexed model (see gifindex.tree)."""
+        """Hierarchical clustering of every indexed model (see gifindex.tree); one model makes a one-leaf
+        tree, an empty index is an error. Leaf metadata: the ref, the manifest tags and random_init."""
         if len(self) > MAX_DENSE_MODELS:  # the n x n matrix would not fit: k-means clusters, then dense trees
             records, vectors = self.vectors()
             metadata = {r.name: {"ref": r.ref, **r.metadata.get("tags", {})} for r in records}
             return build_tree_scalable([r.name for r in records], vectors, linkage=linkage, metadata=metadata)
         names, dist = self.matrix()
-        if len(names) < 2:
-            raise IndexError_(f"a tree needs at least two indexed models; the index holds {len(names)}")
-        metadata = {r.name: {"ref": r.ref, **r.metadata.get("tags", {})} for r in self.records()}
+        if not names:
+            raise IndexError_("the index is empty: a tree needs at least one indexed model; ingest some first")
+        metadata = {r.name: {"ref": r.ref, **r.metadata.get("tags", {}),
+                             **({"random_init": True} if r.metadata.get("random_init") else {})}
+                    for r in self.records()}
         return build_tree(names, dist, linkage=linkage, metadata=metadata)
 
     def info(self) -> dict[str, Any]:
@@ -197,3 +335,27 @@ class Index(IndexFiles):
     def verify(self) -> dict[str, Any]:
         """Check every file (see maintenance.verify)."""
         return maintenance.verify(self)
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (what ``file_sha256`` in a model's metadata records)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None) -> dict[str, Any]:
+    """How a model signed on the fly was loaded: what ``nearest``/``distance`` print and return in --json."""
+    try:
+        kind = parse_ref(entry.ref).kind
+    except GifindexError:
+        kind = "file"
+    arch_from = "given" if entry.arch and not reused else "detected" if kind == "file" and not reused else \
+        f"indexed model {reused!r}" if reused else "reference"
+    given = entry.input_size or entry.mean or entry.std
+    convention_from = f"indexed model {reused!r} (same weights file)" if reused else "given" if given else "model"
+    return {"ref": entry.ref, "arch": metadata.get("arch"), "arch_from": arch_from,
+            "input_size": metadata.get("input_size"), "mean": metadata.get("mean"), "std": metadata.get("std"),
+            "convention_from": convention_from, "reused_from": reused, "random_init": bool(entry.random_init)}
