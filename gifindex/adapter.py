@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import SignatureError
-from .models.spec import InputSpec
+from .models.spec import InputSpec, LoadedModel
 
 OUTPUT_REDUCTIONS = ("norm", "top-logit")
 
@@ -58,6 +58,11 @@ class SharedSpaceAdapter(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
+
+    @classmethod
+    def of(cls, model: "LoadedModel | SharedSpaceAdapter", output: str = "norm") -> "SharedSpaceAdapter":
+        """``model`` itself if it is already an adapter, else a loaded model wrapped with ``output``."""
+        return model if isinstance(model, cls) else cls(model.module, model.spec, output)
 
     def train(self, mode: bool = True) -> "SharedSpaceAdapter":
         """Signatures are defined in eval mode only (BatchNorm statistics, no dropout)."""

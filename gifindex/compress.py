@@ -15,9 +15,13 @@ like 1/sqrt(K*T*proj_dim) instead of 1/sqrt(proj_dim) (measured: tools/bench/com
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .config import SignatureConfig
 
 BLOCK_ROWS = 4096
 CACHE_BYTES = 512 * 2**20
@@ -51,6 +55,11 @@ class Projection:
         if self.input_dim * self.proj_dim * 4 > CACHE_BYTES:
             _block.cache_clear()
         return out
+
+
+def projection_for(config: "SignatureConfig") -> Projection:
+    """The random projection an index with this configuration uses (seeded by config.seed)."""
+    return Projection(config.input_dim, config.proj_dim, config.seed)
 
 
 @lru_cache(maxsize=4)

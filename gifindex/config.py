@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .methods.registry import get_method
 from .quadrature import RULES
 
-METHODS = ("modelgif", "saliency", "ig", "sac", "rsa")
 PROBE_KINDS = ("random", "cutmix", "pgd")
 MODES = ("field", "ig")
 OUTPUTS = ("norm", "top-logit")
@@ -30,12 +30,15 @@ class SignatureConfig:
     probe_source: ``builtin`` (crops of images shipped with scikit-image / scikit-learn), a folder
     of images, or an ``.npz``/``.npy`` array.  pgd_anchor: model reference PGD probes attack.
     proj_dim: dimension each curve point is projected to in the compressed signature.
+    method: a registered signature method (gifindex.methods); probe_kind None means the method's default
+    (``random``; ``cutmix`` for sac) and is resolved on construction, so the stored configuration (and its
+    hash) always names the kind.
     """
 
     method: str = "modelgif"
     resolution: int = 64
     num_probes: int = 16
-    probe_kind: str = "random"
+    probe_kind: str | None = None
     probe_source: str = "builtin"
     steps: int = 8
     rule: str = "riemann"
@@ -49,12 +52,15 @@ class SignatureConfig:
     pgd_steps: int = 10
 
     def __post_init__(self) -> None:
+        if self.probe_kind is None:
+            object.__setattr__(self, "probe_kind", get_method(self.method).default_probe_kind)
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError with a one-line message for any invalid field."""
-        choices = {"method": METHODS, "probe_kind": PROBE_KINDS, "rule": RULES, "mode": MODES,
-                   "output": OUTPUTS, "baseline": BASELINES}
+        method = get_method(self.method)
+        choices = {"probe_kind": PROBE_KINDS, "rule": RULES, "mode": MODES, "output": OUTPUTS,
+                   "baseline": BASELINES}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -66,9 +72,7 @@ class SignatureConfig:
                 raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
         if self.probe_kind == "pgd" and not self.pgd_anchor:
             raise ConfigError("probe kind 'pgd' needs an anchor model: set pgd_anchor (--pgd-anchor REF)")
-        if self.method in ("sac", "rsa") and self.num_probes < 3:
-            raise ConfigError(f"method {self.method!r} compares the outputs on pairs of probes: "
-                              "it needs num_probes >= 3")
+        method.validate(self)
         if not (0 < self.pgd_eps <= 1):
             raise ConfigError(f"invalid pgd_eps {self.pgd_eps!r}: expected 0 < eps <= 1")
 
@@ -79,13 +83,9 @@ class SignatureConfig:
 
     @property
     def signature_dim(self) -> int:
-        """Length of a stored signature, by method (gifindex.methods): modelgif K*T*proj_dim; saliency and
-        ig K*proj_dim (one point per probe); sac and rsa K*(K-1)/2 (the upper triangle of a K x K matrix)."""
-        if self.method == "modelgif":
-            return self.points_per_model * self.proj_dim
-        if self.method in ("saliency", "ig"):
-            return self.num_probes * self.proj_dim
-        return self.num_probes * (self.num_probes - 1) // 2
+        """Length of a stored signature, as the method says (gifindex.methods): modelgif K*T*proj_dim;
+        saliency and ig K*proj_dim (one point per probe); sac and rsa K*(K-1)/2 (a K x K matrix's triangle)."""
+        return get_method(self.method).signature_dim(self)
 
     @property
     def input_dim(self) -> int:
@@ -93,6 +93,11 @@ class SignatureConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Each field's default, without constructing a configuration (which looks the method up)."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SignatureConfig":

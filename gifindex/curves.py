@@ -97,9 +97,7 @@ def compute_curves(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", 
     if probes.resolution != config.resolution or probes.num_probes != config.num_probes:
         raise SignatureError(f"probes are {probes.num_probes} x {probes.resolution}px but the configuration "
                              f"asks for {config.num_probes} x {config.resolution}px")
-    adapter = model if isinstance(model, SharedSpaceAdapter) else \
-        SharedSpaceAdapter(model.module, model.spec, config.output)
-    adapter = adapter.to(device).eval()
+    adapter = SharedSpaceAdapter.of(model, config.output).to(device).eval()
     batch_size = resolve_batch_size(batch_size, adapter, config.resolution, device)
     targets = None
     if adapter.output == "top-logit":

@@ -13,7 +13,10 @@ from click.testing import CliRunner
 from gifindex.cli import main
 from gifindex.config import SignatureConfig
 from gifindex.errors import ConfigError
-from gifindex.methods import compress_features, feature_distance, features, rdm, sac_matrix
+from gifindex.methods import compress_features, feature_distance, features, get_method, method_names, sign
+from gifindex.methods.gradient import GradientMethod
+from gifindex.methods.output import OutputMethod, rdm, sac_matrix
+from gifindex.methods.registry import _METHODS, register
 from gifindex.probes import make_probes
 
 from helpers import Linear, SmoothNet, identity_spec, wrap
@@ -76,14 +79,58 @@ def test_sac_and_rsa_need_three_probes():
     assert SignatureConfig(method="saliency", num_probes=5, proj_dim=7).signature_dim == 35
 
 
+def test_the_registry_knows_every_method_and_refuses_others():
+    assert method_names() == ("modelgif", "saliency", "ig", "sac", "rsa")
+    with pytest.raises(ConfigError, match="invalid method 'nope': expected one of modelgif, saliency"):
+        SignatureConfig(method="nope")
+    assert SignatureConfig(method="ig", num_probes=3, steps=5).signature_dim == 3 * 128
+    assert SignatureConfig(num_probes=3, steps=5, proj_dim=2).signature_dim == 30
+
+
+def test_the_method_chooses_the_default_probe_kind_and_old_hashes_hold():
+    assert SignatureConfig(method="sac").probe_kind == "cutmix"  # from Python too, not only from the CLI
+    assert SignatureConfig(method="sac", probe_kind="random").probe_kind == "random"
+    assert SignatureConfig(method="rsa").probe_kind == "random"
+    # hashes of configurations made before probe_kind became method-dependent (index.json stores the kind)
+    assert SignatureConfig().hash() == "2f761b0859783590"
+    assert SignatureConfig(method="rsa").hash() == "e777f274036c1dce"
+    assert SignatureConfig(method="sac").hash() == "4f094c125a81fb41"
+    assert SignatureConfig.from_dict(SignatureConfig(method="sac", probe_kind="random").to_dict()).probe_kind == "random"
+
+
+class _AbsSaliency(GradientMethod):
+    """A toy plug-in: the magnitude of the input gradient at each probe."""
+
+    name = "abs-saliency-test"
+
+    def compute(self, adapter, probes, config, batch_size, device, progress):
+        return get_method("saliency").compute(adapter, probes, config, batch_size, device, progress).abs()
+
+
+def test_adding_a_method_is_one_class(probes):
+    register(_AbsSaliency)
+    try:
+        config = SignatureConfig(method="abs-saliency-test", resolution=R, num_probes=4, steps=4, proj_dim=16)
+        assert "abs-saliency-test" in method_names() and config.signature_dim == 4 * 16
+        model = wrap(SmoothNet(0))
+        sig = sign(model, probes, config)
+        assert sig.shape == (64,) and np.linalg.norm(sig) == pytest.approx(1.0, abs=1e-5)
+        assert torch.equal(features(model, probes, config),
+                           features(model, probes, config.replace(method="saliency")).abs())
+    finally:
+        del _METHODS["abs-saliency-test"]
+
+
 def _run(*args):
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result
 
 
-@pytest.mark.parametrize("method", ["saliency", "ig", "sac", "rsa"])
+@pytest.mark.parametrize("method", ["modelgif", "saliency", "ig", "sac", "rsa"])
 def test_every_method_works_in_an_index(tmp_path, method):
+    """Ingest, nearest, tree with each method; and `distance --exact` (the method's uncompressed distance)
+    agrees with the indexed (compressed) distance."""
     files = {}
     for name, seed in (("a", 0), ("b", 1)):
         torch.manual_seed(seed)
@@ -107,3 +154,11 @@ def test_every_method_works_in_an_index(tmp_path, method):
     near = json.loads(_run("nearest", "-i", index, "a", "-k", "2", "--json").stdout)["neighbors"]
     assert near[0]["name"] == "a_ft"
     assert _run("tree", "-i", index).stdout.strip().endswith(";")
+    indexed = json.loads(_run("distance", "-i", index, "a", "b", "--json").stdout)
+    exact = json.loads(_run("distance", "-i", index, "a", "b", "--exact", "--json").stdout)
+    assert (indexed["kind"], exact["kind"]) == ("compressed", "exact")
+    # output methods store the exact features (up to float16); gradient methods project each point to 64
+    # dims: each cosine is off by about 1/sqrt(64), and the mean over P points by about 1/sqrt(P*64)
+    tolerance = 1e-3 if isinstance(get_method(method), OutputMethod) else 3 / np.sqrt(info["signature_dim"])
+    assert exact["distance"] == pytest.approx(indexed["distance"], abs=tolerance)
+    assert exact["distance"] > 0.02

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GifindexError
+from ..methods import feature_distance, get_method
+from ..observe import entry_features
+from ..probes import Probes, load_source, make_probes
 
 if TYPE_CHECKING:
     from ..config import SignatureConfig
@@ -19,16 +22,16 @@ if TYPE_CHECKING:
 FORGOTTEN_RATIO = 0.5
 
 
-def forget_probes(config: "SignatureConfig", forget: str, num_probes: int | None = None):
+def forget_probes(config: "SignatureConfig", forget: str,
+                  num_probes: int | None = None) -> tuple["SignatureConfig", Probes]:
     """(config, probes) drawn from the forget data (an .npy/.npz array or a folder of images)."""
-    from ..probes import load_source, make_probes
-
     images, _ = load_source(forget)
     k = min(num_probes or config.num_probes, len(images))
     if k < 1:
         raise GifindexError(f"no images in the forget data {forget}")
-    if config.method in ("sac", "rsa") and k < 3:
-        raise GifindexError(f"method {config.method} needs >= 3 forget images, {forget} has {len(images)}")
+    needed = get_method(config.method).min_probes
+    if k < needed:
+        raise GifindexError(f"method {config.method} needs >= {needed} forget images, {forget} has {len(images)}")
     probe_config = config.replace(probe_source=str(forget), probe_kind="random", num_probes=k)
     return probe_config, make_probes(probe_config)
 
@@ -37,19 +40,18 @@ def unlearning(original: "ModelEntry", candidate: "ModelEntry", forget: str, con
                control: "ModelEntry | None" = None, num_probes: int | None = None, device: str = "cpu",
                batch_size: int | None = 32) -> dict[str, Any]:
     """Distances between exact (uncompressed) signatures on forget-data probes, and what they mean."""
-    from ..methods import feature_distance, features
-    from ..models import load_model
-
     probe_config, probes = forget_probes(config, forget, num_probes)
     feats = {}
     for role, entry in (("original", original), ("candidate", candidate), ("control", control)):
         if entry is None:
             continue
-        loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
-        feats[role] = features(loaded, probes, probe_config, batch_size=batch_size, device=device)
+        feats[role] = entry_features(entry, probes, probe_config, device=device, batch_size=batch_size)
     method = probe_config.method
     out: dict[str, Any] = {"method": method, "forget": str(forget), "num_probes": probes.num_probes,
-                           "original_candidate": feature_distance(feats["original"], feats["candidate"], method)}
+                           "original_candidate": feature_distance(feats["original"], feats["candidate"], method),
+                           "random_init": [role for role, entry in (("original", original), ("candidate", candidate),
+                                                                    ("control", control))
+                                           if entry is not None and entry.random_init]}
     if control is not None:
         out["original_control"] = feature_distance(feats["original"], feats["control"], method)
         out["candidate_control"] = feature_distance(feats["candidate"], feats["control"], method)

@@ -7,7 +7,8 @@ import click
 
 from . import main
 from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
-                      emit_json, index_option, json_option, load_kwargs_from, load_options, open_index, table)
+                      emit_json, index_option, json_option, load_kwargs_from, load_options, method_option,
+                      open_index, table)
 
 # gifindex.apps and gifindex.session (faiss, scipy) are imported inside the commands: `gifindex --help` does
 # not pay for them.
@@ -32,11 +33,16 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used.
     """
     from ..apps import suspect as run_suspect
+    from ..observe import observing
     from ..session import Session
+    from .progress import SigningProgress
 
     session = Session.at(index_path, load_kwargs_from(kwargs))
-    result = run_suspect(session.index, session.model(suspect_ref), session.model(owner), z_threshold=z_threshold,
-                         exclude=exclude, device=check_device(device), batch_size=batch_size)
+    with observing(SigningProgress()) as progress:
+        result = run_suspect(session.index, session.model(suspect_ref), session.model(owner),
+                             z_threshold=z_threshold, exclude=exclude, device=check_device(device),
+                             batch_size=batch_size)
+    result["signed"] = progress.signed_models
     if as_json:
         emit_json(result)
         return
@@ -45,9 +51,11 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     click.echo(f"distance      {result['distance']:.4f}")
     click.echo(f"population    {pop['n']} other models: median {pop['median']:.4f}, robust sigma "
                f"{pop['mad_sigma']:.4f}, closest {pop['min']:.4f}")
-    click.echo(f"z-score       {result['z']:.2f}   empirical p-value {result['p_value']:.4f}")
+    click.echo(f"z-score       {result['z']:.2f}   empirical p-value {result['p_value']:.4f} (the smallest "
+               f"{pop['n']} models can give is 1/(n+1) = {result['p_value_floor']:.4f})")
     click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "
                f"<= {result['threshold']['distance']:.4f})")
+    random_note(result["random_init"])
 
 
 @main.command()
@@ -58,8 +66,7 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
               help="the data to be forgotten: an .npy/.npz array of images or a folder of images")
 @click.option("--control", default=None, help="a model that never saw the forget data (e.g. retrained "
               "without it), to calibrate the verdict")
-@click.option("--method", type=click.Choice(["modelgif", "saliency", "ig", "sac", "rsa"]), default=None,
-              help="signature method (default: the index's, else modelgif)")
+@method_option(None, help="signature method (default: the index's, else modelgif)")
 @config_options
 @load_options
 @device_options
@@ -74,14 +81,18 @@ def unlearning(ctx: click.Context, index_path: str, original: str, candidate: st
     be indexed names; the probes always come from --forget (up to K of its images).
     """
     from ..apps import unlearning as run_unlearning
+    from ..observe import observing
     from ..session import Session
+    from .progress import SigningProgress
 
     session = Session.choose(index_path, config_from(kwargs), config_given=config_given(ctx),
                              explicit=index_path != DEFAULT_INDEX, load=load_kwargs_from(kwargs))
     config = session.config.replace(method=method) if method else session.config
-    result = run_unlearning(session.entry(original), session.entry(candidate), forget, config,
-                            control=session.entry(control) if control else None, device=check_device(device),
-                            batch_size=batch_size)
+    with observing(SigningProgress()) as progress:
+        result = run_unlearning(session.entry(original), session.entry(candidate), forget, config,
+                                control=session.entry(control) if control else None, device=check_device(device),
+                                batch_size=batch_size)
+    result["signed"] = progress.signed_models
     if as_json:
         emit_json(result)
         return
@@ -92,6 +103,7 @@ def unlearning(ctx: click.Context, index_path: str, original: str, candidate: st
     click.echo(f"{result['method']} distances on {result['num_probes']} probes from {forget}")
     click.echo(table(rows, ["pair", "distance"]))
     click.echo(f"verdict: {result['verdict']}: {result['meaning']}")
+    random_note(result["random_init"])
 
 
 @main.command()
@@ -117,3 +129,11 @@ def relatedness(index_path: str, truth: str, as_json: bool) -> None:
                f"{result['agreement_with_diagonal']:.4f}; the authors' protocol)")
     if result["missing"]:
         click.echo(f"not in the index: {', '.join(result['missing'])}")
+    random_note(result["random_init"])
+
+
+def random_note(names: list[str]) -> None:
+    """Say so when models with random (untrained) weights took part: their numbers mean nothing learned."""
+    if names:
+        click.echo(f"WARNING: random (untrained) weights: {', '.join(names)}; these results say nothing about "
+                   "trained models")

@@ -9,11 +9,11 @@ from typing import Any
 import click
 
 from ..errors import GifindexError
-from ..manifest import ModelEntry, read_manifest
+from ..manifest import ModelEntry, read_manifest, with_defaults
 from . import main
 from .progress import ProgressReporter
 from .options import (check_device, config_from, config_options, device_options, emit_json, index_option,
-                      json_option, load_options, load_kwargs_from, open_index, table)
+                      json_option, load_options, load_kwargs_from, method_option, open_index, table)
 
 # gifindex.index and gifindex.executors (torch, faiss) are imported inside the commands that use them:
 # `gifindex --help` does not pay for them.
@@ -21,10 +21,9 @@ from .options import (check_device, config_from, config_options, device_options,
 
 @main.command()
 @index_option
-@click.option("--method", type=click.Choice(["modelgif", "saliency", "ig", "sac", "rsa"]), default="modelgif",
-              show_default=True, help="signature method: modelgif, or a baseline to compare with (saliency: "
-              "input gradient at each probe; ig: Integrated Gradients; sac: cosine matrix of outputs on CutMix "
-              "probes, probe kind cutmix unless --probe-kind is given; rsa: dissimilarity matrix of outputs)")
+@method_option("modelgif", help="signature method: modelgif, or a baseline to compare with (saliency: input "
+               "gradient at each probe; ig: Integrated Gradients; sac: cosine matrix of outputs on CutMix probes, "
+               "probe kind cutmix unless --probe-kind is given; rsa: dissimilarity matrix of outputs)")
 @config_options
 @click.option("--search", "search_kind", type=click.Choice(["auto", "flat", "hnsw", "ivfpq"]), default="auto",
               show_default=True, help="auto: exact (flat) while the float16 signatures fit --flat-budget-mb, then "
@@ -38,11 +37,7 @@ def init(index_path: str, method: str, search_kind: str, flat_budget_mb: float, 
     """Create an empty index with a fixed signature configuration (probes drawn and stored now)."""
     from ..index import Index, SearchSpec
 
-    config = config_from(kwargs)
-    if method == "sac" and click.get_current_context().get_parameter_source("probe_kind") != \
-            click.core.ParameterSource.COMMANDLINE:
-        config = config.replace(probe_kind="cutmix")  # SAC's fingerprint is defined on CutMix samples
-    config = config.replace(method=method)
+    config = config_from(kwargs, method=method)
     index = Index.create(index_path, config, search=SearchSpec(kind=search_kind, flat_budget_mb=flat_budget_mb), device=check_device(device))
     info = index.info()
     if as_json:
@@ -83,7 +78,9 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
     from ..executors import make_executor
 
     load_kwargs = load_kwargs_from(kwargs)
-    entries = read_manifest(manifest) if manifest else []
+    # the command line's loading options are defaults for the manifest's entries
+    entries = [with_defaults(e, load_kwargs) for e in read_manifest(manifest)] if manifest else []
+    without = _without_local_weights(manifest, entries, quiet=as_json)
     if (name or weights) and len(refs) != 1:
         raise GifindexError("--name and --weights apply to a single REF")
     for ref in refs:
@@ -100,30 +97,46 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
     summary = report.to_dict()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["index_models"] = len(index)
+    summary["without_local_weights"] = without
     if as_json:
         emit_json(summary)
-    else:
-        click.echo(f"{summary['added']} added, {summary['skipped']} skipped, {summary['failed']} failed "
+    else:   # each failure was printed once already, as it happened
+        failed = " (reasons above)" if summary["failed"] else ""
+        click.echo(f"{summary['added']} added, {summary['skipped']} skipped, {summary['failed']} failed{failed} "
                    f"in {summary['seconds']:.1f} s; the index holds {summary['index_models']} models")
-        for result in report.by_status("failed"):
-            click.echo(f"  failed {result.name}: {result.error}")
     if report.by_status("failed"):
         sys.exit(1)
+
+
+def _without_local_weights(manifest: str | None, entries: list[ModelEntry], quiet: bool) -> list[str]:
+    """Before signing a manifest: say how many of its entries have no weights on this machine."""
+    if not manifest:
+        return []
+    from ..models.available import has_local_weights
+
+    missing = [e.display_name() for e in entries if not has_local_weights(e)]
+    if missing and not quiet:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        click.echo(f"{manifest}: {len(missing)} of {len(entries)} entries have no local weights and will fail "
+                   f"({shown}); nothing is downloaded: give weights: FILE, or --random-init for untrained "
+                   "weights", err=True)
+    return missing
 
 
 @main.command("list")
 @index_option
 @json_option
 def list_models(index_path: str, as_json: bool) -> None:
-    """Indexed models (name, reference, when added)."""
+    """Indexed models (name, reference, when added, architecture, weights: loaded or RANDOM INIT)."""
     index = open_index(index_path)
     records = index.records()
     if as_json:
-        emit_json([r.to_dict() for r in records])
+        emit_json([{**r.to_dict(), "random_init": bool(r.metadata.get("random_init"))} for r in records])
         return
     rows = [[r.name, r.ref, _dt.datetime.fromtimestamp(r.added).strftime("%Y-%m-%d %H:%M"),
-             r.metadata.get("arch") or "", r.weights_sha256[:12]] for r in records]
-    click.echo(table(rows, ["name", "ref", "added", "arch", "sha256"]) if rows else "the index is empty")
+             r.metadata.get("arch") or "", "RANDOM INIT" if r.metadata.get("random_init") else "loaded",
+             r.weights_sha256[:12]] for r in records]
+    click.echo(table(rows, ["name", "ref", "added", "arch", "weights", "sha256"]) if rows else "the index is empty")
 
 
 @main.command()

@@ -12,11 +12,40 @@ from click.core import ParameterSource
 
 from ..config import BASELINES, MODES, OUTPUTS, PROBE_KINDS, SignatureConfig
 from ..errors import GifindexError
+from ..methods.registry import method_names
 from ..quadrature import RULES
+
+
+TRIPLE_OPTIONS = ("--mean", "--std")
+
+
+def join_triples(args: list[str]) -> list[str]:
+    """``--mean 0.5 0.5 0.5`` (timm's scripts' spelling) as ``--mean '0.5 0.5 0.5'``: three numbers after
+    --mean/--std become one value; the quoted and comma forms pass through unchanged."""
+    out, i = [], 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] in TRIPLE_OPTIONS and len(args) >= i + 4 and all(_is_number(a) for a in args[i + 1:i + 4]):
+            out.append(" ".join(args[i + 1:i + 4]))
+            i += 4
+            continue
+        i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class GifindexGroup(click.Group):
     """A click group that turns every error into one line on stderr and exit code 1."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_triples(args))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -58,35 +87,57 @@ CONFIG_OPTION_NAMES = ("resolution", "probe_source", "num_probes", "probe_kind",
 
 def config_options(func):
     """Options that define a signature configuration (shared by init and one-off commands)."""
-    defaults = SignatureConfig()
+    defaults = SignatureConfig.field_defaults()
     options = [
-        click.option("--resolution", type=int, default=defaults.resolution, show_default=True,
+        click.option("--resolution", type=int, default=defaults["resolution"], show_default=True,
                      help="side R of the shared input space (3 x R x R)"),
-        click.option("--probes", "probe_source", default=defaults.probe_source, show_default=True,
+        click.option("--probes", "probe_source", default=defaults["probe_source"], show_default=True,
                      help="probe source: builtin, a folder of images, or an .npz/.npy file"),
-        click.option("--num-probes", "-K", type=int, default=defaults.num_probes, show_default=True,
+        click.option("--num-probes", "-K", type=int, default=defaults["num_probes"], show_default=True,
                      help="number of reference points K"),
-        click.option("--probe-kind", type=click.Choice(PROBE_KINDS), default=defaults.probe_kind,
-                     show_default=True),
+        click.option("--probe-kind", type=click.Choice(PROBE_KINDS), default=None,
+                     help="default: the method's (random; cutmix for sac)"),
         click.option("--pgd-anchor", default=None, help="model reference that PGD probes attack"),
-        click.option("--steps", "-T", type=int, default=defaults.steps, show_default=True,
+        click.option("--steps", "-T", type=int, default=defaults["steps"], show_default=True,
                      help="curve points per reference point T"),
-        click.option("--rule", type=click.Choice(RULES), default=defaults.rule, show_default=True),
-        click.option("--mode", type=click.Choice(MODES), default=defaults.mode, show_default=True),
-        click.option("--output", type=click.Choice(OUTPUTS), default=defaults.output, show_default=True,
+        click.option("--rule", type=click.Choice(RULES), default=defaults["rule"], show_default=True),
+        click.option("--mode", type=click.Choice(MODES), default=defaults["mode"], show_default=True),
+        click.option("--output", type=click.Choice(OUTPUTS), default=defaults["output"], show_default=True,
                      help="scalar the gradient is taken of"),
-        click.option("--baseline", type=click.Choice(BASELINES), default=defaults.baseline, show_default=True),
-        click.option("--proj-dim", type=int, default=defaults.proj_dim, show_default=True),
-        click.option("--seed", type=int, default=defaults.seed, show_default=True),
+        click.option("--baseline", type=click.Choice(BASELINES), default=defaults["baseline"], show_default=True),
+        click.option("--proj-dim", type=int, default=defaults["proj_dim"], show_default=True),
+        click.option("--seed", type=int, default=defaults["seed"], show_default=True),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def config_from(kwargs: dict[str, Any]) -> SignatureConfig:
-    """Pop the configuration options out of a command's kwargs and build the config."""
-    return SignatureConfig(**{name: kwargs.pop(name) for name in CONFIG_OPTION_NAMES})
+def config_from(kwargs: dict[str, Any], **fields: Any) -> SignatureConfig:
+    """Pop the configuration options out of a command's kwargs and build the config (with ``fields``)."""
+    return SignatureConfig(**{name: kwargs.pop(name) for name in CONFIG_OPTION_NAMES}, **fields)
+
+
+class MethodChoice(click.Choice):
+    """``--method``: one of the registered signature methods (gifindex.methods.registry), looked up when
+    the option is parsed or shown, so that importing the command line does not load the methods."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return method_names()
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:  # click.Choice.__init__ assigns; the registry is the source
+        pass
+
+
+def method_option(default: str | None, help: str):
+    """``--method NAME`` with the registry's choices."""
+    return click.option("--method", type=MethodChoice(), default=default, show_default=default is not None,
+                        help=help)
 
 
 def load_options(func):
@@ -95,8 +146,9 @@ def load_options(func):
         click.option("--arch", default=None, help="architecture of a state-dict file, e.g. timm:resnet18"),
         click.option("--num-classes", type=int, default=None, help="classifier size for --arch"),
         click.option("--input-size", type=int, default=None, help="override the model's native input size"),
-        click.option("--mean", default=None, help="override normalisation mean, e.g. '0.5 0.5 0.5'"),
-        click.option("--std", default=None, help="override normalisation std"),
+        click.option("--mean", default=None, help="override normalisation mean: --mean 0.5 0.5 0.5 (or "
+                     "'0.5 0.5 0.5', 0.5,0.5,0.5)"),
+        click.option("--std", default=None, help="override normalisation std, same forms as --mean"),
         click.option("--trust", is_flag=True, help="allow files whose loading runs code (pickled modules, "
                                                    "TorchScript); only for files you trust"),
         click.option("--random-init", is_flag=True, help="build untrained weights when none are given"),

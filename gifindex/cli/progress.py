@@ -1,4 +1,4 @@
-"""Progress rendering for commands that ingest models (``ingest``, ``demo``): tqdm bars on stderr."""
+"""Progress rendering on stderr: tqdm bars for ingests (``ingest``, ``demo``) and for models signed on the fly."""
 from __future__ import annotations
 
 import sys
@@ -58,3 +58,31 @@ def result_line(result: "SignResult") -> str:
     if result.status == "skipped":
         return f"skipped  {result.name}  (already indexed: same weights)"
     return f"failed   {result.name}: {result.error}"
+
+
+class SigningProgress:
+    """For commands that sign models on the fly (nearest, distance, suspect, unlearning): a tqdm bar on
+    stderr per model, and one line saying how it was loaded (architecture, input size, mean, std and where
+    each came from); the lines are kept in ``signed`` for --json. Install with gifindex.observe.observing."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.bar = None
+        self.signed_models: list[dict] = []
+
+    def start(self, label: str, total: int):
+        self.bar = tqdm(total=total, desc=f"signing {label}"[:40], unit="img", leave=False, file=sys.stderr,
+                        disable=self.quiet)
+        return self.bar.update
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def signed(self, info: dict) -> None:
+        from ..observe import describe
+
+        self.signed_models.append(info)
+        if not self.quiet:
+            click.echo(describe(info), err=True)

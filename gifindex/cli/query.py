@@ -23,23 +23,36 @@ from .options import (DEFAULT_INDEX, check_device, config_from, config_given, co
 @main.command()
 @index_option
 @click.argument("ref")
-@click.option("-k", "k", type=int, default=10, show_default=True, help="number of neighbours")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="number of neighbours (at least 1)")
 @load_options
 @device_options
 @json_option
 def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
-    """Indexed models nearest to REF: an indexed name, or any model reference (signed on the fly, not added)."""
+    """Indexed models nearest to REF: an indexed name, or any model reference (signed on the fly, not added).
+
+    A model signed on the fly gets a progress bar and a line saying the architecture, input size, mean and
+    std used (given, detected, or those of an indexed model ingested from the same weights file).
+    """
+    from ..observe import observing
     from ..session import Session
+    from .progress import SigningProgress
 
     session = Session.at(index_path, load_kwargs_from(kwargs))
     start = time.perf_counter()
-    neighbours = session.index.nearest(session.model(ref), k=k, device=check_device(device), batch_size=batch_size)
+    with observing(SigningProgress()) as progress:
+        neighbours = session.index.nearest(session.model(ref), k=k, device=check_device(device),
+                                           batch_size=batch_size)
     seconds = time.perf_counter() - start
+    signed = progress.signed_models[0] if progress.signed_models else None
     if as_json:
-        emit_json({"query": ref, "k": k, "seconds": round(seconds, 4), "neighbors": [n.to_dict() for n in neighbours]})
+        emit_json({"query": ref, "k": k, "seconds": round(seconds, 4), "signed": signed,
+                   "neighbors": [n.to_dict() for n in neighbours]})
         return
-    rows = [[rank, n.name, n.distance, n.ref] for rank, n in enumerate(neighbours, 1)]
-    click.echo(table(rows, ["rank", "name", "distance", "ref"]) if rows else "the index is empty")
+    rows = [[rank, n.name + ("  (random init)" if n.random_init else ""), n.distance, n.ref]
+            for rank, n in enumerate(neighbours, 1)]
+    empty = "the index is empty" if len(session.index) == 0 else f"no other model in the index than {ref}"
+    click.echo(table(rows, ["rank", "name", "distance", "ref"]) if rows else empty)
 
 
 @main.command()
@@ -61,16 +74,21 @@ def distance(ctx: click.Context, index_path: str, model_a: str, model_b: str, ex
     and stored compressed signatures are used. Without one, or when configuration options are given,
     both models are signed with that configuration and the exact distance is printed.
     """
+    from ..observe import observing
     from ..session import Session
+    from .progress import SigningProgress
 
     session = Session.choose(index_path, config_from(kwargs), config_given=config_given(ctx),
                              explicit=index_path != DEFAULT_INDEX, load=load_kwargs_from(kwargs))
     start = time.perf_counter()
-    value, kind = session.distance(model_a, model_b, exact=exact, device=check_device(device), batch_size=batch_size)
+    with observing(SigningProgress()) as progress:
+        value, kind = session.distance(model_a, model_b, exact=exact, device=check_device(device),
+                                       batch_size=batch_size)
     seconds = time.perf_counter() - start
     if as_json:
         emit_json({"a": model_a, "b": model_b, "distance": value, "kind": kind, "config_hash": session.config.hash(),
-                   "config": session.config.to_dict(), "seconds": round(seconds, 3)})
+                   "config": session.config.to_dict(), "seconds": round(seconds, 3),
+                   "signed": progress.signed_models})
     else:
         click.echo(f"{value:.6f}")
 
@@ -79,11 +97,15 @@ def distance(ctx: click.Context, index_path: str, model_a: str, model_b: str, ex
 @index_option
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
               help="FILE.csv, FILE.npy or FILE.json (default: CSV on stdout)")
-def matrix(index_path: str, output: str | None) -> None:
-    """All pairwise distances between indexed models."""
+@json_option
+def matrix(index_path: str, output: str | None, as_json: bool) -> None:
+    """All pairwise distances between indexed models (--json: names and distances as JSON on stdout)."""
     from ..index.atomic import atomic_path
 
     names, dist = open_index(index_path).matrix()
+    if as_json and not output:
+        emit_json({"names": names, "distances": dist.round(6).tolist()})
+        return
     suffix = Path(output).suffix.lower() if output else ".csv"
     if suffix not in (".csv", ".npy", ".json"):
         raise GifindexError(f"unsupported matrix format {suffix!r}: use .csv, .npy or .json")
@@ -93,6 +115,8 @@ def matrix(index_path: str, output: str | None) -> None:
                 np.save(handle, dist)
         with atomic_path(Path(output).with_suffix(".names.txt")) as tmp:
             tmp.write_text("\n".join(names) + "\n")
+        if as_json:
+            emit_json({"wrote": output, "names": str(Path(output).with_suffix(".names.txt")), "n": len(names)})
         return
     if suffix == ".json":
         text = json.dumps({"names": names, "distances": dist.round(6).tolist()})
@@ -106,6 +130,8 @@ def matrix(index_path: str, output: str | None) -> None:
     if output:
         with atomic_path(output) as tmp:
             tmp.write_text(text)
+        if as_json:
+            emit_json({"wrote": output, "n": len(names)})
     else:
         click.echo(text, nl=False)
 
@@ -118,12 +144,22 @@ def matrix(index_path: str, output: str | None) -> None:
               help="default: from the -o suffix, else newick")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="output file (default: stdout "
               "for newick/json)")
-def tree(index_path: str, linkage: str, fmt: str | None, output: str | None) -> None:
-    """Hierarchical clustering of the whole index: Newick, JSON, PNG/SVG dendrogram, or an HTML page."""
-    from ..tree import infer_format, save_tree, to_json, to_newick
+@click.option("--color-by", "color_by", default=None, metavar="TAG",
+              help="colour the leaves of the PNG/SVG/HTML outputs by this manifest tag (family, relation, ...)")
+@json_option
+def tree(index_path: str, linkage: str, fmt: str | None, output: str | None, color_by: str | None,
+         as_json: bool) -> None:
+    """Hierarchical clustering of the whole index: Newick, JSON, PNG/SVG dendrogram, or an HTML page.
 
-    fmt = fmt or (infer_format(output) if output else "newick")
+    Heights are ModelGiF distances; the Newick file is ultrametric with leaf-to-leaf path length equal to
+    the linkage distance at which two models join. --json prints the tree as JSON (with -o: what was written).
+    """
+    from ..tree import infer_format, leaf_groups, save_tree, to_json, to_newick
+
+    fmt = fmt or (infer_format(output) if output else "json" if as_json else "newick")
     result = open_index(index_path).tree(linkage=linkage)
+    if color_by:
+        leaf_groups(result, color_by)   # an unknown tag is an error whatever the output
     if output is None:
         if fmt == "newick":
             click.echo(to_newick(result))
@@ -132,5 +168,8 @@ def tree(index_path: str, linkage: str, fmt: str | None, output: str | None) -> 
         else:
             raise GifindexError(f"--format {fmt} writes a file: give -o FILE")
         return
-    save_tree(result, output, fmt)
-    click.echo(f"wrote {output}")
+    save_tree(result, output, fmt, color_by=color_by)
+    if as_json:
+        emit_json({"wrote": output, "format": fmt, "n": result.n, "linkage": result.method, "color_by": color_by})
+    else:
+        click.echo(f"wrote {output}")

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 from gifindex.config import SignatureConfig  # noqa: E402
 from gifindex.demo import (DIGITS_MEAN, DIGITS_STD, DemoZooConfig, build_arch, digits_to_rgb,  # noqa: E402,F401
                            load_digit_data, normalise, train, accuracy, prune_global, make_permanent)
-from gifindex.methods import feature_distance, features  # noqa: E402
+from gifindex.methods import feature_distance, features, get_method, method_names  # noqa: E402
 from gifindex.models.spec import InputSpec, LoadedModel  # noqa: E402
 from gifindex.probes import Probes, _cutmix, make_baseline  # noqa: E402
 
-METHODS = ("modelgif", "saliency", "ig", "sac", "rsa")
+METHODS = method_names()
 CACHE = Path(os.environ.get("GIFINDEX_EVAL_CACHE", Path.home() / ".cache" / "gifindex" / "eval"))
 IMAGE_SIZE = 16
 SPEC = InputSpec(size=(IMAGE_SIZE, IMAGE_SIZE), mean=DIGITS_MEAN, std=DIGITS_STD)
@@ -91,15 +91,15 @@ def sign_all(models: dict[str, nn.Module], raw_probes: np.ndarray, k: int = 16, 
              output: str = "norm") -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
     """features[method][model] for every model, and the mean signing seconds per model per method.
 
-    Probes: ``random`` held-out digits for modelgif / saliency / ig / rsa, CutMix of them for sac (SAC's
-    own definition)."""
+    Probes: each method's default kind (gifindex.methods): ``random`` held-out digits for modelgif /
+    saliency / ig / rsa, CutMix of them for sac (SAC's own definition)."""
     probes = {"random": probe_set(raw_probes, k, seed, "random", resolution),
               "cutmix": probe_set(raw_probes, k, seed, "cutmix", resolution)}
     out: dict[str, dict[str, torch.Tensor]] = {m: {} for m in methods}
     seconds: dict[str, float] = {}
     for method in methods:
         config = SignatureConfig(method=method, resolution=resolution, num_probes=k, steps=steps, output=output)
-        kind = "cutmix" if method == "sac" else "random"
+        kind = get_method(method).default_probe_kind
         start = time.perf_counter()
         for name, module in models.items():
             out[method][name] = features(wrap(module, spec), probes[kind], config, batch_size=256)

@@ -1,0 +1,72 @@
+"""What a signature method is: the ``Method`` interface every method implements.
+
+A method maps a model (through the shared-space adapter) and the index's probes to *features*, a (P, D)
+float tensor of points; ``compress`` turns them into the stored fixed-length unit-norm float32
+signature, so that 1 - <s_a, s_b> approximates (or equals) ``distance``, the method's exact distance.
+Batching and out-of-memory handling (gifindex.batching, gifindex.curves.gradient_field) and the
+integration rule (gifindex.quadrature) are separate utilities that methods use.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+from ..adapter import SharedSpaceAdapter
+from ..batching import resolve_batch_size
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import SignatureConfig
+    from ..models.spec import LoadedModel
+    from ..probes import Probes
+
+ProgressFn = Callable[[int], None]
+
+
+class Method(ABC):
+    """One signature method. Subclasses set ``name`` (and may change ``default_probe_kind`` and
+    ``min_probes``) and implement the five operations below; ``@register`` makes them known."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    default_probe_kind: ClassVar[str] = "random"
+    min_probes: ClassVar[int] = 1
+
+    def validate(self, config: "SignatureConfig") -> None:
+        """Raise ConfigError if ``config`` cannot be used with this method."""
+        if config.num_probes < self.min_probes:
+            raise ConfigError(f"method {self.name!r} compares the outputs on pairs of probes: it needs "
+                              f"num_probes >= {self.min_probes}")
+
+    @abstractmethod
+    def passes(self, config: "SignatureConfig") -> int:
+        """Images pushed through the model per signature (what a progress bar counts)."""
+
+    @abstractmethod
+    def signature_dim(self, config: "SignatureConfig") -> int:
+        """Length of a stored signature."""
+
+    @abstractmethod
+    def compute(self, adapter: SharedSpaceAdapter, probes: "Probes", config: "SignatureConfig",
+                batch_size: int | None, device: str | torch.device, progress: ProgressFn | None) -> torch.Tensor:
+        """The uncompressed features (P, D) of an adapted model on the probes."""
+
+    @abstractmethod
+    def compress(self, feats: torch.Tensor, config: "SignatureConfig") -> np.ndarray:
+        """Features -> the stored unit-norm float32 signature of length ``signature_dim(config)``."""
+
+    @abstractmethod
+    def distance(self, feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
+        """The exact (uncompressed) distance of two models' features, in [0, 2]."""
+
+    def features(self, model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", config: "SignatureConfig",
+                 batch_size: int | str | None = 32, device: str | torch.device = "cpu",
+                 progress: ProgressFn | None = None) -> torch.Tensor:
+        """The features of a loaded model (or adapter); ``batch_size`` may be ``"auto"``."""
+        adapter = SharedSpaceAdapter.of(model, config.output).to(device)
+        batch_size = resolve_batch_size(batch_size, adapter, config.resolution, device)
+        return self.compute(adapter, probes, config, batch_size, device, progress)

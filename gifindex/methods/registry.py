@@ -1,0 +1,46 @@
+"""The registry of signature methods: name -> one ``Method`` instance.
+
+Light on purpose (no torch): the configuration validates its ``method`` here and the command line draws
+its ``--method`` choices from here, and ``gifindex --help`` must not pay for torch. The modules that define
+methods are imported on the first lookup; a method registers itself with the ``@register`` decorator.
+Adding a method: a class in one of ``METHOD_MODULES`` (or a new module added to it) and its tests.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, TypeVar
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .base import Method
+
+METHOD_MODULES = ("gifindex.methods.gradient", "gifindex.methods.output")
+
+_METHODS: dict[str, "Method"] = {}
+M = TypeVar("M", bound=type)
+
+
+def register(cls: M) -> M:
+    """Class decorator: make an instance of ``cls`` available under ``cls.name``."""
+    _METHODS[cls.name] = cls()
+    return cls
+
+
+def _loaded() -> dict[str, "Method"]:
+    for module in METHOD_MODULES:
+        importlib.import_module(module)  # plug-in discovery; a no-op once imported
+    return _METHODS
+
+
+def method_names() -> tuple[str, ...]:
+    """Names of the registered methods, in registration order (modelgif first)."""
+    return tuple(_loaded())
+
+
+def get_method(name: str) -> "Method":
+    """The method called ``name``; an unknown name is a one-line ConfigError listing the known ones."""
+    methods = _loaded()
+    if name not in methods:
+        raise ConfigError(f"invalid method {name!r}: expected one of {', '.join(methods)}")
+    return methods[name]
