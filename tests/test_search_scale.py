@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
 from gifindex.config import SignatureConfig
 from gifindex.index import Index, SearchSpec
-from gifindex.index.search import build_index, index_kind, search
+from gifindex.index.search import add, build_index, for_search, index_kind, needs_rebuild, search
 from gifindex.ingest import SignResult
 
 
@@ -59,3 +60,68 @@ def test_auto_switches_above_the_budget_and_says_so(tmp_path):
         reopened = Index.open(tmp_path / "idx")
         assert reopened.search_status()["active"] == "ivfpq"
         reopened.close()
+
+
+def test_ivf_returns_exact_distances_and_the_exact_neighbours():
+    v = clustered(3000, 512)
+    ids = np.arange(7, 3007, dtype=np.int64)
+    queries = v[:60]
+    exact_d, exact = search(build_index(v, ids, SearchSpec("flat")), queries, 10)
+    index = build_index(v, ids, SearchSpec("ivf", coarse_dim=64, scan_mb=0.2))
+    ivf = faiss.extract_index_ivf(index)
+    assert index_kind(index) == "ivf" and 1 < ivf.nprobe < ivf.nlist  # probes a part of the lists
+    dist, found = search(index, queries, 10)
+    assert (found[:, 0] == ids[:60]).all()
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact)])
+    assert recall >= 0.95, recall
+    for row_d, row, ex_d, ex in zip(dist, found, exact_d, exact):  # a model found has its exact distance
+        for d, i in zip(row_d, row):
+            if i in ex:
+                assert d == pytest.approx(ex_d[list(ex).index(i)], abs=1e-6)
+    ivf.nprobe = ivf.nlist  # every list: the same as exhaustive search
+    assert (search(index, queries, 10)[1] == exact).all()
+    assert np.array_equal(index.reconstruct(int(ids[5])).astype(np.float16), v[5].astype(np.float16))
+
+
+def test_auto_goes_flat_then_ivf_then_ivfpq_and_ivf_rebuilds_as_it_grows():
+    spec = SearchSpec(exact_mb=1.0, flat_budget_mb=8.0)
+    assert spec.resolve(500, 512)[0] == "flat"        # 0.5 MiB: an exhaustive scan is cheap
+    assert spec.resolve(1000, 1024)[0] == "flat"      # 2 MiB but fewer than IVF_MIN models
+    assert spec.resolve(2000, 1024)[0] == "ivf"       # 4 MiB: above the scan limit, within the budget
+    assert spec.resolve(5000, 1024)[0] == "ivfpq"     # 10 MiB: above the memory budget
+    assert "exceeds" in spec.resolve(5000, 1024)[1] and "ivf:" in spec.resolve(2000, 1024)[1]
+    v = clustered(6000, 256)
+    small_scan = SearchSpec("ivf", coarse_dim=32, scan_mb=0.1)
+    index = build_index(v[:1500], np.arange(1500), small_scan)
+    nprobe = faiss.extract_index_ivf(index).nprobe
+    assert not needs_rebuild(index, SearchSpec("ivf"), 2000, 256)
+    add(index, v[1500:3000], np.arange(1500, 3000), small_scan)
+    assert faiss.extract_index_ivf(index).nprobe < nprobe  # longer lists: fewer probed for the same scan
+    assert needs_rebuild(index, SearchSpec("ivf"), 6000, 256)  # 4x the models its lists were made for
+    assert needs_rebuild(index, SearchSpec("flat"), 3000, 256)
+
+
+def test_index_answers_through_ivf_like_exact_search(tmp_path):
+    config = SignatureConfig(resolution=16, num_probes=4, steps=2, proj_dim=32)  # 256 dims
+    v = clustered(1600, 256)
+    spec = SearchSpec(exact_mb=0.5, coarse_dim=32, scan_mb=0.25)  # 1600 x 256 x 2 = 0.8 MiB: ivf
+    with Index.create(tmp_path / "idx", config, search=spec) as index:
+        with index.writer():
+            for start in range(0, 1600, 400):
+                index._commit([SignResult(name=f"m{i}", ref=f"m{i}.pt", status="added", weights_sha256=f"{i:064x}",
+                                          signature=v[i]) for i in range(start, start + 400)])
+        assert index.search_status()["active"] == "ivf" and for_search(index.search_index(), spec) is \
+            index.search_index()  # no GPU here: the CPU index serves the queries
+        names, matrix = index.matrix()
+        hits = []
+        for name in ("m3", "m700", "m1599"):
+            row = names.index(name)
+            truth = [names[j] for j in np.argsort(matrix[row], kind="stable") if j != row][:10]
+            got = index.nearest(name, k=10)
+            hits.append(len({n.name for n in got} & set(truth)))
+            for neighbour in got:
+                assert neighbour.distance == pytest.approx(matrix[row, names.index(neighbour.name)], abs=1e-5)
+        assert sum(hits) >= 29, hits
+        removed = index.remove("m4")  # IVF cannot remove in place here: rebuilt, still right
+        assert removed.name == "m4" and "m4" not in {n.name for n in index.nearest("m3", k=20)}
+        assert index.search_status()["active"] == "ivf" and index.verify()["ok"]

@@ -5,13 +5,17 @@ Kinds:
 * ``flat``: exhaustive and exact over the stored float16 signatures (IndexScalarQuantizer with QT_fp16:
   the shards hold float16, so nothing is lost, and each query reads half the bytes of float32, which
   matters because exhaustive search is memory-bound). Memory: n * dim * 2 bytes.
+* ``ivf``: inverted file whose lists hold the same float16 vectors (exact distances, nothing re-ranked),
+  with a flat coarse level over a PCA projection to ``coarse_dim`` dimensions (k-means there is cheap);
+  each query scans about ``scan_mb`` MiB of lists (that sets nprobe). Memory: as ``flat`` plus the
+  centroids. Probing a few lists instead of all is what makes 10^5 models at 16,384 dims fast.
 * ``hnsw``: approximate graph index (HNSW over float16 vectors), after a PCA pre-transform to
   ``pca_dim`` dimensions when the signatures are longer (building HNSW at 16,384 dimensions is slow).
 * ``ivfpq``: approximate inverted file with product quantisation (``pq_m`` bytes per model) after the
   same PCA pre-transform, re-ranked in PCA space with float16 vectors (IndexRefine): the compact one for
   hubs of millions of models.
-* ``auto`` (the default): ``flat`` while the float16 vectors fit ``flat_budget_mb``, else
-  ``approximate`` (``ivfpq`` by default). The index says which it chose and why (``gifindex info``,
+* ``auto`` (the default): ``flat`` while an exhaustive scan reads at most ``exact_mb``, ``ivf`` while the
+  float16 vectors fit ``flat_budget_mb``, else ``approximate`` (``ivfpq`` by default). The index says which it chose and why (``gifindex info``,
   ``rebuild``, ``search.json``).
 
 The approximate kinds use the L2 metric on the unit vectors (||a - b||^2 = 2 - 2 <a, b>, so the order is
@@ -33,14 +37,20 @@ from ..errors import IndexError_
 from ..pca import PCA_TRAIN, fit_pca
 from .atomic import atomic_path, atomic_write_text
 
-SEARCH_KINDS = ("auto", "flat", "hnsw", "ivfpq")
-APPROXIMATE = ("hnsw", "ivfpq")
+SEARCH_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+APPROXIMATE = ("hnsw", "ivfpq")   # kinds whose distances are not exact (Index.nearest re-scores them)
+IVF_MIN = 1024                    # fewer models: ivf is built as flat (too few to cluster usefully)
+KMEANS_POINTS = 64                # ivf: k-means training points per list (at most)
 
 
 @dataclass(frozen=True)
 class SearchSpec:
     kind: str = "auto"
-    flat_budget_mb: float = 4096.0     # auto: exact while n * dim * 2 bytes fit this
+    flat_budget_mb: float = 4096.0     # auto: float16 vectors in memory (flat / ivf) while n * dim * 2 fit this
+    exact_mb: float = 128.0            # auto: exhaustive scan while it reads at most this, then ivf
+    coarse_dim: int = 256              # ivf: PCA dimensions of the coarse level (0: none)
+    scan_mb: float = 48.0              # ivf: float16 vectors each query scans (sets nprobe)
+    device: str = "auto"               # auto: faiss-gpu when installed and a GPU is visible; cpu: never
     approximate: str = "ivfpq"         # auto: what to switch to above the budget
     pca_dim: int = 256                 # approximate kinds: PCA pre-transform when dim is larger (0: none)
     hnsw_m: int = 32
@@ -55,6 +65,8 @@ class SearchSpec:
     def __post_init__(self) -> None:
         if self.kind not in SEARCH_KINDS:
             raise IndexError_(f"unknown search kind {self.kind!r}; expected one of {', '.join(SEARCH_KINDS)}")
+        if self.device not in ("auto", "cpu"):
+            raise IndexError_(f"unknown search device {self.device!r}; expected auto or cpu")
         if self.approximate not in APPROXIMATE:
             raise IndexError_(f"unknown approximate search kind {self.approximate!r}; expected hnsw or ivfpq")
 
@@ -71,9 +83,13 @@ class SearchSpec:
         need = n * dim * 2 / 2**20
         if self.kind != "auto":
             return self.kind, f"{self.kind} (chosen at init)"
+        if need <= min(self.exact_mb, self.flat_budget_mb) or (need <= self.flat_budget_mb and n < IVF_MIN):
+            return "flat", (f"flat: exact; {n} x {dim} float16 = {need:,.0f} MiB, an exhaustive scan within "
+                            f"{min(self.exact_mb, self.flat_budget_mb):,.0f} MiB or under {IVF_MIN} models")
         if need <= self.flat_budget_mb:
-            return "flat", (f"flat: exact; {n} x {dim} float16 = {need:,.0f} MiB within the "
-                            f"{self.flat_budget_mb:,.0f} MiB budget")
+            return "ivf", (f"ivf: exact distances over the probed lists; {n} x {dim} float16 = {need:,.0f} MiB "
+                           f"within the {self.flat_budget_mb:,.0f} MiB budget, above the {self.exact_mb:,.0f} MiB "
+                           "exhaustive-scan limit")
         return self.approximate, (f"{self.approximate}: approximate; {n} x {dim} float16 = {need:,.0f} MiB exceeds "
                                   f"the {self.flat_budget_mb:,.0f} MiB exact-search budget")
 
@@ -84,10 +100,17 @@ def _nlist(spec: SearchSpec, n: int) -> int:
     return int(min(65536, max(1, min(4 * math.sqrt(max(n, 1)), n // 39))))
 
 
-def _pca(dim: int, spec: SearchSpec) -> tuple[faiss.VectorTransform | None, int]:
-    if spec.pca_dim and dim > spec.pca_dim:
-        return faiss.PCAMatrix(dim, spec.pca_dim, 0.0, False), spec.pca_dim
+def _pca(dim: int, pca_dim: int) -> tuple[faiss.VectorTransform | None, int]:
+    if pca_dim and dim > pca_dim:
+        return faiss.PCAMatrix(dim, pca_dim, 0.0, False), pca_dim
     return None, dim
+
+
+def _scan_nprobe(spec: SearchSpec, n: int, dim: int, nlist: int) -> int:
+    """Lists to probe so that a query scans about ``scan_mb`` MiB of float16 vectors."""
+    per_list = max(n / max(nlist, 1), 1.0)
+    scanned = spec.scan_mb * 2**20 / (2 * max(dim, 1))
+    return int(min(nlist, max(1, math.ceil(scanned / per_list))))
 
 
 def empty_index(dim: int, spec: SearchSpec, n: int = 0) -> faiss.Index:
@@ -96,7 +119,17 @@ def empty_index(dim: int, spec: SearchSpec, n: int = 0) -> faiss.Index:
     if kind == "flat":
         inner = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
         return faiss.IndexIDMap2(inner)
-    pca, d = _pca(dim, spec)
+    if kind == "ivf":
+        coarse_pca, d = _pca(dim, spec.coarse_dim)
+        flat = faiss.IndexFlatL2(d)
+        quantizer = faiss.IndexPreTransform(coarse_pca, flat) if coarse_pca is not None else flat
+        nlist = _nlist(spec, n)
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                            faiss.METRIC_INNER_PRODUCT, False)  # no residual: codes = fp16 rows
+        ivf.nprobe = _scan_nprobe(spec, n, dim, nlist)
+        ivf.set_direct_map_type(faiss.DirectMap.Array)  # reconstruct by id (verify); removal rebuilds
+        return faiss.IndexIDMap2(ivf)
+    pca, d = _pca(dim, spec.pca_dim)
     if kind == "hnsw":
         inner = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, spec.hnsw_m, faiss.METRIC_L2)
         inner.hnsw.efConstruction = spec.ef_construction
@@ -128,12 +161,14 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> faiss
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
     n = len(ids)
     kind, _ = spec.resolve(n, dim)
-    if kind == "ivfpq" and n < 64:  # too few to train product quantisers: exact is cheap anyway
+    if kind in ("ivf", "ivfpq") and n < 64:  # too few to train quantisers: exact is cheap anyway
         kind = "flat"
     index = empty_index(dim, SearchSpec.from_dict({**spec.to_dict(), "kind": kind}), n)
     if not n:
         return index
-    if not index.is_trained or kind in APPROXIMATE:
+    if kind == "ivf":
+        _train_ivf(faiss.downcast_index(index.index), vectors)
+    elif not index.is_trained or kind in APPROXIMATE:
         sample = np.ascontiguousarray(_train_sample(vectors, spec), dtype=np.float32)
         _silence(index)
         inner = faiss.downcast_index(index.index)
@@ -145,6 +180,35 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> faiss
         index.add_with_ids(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32),
                            np.asarray(ids[start:start + 65536], dtype=np.int64))
     return index
+
+
+def _rows(vectors: np.ndarray, rows: np.ndarray, chunk: int = 4096):
+    """float32 copies of ``vectors[rows]`` (rows sorted), chunk by chunk."""
+    for start in range(0, len(rows), chunk):
+        yield np.ascontiguousarray(vectors[rows[start:start + chunk]], dtype=np.float32)
+
+
+def _train_ivf(ivf: faiss.IndexIVF, vectors: np.ndarray) -> None:
+    """Coarse level: PCA (randomised SVD), then k-means in the projected space, at most KMEANS_POINTS
+    rows per list; the lists store the float16 rows themselves, so nothing else is learnt."""
+    n = len(vectors)
+    order = np.random.default_rng(0).permutation(n)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    flat = quantizer
+    rows = np.sort(order[:KMEANS_POINTS * ivf.nlist])
+    if isinstance(quantizer, faiss.IndexPreTransform):
+        pca = faiss.downcast_VectorTransform(quantizer.chain.at(0))
+        fit_pca(pca, np.concatenate(list(_rows(vectors, np.sort(order[:PCA_TRAIN])))))
+        points = np.concatenate([pca.apply(x) for x in _rows(vectors, rows)])
+        flat = faiss.downcast_index(quantizer.index)
+    else:
+        points = np.concatenate(list(_rows(vectors, rows)))
+    kmeans = faiss.Kmeans(points.shape[1], ivf.nlist, niter=10, seed=1, verbose=False, min_points_per_centroid=1,
+                          max_points_per_centroid=KMEANS_POINTS)
+    kmeans.train(points)
+    flat.add(kmeans.centroids)
+    quantizer.ntotal, quantizer.is_trained = flat.ntotal, True  # a PreTransform does not see its inner adds
+    ivf.train(next(_rows(vectors, np.sort(order[:256]))))  # the coarse level is trained: only the fp16 codec
 
 
 def _silence(index: faiss.Index) -> None:
@@ -168,6 +232,8 @@ def index_kind(index: faiss.Index) -> str:
         inner = faiss.downcast_index(inner.index)
     if isinstance(inner, (faiss.IndexHNSW,)):
         return "hnsw"
+    if isinstance(inner, faiss.IndexIVFScalarQuantizer):
+        return "ivf"
     if isinstance(inner, (faiss.IndexRefine, faiss.IndexIVF)):
         return "ivfpq"
     return "flat"
@@ -210,16 +276,59 @@ def _hnsw_ef(index: faiss.Index, ef: int) -> None:
         inner.hnsw.efSearch = ef
 
 
+def needs_rebuild(index: faiss.Index, spec: SearchSpec, n: int, dim: int) -> bool:
+    """Whether ``index`` should be rebuilt (not extended) to hold ``n`` models: ``auto`` resolves to another
+    kind, or an ``ivf`` index has four times the models its lists were made for."""
+    kind = index_kind(index)
+    if spec.resolve(n, dim)[0] != kind:
+        return True
+    ivf = _ivf(index) if kind == "ivf" else None
+    return ivf is not None and not spec.nlist and _nlist(spec, n) >= 2 * ivf.nlist
+
+
+def add(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> None:
+    """Add rows; an ``ivf`` index re-tunes nprobe so that a query still scans about ``scan_mb``."""
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    ivf = _ivf(index)
+    if ivf is not None and index_kind(index) == "ivf":
+        ivf.nprobe = _scan_nprobe(spec, int(index.ntotal), int(index.d), ivf.nlist)
+
+
+def gpu_available() -> bool:
+    """faiss was built with GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+_GPU_RESOURCES: list = []
+
+
 def to_gpu(index: faiss.Index) -> faiss.Index:
-    """The index on GPU 0 when faiss-gpu is installed and a GPU is visible (flat / ivfpq), else as is."""
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+    """A copy of the index on GPU 0 (flat / ivf / ivfpq) when faiss-gpu is installed and a GPU is visible,
+    else the index itself. The copy is for searching: adds and saves go to the CPU index."""
+    if not gpu_available():
         return index
     try:
         options = faiss.GpuClonerOptions()
         options.useFloat16 = True
-        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index, options)
+        if hasattr(options, "allowCpuCoarseQuantizer"):  # ivf's coarse level is a PCA + flat: kept on the CPU
+            options.allowCpuCoarseQuantizer = True
+        if not _GPU_RESOURCES:
+            _GPU_RESOURCES.append(faiss.StandardGpuResources())
+        return faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, index, options)
     except RuntimeError:  # kinds without a GPU implementation (HNSW, refine) stay on the CPU
         return index
+
+
+def for_search(index: faiss.Index, spec: SearchSpec) -> faiss.Index:
+    """The index queries should use: its GPU copy when ``spec.device`` allows it and one can be made."""
+    if spec.device == "cpu" or index.ntotal == 0 or index_kind(index) == "hnsw":
+        return index
+    return to_gpu(index)
+
+
+def on_gpu(index: faiss.Index) -> bool:
+    """Whether ``index`` is a faiss-gpu index."""
+    return "Gpu" in type(faiss.downcast_index(index)).__name__
 
 
 def save_index(index: faiss.Index, path: Path, generation: int, spec: SearchSpec, reason: str = "") -> None:
