@@ -318,6 +318,25 @@ def test_input_specs_per_source() -> None:
     assert (over.spec.size, over.spec.std, over.spec.mean) == ((96, 96), (1.0, 1.0, 1.0), IMAGENET_MEAN)
 
 
+def test_every_reference_kind_has_one_source() -> None:
+    from gifindex.models.detect import build_on_meta
+    from gifindex.models.sources import get_source, source_kinds
+    from gifindex.refs import KINDS
+    assert set(source_kinds()) == set(KINDS)
+    assert get_source("timm").version() == timm.__version__
+    assert get_source("torchvision").version() == torchvision.__version__.split("+")[0]
+    assert get_source("taskonomy").version() == "0"
+    with pytest.raises(KeyError):
+        get_source("timm").constructor("no_such_net")
+    with pytest.raises(KeyError):  # files are not built by name
+        get_source("file").constructor("resnet18")
+    on_meta = build_on_meta("torchvision", "resnet18", num_classes=7)
+    assert on_meta.fc.weight.shape == (7, 512) and on_meta.fc.weight.device.type == "meta"
+    assert isinstance(build_on_meta("taskonomy", "encoder"), TaskonomyEncoder)
+    with pytest.raises(RefError, match="no model source"):
+        get_source("open_clip")
+
+
 def test_torchvision_spec_from_weights_metadata() -> None:
     from gifindex.models.hub import torchvision_spec, torchvision_weights
     spec = torchvision_spec(torchvision_weights("inception_v3", None))
@@ -331,6 +350,12 @@ def test_option_conflicts(tmp_path) -> None:
         load_model("timm:resnet18", weights="x.pt", random_init=True)
     with pytest.raises(ConfigError):
         load_model("timm:resnet18", arch="timm:resnet18", random_init=True)
+    with pytest.raises(ConfigError, match="--arch applies to state-dict files only"):
+        load_model("taskonomy:normal", arch="timm:resnet18")
+    model_file = tmp_path / "m.pt"
+    torch.save(timm.create_model("test_resnet").state_dict(), model_file)
+    with pytest.raises(ConfigError, match="do not apply to a model file"):
+        load_model(str(model_file), random_init=True)
 
 
 # ------------------------------------------------------------------ pretrained from local caches

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from gifindex.errors import ArchitectureError
+from gifindex.models.sources import get_source
 
 PROBE_CLASSES = 977
 JACCARD_MIN = 0.3
@@ -65,26 +66,13 @@ def _params_to_meta() -> Iterator[None]:
 
 def constructor(lib: str, name: str) -> Callable[..., nn.Module]:
     """The builder of ``lib:name`` taking ``num_classes``; raises KeyError for unknown names."""
-    if lib == "torchvision":
-        import torchvision.models as tvm
-        if name not in tvm.list_models():
-            raise KeyError(name)
-        return lambda **kw: tvm.get_model(name, weights=None, **kw)
-    if lib == "timm":
-        import timm
-        if not timm.is_model(name):
-            raise KeyError(name)
-        return lambda **kw: timm.create_model(name, pretrained=False, **kw)
-    if lib == "taskonomy":
-        from gifindex.models.taskonomy import TaskonomyEncoder
-        return lambda **kw: TaskonomyEncoder()
-    raise KeyError(f"{lib}:{name}")
+    return get_source(lib).constructor(name)
 
 
 def build_on_meta(lib: str, name: str, num_classes: int | None = PROBE_CLASSES) -> nn.Module:
     """Instantiate ``lib:name`` without allocating or initialising weights."""
     build = constructor(lib, name)
-    kwargs = {} if num_classes is None or lib == "taskonomy" else {"num_classes": num_classes}
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -165,7 +153,7 @@ class FingerprintCache:
     """Per-library JSON cache of fingerprints (``None`` for architectures that cannot be built)."""
 
     def __init__(self, lib: str):
-        version = _library_version(lib)
+        version = get_source(lib).version()
         self.path = cache_dir() / f"fingerprints-{lib}-{version}.json"
         self.lib, self.dirty = lib, False
         try:
@@ -193,16 +181,6 @@ class FingerprintCache:
             json.dump({"archs": self.archs, "patterns": self.patterns}, f, separators=(",", ":"))
         os.replace(tmp, self.path)
         self.dirty = False
-
-
-def _library_version(lib: str) -> str:
-    if lib == "timm":
-        import timm
-        return timm.__version__
-    if lib == "torchvision":
-        import torchvision
-        return torchvision.__version__.split("+")[0]
-    return "0"
 
 
 def patterns(keys: Any) -> set[str]:

@@ -9,29 +9,22 @@ from __future__ import annotations
 import difflib
 import os
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 import torch.nn as nn
 
 from gifindex.errors import MissingWeightsError, ModelLoadError, RefError
 from gifindex.models import detect
-from gifindex.models.files import read_state_dict
-from gifindex.models.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from gifindex.models.files import read_state_dict, read_weights_file
+from gifindex.models.sources import ModelSource, register_source
+from gifindex.models.spec import IMAGENET_MEAN, IMAGENET_STD, Built, InputSpec, read_weights
 
-
-@dataclass
-class Built:
-    """A constructed module with what is known about its weights and input."""
-
-    module: nn.Module
-    spec: InputSpec
-    arch: str
-    weights_sha256: str | None
-    meta: dict[str, Any]
+if TYPE_CHECKING:
+    from gifindex.refs import ModelRef
 
 
 def _home(path: str | Path) -> str:
@@ -77,15 +70,7 @@ def _finish_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str) -
 
 
 def _file_sha(path: Path) -> str:
-    from gifindex.models.files import read_weights_file
     return read_weights_file(path).sha256
-
-
-def read_weights(weights: Any, trust: bool) -> tuple[dict[str, torch.Tensor], str]:
-    """``(state_dict, sha256)`` from a ``--weights`` path, or passed through when already read."""
-    if isinstance(weights, tuple):
-        return weights
-    return read_state_dict(weights, trust=trust)
 
 
 def _describe(weights: Any) -> str:
@@ -290,3 +275,60 @@ def _tv_build(name: str, wenum: Any, kwargs: dict[str, Any],
             enum_cls.get_state_dict = original  # type: ignore[method-assign]
         elif enum_cls is not None:
             del enum_cls.get_state_dict
+
+
+# ---------------------------------------------------------------- the sources
+@register_source
+class TimmSource(ModelSource):
+    """``timm:NAME[.TAG]``: timm's registry; input convention from the model's ``pretrained_cfg``."""
+
+    kind = "timm"
+
+    def load(self, ref: "ModelRef", *, arch: str | None, weights: Any, num_classes: int | None,
+             random_init: bool, trust: bool) -> Built:
+        return load_timm(ref.name, ref.tag, weights=weights, num_classes=num_classes, random_init=random_init,
+                         trust=trust)
+
+    def constructor(self, name: str) -> Callable[..., nn.Module]:
+        import timm
+        if not timm.is_model(name):
+            raise KeyError(name)
+        return lambda **kw: timm.create_model(name, pretrained=False, **kw)
+
+    def version(self) -> str:
+        import timm
+        return timm.__version__
+
+
+@register_source
+class TorchvisionSource(ModelSource):
+    """``torchvision:NAME``: torchvision's classification models; input convention from the weights' transforms."""
+
+    kind = "torchvision"
+
+    def load(self, ref: "ModelRef", *, arch: str | None, weights: Any, num_classes: int | None,
+             random_init: bool, trust: bool) -> Built:
+        return load_torchvision(ref.name, ref.tag, weights=weights, num_classes=num_classes,
+                                random_init=random_init, trust=trust)
+
+    def constructor(self, name: str) -> Callable[..., nn.Module]:
+        import torchvision.models as tvm
+        if name not in tvm.list_models():
+            raise KeyError(name)
+        return lambda **kw: tvm.get_model(name, weights=None, **kw)
+
+    def version(self) -> str:
+        import torchvision
+        return torchvision.__version__.split("+")[0]
+
+
+@register_source
+class HFHubSource(ModelSource):
+    """``hf-hub:ORG/NAME``: a timm model in the huggingface_hub cache (config and weights)."""
+
+    kind = "hf-hub"
+
+    def load(self, ref: "ModelRef", *, arch: str | None, weights: Any, num_classes: int | None,
+             random_init: bool, trust: bool) -> Built:
+        return load_hf_hub(ref.name, weights=weights, num_classes=num_classes, random_init=random_init,
+                           trust=trust)

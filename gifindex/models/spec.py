@@ -1,10 +1,14 @@
-"""What a loaded model is: the module plus the input convention it was trained with."""
+"""What a model is on its way to being signed: built (``Built``, by a model source) and then loaded
+(``LoadedModel``: frozen, on its device, with the input convention it was trained with)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn as nn
+
+from gifindex.models.files import read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,3 +54,21 @@ class LoadedModel:
     weights_sha256: str | None = None
     num_outputs: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Built:
+    """What a model source returns: a constructed module with what is known about its weights and input."""
+
+    module: nn.Module
+    spec: InputSpec
+    arch: str
+    weights_sha256: str | None
+    meta: dict[str, Any]
+
+
+def read_weights(weights: Any, trust: bool) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state_dict, sha256)`` from a ``--weights`` path, or passed through when already read."""
+    if isinstance(weights, tuple):
+        return weights
+    return read_state_dict(weights, trust=trust)

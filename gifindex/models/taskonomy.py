@@ -10,6 +10,7 @@ output is 8 x 16 x 16. Inputs are expected in [-1, 1] (mean 0.5, std 0.5 on a [0
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,12 @@ import torch
 import torch.nn as nn
 
 from gifindex.errors import MissingWeightsError
-from gifindex.models.spec import InputSpec
+from gifindex.models import detect
+from gifindex.models.sources import ModelSource, register_source
+from gifindex.models.spec import Built, InputSpec, read_weights
 
 if TYPE_CHECKING:
-    from gifindex.models.hub import Built
+    from gifindex.refs import ModelRef
 
 TASKONOMY_SPEC = InputSpec(size=(256, 256), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                            interpolation="bilinear")
@@ -144,11 +147,9 @@ def expected_location(task: str) -> str:
 
 
 def load_taskonomy(task: str, *, weights: Any = None, random_init: bool = False,
-                   trust: bool = False) -> "Built":
+                   trust: bool = False) -> Built:
     """Build the encoder for ``task``; weights from ``weights`` (path or ``(state_dict, sha)``),
     the torch hub checkpoints folder, or random (``random_init``)."""
-    from gifindex.models import detect
-    from gifindex.models.hub import Built, read_weights
     module = TaskonomyEncoder()
     meta: dict[str, Any] = {"task": task, "output_shape": (8, 16, 16)}
     sha = None
@@ -168,3 +169,17 @@ def load_taskonomy(task: str, *, weights: Any = None, random_init: bool = False,
     else:
         meta["random_init"] = True
     return Built(module, TASKONOMY_SPEC, f"taskonomy:{task}", sha, meta)
+
+
+@register_source
+class TaskonomySource(ModelSource):
+    """``taskonomy:TASK``: the encoder above; inputs in [-1, 1] at 256 px (``TASKONOMY_SPEC``)."""
+
+    kind = "taskonomy"
+
+    def load(self, ref: "ModelRef", *, arch: str | None, weights: Any, num_classes: int | None,
+             random_init: bool, trust: bool) -> Built:
+        return load_taskonomy(ref.name, weights=weights, random_init=random_init, trust=trust)
+
+    def constructor(self, name: str) -> Callable[..., nn.Module]:
+        return lambda **kw: TaskonomyEncoder()  # one architecture for every task; no classifier

@@ -1,0 +1,90 @@
+"""Local model files as a model source: a whole module (trusted pickle, TorchScript) or a state dict plus
+an architecture (``--arch``, else a Taskonomy encoder recognised by its keys, else detected).
+
+The file is read with the safe reader (gifindex.models.files); the architecture is built by its own source
+with the weights already read, and the input convention is that source's.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from gifindex.errors import ConfigError, ModelLoadError
+from gifindex.models import detect
+from gifindex.models.files import read_weights_file
+from gifindex.models.hub import timm_spec
+from gifindex.models.sources import ModelSource, get_source, register_source
+from gifindex.models.spec import Built, InputSpec
+from gifindex.refs import ModelRef, parse_ref, taskonomy_task
+
+log = logging.getLogger(__name__)
+
+
+@register_source
+class FileSource(ModelSource):
+    """A path to a weights file; ``--arch`` names the architecture of a state dict."""
+
+    kind = "file"
+    takes_arch = True
+    refuses_weights = "--weights/--random-init do not apply to a model file; use --arch"
+
+    def load(self, ref: ModelRef, *, arch: str | None, weights: Any, num_classes: int | None,
+             random_init: bool, trust: bool) -> Built:
+        return load_file(str(ref.path), arch, num_classes, trust)
+
+    def model_name(self, ref: ModelRef) -> str:
+        return Path(str(ref.path)).stem
+
+
+def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool) -> Built:
+    """A local file: a whole module (trusted pickle / TorchScript) or a state dict plus architecture."""
+    wf = read_weights_file(path, trust=trust)
+    meta: dict[str, Any] = {"file": path, "format": wf.format}
+    if wf.module is not None:
+        spec = timm_spec(wf.module) if hasattr(wf.module, "pretrained_cfg") else InputSpec()
+        kind = "torchscript" if wf.format == "torchscript" else "pickled module"
+        meta["loaded_as"] = kind
+        return Built(wf.module, spec, arch or type(wf.module).__name__, wf.sha256, meta)
+    assert wf.state_dict is not None
+    preloaded = (wf.state_dict, wf.sha256)
+    if arch is None:
+        arch = _taskonomy_arch(wf.state_dict, path)
+    if arch is None:
+        found = detect.detect_architecture(wf.state_dict)
+        arch, num_classes = found.arch, found.num_classes if num_classes is None else num_classes
+        meta["detected"] = {"arch": found.arch, "num_classes": found.num_classes,
+                            "seconds": round(found.seconds, 3)}
+        log.info("%s: architecture detected as %s (%s classes) in %.1f s", path, found.arch, found.num_classes,
+                 found.seconds)
+    if arch.startswith("taskonomy:"):  # the task is only a label once the weights are given
+        a = ModelRef("taskonomy", arch.partition(":")[2])
+    else:
+        a = parse_ref(arch) if ":" in arch else _bare_arch(arch)
+    if a.kind not in ("timm", "torchvision", "taskonomy"):
+        raise ConfigError(f"--arch must be timm:NAME, torchvision:NAME or taskonomy:TASK, not {arch!r}")
+    built = get_source(a.kind).load(a, arch=None, weights=preloaded, num_classes=num_classes, random_init=False,
+                                    trust=trust)
+    built.meta.update(meta, weights_file=path)
+    return built
+
+
+def _bare_arch(name: str) -> ModelRef:
+    """``--arch resnet18``: torchvision's name first, then timm's."""
+    for kind in ("torchvision", "timm"):
+        try:
+            get_source(kind).constructor(name.partition(".")[0] if kind == "timm" else name)
+        except KeyError:
+            continue
+        if kind == "timm" and "." in name:
+            return ModelRef("timm", *name.partition(".")[::2])
+        return ModelRef(kind, name)
+    raise ModelLoadError(f"unknown architecture {name!r}: use --arch timm:NAME or --arch torchvision:NAME")
+
+
+def _taskonomy_arch(sd: dict, path: str) -> str | None:
+    """``taskonomy:TASK`` when ``sd`` is a Taskonomy encoder (task from the file name, else 'encoder')."""
+    if "compress1.weight" not in sd or "compress_bn.weight" not in sd:
+        return None
+    stem = Path(path).name.split("_encoder")[0]
+    return f"taskonomy:{taskonomy_task(stem) or 'encoder'}"
