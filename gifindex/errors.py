@@ -13,7 +13,7 @@ class GifindexError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-class ReferenceError_(GifindexError):
+class RefError(GifindexError):
     """A model reference that cannot be parsed or names something unknown."""
 
 
@@ -46,9 +46,5 @@ class SignatureError(GifindexError):
 
 
 class IndexError_(GifindexError):
-    """An index directory that is missing, damaged, of another format, or used inconsistently."""
-
-
-# Friendlier public names; the trailing underscore avoids shadowing Python builtins inside the package.
-RefError = ReferenceError_
-IndexStoreError = IndexError_
+    """An index directory that is missing, damaged, of another format, or used inconsistently (the trailing
+    underscore keeps it from shadowing the builtin ``IndexError``)."""
