@@ -6,8 +6,10 @@ Ray) only decide where it runs; the index commits the results.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import time
 import traceback
 from collections.abc import Callable, Collection
@@ -79,6 +81,34 @@ def check_finite_weights(module: torch.nn.Module, ref: str) -> None:
                              "refused (a NaN signature would poison search); re-export the checkpoint")
 
 
+def absolute_entry(entry: ModelEntry) -> ModelEntry:
+    """``entry`` with its file reference and weights as absolute, normalised paths (what the index stores)."""
+    from .refs import absolute_ref
+
+    return dataclasses.replace(entry, ref=absolute_ref(entry.ref),
+                               weights=absolute_ref(entry.weights) if entry.weights else None)
+
+
+def load_options(entry: ModelEntry) -> dict[str, Any]:
+    """How to load an entry again (stored as ``metadata["load"]``): everything but its name and tags."""
+    return {k: v for k, v in entry.to_dict().items() if k not in ("tags", "name")}
+
+
+def file_stamp(path: str | None) -> list[int] | None:
+    """``[size, mtime_ns]`` of a regular file (a resumed ingest skips files whose stamp is unchanged)."""
+    try:
+        info = os.stat(path) if path else None
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns] if info is not None and os.path.isfile(path) else None
+
+
+def random_name(name: str, content_sha: str) -> str:
+    """The name of a model built with random weights and no explicit name: ``REF#random-<hash8>``, so that it
+    never passes for the pretrained model and a second random draw gets a name of its own."""
+    return f"{name}#random-{content_sha[:8]}"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, GifindexError):
         return str(exc)
@@ -94,6 +124,7 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
     from .signature import signature
 
     start = time.perf_counter()
+    entry = absolute_entry(entry)
     name = entry.display_name()
     result = SignResult(name=name, ref=entry.ref, status="failed")
     try:
@@ -101,6 +132,9 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         check_finite_weights(loaded.module, entry.ref)
         output = entry.output or config.output
         result.weights_sha256 = content_sha256(loaded, output)
+        random_init = bool(entry.random_init or loaded.meta.get("random_init"))
+        if random_init and not entry.name:
+            result.name = random_name(name, result.weights_sha256)
         if result.weights_sha256 in known_sha256:
             result.status = "skipped"
             return result
@@ -113,8 +147,8 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
             "input_size": list(loaded.spec.size), "mean": list(loaded.spec.mean), "std": list(loaded.spec.std),
             "num_outputs": loaded.num_outputs, "tags": entry.tags,
             "parameters": int(sum(p.numel() for p in loaded.module.parameters())),
-            "file_sha256": loaded.weights_sha256,
-            "load": {k: v for k, v in entry.to_dict().items() if k not in ("tags", "name")},
+            "file_sha256": loaded.weights_sha256, "file_stamp": file_stamp(entry.ref),
+            "random_init": random_init, "load": load_options(entry),
         }
     except KeyboardInterrupt:
         raise
@@ -129,3 +163,22 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
     if result.status == "added":
         result.metadata["seconds"] = round(result.seconds, 3)
     return result
+
+
+def split_unchanged(entries: list[ModelEntry], records: list[Any]) -> tuple[list[ModelEntry], list[SignResult]]:
+    """Split off the entries an index already holds unchanged: same loading options (absolute paths) and a
+    file of the same size and mtime as when it was ingested. A resumed ingest skips them without reading or
+    hashing the file again; the rest go to the workers (which still skip by content hash)."""
+    stamped = {json.dumps(r.metadata["load"], sort_keys=True): r for r in records
+               if r.metadata.get("load") and r.metadata.get("file_stamp")}
+    todo: list[ModelEntry] = []
+    skipped: list[SignResult] = []
+    for entry in entries:
+        absolute = absolute_entry(entry)
+        record = stamped.get(json.dumps(load_options(absolute), sort_keys=True))
+        if record is not None and record.metadata["file_stamp"] == file_stamp(absolute.ref):
+            skipped.append(SignResult(name=record.name, ref=absolute.ref, status="skipped",
+                                      weights_sha256=record.weights_sha256))
+        else:
+            todo.append(entry)
+    return todo, skipped

@@ -6,7 +6,7 @@ model is loaded.
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class ModelEntry:
             return self.name
         if any(self.ref.lower().endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors", ".ts", ".jit")):
             return Path(self.ref).stem
+        if Path(self.ref).is_dir():  # a Hugging Face model folder: its folder name
+            return Path(self.ref).name
         return self.ref
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,3 +159,24 @@ def read_manifest(path: str | Path) -> list[ModelEntry]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc}") from None
     return parse_manifest(text, source=str(path), base=path.parent)
+
+
+def with_defaults(entry: ModelEntry, defaults: dict[str, Any]) -> ModelEntry:
+    """``entry`` with the command line's loading options (``ingest --manifest M --random-init ...``) as
+    defaults for what it leaves unset. Options that cannot apply to the entry's kind are left out:
+    ``arch`` only for model files, ``random_init`` only for named models without a ``weights`` file."""
+    from .errors import GifindexError
+    from .refs import FILE_SUFFIXES, parse_ref
+
+    try:
+        is_file = parse_ref(entry.ref).kind in ("file", "hf-folder")
+    except GifindexError:
+        is_file = Path(entry.ref).suffix.lower() in FILE_SUFFIXES
+    changes: dict[str, Any] = {}
+    for key, value in defaults.items():
+        if value in (None, False) or getattr(entry, key) not in (None, False):
+            continue
+        if (key == "arch" and not is_file) or (key == "random_init" and (is_file or entry.weights)):
+            continue
+        changes[key] = tuple(value) if key in ("mean", "std") else value
+    return replace(entry, **changes) if changes else entry

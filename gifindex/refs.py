@@ -138,3 +138,16 @@ def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
             raise RefError(f"model file {text} is not a regular file")
         raise RefError(f"model file not found: {text}")
     raise _unknown(text)
+
+
+def absolute_ref(text: str) -> str:
+    """``text`` with a local path made absolute and normalised (symlinks resolved, as :func:`parse_ref`
+    does), so that what an index stores does not depend on the directory a command ran from; prefixed
+    references (``timm:...``) come back unchanged."""
+    prefix, sep, _ = text.partition(":")
+    if sep and prefix.lower() in _PREFIXES and not os.path.exists(text):
+        return text
+    try:
+        return str(Path(text).expanduser().resolve())
+    except (OSError, RuntimeError):
+        return os.path.normpath(os.path.abspath(text))

@@ -119,6 +119,8 @@ def relatedness(index: "Index", truth: str | Path) -> dict[str, Any]:
     sub_dist = dist[np.ix_([positions[i] for i in used], [positions[i] for i in used])]
     sub_aff = affinity[np.ix_(used, used)]
     out = score(sub_dist, sub_aff, [names[i] for i in used])
-    out.update({"tasks": len(used), "matched": {names[i]: indexed[positions[i]] for i in used},
-                "missing": missing, "method": index.config.method})
+    matched = {names[i]: indexed[positions[i]] for i in used}
+    random = sorted(r.name for r in index.records() if r.metadata.get("random_init") and r.name in matched.values())
+    out.update({"tasks": len(used), "matched": matched, "missing": missing, "method": index.config.method,
+                "random_init": random})   # models with untrained weights: their agreement means nothing
     return out

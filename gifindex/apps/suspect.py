@@ -5,10 +5,14 @@ Scores: ``p_value`` = (1 + #population at or below d) / (1 + n), the empirical c
 model sits at least as close to the owner; ``z`` = (median - d) / (1.4826 MAD), a robust z-score (robust so
 that the owner's own derivatives in the index, if any, do not drag the population towards the owner).
 Verdict ``derived`` when z >= z_threshold (default 3), ``unrelated`` otherwise; the threshold used is
-also reported as a distance.
+also reported as a distance. With n models in the population the p-value cannot go below 1/(n + 1)
+(``p_value_floor``): a suspect closer than every indexed model gets exactly that, so a small population
+cannot give a small p-value; index more unrelated models for a finer one. Models with random (untrained)
+weights among the suspect, the owner and the population are listed in ``random_init``.
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +43,8 @@ def suspect_from_distances(d: float, population: Sequence[float], z_threshold: f
     threshold = median - z_threshold * scale
     derived = bool(z >= z_threshold)
     return {
-        "distance": float(d), "z": float(z), "p_value": float(p_value), "verdict": "derived" if derived else "unrelated",
+        "distance": float(d), "z": float(z), "p_value": float(p_value), "p_value_floor": 1.0 / (1 + pop.size),
+        "verdict": "derived" if derived else "unrelated",
         "threshold": {"z": float(z_threshold), "distance": float(threshold)},
         "population": {"n": int(pop.size), "median": median, "mad_sigma": float(scale), "min": float(pop.min()),
                        "max": float(pop.max()), "mean": float(pop.mean()), "std": float(pop.std())},
@@ -48,9 +53,18 @@ def suspect_from_distances(d: float, population: Sequence[float], z_threshold: f
 
 def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | ModelEntry", z_threshold: float = 3.0,
             exclude: Sequence[str] = (), device: str = "cpu", batch_size: int | None = 32) -> dict[str, Any]:
-    """Calibrated verdict on whether ``suspect_ref`` is derived from ``owner`` (names or references)."""
-    owner_vec, owner_name, owner_record = index.query(owner, device=device, batch_size=batch_size)
-    sus_vec, sus_name, sus_record = index.query(suspect_ref, device=device, batch_size=batch_size)
+    """Calibrated verdict on whether ``suspect_ref`` is derived from ``owner`` (names or references).
+    ``exclude`` names indexed models to leave out of the population; a name not in the index is an error."""
+    unknown = [name for name in exclude if index.catalog.by_name(name) is None]
+    if unknown:
+        known = [r.name for r in index.records()]
+        hints = [f"{n!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(n, known, 1))
+                             else "") for n in unknown]
+        raise GifindexError(f"--exclude names no indexed model: {', '.join(hints)}; see `gifindex list`")
+    owner_q = index.resolve(owner, device=device, batch_size=batch_size)
+    sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
+    owner_vec, owner_name, owner_record = owner_q.vector, owner_q.name, owner_q.record
+    sus_vec, sus_name, sus_record = sus_q.vector, sus_q.name, sus_q.record
     skip = {r.id for r in (owner_record, sus_record) if r is not None}
     skip_names = set(exclude) | {owner_name, sus_name}
     records, vectors = index.vectors()
@@ -59,6 +73,8 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     d = signature_distance(sus_vec, owner_vec)
     out = suspect_from_distances(d, population, z_threshold)
     closest = sorted(zip(population.tolist(), [records[i].name for i in keep]))[:5]
+    random = [q.name for q in (sus_q, owner_q) if (q.record.metadata if q.record else q.signed).get("random_init")]
+    random += [records[i].name for i in keep if records[i].metadata.get("random_init")]
     out.update({"suspect": sus_name, "owner": owner_name, "method": index.config.method,
-                "closest_population": [{"name": n, "distance": v} for v, n in closest]})
+                "closest_population": [{"name": n, "distance": v} for v, n in closest], "random_init": random})
     return out

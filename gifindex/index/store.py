@@ -178,14 +178,20 @@ class Index(IndexFiles):
             record = self.catalog.by_name(model)
             if record is not None:
                 return Query(self.load_vectors([record])[0], record.name, record)
-            try:
-                parse_ref(model)
-            except GifindexError as exc:
-                raise self._unknown_name(model, exc) from None
             model = ModelEntry(ref=model)
+        try:
+            parse_ref(model.ref)
+        except GifindexError as exc:
+            raise self._unknown_name(model.ref, exc) from None
+        from ..methods import passes
+        from ..observe import signed as report_signed
+        from ..observe import signing
+
         entry, reused = self._reuse_convention(model)
-        result = self.sign(entry, device=device, batch_size=batch_size, progress=progress)
+        with signing(entry.display_name(), passes(self.config)) as observed:
+            result = self.sign(entry, device=device, batch_size=batch_size, progress=progress or observed)
         signed = _signed_info(entry, result.metadata, reused)
+        report_signed(signed)
         return Query(result.signature.astype(np.float16).astype(np.float32), result.name, None, signed)  # as stored
 
     def _as_vector(self, vector: Any) -> np.ndarray:
@@ -200,13 +206,17 @@ class Index(IndexFiles):
     def _sign_loaded(self, model: Any, device: str, batch_size: int | None,
                      progress: Callable[[int], None] | None) -> Query:
         from ..api import as_loaded_model
+        from ..methods import passes
+        from ..observe import loaded_info, signing
+        from ..observe import signed as report_signed
         from ..signature import signature
 
         loaded = as_loaded_model(model, device=device)
-        vector = signature(loaded, self.config, self.probes, batch_size=batch_size, device=device, progress=progress)
-        signed = {"ref": loaded.ref, "arch": loaded.arch or type(loaded.module).__name__, "arch_from": "given",
-                  "input_size": list(loaded.spec.size), "mean": list(loaded.spec.mean), "std": list(loaded.spec.std),
-                  "convention_from": "given", "random_init": bool(loaded.meta.get("random_init"))}
+        with signing(loaded.name, passes(self.config)) as observed:
+            vector = signature(loaded, self.config, self.probes, batch_size=batch_size, device=device,
+                               progress=progress or observed)
+        signed = loaded_info(loaded, arch_from="given", convention_from="given")
+        report_signed(signed)
         return Query(vector.astype(np.float16).astype(np.float32), loaded.name, None, signed)
 
     def _unknown_name(self, text: str, exc: GifindexError) -> IndexError_:
@@ -348,14 +358,11 @@ def _file_sha256(path: Path) -> str:
 
 def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None) -> dict[str, Any]:
     """How a model signed on the fly was loaded: what ``nearest``/``distance`` print and return in --json."""
-    try:
-        kind = parse_ref(entry.ref).kind
-    except GifindexError:
-        kind = "file"
-    arch_from = "given" if entry.arch and not reused else "detected" if kind == "file" and not reused else \
-        f"indexed model {reused!r}" if reused else "reference"
-    given = entry.input_size or entry.mean or entry.std
-    convention_from = f"indexed model {reused!r} (same weights file)" if reused else "given" if given else "model"
+    from ..observe import origins
+
+    arch_from, convention_from = origins(entry.ref, entry.arch, bool(entry.input_size or entry.mean or entry.std))
+    if reused:
+        arch_from = convention_from = f"indexed model {reused!r} (same weights file)"
     return {"ref": entry.ref, "arch": metadata.get("arch"), "arch_from": arch_from,
             "input_size": metadata.get("input_size"), "mean": metadata.get("mean"), "std": metadata.get("std"),
             "convention_from": convention_from, "reused_from": reused, "random_init": bool(entry.random_init)}

@@ -21,7 +21,7 @@ import numpy as np
 from ..config import SignatureConfig
 from ..errors import IndexError_
 from ..executors import InlineExecutor, Reporter, SignJob
-from ..ingest import SignResult
+from ..ingest import SignResult, split_unchanged
 from ..manifest import ModelEntry
 from ..probes import Probes, make_probes
 from .atomic import atomic_path, atomic_write_text
@@ -133,6 +133,10 @@ def ingest(files: IndexFiles, refs: Iterable[str | ModelEntry], *, device: str =
         pending: list[SignResult] = []
         last_commit = time.monotonic()
         reporter.start(len(entries))
+        entries, unchanged = split_unchanged(entries, records)  # resume: same file, size, mtime: not re-hashed
+        for result in unchanged:
+            report.results.append(result)
+            reporter.model_done(result)
         try:
             for result in executor.map(entries, job, reporter):
                 settle(files, result, known, names)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from gifindex.errors import ModelLoadError
-from gifindex.refs import HF_FOLDER_CONFIG, HF_FOLDER_WEIGHTS
+from gifindex.models.sources import ModelSource, register_source
+from gifindex.refs import HF_FOLDER_CONFIG, HF_FOLDER_WEIGHTS, ModelRef
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def weights_path(folder: Path) -> Path:
 
 
 def load_hf_folder(folder: str | Path, *, num_classes: int | None = None, trust: bool = False):
-    """Build the timm model a Hugging Face folder describes and load its weights (returns ``hub.Built``)."""
+    """Build the timm model a Hugging Face folder describes and load its weights (returns a ``Built``)."""
     import timm
 
     from gifindex.models.hub import Built, _finish_weights, timm_spec
@@ -63,3 +64,19 @@ def load_hf_folder(folder: str | Path, *, num_classes: int | None = None, trust:
     _finish_weights(module, sd, f"timm:{arch}")
     return Built(module, timm_spec(module), f"timm:{arch}", sha,
                  {"folder": str(folder), "weights_file": str(path)})
+
+
+@register_source
+class HFFolderSource(ModelSource):
+    """A local Hugging Face model folder (timm layout): its config names the architecture."""
+
+    kind = "hf-folder"
+    refuses_weights = ("--weights/--random-init/--arch do not apply to a Hugging Face model folder: its "
+                       "config.json names the architecture and the folder holds the weights")
+
+    def load(self, ref: ModelRef, *, arch: str | None, weights: Any, num_classes: int | None,
+             random_init: bool, trust: bool):
+        return load_hf_folder(str(ref.path), num_classes=num_classes, trust=trust)
+
+    def model_name(self, ref: ModelRef) -> str:
+        return Path(str(ref.path)).name

@@ -1,0 +1,110 @@
+"""Watching models being signed on the fly (queries, exact distances, applications; not ingests).
+
+Library code that signs a model outside an ingest wraps the work in ``signing(label, total)`` (which gives
+a progress callback, or None) and then reports how the model was loaded with ``signed(info)``. A front end
+(the CLI) installs an :class:`Observer` with ``observing(observer)`` to draw progress bars and print those
+notes; without one both calls do nothing. The observer lives in a context variable, not in the APIs.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .models.spec import LoadedModel
+
+ProgressFn = Callable[[int], None]
+
+
+class Observer(Protocol):
+    def start(self, label: str, total: int) -> ProgressFn: ...   # a model starts: returns its progress callback
+
+    def finish(self) -> None: ...                                # it is done (or failed)
+
+    def signed(self, info: dict[str, Any]) -> None: ...          # how it was loaded (see loaded_info)
+
+
+_current: ContextVar["Observer | None"] = ContextVar("gifindex_observer", default=None)
+
+
+@contextmanager
+def observing(observer: Observer) -> Iterator[Observer]:
+    """Send the signing events of the code run inside to ``observer``."""
+    token = _current.set(observer)
+    try:
+        yield observer
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def signing(label: str, total: int) -> Iterator[ProgressFn | None]:
+    """Around signing one model: the observer's progress callback for ``total`` images, or None."""
+    observer = _current.get()
+    if observer is None:
+        yield None
+        return
+    callback = observer.start(label, total)
+    try:
+        yield callback
+    finally:
+        observer.finish()
+
+
+def signed(info: dict[str, Any]) -> None:
+    """Report how a model signed on the fly was loaded (a no-op without an observer)."""
+    observer = _current.get()
+    if observer is not None:
+        observer.signed(info)
+
+
+def loaded_info(loaded: "LoadedModel", *, arch_from: str, convention_from: str,
+                reused_from: str | None = None) -> dict[str, Any]:
+    """What ``signed`` reports: the reference, architecture, input size, mean and std used, and where
+    each came from (``given``, ``detected``, ``reference``/``model``, or an indexed model's stored options)."""
+    return {"ref": loaded.ref, "arch": loaded.arch, "arch_from": arch_from, "input_size": list(loaded.spec.size),
+            "mean": list(loaded.spec.mean), "std": list(loaded.spec.std), "convention_from": convention_from,
+            "reused_from": reused_from, "random_init": bool(loaded.meta.get("random_init"))}
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for a person: ``signed REF: arch A (detected), input 16 px, mean ..., std ... (given)``."""
+    def numbers(values: Any) -> str:
+        return " ".join(f"{v:g}" for v in values) if values else "?"
+
+    size = info.get("input_size") or []
+    side = f"{size[0]} px" if len(size) == 2 and size[0] == size[1] else "x".join(map(str, size)) or "?"
+    random = "; RANDOM (untrained) weights" if info.get("random_init") else ""
+    return (f"signed {info.get('ref')}: arch {info.get('arch')} ({info.get('arch_from')}), input {side}, "
+            f"mean {numbers(info.get('mean'))}, std {numbers(info.get('std'))} ({info.get('convention_from')}){random}")
+
+
+def origins(ref: str, arch: str | None, convention_given: bool) -> tuple[str, str]:
+    """(arch_from, convention_from) for a model loaded from ``ref``: ``given`` when the user gave them,
+    else ``detected`` (a state-dict file's architecture) / ``reference``, and ``model`` (its own convention)."""
+    from .errors import GifindexError
+    from .refs import parse_ref
+
+    try:
+        kind = parse_ref(ref).kind
+    except GifindexError:
+        kind = "file"
+    arch_from = "given" if arch else "detected" if kind == "file" else "reference"
+    return arch_from, "given" if convention_given else "model"
+
+
+def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",
+                   batch_size: int | str | None = 32) -> Any:
+    """Load a ``ModelEntry`` and compute its exact features under ``config`` (gifindex.methods.features),
+    observed: a progress callback while signing, then a ``signed`` note of how it was loaded."""
+    from .methods import features, passes
+    from .models import load_model
+
+    loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
+    with signing(entry.display_name(), passes(config)) as progress:
+        feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
+    arch_from, convention_from = origins(entry.ref, entry.arch, bool(entry.input_size or entry.mean or entry.std))
+    signed(loaded_info(loaded, arch_from=arch_from, convention_from=convention_from))
+    return feats
