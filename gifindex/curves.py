@@ -6,6 +6,7 @@ the model in chunks of ``batch_size``; chunking never changes the result, only t
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from .probes import Probes
 
 ProgressFn = Callable[[int], None]
+log = logging.getLogger(__name__)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -75,6 +77,8 @@ def gradient_field(adapter: SharedSpaceAdapter, probes: "Probes", positions: tor
                 raise SignatureError(f"out of memory on {device} even with one image per batch") from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            log.warning("out of memory on %s with %d images per batch; retrying with %d (set --batch-size lower "
+                        "to avoid the retries)", device, chunk, max(1, chunk // 2))
             chunk = max(1, chunk // 2)
             continue
         flat[start:stop] = grads.float().cpu()

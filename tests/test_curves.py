@@ -148,6 +148,25 @@ def test_quadrature_rules_integrate_polynomials():
         quadrature("simpson", 3)
 
 
+class _TwoImagesAtMost(SmoothNet):
+    """Runs out of memory (as torch reports it) on batches of more than two images."""
+
+    def forward(self, x):
+        if x.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return super().forward(x)
+
+
+def test_out_of_memory_halves_the_batch_says_so_and_changes_nothing(caplog):
+    cfg = SignatureConfig(resolution=8, num_probes=3, steps=4, seed=2)
+    probes = make_probes(cfg)
+    with caplog.at_level("WARNING", logger="gifindex.curves"):
+        halved = compute_curves(wrap(_TwoImagesAtMost(seed=3)), probes, cfg, batch_size=8)
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "out of memory on cpu with 8 images per batch", "out of memory on cpu with 4 images per batch"]
+    torch.testing.assert_close(halved, compute_curves(wrap(SmoothNet(seed=3)), probes, cfg, batch_size=2))
+
+
 def test_auto_batch_size_fits_memory_and_changes_nothing():
     from gifindex.batching import bytes_per_image, resolve_batch_size
 

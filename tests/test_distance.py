@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -9,10 +10,14 @@ import timm
 import torch
 import torch.nn as nn
 import torchvision
+from click.testing import CliRunner
 
+from gifindex.cli import main
 from gifindex.config import SignatureConfig
 from gifindex.curves import compute_curves
 from gifindex.distance import curve_distance, pointwise_cosine
+from gifindex.methods import feature_distance, features
+from gifindex.models import load_model
 from gifindex.models.spec import InputSpec
 from gifindex.probes import make_probes
 
@@ -90,3 +95,24 @@ def test_noisy_copy_is_closer_than_independent_init(kind):
     near, far = curve_distance(c_base, c_noisy), curve_distance(c_base, c_other)
     assert near < far, (kind, near, far)
     assert near < 0.5 * far
+
+
+def test_cli_distance_without_index_is_the_exact_distance_and_verbose_says_what_happened(tmp_path):
+    paths = []
+    for seed in (0, 1):
+        path = tmp_path / f"m{seed}.pt"
+        torch.save(SmoothNet(seed=seed), path)
+        paths.append(str(path))
+    options = ["-K", "3", "-T", "2", "--resolution", "8", "--trust", "--input-size", "8"]
+    quiet = CliRunner().invoke(main, ["distance", *paths, *options, "--json"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "info:" not in quiet.stderr
+    config = SignatureConfig(resolution=8, num_probes=3, steps=2)
+    probes = make_probes(config)
+    loaded = [load_model(p, trust=True, input_size=8) for p in paths]
+    expected = feature_distance(*(features(m, probes, config) for m in loaded), "modelgif")
+    assert json.loads(quiet.stdout)["distance"] == pytest.approx(expected, abs=1e-9)
+    verbose = CliRunner().invoke(main, ["-v", "distance", *paths, *options])
+    assert verbose.exit_code == 0, verbose.output
+    assert "info: drew 3 random probes at 8 px from builtin" in verbose.stderr
+    assert f"info: loaded {paths[0]}" in verbose.stderr

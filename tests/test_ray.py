@@ -73,16 +73,19 @@ def test_ray_equals_local_and_records_failures_and_resumes(tmp_path, cluster):
 
 
 def test_ray_timeout_is_a_recorded_failure(tmp_path, cluster):
+    """A model that never returns fails with the time limit and is recorded; the rest of the index is kept.
+    Independent of machine load: the hanging model would outlast any limit, and the good model is signed
+    under a limit no busy machine reaches."""
     from helpers import HangNet
 
     torch.save(HangNet(), tmp_path / "hang.pt")
     torch.save(SmoothNet(seed=7), tmp_path / "good.pt")
     hang, good = (ModelEntry(ref=str(tmp_path / f"{n}.pt"), name=n, trust=True, input_size=16) for n in ("hang", "good"))
     with Index.create(tmp_path / "idx", CONFIG) as index:
-        assert index.ingest([good], executor=RayExecutor(timeout=300)).results[0].status == "added"
-        report = index.ingest([hang, good], executor=RayExecutor(timeout=20))  # worker start-up counts
+        assert index.ingest([good], executor=RayExecutor(timeout=3600)).results[0].status == "added"
+        report = index.ingest([hang], executor=RayExecutor(timeout=5))  # HangNet sleeps 600 s: always too long
         status = {r.name: (r.status, r.error or "") for r in report.results}
-        assert status["hang"][0] == "failed" and "timed out after 20 s" in status["hang"][1]
-        assert status["good"][0] == "skipped", status["good"]
+        assert status == {"hang": ("failed", status["hang"][1])} and "timed out after 5 s" in status["hang"][1]
         assert [r.name for r in index.records()] == ["good"]
         assert [f["name"] for f in index.catalog.failures()] == ["hang"]
+        assert index.verify()["ok"]

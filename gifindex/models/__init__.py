@@ -5,6 +5,7 @@ The result is always a :class:`LoadedModel` whose module is in eval mode, has ev
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,8 @@ from gifindex.models.spec import Built, InputSpec, LoadedModel, read_weights
 from gifindex.refs import _PREFIXES, FILE_SUFFIXES, ModelRef, parse_ref
 
 __all__ = ["Built", "InputSpec", "LoadedModel", "load_model", "read_weights"]
+
+log = logging.getLogger(__name__)
 
 
 def load_model(ref: "str | ModelRef", *, arch: str | None = None, weights: str | None = None,
@@ -47,6 +50,8 @@ def load_model(ref: "str | ModelRef", *, arch: str | None = None, weights: str |
     module = built.module.to(device).eval()
     for p in module.parameters():
         p.requires_grad_(False)
+    log.info("loaded %s as %s: input %dx%d, mean %s, std %s", r.canonical(), built.arch, spec.size[0], spec.size[1],
+             spec.mean, spec.std)
     return LoadedModel(module=module, spec=spec, ref=r.canonical(), name=source.model_name(r), source=r.kind,
                        arch=built.arch, weights_sha256=built.weights_sha256,
                        num_outputs=built.meta.pop("num_outputs", None) or num_outputs(built.module),

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from gifindex.errors import ModelLoadError
+from gifindex.models.files import read_state_dict
+from gifindex.models.hub import _finish_weights, timm_spec
 from gifindex.models.sources import ModelSource, register_source
+from gifindex.models.spec import Built
 from gifindex.refs import HF_FOLDER_CONFIG, HF_FOLDER_WEIGHTS, ModelRef
 
 
@@ -43,9 +46,6 @@ def weights_path(folder: Path) -> Path:
 def load_hf_folder(folder: str | Path, *, num_classes: int | None = None, trust: bool = False):
     """Build the timm model a Hugging Face folder describes and load its weights (returns a ``Built``)."""
     import timm
-
-    from gifindex.models.hub import Built, _finish_weights, timm_spec
-    from gifindex.models.files import read_state_dict
 
     folder = Path(folder)
     config = read_config(folder)
