@@ -5,10 +5,12 @@ from typing import Any
 
 import click
 
+from ..observe import observing
 from . import main
 from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
                       emit_json, index_option, json_option, load_kwargs_from, load_options, method_option,
                       open_index, table)
+from .progress import SigningProgress
 
 # gifindex.apps and gifindex.session (faiss, scipy) are imported inside the commands: `gifindex --help` does
 # not pay for them.
@@ -33,9 +35,7 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used.
     """
     from ..apps import suspect as run_suspect
-    from ..observe import observing
     from ..session import Session
-    from .progress import SigningProgress
 
     session = Session.at(index_path, load_kwargs_from(kwargs))
     with observing(SigningProgress()) as progress:
@@ -81,9 +81,7 @@ def unlearning(ctx: click.Context, index_path: str, original: str, candidate: st
     be indexed names; the probes always come from --forget (up to K of its images).
     """
     from ..apps import unlearning as run_unlearning
-    from ..observe import observing
     from ..session import Session
-    from .progress import SigningProgress
 
     session = Session.choose(index_path, config_from(kwargs), config_given=config_given(ctx),
                              explicit=index_path != DEFAULT_INDEX, load=load_kwargs_from(kwargs))

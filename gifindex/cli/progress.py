@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import click
 from tqdm import tqdm
 
+from ..observe import describe
+
 if TYPE_CHECKING:  # gifindex.ingest imports torch; `gifindex --help` does not need it
     from ..ingest import SignResult
     from ..manifest import ModelEntry
@@ -81,8 +83,6 @@ class SigningProgress:
             self.bar = None
 
     def signed(self, info: dict) -> None:
-        from ..observe import describe
-
         self.signed_models.append(info)
         if not self.quiet:
             click.echo(describe(info), err=True)

@@ -12,9 +12,11 @@ import click
 import numpy as np
 
 from ..errors import GifindexError
+from ..observe import observing
 from . import main
 from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
                       emit_json, index_option, json_option, load_kwargs_from, load_options, open_index, table)
+from .progress import SigningProgress
 
 # gifindex.session and gifindex.index (faiss) and gifindex.tree (scipy) are imported inside the commands
 # that use them: `gifindex --help` does not pay for them.
@@ -34,9 +36,7 @@ def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_
     A model signed on the fly gets a progress bar and a line saying the architecture, input size, mean and
     std used (given, detected, or those of an indexed model ingested from the same weights file).
     """
-    from ..observe import observing
     from ..session import Session
-    from .progress import SigningProgress
 
     session = Session.at(index_path, load_kwargs_from(kwargs))
     start = time.perf_counter()
@@ -74,9 +74,7 @@ def distance(ctx: click.Context, index_path: str, model_a: str, model_b: str, ex
     and stored compressed signatures are used. Without one, or when configuration options are given,
     both models are signed with that configuration and the exact distance is printed.
     """
-    from ..observe import observing
     from ..session import Session
-    from .progress import SigningProgress
 
     session = Session.choose(index_path, config_from(kwargs), config_given=config_given(ctx),
                              explicit=index_path != DEFAULT_INDEX, load=load_kwargs_from(kwargs))
