@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gifindex.index import index_exists  # noqa: E402
+from gifindex.methods import method_names  # noqa: E402
 
 AFFINITY = ROOT / "gifindex" / "data" / "taskonomy_affinity.json"
 
@@ -25,7 +26,7 @@ AFFINITY = ROOT / "gifindex" / "data" / "taskonomy_affinity.json"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", default="taskonomy-index")
-    parser.add_argument("--method", default="modelgif", choices=["modelgif", "saliency", "ig", "sac", "rsa"])
+    parser.add_argument("--method", default="modelgif", choices=method_names())
     parser.add_argument("-K", type=int, default=32)
     parser.add_argument("-T", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=64)
