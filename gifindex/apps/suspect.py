@@ -20,12 +20,16 @@ import numpy as np
 
 from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
+from ..fingerprint import FingerprintScore, Fingerprint, agreement, fingerprint_path, load_fingerprint
+from ..fingerprint.fingerprint import combine
+from ..models import load_model
 
 if TYPE_CHECKING:
     from ..index import Index
     from ..manifest import ModelEntry
 
 MIN_POPULATION = 3
+MIN_SPREAD = 1e-4  # distances lie in [0, 2]: a population spread below this is degenerate
 MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 
 
@@ -37,7 +41,11 @@ def suspect_from_distances(d: float, population: Sequence[float], z_threshold: f
                             f"against (found {pop.size}); ingest unrelated models trained on the same task")
     median = float(np.median(pop))
     mad = float(np.median(np.abs(pop - median))) * MAD_SCALE
-    scale = mad if mad > 1e-9 else max(float(pop.std()), 1e-9)
+    scale = mad if mad > MIN_SPREAD else float(pop.std())
+    if scale <= MIN_SPREAD:
+        raise GifindexError(f"suspect cannot calibrate: the owner's distances to the {pop.size} other models have no "
+                            f"spread (all near {median:.4f}; MAD and std below {MIN_SPREAD}), so any z-score would be "
+                            "meaningless (degenerate models in the index?); ingest varied unrelated models")
     z = (median - d) / scale
     p_value = (1 + int(np.sum(pop <= d))) / (1 + pop.size)
     threshold = median - z_threshold * scale
@@ -52,9 +60,13 @@ def suspect_from_distances(d: float, population: Sequence[float], z_threshold: f
 
 
 def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | ModelEntry", z_threshold: float = 3.0,
-            exclude: Sequence[str] = (), device: str = "cpu", batch_size: int | None = 32) -> dict[str, Any]:
+            exclude: Sequence[str] = (), device: str = "cpu", batch_size: int | None = 32,
+            use_fingerprint: bool = True) -> dict[str, Any]:
     """Calibrated verdict on whether ``suspect_ref`` is derived from ``owner`` (names or references).
-    ``exclude`` names indexed models to leave out of the population; a name not in the index is an error."""
+    ``exclude`` names indexed models to leave out of the population; a name not in the index is an error.
+    When the owner has a fingerprint in the index (``gifindex fit-probes``) and ``use_fingerprint``, the
+    suspect's agreement with the owner's decisions on it is a second piece of evidence (z against the owner's
+    independent calibration models); the verdict takes the stronger of the two."""
     unknown = [name for name in exclude if index.catalog.by_name(name) is None]
     if unknown:
         known = [r.name for r in index.records()]
@@ -77,4 +89,31 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     random += [records[i].name for i in keep if records[i].metadata.get("random_init")]
     out.update({"suspect": sus_name, "owner": owner_name, "method": index.config.method,
                 "closest_population": [{"name": n, "distance": v} for v, n in closest], "random_init": random})
+    out["signature_z"] = out["z"]
+    out["fingerprint"] = None
+    path = fingerprint_path(index.root, owner_name)
+    if use_fingerprint and path.is_file():
+        evidence = fingerprint_evidence(load_fingerprint(path), index.entry_for(suspect_ref), device)
+        out["fingerprint"] = evidence
+        combined = combine([out["z"], evidence["z"]])
+        out["z"] = float(combined)
+        out["verdict"] = "derived" if combined >= z_threshold else "unrelated"
+        out["evidence"] = "fingerprint" if (evidence["z"] is not None and evidence["z"] > out["signature_z"]) \
+            else "signature"
+    return out
+
+
+def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: str = "cpu") -> dict[str, Any]:
+    """The suspect's agreement with the owner's decisions on the owner's fingerprint, as a z-score against the
+    owner's calibration references (of the suspect's own architecture when the fingerprint has them)."""
+    loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
+    rate = agreement(fingerprint, loaded, device)
+    arch = loaded.arch if loaded.arch in fingerprint.calibration else entry.arch
+    score = FingerprintScore.of(fingerprint, rate, arch)
+    out = score.to_dict()
+    out.update({"inputs": fingerprint.size, "owner_classes": fingerprint.num_classes,
+                "comparable": rate is not None})
+    if rate is None:
+        out["note"] = (f"the suspect's output size differs from the owner's {fingerprint.num_classes} classes: "
+                       "its decisions are about other classes, only the signature can judge it")
     return out

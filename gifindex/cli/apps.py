@@ -9,7 +9,7 @@ from ..observe import observing
 from . import main
 from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
                       emit_json, index_option, json_option, load_kwargs_from, load_options, method_option,
-                      open_index, table)
+                      open_index, table, wait_option)
 from .progress import SigningProgress
 
 # gifindex.apps and gifindex.session (faiss, scipy) are imported inside the commands: `gifindex --help` does
@@ -24,11 +24,13 @@ from .progress import SigningProgress
               help="robust z-score at or above which the suspect is judged derived from the owner")
 @click.option("--exclude", multiple=True, help="indexed names to leave out of the calibration population "
               "(e.g. other known derivatives of the owner); repeatable")
+@click.option("--no-fingerprint", is_flag=True, help="ignore the owner's fingerprint (gifindex fit-probes) and "
+              "judge by the signature distance alone")
 @load_options
 @device_options
 @json_option
 def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, exclude: tuple[str, ...],
-            device: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
+            no_fingerprint: bool, device: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
     """IP protection: is SUSPECT derived from OWNER?
 
     The suspect-owner distance is set against the owner's distances to every other indexed model (the
@@ -41,7 +43,7 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     with observing(SigningProgress()) as progress:
         result = run_suspect(session.index, session.model(suspect_ref), session.model(owner),
                              z_threshold=z_threshold, exclude=exclude, device=check_device(device),
-                             batch_size=batch_size)
+                             batch_size=batch_size, use_fingerprint=not no_fingerprint)
     result["signed"] = progress.signed_models
     if as_json:
         emit_json(result)
@@ -51,12 +53,78 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     click.echo(f"distance      {result['distance']:.4f}")
     click.echo(f"population    {pop['n']} other models: median {pop['median']:.4f}, robust sigma "
                f"{pop['mad_sigma']:.4f}, closest {pop['min']:.4f}")
-    click.echo(f"z-score       {result['z']:.2f}   empirical p-value {result['p_value']:.4f} (the smallest "
+    click.echo(f"z-score       {result['signature_z']:.2f}   empirical p-value {result['p_value']:.4f} (the smallest "
                f"{pop['n']} models can give is 1/(n+1) = {result['p_value_floor']:.4f})")
-    click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "
-               f"<= {result['threshold']['distance']:.4f})")
+    fp = result.get("fingerprint")
+    if fp is not None:
+        if fp["agreement"] is None:
+            click.echo(f"fingerprint   not comparable: {fp['note']}")
+        else:
+            click.echo(f"fingerprint   agrees with the owner on {fp['agreement']:.1%} of {fp['inputs']} fitted inputs; "
+                       f"independent models {fp['null_mean']:.1%} (sigma {fp['null_sigma']:.1%}, {fp['null']}): "
+                       f"z {fp['z']:.2f}")
+    elif not no_fingerprint:
+        click.echo("fingerprint   none for this owner (gifindex fit-probes catches extracted and distilled copies)")
+    if fp is not None:
+        click.echo(f"verdict       {result['verdict'].upper()}  (derived when the signature's or the fingerprint's z "
+                   f">= {z_threshold:g}; strongest evidence: {result['evidence']}, z {result['z']:.2f})")
+    else:
+        click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "
+                   f"<= {result['threshold']['distance']:.4f})")
     random_note(result["random_init"])
 
+
+
+@main.command("fit-probes")
+@index_option
+@click.argument("owner")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True),
+              help="the owner's own labelled data: an .npz with arrays x (images) and y (labels), or a folder "
+                   "with one sub-folder of images per class")
+@click.option("--helper-arch", "helper_archs", multiple=True,
+              help="architecture of the helper models the owner trains (repeatable; default: the owner's own). "
+                   "Name the architectures common for the owner's task: a thief may use any of them")
+@click.option("--surrogates", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="students of the owner to train (its hard labels on augmented owner data)")
+@click.option("--references", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="independent models to train (true labels), used to choose the inputs")
+@click.option("--calibration", type=click.IntRange(1, 32), default=2, show_default=True,
+              help="held-out independent models per helper architecture, the verdict's null distribution")
+@click.option("--candidates", type=click.IntRange(8, 100_000), default=512, show_default=True,
+              help="owner images to perturb into candidate inputs")
+@click.option("--eps", type=click.FloatRange(0, 0.5, min_open=True), default=0.075, show_default=True,
+              help="largest perturbation per pixel (pixel values in [0, 1])")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=6, show_default=True,
+              help="training epochs of each helper model")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@wait_option
+@json_option
+def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[str, ...], surrogates: int,
+               references: int, calibration: int, candidates: int, eps: float, epochs: int, seed: int, device: str,
+               wait: float, as_json: bool) -> None:
+    """Fit OWNER's decision fingerprint from its own data, for `suspect` to catch extracted and distilled copies.
+
+    Trains surrogates (students of OWNER) and references (independent models) on the owner's data, keeps
+    perturbed owner images on which the surrogates follow OWNER's decision and the references do not, and
+    measures how often held-out independent models agree with OWNER there. Stored in the index; `suspect
+    SUSPECT --owner OWNER` then uses it. Only the owner's model and data are used: never the suspects.
+    """
+    from ..apps.fitprobes import fit_probes as run_fit_probes
+
+    index = open_index(index_path)
+    result = run_fit_probes(index, owner, data_path, helper_archs=helper_archs, surrogates=surrogates,
+                            references=references, calibration=calibration, candidates=candidates, eps=eps,
+                            epochs=epochs, seed=seed, device=check_device(device), wait=wait,
+                            progress=lambda msg: click.echo(msg, err=True))
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"fingerprint of {result['owner']}: {result['inputs']} inputs of {result['candidates']} candidates "
+               f"({result['seconds']:.0f} s)")
+    click.echo(f"surrogates agree with the owner on {result['surrogate_agreement']:.1%} of them; held-out independent "
+               f"models on {result['null_mean']:.1%}")
+    click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
 
 @main.command()
 @index_option

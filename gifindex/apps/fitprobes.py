@@ -1,0 +1,46 @@
+"""`gifindex fit-probes`: fit an indexed owner's decision fingerprint from its own data and store it in
+the index, where `suspect` finds it (gifindex.fingerprint has the method)."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import GifindexError
+from ..fingerprint import FitConfig, fingerprint_path, fit_fingerprint, load_owner_data, save_fingerprint
+from ..fingerprint.conferrable import SearchConfig
+from ..fingerprint.helpers import TrainRecipe
+from ..models import load_model
+
+if TYPE_CHECKING:
+    from ..index import Index
+
+
+def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (), surrogates: int = 4,
+               references: int = 4, calibration: int = 2, candidates: int = 512, eps: float = 0.075,
+               epochs: int = 6, seed: int = 0, device: str = "cpu", wait: float = 0.0,
+               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored."""
+    if index.catalog.by_name(owner) is None:
+        close = difflib.get_close_matches(owner, [r.name for r in index.records()], 1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; ingest the owner's model first"
+        raise GifindexError(f"no model named {owner!r} in the index{hint}")
+    with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
+        pass
+    config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
+                       calibration_per_arch=calibration, candidates=candidates, seed=seed,
+                       recipe=TrainRecipe(epochs=epochs), search=SearchConfig(eps=eps))
+    owner_data = load_owner_data(data, index.config.resolution)
+    entry = index.entry_for(owner)
+    loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
+    loaded.name = owner
+    fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress)
+    path = fingerprint_path(index.root, owner)
+    with index.writer(wait=wait):
+        save_fingerprint(fingerprint, path)
+    null = fingerprint.null()
+    surrogate = fingerprint.recipe.get("surrogate_agreement", [])
+    return {"owner": owner, "path": str(path), "inputs": fingerprint.size, "candidates": fingerprint.recipe["candidates"],
+            "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
+            "surrogate_agreement": sum(surrogate) / max(1, len(surrogate)), "null_mean": null[0],
+            "null_sigma": null[1], "calibration": fingerprint.calibration, "recipe": fingerprint.recipe}

@@ -1,0 +1,21 @@
+"""Owner-fitted decision fingerprints: catching models copied by extraction or distillation.
+
+ModelGiF distances catch every copy that keeps the weights (fine-tuning, pruning, transfer) but not a
+student that copied the owner's *function* into another architecture: its gradient field is its own.
+What such a student does copy is the owner's decisions, including its idiosyncratic ones. After Lukas,
+Zhang and Kerschbaum (ICLR 2021, conferrable adversarial examples), the owner trains a few helper models
+from its own data -- surrogates (students of the owner) and references (independent models) -- and
+searches for inputs on which surrogates follow the owner's decision while references do not. A suspect
+that agrees with the owner on those inputs far more than independent models do was derived from it.
+
+Data flow: owner model + owner data (``data.OwnerData``) -> helper models (``helpers``) -> conferrable
+inputs (``conferrable``) -> ``Fingerprint`` (inputs, owner decisions, calibration rates of held-out
+references never used in fitting) -> stored in the index (``store``) -> ``suspect``.
+"""
+from .data import OwnerData, load_owner_data
+from .fingerprint import Fingerprint, FingerprintScore, agreement
+from .fit import FitConfig, fit_fingerprint
+from .store import fingerprint_path, load_fingerprint, save_fingerprint
+
+__all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "OwnerData", "agreement", "fingerprint_path",
+           "fit_fingerprint", "load_fingerprint", "load_owner_data", "save_fingerprint"]

@@ -1,0 +1,123 @@
+"""The owner's own labelled data, in the index's shared input space (RGB in [0, 1], R x R).
+
+Accepted: an ``.npz`` with arrays ``x`` (images) and ``y`` (integer labels), or a folder with one
+sub-folder of images per class (sorted sub-folder names are the classes 0..C-1). Images may be (N, H, W)
+grey, (N, H, W, 3) or (N, 3, H, W), float in [0, 1] or uint8; they are resized to R x R.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ProbeError
+from ..probes import IMAGE_SUFFIXES
+
+MAX_IMAGES = 200_000
+MAX_FILE_BYTES = 4 << 30
+
+
+@dataclass
+class OwnerData:
+    """(N, 3, R, R) float32 images in [0, 1] and their (N,) int64 labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4 or self.x.shape[1] != 3:
+            raise ProbeError(f"owner data images must be (N, 3, R, R), got {tuple(self.x.shape)}")
+        if self.y.shape != (self.x.shape[0],):
+            raise ProbeError(f"owner data has {self.x.shape[0]} images but {tuple(self.y.shape)} labels")
+        if len(self.y) < 20:
+            raise ProbeError(f"owner data has {len(self.y)} labelled images; fitting a fingerprint needs at least 20")
+        if int(self.y.min()) < 0:
+            raise ProbeError("owner data labels must be integers >= 0")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max()) + 1
+
+
+def to_shared_space(images: np.ndarray, resolution: int) -> torch.Tensor:
+    """Any of the accepted image layouts -> (N, 3, R, R) float32 in [0, 1]."""
+    arr = np.asarray(images)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    elif not np.issubdtype(arr.dtype, np.floating):
+        raise ProbeError(f"owner data images have dtype {arr.dtype}; expected float in [0, 1] or uint8")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ProbeError(f"owner data images have shape {tuple(arr.shape)}; expected (N, H, W), (N, H, W, 3) "
+                         "or (N, 3, H, W)")
+    if not torch.isfinite(x).all() or float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
+        raise ProbeError("owner data images must be finite and lie in [0, 1] (or be uint8)")
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    if tuple(x.shape[-2:]) != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > resolution)
+    return x.clamp(0.0, 1.0).contiguous()
+
+
+def _from_npz(path: Path, resolution: int) -> OwnerData:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data or "y" not in data:
+                raise ProbeError(f"{path}: an owner-data .npz needs arrays 'x' (images) and 'y' (labels); "
+                                 f"found {', '.join(data.files) or 'none'}")
+            x, y = data["x"], data["y"]
+    except ProbeError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ProbeError(f"{path}: not a readable .npz file ({exc})") from None
+    if len(x) > MAX_IMAGES:
+        raise ProbeError(f"{path}: {len(x)} images; at most {MAX_IMAGES} are used to fit a fingerprint")
+    if not np.issubdtype(np.asarray(y).dtype, np.integer):
+        raise ProbeError(f"{path}: labels 'y' must be integers, got {np.asarray(y).dtype}")
+    return OwnerData(to_shared_space(x, resolution), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+
+def _from_folder(path: Path, resolution: int) -> OwnerData:
+    from PIL import Image
+
+    classes = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise ProbeError(f"{path}: an owner-data folder needs one sub-folder of images per class (found "
+                         f"{len(classes)})")
+    images, labels = [], []
+    for label, folder in enumerate(classes):
+        for file in sorted(folder.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+                continue
+            if len(images) >= MAX_IMAGES:
+                raise ProbeError(f"{path}: more than {MAX_IMAGES} images")
+            try:
+                with Image.open(file) as img:
+                    rgb = img.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+            except (OSError, ValueError) as exc:
+                raise ProbeError(f"{file}: not a readable image ({exc})") from None
+            images.append(np.asarray(rgb, dtype=np.uint8))
+            labels.append(label)
+    if not images:
+        raise ProbeError(f"{path}: no images in its class sub-folders")
+    return OwnerData(to_shared_space(np.stack(images), resolution), torch.tensor(labels, dtype=torch.int64))
+
+
+def load_owner_data(source: str | os.PathLike, resolution: int) -> OwnerData:
+    """Load the owner's labelled data from an ``.npz`` (``x``, ``y``) or a class-per-folder directory."""
+    path = Path(source)
+    if path.is_dir():
+        return _from_folder(path, resolution)
+    if not path.is_file():
+        raise ProbeError(f"owner data {path} does not exist (an .npz with x and y, or a folder of class folders)")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ProbeError(f"{path}: larger than {MAX_FILE_BYTES >> 30} GiB; pass a sample of the owner's data")
+    return _from_npz(path, resolution)

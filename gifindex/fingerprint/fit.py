@@ -1,0 +1,121 @@
+"""Fit an owner's fingerprint: train its helper models, search conferrable inputs, calibrate.
+
+Honest by construction: only the owner's model and the owner's data are used; the models later scored
+by ``suspect`` play no part, and the calibration references are trained apart from the references used
+to choose the inputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..adapter import SharedSpaceAdapter
+from ..errors import ConfigError, GifindexError
+from ..models import load_model
+from ..models.spec import LoadedModel
+from .conferrable import SearchConfig, search
+from .data import OwnerData
+from .fingerprint import Fingerprint, agreement
+from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What a fingerprint is fitted with. helper_archs: architectures of the helper models (None: the
+    owner's own). Surrogates and references cycle through them; ``calibration_per_arch`` held-out
+    references of each give the null distribution (two or more per architecture let a suspect of that
+    architecture be judged against its own kind)."""
+
+    helper_archs: tuple[str, ...] | None = None
+    surrogates: int = 4
+    references: int = 4
+    calibration_per_arch: int = 2
+    candidates: int = 512
+    seed: int = 0
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def __post_init__(self) -> None:
+        for name, low in (("surrogates", 1), ("references", 1), ("calibration_per_arch", 1), ("candidates", 8)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low or value > 100_000:
+                raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
+        if not 0 < self.search.eps <= 0.5:
+            raise ConfigError(f"invalid eps {self.search.eps!r}: expected 0 < eps <= 0.5 (pixel units in [0, 1])")
+        if self.recipe.epochs < 1 or self.recipe.epochs > 1000:
+            raise ConfigError(f"invalid epochs {self.recipe.epochs!r}: expected 1..1000")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_builder(owner: LoadedModel) -> Builder:
+    """Untrained models of a named architecture (timm:/torchvision: references) that take the owner's
+    input convention, so helpers see inputs exactly as the owner does."""
+    size, mean, std = owner.spec.size[0], owner.spec.mean, owner.spec.std
+
+    def build(arch: str, num_classes: int) -> LoadedModel:
+        return load_model(arch, random_init=True, num_classes=num_classes, input_size=size, mean=mean, std=std)
+
+    return build
+
+
+def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = FitConfig(), *,
+                    build: Builder | None = None, device: str = "cpu",
+                    progress: Progress | None = None) -> Fingerprint:
+    """Train the owner's helpers on ``data``, search conferrable inputs, and calibrate on held-out references."""
+    say = progress or (lambda _msg: None)
+    archs = tuple(config.helper_archs or ((owner.arch,) if owner.arch else ()))
+    if not archs:
+        raise ConfigError("the owner's architecture is unknown: name helper architectures (--helper-arch REF)")
+    build = build or default_builder(owner)
+    started = time.perf_counter()
+    owner_fn = SharedSpaceAdapter.of(owner).to(device).eval().logits
+    with torch.no_grad():
+        num_classes = int(owner_fn(data.x[:2].to(device)).shape[1])
+    if data.num_classes > num_classes:
+        raise GifindexError(f"owner data has labels up to {data.num_classes - 1} but the owner has "
+                            f"{num_classes} outputs")
+    seed = config.seed * 10_000
+    surrogates, references = [], []
+    for i in range(config.surrogates):
+        arch = archs[i % len(archs)]
+        say(f"surrogate {i + 1}/{config.surrogates}: {arch}")
+        surrogates.append(train_surrogate(build, arch, owner_fn, data.x, num_classes, config.recipe,
+                                          seed + 100 + i, device))
+    for i in range(config.references):
+        arch = archs[i % len(archs)]
+        say(f"reference {i + 1}/{config.references}: {arch}")
+        references.append(train_reference(build, arch, data.x, data.y, num_classes, config.recipe,
+                                          seed + 200 + i, device))
+    gen = torch.Generator().manual_seed(seed + 7)
+    pick = torch.randperm(len(data.y), generator=gen)[:config.candidates]
+    say(f"searching {len(pick)} conferrable inputs (eps {config.search.eps})")
+    as_fn = [SharedSpaceAdapter.of(m).to(device).eval().logits for m in surrogates + references]
+    inputs, targets, kept = search(owner_fn, as_fn[:len(surrogates)], as_fn[len(surrogates):],
+                                   data.x[pick].to(device), data.y[pick].to(device), config.search)
+    if int(kept.sum()) < 8:
+        raise GifindexError(f"only {int(kept.sum())} of {len(pick)} inputs were conferrable; try a larger "
+                            "--eps or more --candidates")
+    fingerprint = Fingerprint(owner=owner.name, owner_sha256=owner.weights_sha256, inputs=inputs[kept].cpu(),
+                              labels=targets[kept].cpu(), num_classes=num_classes, calibration={})
+    for a, arch in enumerate(archs):
+        for j in range(config.calibration_per_arch):
+            say(f"calibration reference {arch} #{j + 1}")
+            model = train_reference(build, arch, data.x, data.y, num_classes, config.recipe,
+                                    seed + 300 + 10 * a + j, device)
+            fingerprint.calibration.setdefault(arch, []).append(agreement(fingerprint, model, device))
+    fingerprint.recipe = {"config": config.to_dict(), "helper_archs": list(archs), "owner_data": len(data.y),
+                          "candidates": len(pick), "kept": fingerprint.size,
+                          "seconds": round(time.perf_counter() - started, 1),
+                          "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
+    log.info("fingerprint of %s: %d inputs, calibration %s", owner.name, fingerprint.size, fingerprint.calibration)
+    return fingerprint

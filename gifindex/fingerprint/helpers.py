@@ -1,0 +1,121 @@
+"""The owner's helper models: surrogates (students of the owner) and references (independent models).
+
+Both are trained from scratch on the owner's own data in the shared input space, through the same
+resize + normalisation the index applies. Surrogates learn the owner's hard decisions on augmented copies
+of that data (a thief queries with inputs of its own, not the owner's training images); references learn
+the true labels. A second, disjoint set of references (the calibration set) is never used to choose
+fingerprint inputs: their agreement with the owner is the null distribution of the verdict.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..adapter import SharedSpaceAdapter
+from ..models.spec import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# builds an untrained model of an architecture for C classes (seed the RNG first), with its input convention
+Builder = Callable[[str, int], LoadedModel]
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How a helper model is trained (AdamW, one-cycle schedule)."""
+
+    epochs: int = 6
+    lr: float = 5e-3
+    batch_size: int = 64
+    augment_copies: int = 2  # surrogates: augmented copies of the owner data per epoch, beside the originals
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Inputs a thief might query with, made from the owner's images in [0, 1]: per image a random
+    intensity scale in [0, 1], Gaussian noise (sd 0.1), a shift of up to 1/16 of the side, and (half the time)
+    a mixup."""
+    n = len(x)
+    lam = torch.rand(n, 1, 1, 1, generator=generator) * (torch.rand(n, 1, 1, 1, generator=generator) < 0.5)
+    out = x * (1 - lam) + x[torch.randperm(n, generator=generator)] * lam
+    shift = max(1, x.shape[-1] // 16)
+    dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
+    out = torch.roll(out, shifts=(dy, dx), dims=(2, 3))
+    out = out * torch.rand(n, 1, 1, 1, generator=generator)
+    return (out + 0.1 * torch.randn(out.shape, generator=generator)).clamp(0.0, 1.0)
+
+
+class Trainable(nn.Module):
+    """A loaded model as a trainable function of shared-space images (the adapter's resize + normalise)."""
+
+    def __init__(self, model: LoadedModel):
+        super().__init__()
+        self.adapter = SharedSpaceAdapter(model.module, model.spec)
+        for p in self.adapter.model.parameters():
+            p.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter.model(self.adapter.to_native(x))
+
+
+@torch.no_grad()
+def decisions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """argmax of ``model`` over ``x`` in batches."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def train_helper(model: LoadedModel, x: torch.Tensor, y: torch.Tensor, recipe: TrainRecipe, seed: int,
+                 device: str = "cpu") -> LoadedModel:
+    """Train ``model`` on (x, y) and return it frozen, in eval mode."""
+    net = Trainable(model).to(device)
+    net.adapter.model.train()
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=1e-4)
+    per_epoch = (len(x) + recipe.batch_size - 1) // recipe.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr,
+                                                   total_steps=max(1, recipe.epochs * per_epoch), pct_start=0.15)
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), recipe.batch_size):
+            idx = order[start:start + recipe.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on one image
+                continue
+            loss = F.cross_entropy(net(x[idx].to(device)), y[idx].to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    module = net.adapter.model.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(module=module, spec=model.spec, ref=model.ref, name=model.name, source=model.source,
+                       arch=model.arch, num_outputs=model.num_outputs, meta={**model.meta, "helper": True})
+
+
+def train_surrogate(build: Builder, arch: str, owner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    num_classes: int, recipe: TrainRecipe, seed: int, device: str = "cpu") -> LoadedModel:
+    """A student of the owner: its hard labels on the owner's images and augmented copies of them."""
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.cat([x] + [augment(x, gen) for _ in range(recipe.augment_copies)])
+    ys = decisions(owner, xs.to(device)).cpu()
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    model = train_helper(build(arch, num_classes), xs, ys, recipe, seed, device)
+    log.info("surrogate %s (seed %d) trained in %.1f s", arch, seed, time.perf_counter() - started)
+    return model
+
+
+def train_reference(build: Builder, arch: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                    recipe: TrainRecipe, seed: int, device: str = "cpu") -> LoadedModel:
+    """An independent model: the true labels of the owner's images."""
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    model = train_helper(build(arch, num_classes), x, y, recipe, seed, device)
+    log.info("reference %s (seed %d) trained in %.1f s", arch, seed, time.perf_counter() - started)
+    return model

@@ -1,0 +1,62 @@
+"""Fingerprints live in the index (``INDEX/fingerprints/<owner>.npz``), written atomically."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import GifindexError
+from ..index.atomic import atomic_write_bytes
+from .fingerprint import Fingerprint
+
+FINGERPRINT_DIR = "fingerprints"
+FORMAT = "gifindex-fingerprint-1"
+MAX_BYTES = 1 << 30
+
+
+def fingerprint_path(index_root: str | Path, owner: str) -> Path:
+    """Where the fingerprint of the indexed model ``owner`` is stored (a name-derived, file-safe stem)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner)[:80]
+    digest = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return Path(index_root) / FINGERPRINT_DIR / f"{safe}-{digest}.npz"
+
+
+def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "owner": fingerprint.owner, "owner_sha256": fingerprint.owner_sha256,
+            "num_classes": fingerprint.num_classes, "calibration": fingerprint.calibration,
+            "recipe": fingerprint.recipe}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, inputs=fingerprint.inputs.numpy().astype(np.float32),
+                        labels=fingerprint.labels.numpy().astype(np.int64), meta=np.array(json.dumps(meta)))
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def load_fingerprint(path: str | Path) -> Fingerprint:
+    """Read a fingerprint, checking its format and shapes; every problem names the file."""
+    source = Path(path)
+    try:
+        if source.stat().st_size > MAX_BYTES:
+            raise GifindexError(f"{source}: larger than {MAX_BYTES >> 20} MiB, not a gifindex fingerprint")
+        with np.load(source, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            inputs, labels = data["inputs"], data["labels"]
+    except GifindexError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise GifindexError(f"{source}: not a readable gifindex fingerprint ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GifindexError(f"{source}: not a gifindex fingerprint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if inputs.dtype != np.float32 or labels.dtype != np.int64 or inputs.ndim != 4:
+        raise GifindexError(f"{source}: damaged fingerprint arrays")
+    calibration = {str(k): [float(v) for v in vals] for k, vals in dict(meta.get("calibration", {})).items()}
+    return Fingerprint(owner=str(meta["owner"]), owner_sha256=meta.get("owner_sha256"),
+                       inputs=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
+                       num_classes=int(meta["num_classes"]), calibration=calibration,
+                       recipe=dict(meta.get("recipe", {})))

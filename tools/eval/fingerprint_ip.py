@@ -1,0 +1,145 @@
+"""IP protection with owner-fitted decision fingerprints (issue #10), beside ModelGiF, on the ipzoo zoos.
+
+Per zoo seed: the owner fits its fingerprint from its own data only (``gifindex.fingerprint``: surrogates
+and references it trains itself, held-out calibration references), the scored models play no part; then
+every scored model gets its agreement with the owner on the fingerprint (z against the calibration
+references of its architecture), its ModelGiF distance to the owner (z against the other independent
+models, leave-one-out, as ``gifindex suspect`` does with the index population), and the combined
+evidence max(z_gif, z_fp). AUC per attack (attack models positive, independent models negative) and what
+the verdict (z >= 3) flags.
+
+    python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+import ipzoo
+from common import CACHE, distances_to, key, log, results_dir, setup_threads, sign_all, wrap, write_json
+from gifindex.apps import suspect_from_distances
+from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
+                                  load_fingerprint, save_fingerprint)
+from gifindex.fingerprint.fingerprint import combine
+
+Z_THRESHOLD = 3.0
+SCORES = ("modelgif", "fp-agree", "fp-z", "combined")
+
+
+def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
+    x, y = zoo.owner_data
+    mean = torch.tensor(zoo.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(zoo.spec.std).view(1, 3, 1, 1)
+    return OwnerData((x * std + mean).clamp(0, 1), y)
+
+
+def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
+    """The owner's fingerprint for this zoo and seed (cached: fitting trains the helper models)."""
+    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}.npz"
+    if path.is_file():
+        return load_fingerprint(path), 0.0
+    start = time.perf_counter()
+
+    def build(arch: str, classes: int):
+        return wrap(zoo.make_arch(arch, classes), zoo.spec)
+
+    owner = wrap(zoo.owner, zoo.spec)
+    owner.name = "owner"
+    fp = fit_fingerprint(owner, owner_data(zoo), config, build=build, progress=log)
+    save_fingerprint(fp, path)
+    return fp, time.perf_counter() - start
+
+
+def auc_rows(scores: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    neg = [n for n in scores if groups[n] == "irrelevant"]
+    row = {}
+    for attack in ipzoo.ATTACKS:
+        pos = [n for n in scores if groups[n] == attack]
+        row[attack] = float(roc_auc_score([1] * len(pos) + [0] * len(neg), [scores[n] for n in pos + neg]))
+    row["mean"] = float(np.mean(list(row.values())))
+    return row
+
+
+def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
+    zoo = ipzoo.build(zoo_name, seed, quick)
+    helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
+    config = dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
+    fp, fit_s = fitted(zoo, config)
+    scored = [n for n in zoo.models if n != "owner"]
+    groups = {n: zoo.groups[n] for n in scored}
+    start = time.perf_counter()
+    fp_scores = {n: FingerprintScore.of(fp, agreement(fp, wrap(zoo.models[n], zoo.spec)), zoo.archs[n]) for n in scored}
+    fp_s = (time.perf_counter() - start) / len(scored)
+    feats, sign_s = sign_all(zoo.models, zoo.heldout_raw, k=16, steps=8, methods=("modelgif",), spec=zoo.spec,
+                             resolution=zoo.resolution)
+    dist = distances_to(feats["modelgif"], "owner", "modelgif")
+    neg = [n for n in scored if groups[n] == "irrelevant"]
+    z_gif = {}
+    for n in scored:
+        population = [dist[m] for m in neg if m != n]
+        z_gif[n] = suspect_from_distances(dist[n], population, Z_THRESHOLD)["z"]
+    scores = {
+        "modelgif": {n: -dist[n] for n in scored},
+        "fp-agree": {n: (fp_scores[n].agreement if fp_scores[n].agreement is not None else -1.0) for n in scored},
+        "fp-z": {n: (fp_scores[n].z if fp_scores[n].z is not None else -1e9) for n in scored},
+        "combined": {n: combine([z_gif[n], fp_scores[n].z]) for n in scored},
+    }
+    zs = {"modelgif": z_gif, "fp-z": scores["fp-z"], "combined": scores["combined"]}
+    flagged = {}
+    for name, z in zs.items():
+        flagged[name] = {g: float(np.mean([z[n] >= Z_THRESHOLD for n in scored if groups[n] == g]))
+                         for g in ipzoo.ATTACKS + ("irrelevant",)}
+    return {
+        "zoo": zoo_name, "seed": seed, "quick": quick, "fingerprint": {"size": fp.size, "calibration": fp.calibration,
+                                                                      "recipe": fp.recipe},
+        "fit_seconds": round(fit_s, 1), "fp_seconds_per_model": fp_s, "gif_seconds_per_model": sign_s["modelgif"],
+        "fp_passes_per_model": fp.size, "gif_passes_per_model": 16 * 8,
+        "auc": {s: auc_rows(scores[s], groups) for s in SCORES}, "flagged": flagged,
+        "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n], "z_gif": z_gif[n],
+                          **fp_scores[n].to_dict()} for n in scored},
+    }
+
+
+def summarise(results: list[dict]) -> dict:
+    out = {}
+    for s in SCORES:
+        rows = [r["auc"][s] for r in results]
+        out[s] = {a: {"mean": float(np.mean([row[a] for row in rows])), "min": float(np.min([row[a] for row in rows])),
+                      "max": float(np.max([row[a] for row in rows]))} for a in ipzoo.ATTACKS + ("mean",)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", choices=sorted(ipzoo.ZOOS), default="digits")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--eps", type=float, default=FitConfig().search.eps)
+    args = parser.parse_args()
+    setup_threads()
+    config = FitConfig(search=dataclasses.replace(FitConfig().search, eps=args.eps))
+    results = []
+    for seed in args.seeds:
+        results.append(evaluate(args.zoo, seed, args.quick, config))
+        r = results[-1]
+        log(f"{args.zoo} seed {seed}: fingerprint {r['fingerprint']['size']} inputs, fit {r['fit_seconds']} s")
+        for s in SCORES:
+            log(f"  {s:<10s} " + " ".join(f"{r['auc'][s][a]:.2f}" for a in ipzoo.ATTACKS + ("mean",))
+                + "  flagged " + (" ".join(f"{v:.0%}" for v in r["flagged"][s].values()) if s in r["flagged"] else ""))
+    summary = summarise(results)
+    write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}.json",
+               {"runs": results, "summary": summary})
+    print("AUC mean [min, max] over seeds " + " ".join(map(str, args.seeds)))
+    print("score      " + " ".join(f"{a:>17s}" for a in ipzoo.ATTACKS + ("mean",)))
+    for s in SCORES:
+        print(f"{s:<10s} " + " ".join(f"{v['mean']:.2f} [{v['min']:.2f},{v['max']:.2f}]" for v in summary[s].values()))
+
+
+if __name__ == "__main__":
+    main()
