@@ -76,3 +76,64 @@ def test_module_convention_overrides(tiny) -> None:
     lm = gifindex.api.as_loaded_model(net, input_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     assert lm.spec.size == (16, 16) and lm.spec.mean == (0.5, 0.5, 0.5) and lm.spec.std == (0.25, 0.25, 0.25)
     assert not any(p.requires_grad for p in lm.module.parameters()) and not lm.module.training
+
+
+def test_index_api_of_the_design(tiny, tmp_path) -> None:
+    """Index.create(exist_ok), nearest on a name / module / LoadedModel / vector, distance, a one-model tree."""
+    from gifindex.errors import GifindexError
+    from gifindex.tree import to_newick
+    net, other, config = tiny
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    index = gifindex.Index.create(tmp_path / "hub", config)
+    with pytest.raises(GifindexError, match="exist_ok=True"):
+        gifindex.Index.create(tmp_path / "hub", config)
+    with pytest.raises(GifindexError, match="another configuration"):
+        gifindex.Index.create(tmp_path / "hub", config.replace(seed=2), exist_ok=True)
+    same = gifindex.Index.create(tmp_path / "hub", config, exist_ok=True)
+    assert same.config == index.config and len(same) == 0
+    with pytest.raises(GifindexError, match="empty"):
+        index.tree()
+    report = index.ingest([gifindex.manifest.ModelEntry(ref=str(tmp_path / "a.pt"), name="a",
+                                                        arch="timm:test_resnet")])
+    assert [r.status for r in report.results] == ["added"]
+    one = index.tree()                                           # one model: a one-leaf tree, not a raise
+    assert one.n == 1 and to_newick(one) == "a;"
+    vector = gifindex.signature(net, index.config, index.probes)
+    for query in (net, gifindex.load_model(str(tmp_path / "a.pt"), arch="timm:test_resnet"), vector,
+                  torch.from_numpy(vector), str(tmp_path / "a.pt")):
+        [hit] = index.nearest(query, k=1)
+        assert hit.name == "a" and hit.distance < 1e-2 and hit.random_init is False
+    assert index.nearest("a", k=1) == []                         # an indexed name is not its own neighbour
+    d = index.distance(other, "a")
+    assert d == pytest.approx(index.distance("a", other)) and d > 0.05   # another init: not the same function
+    with pytest.raises(GifindexError, match="k must be a positive"):
+        index.nearest("a", k=0)
+    with pytest.raises(GifindexError, match="cannot query this index"):
+        index.nearest(vector[:10], k=1)
+    with pytest.raises(GifindexError, match=r"no model named 'aa'; did you mean 'a'\?"):
+        index.nearest("aa")
+
+
+def test_hugging_face_folder_loads_and_signs(tiny, tmp_path) -> None:
+    from timm.models._hub import save_for_hf
+    net, _, config = tiny
+    folder = tmp_path / "hf-model"
+    save_for_hf(net, str(folder))
+    loaded = gifindex.load_model(str(folder))
+    assert loaded.name == "hf-model" and loaded.arch == "timm:test_resnet" and loaded.source == "hf-folder"
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.module(x), net(x), rtol=0, atol=0)
+    probes = gifindex.make_probes(config)
+    np.testing.assert_allclose(gifindex.signature(str(folder), config, probes), gifindex.signature(net, config, probes),
+                               atol=1e-6)
+    with pytest.raises(gifindex.GifindexError, match="do not apply to a Hugging Face model folder"):
+        gifindex.load_model(str(folder), random_init=True)
+    with pytest.raises(gifindex.GifindexError, match="--arch applies to state-dict files only"):
+        gifindex.load_model(str(folder), arch="timm:resnet18")
+
+
+def test_help_imports_no_torch() -> None:
+    code = ("import sys\nfrom gifindex.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'faiss' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"

@@ -125,3 +125,28 @@ def test_relatedness_command_matches_names(hub, tmp_path):
     assert out["spearman_with_diagonal"] < 0
     text = _run("relatedness", "-i", index, "--truth", DATA / "taskonomy_affinity.json", ok=False)
     assert text.exit_code == 1  # none of the Taskonomy tasks are indexed
+
+
+def test_applications_warn_about_random_weights(hub, tmp_path):
+    """Issue 12 point 5: random (untrained) weights never pass silently through an application."""
+    index, files = hub
+    forget = tmp_path / "forget.npy"
+    np.save(forget, np.random.default_rng(0).random((4, 16, 16)).astype(np.float32))
+    args = ["unlearning", "-i", index, "owner", "timm:test_resnet", "--random-init", "--num-classes", "4",
+            "--input-size", "16", "--forget", forget]
+    assert json.loads(_run(*args, "--json").stdout)["random_init"] == ["candidate"]
+    assert "WARNING: random (untrained) weights: candidate" in _run(*args).stdout
+    rand = tmp_path / "rand"
+    _run("init", "-i", rand, "-K", "4", "-T", "2", "--resolution", "16", "--proj-dim", "16")
+    manifest = tmp_path / "r.yaml"
+    manifest.write_text("".join(f"- name: t{i}\n  ref: timm:test_resnet\n  num_classes: 4\n" for i in range(4)))
+    _run("ingest", "-i", rand, "--manifest", manifest, "--random-init", "--no-progress", "--executor", "inline")
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps({"names": [f"t{i}" for i in range(4)],
+                                 "matrix": np.random.default_rng(1).random((4, 4)).tolist()}))
+    out = json.loads(_run("relatedness", "-i", rand, "--truth", truth, "--json").stdout)
+    assert out["random_init"] == ["t0", "t1", "t2", "t3"]
+    assert "WARNING: random (untrained) weights: t0, t1, t2, t3" in _run("relatedness", "-i", rand, "--truth",
+                                                                        truth).stdout
+    plain = json.loads(_run("suspect", "-i", index, "copy", "--owner", "owner", "--json").stdout)
+    assert plain["random_init"] == [] and plain["p_value_floor"] == pytest.approx(1 / 6)
