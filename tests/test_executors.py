@@ -39,3 +39,47 @@ def test_local_and_inline_executors_give_identical_signatures(tmp_path):
                          executor=executor)
             vectors.append(index.vectors()[1])
     assert torch.equal(torch.from_numpy(vectors[0]), torch.from_numpy(vectors[1]))
+
+
+class PidNet(SmoothNet):
+    """SmoothNet that appends its worker's process id to a file on every forward pass."""
+
+    def __init__(self, seed: int, log: str):
+        super().__init__(seed=seed)
+        self.log = log
+
+    def forward(self, x):
+        import os
+
+        with open(self.log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return super().forward(x)
+
+
+def test_jobs_sign_in_parallel_and_give_the_same_index_as_one_job(tmp_path):
+    entries = []
+    for seed in range(4):
+        torch.save(PidNet(seed, str(tmp_path / f"pids{seed}.txt")), tmp_path / f"m{seed}.pt")
+        entries.append(ModelEntry(ref=str(tmp_path / f"m{seed}.pt"), name=f"m{seed}", trust=True, input_size=16))
+    torch.save(CrashNet(), tmp_path / "crash.pt")
+    entries.insert(2, ModelEntry(ref=str(tmp_path / "crash.pt"), name="crash", trust=True, input_size=16))
+    config = SignatureConfig(resolution=16, num_probes=2, steps=2, proj_dim=16)
+    outcomes = []
+    for jobs in (1, 2):
+        for seed in range(4):
+            (tmp_path / f"pids{seed}.txt").unlink(missing_ok=True)
+        with Index.create(tmp_path / f"j{jobs}", config) as index:
+            report = index.ingest(entries, executor=LocalExecutor(timeout=120, threads=1, jobs=jobs), commit_every=2)
+            records, vectors = index.vectors()
+            outcomes.append(([(r.name, r.status, "SIGSEGV" in (r.error or "")) for r in report.results],
+                             [(r.name, r.shard.split("-")[0], r.row) for r in records], vectors,
+                             sorted(f["name"] for f in index.catalog.failures())))
+        pids = [(tmp_path / f"pids{seed}.txt").read_text().split()[0] for seed in range(4)]
+        if jobs == 1:  # one worker, replaced after the crash
+            assert pids[0] == pids[1] != pids[2] == pids[3]
+        else:  # the first two models run in two workers at once
+            assert pids[0] != pids[1]
+    (results1, layout1, vectors1, failed1), (results2, layout2, vectors2, failed2) = outcomes
+    assert results1 == results2 and ("crash", "failed", True) in results1
+    assert layout1 == layout2 and failed1 == failed2 == ["crash"]
+    assert torch.equal(torch.from_numpy(vectors1), torch.from_numpy(vectors2))
