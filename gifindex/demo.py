@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .config import SignatureConfig
+from .index import Index, index_exists
 
 # Fixed normalisation of the upscaled digits in [0, 1] (measured once at 32 px; recorded in
 # every manifest entry so the index feeds the models exactly what they were trained on).
@@ -411,3 +415,51 @@ def write_manifest(entries: list[dict[str, Any]], path: str | os.PathLike,
                           default_flow_style=None, width=110)
     _atomic_write(target, lambda h: h.write(header + body), mode="w")
     return target
+
+
+# ---------------------------------------------------------------- the demo index (gifindex demo)
+QUICK_ZOO = DemoZooConfig(bases=("timm:test_resnet", "timm:test_efficientnet"),
+                          students=("timm:test_efficientnet", "timm:test_resnet"), epochs=3, finetune_epochs=1,
+                          distill_epochs=3)
+
+
+def demo_index_config(zoo_dir: str | os.PathLike) -> SignatureConfig:
+    """The demo index's signature configuration: the zoo's digit probes at 16 px (the digits are 8x8), and
+    method ``modelgif+outputs`` so that distilled students (another architecture, the teacher's outputs)
+    land next to their teachers, not only fine-tuned and pruned copies (docs/results.md)."""
+    return SignatureConfig(method="modelgif+outputs", resolution=16, num_probes=16, steps=4,
+                           probe_source=str(Path(zoo_dir) / PROBES_NAME))
+
+
+def open_demo_index(index_dir: str | os.PathLike, config: SignatureConfig, device: str = "cpu") -> Index:
+    """The demo index at ``index_dir``: reused when its configuration is ``config``, else made afresh."""
+    if index_exists(index_dir):
+        with Index.open(index_dir) as existing:
+            stale = existing.config != config
+        if stale:
+            shutil.rmtree(index_dir)
+    return Index.create(index_dir, config, device=device, exist_ok=True)
+
+
+def relation_rows(index: Index, entries: list[dict[str, Any]]) -> list[list[Any]]:
+    """Per derived model: distance to its parent, the parent's rank among its neighbours, nearest model, its
+    family or not, and whether the parent is nearer than every model of another family."""
+    names, dist = index.matrix()
+    position = {name: i for i, name in enumerate(names)}
+    family = {e["name"]: e["tags"].get("family") for e in entries}
+    rows = []
+    for entry in entries:
+        parent = entry["tags"].get("parent")
+        if not parent or entry["name"] not in position or parent not in position:
+            continue
+        i = position[entry["name"]]
+        order = [j for j in dist[i].argsort() if j != i]
+        nearest = names[order[0]]
+        rank = 1 + [names[j] for j in order].index(parent)
+        outside = [dist[i, j] for j in order if family.get(names[j]) != family[entry["name"]]]
+        parent_first = all(dist[i, position[parent]] < d for d in outside)
+        rows.append([entry["name"], entry["tags"].get("relation"), round(float(dist[i, position[parent]]), 4),
+                     rank, nearest, "yes" if family.get(nearest) == family[entry["name"]] else "no",
+                     "yes" if parent_first else "no"])
+    return rows
+

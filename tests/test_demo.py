@@ -97,3 +97,24 @@ def test_derived_models_nearer_their_parent(zoo):
         d_parent = curve_distance(curves[entry["name"]], curves[parent])
         d_other = curve_distance(curves[entry["name"]], curves[other])
         assert d_parent < d_other, (entry["name"], d_parent, d_other)
+
+
+def test_distilled_students_land_next_to_their_teacher_with_outputs(zoo):
+    """modelgif+outputs (the demo's method): every distilled student is nearer its teacher than any model of
+    another family, and ModelGiF's fine-tuned/pruned relations still hold under it."""
+    from gifindex.methods import feature_distance, features
+
+    out, entries, _ = zoo
+    config = SignatureConfig(method="modelgif+outputs", resolution=16, num_probes=8, steps=4,
+                             probe_source=str(out / "digit_probes.npy"))
+    probes = make_probes(config)
+    feats = {e["name"]: features(_load(e), probes, config) for e in entries}
+    family = {e["name"]: e["tags"]["family"] for e in entries}
+    for entry in entries:
+        parent = entry["tags"].get("parent")
+        if parent is None:
+            continue
+        name = entry["name"]
+        d_parent = feature_distance(feats[name], feats[parent], config.method)
+        others = [feature_distance(feats[name], feats[o], config.method) for o in feats if family[o] != family[name]]
+        assert d_parent < min(others), (name, d_parent, min(others))

@@ -4,53 +4,16 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from ..config import SignatureConfig
 from ..manifest import read_manifest
 from . import main
 from .options import check_device, table
 from .progress import ProgressReporter
 
-if TYPE_CHECKING:
-    from ..demo import DemoZooConfig
-
 # gifindex.demo (torch), gifindex.index (faiss) and gifindex.tree (scipy) are imported inside the commands:
 # `gifindex --help` does not pay for them.
-
-
-def _quick_zoo() -> "DemoZooConfig":
-    from ..demo import DemoZooConfig
-
-    return DemoZooConfig(bases=("timm:test_resnet", "timm:test_efficientnet"),
-                         students=("timm:test_efficientnet", "timm:test_resnet"), epochs=3, finetune_epochs=1,
-                         distill_epochs=3)
-
-
-def demo_config(probe_file: Path) -> SignatureConfig:
-    """The demo index's signature configuration: digit probes at 16 px (the digits are 8x8)."""
-    return SignatureConfig(resolution=16, num_probes=16, steps=4, probe_source=str(probe_file))
-
-
-def relation_rows(index, entries: list[dict]) -> list[list]:
-    """Per derived model: distance to its parent, the parent's rank among its neighbours, nearest model."""
-    names, dist = index.matrix()
-    position = {name: i for i, name in enumerate(names)}
-    family = {e["name"]: e["tags"].get("family") for e in entries}
-    rows = []
-    for entry in entries:
-        parent = entry["tags"].get("parent")
-        if not parent or entry["name"] not in position or parent not in position:
-            continue
-        i = position[entry["name"]]
-        order = [j for j in dist[i].argsort() if j != i]
-        nearest = names[order[0]]
-        rank = 1 + [names[j] for j in order].index(parent)
-        rows.append([entry["name"], entry["tags"].get("relation"), round(float(dist[i, position[parent]]), 4),
-                     rank, nearest, "yes" if family.get(nearest) == family[entry["name"]] else "no"])
-    return rows
 
 
 @main.command()
@@ -65,8 +28,8 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
 
     Runs offline in a minute or two on a laptop CPU; a second run reuses the trained zoo and the index.
     """
-    from ..demo import DemoZooConfig, build_demo_zoo, write_manifest
-    from ..index import Index, index_exists
+    from ..demo import (QUICK_ZOO, DemoZooConfig, build_demo_zoo, demo_index_config, open_demo_index,
+                        relation_rows, write_manifest)
     from ..tree import save_tree, to_newick
 
     device = check_device(device)
@@ -76,18 +39,12 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
     zoo_dir, index_dir = out / "zoo", out / "index"
     started = time.perf_counter()
     click.echo(f"1/4 building the demo zoo in {zoo_dir} (scikit-learn digits, upscaled to RGB)")
-    zoo_config = _quick_zoo() if quick else DemoZooConfig()
+    zoo_config = QUICK_ZOO if quick else DemoZooConfig()
     entries = build_demo_zoo(zoo_dir, zoo_config, progress=lambda msg: click.echo(msg))
     manifest = write_manifest(entries, out / "demo.yaml", relative_to=out)
 
-    config = demo_config(zoo_dir / "digit_probes.npy")
-    if index_exists(index_dir):
-        index = Index.open(index_dir)
-        if index.config != config:
-            index.close()
-            shutil.rmtree(index_dir)
-    if not index_exists(index_dir):
-        index = Index.create(index_dir, config, device=device)
+    config = demo_index_config(zoo_dir)
+    index = open_demo_index(index_dir, config, device=device)
     click.echo(f"2/4 signing and indexing {len(entries)} models in {index_dir} "
                f"(K={config.num_probes} probes x T={config.steps} steps, R={config.resolution})")
     report = index.ingest(read_manifest(manifest), device=device, batch_size=64,
@@ -102,12 +59,13 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
                      ["rank", "name", "distance"]))
     click.echo("\n    does each derived model sit next to its parent?")
     click.echo(table(relation_rows(index, entries),
-                     ["model", "relation", "d(parent)", "parent rank", "nearest model", "same family"]))
+                     ["model", "relation", "d(parent)", "parent rank", "nearest model", "same family",
+                      "parent before other families"]))
 
     click.echo("4/4 similarity tree (average linkage):")
     tree = index.tree()
-    written = [save_tree(tree, out / f"tree.{suffix}", fmt) for suffix, fmt in
-               (("nwk", "newick"), ("png", "png"), ("html", "html"))]
+    written = [save_tree(tree, out / f"tree.{suffix}", fmt, color_by="family") for suffix, fmt in
+               (("nwk", "newick"), ("png", "png"), ("html", "html"))]   # leaves coloured by model family
     click.echo("    " + to_newick(tree))
     click.echo("    wrote " + ", ".join(str(p) for p in written))
     click.echo(f"done in {time.perf_counter() - started:.0f} s. Next: open {out / 'tree.html'} in a browser, or try\n"

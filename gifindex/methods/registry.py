@@ -15,7 +15,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from .base import Method
 
-METHOD_MODULES = ("gifindex.methods.gradient", "gifindex.methods.output")
+METHOD_MODULES = ("gifindex.methods.gradient", "gifindex.methods.output", "gifindex.methods.functional")
 
 _METHODS: dict[str, "Method"] = {}
 M = TypeVar("M", bound=type)
