@@ -121,7 +121,7 @@ def empty_index(dim: int, spec: SearchSpec, n: int = 0) -> faiss.Index:
         return faiss.IndexIDMap2(inner)
     if kind == "ivf":
         coarse_pca, d = _pca(dim, spec.coarse_dim)
-        flat = faiss.IndexFlatL2(d)
+        flat = faiss.IndexFlatIP(d)  # unit centroids: the list whose direction is nearest
         quantizer = faiss.IndexPreTransform(coarse_pca, flat) if coarse_pca is not None else flat
         nlist = _nlist(spec, n)
         ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
@@ -176,9 +176,10 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> faiss
             # PCA first, on at most PCA_TRAIN rows (FAISS uses the n x n Gram matrix when n < dim)
             fit_pca(faiss.downcast_VectorTransform(inner.chain.at(0)), sample[:PCA_TRAIN])
         index.train(sample)
-    for start in range(0, n, 65536):  # chunks: converting float16 to float32 at once would double memory
-        index.add_with_ids(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32),
-                           np.asarray(ids[start:start + 65536], dtype=np.int64))
+    step = max(1, 2**27 // max(dim, 1))  # 512 MiB of float32 at a time: a whole float32 copy would double memory
+    for start in range(0, n, step):
+        index.add_with_ids(np.ascontiguousarray(vectors[start:start + step], dtype=np.float32),
+                           np.asarray(ids[start:start + step], dtype=np.int64))
     return index
 
 
@@ -189,7 +190,7 @@ def _rows(vectors: np.ndarray, rows: np.ndarray, chunk: int = 4096):
 
 
 def _train_ivf(ivf: faiss.IndexIVF, vectors: np.ndarray) -> None:
-    """Coarse level: PCA (randomised SVD), then k-means in the projected space, at most KMEANS_POINTS
+    """Coarse level: PCA (randomised SVD), then spherical k-means in the projected space, at most KMEANS_POINTS
     rows per list; the lists store the float16 rows themselves, so nothing else is learnt."""
     n = len(vectors)
     order = np.random.default_rng(0).permutation(n)
@@ -203,8 +204,11 @@ def _train_ivf(ivf: faiss.IndexIVF, vectors: np.ndarray) -> None:
         flat = faiss.downcast_index(quantizer.index)
     else:
         points = np.concatenate(list(_rows(vectors, rows)))
+    # spherical: a model's projection shrinks towards the centre as its own noise grows (a family lies on a
+    # ray), and L2 k-means then makes a few giant central lists; directions keep the lists balanced
+    points /= np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
     kmeans = faiss.Kmeans(points.shape[1], ivf.nlist, niter=10, seed=1, verbose=False, min_points_per_centroid=1,
-                          max_points_per_centroid=KMEANS_POINTS)
+                          max_points_per_centroid=KMEANS_POINTS, spherical=True)
     kmeans.train(points)
     flat.add(kmeans.centroids)
     quantizer.ntotal, quantizer.is_trained = flat.ntotal, True  # a PreTransform does not see its inner adds
@@ -232,8 +236,11 @@ def index_kind(index: faiss.Index) -> str:
         inner = faiss.downcast_index(inner.index)
     if isinstance(inner, (faiss.IndexHNSW,)):
         return "hnsw"
-    if isinstance(inner, faiss.IndexIVFScalarQuantizer):
+    gpu = type(inner).__name__
+    if isinstance(inner, faiss.IndexIVFScalarQuantizer) or gpu.startswith("GpuIndexIVFScalarQuantizer"):
         return "ivf"
+    if gpu.startswith("GpuIndexIVF"):
+        return "ivfpq"
     if isinstance(inner, (faiss.IndexRefine, faiss.IndexIVF)):
         return "ivfpq"
     return "flat"
@@ -321,14 +328,20 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
 
 def for_search(index: faiss.Index, spec: SearchSpec) -> faiss.Index:
     """The index queries should use: its GPU copy when ``spec.device`` allows it and one can be made."""
-    if spec.device == "cpu" or index.ntotal == 0 or index_kind(index) == "hnsw":
-        return index
+    if spec.device == "cpu" or index.ntotal == 0 or index_kind(index) not in ("flat", "ivf"):
+        return index  # hnsw and the refined ivfpq have no GPU implementation
     return to_gpu(index)
 
 
 def on_gpu(index: faiss.Index) -> bool:
-    """Whether ``index`` is a faiss-gpu index."""
-    return "Gpu" in type(faiss.downcast_index(index)).__name__
+    """Whether ``index`` (or the index inside its ID map / pre-transform) is a faiss-gpu index."""
+    while True:
+        index = faiss.downcast_index(index)
+        if "Gpu" in type(index).__name__:
+            return True
+        if not hasattr(index, "index") or isinstance(index, faiss.IndexRefine):
+            return False
+        index = index.index
 
 
 def save_index(index: faiss.Index, path: Path, generation: int, spec: SearchSpec, reason: str = "") -> None:
