@@ -20,6 +20,8 @@ MODES = ("field", "ig")
 OUTPUTS = ("norm", "top-logit")
 BASELINES = ("zero", "random")
 
+MAX_SIGNATURE_DIM = 1 << 24   # 32 MiB per model as float16
+MAX_PROBE_BYTES = 4 << 30     # probes held in memory (float32)
 
 @dataclass(frozen=True)
 class SignatureConfig:
@@ -65,14 +67,21 @@ class SignatureConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"invalid {name} {value!r}: expected one of {', '.join(allowed)}")
-        for name, low in (("resolution", 8), ("num_probes", 1), ("steps", 1), ("proj_dim", 1),
-                          ("pgd_steps", 1)):
+        for name, low, high in (("resolution", 8, 2048), ("num_probes", 1, 4096), ("steps", 1, 1024),
+                                ("proj_dim", 1, 65536), ("pgd_steps", 1, 10000), ("seed", 0, 2**63 - 1)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"invalid {name} {value!r}: expected an integer from {low} to {high}")
+        if self.num_probes * 3 * self.resolution ** 2 * 4 > MAX_PROBE_BYTES:
+            raise ConfigError(f"{self.num_probes} probes of {self.resolution} x {self.resolution} need more than "
+                              f"{MAX_PROBE_BYTES >> 30} GiB; lower --num-probes or --resolution")
         if self.probe_kind == "pgd" and not self.pgd_anchor:
             raise ConfigError("probe kind 'pgd' needs an anchor model: set pgd_anchor (--pgd-anchor REF)")
         method.validate(self)
+        if self.signature_dim > MAX_SIGNATURE_DIM:
+            raise ConfigError(f"signatures of {self.signature_dim:,} values ({self.signature_dim * 2:,} bytes per "
+                              f"model) exceed the {MAX_SIGNATURE_DIM:,}-value limit; lower --proj-dim, "
+                              "--num-probes or --steps")
         if not (0 < self.pgd_eps <= 1):
             raise ConfigError(f"invalid pgd_eps {self.pgd_eps!r}: expected 0 < eps <= 1")
 

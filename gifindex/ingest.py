@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import GifindexError
+from .errors import GifindexError, SignatureError
 from .manifest import ModelEntry
 
 if TYPE_CHECKING:
@@ -70,11 +70,14 @@ def content_sha256(loaded: "LoadedModel", output: str) -> str:
 
 
 def check_finite_weights(module: torch.nn.Module, ref: str) -> None:
-    """Refuse weights holding NaN/Inf (their signature would be NaN and poison search); name the tensors."""
-    from .errors import SignatureError
-
-    bad = [key for key, t in module.state_dict().items()
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    """Refuse weights holding NaN/Inf (their signature would be NaN and poison search) or complex values;
+    name the tensors."""
+    tensors = [(key, t) for key, t in module.state_dict().items() if isinstance(t, torch.Tensor)]
+    complex_ = [f"{key} ({t.dtype})" for key, t in tensors if t.is_complex()]
+    if complex_:
+        raise SignatureError(f"{ref}: the weights hold complex tensors ({', '.join(complex_[:3])}); gifindex signs "
+                             "real-valued models only (taking the real part would make another model); refused")
+    bad = [key for key, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise SignatureError(f"{ref}: the weights hold NaN or Inf in {', '.join(bad[:3])}{more}; the model is "
@@ -141,6 +144,10 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         adapter = SharedSpaceAdapter(loaded.module, loaded.spec, output)
         result.signature = signature(adapter, config, probes, batch_size=batch_size, device=device,
                                      progress=progress)
+        if not np.any(result.signature):
+            raise SignatureError(f"{entry.ref}: the model's signature is identically zero (its gradient field "
+                                 "vanishes on every probe: a constant output?); it would match nothing and skew "
+                                 "calibration, so the model is refused")
         result.status = "added"
         result.metadata = {
             "source": loaded.source, "arch": loaded.arch, "output": output, "device": device,

@@ -1,11 +1,14 @@
 """Model manifests (YAML): which models to ingest and how to load each.
 
 All problems in a manifest are collected with their line numbers and reported together, before any
-model is loaded.
+model is loaded. Manifests are untrusted input: the file is checked (a regular file, at most
+MAX_MANIFEST_BYTES) before it is read, parsed once with libyaml (linear in its size), and YAML aliases are
+refused (an "alias bomb" would expand a few lines into gigabytes).
 """
 from __future__ import annotations
 
 import difflib
+import gc
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,12 @@ from typing import Any
 import yaml
 
 from .errors import GifindexError
+from .safefs import escaping_symlink, read_bytes
+from .text import text_problem
+
+MAX_MANIFEST_BYTES = 256 << 20   # 256 MiB: about two million entries
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SCALARS = (str, int, float, bool, type(None))
 
 FIELDS = ("name", "ref", "weights", "arch", "num_classes", "input_size", "mean", "std", "output", "tags",
           "trust", "random_init")
@@ -81,8 +90,15 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
             errors.append(f"line {line}: {key!r} must be a list of three numbers")
     if data.get("output") not in (None, "norm", "top-logit"):
         errors.append(f"line {line}: 'output' must be norm or top-logit")
-    if data.get("tags") is not None and not isinstance(data["tags"], dict):
-        errors.append(f"line {line}: 'tags' must be a mapping")
+    tags = data.get("tags")
+    if tags is not None and (not isinstance(tags, dict) or not all(
+            isinstance(k, str) and (isinstance(v, SCALARS) or isinstance(v, list) and all(isinstance(x, SCALARS)
+                                                                                      for x in v))
+            for k, v in tags.items())):
+        errors.append(f"line {line}: 'tags' must be a mapping of names to strings, numbers or lists of them")
+    for key, what in (("name", "name"), ("ref", "reference"), ("weights", "reference")):
+        if isinstance(data.get(key), str) and (problem := text_problem(data[key], what)):
+            errors.append(f"line {line}: {problem}")
     for key in ("trust", "random_init"):
         if data.get(key) is not None and not isinstance(data[key], bool):
             errors.append(f"line {line}: {key!r} must be true or false")
@@ -93,28 +109,76 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
         if path is None or ":" in path.split("/")[0] and not Path(path).exists():
             return path  # a model reference such as timm:resnet50, not a path
         candidate = Path(path).expanduser()
-        return str(candidate if candidate.is_absolute() else (base / candidate))
+        if candidate.is_absolute():
+            return str(candidate)
+        escape = escaping_symlink(base, str(candidate))
+        if escape:
+            errors.append(f"line {line}: {escape}; refusing to follow it; give the target path itself if you "
+                          "trust it")
+        return str(base / candidate)
 
-    return ModelEntry(ref=resolve(ref) or ref, name=data.get("name"), weights=resolve(data.get("weights")),
+    entry = ModelEntry(ref=resolve(ref) or ref, name=data.get("name"), weights=resolve(data.get("weights")),
                       arch=data.get("arch"), num_classes=data.get("num_classes"),
                       input_size=data.get("input_size"),
                       mean=tuple(data["mean"]) if data.get("mean") else None,  # type: ignore[arg-type]
                       std=tuple(data["std"]) if data.get("std") else None,  # type: ignore[arg-type]
                       output=data.get("output"), tags=dict(data.get("tags") or {}),
                       trust=bool(data.get("trust", False)), random_init=bool(data.get("random_init", False)))
+    if len(errors) > before:
+        return None
+    problem = text_problem(entry.display_name(), "name")
+    if problem:
+        errors.append(f"line {line}: {problem}")
+        return None
+    return entry
+
+
+def _compose(text: str, source: str) -> Any:
+    """One YAML document as a node tree (libyaml when installed); aliases refused."""
+    loader = Loader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ManifestError(f"manifest {source} is not valid YAML: {where}{problem}") from None
+        seen: set[int] = set()
+        stack = [root] if root is not None and "&" in text else []  # no anchor, no alias
+        while stack:  # an alias is a node reached twice: refuse before anything is constructed
+            node = stack.pop()
+            if id(node) in seen:
+                raise ManifestError(f"manifest {source}: line {node.start_mark.line + 1}: YAML anchors and aliases "
+                                    "(&name / *name) are not allowed in manifests; write each entry out")
+            seen.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                stack.extend(item for pair in node.value for item in pair)
+        try:
+            data = loader.construct_document(root) if root is not None else None
+        except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
+            raise ManifestError(f"manifest {source} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+        return root, data
+    finally:
+        loader.dispose()
 
 
 def parse_manifest(text: str, source: str = "<manifest>", base: Path | None = None) -> list[ModelEntry]:
     """Parse manifest text: a list of entries, or a mapping with a ``models`` list."""
     base = base or Path.cwd()
+    collecting = gc.isenabled()
+    gc.disable()  # millions of small objects, none cyclic: the collector would make parsing superlinear
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ManifestError(f"manifest {source} is not valid YAML: {where}{problem}") from None
+        return _parse(text, source, base)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _parse(text: str, source: str, base: Path) -> list[ModelEntry]:
+    root, data = _compose(text, source)
     if data is None:
         raise ManifestError(f"manifest {source} is empty")
     nodes = root.value if isinstance(root, yaml.SequenceNode) else None
@@ -153,11 +217,13 @@ def parse_manifest(text: str, source: str = "<manifest>", base: Path | None = No
 
 
 def read_manifest(path: str | Path) -> list[ModelEntry]:
+    """Read and parse a manifest file (checked first: a regular file within MAX_MANIFEST_BYTES)."""
     path = Path(path)
+    data = read_bytes(path, "manifest", MAX_MANIFEST_BYTES, ManifestError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"cannot read manifest {path}: not UTF-8 text ({exc})") from None
     return parse_manifest(text, source=str(path), base=path.parent)
 
 

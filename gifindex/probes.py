@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ProbeError
+from .safefs import check_file
 
 if TYPE_CHECKING:
     from .config import SignatureConfig
     from .models.spec import LoadedModel
 
+MAX_PROBE_FILE = 4 << 30  # bytes: a probe array file larger than this is refused before it is read
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Natural photographs shipped inside scikit-image (no download) and scikit-learn.
 SKIMAGE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -150,6 +152,7 @@ def load_source(source: str) -> tuple[list[np.ndarray], bool]:
     if path.is_dir():
         return _read_folder(path), False
     if path.suffix.lower() in (".npz", ".npy"):
+        check_file(path, "probe file", MAX_PROBE_FILE, ProbeError)  # not a FIFO, device or huge file
         return _read_array(path), False
     raise ProbeError(f"unsupported probe source {source}: expected 'builtin', a folder of images, "
                      "or an .npz/.npy file")

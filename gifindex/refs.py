@@ -141,13 +141,11 @@ def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
 
 
 def absolute_ref(text: str) -> str:
-    """``text`` with a local path made absolute and normalised (symlinks resolved, as :func:`parse_ref`
-    does), so that what an index stores does not depend on the directory a command ran from; prefixed
+    """``text`` with a local path made absolute and normalised (symbolic links are not resolved: the loader
+    checks where they point), so that what an index stores does not depend on the directory a command ran
+    from; prefixed
     references (``timm:...``) come back unchanged."""
     prefix, sep, _ = text.partition(":")
     if sep and prefix.lower() in _PREFIXES and not os.path.exists(text):
         return text
-    try:
-        return str(Path(text).expanduser().resolve())
-    except (OSError, RuntimeError):
-        return os.path.normpath(os.path.abspath(text))
+    return os.path.normpath(os.path.abspath(os.path.expanduser(text)))  # links kept: checked when loaded

@@ -21,8 +21,10 @@ import timm
 import torch
 
 from gifindex.config import SignatureConfig
+from gifindex.executors import InlineExecutor
 from gifindex.index import Index
 from gifindex.index.search import load_index
+from gifindex.manifest import ModelEntry
 
 HERE = Path(__file__).parent
 CONFIG = SignatureConfig(resolution=16, num_probes=2, steps=2, proj_dim=16, seed=5)
@@ -317,3 +319,224 @@ def test_flipped_bits_found_search_rebuilt_shard_quarantined(zoo, zygote, refere
     # 4. re-ingesting restores exactly the uninterrupted result
     assert zygote.run(op="ingest", index=str(root), manifest=str(zoo / "zoo.yaml")) == 0
     assert _state(root) == reference[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 11: nothing lost, nothing silently wrong. Each test below fails on the code before that issue.
+@pytest.fixture(scope="module")
+def built(zoo, zygote, tmp_path_factory) -> Path:
+    """An index of the zoo's six models in three shards (copied by each test that changes it)."""
+    root = tmp_path_factory.mktemp("built") / "idx"
+    Index.create(root, CONFIG).close()
+    assert zygote.run(op="ingest", index=str(root), manifest=str(zoo / "zoo.yaml"), commit_every=2) == 0
+    return root
+
+
+def _copy(built: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "idx"
+    shutil.copytree(built, target)
+    return target
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from gifindex.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert "Traceback" not in text, text
+    return result.exit_code, text
+
+
+def _shard_bytes(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "shards").rglob("*.h5"))}
+
+
+def test_deleted_catalogue_is_an_error_keeps_every_shard_and_rebuild_recreates_it(built, zoo, tmp_path):
+    root = _copy(built, tmp_path)
+    Index.open(root).remove("m5")  # a removed model must not come back from its shard row
+    before, shards = _state(root), _shard_bytes(root)
+    for path in root.glob("catalog.sqlite*"):
+        path.unlink()
+    code, text = _cli("verify", "-i", root)
+    assert code == 1 and "catalog.sqlite is missing" in text and "gifindex rebuild" in text, text
+    for args in (["list"], ["nearest", "m0"], ["ingest", "--executor", "inline", "--no-progress",
+                                               "--manifest", zoo / "zoo.yaml"]):
+        code, text = _cli(args[0], "-i", root, *args[1:])
+        assert code == 1 and "catalog.sqlite is missing" in text, text
+    assert _shard_bytes(root) == shards  # evidence, not debris: nothing deleted
+    code, text = _cli("rebuild", "-i", root)
+    assert code == 0, text
+    assert _state(root) == before  # names, hashes and signatures back; m5 stays removed
+    with Index.open(root) as index:
+        assert index.entry_for("m0").ref == str(zoo / "m0.pt") and index.verify()["ok"]
+
+
+def test_garbage_catalogue_named_and_recreated_aside(built, tmp_path):
+    root = _copy(built, tmp_path)
+    before = _state(root)
+    for path in root.glob("catalog.sqlite-*"):
+        path.unlink()
+    (root / "catalog.sqlite").write_bytes(b"this is not a database" * 100)
+    code, text = _cli("list", "-i", root)
+    assert code == 1 and "catalog.sqlite is damaged or not a catalogue" in text and "rebuild" in text, text
+    assert _cli("rebuild", "-i", root)[0] == 0
+    assert _state(root) == before
+    assert [p.name for p in root.glob("catalog.sqlite.damaged-*")]  # kept beside it, not deleted
+
+
+def test_edited_configuration_is_named_and_repair_quarantines_nothing(built, tmp_path):
+    root = _copy(built, tmp_path)
+    original = (root / "index.json").read_text()
+    shards = _shard_bytes(root)
+    for field, value, fragment in (("num_probes", 3, "disagrees with probes.npz"),
+                                   ("seed", 6, "disagrees with the catalogue")):
+        meta = json.loads(original)
+        meta["config"][field] = value
+        meta["config_hash"] = SignatureConfig.from_dict(meta["config"]).hash()  # a consistent-looking edit
+        (root / "index.json").write_text(json.dumps(meta))
+        for args in (["verify", "--repair"], ["verify"], ["list"], ["rebuild"]):
+            code, text = _cli(args[0], "-i", root, *args[1:])
+            assert code == 1 and "index.json" in text and fragment in text and "restore it" in text, text
+        assert _shard_bytes(root) == shards and not (root / "shards" / "quarantine").exists()
+    (root / "index.json").write_text(original)
+    _verify_ok(root)
+    assert len(_state(root)) == N_MODELS
+
+
+def test_search_file_of_another_index_is_not_answered_from(built, zoo, zygote, tmp_path):
+    import shutil
+
+    root = _copy(built, tmp_path)
+    other = tmp_path / "other"
+    Index.create(other, CONFIG).close()
+    manifest = tmp_path / "rev.yaml"  # the same models in another order: other ids for other signatures
+    entries = []
+    for i in reversed(range(N_MODELS)):
+        entries.append(f"- {{name: m{i}, ref: {zoo / f'm{i}.pt'}, arch: 'timm:test_resnet', num_classes: 4, "
+                       "input_size: 16}")
+    manifest.write_text("\n".join(entries) + "\n")
+    assert zygote.run(op="ingest", index=str(other), manifest=str(manifest)) == 0
+    for name in ("search.faiss", "search.json", "search.sha256"):
+        shutil.copy(other / name, root / name)
+    with Index.open(root) as index:
+        records, vectors = index.vectors()
+        for record, vector in zip(records, vectors):
+            exact = sorted((float(1 - vector.astype(np.float64) @ v.astype(np.float64)), r.name)
+                           for r, v in zip(records, vectors) if r.name != record.name)
+            found = index.nearest(record.name, k=3)
+            assert [n.name for n in found] == [name for _, name in exact[:3]]
+
+
+def test_init_is_atomic_when_killed_or_failing(zygote, tmp_path, monkeypatch):
+    import gifindex.index.writer as writer_module
+
+    root = tmp_path / "new"
+    monkeypatch.setattr(writer_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(Exception, match="No space left|disk full"):
+        Index.create(root, CONFIG)
+    assert not root.exists()
+    monkeypatch.undo()
+    out, err = tmp_path / "out", tmp_path / "err"
+    rng = random.Random(7)
+    for trial in range(3):  # killed at random moments: the index is there whole, or not at all
+        target = tmp_path / f"k{trial}"
+        pid = zygote.start(op="cli", stdout=str(out), stderr=str(err), background=True,
+                           args=["init", "-i", str(target), "-K", "2", "-T", "2", "--resolution", "16",
+                                 "--proj-dim", "8"])
+        time.sleep(rng.uniform(0.0, 0.6))
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        zygote.reap(pid)
+        assert not target.exists() or (target / "index.json").is_file()
+        if target.exists():
+            _verify_ok(target)
+        else:
+            Index.create(target, CONFIG).close()  # the next init is not refused
+            _verify_ok(target)
+
+
+def test_read_only_index_serves_every_read_command_and_changes_nothing(built, tmp_path):
+    root = _copy(built, tmp_path)
+
+    def tree_state() -> dict[str, tuple]:
+        return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_mode,
+                                           p.read_bytes() if p.is_file() else None)
+                for p in sorted([root, *root.rglob("*")])}
+
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        before = tree_state()
+        for args in (["list"], ["info"], ["nearest", "m0", "-k", "2"], ["distance", "m0", "m1"], ["matrix"],
+                     ["tree"], ["verify"], ["list", "--json"], ["nearest", "m1", "--json"]):
+            code, text = _cli(args[0], "-i", root, *args[1:])
+            assert code == 0, (args, text)
+            assert tree_state() == before, args  # no file created, written or touched
+        for args in (["remove", "m0"], ["rebuild"], ["verify", "--repair"]):
+            code, text = _cli(args[0], "-i", root, *args[1:])
+            assert code == 1 and "is read-only" in text, text
+            assert tree_state() == before, args
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_verify_during_ingest_reports_no_corruption(zoo, zygote, tmp_path):
+    root = tmp_path / "idx"
+    Index.create(root, CONFIG).close()
+    pid = zygote.start(op="ingest", index=str(root), manifest=str(zoo / "zoo.yaml"), commit_every=1,
+                       background=True)
+    reports = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with Index.open(root) as index:
+            reports.append(index.verify())
+        if len(reports) >= 4 and len(_shard_bytes(root)) >= N_MODELS:
+            break
+    assert zygote.reap(pid) == 0
+    assert len(reports) >= 4
+    assert all(r["ok"] for r in reports), [r["problems"] for r in reports if not r["ok"]]
+
+
+def test_every_writing_command_waits_for_the_writer(built, zygote, tmp_path):
+    root = _copy(built, tmp_path)
+    ready = tmp_path / "ready"
+    for args in (["remove", "m0"], ["rebuild"], ["verify", "--repair"],
+                 ["ingest", "--executor", "inline", "--no-progress", "timm:test_resnet", "--random-init",
+                  "--num-classes", "4"]):
+        holder = zygote.start(op="hold_lock", index=str(root), ready=str(ready), background=True)
+        while not ready.exists():
+            time.sleep(0.05)
+        ready.unlink()
+        code, text = _cli(args[0], "-i", root, *args[1:])
+        assert code == 1 and "--wait SECONDS" in text, text
+        code, text = _cli(args[0], "-i", root, *args[1:], "--wait", "0.2")
+        assert code == 1 and "being written by another process" in text, text
+        os.kill(holder, signal.SIGKILL)
+        zygote.reap(holder)
+        code, text = _cli(args[0], "-i", root, *args[1:], "--wait", "30")
+        assert code == 0, (args, text)
+
+
+def test_failure_log_keeps_every_failure(built, tmp_path):
+    root = _copy(built, tmp_path)
+    torch.manual_seed(999)
+    fresh = tmp_path / "fresh.pt"
+    torch.save(timm.create_model("test_resnet", num_classes=4).state_dict(), fresh)
+    options = {"ref": str(fresh), "arch": "timm:test_resnet", "num_classes": 4, "input_size": 16}
+    with Index.open(root) as index:
+        before = index.catalog.failures()
+        for _ in range(2):  # m0 names another model: refused and logged, each time
+            report = index.ingest([ModelEntry(name="m0", **options)], executor=InlineExecutor())
+            assert report.to_dict()["failed"] == 1
+        assert index.ingest([ModelEntry(name="fresh", **options)], executor=InlineExecutor()).to_dict()["added"] == 1
+        failures = index.catalog.failures()
+    assert failures[:len(before)] == before
+    refusals = [f for f in failures[len(before):] if "already used by another model" in f["error"]]
+    assert len(refusals) == 2 and all(f["name"] == "m0" for f in refusals), failures

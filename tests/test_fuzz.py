@@ -124,3 +124,81 @@ def test_distance_properties(pair):
     assert 0.0 <= d_ab <= 2.0
     assert curve_distance(a, a) == pytest.approx(0.0, abs=1e-9)
     assert curve_distance(a, 3.5 * a) == pytest.approx(0.0, abs=1e-9)
+
+
+# issue 11: every file of an index is checked when read --------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory):
+    from gifindex.config import SignatureConfig
+    from gifindex.executors import InlineExecutor
+    from gifindex.index import Index
+
+    root = tmp_path_factory.mktemp("fzidx") / "idx"
+    with Index.create(root, SignatureConfig(resolution=16, num_probes=2, steps=2, proj_dim=4)) as index:
+        index.ingest([ModelEntry(ref="timm:test_resnet", name=f"r{i}", random_init=True, num_classes=4,
+                                 input_size=16) for i in range(3)], executor=InlineExecutor())
+        assert len(index) == 3
+    return root
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2, 2 ** 40), st.floats(), st.text(max_size=8)),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                           max_leaves=6)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["format", "format_version", "config", "config_hash", "probes_sha256",
+                                           "search", "signature_dim", "config.num_probes", "config.seed",
+                                           "config.method", "search.kind", "search.nlist"]),
+                          st.one_of(st.just("<delete>"), json_values)), min_size=1, max_size=3))
+def test_edited_index_json_is_refused_by_name_or_opens(small_index, tmp_path_factory, edits):
+    import json
+    import shutil
+
+    from gifindex.index import Index
+
+    root = tmp_path_factory.mktemp("fz") / "idx"
+    shutil.copytree(small_index, root)
+    meta = json.loads((root / "index.json").read_text())
+    for key, value in edits:
+        holder, _, field = key.rpartition(".")
+        target = meta.get(holder) if holder else meta
+        if not isinstance(target, dict):
+            continue
+        if value == "<delete>":
+            target.pop(field, None)
+        else:
+            target[field] = value
+    (root / "index.json").write_text(json.dumps(meta))
+    try:
+        with Index.open(root) as index:
+            index.nearest("r0", k=2)
+    except GifindexError as exc:
+        assert "\n" not in str(exc) and ("index.json" in str(exc) or str(root) in str(exc)), str(exc)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["catalog.sqlite", "search.faiss", "search.json", "search.sha256", "probes.npz"]),
+       st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6), st.booleans())
+def test_damaged_index_files_never_crash_a_read(small_index, tmp_path_factory, name, changes, truncate):
+    import shutil
+
+    from gifindex.index import Index
+
+    root = tmp_path_factory.mktemp("fz") / "idx"
+    shutil.copytree(small_index, root)
+    path = root / name
+    data = bytearray(path.read_bytes())
+    for where, byte in changes:
+        data[int(where * (len(data) - 1))] = byte
+    path.write_bytes(bytes(data[: len(data) // 2] if truncate else data))
+    try:
+        with Index.open(root) as index:
+            found = index.nearest("r0", k=2)
+            index.verify()
+        assert [n.name for n in found] and all(0.0 <= n.distance <= 2.0 for n in found)
+    except GifindexError as exc:
+        assert "\n" not in str(exc), str(exc)

@@ -247,3 +247,61 @@ def test_failed_model_is_reported_and_the_rest_go_on(zoo, tmp_path):
     assert failure["name"] == "junk" and "junk.pt" in failure["error"]
     info = json.loads(_run("info", "-i", index, "--json").stdout)
     assert info["models"] == 1 and info["failures"] == 1
+
+
+def test_absurd_options_fail_fast_with_one_line(tmp_path):
+    index = tmp_path / "idx"
+    for args, fragment in ((["-K", "1000000"], "invalid num_probes 1000000"),
+                           (["--resolution", "100000"], "invalid resolution 100000"),
+                           (["--proj-dim", "1000000000"], "invalid proj_dim 1000000000"),
+                           (["-K", "4096", "-T", "1024"], "exceed the 16,777,216-value limit"),
+                           (["--device", "bogus"], "unknown --device 'bogus'")):
+        result = _run("init", "-i", index, *args, ok=False)
+        assert result.exit_code != 0 and fragment in result.output, result.output
+        assert not index.exists()
+    _run("init", "-i", index, *TINY)
+    for args, fragment in ((["ingest", "timm:resnet10t", "--timeout", "-5"], "-5"),
+                           (["ingest", "timm:resnet10t", "--device", "bogus"], "unknown --device 'bogus'"),
+                           (["ingest", "timm:resnet10t", "--commit-every", "0"], "0"),
+                           (["nearest", "x", "-k", "0"], "0"), (["nearest", "x", "-k", "-1"], "-1"),
+                           (["remove", "x", "--wait", "-1"], "-1")):
+        result = _run(args[0], "-i", index, *args[1:], ok=False)
+        assert result.exit_code != 0 and fragment in result.output and "Traceback" not in result.output, result.output
+    with Index.open(index) as opened:
+        assert len(opened) == 0 and not opened.catalog.failures()  # nothing was attempted
+
+
+def _parse_cpu_seconds(tmp_path: Path, n: int) -> float:
+    import time
+
+    from gifindex.manifest import read_manifest
+
+    path = tmp_path / f"m{n}.yaml"
+    path.write_text("models:\n" + "".join(
+        f"  - {{name: m{i}, ref: /nowhere/m{i}.pt, arch: 'timm:resnet18', num_classes: 10, tags: {{f: {i % 7}}}}}\n"
+        for i in range(n)))
+    started = time.process_time()
+    assert len(read_manifest(path)) == n
+    return time.process_time() - started
+
+
+def test_large_manifest_parses_in_linear_time(tmp_path):
+    small, large = _parse_cpu_seconds(tmp_path, 2_000), _parse_cpu_seconds(tmp_path, 40_000)
+    assert large < 40 * small and large < 20, (small, large)  # 20x the entries: about 20x the CPU time
+
+
+def test_many_missing_files_fail_fast_and_are_all_logged(tmp_path):
+    import time
+
+    from gifindex.executors import InlineExecutor
+
+    with Index.create(tmp_path / "idx", SignatureConfig(resolution=16, num_probes=2, steps=2, proj_dim=4)) as index:
+        timings = []
+        for n in (200, 2000):
+            entries = [ModelEntry(ref=str(tmp_path / f"missing{n}-{i}.pt"), arch="timm:resnet10t") for i in range(n)]
+            started = time.process_time()
+            report = index.ingest(entries, executor=InlineExecutor())
+            timings.append(time.process_time() - started)
+            assert report.to_dict()["failed"] == n
+        assert len(index.catalog.failures()) == 2200
+    assert timings[1] < 25 * timings[0] + 1, timings

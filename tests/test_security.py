@@ -26,7 +26,7 @@ from gifindex.curves import compute_curves
 from gifindex.errors import GifindexError, IndexError_, ModelLoadError, SignatureError
 from gifindex.index import Index
 from gifindex.index.search import search
-from gifindex.manifest import ManifestError, parse_manifest
+from gifindex.manifest import ManifestError, parse_manifest, read_manifest
 from gifindex.models import load_model
 from gifindex.models.detect import detect_architecture
 from gifindex.models.files import read_weights_file
@@ -343,3 +343,125 @@ def test_malformed_manifests_listed_before_any_work(hub, tmp_path):
     refused(hub, ["--manifest", manifest], f"manifest {manifest} is not valid YAML: line 3")
     with pytest.raises(ManifestError, match="expected a list of models"):
         parse_manifest("just a string")
+
+
+# 13. issue 11: names, encodings, symlinked folders, files that hang or exhaust memory, coerced weights -------------
+def test_one_bad_file_name_fails_alone_and_the_signed_model_is_committed(hub, tmp_path):
+    import shutil
+
+    root = tmp_path / "idx"
+    shutil.copytree(hub[0] / "idx", root)
+    folder = os.fsencode(tmp_path)
+    bad = os.path.join(folder, b"bad\xff.pt")  # a file name that is not UTF-8
+    torch.manual_seed(3)
+    with open(bad, "wb") as handle:
+        torch.save(timm.create_model("test_resnet", num_classes=4).state_dict(), handle)
+    torch.manual_seed(4)
+    torch.save(timm.create_model("test_resnet", num_classes=4).state_dict(), tmp_path / "good2.pt")
+    result = CliRunner().invoke(main, ["ingest", "-i", str(root), os.fsdecode(bad), str(tmp_path / "good2.pt"),
+                                       *ARCH, "--executor", "inline", "--no-progress", "--commit-every", "8"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "not valid UTF-8" in result.output
+    with Index.open(root) as index:
+        assert sorted(r.name for r in index.records()) == ["good", "good2"]  # what was signed is committed
+        assert any("not valid UTF-8" in f["error"] for f in index.catalog.failures())
+
+
+def test_names_with_newlines_or_control_characters_refused(hub, tmp_path):
+    for name in ("two\nlines", "bell\x07", "rtl\u202eoverride"):
+        text = refused(hub, [hub[0] / "good.pt", *ARCH, "--name", name], "control or invisible characters")
+        assert "\n" not in [line for line in text.splitlines() if "invisible" in line][0]
+        with pytest.raises(ManifestError, match="line 1: the name .* holds control or invisible characters"):
+            parse_manifest(json.dumps([{"name": name, "ref": str(hub[0] / "good.pt")}]))
+
+
+def test_symlinked_parent_folder_treated_like_a_symlinked_file(hub, tmp_path, monkeypatch):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "real.pt").write_bytes((hub[0] / "good.pt").read_bytes())
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "linked").symlink_to(outside, target_is_directory=True)
+    manifest = zoo / "m.yaml"
+    manifest.write_text("- {name: x, ref: linked/real.pt, arch: 'timm:test_resnet', num_classes: 4}\n")
+    refused(hub, ["--manifest", manifest], "linked is a symbolic link to")
+    monkeypatch.chdir(zoo)
+    refused(hub, ["linked/real.pt", *ARCH], "outside its folder")
+
+
+def test_fifos_devices_and_directories_as_manifest_or_probe_file_refused_at_once(hub, tmp_path):
+    os.mkfifo(tmp_path / "fifo.yaml")
+    os.mkfifo(tmp_path / "fifo.npy")
+    (tmp_path / "dir.yaml").mkdir()
+    refused(hub, ["--manifest", tmp_path / "fifo.yaml"], "is a FIFO (named pipe), not a regular file")
+    refused(hub, ["--manifest", "/dev/zero"], "is a device file, not a regular file")
+    with pytest.raises(ManifestError, match="dir.yaml is a directory, not a regular file"):
+        read_manifest(tmp_path / "dir.yaml")
+    for source, fragment in ((tmp_path / "fifo.npy", "is a FIFO"), ("/dev/zero.npy", "not found")):
+        result = CliRunner().invoke(main, ["init", "-i", str(tmp_path / "new"), "--probes", str(source),
+                                           "-K", "2", "-T", "2", "--resolution", "16"])
+        assert result.exit_code == 1 and fragment in result.output, result.output
+        assert not (tmp_path / "new").exists()
+
+
+def test_large_junk_file_refused_without_reading_it(hub, tmp_path, monkeypatch):
+    junk = tmp_path / "junk.pt"
+    with open(junk, "wb") as handle:  # 2 GB, sparse: junk header, then zeros
+        handle.write(b"JUNK" * 256)
+        handle.truncate(2 << 30)
+    reads = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or original(self))
+    refused(hub, [junk, *ARCH], "not a PyTorch, TorchScript or safetensors file (unrecognised content)")
+    assert junk not in reads
+
+
+def test_yaml_alias_bomb_refused_before_expansion(tmp_path):
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in range(1, 9):  # 10^9 strings once expanded
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
+    lines.append("models:\n  - {ref: 'timm:test_resnet', tags: {x: *a8}}")
+    started = time.process_time()
+    with pytest.raises(ManifestError, match="aliases .* are not allowed"):
+        parse_manifest("\n".join(lines))
+    assert time.process_time() - started < 5
+
+
+def test_complex_and_integer_weights_refused_not_coerced(hub, tmp_path):
+    model = timm.create_model("test_resnet", num_classes=4)
+    for dtype in (torch.complex64, torch.int8):
+        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+        path = tmp_path / f"{str(dtype).split('.')[-1]}.pt"
+        torch.save(sd, path)
+        refused(hub, [path, *ARCH], "are not real floating-point values")
+
+
+class Constant(nn.Module):
+    """A model whose output does not depend on its input: a zero gradient field everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], 4) + 0 * x.flatten(1)[:, :1]
+
+
+def test_zero_gradient_model_refused_and_suspect_refuses_degenerate_calibration(hub, tmp_path):
+    from gifindex.apps.suspect import suspect_from_distances
+
+    torch.save(Constant(), tmp_path / "constant.pt")
+    refused(hub, [tmp_path / "constant.pt", "--trust", "--input-size", "16"], "signature is identically zero")
+    with pytest.raises(GifindexError, match="cannot calibrate: .* no spread"):
+        suspect_from_distances(0.3, [1.0, 1.0, 1.0, 1.0, 1.0])
+    assert suspect_from_distances(0.3, [0.9, 1.0, 1.1, 0.95, 1.05])["verdict"] == "derived"
+
+
+def test_damaged_index_files_are_named(hub, tmp_path):
+    for text, fragment in (('{"format": "gifindex", "format_version": 1}', "field 'config' is missing"),
+                           ("{not json", "not valid JSON"), ("[]", "is not a gifindex index file")):
+        copy = tmp_path / f"copy{len(text)}"
+        Index.create(copy, CONFIG).close()
+        (copy / "index.json").write_text(text)
+        out = refused(hub, ["list", "-i", copy], fragment, ingest=False)
+        assert "index.json" in out and "KeyError" not in out

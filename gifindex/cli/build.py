@@ -13,7 +13,7 @@ from ..manifest import ModelEntry, read_manifest, with_defaults
 from . import main
 from .progress import ProgressReporter
 from .options import (check_device, config_from, config_options, device_options, emit_json, index_option,
-                      json_option, load_options, load_kwargs_from, method_option, open_index, table)
+                      json_option, load_options, load_kwargs_from, method_option, open_index, table, wait_option)
 
 # gifindex.index and gifindex.executors (torch, faiss) are imported inside the commands that use them:
 # `gifindex --help` does not pay for them.
@@ -59,12 +59,12 @@ def init(index_path: str, method: str, search_kind: str, flat_budget_mb: float, 
 @click.option("--executor", type=click.Choice(["local", "inline", "ray"]), default="local", show_default=True,
               help="local: a worker process (a model that hangs or crashes is isolated); inline: in this "
                    "process; ray: a Ray cluster (pip install 'gifindex[ray]')")
-@click.option("--timeout", type=float, default=1800.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1800.0, show_default=True,
               help="per-model time limit in seconds (local and ray executors)")
 @click.option("--address", default=None, help="Ray cluster address (default: start or join a local one)")
-@click.option("--commit-every", type=int, default=8, show_default=True,
+@click.option("--commit-every", type=click.IntRange(min=1), default=8, show_default=True,
               help="models per shard commit (an interrupted ingest loses at most this many)")
-@click.option("--wait", type=float, default=0.0, help="seconds to wait if another process is writing")
+@wait_option
 @click.option("--no-progress", is_flag=True, help="no progress bars (per-model lines are still printed)")
 @json_option
 def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: str | None, weights: str | None,
@@ -167,10 +167,11 @@ def info(index_path: str, as_json: bool) -> None:
 @main.command()
 @index_option
 @click.argument("name")
+@wait_option
 @json_option
-def remove(index_path: str, name: str, as_json: bool) -> None:
+def remove(index_path: str, name: str, wait: float, as_json: bool) -> None:
     """Remove a model from the index."""
-    record = open_index(index_path).remove(name)
+    record = open_index(index_path).remove(name, wait=wait)
     if as_json:
         emit_json({"removed": record.to_dict()})
     else:
@@ -182,7 +183,7 @@ def remove(index_path: str, name: str, as_json: bool) -> None:
 @click.option("--repair", is_flag=True, help="quarantine corrupt shards (moved to shards/quarantine/, their "
               "models dropped and named for re-ingest), remove debris of interrupted writes, rebuild the "
               "search index; then verify again")
-@click.option("--wait", type=float, default=0.0, help="with --repair: seconds to wait if another process is writing")
+@wait_option
 @json_option
 def verify(index_path: str, repair: bool, wait: float, as_json: bool) -> None:
     """Check the catalogue, every shard's checksums and the search index; exit 1 on any problem."""
@@ -213,11 +214,13 @@ def verify(index_path: str, repair: bool, wait: float, as_json: bool) -> None:
 
 @main.command()
 @index_option
+@wait_option
 @json_option
-def rebuild(index_path: str, as_json: bool) -> None:
-    """Recreate the search index (search.faiss) from the shards."""
+def rebuild(index_path: str, wait: float, as_json: bool) -> None:
+    """Recreate the search index (search.faiss) from the shards (and the catalogue, when it is missing or
+    damaged)."""
     index = open_index(index_path)
-    count = index.rebuild()
+    count = index.rebuild(wait=wait)
     status = index.search_status()
     if as_json:
         emit_json({"rebuilt": True, "models": count, "search": status})

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import IndexError_
 from ..text import printable
+from .layout import CATALOG_FILE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -64,6 +65,10 @@ class ModelRecord:
                 "shard": self.shard, "row": self.row, "added": self.added, "metadata": self.metadata}
 
 
+class CatalogDamaged(IndexError_):
+    """The catalogue file is missing, not a catalogue, or fails SQLite's checks: recreate it from the shards."""
+
+
 def read_only_storage(folder: Path) -> bool:
     """Whether ``folder`` is on a read-only mount or has no write permission bits (a published snapshot)."""
     try:
@@ -77,9 +82,9 @@ def read_only_storage(folder: Path) -> bool:
 class Catalog:
     """Thin typed access to ``catalog.sqlite`` (durable: WAL journal, synchronous=FULL).
 
-    ``readonly`` opens it with SQLite's ``mode=ro`` (no write, no schema change); on read-only storage
-    (a read-only mount, or a folder without write permission bits) with ``immutable=1`` too, so that
-    reading creates no ``-wal``/``-shm`` file. ``create`` makes a new, empty catalogue; without it a
+    ``readonly``: no schema change and no write from this connection; on read-only storage (a read-only
+    mount, or a folder without write permission bits) it is opened ``mode=ro&immutable=1``, so that
+    reading creates no file at all. ``create`` makes a new, empty catalogue; without it a
     missing file is an error (never silently an empty catalogue: the shards would look unregistered).
     """
 
@@ -87,7 +92,7 @@ class Catalog:
         self.path = path
         self.readonly = readonly
         if not create and not path.is_file():
-            raise IndexError_(f"{path} is missing: the index's catalogue was deleted or moved; `gifindex "
+            raise CatalogDamaged(f"{path} is missing: the index's catalogue was deleted or moved; `gifindex "
                               "rebuild` recreates it from the shards (nothing else was changed)")
         try:
             if readonly:
@@ -101,13 +106,16 @@ class Catalog:
         except sqlite3.DatabaseError as exc:
             raise self.damaged(exc) from None
         if not {"models", "shards", "failures", "state"} <= tables:
-            raise IndexError_(f"{path} is not a gifindex catalogue (tables: {', '.join(sorted(tables)) or 'none'}); "
+            raise CatalogDamaged(f"{path} is not a gifindex catalogue (tables: {', '.join(sorted(tables)) or 'none'}); "
                               "`gifindex rebuild` recreates it from the shards")
 
     @staticmethod
     def _connect_readonly(path: Path) -> sqlite3.Connection:
+        """A connection that only reads. On writable storage SQLite still keeps its WAL scratch files (and
+        removes them on close), so a reader and a concurrent writer see consistent snapshots; on read-only
+        storage the file is opened immutable and nothing at all is written."""
         quoted = urllib.parse.quote(str(path.resolve()))
-        modes = ["mode=ro&immutable=1"] if read_only_storage(path.parent) else ["mode=ro", "mode=ro&immutable=1"]
+        modes = ["mode=ro&immutable=1"] if read_only_storage(path.parent) else ["mode=rw", "mode=ro&immutable=1"]
         for number, mode in enumerate(modes):
             db = sqlite3.connect(f"file:{quoted}?{mode}", uri=True, timeout=60.0, isolation_level=None)
             try:
@@ -120,9 +128,15 @@ class Catalog:
         raise AssertionError("unreachable")
 
     def damaged(self, exc: BaseException) -> IndexError_:
-        """A catalogue that SQLite cannot read, as one line naming the file and the fix."""
-        return IndexError_(f"{self.path} is damaged or not a catalogue ({' '.join(str(exc).split())[:160]}); "
-                           "`gifindex rebuild` recreates it from the shards (the damaged file is kept beside it)")
+        """A catalogue that SQLite cannot use, as one line naming the file and the fix: an I/O problem
+        (disk full, read-only, unreadable) or a damaged file."""
+        reason = " ".join(str(exc).split())[:160]
+        if isinstance(exc, sqlite3.OperationalError):
+            return IndexError_(f"cannot open the catalogue {self.path} ({reason}): the disk may be full, over a file "
+                               "size limit or read-only, or the file is not a catalogue; free space (or fix the "
+                               "permissions) and retry; nothing was changed")
+        return CatalogDamaged(f"{self.path} is damaged or not a catalogue ({reason}); `gifindex rebuild` recreates it "
+                           "from the shards (the damaged file is kept beside it)")
 
     def _read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         try:
@@ -136,8 +150,15 @@ class Catalog:
     # ------------------------------------------------------------------------------------------ reads
     @staticmethod
     def _record(row: tuple) -> ModelRecord:
+        try:
+            metadata = json.loads(row[7] or "{}")
+        except (TypeError, ValueError, RecursionError):
+            metadata = None
+        if not isinstance(metadata, dict) or not isinstance(row[1], str) or not isinstance(row[5], int):
+            raise CatalogDamaged(f"{CATALOG_FILE}: the row of model {row[1]!r} is damaged; `gifindex rebuild` "
+                                 "recreates the catalogue from the shards")
         return ModelRecord(id=row[0], name=row[1], ref=row[2], weights_sha256=row[3], shard=row[4], row=row[5],
-                           added=row[6], metadata=json.loads(row[7] or "{}"))
+                           added=row[6], metadata=metadata)
 
     _COLUMNS = "id, name, ref, weights_sha256, shard, row, added, metadata"
 
@@ -196,22 +217,24 @@ class Catalog:
         self.db.execute("INSERT INTO state(key, value) VALUES('generation', '1') ON CONFLICT(key) "
                         "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
-    def register_shard(self, shard: str, sha256: str, entries: list[dict[str, Any]]) -> list[int]:
-        """Register a complete shard and its models in one transaction; returns the new model ids."""
+    def register_shard(self, shard: str, sha256: str, entries: list[dict[str, Any]],
+                       rows: int | None = None) -> list[int]:
+        """Register a complete shard and its models in one transaction; returns the new model ids. An entry
+        may name its ``row`` (a shard adopted with only some of its rows live; ``rows``: the shard's total)."""
         now = time.time()
         ids = []
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("INSERT INTO shards(name, rows, sha256, added) VALUES(?, ?, ?, ?)",
-                            (shard, len(entries), sha256, now))
-            for row, entry in enumerate(entries):
+                            (shard, len(entries) if rows is None else rows, sha256, now))
+            for position, entry in enumerate(entries):
+                row = entry.get("row", position)
                 cursor = self.db.execute(
                     "INSERT INTO models(name, ref, weights_sha256, shard, row, added, metadata) "
                     "VALUES(?, ?, ?, ?, ?, ?, ?)",
                     (entry["name"], entry["ref"], entry["weights_sha256"], shard, row, now,
                      json.dumps(entry.get("metadata", {}), sort_keys=True, default=str)))
                 ids.append(int(cursor.lastrowid))
-                self.db.execute("DELETE FROM failures WHERE name = ? OR ref = ?", (entry["name"], entry["ref"]))
             self._bump()
             self.db.execute("COMMIT")
         except BaseException:
@@ -264,3 +287,10 @@ class Catalog:
 
     def integrity(self) -> str:
         return str(self._read("PRAGMA integrity_check")[0][0])
+
+    def integrity_ok(self) -> None:
+        """Raise (naming the file) unless SQLite's quick check passes."""
+        result = str(self._read("PRAGMA quick_check")[0][0])
+        if result != "ok":
+            raise CatalogDamaged(f"{self.path} fails SQLite's integrity check ({' '.join(result.split())[:120]}); "
+                              "`gifindex rebuild` recreates it from the shards")

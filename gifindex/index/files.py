@@ -1,26 +1,39 @@
-"""The files layer of an index: opening it (meta, configuration, probes), the catalogue, reading stored
-signatures, the search file and its generation, and the writer lock. No policy: the writer and
-maintenance modules decide what to write; the facade (``store.Index``) answers queries.
+"""The files layer of an index: opening it (meta, configuration, probes, and their agreement with the
+catalogue and shards), the catalogue connection, reading stored signatures, the search file and its
+generation, and the writer lock. No policy: the writer and maintenance modules decide what to write; the
+facade (``store.Index``) answers queries.
+
+Readers never write: the catalogue is opened read-only (``mode=ro``; ``immutable`` on read-only storage),
+and a search file that is stale or does not belong to the catalogue is rebuilt in memory, not on disk.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from ..config import SignatureConfig
-from ..errors import IndexError_
+from ..errors import GifindexError, IndexError_
 from ..probes import Probes
+from ..safefs import check_file
 from .atomic import atomic_write_text
-from .catalog import Catalog, ModelRecord
-from .layout import (CATALOG_FILE, FORMAT_VERSION, INDEX_FILE, PROBES_FILE, SEARCH_FILE, SEARCH_SUM, shard_dir,
-                     write_failure)
+from .catalog import Catalog, ModelRecord, read_only_storage
+from .layout import (CATALOG_FILE, INDEX_FILE, PROBES_FILE, SEARCH_FILE, SEARCH_SUM, index_uid, read_meta,
+                     shard_dir, write_failure)
 from .lock import WriterLock
-from .search import SearchSpec, build_index, index_kind, load_index, save_index
-from .shards import file_sha256, read_shard
+from .search import APPROXIMATE, SearchSpec, build_index, for_search, index_kind, load_index, save_index, search
+from .shards import file_sha256, read_shard, shard_config_hash
+
+log = logging.getLogger(__name__)
+MAX_PROBES_BYTES = 1 << 32   # 4 GiB: far above any probe set a valid configuration makes
+SPOT_CHECKS = 4              # stored signatures a loaded search index must find (it belongs to these shards)
 
 
 class IndexFiles:
@@ -31,41 +44,79 @@ class IndexFiles:
         self.meta = meta
         self.config = config
         self.probes = probes
-        self.search_spec = SearchSpec.from_dict(meta.get("search"))
-        self.catalog = Catalog(root / CATALOG_FILE)
+        self.search_spec = search_spec(meta, root / INDEX_FILE)
+        self._catalog: Catalog | None = None
         self._search = None
         self._search_generation = -1
+        self._searcher: tuple[int, Any] | None = None  # (generation, the index queries use: a GPU copy or _search)
 
     @staticmethod
     def read(path: str | Path) -> tuple[Path, dict[str, Any], SignatureConfig, Probes]:
-        """Read and check index.json and probes.npz; a missing, foreign, other-version or inconsistent index
-        is a clear error."""
+        """Read and cross-check index.json, probes.npz, the catalogue and the shards; a missing, foreign,
+        other-version or inconsistent index is a one-line error naming the file that disagrees."""
         root = Path(path)
+        meta = read_meta(root)
         meta_path = root / INDEX_FILE
-        if not meta_path.is_file():
-            raise IndexError_(f"no gifindex index at {root} (missing {INDEX_FILE}); create one with "
-                              "`gifindex init -i DIR`")
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise IndexError_(f"{meta_path} is unreadable: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("format") != "gifindex":
-            raise IndexError_(f"{meta_path} is not a gifindex index file")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise IndexError_(f"index at {root} has format version {meta.get('format_version')}, this gifindex "
-                              f"reads version {FORMAT_VERSION}; use a matching gifindex release")
-        config = SignatureConfig.from_dict(meta["config"])
-        if config.hash() != meta.get("config_hash"):
+            config = SignatureConfig.from_dict(meta["config"])
+        except (GifindexError, TypeError) as exc:
+            raise IndexError_(f"{meta_path} is damaged: its configuration is invalid ({exc})") from None
+        if config.hash() != meta["config_hash"]:
             raise IndexError_(f"index at {root}: stored configuration does not match its hash "
-                              f"({meta.get('config_hash')} vs {config.hash()}); the index.json was edited")
+                              f"({meta['config_hash']} vs {config.hash()}); the index.json was edited")
         probes_path = root / PROBES_FILE
-        if not probes_path.is_file() or file_sha256(probes_path) != meta.get("probes_sha256"):
+        check_file(probes_path, "probe file", MAX_PROBES_BYTES, IndexError_)
+        if file_sha256(probes_path) != meta["probes_sha256"]:
             raise IndexError_(f"index at {root}: {PROBES_FILE} is missing or altered; the index cannot sign "
                               "new models consistently")
-        return root, meta, config, Probes.load(probes_path)
+        try:
+            probes = Probes.load(probes_path)
+        except GifindexError as exc:
+            raise IndexError_(f"{probes_path} is damaged ({exc})") from None
+        if (probes.num_probes, probes.resolution) != (config.num_probes, config.resolution):
+            raise IndexError_(f"{meta_path} disagrees with {PROBES_FILE}: it says K={config.num_probes}, "
+                              f"R={config.resolution}, the probes are K={probes.num_probes}, R={probes.resolution}; "
+                              "index.json was edited: restore it (the probes and shards are untouched)")
+        if meta.get("signature_dim", config.signature_dim) != config.signature_dim:
+            raise IndexError_(f"{meta_path} is inconsistent: signature_dim {meta['signature_dim']} but its "
+                              f"configuration makes {config.signature_dim}; index.json was edited: restore it")
+        _check_shards_agree(root, meta)
+        return root, meta, config, probes
+
+    # ----------------------------------------------------------------------------------- catalogue
+    @property
+    def catalog(self) -> Catalog:
+        """The catalogue: read-only, except inside :meth:`writer`."""
+        if self._catalog is None:
+            self._catalog = Catalog(self.root / CATALOG_FILE, readonly=True)
+        return self._catalog
+
+    @contextlib.contextmanager
+    def writer(self, wait: float = 0.0, open_catalog: bool = True) -> Iterator[WriterLock]:
+        """Hold the writer lock (``wait`` seconds for another writer) with the catalogue open for writing.
+        ``open_catalog=False``: the caller opens it (to recreate a missing one)."""
+        if read_only_storage(self.root):
+            raise IndexError_(f"the index at {self.root} is read-only (read-only storage or no write permission); "
+                              "reading commands work, writing ones need a writable copy")
+        with WriterLock(self.root, wait=wait) as lock:
+            previous, self._catalog = self._catalog, None
+            try:
+                if open_catalog:
+                    self._catalog = Catalog(self.root / CATALOG_FILE)
+                yield lock
+            finally:
+                if self._catalog is not None:
+                    self._catalog.close()
+                self._catalog = previous
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Inside :meth:`writer` with ``open_catalog=False``: the (recreated) catalogue to write to."""
+        self._catalog = catalog
 
     def close(self) -> None:
-        self.catalog.close()
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
 
     def __enter__(self):
         return self
@@ -80,10 +131,6 @@ class IndexFiles:
     @property
     def config_hash(self) -> str:
         return str(self.meta["config_hash"])
-
-    def writer(self, wait: float = 0.0) -> WriterLock:
-        """The writer lock (one writer at a time; ``wait`` seconds for another to finish)."""
-        return WriterLock(self.root, wait=wait)
 
     # ------------------------------------------------------------------------------------ signatures
     def records(self) -> list[ModelRecord]:
@@ -100,6 +147,9 @@ class IndexFiles:
             by_shard.setdefault(record.shard, []).append((position, record))
         for shard, items in by_shard.items():
             names, signatures = read_shard(shard_dir(self.root) / shard, self.config_hash)
+            if signatures.shape[1] != self.dim:
+                raise IndexError_(f"shard {shard} holds {signatures.shape[1]}-dimensional signatures, the index "
+                                  f"{self.dim}; run `gifindex verify`")
             for position, record in items:
                 if record.row >= len(names) or names[record.row] != record.name:
                     raise IndexError_(f"shard {shard} row {record.row} does not hold {record.name!r}; "
@@ -128,7 +178,8 @@ class IndexFiles:
             save_index(index, self.root / SEARCH_FILE, generation, self.search_spec,
                        self.search_spec.resolve(int(index.ntotal), self.dim)[1])
             atomic_write_text(self.root / SEARCH_SUM, json.dumps(
-                {"generation": generation, "sha256": file_sha256(self.root / SEARCH_FILE)}))
+                {"generation": generation, "sha256": file_sha256(self.root / SEARCH_FILE),
+                 "index": index_uid(self.meta)}))
         except (OSError, RuntimeError) as exc:
             raise write_failure(SEARCH_FILE, exc, "every committed model is kept in the catalogue and shards; "
                                 "free space and run `gifindex rebuild`") from None
@@ -139,20 +190,57 @@ class IndexFiles:
         records, vectors = self.vectors()
         return build_index(vectors, np.array([r.id for r in records], dtype=np.int64), self.search_spec)
 
-    def search_index(self):
-        """The FAISS index, loaded from disk; rebuilt in memory if it is stale or unreadable."""
+    def search_index(self, writable: bool = False):
+        """The FAISS index from disk when it belongs to the catalogue; else rebuilt in memory from the shards
+        (stale, unreadable, or another index's file: never answered from). Queries get its faiss-gpu copy
+        when faiss has GPU support, a GPU is visible and the search spec's device allows it; ``writable``:
+        always the CPU index (what writers extend and save)."""
+        index = self._cpu_search_index()
+        if writable:
+            return index
+        if self._searcher is None or self._searcher[0] != self._search_generation:
+            self._searcher = (self._search_generation, for_search(index, self.search_spec))
+        return self._searcher[1]
+
+    def _cpu_search_index(self):
         generation = self.catalog.generation()
         if self._search is not None and self._search_generation == generation:
             return self._search
         try:
             index, meta = load_index(self.root / SEARCH_FILE)
-            stale = meta.get("generation") != generation or index.ntotal != self.catalog.count()
-        except IndexError_:
-            index, stale = None, True
-        if stale:
+            problem = self._search_problem(index, meta, generation)
+        except IndexError_ as exc:
+            index, problem = None, str(exc)
+        if problem:
+            (log.debug if problem.startswith("stale") else log.warning)(
+                "%s: %s; searching an index rebuilt in memory from the shards (`gifindex rebuild` saves it)",
+                SEARCH_FILE, problem)
             index = self.rebuilt_search()
         self._search, self._search_generation = index, generation
         return index
+
+    def _search_problem(self, index, meta: dict[str, Any], generation: int) -> str | None:
+        """Why a loaded search index cannot answer for this catalogue (None when it can)."""
+        if meta.get("generation") != generation:
+            return f"stale (generation {meta.get('generation')}, catalogue {generation})"
+        if index.d != self.dim:
+            return f"holds {index.d}-dimensional vectors, the index {self.dim}"
+        try:
+            record = json.loads((self.root / SEARCH_SUM).read_text())
+        except (OSError, ValueError):
+            record = {}
+        if isinstance(record, dict) and record.get("index") not in (None, index_uid(self.meta)):
+            return "belongs to another index"
+        ids = self.catalog.ids()
+        if int(index.ntotal) != len(ids) or set(faiss_ids(index).tolist()) != set(ids):
+            return "holds other models than the catalogue"
+        if ids and index_kind(index) not in APPROXIMATE:
+            picks = sorted({ids[0], ids[-1], ids[len(ids) // 2], ids[len(ids) // 3]})[:SPOT_CHECKS]
+            records = list(self.catalog.by_ids(picks).values())
+            _, found = search(index, self.load_vectors(records), min(10, len(ids)))
+            if any(r.id not in set(row.tolist()) for r, row in zip(records, found)):
+                return "does not find the shards' signatures (another index's file?)"
+        return None
 
     def search_status(self) -> dict[str, Any]:
         """The search kind in use and why (``auto`` switches from exact to approximate above its budget)."""
@@ -160,8 +248,52 @@ class IndexFiles:
         return {"active": index_kind(index), "reason": self.search_spec.resolve(int(index.ntotal), self.dim)[1]}
 
 
+def search_spec(meta: dict[str, Any], path: Path) -> SearchSpec:
+    """The search settings of index.json, each field of the type SearchSpec gives it (else named as damaged)."""
+    data = meta.get("search") or {}
+    defaults = SearchSpec()
+    for key, value in data.items():
+        default = getattr(defaults, key, None)
+        expected = float if isinstance(default, float) else type(default)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+              if expected in (int, float) else isinstance(value, expected))
+        if default is not None and (not ok or expected is int and not isinstance(value, int)):
+            raise IndexError_(f"{path} is damaged: search setting {key!r} is {value!r}; restore it from a backup")
+    try:
+        return SearchSpec.from_dict(data)
+    except (GifindexError, TypeError, ValueError) as exc:
+        raise IndexError_(f"{path} is damaged: {exc}") from None
+
+
+def _check_shards_agree(root: Path, meta: dict[str, Any]) -> None:
+    """index.json's configuration hash against the catalogue's record of it and the first registered shard
+    (cheap: one query, one HDF5 attribute). A missing or damaged catalogue is left to the commands that
+    need it (verify reports it, rebuild recreates it)."""
+    path = root / CATALOG_FILE
+    if not path.is_file():
+        return
+    try:
+        catalog = Catalog(path, readonly=True)
+    except IndexError_:
+        return
+    try:
+        recorded = catalog.state("config_hash")
+        shards = list(catalog.shards())
+    except IndexError_:
+        return
+    finally:
+        catalog.close()
+    others = recorded
+    source = f"the catalogue ({CATALOG_FILE})"
+    if others is None and shards:
+        others = shard_config_hash(shard_dir(root) / shards[0])
+        source = f"the shards ({shards[0]})"
+    if others is not None and others != meta["config_hash"]:
+        raise IndexError_(f"{root / INDEX_FILE} disagrees with {source}: it holds configuration "
+                          f"{meta['config_hash']}, the index was made with {others}; index.json was edited or "
+                          "replaced: restore it (the catalogue and shards are consistent and were not changed)")
+
+
 def faiss_ids(index) -> np.ndarray:
     """The ids held by an IndexIDMap(2)."""
-    import faiss
-
     return faiss.vector_to_array(index.id_map)

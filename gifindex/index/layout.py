@@ -11,6 +11,7 @@ Every path of an index is named here and nowhere else (DESIGN section 4)::
 """
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import IndexError_
+from ..safefs import read_bytes
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -28,6 +30,9 @@ SEARCH_FILE = "search.faiss"
 SEARCH_SUM = "search.sha256"  # sha256 of search.faiss as written (a flipped bit is found by verify)
 SHARD_DIR = "shards"
 QUARANTINE_DIR = "quarantine"  # under shards/: corrupt shards moved aside by `verify --repair`
+TOMBSTONES = "removed.json"   # (shard, row) of removed models: a catalogue recreated from shards skips them
+MAX_META_BYTES = 1 << 20
+META_FIELDS = {"format": str, "format_version": int, "config": dict, "config_hash": str, "probes_sha256": str}
 
 
 def index_exists(path: str | Path) -> bool:
@@ -67,3 +72,35 @@ def new_meta(config_dict: dict[str, Any], config_hash: str, signature_dim: int, 
         "projection": {"kind": "gaussian-blocked+point-signs", "seed": seed, "block_rows": 4096},
         "search": search, "signature_dim": signature_dim, "created": created, "versions": versions(),
     }
+
+
+def read_meta(root: Path) -> dict[str, Any]:
+    """index.json, read with a size cap and checked field by field; every problem names the file."""
+    path = root / INDEX_FILE
+    if not path.is_file() and not path.exists():
+        raise IndexError_(f"no gifindex index at {root} (missing {INDEX_FILE}); create one with "
+                          "`gifindex init -i DIR`")
+    data = read_bytes(path, "index file", MAX_META_BYTES, IndexError_)
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise IndexError_(f"{path} is damaged: not valid JSON ({' '.join(str(exc).split())[:120]}); restore it "
+                          "from a backup") from None
+    if not isinstance(meta, dict) or meta.get("format") != "gifindex":
+        raise IndexError_(f"{path} is not a gifindex index file")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise IndexError_(f"index at {root} has format version {meta.get('format_version')!r}, this gifindex "
+                          f"reads version {FORMAT_VERSION}; use a matching gifindex release ({path})")
+    for key, kind in META_FIELDS.items():
+        if not isinstance(meta.get(key), kind):
+            raise IndexError_(f"{path} is damaged: field {key!r} is missing or not a {kind.__name__}; restore it "
+                              "from a backup")
+    for key, kind in (("search", dict), ("signature_dim", int)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise IndexError_(f"{path} is damaged: field {key!r} is not a {kind.__name__}")
+    return meta
+
+
+def index_uid(meta: dict[str, Any]) -> str:
+    """An identity of one index (its configuration and creation time): derived files record it."""
+    return f"{meta.get('config_hash')}:{meta.get('created')}"

@@ -37,3 +37,15 @@ class WriterLock:
             self.owner.unlink(missing_ok=True)
         finally:
             self._lock.release()
+
+
+def writer_active(root: Path) -> bool:
+    """Whether a live process holds the writer lock of the index at ``root`` (read without locking)."""
+    try:
+        pid = int((root / ".lock.owner").read_text().strip())
+        os.kill(pid, 0)
+    except PermissionError:  # alive, another user's
+        return True
+    except (OSError, ValueError):
+        return False
+    return True

@@ -1,15 +1,31 @@
-"""HDF5 shards of signatures: (n, K*T*proj_dim) float16 with fletcher32 checksums, plus model names."""
+"""HDF5 shards of signatures: (n, K*T*proj_dim) float16 with fletcher32 checksums, plus, per model, the name,
+reference, content hash and metadata, so the catalogue can be recreated from the shards alone."""
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from ..errors import IndexError_
 from .atomic import atomic_write_bytes
+
+MAX_SHARD_BYTES = 1 << 36  # 64 GiB: a shard file larger than this is not one gifindex wrote
+
+
+@dataclass
+class ShardEntry:
+    """What a shard records about one model (enough to re-register it in a lost catalogue)."""
+
+    name: str
+    ref: str | None
+    weights_sha256: str | None
+    metadata: dict[str, Any]
 
 
 def file_sha256(path: Path) -> str:
@@ -20,17 +36,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_shard(path: Path, names: list[str], signatures: np.ndarray, config_hash: str) -> str:
-    """Write a complete shard atomically; returns its sha256."""
+def write_shard(path: Path, names: list[str], signatures: np.ndarray, config_hash: str,
+                entries: list[dict[str, Any]] | None = None) -> str:
+    """Write a complete shard atomically; returns its sha256. ``entries`` (name, ref, weights_sha256,
+    metadata per model) are stored beside the signatures."""
     if signatures.ndim != 2 or signatures.shape[0] != len(names):
         raise ValueError(f"{len(names)} names but signatures shaped {signatures.shape}")
     # Built in memory, then written with plain file I/O: a full disk is one clean OSError, and HDF5 never
     # holds a half-written file open.
     buffer = io.BytesIO()
+    strings = h5py.string_dtype()
     with h5py.File(buffer, "w") as handle:
         handle.create_dataset("signatures", data=signatures.astype(np.float16), fletcher32=True,
                               chunks=(1, signatures.shape[1]))
-        handle.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+        handle.create_dataset("names", data=np.array(names, dtype=object), dtype=strings)
+        if entries is not None:
+            for key in ("ref", "weights_sha256"):
+                handle.create_dataset(f"{key}s", data=np.array([str(e[key]) for e in entries], dtype=object),
+                                      dtype=strings)
+            handle.create_dataset("metadata", data=np.array(
+                [json.dumps(e.get("metadata", {}), sort_keys=True, default=str) for e in entries], dtype=object),
+                dtype=strings)
         handle.attrs["config_hash"] = config_hash
         handle.attrs["format"] = "gifindex-shard-1"
     data = buffer.getvalue()
@@ -38,17 +64,75 @@ def write_shard(path: Path, names: list[str], signatures: np.ndarray, config_has
     return hashlib.sha256(data).hexdigest()
 
 
+def _strings(handle: h5py.File, key: str, rows: int) -> list[str] | None:
+    if key not in handle:
+        return None
+    dataset = handle[key]
+    if dataset.shape != (rows,):
+        raise ValueError(f"dataset {key!r} has shape {dataset.shape}, expected ({rows},)")
+    return [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v) for v in dataset[:]]
+
+
+def _open(path: Path) -> h5py.File:
+    size = path.stat().st_size
+    if size > MAX_SHARD_BYTES:
+        raise ValueError(f"{size} bytes, more than any shard gifindex writes")
+    return h5py.File(path, "r")
+
+
+def _checked(handle: h5py.File) -> int:
+    """Rows of a shard whose layout is as gifindex writes it (checked before anything is read)."""
+    signatures = handle["signatures"]
+    if signatures.ndim != 2 or signatures.dtype != np.float16:
+        raise ValueError(f"signatures are {signatures.dtype} shaped {signatures.shape}, expected 2-D float16")
+    if handle["names"].shape != (signatures.shape[0],):
+        raise ValueError(f"{handle['names'].shape} names for {signatures.shape[0]} signatures")
+    return int(signatures.shape[0])
+
+
 def read_shard(path: Path, config_hash: str | None = None) -> tuple[list[str], np.ndarray]:
-    """Read names and float16 signatures; checksum or configuration mismatch -> IndexError_."""
+    """Read names and float16 signatures; checksum, layout or configuration mismatch -> IndexError_."""
     try:
-        with h5py.File(path, "r") as handle:
+        with _open(path) as handle:
             if config_hash is not None and handle.attrs.get("config_hash") != config_hash:
                 raise IndexError_(f"shard {path.name} was made with configuration "
                                   f"{handle.attrs.get('config_hash')!r}, the index uses {config_hash!r}")
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in handle["names"][:]]
+            rows = _checked(handle)
+            names = _strings(handle, "names", rows) or []
             signatures = handle["signatures"][:]
     except IndexError_:
         raise
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise IndexError_(f"shard {path.name} is unreadable or corrupt: {' '.join(str(exc).split())}") from None
     return names, signatures
+
+
+def shard_config_hash(path: Path) -> str | None:
+    """The configuration hash a shard was written under (None when unreadable)."""
+    try:
+        with _open(path) as handle:
+            value = handle.attrs.get("config_hash")
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
+
+
+def read_shard_entries(path: Path, config_hash: str) -> tuple[list[ShardEntry], np.ndarray]:
+    """Every model a shard records, with its signatures (to re-register it in a recreated catalogue)."""
+    names, signatures = read_shard(path, config_hash)
+    try:
+        with _open(path) as handle:
+            refs = _strings(handle, "refs", len(names))
+            hashes = _strings(handle, "weights_sha256s", len(names))
+            metadata = _strings(handle, "metadata", len(names))
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise IndexError_(f"shard {path.name} is unreadable or corrupt: {' '.join(str(exc).split())}") from None
+    entries = []
+    for row, name in enumerate(names):
+        try:
+            meta = json.loads(metadata[row]) if metadata else {}
+        except ValueError:
+            meta = {}
+        entries.append(ShardEntry(name, refs[row] if refs else None, hashes[row] if hashes else None,
+                                  meta if isinstance(meta, dict) else {}))
+    return entries, signatures

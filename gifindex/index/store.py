@@ -329,14 +329,15 @@ class Index(IndexFiles):
         """Commit already signed results as one shard (the caller holds the writer lock)."""
         writer.commit(self, results)
 
-    def remove(self, name: str) -> ModelRecord:
-        """Remove a model from the catalogue and the search index (its shard row becomes garbage)."""
-        return writer.remove(self, name)
+    def remove(self, name: str, wait: float = 0.0) -> ModelRecord:
+        """Remove a model from the catalogue and the search index (see gifindex.index.writer.remove)."""
+        return writer.remove(self, name, wait=wait)
 
     # ------------------------------------------------------------------------------------ maintenance
-    def rebuild(self) -> int:
-        """Recreate ``search.faiss`` from the shards; returns the number of models indexed."""
-        return maintenance.rebuild(self)
+    def rebuild(self, wait: float = 0.0) -> int:
+        """Recreate the derived files (search.faiss; the catalogue when it is missing or damaged) from the
+        shards; returns the number of models indexed."""
+        return maintenance.rebuild(self, wait=wait)
 
     def repair(self, wait: float = 0.0) -> dict[str, Any]:
         """Quarantine corrupt shards, remove debris, rebuild the search index (see maintenance.repair)."""

@@ -1,15 +1,21 @@
 """The write path of an index: create, ingest (sign, commit), remove (rebuild and repair: maintenance).
 
-Write order (under the writer lock): signatures are buffered, written as a complete shard (atomic),
-registered in the catalogue with their models in one transaction, then the search index is updated and
-saved (atomic). A crash between steps leaves an unregistered shard (reported by verify) or a stale
-search index (detected by its generation number and rebuilt from the shards).
+Write order (under the writer lock): signatures are buffered, written as a complete shard (atomic) that
+records each model's name, reference, content hash and metadata, registered in the catalogue with their
+models in one transaction, then the search index is updated and saved (atomic). A crash between steps
+leaves an unregistered shard (kept: it is evidence; verify reports it, ``verify --repair`` registers its
+models) or a stale search index (detected by its generation number and rebuilt from the shards).
+Nothing an ingest writes is ever deleted by a later command except temporary files of interrupted writes.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import secrets
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,13 +30,17 @@ from ..executors import InlineExecutor, Reporter, SignJob
 from ..ingest import SignResult, split_unchanged
 from ..manifest import ModelEntry
 from ..probes import Probes, make_probes
-from .atomic import atomic_path, atomic_write_text
+from ..text import printable, text_problem
+from .atomic import atomic_path, atomic_write_text, fsync_dir
 from .catalog import Catalog, ModelRecord
 from .files import IndexFiles
-from .layout import CATALOG_FILE, INDEX_FILE, PROBES_FILE, SHARD_DIR, new_meta, shard_dir, write_failure
+from .layout import (CATALOG_FILE, INDEX_FILE, PROBES_FILE, SHARD_DIR, TOMBSTONES, new_meta, shard_dir,
+                     write_failure)
 from .lock import WriterLock
-from .search import SearchSpec, build_index, index_kind
-from .shards import file_sha256, write_shard
+from .search import SearchSpec, add, build_index, needs_rebuild
+from .shards import file_sha256, read_shard_entries, write_shard
+
+FAILURE_FLUSH = 256       # failures buffered before they are written to the log (one transaction)
 
 
 @dataclass
@@ -45,37 +55,75 @@ class IngestReport:
                 "failed": len(self.by_status("failed")), "models": [r.summary() for r in self.results]}
 
 
+# ------------------------------------------------------------------------------------------------ create
 def create(root: Path, config: SignatureConfig, search: SearchSpec, probes: Probes | None, device: str) -> None:
-    """Write a new, empty index at ``root`` (index.json last: it marks the index complete)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / SHARD_DIR).mkdir(exist_ok=True)
-    with WriterLock(root):
-        probes = probes if probes is not None else make_probes(config, device=device)
-        if probes.num_probes != config.num_probes or probes.resolution != config.resolution:
-            raise IndexError_("the given probes do not match the configuration's K and resolution")
-        with atomic_path(root / PROBES_FILE) as tmp:
-            probes.save(tmp)
-        Catalog(root / CATALOG_FILE).close()
-        meta = new_meta(config.to_dict(), config.hash(), config.signature_dim, file_sha256(root / PROBES_FILE),
-                        search.to_dict(), config.seed, time.time())
-        files = IndexFiles(root, meta, config, probes)
-        try:
-            files.save_search(build_index(np.zeros((0, files.dim), np.float32), np.zeros(0, np.int64), search))
-        finally:
-            files.close()
-        atomic_write_text(root / INDEX_FILE, json.dumps(meta, indent=2, sort_keys=True))  # last: marks done
+    """Build a new, empty index in a temporary folder beside ``root`` and rename it into place: the index
+    exists whole or not at all (a failed or killed init leaves only a hidden temporary folder)."""
+    root = Path(os.path.abspath(root))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    probes = probes if probes is not None else make_probes(config, device=device)
+    if probes.num_probes != config.num_probes or probes.resolution != config.resolution:
+        raise IndexError_("the given probes do not match the configuration's K and resolution")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.init-", dir=root.parent))
+    except OSError as exc:
+        raise write_failure(f"a new index next to {root}", exc, "nothing was created") from None
+    try:
+        _fill(tmp, config, search, probes)
+        _move_into_place(tmp, root)
+    except OSError as exc:
+        raise write_failure(f"the index {root}", exc, "nothing was created") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _fill(folder: Path, config: SignatureConfig, search: SearchSpec, probes: Probes) -> None:
+    (folder / SHARD_DIR).mkdir()
+    with WriterLock(folder):  # leaves the lock file in place, as every writer does
+        _fill_locked(folder, config, search, probes)
+
+
+def _fill_locked(folder: Path, config: SignatureConfig, search: SearchSpec, probes: Probes) -> None:
+    with atomic_path(folder / PROBES_FILE) as tmp:
+        probes.save(tmp)
+    catalog = Catalog(folder / CATALOG_FILE, create=True)
+    try:
+        catalog.set_state("config_hash", config.hash())
+    finally:
+        catalog.close()
+    meta = new_meta(config.to_dict(), config.hash(), config.signature_dim, file_sha256(folder / PROBES_FILE),
+                    search.to_dict(), config.seed, time.time())
+    files = IndexFiles(folder, meta, config, probes)
+    try:
+        files.use_catalog(Catalog(folder / CATALOG_FILE))
+        files.save_search(build_index(np.zeros((0, files.dim), np.float32), np.zeros(0, np.int64), search))
+    finally:
+        files.close()
+    atomic_write_text(folder / INDEX_FILE, json.dumps(meta, indent=2, sort_keys=True))  # last: marks done
+
+
+def _move_into_place(tmp: Path, root: Path) -> None:
+    try:
+        os.rename(tmp, root)  # atomic; replaces an empty directory
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or (root / INDEX_FILE).exists():
+            if (root / INDEX_FILE).exists():
+                raise IndexError_(f"an index was created at {root} by another process meanwhile") from None
+            raise
+        # root holds only hidden files (checked by the caller): move the files in, index.json last
+        for item in sorted(tmp.iterdir(), key=lambda p: p.name == INDEX_FILE):
+            os.rename(item, root / item.name)
+    fsync_dir(root.parent)
+    fsync_dir(root)
+
+
+# ------------------------------------------------------------------------------------------------ ingest
 def clean_debris(files: IndexFiles) -> list[str]:
-    """Remove what interrupted writers left (temporary files, unregistered shards); needs the lock."""
+    """Remove temporary files of interrupted writes (needs the lock). Unregistered shards are kept: they are
+    complete, and hold models the catalogue may have lost (``verify --repair`` registers them)."""
     removed = []
-    registered = set(files.catalog.shards())
     for folder in (files.root, shard_dir(files.root)):
         for path in folder.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
-            removed.append(str(path.relative_to(files.root)))
-    for path in shard_dir(files.root).glob("*.h5"):
-        if path.name not in registered:
             path.unlink(missing_ok=True)
             removed.append(str(path.relative_to(files.root)))
     return removed
@@ -88,25 +136,42 @@ def commit(files: IndexFiles, results: list[SignResult]) -> None:
     shard = f"{len(files.catalog.shards()) + 1:05d}-{secrets.token_hex(4)}.h5"
     path = shard_dir(files.root) / shard
     signatures = np.stack([r.signature for r in results]).astype(np.float16)
+    entries = [{"name": r.name, "ref": r.ref, "weights_sha256": r.weights_sha256, "metadata": r.metadata}
+               for r in results]
     kept = "models committed before are kept; free space and rerun the same ingest to add the rest"
     try:
-        sha = write_shard(path, [r.name for r in results], signatures, files.config_hash)
+        sha = write_shard(path, [r.name for r in results], signatures, files.config_hash, entries)
     except (OSError, RuntimeError) as exc:
         path.unlink(missing_ok=True)
         raise write_failure(f"shard {shard}", exc, kept) from None
-    entries = [{"name": r.name, "ref": r.ref, "weights_sha256": r.weights_sha256, "metadata": r.metadata}
-               for r in results]
-    index = files.search_index()
+    index = files.search_index(writable=True)
     try:
         ids = files.catalog.register_shard(shard, sha, entries)
     except sqlite3.Error as exc:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # never registered: nothing refers to it
         raise write_failure(CATALOG_FILE, exc, kept) from None
-    if files.search_spec.resolve(int(index.ntotal) + len(ids), files.dim)[0] != index_kind(index):
-        index = files.rebuilt_search()  # auto: the hub crossed the exact-search budget (or came back)
+    if needs_rebuild(index, files.search_spec, int(index.ntotal) + len(ids), files.dim):
+        index = files.rebuilt_search()  # auto crossed a size limit, or ivf's lists were made for a smaller hub
     else:
-        index.add_with_ids(signatures.astype(np.float32), np.array(ids, dtype=np.int64))
+        add(index, signatures, np.array(ids, dtype=np.int64), files.search_spec)
     files.save_search(index)
+
+
+class _Failures:
+    """The failure log, written in batches (with each commit, every FAILURE_FLUSH failures, and at the end)."""
+
+    def __init__(self, files: IndexFiles):
+        self.files = files
+        self.pending: list[tuple[str | None, str, str]] = []
+
+    def add(self, result: SignResult) -> None:
+        self.pending.append((result.name, result.ref, result.error or "unknown error"))
+        if len(self.pending) >= FAILURE_FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        self.files.catalog.record_failures(self.pending)
+        self.pending = []
 
 
 def ingest(files: IndexFiles, refs: Iterable[str | ModelEntry], *, device: str = "cpu",
@@ -117,44 +182,93 @@ def ingest(files: IndexFiles, refs: Iterable[str | ModelEntry], *, device: str =
     ``executor`` decides where the per-model worker runs (default: in this process; see
     gifindex.executors). Signed models are committed in shards of up to ``commit_every`` models, or
     sooner when ``commit_seconds`` have passed, so an interrupted ingest loses at most that much work
-    and a rerun resumes where it stopped.
+    and a rerun resumes where it stopped. A model that fails (to load, sign, or be named or reported)
+    is that model's failure: the others go on and what was signed is committed.
     """
+    if not isinstance(commit_every, int) or commit_every < 1:
+        raise IndexError_(f"commit_every must be a positive number of models, got {commit_every!r}")
     entries = [r if isinstance(r, ModelEntry) else ModelEntry(ref=r) for r in refs]
     reporter = reporter or Reporter()
     executor = executor or InlineExecutor()
     report = IngestReport()
     with files.writer(wait=wait):
         clean_debris(files)
+        adopt_shards(files, files.catalog)  # complete an interrupted ingest's last commit
         records = files.records()
         known = {r.weights_sha256 for r in records}
         names = {r.name: r.weights_sha256 for r in records}
         job = SignJob(files.config, files.probes, device=device, batch_size=batch_size,
                       known_sha256=frozenset(known))
         pending: list[SignResult] = []
+        failures = _Failures(files)
         last_commit = time.monotonic()
         reporter.start(len(entries))
+        entries, refused = _screen(entries)
         entries, unchanged = split_unchanged(entries, records)  # resume: same file, size, mtime: not re-hashed
-        for result in unchanged:
+        for result in refused + unchanged:
             report.results.append(result)
-            reporter.model_done(result)
+            _report(reporter, result)
+            if result.status == "failed":
+                failures.add(result)
         try:
             for result in executor.map(entries, job, reporter):
-                settle(files, result, known, names)
+                settle(result, known, names)
+                report.results.append(result)
+                _report(reporter, result)
                 if result.status == "added":
                     pending.append(result)
-                report.results.append(result)
-                reporter.model_done(result)
+                elif result.status == "failed":
+                    failures.add(result)
                 if len(pending) >= commit_every or (pending and time.monotonic() - last_commit > commit_seconds):
-                    commit(files, pending)
-                    pending, last_commit = [], time.monotonic()
-            commit(files, pending)
+                    batch, pending = pending, []
+                    commit(files, batch)
+                    failures.flush()
+                    last_commit = time.monotonic()
         finally:
-            reporter.close()
+            try:
+                batch, pending = pending, []
+                commit(files, batch)  # what was signed is kept, whatever stopped the loop
+            finally:
+                failures.flush()
+                reporter.close()
     return report
 
 
-def settle(files: IndexFiles, result: SignResult, known: set[str], names: dict[str, str]) -> None:
-    """Decide a worker's result against the index: duplicates, name clashes, failures to record."""
+def _screen(entries: list[ModelEntry]) -> tuple[list[ModelEntry], list[SignResult]]:
+    """Entries whose name or reference cannot be stored or printed (control characters, invalid UTF-8) fail
+    here, each on its own, before any work; the rest go on."""
+    good, refused = [], []
+    for entry in entries:
+        problem = (text_problem(entry.ref, "reference") or
+                   (text_problem(entry.name, "name") if entry.name is not None else None))
+        if problem:
+            refused.append(SignResult(name=printable(entry.name or entry.ref), ref=printable(entry.ref),
+                                      status="failed", error=problem))
+        else:
+            good.append(entry)
+    return good, refused
+
+
+def _report(reporter: Reporter, result: SignResult) -> None:
+    """Tell the reporter; a reporter that cannot print this model (e.g. its name on a non-UTF-8 terminal)
+    must not end the ingest: it is told again with the name escaped."""
+    try:
+        reporter.model_done(result)
+    except (UnicodeError, ValueError, OSError):
+        result.name = printable(result.name)
+        result.error = printable(result.error) if result.error else result.error
+        try:
+            reporter.model_done(result)
+        except (UnicodeError, ValueError, OSError):
+            pass
+
+
+def settle(result: SignResult, known: set[str], names: dict[str, str]) -> None:
+    """Decide a worker's result against the index: bad names, duplicates, name clashes."""
+    if result.status == "added":
+        problem = text_problem(result.name, "name") or text_problem(result.ref, "reference")
+        if problem:
+            result.status, result.signature, result.error = "failed", None, problem
     if result.status == "added" and result.weights_sha256 in known:
         result.status, result.signature = "skipped", None  # signed twice in one ingest
     elif result.status == "added" and names.get(result.name, result.weights_sha256) != result.weights_sha256:
@@ -164,20 +278,78 @@ def settle(files: IndexFiles, result: SignResult, known: set[str], names: dict[s
     if result.status == "added":
         known.add(result.weights_sha256)
         names[result.name] = result.weights_sha256
-    elif result.status == "failed":
-        files.catalog.record_failure(result.name, result.ref, result.error or "unknown error")
 
 
-def remove(files: IndexFiles, name: str) -> ModelRecord:
-    """Remove a model from the catalogue and the search index (its shard row becomes garbage)."""
-    with files.writer():
-        index = files.search_index()
-        record = files.catalog.remove(name)
+# ------------------------------------------------------------------------------------------------ remove
+def read_tombstones(root: Path) -> list[dict[str, Any]]:
+    """Models removed from the index, as (shard, row, name, weights_sha256) records."""
+    path = root / TOMBSTONES
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexError_(f"{path} is damaged ({exc}); it lists removed models; restore it or delete it "
+                          "(removed models would then come back in a recreated catalogue)") from None
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+
+
+def remove(files: IndexFiles, name: str, wait: float = 0.0) -> ModelRecord:
+    """Remove a model from the catalogue and the search index. Its shard row stays (shards are written once)
+    and is listed in removed.json first, so a catalogue recreated from the shards does not bring it back."""
+    with files.writer(wait=wait):
+        record = files.catalog.by_name(name)
         if record is None:
             raise IndexError_(f"no model named {name!r} in the index")
+        index = files.search_index(writable=True)
+        tombstones = read_tombstones(files.root)
+        tombstones.append({"shard": record.shard, "row": record.row, "name": record.name,
+                           "weights_sha256": record.weights_sha256, "time": time.time()})
+        try:
+            atomic_write_text(files.root / TOMBSTONES, json.dumps(tombstones, indent=1))
+        except OSError as exc:
+            raise write_failure(TOMBSTONES, exc, "nothing was removed") from None
+        files.catalog.remove(name)
         try:
             index.remove_ids(np.array([record.id], dtype=np.int64))
             files.save_search(index)
         except RuntimeError:
             files.save_search(files.rebuilt_search())
     return record
+
+
+# ------------------------------------------------------------------------------------------ adopt shards
+def adopt_shards(files: IndexFiles, catalog: Catalog) -> dict[str, Any]:
+    """Register every complete shard on disk that ``catalog`` does not know (left by an interrupted ingest,
+    or all of them for a recreated catalogue). Models already indexed (same content hash or name) and
+    removed ones (removed.json) are not registered again; unreadable shards are left as they are."""
+    registered = set(catalog.shards())
+    orphans = sorted(p for p in shard_dir(files.root).glob("*.h5") if p.name not in registered)
+    out: dict[str, Any] = {"shards": [], "models": [], "left": {}}
+    if not orphans:
+        return out
+    removed = {(t.get("shard"), t.get("row")) for t in read_tombstones(files.root)}
+    records = catalog.models()
+    known, names = {r.weights_sha256 for r in records}, {r.name for r in records}
+    for path in orphans:
+        try:
+            entries, signatures = read_shard_entries(path, files.config_hash)
+        except IndexError_ as exc:
+            out["left"][path.name] = str(exc)
+            continue
+        if signatures.shape[1] != files.dim or not np.isfinite(signatures).all():
+            out["left"][path.name] = f"holds {signatures.shape} or non-finite signatures"
+            continue
+        live = []
+        for row, entry in enumerate(entries):
+            sha = entry.weights_sha256 or f"unknown:{path.name}:{row}"
+            if (path.name, row) in removed or sha in known or entry.name in names or text_problem(entry.name, "name"):
+                continue
+            known.add(sha)
+            names.add(entry.name)
+            live.append({"row": row, "name": entry.name, "ref": entry.ref or entry.name, "weights_sha256": sha,
+                         "metadata": entry.metadata})
+        catalog.register_shard(path.name, file_sha256(path), live, rows=len(entries))
+        out["shards"].append(path.name)
+        out["models"] += [e["name"] for e in live]
+    return out

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from gifindex.errors import ModelLoadError, UntrustedFileError
+from gifindex.safefs import escaping_symlink
 
 # Caps applied before anything is allocated or decompressed.
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -99,6 +100,11 @@ def check_path(path: str | os.PathLike) -> None:
     """Refuse what is not a plain weights file before opening it: missing paths, directories, FIFOs,
     devices, sockets, broken symlinks and symlinks that point outside their own folder."""
     text = os.fspath(path)
+    cwd = os.getcwd()
+    below = not os.path.isabs(text) or text.startswith(cwd + os.sep)  # the part the user gave relative to cwd
+    escape = escaping_symlink(Path(cwd), os.path.relpath(text, cwd)) if below else None
+    if escape:  # a symlinked folder on the way gets the same treatment as a symlinked file
+        raise ModelLoadError(f"{escape}; refusing to follow it; give the target path itself if you trust it")
     try:
         info = os.lstat(text)
     except FileNotFoundError:
@@ -219,6 +225,19 @@ def extract_state_dict(obj: Any, path: str = "") -> dict[str, torch.Tensor]:
     return sd
 
 
+def check_weight_dtypes(module: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors that cannot go into the module unchanged: complex ones anywhere, integer or boolean
+    ones into floating-point parameters (a quantised checkpoint: casting its codes makes another model)."""
+    target = module.state_dict()
+    bad = [f"{key} ({t.dtype}{f' into {target[key].dtype}' if key in target else ''})" for key, t in sd.items()
+           if t.is_complex() or (key in target and target[key].is_floating_point() and not t.is_floating_point())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ModelLoadError(f"{source}: tensors {', '.join(bad[:3])}{more} are not real floating-point values where "
+                             "the model has them (a quantised or complex checkpoint?); converting them would "
+                             "silently make another model; refusing it")
+
+
 def _untrusted(path: str) -> UntrustedFileError:
     return UntrustedFileError(
         f"{path} holds a pickled Python object (e.g. a whole nn.Module); loading it would run code "
@@ -251,6 +270,11 @@ def read_weights_file(path: str | Path, *, trust: bool = False) -> WeightsFile:
     path = str(path)
     check_path(path)
     try:
+        with open(path, "rb") as handle:  # the format is told by its first bytes: junk is refused unread
+            head = handle.read(1024)
+        if sniff(head) == "unknown":
+            raise ModelLoadError(f"cannot read {path}: not a PyTorch, TorchScript or safetensors file "
+                                 f"(unrecognised content); {REFIX}")
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ModelLoadError(f"model file not found: {path}; check the path") from None

@@ -20,6 +20,7 @@ import torch.nn as nn
 from gifindex.errors import MissingWeightsError
 from gifindex.models import detect
 from gifindex.models.sources import ModelSource, register_source
+from gifindex.models.files import check_weight_dtypes
 from gifindex.models.spec import Built, InputSpec, read_weights
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ def load_taskonomy(task: str, *, weights: Any = None, random_init: bool = False,
     if weights is not None:
         sd, sha = read_weights(weights, trust)
         detect.fit_architecture("taskonomy", "encoder", sd)
+        check_weight_dtypes(module, sd, f"taskonomy:{task}")
         module.load_state_dict(sd, strict=True)
         meta["weights_file"] = weights if isinstance(weights, str) else "(preloaded)"
     else:
