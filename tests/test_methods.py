@@ -80,7 +80,7 @@ def test_sac_and_rsa_need_three_probes():
 
 
 def test_the_registry_knows_every_method_and_refuses_others():
-    assert method_names() == ("modelgif", "saliency", "ig", "sac", "rsa")
+    assert method_names()[:5] == ("modelgif", "saliency", "ig", "sac", "rsa")
     with pytest.raises(ConfigError, match="invalid method 'nope': expected one of modelgif, saliency"):
         SignatureConfig(method="nope")
     assert SignatureConfig(method="ig", num_probes=3, steps=5).signature_dim == 3 * 128
@@ -127,7 +127,7 @@ def _run(*args):
     return result
 
 
-@pytest.mark.parametrize("method", ["modelgif", "saliency", "ig", "sac", "rsa"])
+@pytest.mark.parametrize("method", method_names())
 def test_every_method_works_in_an_index(tmp_path, method):
     """Ingest, nearest, tree with each method; and `distance --exact` (the method's uncompressed distance)
     agrees with the indexed (compressed) distance."""
