@@ -5,6 +5,7 @@ stored exactly as used, so every signature of an index sees bit-identical refere
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,12 +16,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapter import SharedSpaceAdapter
 from .errors import ProbeError
 from .safefs import check_file
+from .models import load_model
 
 if TYPE_CHECKING:
     from .config import SignatureConfig
     from .models.spec import LoadedModel
+
+log = logging.getLogger(__name__)
 
 MAX_PROBE_FILE = 4 << 30  # bytes: a probe array file larger than this is refused before it is read
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -209,8 +214,6 @@ def pgd_perturb(images: torch.Tensor, anchor: "LoadedModel", eps: float, steps: 
 
     x_{n+1} = clip_{x, eps}(x_n + alpha * sign(grad CE(anchor(x_n), y))), alpha = 2.5 eps / steps.
     """
-    from .adapter import SharedSpaceAdapter
-
     adapter = SharedSpaceAdapter(anchor.module, anchor.spec).to(device)
     alpha = 2.5 * eps / steps
     out = []
@@ -252,8 +255,8 @@ def make_probes(config: "SignatureConfig", anchor: "LoadedModel | None" = None,
         samples = _cutmix(samples, others, rng)
     elif config.probe_kind == "pgd":
         if anchor is None:
-            from .models import load_model
-
             anchor = load_model(config.pgd_anchor, device=str(device))
         samples = pgd_perturb(samples, anchor, config.pgd_eps, config.pgd_steps, device=device)
+    log.info("drew %d %s probes at %d px from %s (seed %d)", config.num_probes, config.probe_kind,
+             config.resolution, config.probe_source, config.seed)
     return Probes(images=samples.contiguous(), baseline=make_baseline(config))

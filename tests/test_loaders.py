@@ -337,6 +337,21 @@ def test_every_reference_kind_has_one_source() -> None:
         get_source("open_clip")
 
 
+def test_sources_say_whether_weights_are_local(offline_caches, tmp_path) -> None:
+    from gifindex.manifest import ModelEntry
+    from gifindex.models.available import has_local_weights
+    assert not has_local_weights(ModelEntry(ref="taskonomy:normal"))
+    assert not has_local_weights(ModelEntry(ref="torchvision:resnet18"))
+    assert not has_local_weights(ModelEntry(ref="timm:resnet18"))
+    assert has_local_weights(ModelEntry(ref="timm:resnet18", random_init=True))
+    (offline_caches / "checkpoints").mkdir(parents=True)
+    (offline_caches / "checkpoints" / ENCODER_FILES["normal"]).write_bytes(b"x")
+    assert has_local_weights(ModelEntry(ref="taskonomy:normal"))
+    model_file = tmp_path / "m.pt"
+    model_file.write_bytes(b"x")
+    assert has_local_weights(ModelEntry(ref=str(model_file)))
+
+
 def test_torchvision_spec_from_weights_metadata() -> None:
     from gifindex.models.hub import torchvision_spec, torchvision_weights
     spec = torchvision_spec(torchvision_weights("inception_v3", None))

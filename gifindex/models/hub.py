@@ -290,6 +290,11 @@ class TimmSource(ModelSource):
         return load_timm(ref.name, ref.tag, weights=weights, num_classes=num_classes, random_init=random_init,
                          trust=trust)
 
+    def has_local_weights(self, ref: "ModelRef") -> bool:
+        import timm
+        cfg = timm.models.get_pretrained_cfg(f"{ref.name}.{ref.tag}" if ref.tag else ref.name)
+        return cfg is not None and timm_cached_file(cfg.to_dict()) is not None
+
     def constructor(self, name: str) -> Callable[..., nn.Module]:
         import timm
         if not timm.is_model(name):
@@ -312,6 +317,11 @@ class TorchvisionSource(ModelSource):
         return load_torchvision(ref.name, ref.tag, weights=weights, num_classes=num_classes,
                                 random_init=random_init, trust=trust)
 
+    def has_local_weights(self, ref: "ModelRef") -> bool:
+        weights = torchvision_weights(ref.name, ref.tag)
+        return weights is not None and \
+            (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)).is_file()
+
     def constructor(self, name: str) -> Callable[..., nn.Module]:
         import torchvision.models as tvm
         if name not in tvm.list_models():
@@ -333,3 +343,8 @@ class HFHubSource(ModelSource):
              random_init: bool, trust: bool) -> Built:
         return load_hf_hub(ref.name, weights=weights, num_classes=num_classes, random_init=random_init,
                            trust=trust)
+
+    def has_local_weights(self, ref: "ModelRef") -> bool:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(ref.name, "config.json"), str) and \
+            timm_cached_file({"hf_hub_id": ref.name}) is not None

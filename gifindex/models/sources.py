@@ -52,6 +52,11 @@ class ModelSource(ABC):
         """The default name of a model loaded from ``ref``."""
         return ref.canonical()
 
+    def has_local_weights(self, ref: "ModelRef") -> bool:
+        """Whether ``ref``'s pretrained weights are on this machine (a cheap look at the caches ``load``
+        reads; raises for an unknown name). Sources whose references are local paths hold their weights."""
+        return ref.path is not None
+
 
 _SOURCES: dict[str, ModelSource] = {}
 S = TypeVar("S", bound=type)

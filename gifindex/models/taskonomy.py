@@ -183,5 +183,8 @@ class TaskonomySource(ModelSource):
              random_init: bool, trust: bool) -> Built:
         return load_taskonomy(ref.name, weights=weights, random_init=random_init, trust=trust)
 
+    def has_local_weights(self, ref: "ModelRef") -> bool:
+        return cached_encoder_file(ref.name) is not None
+
     def constructor(self, name: str) -> Callable[..., nn.Module]:
         return lambda **kw: TaskonomyEncoder()  # one architecture for every task; no classifier
