@@ -18,9 +18,11 @@ def test_demo_builds_indexes_and_shows_families(tmp_path):
     for name in ("tree.nwk", "tree.png", "tree.html", "demo.yaml"):
         assert (out / name).stat().st_size > 100
     assert "does each derived model sit next to its parent?" in result.output
+    assert '"colorBy":"family"' in (out / "tree.html").read_text()          # leaves coloured by family
     with Index.open(out / "index") as index:
         records = index.records()
         assert len(records) == 10 and index.verify()["ok"]
+        assert all(r.ref == str((out / "zoo" / f"{r.name}.pt").resolve()) for r in records)   # absolute refs
         tags = {r.name: r.metadata["tags"] for r in records}
         # fine-tuned and pruned models: their nearest indexed model is in their own family
         for name, tag in tags.items():
