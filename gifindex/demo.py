@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .config import SignatureConfig
 from .index import Index, index_exists
+from .index.shards import file_sha256
 
 # Fixed normalisation of the upscaled digits in [0, 1] (measured once at 32 px; recorded in
 # every manifest entry so the index feeds the models exactly what they were trained on).
@@ -244,12 +245,6 @@ def sparsity(model: nn.Module) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _sha256(path: Path) -> str:
-    from .index.shards import file_sha256
-
-    return file_sha256(path)
-
-
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, mode) as handle:
@@ -263,7 +258,7 @@ def save_state_dict(model: nn.Module, path: Path) -> str:
     """Save plain, contiguous CPU tensors only (loads with ``weights_only=True``); return the sha256."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     _atomic_write(path, lambda h: torch.save(state, h))
-    return _sha256(path)
+    return file_sha256(path)
 
 
 def short_name(arch: str) -> str:
@@ -293,7 +288,7 @@ def _load_cached(out_dir: Path, config: DemoZooConfig) -> list[dict[str, Any]] |
     hashes = stamp.get("sha256", {})
     for entry in entries:
         path = out_dir / Path(entry["ref"]).name
-        if not path.is_file() or hashes.get(path.name) != _sha256(path):
+        if not path.is_file() or hashes.get(path.name) != file_sha256(path):
             return None
         entry["ref"] = str(path)
     if not (out_dir / PROBES_NAME).is_file():
@@ -376,7 +371,7 @@ def build_demo_zoo(out_dir: str | os.PathLike, config: DemoZooConfig = DemoZooCo
             finish(other, f"{family}-reseeded", arch, family, "reseeded", family)
 
     stamp = {"version": STAMP_VERSION, "config": config.to_dict(), "sha256": hashes,
-             "probes_sha256": _sha256(probes_path), "train_seconds": round(time.perf_counter() - started, 1),
+             "probes_sha256": file_sha256(probes_path), "train_seconds": round(time.perf_counter() - started, 1),
              "entries": [{**e, "ref": Path(e["ref"]).name} for e in entries]}
     _atomic_write(out / STAMP_NAME, lambda h: h.write(json.dumps(stamp, indent=1)), mode="w")
     say(f"demo zoo: trained {len(entries)} models in {time.perf_counter() - started:.1f} s")
