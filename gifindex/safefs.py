@@ -50,10 +50,17 @@ def read_bytes(path: str | os.PathLike, what: str, max_bytes: int,
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the check
             raise error(f"{what} {path} is not a regular file; refusing to read it")
+        chunks, total = [], 0
         try:
-            data = handle.read(max_bytes + 1)
+            while total <= max_bytes:  # in chunks: a buffer of the limit's size is never allocated up front
+                chunk = handle.read(min(1 << 24, max_bytes + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
         except OSError as exc:
             raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        data = b"".join(chunks)
     if len(data) > max_bytes:
         raise error(f"{what} {path} grew past the {max_bytes:,}-byte limit while being read")
     return data

@@ -465,3 +465,24 @@ def test_damaged_index_files_are_named(hub, tmp_path):
         (copy / "index.json").write_text(text)
         out = refused(hub, ["list", "-i", copy], fragment, ingest=False)
         assert "index.json" in out and "KeyError" not in out
+
+
+def test_index_files_replaced_by_fifos_never_hang_a_reader(hub, tmp_path):
+    import shutil
+    import signal
+
+    root = tmp_path / "idx"
+    shutil.copytree(hub[0] / "idx", root)
+    for name in ("search.json", "search.sha256", ".lock.owner"):
+        (root / name).unlink(missing_ok=True)
+        os.mkfifo(root / name)
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("a read hung on a FIFO")))
+    signal.alarm(120)
+    try:
+        with Index.open(root) as index:
+            assert [n.name for n in index.nearest("good", k=1)] == []  # one model: searched, not hung
+            assert index.verify()["models"] == 1
+        result = CliRunner().invoke(main, ["info", "-i", str(root)])
+        assert result.exit_code == 0, result.output
+    finally:
+        signal.alarm(0)

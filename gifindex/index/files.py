@@ -22,7 +22,7 @@ import numpy as np
 from ..config import SignatureConfig
 from ..errors import GifindexError, IndexError_
 from ..probes import Probes
-from ..safefs import check_file
+from ..safefs import check_file, read_bytes
 from .atomic import atomic_write_text
 from .catalog import Catalog, ModelRecord, read_only_storage
 from .layout import (CATALOG_FILE, INDEX_FILE, PROBES_FILE, SEARCH_FILE, SEARCH_SUM, index_uid, read_meta,
@@ -33,6 +33,9 @@ from .shards import file_sha256, read_shard, shard_config_hash
 
 log = logging.getLogger(__name__)
 MAX_PROBES_BYTES = 1 << 32   # 4 GiB: far above any probe set a valid configuration makes
+MAX_SEARCH_BYTES = 1 << 40   # 1 TiB: far above any search file gifindex writes
+MAX_SIDECAR_BYTES = 1 << 20
+SEARCH_META = "search.json"
 SPOT_CHECKS = 4              # stored signatures a loaded search index must find (it belongs to these shards)
 
 
@@ -207,6 +210,8 @@ class IndexFiles:
         if self._search is not None and self._search_generation == generation:
             return self._search
         try:
+            for name, limit in ((SEARCH_FILE, MAX_SEARCH_BYTES), (SEARCH_META, MAX_SIDECAR_BYTES)):
+                check_file(self.root / name, "search file", limit, IndexError_)  # no FIFO, no giant
             index, meta = load_index(self.root / SEARCH_FILE)
             problem = self._search_problem(index, meta, generation)
         except IndexError_ as exc:
@@ -226,8 +231,8 @@ class IndexFiles:
         if index.d != self.dim:
             return f"holds {index.d}-dimensional vectors, the index {self.dim}"
         try:
-            record = json.loads((self.root / SEARCH_SUM).read_text())
-        except (OSError, ValueError):
+            record = json.loads(read_bytes(self.root / SEARCH_SUM, "search checksum", MAX_SIDECAR_BYTES, IndexError_))
+        except (IndexError_, ValueError):
             record = {}
         if isinstance(record, dict) and record.get("index") not in (None, index_uid(self.meta)):
             return "belongs to another index"

@@ -7,6 +7,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import IndexError_
+from ..safefs import read_bytes
 
 
 class WriterLock:
@@ -26,7 +27,7 @@ class WriterLock:
         try:
             self._lock.acquire(timeout=self.wait)
         except Timeout:
-            holder = self.owner.read_text().strip() if self.owner.exists() else "unknown"
+            holder = _owner(self.owner) or "unknown"
             raise IndexError_(f"the index at {self.path.parent} is being written by another process "
                               f"(pid {holder}); wait for it to finish, or pass --wait SECONDS") from None
         self.owner.write_text(str(os.getpid()))
@@ -42,10 +43,18 @@ class WriterLock:
 def writer_active(root: Path) -> bool:
     """Whether a live process holds the writer lock of the index at ``root`` (read without locking)."""
     try:
-        pid = int((root / ".lock.owner").read_text().strip())
+        pid = int(_owner(root / ".lock.owner") or "")
         os.kill(pid, 0)
     except PermissionError:  # alive, another user's
         return True
     except (OSError, ValueError):
         return False
     return True
+
+
+def _owner(path: Path) -> str | None:
+    """The pid recorded beside the lock (a short regular file; anything else is ignored)."""
+    try:
+        return read_bytes(path, "lock owner", 64, IndexError_).decode("ascii", "replace").strip()
+    except IndexError_:
+        return None

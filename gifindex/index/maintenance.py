@@ -23,7 +23,8 @@ import numpy as np
 from ..errors import IndexError_
 from .atomic import fsync_dir
 from .catalog import Catalog, CatalogDamaged, ModelRecord
-from .files import IndexFiles, faiss_ids
+from ..safefs import read_bytes
+from .files import MAX_SEARCH_BYTES, MAX_SIDECAR_BYTES, IndexFiles, faiss_ids
 from .layout import CATALOG_FILE, INDEX_FILE, QUARANTINE_DIR, SEARCH_FILE, SEARCH_SUM, SHARD_DIR, shard_dir
 from .lock import writer_active
 from .shards import file_sha256, read_shard, shard_config_hash
@@ -211,9 +212,9 @@ def search_matches(files: IndexFiles, index, records: Sequence[ModelRecord]) -> 
 
 def _read_sum(files: IndexFiles) -> str | None:
     try:
-        recorded = json.loads((files.root / SEARCH_SUM).read_text())
+        recorded = json.loads(read_bytes(files.root / SEARCH_SUM, "search checksum", MAX_SIDECAR_BYTES, IndexError_))
         return recorded.get("sha256") if isinstance(recorded, dict) else None
-    except (OSError, ValueError):
+    except (IndexError_, ValueError):
         return None
 
 
@@ -246,9 +247,9 @@ def _check_search(files: IndexFiles, records: Sequence[ModelRecord], recorded: s
     corruption (a problem). The file is read once: its checksum and its content are of the same bytes."""
     path = files.root / SEARCH_FILE
     try:
-        data = path.read_bytes()
+        data = read_bytes(path, "search file", MAX_SEARCH_BYTES, IndexError_)
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, IndexError_) as exc:
         problems.append(f"{SEARCH_FILE} is missing or unreadable ({' '.join(str(exc).split())[:100]}); "
                         "run `gifindex rebuild`")
         return

@@ -30,6 +30,7 @@ from ..executors import InlineExecutor, Reporter, SignJob
 from ..ingest import SignResult, split_unchanged
 from ..manifest import ModelEntry
 from ..probes import Probes, make_probes
+from ..safefs import read_bytes
 from ..text import printable, text_problem
 from .atomic import atomic_path, atomic_write_text, fsync_dir
 from .catalog import Catalog, ModelRecord
@@ -40,6 +41,7 @@ from .lock import WriterLock
 from .search import SearchSpec, add, build_index, needs_rebuild
 from .shards import file_sha256, read_shard_entries, write_shard
 
+MAX_TOMBSTONE_BYTES = 1 << 30  # removed.json: about ten million removals
 FAILURE_FLUSH = 256       # failures buffered before they are written to the log (one transaction)
 
 
@@ -287,8 +289,8 @@ def read_tombstones(root: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_bytes(path, "list of removed models", MAX_TOMBSTONE_BYTES, IndexError_))
+    except (IndexError_, ValueError) as exc:
         raise IndexError_(f"{path} is damaged ({exc}); it lists removed models; restore it or delete it "
                           "(removed models would then come back in a recreated catalogue)") from None
     return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
