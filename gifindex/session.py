@@ -15,8 +15,8 @@ from typing import Any
 from .config import SignatureConfig
 from .index import Index, index_exists
 from .manifest import ModelEntry
-from .methods import feature_distance, features
-from .models import load_model
+from .methods import feature_distance
+from .observe import entry_features
 from .probes import Probes, make_probes
 
 
@@ -66,7 +66,5 @@ class Session:
         probes = self.probes(device)
         feats = []
         for ref in (a, b):
-            entry = self.entry(ref)
-            loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
-            feats.append(features(loaded, probes, self.config, batch_size=batch_size, device=device))
+            feats.append(entry_features(self.entry(ref), probes, self.config, device=device, batch_size=batch_size))
         return feature_distance(feats[0], feats[1], self.config.method), "exact"
