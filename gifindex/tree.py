@@ -438,8 +438,10 @@ def save_dendrogram(tree: SimilarityTree, path: str | Path, format: str = "png",
     for side in ("top", "left"):
         ax.spines[side].set_visible(False)
     path = Path(path)
-    with matplotlib.rc_context({"svg.fonttype": "none"}):   # SVG text stays text: searchable, selectable
-        fig.savefig(path, format=format, dpi=110, bbox_inches="tight")
+    from gifindex.index.atomic import atomic_path  # here: the index package imports this module
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}), atomic_path(path) as tmp:  # SVG text stays text
+        fig.savefig(tmp, format=format, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -527,6 +529,8 @@ def save_tree(tree: SimilarityTree, path: str | Path, format: str | None = None,
         text = _json_text(to_json(tree), separators=(",", ":")) + "\n"
     else:
         text = to_html(tree, color_by=color_by)
-    path.write_text(text, encoding="utf-8")
+    from gifindex.index.atomic import atomic_write_text  # here: the index package imports this module
+
+    atomic_write_text(path, text)  # a killed or failed write leaves the old file, never half a tree
     return path
 
