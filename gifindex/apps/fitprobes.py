@@ -29,7 +29,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
         pass
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
                        calibration_per_arch=calibration, candidates=candidates, seed=seed,
-                       recipe=TrainRecipe(epochs=epochs), search=SearchConfig(eps=eps))
+                       recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))), search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
     entry = index.entry_for(owner)
     loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)

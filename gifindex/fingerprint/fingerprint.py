@@ -46,14 +46,16 @@ class Fingerprint:
         return [r for rates in self.calibration.values() for r in rates]
 
     def null(self, arch: str | None = None) -> tuple[float, float, str]:
-        """(mean, sigma, which) of the agreement of independent models: the suspect's architecture's own
-        calibration references when there are at least two, else all of them. sigma is at least the
-        binomial standard deviation of a rate over this many inputs, and at least MIN_SIGMA."""
+        """(mean, sigma, which) of the agreement of independent models: the mean of the suspect's architecture's
+        own calibration references when there are at least two, else of all of them. sigma is the spread of
+        all calibration references (a few models of one architecture cannot measure it), and at least the
+        binomial standard deviation of a rate over this many inputs, and MIN_SIGMA."""
         rates, which = self.null_rates, "all calibration references"
         if arch is not None and len(self.calibration.get(arch, [])) >= 2:
             rates, which = self.calibration[arch], f"calibration references of {arch}"
         mean = float(np.mean(rates))
-        spread = float(np.std(rates, ddof=1)) if len(rates) > 1 else 0.0
+        pooled = self.null_rates
+        spread = float(np.std(pooled, ddof=1)) if len(pooled) > 1 else 0.0
         binomial = math.sqrt(max(mean * (1 - mean), 1.0 / self.size) / self.size)
         return mean, max(spread, binomial, MIN_SIGMA), which
 

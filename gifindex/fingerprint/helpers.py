@@ -8,6 +8,7 @@ fingerprint inputs: their agreement with the owner is the null distribution of t
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +31,8 @@ Builder = Callable[[str, int], LoadedModel]
 class TrainRecipe:
     """How a helper model is trained (AdamW, one-cycle schedule)."""
 
-    epochs: int = 6
+    epochs: int = 6            # references (true labels)
+    surrogate_epochs: int = 4  # surrogates see 1 + augment_copies times as many images per epoch
     lr: float = 5e-3
     batch_size: int = 64
     augment_copies: int = 2  # surrogates: augmented copies of the owner data per epoch, beside the originals
@@ -106,7 +108,8 @@ def train_surrogate(build: Builder, arch: str, owner: Callable[[torch.Tensor], t
     ys = decisions(owner, xs.to(device)).cpu()
     torch.manual_seed(seed)
     started = time.perf_counter()
-    model = train_helper(build(arch, num_classes), xs, ys, recipe, seed, device)
+    model = train_helper(build(arch, num_classes), xs, ys, dataclasses.replace(recipe, epochs=recipe.surrogate_epochs),
+                         seed, device)
     log.info("surrogate %s (seed %d) trained in %.1f s", arch, seed, time.perf_counter() - started)
     return model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             inputs, labels = data["inputs"], data["labels"]
     except GifindexError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise GifindexError(f"{source}: not a readable gifindex fingerprint ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise GifindexError(f"{source}: not a gifindex fingerprint (format {meta.get('format') if isinstance(meta, dict) else None!r})")

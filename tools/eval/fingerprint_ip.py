@@ -27,7 +27,7 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreem
 from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
-SCORES = ("modelgif", "fp-agree", "fp-z", "combined")
+SCORES = ("modelgif", "modelgif+outputs", "fp-agree", "fp-z", "combined")
 
 
 def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
@@ -76,9 +76,10 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
     start = time.perf_counter()
     fp_scores = {n: FingerprintScore.of(fp, agreement(fp, wrap(zoo.models[n], zoo.spec)), zoo.archs[n]) for n in scored}
     fp_s = (time.perf_counter() - start) / len(scored)
-    feats, sign_s = sign_all(zoo.models, zoo.heldout_raw, k=16, steps=8, methods=("modelgif",), spec=zoo.spec,
-                             resolution=zoo.resolution)
+    feats, sign_s = sign_all(zoo.models, zoo.heldout_raw, k=16, steps=8, methods=("modelgif", "modelgif+outputs"),
+                             spec=zoo.spec, resolution=zoo.resolution)
     dist = distances_to(feats["modelgif"], "owner", "modelgif")
+    dist_out = distances_to(feats["modelgif+outputs"], "owner", "modelgif+outputs")
     neg = [n for n in scored if groups[n] == "irrelevant"]
     z_gif = {}
     for n in scored:
@@ -86,6 +87,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
         z_gif[n] = suspect_from_distances(dist[n], population, Z_THRESHOLD)["z"]
     scores = {
         "modelgif": {n: -dist[n] for n in scored},
+        "modelgif+outputs": {n: -dist_out[n] for n in scored},
         "fp-agree": {n: (fp_scores[n].agreement if fp_scores[n].agreement is not None else -1.0) for n in scored},
         "fp-z": {n: (fp_scores[n].z if fp_scores[n].z is not None else -1e9) for n in scored},
         "combined": {n: combine([z_gif[n], fp_scores[n].z]) for n in scored},
@@ -99,9 +101,10 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
         "zoo": zoo_name, "seed": seed, "quick": quick, "fingerprint": {"size": fp.size, "calibration": fp.calibration,
                                                                       "recipe": fp.recipe},
         "fit_seconds": round(fit_s, 1), "fp_seconds_per_model": fp_s, "gif_seconds_per_model": sign_s["modelgif"],
+        "gifout_seconds_per_model": sign_s["modelgif+outputs"],
         "fp_passes_per_model": fp.size, "gif_passes_per_model": 16 * 8,
         "auc": {s: auc_rows(scores[s], groups) for s in SCORES}, "flagged": flagged,
-        "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n], "z_gif": z_gif[n],
+        "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n], "distance_outputs": dist_out[n], "z_gif": z_gif[n],
                           **fp_scores[n].to_dict()} for n in scored},
     }
 

@@ -1,0 +1,184 @@
+"""Owner-fitted decision fingerprints (gifindex.fingerprint, `fit-probes`, `suspect`): real training of small
+helper models on scikit-learn's digits, checked against what the method promises."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+
+from gifindex.cli import main
+from gifindex.demo import DemoZooConfig, load_digit_data, train
+from gifindex.errors import GifindexError, ProbeError
+from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
+                                  load_fingerprint, load_owner_data, save_fingerprint)
+from gifindex.fingerprint.conferrable import SearchConfig
+from gifindex.fingerprint.helpers import TrainRecipe, augment
+from gifindex.models.spec import InputSpec, LoadedModel
+
+R = 16
+MEAN, STD = (0.305,) * 3, (0.324,) * 3
+SPEC = InputSpec(size=(R, R), mean=MEAN, std=STD)
+FAST = FitConfig(helper_archs=("timm:test_resnet",), surrogates=2, references=2, calibration_per_arch=2,
+                 candidates=96, recipe=TrainRecipe(epochs=2, augment_copies=1), search=SearchConfig(eps=0.1, steps=12))
+
+
+def _wrap(module: torch.nn.Module, name: str = "m") -> LoadedModel:
+    module = module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(module=module, spec=SPEC, ref=name, name=name, source="test", arch="timm:test_resnet")
+
+
+def _build(arch: str, classes: int) -> LoadedModel:
+    return _wrap(timm.create_model(arch.partition(":")[2], num_classes=classes))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digit_data(DemoZooConfig(seed=0, image_size=R))
+    raw = (data.x_train * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).clamp(0, 1)
+    return data, OwnerData(raw[:600], data.y_train[:600])
+
+
+@pytest.fixture(scope="module")
+def owner(digits):
+    data, _ = digits
+    torch.manual_seed(0)
+    return _wrap(train(timm.create_model("test_resnet", num_classes=10), data.x_train[:600], data.y_train[:600],
+                       3, 5e-3, 64, 0), "owner")
+
+
+@pytest.fixture(scope="module")
+def fingerprint(owner, digits):
+    return fit_fingerprint(owner, digits[1], FAST, build=_build)
+
+
+def test_owner_data_from_npz_and_folder(tmp_path):
+    x = (np.random.default_rng(0).random((30, 8, 8)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(30) % 3)
+    data = load_owner_data(tmp_path / "d.npz", 16)
+    assert data.x.shape == (30, 3, 16, 16) and data.x.dtype == torch.float32
+    assert 0.0 <= float(data.x.min()) and float(data.x.max()) <= 1.0 and data.num_classes == 3
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "f" / label).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(x[i]).save(tmp_path / "f" / label / f"{i}.png")
+    folder = load_owner_data(tmp_path / "f", 16)
+    assert folder.x.shape == (24, 3, 16, 16) and folder.y.tolist() == [0] * 12 + [1] * 12
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((30, 8, 8), np.float32)}, "needs arrays 'x' (images) and 'y' (labels)"),
+    ({"x": np.full((30, 8, 8), 3.0, np.float32), "y": np.zeros(30, np.int64)}, "must be finite and lie in [0, 1]"),
+    ({"x": np.zeros((30, 8, 8), np.float32), "y": np.zeros(30, np.float32)}, "labels 'y' must be integers"),
+    ({"x": np.zeros((5, 8, 8), np.float32), "y": np.zeros(5, np.int64)}, "needs at least 20"),
+])
+def test_bad_owner_data_is_one_clear_error(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ProbeError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        load_owner_data(tmp_path / "bad.npz", 16)
+
+
+def test_augment_stays_in_pixel_range_and_is_seeded():
+    x = torch.rand(16, 3, R, R)
+    a = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, augment(x, torch.Generator().manual_seed(1)))
+
+
+def test_fitted_inputs_are_conferrable_and_calibrated(fingerprint, owner, digits):
+    fp = fingerprint
+    assert fp.size >= 8 and fp.inputs.shape[1:] == (3, R, R)
+    assert float(fp.inputs.min()) >= 0 and float(fp.inputs.max()) <= 1
+    # the owner decides every kept input as recorded (that is what a fingerprint stores)
+    assert agreement(fp, owner) == 1.0
+    # kept only where at least half the surrogates followed the owner (their mean agreement reflects that)
+    assert min(fp.recipe["surrogate_agreement"]) >= 0.0 and np.mean(fp.recipe["surrogate_agreement"]) >= 0.5
+    # held-out references: one rate each, in [0, 1], and below the surrogates' (they are independent models)
+    rates = fp.calibration["timm:test_resnet"]
+    assert len(rates) == 2 and all(0.0 <= r <= 1.0 for r in rates)
+    assert np.mean(rates) < np.mean(fp.recipe["surrogate_agreement"])
+    # every input lies within eps of some owner image (the search is a bounded perturbation)
+    x = digits[1].x
+    nearest = torch.cdist(fp.inputs.flatten(1), x.flatten(1), p=float("inf")).min(1).values
+    assert float(nearest.max()) <= FAST.search.eps + 1e-5
+
+
+def test_copies_agree_and_verdict_follows(fingerprint, owner, digits):
+    data, _ = digits
+    same = agreement(fingerprint, owner)
+    tuned = copy.deepcopy(owner.module)
+    for p in tuned.parameters():
+        p.requires_grad_(True)
+    tuned = train(tuned, data.x_train[600:900], data.y_train[600:900], 1, 5e-4, 64, 1)
+    score_copy = FingerprintScore.of(fingerprint, agreement(fingerprint, _wrap(tuned)), "timm:test_resnet")
+    assert same == 1.0 and score_copy.agreement > fingerprint.null()[0]
+    assert score_copy.z is not None and score_copy.z >= 3.0
+    other = _wrap(timm.create_model("test_resnet", num_classes=4))
+    assert agreement(fingerprint, other) is None  # other classes: not comparable
+    assert FingerprintScore.of(fingerprint, None).z is None
+
+
+def test_null_uses_the_suspects_architecture_and_a_binomial_floor(fingerprint):
+    mean, sigma, which = fingerprint.null("timm:test_resnet")
+    assert "timm:test_resnet" in which
+    assert sigma >= np.sqrt(max(mean * (1 - mean), 1 / fingerprint.size) / fingerprint.size) - 1e-12
+    _, _, fallback = fingerprint.null("timm:unknown")
+    assert fallback == "all calibration references"
+
+
+def test_round_trip_and_damaged_file(fingerprint, tmp_path):
+    path = save_fingerprint(fingerprint, tmp_path / "fp" / "owner.npz")
+    back = load_fingerprint(path)
+    assert torch.equal(back.inputs, fingerprint.inputs) and torch.equal(back.labels, fingerprint.labels)
+    assert back.calibration == fingerprint.calibration and back.num_classes == fingerprint.num_classes
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(GifindexError, match="not a readable gifindex fingerprint"):
+        load_fingerprint(path)
+
+
+def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits):
+    data, owner_data = digits
+    runner = CliRunner()
+    index = tmp_path / "idx"
+    files = {"owner": owner.module}
+    for seed in range(4):  # suspect needs 3 others besides owner and suspect
+        torch.manual_seed(100 + seed)
+        files[f"indep{seed}"] = train(timm.create_model("test_resnet", num_classes=10), data.x_train[600:900],
+                                      data.y_train[600:900], 2, 5e-3, 64, 100 + seed)
+    for name, module in files.items():
+        torch.save(module.state_dict(), tmp_path / f"{name}.pt")
+    common = ["--arch", "timm:test_resnet", "--num-classes", "10", "--input-size", str(R),
+              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
+    assert runner.invoke(main, ["init", "-i", str(index), "--resolution", str(R), "--num-probes", "4",
+                                "--steps", "2"]).exit_code == 0
+    for name in files:
+        out = runner.invoke(main, ["ingest", "-i", str(index), str(tmp_path / f"{name}.pt"), "--name", name,
+                                   "--executor", "inline", *common])
+        assert out.exit_code == 0, out.output
+    np.savez(tmp_path / "owner_data.npz", x=owner_data.x.numpy()[:300], y=owner_data.y.numpy()[:300])
+    fit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
+                               "--helper-arch", "timm:test_resnet", "--surrogates", "2", "--references", "2",
+                               "--calibration", "2", "--candidates", "64", "--epochs", "2", "--eps", "0.1", "--json"])
+    assert fit.exit_code == 0, fit.output
+    fitted = json.loads(fit.stdout)
+    assert fitted["inputs"] >= 8 and (index / "fingerprints").is_dir()
+    sus = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "owner.pt"), "--owner", "owner",
+                               *common, "--json"])
+    assert sus.exit_code == 0, sus.output
+    verdict = json.loads(sus.stdout)
+    assert verdict["fingerprint"]["agreement"] == 1.0 and verdict["verdict"] == "derived"
+    text = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
+    assert text.exit_code == 0 and "fingerprint   agrees with the owner on" in text.output, text.output
+    off = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner", "--no-fingerprint", "--json"])
+    assert json.loads(off.stdout)["fingerprint"] is None
+    missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])
+    assert missing.exit_code == 1 and "did you mean 'owner'" in missing.output
