@@ -83,3 +83,21 @@ def test_jobs_sign_in_parallel_and_give_the_same_index_as_one_job(tmp_path):
     assert results1 == results2 and ("crash", "failed", True) in results1
     assert layout1 == layout2 and failed1 == failed2 == ["crash"]
     assert torch.equal(torch.from_numpy(vectors1), torch.from_numpy(vectors2))
+
+
+def test_cli_ingest_jobs_option(tmp_path):
+    from click.testing import CliRunner
+
+    from gifindex.cli import main
+
+    for seed in range(2):
+        torch.save(SmoothNet(seed=seed), tmp_path / f"s{seed}.pt")
+    Index.create(tmp_path / "idx", SignatureConfig(resolution=16, num_probes=2, steps=2, proj_dim=16)).close()
+    refs = [str(tmp_path / f"s{seed}.pt") for seed in range(2)]
+    runner = CliRunner()
+    result = runner.invoke(main, ["ingest", "-i", str(tmp_path / "idx"), "-j", "2", "--trust", "--input-size", "16",
+                                  "--no-progress", *refs])
+    assert result.exit_code == 0, result.output
+    assert "2 added" in result.output
+    refused = runner.invoke(main, ["ingest", "-i", str(tmp_path / "idx"), "-j", "2", "--executor", "inline", *refs])
+    assert refused.exit_code == 1 and "applies to the local executor" in refused.output

@@ -25,11 +25,12 @@ from .options import (check_device, config_from, config_options, device_options,
                "gradient at each probe; ig: Integrated Gradients; sac: cosine matrix of outputs on CutMix probes, "
                "probe kind cutmix unless --probe-kind is given; rsa: dissimilarity matrix of outputs)")
 @config_options
-@click.option("--search", "search_kind", type=click.Choice(["auto", "flat", "hnsw", "ivfpq"]), default="auto",
-              show_default=True, help="auto: exact (flat) while the float16 signatures fit --flat-budget-mb, then "
-              "ivfpq; flat: always exact; hnsw / ivfpq: approximate (PCA to 256 dims first), for large hubs")
+@click.option("--search", "search_kind", type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfpq"]), default="auto",
+              show_default=True, help="auto: exhaustive exact search (flat) up to 128 MiB of signatures, then ivf "
+              "(exact distances over the probed lists) while they fit --flat-budget-mb, then ivfpq; flat: always "
+              "exhaustive; hnsw / ivfpq: approximate (PCA to 256 dims first), re-ranked exactly")
 @click.option("--flat-budget-mb", type=float, default=4096.0, show_default=True,
-              help="auto search: memory for exact search before switching to approximate")
+              help="auto search: memory for the float16 signatures (flat / ivf) before switching to ivfpq")
 @click.option("--device", default="cpu", show_default=True, help="device for PGD probe generation")
 @json_option
 def init(index_path: str, method: str, search_kind: str, flat_budget_mb: float, device: str, as_json: bool,
@@ -61,6 +62,8 @@ def init(index_path: str, method: str, search_kind: str, flat_budget_mb: float, 
                    "process; ray: a Ray cluster (pip install 'gifindex[ray]')")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=1800.0, show_default=True,
               help="per-model time limit in seconds (local and ray executors)")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="local executor: worker processes signing at once, each with cores / N threads")
 @click.option("--address", default=None, help="Ray cluster address (default: start or join a local one)")
 @click.option("--commit-every", type=click.IntRange(min=1), default=8, show_default=True,
               help="models per shard commit (an interrupted ingest loses at most this many)")
@@ -68,8 +71,8 @@ def init(index_path: str, method: str, search_kind: str, flat_budget_mb: float, 
 @click.option("--no-progress", is_flag=True, help="no progress bars (per-model lines are still printed)")
 @json_option
 def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: str | None, weights: str | None,
-           device: str, batch_size: int, executor: str, timeout: float, address: str | None, commit_every: int,
-           wait: float, no_progress: bool,
+           device: str, batch_size: int, executor: str, timeout: float, jobs: int, address: str | None,
+           commit_every: int, wait: float, no_progress: bool,
            as_json: bool, **kwargs: Any) -> None:
     """Sign models and add them; those already indexed (same weights) are skipped.
 
@@ -90,10 +93,13 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
         raise GifindexError("nothing to ingest: give model references or --manifest FILE")
     index = open_index(index_path)
     start = time.perf_counter()
+    if jobs > 1 and executor != "local":
+        raise GifindexError(f"-j/--jobs applies to the local executor; --executor {executor} runs "
+                            + ("one model at a time" if executor == "inline" else "as many as the cluster has CPUs"))
     options = {"address": address} if executor == "ray" else {}
     report = index.ingest(entries, device=check_device(device), batch_size=batch_size, commit_every=commit_every,
                           reporter=ProgressReporter(enabled=not no_progress and not as_json), wait=wait,
-                          executor=make_executor(executor, timeout=timeout, **options))
+                          executor=make_executor(executor, timeout=timeout, jobs=jobs, **options))
     summary = report.to_dict()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["index_models"] = len(index)
