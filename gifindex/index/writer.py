@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from ..config import SignatureConfig
-from ..errors import IndexError_
+from ..errors import GifindexError, IndexError_
 from ..executors import InlineExecutor, Reporter, SignJob
 from ..ingest import SignResult, split_unchanged
 from ..manifest import ModelEntry
+from ..models.files import check_path
 from ..probes import Probes, make_probes
+from ..refs import FILE_SUFFIXES
 from ..safefs import read_bytes
 from ..text import printable, text_problem
 from .atomic import atomic_path, atomic_write_text, fsync_dir
@@ -242,13 +244,25 @@ def _screen(entries: list[ModelEntry]) -> tuple[list[ModelEntry], list[SignResul
     good, refused = [], []
     for entry in entries:
         problem = (text_problem(entry.ref, "reference") or
-                   (text_problem(entry.name, "name") if entry.name is not None else None))
+                   (text_problem(entry.name, "name") if entry.name is not None else None) or _missing_file(entry))
         if problem:
             refused.append(SignResult(name=printable(entry.name or entry.ref), ref=printable(entry.ref),
                                       status="failed", error=problem))
         else:
             good.append(entry)
     return good, refused
+
+
+def _missing_file(entry: ModelEntry) -> str | None:
+    """The loader's own error for a model file that does not exist (found here, in the driver: a hub manifest
+    with thousands of missing files fails each at once instead of a worker round trip per file)."""
+    if Path(entry.ref).suffix.lower() not in FILE_SUFFIXES or os.path.lexists(entry.ref):
+        return None
+    try:
+        check_path(entry.ref)
+    except GifindexError as exc:
+        return str(exc)
+    return None
 
 
 def _report(reporter: Reporter, result: SignResult) -> None:
