@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EVAL = Path(__file__).resolve().parents[1] / "tools" / "eval"
 
@@ -41,3 +42,34 @@ def test_quick_harness_quality_floors(harness):
 
     tasks = task_relatedness.evaluate(quick=True)
     assert tasks["summary"]["modelgif"]["with_diagonal"]["mean"] > 0.0, tasks["summary"]
+
+
+@pytest.fixture(scope="module")
+def ipzoo(harness):
+    import ipzoo
+
+    return ipzoo
+
+
+@pytest.mark.slow
+def test_digits_zoo_seed_changes_split_and_training(ipzoo):
+    base = ipzoo.digits(seed=0, per_attack=1, irrelevant=1)
+    other = ipzoo.digits(seed=1, per_attack=1, irrelevant=2)
+    assert set(other.groups.values()) == {"owner", "irrelevant", *ipzoo.ATTACKS}
+    assert sum(g == "irrelevant" for g in other.groups.values()) == 2
+    (xa, _), (xb, _) = other.owner_data, other.attacker_data
+    assert abs(len(xa) - len(xb)) <= 1 and not torch.equal(xa, base.owner_data[0])
+    assert not torch.equal(other.owner.get_classifier().weight, base.owner.get_classifier().weight)
+    assert other.accuracy["owner"] >= 0.9 and other.accuracy["extract-l-0"] >= 0.8, other.accuracy
+    assert other.tasks["transfer-0"] == "parity" and other.accuracy["transfer-0"] >= 0.8
+    assert other.heldout_images().shape == (len(other.heldout_raw), 3, 16, 16)
+
+
+def test_mnist32_split_is_stratified_and_normalised(ipzoo):
+    split = ipzoo._mnist_split(seed=0)
+    assert split.x_train.shape == (4000, 3, 32, 32) and split.x_test.shape == (1000, 3, 32, 32)
+    assert torch.bincount(split.y_test).tolist() == [100] * 10
+    assert abs(float(split.x_train.mean())) < 0.05 and abs(float(split.x_train.std()) - 1.0) < 0.05
+    probes_view = ipzoo.normalise(ipzoo.digits_to_rgb(split.raw_test, 32), ipzoo.MNIST32_SPEC)
+    assert torch.allclose(probes_view, split.x_test, atol=1e-6)  # raw test images = what the models saw
+    assert not torch.equal(ipzoo._mnist_split(seed=1).y_test, split.y_test)

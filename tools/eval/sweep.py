@@ -27,9 +27,8 @@ def main() -> None:
     ks = (4, 16, 64) if args.quick else (4, 8, 16, 32, 64, 128)
     ts = (1, 4, 8) if args.quick else (1, 2, 4, 8, 16)
     grid = [(k, 8) for k in ks] + [(16, t) for t in ts if t != 8]
-    zoo, data, _ = ip_protection.build_zoo(*((2, 4) if args.quick else (5, 12)))
-    models = {n: m for n, (m, _) in zoo.items()}
-    groups = {n: g for n, (_, g) in zoo.items()}
+    zoo = ip_protection.ipzoo.build("digits", 0, args.quick)
+    models, groups = zoo.models, zoo.groups
     tasks = task_relatedness.evaluate(quick=True, seeds=1, methods=())  # trains/loads the seed-0 encoders
     affinity = np.array(tasks["per_seed"][0]["affinity"])
     encoders = {t: task_relatedness.cached_model("tasks", f"enc-{t}-s0", None, [t, 0, tasks["encoder_epochs"], 1],
@@ -40,7 +39,7 @@ def main() -> None:
     rows = []
     neg = [n for n in models if groups[n] == "irrelevant"]
     for k, t in grid:
-        feats, secs = sign_all(models, data.raw_test, k=k, steps=t, methods=("modelgif",))
+        feats, secs = sign_all(models, zoo.heldout_raw, k=k, steps=t, methods=("modelgif",))
         dist = distances_to(feats["modelgif"], "owner", "modelgif")
         aucs = []
         for attack in ip_protection.ATTACKS:

