@@ -125,3 +125,20 @@ def test_index_answers_through_ivf_like_exact_search(tmp_path):
         removed = index.remove("m4")  # IVF cannot remove in place here: rebuilt, still right
         assert removed.name == "m4" and "m4" not in {n.name for n in index.nearest("m3", k=20)}
         assert index.search_status()["active"] == "ivf" and index.verify()["ok"]
+
+
+def test_ivf_searches_every_list_for_a_model_without_relatives():
+    rng = np.random.default_rng(5)
+    v = clustered(3000, 256)
+    loners = rng.standard_normal((20, 256)).astype(np.float32)  # unrelated to every family
+    loners /= np.linalg.norm(loners, axis=1, keepdims=True)
+    v = np.concatenate([v, loners.astype(np.float16).astype(np.float32)])
+    ids = np.arange(len(v), dtype=np.int64)
+    exact = search(build_index(v, ids, SearchSpec("flat")), v[-20:], 10)[1]
+    index = build_index(v, ids, SearchSpec("ivf", coarse_dim=32, scan_mb=0.05))
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.nprobe < ivf.nlist / 4
+    probed_only = search(index, v[-20:], 10, nprobe=ivf.nprobe)[1]  # an explicit nprobe: no widening
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(probed_only, exact)]) < 0.9
+    assert (search(index, v[-20:], 10)[1] == exact).all()  # widened to every list: exact
+    assert (search(index, v[:20], 10)[1][:, 0] == ids[:20]).all()
