@@ -46,10 +46,11 @@ def evaluate(quick: bool = False, k: int = 16, steps: int = 8, zoo: IPZoo | None
     result = {"zoo": zoo.name, "seed": zoo.seed, "scale": "quick" if quick else "full", "K": k, "T": steps,
               "per_attack": sum(1 for n in models if groups[n] == ATTACKS[0]), "irrelevant": len(neg),
               "train_seconds": round(train_s, 1), "sign_seconds_per_model": sign_s,
-              "accuracy": {n: round(a, 4) for n, a in zoo.accuracy.items()}, "auc": {}, "mean_distance": {},
-              "suspect": {}}
+              "accuracy": {n: round(a, 4) for n, a in zoo.accuracy.items()}, "archs": zoo.archs, "groups": groups,
+              "auc": {}, "mean_distance": {}, "distance": {}, "suspect": {}}
     for method in methods:
         dist = distances_to(feats[method], "owner", method)
+        result["distance"][method] = dist
         result["auc"][method] = {}
         for attack in ATTACKS:
             pos = [n for n in models if groups[n] == attack]
