@@ -419,7 +419,7 @@ def test_search_file_of_another_index_is_not_answered_from(built, zoo, zygote, t
         entries.append(f"- {{name: m{i}, ref: {zoo / f'm{i}.pt'}, arch: 'timm:test_resnet', num_classes: 4, "
                        "input_size: 16}")
     manifest.write_text("\n".join(entries) + "\n")
-    assert zygote.run(op="ingest", index=str(other), manifest=str(manifest)) == 0
+    assert zygote.run(op="ingest", index=str(other), manifest=str(manifest), commit_every=2) == 0  # same generation
     for name in ("search.faiss", "search.json", "search.sha256"):
         shutil.copy(other / name, root / name)
     with Index.open(root) as index:
