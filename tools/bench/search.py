@@ -2,9 +2,11 @@
 
 Usage: python tools/bench/search.py --n 100000 [--dim 16384] [--kinds flat ivf auto] [--generators synthetic real]
                                     [--queries 50] [--shard-size 64] [--sweep] [--json]
-The issue's figures (one command each; run with OMP_NUM_THREADS=1 on a busy machine):
-    python tools/bench/search.py --n 100000 --kinds flat ivf --generators synthetic real --sweep --json
-    python tools/bench/search.py --n 1000000 --dim 1024 --kinds flat ivf --shard-size 1000 --json
+The README's figures (one command each; run with OMP_NUM_THREADS=1 on a busy machine):
+    python tools/bench/search.py --n 100000 --kinds flat ivf --generators synthetic real --json
+    python tools/bench/search.py --n 1000000 --dim 1024 --kinds flat ivf --generators synthetic real \
+        --shard-size 1000 --json
+    python tools/bench/search.py --n 20000 --kinds flat --sweep --json
 (10^6 x 16,384 float16 would be 32 GiB: the 10^6 case uses 1,024 dims, i.e. K*T = 128 points of 8 dims.)
 
 For each generator and size: signatures are generated (float16, as stored), written as real shards and a
