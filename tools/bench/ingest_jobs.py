@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800.0)
-    parser.add_argument("--work", default="gifindex-bench", help="folder for the zoos (kept) and temporary indexes")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "gifindex-bench"),
+                        help="folder for the zoos (kept, reused) and the temporary indexes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     work = Path(args.work)
