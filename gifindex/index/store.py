@@ -7,7 +7,6 @@ API in one place.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from .catalog import ModelRecord
 from .files import IndexFiles
 from .layout import INDEX_FILE
 from .search import APPROXIMATE, SearchSpec, index_kind, search
+from .shards import file_sha256
 from .writer import IngestReport
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class Index(IndexFiles):
         patterns = [wanted.name] + ["/".join(["*"] * depth + [wanted.name]) for depth in range(1, RELOCATE_DEPTH + 1)]
         for pattern in patterns:
             for candidate in sorted(base.glob(pattern)):
-                if sha and candidate.is_file() and _file_sha256(candidate) == sha:
+                if sha and candidate.is_file() and file_sha256(candidate) == sha:
                     return str(candidate.resolve())
         held = f"weights sha256 {sha}" if sha else "no weights hash recorded"
         raise IndexError_(f"model {record.name!r} was ingested from {path} ({held}), which is missing; put the "
@@ -236,7 +236,7 @@ class Index(IndexFiles):
             return entry, None
         if path is None or not Path(path).is_file():
             return entry, None
-        record = self.catalog.by_file_sha(_file_sha256(Path(path)))
+        record = self.catalog.by_file_sha(file_sha256(Path(path)))
         if record is None:
             return entry, None
         stored = self.entry_for(record.name) if record.metadata.get("load") else ModelEntry(ref=path)
@@ -346,15 +346,6 @@ class Index(IndexFiles):
     def verify(self) -> dict[str, Any]:
         """Check every file (see maintenance.verify)."""
         return maintenance.verify(self)
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (what ``file_sha256`` in a model's metadata records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None) -> dict[str, Any]:
