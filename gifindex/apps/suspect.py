@@ -95,11 +95,9 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     if use_fingerprint and path.is_file():
         evidence = fingerprint_evidence(load_fingerprint(path), index.entry_for(suspect_ref), device)
         out["fingerprint"] = evidence
-        combined = combine([out["z"], evidence["z"]])
+        combined, out["evidence"] = combine(out["z"], evidence["z"])
         out["z"] = float(combined)
         out["verdict"] = "derived" if combined >= z_threshold else "unrelated"
-        out["evidence"] = "fingerprint" if (evidence["z"] is not None and evidence["z"] > out["signature_z"]) \
-            else "signature"
     return out
 
 

@@ -4,8 +4,9 @@ Per zoo seed: the owner fits its fingerprint from its own data only (``gifindex.
 and references it trains itself, held-out calibration references), the scored models play no part; then
 every scored model gets its agreement with the owner on the fingerprint (z against the calibration
 references of its architecture), its ModelGiF distance to the owner (z against the other independent
-models, leave-one-out, as ``gifindex suspect`` does with the index population), and the combined
-evidence max(z_gif, z_fp). AUC per attack (attack models positive, independent models negative) and what
+models, leave-one-out, as ``gifindex suspect`` does with the index population), and the verdict's
+evidence (``combined``: the fingerprint's z when decisions are comparable, else the signature's; ``max-z``:
+the larger of the two, the first rule tried). AUC per attack (attack models positive, independent models negative) and what
 the verdict (z >= 3) flags.
 
     python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
@@ -27,7 +28,7 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreem
 from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
-SCORES = ("modelgif", "modelgif+outputs", "fp-agree", "fp-z", "combined")
+SCORES = ("modelgif", "modelgif+outputs", "fp-agree", "fp-z", "max-z", "combined")
 
 
 def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
@@ -90,9 +91,10 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
         "modelgif+outputs": {n: -dist_out[n] for n in scored},
         "fp-agree": {n: (fp_scores[n].agreement if fp_scores[n].agreement is not None else -1.0) for n in scored},
         "fp-z": {n: (fp_scores[n].z if fp_scores[n].z is not None else -1e9) for n in scored},
-        "combined": {n: combine([z_gif[n], fp_scores[n].z]) for n in scored},
+        "max-z": {n: max(z for z in (z_gif[n], fp_scores[n].z) if z is not None) for n in scored},
+        "combined": {n: combine(z_gif[n], fp_scores[n].z)[0] for n in scored},
     }
-    zs = {"modelgif": z_gif, "fp-z": scores["fp-z"], "combined": scores["combined"]}
+    zs = {"modelgif": z_gif, "fp-z": scores["fp-z"], "max-z": scores["max-z"], "combined": scores["combined"]}
     flagged = {}
     for name, z in zs.items():
         flagged[name] = {g: float(np.mean([z[n] >= Z_THRESHOLD for n in scored if groups[n] == g]))
@@ -124,9 +126,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--eps", type=float, default=FitConfig().search.eps)
+    parser.add_argument("--surrogates", type=int, default=FitConfig().surrogates)
+    parser.add_argument("--references", type=int, default=FitConfig().references)
+    parser.add_argument("--calibration", type=int, default=FitConfig().calibration_per_arch)
+    parser.add_argument("--epochs", type=int, default=FitConfig().recipe.epochs,
+                        help="reference epochs (surrogates get 2/3, as `gifindex fit-probes --epochs` does)")
     args = parser.parse_args()
     setup_threads()
-    config = FitConfig(search=dataclasses.replace(FitConfig().search, eps=args.eps))
+    default = FitConfig()
+    recipe = dataclasses.replace(default.recipe, epochs=args.epochs,
+                                 surrogate_epochs=default.recipe.surrogate_epochs if args.epochs == default.recipe.epochs
+                                 else max(1, round(args.epochs * 2 / 3)))
+    config = FitConfig(surrogates=args.surrogates, references=args.references, calibration_per_arch=args.calibration,
+                       recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps))
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config))
