@@ -66,7 +66,7 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     elif not no_fingerprint:
         click.echo("fingerprint   none for this owner (gifindex fit-probes catches extracted and distilled copies)")
     if fp is not None:
-        click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when its z "
+        click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when z "
                    f">= {z_threshold:g}; z {result['z']:.2f})")
     else:
         click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "

@@ -97,11 +97,14 @@ class FingerprintScore:
 
 
 def combine(signature_z: float | None, fingerprint_z: float | None) -> tuple[float | None, str]:
-    """The evidence a verdict rests on: the fingerprint's z when the suspect's decisions are comparable with
-    the owner's (same output size), else the signature's. Decisions on fitted inputs are the direct test of
-    a copied function and they catch weight-derived copies too; the signature judges models whose label set
-    differs (transfer). Taking the larger of the two instead adds the signature's noise among independent
-    models to every verdict (measured: docs/results.md section 6.2)."""
-    if fingerprint_z is not None:
-        return fingerprint_z, "fingerprint"
-    return signature_z, "signature"
+    """The evidence a verdict rests on, and which: the fingerprint's z when the suspect's decisions are comparable
+    with the owner's (same output size), raised to the signature's z when the decisions agree with the owner more
+    than independent models do (fingerprint z > 0); the signature's z alone when decisions are not comparable
+    (another label set: transfer). Taking the larger of the two without the gate adds the signature's noise
+    among independent models of the owner's architecture to every verdict; the fingerprint alone misses
+    fine-tuned copies whose decisions moved (docs/results.md section 6.2)."""
+    if fingerprint_z is None:
+        return signature_z, "signature"
+    if signature_z is not None and fingerprint_z > 0 and signature_z > fingerprint_z:
+        return signature_z, "signature (decisions agree with the owner above independent models)"
+    return fingerprint_z, "fingerprint"

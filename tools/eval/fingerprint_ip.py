@@ -5,8 +5,8 @@ and references it trains itself, held-out calibration references), the scored mo
 every scored model gets its agreement with the owner on the fingerprint (z against the calibration
 references of its architecture), its ModelGiF distance to the owner (z against the other independent
 models, leave-one-out, as ``gifindex suspect`` does with the index population), and the verdict's
-evidence (``combined``: the fingerprint's z when decisions are comparable, else the signature's; ``max-z``:
-the larger of the two, the first rule tried). AUC per attack (attack models positive, independent models negative) and what
+evidence (``combined``: gifindex.fingerprint.fingerprint.combine, what ``suspect`` does; ``max-z``: the larger
+of the two, the first rule tried). AUC per attack (attack models positive, independent models negative) and what
 the verdict (z >= 3) flags.
 
     python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
