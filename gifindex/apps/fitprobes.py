@@ -29,7 +29,8 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
         pass
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
                        calibration_per_arch=calibration, candidates=candidates, seed=seed,
-                       recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))), search=SearchConfig(eps=eps))
+                       recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
+                       search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
     entry = index.entry_for(owner)
     loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
@@ -40,7 +41,8 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
         save_fingerprint(fingerprint, path)
     null = fingerprint.null()
     surrogate = fingerprint.recipe.get("surrogate_agreement", [])
-    return {"owner": owner, "path": str(path), "inputs": fingerprint.size, "candidates": fingerprint.recipe["candidates"],
+    return {"owner": owner, "path": str(path), "inputs": fingerprint.size,
+            "candidates": fingerprint.recipe["candidates"],
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
             "surrogate_agreement": sum(surrogate) / max(1, len(surrogate)), "null_mean": null[0],
             "null_sigma": null[1], "calibration": fingerprint.calibration, "recipe": fingerprint.recipe}

@@ -53,7 +53,8 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise GifindexError(f"{source}: not a readable gifindex fingerprint ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GifindexError(f"{source}: not a gifindex fingerprint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise GifindexError(f"{source}: not a gifindex fingerprint (format {found!r})")
     if inputs.dtype != np.float32 or labels.dtype != np.int64 or inputs.ndim != 4:
         raise GifindexError(f"{source}: damaged fingerprint arrays")
     calibration = {str(k): [float(v) for v in vals] for k, vals in dict(meta.get("calibration", {})).items()}

@@ -58,7 +58,8 @@ def path_outputs(adapter: SharedSpaceAdapter, probes: "Probes", config: "Signatu
     x0, x1 = probes.baseline, probes.images
     points = (x0[:, None] + positions.view(1, -1, 1, 1, 1) * (x1 - x0)[:, None]).reshape(-1, *x1.shape[1:])
     step = batch_size or len(points)
-    outs = torch.cat([adapter.logits(points[i:i + step].to(device)).double().cpu() for i in range(0, len(points), step)])
+    outs = torch.cat([adapter.logits(points[i:i + step].to(device)).double().cpu()
+                      for i in range(0, len(points), step)])
     outs = outs - outs.mean(dim=1, keepdim=True)
     return (outs @ output_map(outs.shape[1], config.seed)).float()
 
