@@ -34,13 +34,18 @@ def _loaded() -> dict[str, "Method"]:
 
 
 def method_names() -> tuple[str, ...]:
-    """Names of the registered methods, in registration order (modelgif first)."""
-    return tuple(_loaded())
+    """Names of the registered methods: by their module's place in METHOD_MODULES, then in registration order
+    (modelgif first), whichever method module happened to be imported first."""
+    def rank(name: str) -> int:
+        module = type(_METHODS[name]).__module__
+        return METHOD_MODULES.index(module) if module in METHOD_MODULES else len(METHOD_MODULES)
+
+    return tuple(sorted(_loaded(), key=rank))
 
 
 def get_method(name: str) -> "Method":
     """The method called ``name``; an unknown name is a one-line ConfigError listing the known ones."""
     methods = _loaded()
     if name not in methods:
-        raise ConfigError(f"invalid method {name!r}: expected one of {', '.join(methods)}")
+        raise ConfigError(f"invalid method {name!r}: expected one of {', '.join(method_names())}")
     return methods[name]
