@@ -74,7 +74,13 @@ def compress(curves: torch.Tensor, projection: Projection) -> np.ndarray:
     """Curves (K, T, D) -> unit-norm float32 signature of length K*T*p (see module docstring)."""
     points = curves.reshape(-1, curves.shape[-1]).to(torch.float32)
     points = points * point_signs(projection.seed, points.shape[0], points.shape[1]).to(points.device)
-    projected = projection(points).double()
-    norms = torch.linalg.vector_norm(projected, dim=1, keepdim=True)
-    unit = torch.where(norms > 0, projected / norms.clamp_min(1e-300), torch.zeros_like(projected))
+    return unit_points(projection(points))
+
+
+def unit_points(points: torch.Tensor) -> np.ndarray:
+    """(P, d) points -> each l2-normalised (zero stays zero), scaled by 1/sqrt(P), flattened to float32: a
+    signature part whose inner products are the mean cosine over the points."""
+    points = points.double()
+    norms = torch.linalg.vector_norm(points, dim=1, keepdim=True)
+    unit = torch.where(norms > 0, points / norms.clamp_min(1e-300), torch.zeros_like(points))
     return (unit / np.sqrt(points.shape[0])).reshape(-1).float().numpy()

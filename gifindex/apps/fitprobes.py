@@ -2,7 +2,6 @@
 the index, where `suspect` finds it (gifindex.fingerprint has the method)."""
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored."""
     if index.catalog.by_name(owner) is None:
-        close = difflib.get_close_matches(owner, [r.name for r in index.records()], 1)
+        close = index.similar_names(owner, 1)
         hint = f"; did you mean {close[0]!r}?" if close else "; ingest the owner's model first"
         raise GifindexError(f"no model named {owner!r} in the index{hint}")
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written

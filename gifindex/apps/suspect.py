@@ -12,7 +12,6 @@ weights among the suspect, the owner and the population are listed in ``random_i
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,9 +68,8 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     independent calibration models); the verdict takes the stronger of the two."""
     unknown = [name for name in exclude if index.catalog.by_name(name) is None]
     if unknown:
-        known = [r.name for r in index.records()]
-        hints = [f"{n!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(n, known, 1))
-                             else "") for n in unknown]
+        hints = [f"{n!r}" + (f" (did you mean {close[0]!r}?)" if (close := index.similar_names(n, 1)) else "")
+                 for n in unknown]
         raise GifindexError(f"--exclude names no indexed model: {', '.join(hints)}; see `gifindex list`")
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)

@@ -12,9 +12,9 @@ import torch
 
 from ..errors import GifindexError
 from ..index.atomic import atomic_write_bytes
+from ..index.layout import FINGERPRINT_DIR
 from .fingerprint import Fingerprint
 
-FINGERPRINT_DIR = "fingerprints"
 FORMAT = "gifindex-fingerprint-1"
 MAX_BYTES = 1 << 30
 

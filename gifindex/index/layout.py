@@ -7,6 +7,7 @@ Every path of an index is named here and nowhere else (DESIGN section 4)::
     INDEX/catalog.sqlite    which models are indexed, in which shard row; failures of past ingests
     INDEX/shards/*.h5       signatures (float16), written once, never modified
     INDEX/search.faiss      search index over the signatures (+ search.json, search.sha256): derived
+    INDEX/fingerprints/*.npz owners' fitted decision fingerprints (gifindex fit-probes), written once each
     INDEX/.lock             the writer lock
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ SEARCH_FILE = "search.faiss"
 SEARCH_SUM = "search.sha256"  # sha256 of search.faiss as written (a flipped bit is found by verify)
 SHARD_DIR = "shards"
 QUARANTINE_DIR = "quarantine"  # under shards/: corrupt shards moved aside by `verify --repair`
+FINGERPRINT_DIR = "fingerprints"  # owners' decision fingerprints (gifindex.fingerprint.store)
 TOMBSTONES = "removed.json"   # (shard, row) of removed models: a catalogue recreated from shards skips them
 MAX_META_BYTES = 1 << 20
 META_FIELDS = {"format": str, "format_version": int, "config": dict, "config_hash": str, "probes_sha256": str}

@@ -219,8 +219,12 @@ class Index(IndexFiles):
         report_signed(signed)
         return Query(vector.astype(np.float16).astype(np.float32), loaded.name, None, signed)
 
+    def similar_names(self, text: str, n: int = 3) -> list[str]:
+        """Indexed names close to ``text`` (for "did you mean" hints), closest first."""
+        return difflib.get_close_matches(text, [r.name for r in self.records()], n=n, cutoff=0.6)
+
     def _unknown_name(self, text: str, exc: GifindexError) -> IndexError_:
-        close = difflib.get_close_matches(text, [r.name for r in self.records()], n=3, cutoff=0.6)
+        close = self.similar_names(text)
         if close:
             return IndexError_(f"no model named {text!r}; did you mean {' or '.join(repr(c) for c in close)}?")
         return IndexError_(f"no model named {text!r} in the index, and it is not a model reference either ({exc})")

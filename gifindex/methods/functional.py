@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from ..adapter import SharedSpaceAdapter
-from ..compress import compress, projection_for
+from ..compress import compress, projection_for, unit_points
 from ..curves import compute_curves
-from ..distance import pointwise_cosine
+from ..distance import curve_distance
 from ..quadrature import quadrature
 from .base import Method, ProgressFn
 from .registry import register
@@ -92,16 +92,13 @@ class ModelGiFOutputs(Method):
         half = feats.shape[0] // 2
         grads = feats[:half, :config.input_dim]
         s_grad = compress(grads.reshape(half, 1, -1), projection_for(config))
-        outs = feats[half:, :OUTPUT_DIM].double()
-        norms = torch.linalg.vector_norm(outs, dim=1, keepdim=True)
-        unit = torch.where(norms > 0, outs / norms.clamp_min(1e-300), torch.zeros_like(outs)) / np.sqrt(half)
-        return np.concatenate([np.sqrt(1 - OUTPUT_WEIGHT) * s_grad,
-                               np.sqrt(OUTPUT_WEIGHT) * unit.reshape(-1).float().numpy()]).astype(np.float32)
+        s_out = unit_points(feats[half:, :OUTPUT_DIM])
+        return np.concatenate([np.sqrt(1 - OUTPUT_WEIGHT) * s_grad, np.sqrt(OUTPUT_WEIGHT) * s_out]).astype(np.float32)
 
     def distance(self, feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
         a, b = torch.as_tensor(feats_a), torch.as_tensor(feats_b)
         half = a.shape[0] // 2
         width = min(a.shape[1], b.shape[1])
-        d_grad = float(np.mean(1.0 - pointwise_cosine(a[:half, :width], b[:half, :width])))
-        d_out = float(np.mean(1.0 - pointwise_cosine(a[half:, :OUTPUT_DIM], b[half:, :OUTPUT_DIM])))
+        d_grad = curve_distance(a[:half, :width], b[:half, :width])
+        d_out = curve_distance(a[half:, :OUTPUT_DIM], b[half:, :OUTPUT_DIM])
         return (1 - OUTPUT_WEIGHT) * d_grad + OUTPUT_WEIGHT * d_out
