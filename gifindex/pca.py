@@ -8,11 +8,13 @@ import torch
 PCA_TRAIN = 8192  # rows a PCA is trained on at most (FAISS uses the n x n Gram matrix when n < dim)
 
 
-def fit_pca(pca: faiss.PCAMatrix, x: np.ndarray) -> None:
+def fit_pca(pca: faiss.PCAMatrix, x: np.ndarray, centre: bool = True) -> None:
     """Train a FAISS PCAMatrix by randomised SVD (torch; seconds at 8,192 x 16,384 where FAISS's exact
-    eigendecomposition takes minutes on a small CPU). Deterministic; the global torch RNG is untouched."""
+    eigendecomposition takes minutes on a small CPU). Deterministic; the global torch RNG is untouched.
+    ``centre=False``: the top right singular vectors of ``x`` itself (mean zero), so that inner products of
+    projections approximate inner products of the vectors, not of their deviations from the mean."""
     x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    mean = x.mean(0)
+    mean = x.mean(0) if centre else torch.zeros(x.shape[1])
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     try:

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 
-import faiss
 import numpy as np
 import pytest
 
 from gifindex.config import SignatureConfig
 from gifindex.index import Index, SearchSpec
-from gifindex.index.search import add, build_index, for_search, index_kind, needs_rebuild, search
+from gifindex.index.search import _ivf, _screen, add, build_index, for_search, index_kind, needs_rebuild, search
 from gifindex.ingest import SignResult
 
 
@@ -68,7 +67,7 @@ def test_ivf_returns_exact_distances_and_the_exact_neighbours():
     queries = v[:60]
     exact_d, exact = search(build_index(v, ids, SearchSpec("flat")), queries, 10)
     index = build_index(v, ids, SearchSpec("ivf", coarse_dim=64, scan_mb=0.2))
-    ivf = faiss.extract_index_ivf(index)
+    ivf = _ivf(index)
     assert index_kind(index) == "ivf" and 1 < ivf.nprobe < ivf.nlist  # probes a part of the lists
     dist, found = search(index, queries, 10)
     assert (found[:, 0] == ids[:60]).all()
@@ -93,10 +92,10 @@ def test_auto_goes_flat_then_ivf_then_ivfpq_and_ivf_rebuilds_as_it_grows():
     v = clustered(6000, 256)
     small_scan = SearchSpec("ivf", coarse_dim=32, scan_mb=0.1)
     index = build_index(v[:1500], np.arange(1500), small_scan)
-    nprobe = faiss.extract_index_ivf(index).nprobe
+    nprobe = _ivf(index).nprobe
     assert not needs_rebuild(index, SearchSpec("ivf"), 2000, 256)
     add(index, v[1500:3000], np.arange(1500, 3000), small_scan)
-    assert faiss.extract_index_ivf(index).nprobe < nprobe  # longer lists: fewer probed for the same scan
+    assert _ivf(index).nprobe < nprobe  # longer lists: fewer probed for the same scan
     assert needs_rebuild(index, SearchSpec("ivf"), 6000, 256)  # 4x the models its lists were made for
     assert needs_rebuild(index, SearchSpec("flat"), 3000, 256)
 
@@ -136,9 +135,39 @@ def test_ivf_searches_every_list_for_a_model_without_relatives():
     ids = np.arange(len(v), dtype=np.int64)
     exact = search(build_index(v, ids, SearchSpec("flat")), v[-20:], 10)[1]
     index = build_index(v, ids, SearchSpec("ivf", coarse_dim=32, scan_mb=0.05))
-    ivf = faiss.extract_index_ivf(index)
+    ivf = _ivf(index)
     assert ivf.nprobe < ivf.nlist / 4
     probed_only = search(index, v[-20:], 10, nprobe=ivf.nprobe)[1]  # an explicit nprobe: no widening
     assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(probed_only, exact)]) < 0.9
     assert (search(index, v[-20:], 10)[1] == exact).all()  # widened to every list: exact
     assert (search(index, v[:20], 10)[1][:, 0] == ids[:20]).all()
+
+
+def test_ivf_screen_finds_the_exact_neighbours_of_models_without_relatives():
+    """The screen (a PCA projection of every signature) picks candidates for queries without close relatives;
+    scored exactly in the lists, they give exact search's answer where the projection keeps the structure
+    that orders unrelated models. Here each family centre has its own direction (what the lists are made
+    of) plus a part in a shared 6-dim subspace, and a loner has only the shared part: its neighbours are
+    the families whose shared part is most like its own, spread over many lists."""
+    rng = np.random.default_rng(11)
+    dim, basis = 256, np.linalg.qr(rng.standard_normal((256, 6)))[0].T        # (6, 256) orthonormal rows
+    own = rng.standard_normal((400, dim))
+    centres = rng.standard_normal((400, 6)) @ basis / np.sqrt(6) + own / np.sqrt(dim)
+    members = centres[rng.integers(0, 400, 12000)] + 0.02 * rng.standard_normal((12000, dim))
+    loners = rng.standard_normal((20, 6)) @ basis / np.sqrt(6) + 0.02 * rng.standard_normal((20, dim))
+    v = np.concatenate([members, loners])
+    v = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    ids = np.arange(len(v), dtype=np.int64) + 5
+    exact_d, exact = search(build_index(v, ids, SearchSpec("flat")), v[-20:], 10)
+    index = build_index(v, ids, SearchSpec("ivf", coarse_dim=32, scan_mb=0.05, screen_factor=12))
+    ivf, screen = _ivf(index), _screen(index)
+    assert index_kind(index) == "ivf" and screen is not None
+    assert ivf.nprobe < ivf.nlist / 4
+    probed_only = search(index, v[-20:], 10, nprobe=ivf.nprobe)[1]
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(probed_only, exact)]) < 0.9
+    dist, found = search(index, v[-20:], 10)      # 120 of 12,020 models screened per loner, scored exactly
+    assert (found == exact).all()
+    assert np.allclose(dist, exact_d, atol=1e-6)
+    assert (search(index, v[:20], 10)[1][:, 0] == ids[:20]).all()  # models with relatives: unchanged
+    without = build_index(v, ids, SearchSpec("ivf", coarse_dim=32, scan_mb=0.05, screen_factor=12, screen_dim=0))
+    assert _screen(without) is None and (search(without, v[-20:], 10)[1] == exact).all()  # scans every list

@@ -29,7 +29,7 @@ from .layout import (CATALOG_FILE, INDEX_FILE, PROBES_FILE, SEARCH_FILE, SEARCH_
                      shard_dir, write_failure)
 from .lock import WriterLock
 from .search import APPROXIMATE, SearchSpec, build_index, for_search, index_kind, load_index, save_index, search
-from .shards import file_sha256, read_shard, shard_config_hash
+from .shards import file_sha256, read_shard_rows, shard_config_hash
 
 log = logging.getLogger(__name__)
 MAX_PROBES_BYTES = 1 << 32   # 4 GiB: far above any probe set a valid configuration makes
@@ -149,15 +149,16 @@ class IndexFiles:
         for position, record in enumerate(records):
             by_shard.setdefault(record.shard, []).append((position, record))
         for shard, items in by_shard.items():
-            names, signatures = read_shard(shard_dir(self.root) / shard, self.config_hash)
+            names, signatures = read_shard_rows(shard_dir(self.root) / shard, [r.row for _, r in items],
+                                                self.config_hash)
             if signatures.shape[1] != self.dim:
                 raise IndexError_(f"shard {shard} holds {signatures.shape[1]}-dimensional signatures, the index "
                                   f"{self.dim}; run `gifindex verify`")
-            for position, record in items:
-                if record.row >= len(names) or names[record.row] != record.name:
+            for (position, record), name, signature in zip(items, names, signatures):
+                if name != record.name:
                     raise IndexError_(f"shard {shard} row {record.row} does not hold {record.name!r}; "
                                       "run `gifindex verify`")
-                out[position] = signatures[record.row].astype(np.float32)
+                out[position] = signature.astype(np.float32)
         return out
 
     def vectors(self, names: Sequence[str] | None = None) -> tuple[list[ModelRecord], np.ndarray]:

@@ -7,8 +7,13 @@ Kinds:
   matters because exhaustive search is memory-bound). Memory: n * dim * 2 bytes.
 * ``ivf``: inverted file whose lists hold the same float16 vectors (exact distances, nothing re-ranked),
   with a flat coarse level over a PCA projection to ``coarse_dim`` dimensions (k-means there is cheap);
-  each query scans about ``scan_mb`` MiB of lists (that sets nprobe). Memory: as ``flat`` plus the
-  centroids. Probing a few lists instead of all is what makes 10^5 models at 16,384 dims fast.
+  each query scans about ``scan_mb`` MiB of lists (that sets nprobe). Probing a few lists instead of all is
+  what makes 10^5 models at 16,384 dims fast. A query without close relatives (its k-th distance is
+  within reach of unrelated models) has neighbours spread over every list: those are found by a *screen*,
+  a float16 PCA projection of every signature to ``screen_dim`` dimensions scanned exhaustively, whose
+  ``screen_factor`` * k best (plus the lists' answer) are then scored exactly in the inverted lists. Stored
+  as FAISS's IndexRefine(screen, ivf), approximate base and exact refinement, though :func:`search` runs
+  the two stages itself. Memory: as ``flat`` plus the screen (``screen_dim`` * 2 bytes per model).
 * ``hnsw``: approximate graph index (HNSW over float16 vectors), after a PCA pre-transform to
   ``pca_dim`` dimensions when the signatures are longer (building HNSW at 16,384 dimensions is slow).
 * ``ivfpq``: approximate inverted file with product quantisation (``pq_m`` bytes per model) after the
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +56,9 @@ class SearchSpec:
     exact_mb: float = 128.0            # auto: exhaustive scan while it reads at most this, then ivf
     coarse_dim: int = 256              # ivf: PCA dimensions of the coarse level (0: none)
     scan_mb: float = 48.0              # ivf: float16 vectors each query scans (sets nprobe)
+    screen_dim: int = 768              # ivf: PCA dims of the screen for queries without close relatives (0: none,
+                                       #      such queries scan every list)
+    screen_factor: int = 300           # ivf: screened models scored exactly per neighbour asked for (at least n/100)
     device: str = "auto"               # auto: faiss-gpu when installed and a GPU is visible; cpu: never
     approximate: str = "ivfpq"         # auto: what to switch to above the budget
     pca_dim: int = 256                 # approximate kinds: PCA pre-transform when dim is larger (0: none)
@@ -113,6 +122,11 @@ def _scan_nprobe(spec: SearchSpec, n: int, dim: int, nlist: int) -> int:
     return int(min(nlist, max(1, math.ceil(scanned / per_list))))
 
 
+def _screen_dim(spec: SearchSpec, dim: int) -> int:
+    """The screen's PCA dims: ``spec.screen_dim``, at most an eighth of the signature (0: no screen)."""
+    return min(spec.screen_dim, dim // 8) if spec.screen_dim > 0 and dim >= 64 else 0
+
+
 def empty_index(dim: int, spec: SearchSpec, n: int = 0) -> faiss.Index:
     """An empty (possibly untrained) index of the kind ``spec`` resolves to for ``n`` signatures."""
     kind, _ = spec.resolve(n, dim)
@@ -128,7 +142,14 @@ def empty_index(dim: int, spec: SearchSpec, n: int = 0) -> faiss.Index:
                                             faiss.METRIC_INNER_PRODUCT, False)  # no residual: codes = fp16 rows
         ivf.nprobe = _scan_nprobe(spec, n, dim, nlist)
         ivf.set_direct_map_type(faiss.DirectMap.Array)  # reconstruct by id (verify); removal rebuilds
-        return faiss.IndexIDMap2(ivf)
+        screen_dim = _screen_dim(spec, dim)
+        if not screen_dim:
+            return faiss.IndexIDMap2(ivf)
+        screen = faiss.IndexPreTransform(faiss.PCAMatrix(dim, screen_dim, 0.0, False), faiss.IndexScalarQuantizer(
+            screen_dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT))  # uncentred: <Pa, Pb> ~ <a, b>
+        container = faiss.IndexRefine(screen, ivf)
+        container.k_factor = float(spec.screen_factor)  # kept in search.faiss: search() reads it from there
+        return faiss.IndexIDMap2(container)
     pca, d = _pca(dim, spec.pca_dim)
     if kind == "hnsw":
         inner = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, spec.hnsw_m, faiss.METRIC_L2)
@@ -167,7 +188,14 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> faiss
     if not n:
         return index
     if kind == "ivf":
-        _train_ivf(faiss.downcast_index(index.index), vectors)
+        _train_ivf(_ivf(index), vectors)
+        screen = _screen(index)
+        if screen is not None:
+            order = np.random.default_rng(0).permutation(n)
+            fit_pca(faiss.downcast_VectorTransform(screen.chain.at(0)),
+                    np.concatenate(list(_rows(vectors, np.sort(order[:PCA_TRAIN])))), centre=False)
+            screen.is_trained = True
+            faiss.downcast_index(index.index).is_trained = True
     elif not index.is_trained or kind in APPROXIMATE:
         sample = np.ascontiguousarray(_train_sample(vectors, spec), dtype=np.float32)
         _silence(index)
@@ -223,10 +251,24 @@ def _silence(index: faiss.Index) -> None:
 
 
 def _ivf(index: faiss.Index):
+    """The IndexIVF inside ``index`` (also the exact half of an ivf screen container), else None."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    if isinstance(inner, faiss.IndexRefine):
+        refine = faiss.downcast_index(inner.refine_index)
+        if isinstance(refine, faiss.IndexIVF):
+            return refine
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
         return None
+
+
+def _screen(index: faiss.Index):
+    """The screen (PCA + float16 codes) of an ``ivf`` index that has one, else None."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    if isinstance(inner, faiss.IndexRefine) and isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexIVF):
+        return faiss.downcast_index(inner.base_index)
+    return None
 
 
 def index_kind(index: faiss.Index) -> str:
@@ -236,6 +278,8 @@ def index_kind(index: faiss.Index) -> str:
         inner = faiss.downcast_index(inner.index)
     if isinstance(inner, (faiss.IndexHNSW,)):
         return "hnsw"
+    if isinstance(inner, faiss.IndexRefine) and isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexIVF):
+        return "ivf"  # the screen container
     gpu = type(inner).__name__
     if isinstance(inner, faiss.IndexIVFScalarQuantizer) or gpu.startswith("GpuIndexIVFScalarQuantizer"):
         return "ivf"
@@ -264,7 +308,12 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None =
     if len(queries) < threads:  # faiss parallelises over queries: extra threads only contend
         faiss.omp_set_num_threads(1)
     try:
-        scores, ids = index.search(queries, k)
+        if _screen(index) is not None:  # ivf with a screen: search() runs both stages itself (FAISS's
+            scores, ids = _screened_search(index, queries, k, widen=nprobe is None)  # IndexRefine cannot)
+        else:
+            scores, ids = index.search(queries, k)
+            if nprobe is None and index_kind(index) == "ivf" and not on_gpu(index):
+                scores, ids = _scan_all_lists(index, queries, k, scores, ids)
     finally:
         faiss.omp_set_num_threads(threads)
     if index.metric_type == faiss.METRIC_L2:
@@ -272,53 +321,92 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None =
         distances[ids < 0] = 2.0
     else:
         distances = 1.0 - scores
-    distances = np.clip(distances, 0.0, 2.0)
-    if nprobe is None and index_kind(index) == "ivf" and not on_gpu(index):
-        distances, ids = _widen_unrelated(index, queries, k, distances, ids)
-    return distances, ids
+    return np.clip(distances, 0.0, 2.0), ids
 
 
-_SAMPLES: dict[int, tuple[int, np.ndarray]] = {}  # id(index) -> (ntotal, rows sampled from it)
 SAMPLE_ROWS = 256
 WIDEN_Z = 1.5  # safety factor on that extreme-value estimate (1.0 missed 8% of the real generator's top 10)
 
 
+_CACHE: "weakref.WeakKeyDictionary[faiss.Index, dict]" = weakref.WeakKeyDictionary()
+
+
+def _cached(index: faiss.Index, name: str, make):
+    """``make()`` computed once per index object and size (dropped with the index object)."""
+    held = _CACHE.setdefault(index, {})
+    if name not in held or held[name][0] != index.ntotal:
+        held[name] = (int(index.ntotal), make())
+    return held[name][1]
+
+
+def _id_map(index: faiss.Index) -> np.ndarray:
+    """Catalogue ids by internal row of an ID-mapped index."""
+    return _cached(index, "_gif_id_map", lambda: faiss.vector_to_array(index.id_map))
+
+
 def _sample(index: faiss.Index) -> np.ndarray:
     """SAMPLE_ROWS stored signatures spread over the index (cached while its size is unchanged)."""
-    cached = _SAMPLES.get(id(index))
-    if cached is not None and cached[0] == index.ntotal:
-        return cached[1]
-    held = faiss.vector_to_array(index.id_map)
-    picks = held[np.linspace(0, len(held) - 1, min(SAMPLE_ROWS, len(held))).astype(int)]
-    rows = np.stack([index.reconstruct(int(i)) for i in picks]).astype(np.float32)
-    _SAMPLES[id(index)] = (int(index.ntotal), rows)
-    return rows
+    def make() -> np.ndarray:
+        held = _id_map(index)
+        picks = held[np.linspace(0, len(held) - 1, min(SAMPLE_ROWS, len(held))).astype(int)]
+        return np.stack([index.reconstruct(int(i)) for i in picks]).astype(np.float32)
+    return _cached(index, "_gif_sample", make)
 
 
-def _widen_unrelated(index: faiss.Index, queries: np.ndarray, k: int, distances: np.ndarray,
-                     ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Queries whose k-th neighbour is no closer than unrelated models can be: searched over every list.
+def _unrelated(index: faiss.Index, queries: np.ndarray, kth_distance: np.ndarray) -> np.ndarray:
+    """Rows of ``queries`` whose k-th neighbour is no closer than unrelated models can be.
 
     A model with close relatives has its top k inside the probed lists. One without them has unrelated
     models as neighbours, spread over all lists; its k-th found distance then lies within the range the
     closest of n unrelated models reaches, estimated from its distances to a sample of the index (mean -
-    sqrt(2 ln n) standard deviations, the extreme of n Gaussian draws), and probing more lists is the only
-    way to the exact answer."""
-    ivf = _ivf(index)
-    if ivf is None or ivf.nprobe >= ivf.nlist or index.ntotal < 2:
-        return distances, ids
+    sqrt(2 ln n) standard deviations, the extreme of n Gaussian draws, times a safety factor)."""
+    if index.ntotal < 2:
+        return np.zeros(0, dtype=int)
     sample = 1.0 - queries @ _sample(index).T
     floor = sample.mean(1) - WIDEN_Z * math.sqrt(2 * math.log(index.ntotal)) * sample.std(1)
-    wide = np.flatnonzero(distances[:, -1] >= floor)
+    return np.flatnonzero(kth_distance >= floor)
+
+
+def screen_candidates(factor: float, k: int, n: int) -> int:
+    """Screened models scored exactly for a query without close relatives: ``factor`` per neighbour, at
+    least 1% of the index."""
+    return int(min(n, max(factor * k, n // 100)))
+
+
+def _screened_search(index: faiss.Index, queries: np.ndarray, k: int, widen: bool) -> tuple[np.ndarray, np.ndarray]:
+    """ivf with a screen: the probed lists answer; for a query without close relatives (see :func:`_unrelated`)
+    the screen's best candidates and the lists' answer are scored exactly in the lists (an IDSelector over
+    every list: only the selected rows are decoded)."""
+    ivf, screen = _ivf(index), _screen(index)
+    scores, internal = ivf.search(queries, k)
+    wide = _unrelated(index, queries, 1.0 - scores[:, -1]) if widen and ivf.nprobe < ivf.nlist else []
+    if len(wide):
+        factor = faiss.downcast_index(index.index).k_factor
+        _, screened = screen.search(queries[wide], screen_candidates(factor, k, int(index.ntotal)))
+        for row, found in zip(wide, screened):
+            rows = np.unique(np.concatenate([found, internal[row]]))
+            selector = faiss.IDSelectorBatch(rows[rows >= 0].astype(np.int64))
+            params = faiss.SearchParametersIVF(nprobe=ivf.nlist, sel=selector)
+            scores[row], internal[row] = ivf.search(queries[row:row + 1], k, params=params)
+    held = _id_map(index)
+    return scores, np.where(internal >= 0, held[np.maximum(internal, 0)], -1)
+
+
+def _scan_all_lists(index: faiss.Index, queries: np.ndarray, k: int, scores: np.ndarray,
+                    ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ivf without a screen (indexes built before it): a query without close relatives scans every list."""
+    ivf = _ivf(index)
+    if ivf is None or ivf.nprobe >= ivf.nlist:
+        return scores, ids
+    wide = _unrelated(index, queries, 1.0 - scores[:, -1])
     if len(wide):
         probes = ivf.nprobe
         ivf.nprobe = ivf.nlist
         try:
-            scores, found = index.search(queries[wide], k)
+            scores[wide], ids[wide] = index.search(queries[wide], k)
         finally:
             ivf.nprobe = probes
-        distances[wide], ids[wide] = np.clip(1.0 - scores, 0.0, 2.0), found
-    return distances, ids
+    return scores, ids
 
 
 def _hnsw_ef(index: faiss.Index, ef: int) -> None:

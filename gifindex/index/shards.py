@@ -107,6 +107,34 @@ def read_shard(path: Path, config_hash: str | None = None) -> tuple[list[str], n
     return names, signatures
 
 
+def read_shard_rows(path: Path, rows: list[int], config_hash: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Names and float16 signatures of the given rows only (each row is its own checksummed HDF5 chunk, so
+    a query's own row costs one chunk, not the shard); rows past the end -> IndexError_."""
+    wanted = sorted(set(rows))
+    try:
+        with _open(path) as handle:
+            if config_hash is not None and handle.attrs.get("config_hash") != config_hash:
+                raise IndexError_(f"shard {path.name} was made with configuration "
+                                  f"{handle.attrs.get('config_hash')!r}, the index uses {config_hash!r}")
+            total = _checked(handle)
+            if wanted and (wanted[0] < 0 or wanted[-1] >= total):
+                raise IndexError_(f"shard {path.name} has {total} rows, not row {wanted[-1]}; run `gifindex verify`")
+            if len(wanted) * 8 >= total:  # most of the shard: one read is faster than many
+                names_all = _strings(handle, "names", total) or []
+                names, block = [names_all[r] for r in wanted], handle["signatures"][:][wanted]
+            else:
+                raw = [handle["names"][r] for r in wanted]
+                names = [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v) for v in raw]
+                block = np.stack([handle["signatures"][r] for r in wanted]) if wanted else \
+                    np.zeros((0, handle["signatures"].shape[1]), np.float16)
+    except IndexError_:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise IndexError_(f"shard {path.name} is unreadable or corrupt: {' '.join(str(exc).split())}") from None
+    where = {r: i for i, r in enumerate(wanted)}
+    return [names[where[r]] for r in rows], block[[where[r] for r in rows]]
+
+
 def shard_config_hash(path: Path) -> str | None:
     """The configuration hash a shard was written under (None when unreadable)."""
     try:
