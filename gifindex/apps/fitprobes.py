@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (), surrogates: int = 4,
-               references: int = 4, calibration: int = 2, candidates: int = 512, eps: float = 0.075,
+               references: int = 4, calibration: int = 2, candidates: int = 384, eps: float = 0.075,
                epochs: int = 6, seed: int = 0, device: str = "cpu", wait: float = 0.0,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored."""

@@ -90,8 +90,8 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
               help="independent models to train (true labels), used to choose the inputs")
 @click.option("--calibration", type=click.IntRange(1, 32), default=2, show_default=True,
               help="held-out independent models per helper architecture, the verdict's null distribution")
-@click.option("--candidates", type=click.IntRange(8, 100_000), default=512, show_default=True,
-              help="owner images to perturb into candidate inputs")
+@click.option("--candidates", type=click.IntRange(8, 100_000), default=384, show_default=True,
+              help="owner images to perturb into candidate inputs (a suspect costs one forward pass per kept input)")
 @click.option("--eps", type=click.FloatRange(0, 0.5, min_open=True), default=0.075, show_default=True,
               help="largest perturbation per pixel (pixel values in [0, 1])")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=6, show_default=True,

@@ -38,7 +38,8 @@ class FitConfig:
     surrogates: int = 4
     references: int = 4
     calibration_per_arch: int = 2
-    candidates: int = 512
+    candidates: int = 384                # owner images searched (kept ones are the fingerprint: a suspect costs at most
+                                         # 384 forward passes, as much as 128 forward+backward passes)
     seed: int = 0
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     search: SearchConfig = field(default_factory=SearchConfig)

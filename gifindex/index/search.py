@@ -272,7 +272,9 @@ def _screen(index: faiss.Index):
 
 
 def index_kind(index: faiss.Index) -> str:
-    """flat / hnsw / ivfpq, read from the FAISS index itself."""
+    """flat / ivf / hnsw / ivfpq, read from the FAISS index itself."""
+    if isinstance(index, DeviceLists):
+        return "ivf"
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) or hasattr(index, "id_map") else index
     if isinstance(inner, faiss.IndexPreTransform):
         inner = faiss.downcast_index(inner.index)
@@ -298,6 +300,9 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, nprobe: int | None =
         raise IndexError_(f"query has dimension {queries.shape[1]}, the index holds {index.d}-dimensional "
                           "signatures")
     k = max(1, min(int(k), max(index.ntotal, 1)))
+    if isinstance(index, DeviceLists):  # every list on the device: exact
+        scores, ids = index.search(queries, k)
+        return np.clip(1.0 - scores, 0.0, 2.0), ids
     if nprobe is not None:
         ivf = _ivf(index)
         if ivf is not None:
@@ -443,7 +448,26 @@ def gpu_available() -> bool:
 _GPU_RESOURCES: list = []
 
 
-def to_gpu(index: faiss.Index) -> faiss.Index:
+GPU_MAX_PROBES = 2048  # faiss-gpu's largest k-selection: the most lists one GPU query can probe
+
+
+class DeviceLists:
+    """The inverted lists of an ``ivf`` index on a device, with their catalogue ids. faiss-gpu cannot clone
+    the screen container, and needs no screen: it probes every list (up to GPU_MAX_PROBES), an exact answer
+    that a GPU reads in about the time a CPU probes a few lists. Quacks like the ID-mapped index for
+    :func:`search`, :func:`index_kind` and :func:`on_gpu`."""
+
+    def __init__(self, lists: faiss.Index, ids: np.ndarray, nprobe: int) -> None:
+        self.lists, self.ids = lists, np.asarray(ids, dtype=np.int64)
+        self.d, self.ntotal, self.metric_type = int(lists.d), int(lists.ntotal), lists.metric_type
+        self.nprobe = nprobe
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, internal = self.lists.search(queries, k)
+        return scores, np.where(internal >= 0, self.ids[np.maximum(internal, 0)], -1)
+
+
+def to_gpu(index: faiss.Index):
     """A copy of the index on GPU 0 (flat / ivf / ivfpq) when faiss-gpu is installed and a GPU is visible,
     else the index itself. The copy is for searching: adds and saves go to the CPU index."""
     if not gpu_available():
@@ -455,6 +479,12 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
             options.allowCpuCoarseQuantizer = True
         if not _GPU_RESOURCES:
             _GPU_RESOURCES.append(faiss.StandardGpuResources())
+        if _screen(index) is not None:
+            ivf = _ivf(index)
+            lists = faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, ivf, options)
+            nprobe = min(int(ivf.nlist), GPU_MAX_PROBES)
+            faiss.GpuParameterSpace().set_index_parameter(lists, "nprobe", nprobe)
+            return DeviceLists(lists, _id_map(index).copy(), nprobe)
         return faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, index, options)
     except RuntimeError:  # kinds without a GPU implementation (HNSW, refine) stay on the CPU
         return index
@@ -469,6 +499,8 @@ def for_search(index: faiss.Index, spec: SearchSpec) -> faiss.Index:
 
 def on_gpu(index: faiss.Index) -> bool:
     """Whether ``index`` (or the index inside its ID map / pre-transform) is a faiss-gpu index."""
+    if isinstance(index, DeviceLists):
+        index = index.lists
     while True:
         index = faiss.downcast_index(index)
         if "Gpu" in type(index).__name__:
