@@ -8,10 +8,10 @@ Kinds:
 * ``ivf``: inverted file whose lists hold the same float16 vectors (exact distances, nothing re-ranked),
   with a flat coarse level over a PCA projection to ``coarse_dim`` dimensions (k-means there is cheap);
   each query scans about ``scan_mb`` MiB of lists (that sets nprobe). Probing a few lists instead of all is
-  what makes 10^5 models at 16,384 dims fast. A query without close relatives (its k-th distance is
-  within reach of unrelated models) has neighbours spread over every list: those are found by a *screen*,
-  a float16 PCA projection of every signature to ``screen_dim`` dimensions scanned exhaustively, whose
-  ``screen_factor`` * k best (plus the lists' answer) are then scored exactly in the inverted lists. Stored
+  what makes 10^5 models at 16,384 dims fast for close relatives. What the lists miss (the neighbours of a
+  query without close relatives, spread over every list; relatives k-means put in far lists) a *screen*
+  finds: an uncentred PCA projection of every signature to ``screen_dim`` dimensions (float16), scanned
+  exhaustively, whose ``screen_factor`` * k best and the lists' answer are scored exactly in the lists. Stored
   as FAISS's IndexRefine(screen, ivf), approximate base and exact refinement, though :func:`search` runs
   the two stages itself. Memory: as ``flat`` plus the screen (``screen_dim`` * 2 bytes per model).
 * ``hnsw``: approximate graph index (HNSW over float16 vectors), after a PCA pre-transform to
@@ -56,8 +56,8 @@ class SearchSpec:
     exact_mb: float = 128.0            # auto: exhaustive scan while it reads at most this, then ivf
     coarse_dim: int = 256              # ivf: PCA dimensions of the coarse level (0: none)
     scan_mb: float = 48.0              # ivf: float16 vectors each query scans (sets nprobe)
-    screen_dim: int = 768              # ivf: PCA dims of the screen for queries without close relatives (0: none,
-                                       #      such queries scan every list)
+    screen_dim: int = 768              # ivf: PCA dims of the screen, at most dim / 4 (0: none; then a query
+                                       #      without close relatives scans every list)
     screen_factor: int = 300           # ivf: screened models scored exactly per neighbour asked for (at least n/100)
     device: str = "auto"               # auto: faiss-gpu when installed and a GPU is visible; cpu: never
     approximate: str = "ivfpq"         # auto: what to switch to above the budget
@@ -123,8 +123,8 @@ def _scan_nprobe(spec: SearchSpec, n: int, dim: int, nlist: int) -> int:
 
 
 def _screen_dim(spec: SearchSpec, dim: int) -> int:
-    """The screen's PCA dims: ``spec.screen_dim``, at most an eighth of the signature (0: no screen)."""
-    return min(spec.screen_dim, dim // 8) if spec.screen_dim > 0 and dim >= 64 else 0
+    """The screen's PCA dims: ``spec.screen_dim``, at most a quarter of the signature (0: no screen)."""
+    return min(spec.screen_dim, dim // 4) if spec.screen_dim > 0 and dim >= 64 else 0
 
 
 def empty_index(dim: int, spec: SearchSpec, n: int = 0) -> faiss.Index:
@@ -379,16 +379,17 @@ def screen_candidates(factor: float, k: int, n: int) -> int:
 
 
 def _screened_search(index: faiss.Index, queries: np.ndarray, k: int, widen: bool) -> tuple[np.ndarray, np.ndarray]:
-    """ivf with a screen: the probed lists answer; for a query without close relatives (see :func:`_unrelated`)
-    the screen's best candidates and the lists' answer are scored exactly in the lists (an IDSelector over
-    every list: only the selected rows are decoded)."""
+    """ivf with a screen: two sources of candidates, scored exactly in the lists. The probed lists hold a
+    query's close relatives; the screen's best ``k_factor`` * k (at least 1% of the index) catch what the
+    lists miss: the neighbours of a query without close relatives, which are spread over every list, and
+    relatives that k-means put in lists far from the query. Scoring goes through an IDSelector over every
+    list: only the selected rows are decoded. ``widen=False`` (an explicit nprobe): the lists alone."""
     ivf, screen = _ivf(index), _screen(index)
     scores, internal = ivf.search(queries, k)
-    wide = _unrelated(index, queries, 1.0 - scores[:, -1]) if widen and ivf.nprobe < ivf.nlist else []
-    if len(wide):
+    if widen and ivf.nprobe < ivf.nlist:
         factor = faiss.downcast_index(index.index).k_factor
-        _, screened = screen.search(queries[wide], screen_candidates(factor, k, int(index.ntotal)))
-        for row, found in zip(wide, screened):
+        _, screened = screen.search(queries, screen_candidates(factor, k, int(index.ntotal)))
+        for row, found in enumerate(screened):
             rows = np.unique(np.concatenate([found, internal[row]]))
             selector = faiss.IDSelectorBatch(rows[rows >= 0].astype(np.int64))
             params = faiss.SearchParametersIVF(nprobe=ivf.nlist, sel=selector)
