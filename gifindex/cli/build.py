@@ -27,7 +27,7 @@ from .options import (check_device, config_from, config_options, device_options,
 @config_options
 @click.option("--search", "search_kind", type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfpq"]), default="auto",
               show_default=True, help="auto: exhaustive exact search (flat) up to 128 MiB of signatures, then ivf "
-              "(exact distances over the probed lists) while they fit --flat-budget-mb, then ivfpq; flat: always "
+              "(probed lists plus a PCA screen, scored exactly) while they fit --flat-budget-mb, then ivfpq; flat: always "
               "exhaustive; hnsw / ivfpq: approximate (PCA to 256 dims first), re-ranked exactly")
 @click.option("--flat-budget-mb", type=float, default=4096.0, show_default=True,
               help="auto search: memory for the float16 signatures (flat / ivf) before switching to ivfpq")

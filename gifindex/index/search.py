@@ -96,7 +96,8 @@ class SearchSpec:
             return "flat", (f"flat: exact; {n} x {dim} float16 = {need:,.0f} MiB, an exhaustive scan within "
                             f"{min(self.exact_mb, self.flat_budget_mb):,.0f} MiB or under {IVF_MIN} models")
         if need <= self.flat_budget_mb:
-            return "ivf", (f"ivf: exact distances over the probed lists; {n} x {dim} float16 = {need:,.0f} MiB "
+            return "ivf", (f"ivf: exact distances over the probed lists and the screen's candidates; {n} x {dim} "
+                           f"float16 = {need:,.0f} MiB "
                            f"within the {self.flat_budget_mb:,.0f} MiB budget, above the {self.exact_mb:,.0f} MiB "
                            "exhaustive-scan limit")
         return self.approximate, (f"{self.approximate}: approximate; {n} x {dim} float16 = {need:,.0f} MiB exceeds "
