@@ -381,16 +381,22 @@ def screen_candidates(factor: float, k: int, n: int) -> int:
 
 def _screened_search(index: faiss.Index, queries: np.ndarray, k: int, widen: bool) -> tuple[np.ndarray, np.ndarray]:
     """ivf with a screen: two sources of candidates, scored exactly in the lists. The probed lists hold a
-    query's close relatives; the screen's best ``k_factor`` * k (at least 1% of the index) catch what the
-    lists miss: the neighbours of a query without close relatives, which are spread over every list, and
-    relatives that k-means put in lists far from the query. Scoring goes through an IDSelector over every
-    list: only the selected rows are decoded. ``widen=False`` (an explicit nprobe): the lists alone."""
+    query's close relatives; the screen's best catch what the lists miss: relatives that k-means put in lists
+    far from the query (they rank high in the screen: 1% of the index, at least 10 k, suffices), and the
+    neighbours of a query without close relatives (see :func:`_unrelated`), spread over every list at nearly
+    equal distances, which need the screen's ``k_factor`` * k best. Scoring goes through an IDSelector over
+    every list: only the selected rows are decoded. ``widen=False`` (an explicit nprobe): the lists alone."""
     ivf, screen = _ivf(index), _screen(index)
     scores, internal = ivf.search(queries, k)
     if widen and ivf.nprobe < ivf.nlist:
-        factor = faiss.downcast_index(index.index).k_factor
-        _, screened = screen.search(queries, screen_candidates(factor, k, int(index.ntotal)))
+        n = int(index.ntotal)
+        deep = screen_candidates(faiss.downcast_index(index.index).k_factor, k, n)
+        shallow = min(deep, max(10 * k, n // 100))
+        wide = np.zeros(len(queries), dtype=bool)
+        wide[_unrelated(index, queries, 1.0 - scores[:, -1])] = True
+        _, screened = screen.search(queries, deep if wide.any() else shallow)
         for row, found in enumerate(screened):
+            found = found[:deep if wide[row] else shallow]
             rows = np.unique(np.concatenate([found, internal[row]]))
             selector = faiss.IDSelectorBatch(rows[rows >= 0].astype(np.int64))
             params = faiss.SearchParametersIVF(nprobe=ivf.nlist, sel=selector)
