@@ -9,6 +9,8 @@ import pytest
 import torch
 import torchvision
 
+from gifindex.index import Index
+
 
 # ---------------------------------------------------------------------------- 1. safetensors sniff order
 
@@ -167,6 +169,11 @@ def test_file_query_reuses_the_indexed_convention(models, hub):
     assert doc["signed"]["arch"] == "timm:test_resnet"
     assert doc["neighbors"][0]["name"] == "a" and doc["neighbors"][0]["distance"] < 0.01   # was 0.906
     assert "signed " in result.stderr and "indexed model 'a' (same weights file)" in result.stderr
+    with Index.open(hub) as index:  # what a second look at the same file (suspect's fingerprint) loads with
+        entry = index.loading_entry(str(a))
+        assert entry.input_size in (16, (16, 16)) and (entry.mean, entry.std) == ((0.5,) * 3, (0.25,) * 3)
+        assert entry.arch == "timm:test_resnet" and index.loading_entry("a").name == "a"
+        assert index.loading_entry(str(models / "models" / "c.pt")).input_size is None   # no indexed copy
     other = _run("nearest", "-i", hub, models / "models" / "c.pt", "--json")   # no indexed copy: detected
     signed = json.loads(other.stdout)["signed"]
     assert (signed["arch"], signed["arch_from"], signed["convention_from"]) == ("timm:test_resnet", "detected",

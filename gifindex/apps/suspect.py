@@ -91,7 +91,7 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     out["fingerprint"] = None
     path = fingerprint_path(index.root, owner_name)
     if use_fingerprint and path.is_file():
-        evidence = fingerprint_evidence(load_fingerprint(path), index.entry_for(suspect_ref), device)
+        evidence = fingerprint_evidence(load_fingerprint(path), index.loading_entry(suspect_ref), device)
         out["fingerprint"] = evidence
         combined, out["evidence"] = combine(out["z"], evidence["z"])
         out["z"] = float(combined)

@@ -134,6 +134,14 @@ class Index(IndexFiles):
                 load[key] = self.locate(record, load[key])
         return ModelEntry(name=record.name, **load)
 
+    def loading_entry(self, model: str | ModelEntry) -> ModelEntry:
+        """The options a query model is loaded with, as :meth:`resolve` signs it: an indexed name's stored
+        options, a file whose bytes match an indexed model's file with that model's convention, or the
+        reference as given (what another look at the same model, e.g. its fingerprint, must use too)."""
+        if isinstance(model, str) and self.catalog.by_name(model) is not None:
+            return self.entry_for(model)
+        return self._reuse_convention(model if isinstance(model, ModelEntry) else ModelEntry(ref=model))[0]
+
     def locate(self, record: ModelRecord, path: str) -> str:
         """The file an indexed model was ingested from: ``path`` when it is there, else a file of the same
         name and weights sha256 next to the index (up to RELOCATE_DEPTH folders below its parent), else a
