@@ -154,7 +154,8 @@ class Catalog:
             metadata = json.loads(row[7] or "{}")
         except (TypeError, ValueError, RecursionError):
             metadata = None
-        if not isinstance(metadata, dict) or not isinstance(row[1], str) or not isinstance(row[5], int):
+        if not isinstance(metadata, dict) or not isinstance(row[0], int) or not isinstance(row[1], str) \
+                or not isinstance(row[5], int):
             raise CatalogDamaged(f"{CATALOG_FILE}: the row of model {row[1]!r} is damaged; `gifindex rebuild` "
                                  "recreates the catalogue from the shards")
         return ModelRecord(id=row[0], name=row[1], ref=row[2], weights_sha256=row[3], shard=row[4], row=row[5],
@@ -191,7 +192,11 @@ class Catalog:
         return out
 
     def ids(self) -> list[int]:
-        return [int(r[0]) for r in self._read("SELECT id FROM models ORDER BY id")]
+        ids = [r[0] for r in self._read("SELECT id FROM models ORDER BY id")]
+        if not all(isinstance(i, int) for i in ids):  # a damaged page can read back as NULL ids
+            raise CatalogDamaged(f"{CATALOG_FILE}: model ids are damaged; `gifindex rebuild` recreates the "
+                                 "catalogue from the shards")
+        return ids
 
     def count(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM models")[0][0])
