@@ -103,7 +103,7 @@ class Catalog:
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.executescript(SCHEMA)
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # damaged text decodes as neither
             raise self.damaged(exc) from None
         if not {"models", "shards", "failures", "state"} <= tables:
             raise CatalogDamaged(f"{path} is not a gifindex catalogue (tables: {', '.join(sorted(tables)) or 'none'}); "
@@ -141,7 +141,7 @@ class Catalog:
     def _read(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         try:
             return self.db.execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise self.damaged(exc) from None
 
     def close(self) -> None:
@@ -176,9 +176,9 @@ class Catalog:
 
     def by_file_sha(self, sha: str) -> ModelRecord | None:
         """The first model ingested from a file with these bytes (``file_sha256`` in its metadata)."""
-        row = self.db.execute(f"SELECT {self._COLUMNS} FROM models WHERE json_extract(metadata, '$.file_sha256') = ? "
-                              "ORDER BY id", (sha,)).fetchone()
-        return self._record(row) if row else None
+        rows = self._read(f"SELECT {self._COLUMNS} FROM models WHERE json_extract(metadata, '$.file_sha256') = ? "
+                          "ORDER BY id LIMIT 1", (sha,))
+        return self._record(rows[0]) if rows else None
 
     def by_ids(self, ids: list[int]) -> dict[int, ModelRecord]:
         if not ids:
