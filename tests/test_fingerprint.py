@@ -182,3 +182,36 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits):
     assert json.loads(off.stdout)["fingerprint"] is None
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])
     assert missing.exit_code == 1 and "did you mean 'owner'" in missing.output
+
+
+def test_disjoint_fit_searches_images_no_helper_trained_on(monkeypatch, owner, digits):
+    """FitConfig.disjoint: surrogates and references train on one half of the owner's data, candidates come
+    from the other (a thief's student never saw the owner's images). Training is replaced by stand-ins here
+    (surrogates = the owner, references = untrained nets); only which images go where is checked."""
+    import dataclasses
+
+    import gifindex.fingerprint.fit as fit_module
+
+    helper_x = []
+
+    def surrogate(build, arch, owner_fn, x, *args):
+        helper_x.append(x)
+        return owner
+
+    def reference(build, arch, x, y, classes, recipe, seed, device):
+        if seed % 10_000 < 300:  # surrogates' references (calibration references train on everything)
+            helper_x.append(x)
+        return _build(arch, classes)
+
+    monkeypatch.setattr(fit_module, "train_surrogate", surrogate)
+    monkeypatch.setattr(fit_module, "train_reference", reference)
+    data = digits[1]
+    fp = fit_fingerprint(owner, data, dataclasses.replace(FAST, disjoint=True), build=_build)
+    assert len(helper_x) == FAST.surrogates + FAST.references
+    seen = {row.numpy().tobytes() for x in helper_x for row in x}
+    assert all(len(x) == len(data.y) - len(data.y) // 2 for x in helper_x)
+    unseen = torch.stack([row for row in data.x if row.numpy().tobytes() not in seen])
+    assert len(unseen) >= len(data.y) // 2 - 5  # (a few digits may repeat exactly)
+    nearest = torch.cdist(fp.inputs.flatten(1), unseen.flatten(1), p=float("inf")).min(1).values
+    assert fp.size >= 8 and float(nearest.max()) <= FAST.search.eps + 1e-5
+    assert fp.recipe["config"]["disjoint"] is True

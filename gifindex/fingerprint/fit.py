@@ -41,6 +41,9 @@ class FitConfig:
     candidates: int = 384                # owner images searched (kept ones are the fingerprint: a suspect costs at most
                                          # 384 forward passes, as much as 128 forward+backward passes)
     seed: int = 0
+    disjoint: bool = False               # surrogates and references train on half the owner's data and the
+                                         # candidates come from the other half (images no helper saw, as a
+                                         # thief's student never saw the owner's)
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -86,19 +89,22 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         raise GifindexError(f"owner data has labels up to {data.num_classes - 1} but the owner has "
                             f"{num_classes} outputs")
     seed = config.seed * 10_000
+    order = torch.randperm(len(data.y), generator=torch.Generator().manual_seed(seed + 7))
+    helper_rows = order[len(order) // 2:] if config.disjoint else torch.arange(len(data.y))
+    candidate_rows = order[:len(order) // 2] if config.disjoint else order
+    train_x, train_y = data.x[helper_rows], data.y[helper_rows]
     surrogates, references = [], []
     for i in range(config.surrogates):
         arch = archs[i % len(archs)]
         say(f"surrogate {i + 1}/{config.surrogates}: {arch}")
-        surrogates.append(train_surrogate(build, arch, owner_fn, data.x, num_classes, config.recipe,
+        surrogates.append(train_surrogate(build, arch, owner_fn, train_x, num_classes, config.recipe,
                                           seed + 100 + i, device))
     for i in range(config.references):
         arch = archs[i % len(archs)]
         say(f"reference {i + 1}/{config.references}: {arch}")
-        references.append(train_reference(build, arch, data.x, data.y, num_classes, config.recipe,
+        references.append(train_reference(build, arch, train_x, train_y, num_classes, config.recipe,
                                           seed + 200 + i, device))
-    gen = torch.Generator().manual_seed(seed + 7)
-    pick = torch.randperm(len(data.y), generator=gen)[:config.candidates]
+    pick = candidate_rows[:config.candidates]
     say(f"searching {len(pick)} conferrable inputs (eps {config.search.eps})")
     as_fn = [SharedSpaceAdapter.of(m).to(device).eval().logits for m in surrogates + references]
     inputs, targets, kept = search(owner_fn, as_fn[:len(surrogates)], as_fn[len(surrogates):],

@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--surrogates", type=int, default=FitConfig().surrogates)
     parser.add_argument("--references", type=int, default=FitConfig().references)
     parser.add_argument("--calibration", type=int, default=FitConfig().calibration_per_arch)
+    parser.add_argument("--disjoint", action="store_true", help="helpers train on half the owner's data, "
+                        "candidates come from the other half (FitConfig.disjoint)")
     parser.add_argument("--epochs", type=int, default=FitConfig().recipe.epochs,
                         help="reference epochs (surrogates get 2/3, as `gifindex fit-probes --epochs` does)")
     args = parser.parse_args()
@@ -138,7 +140,8 @@ def main() -> None:
                                  surrogate_epochs=default.recipe.surrogate_epochs if args.epochs == default.recipe.epochs
                                  else max(1, round(args.epochs * 2 / 3)))
     config = FitConfig(surrogates=args.surrogates, references=args.references, calibration_per_arch=args.calibration,
-                       recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps))
+                       recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps),
+                       disjoint=args.disjoint)
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config))
