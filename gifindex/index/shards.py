@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,17 @@ def write_shard(path: Path, names: list[str], signatures: np.ndarray, config_has
     return hashlib.sha256(data).hexdigest()
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+
+
 def _strings(handle: h5py.File, key: str, rows: int) -> list[str] | None:
     if key not in handle:
         return None
     dataset = handle[key]
     if dataset.shape != (rows,):
         raise ValueError(f"dataset {key!r} has shape {dataset.shape}, expected ({rows},)")
-    return [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v) for v in dataset[:]]
+    return [_text(v) for v in dataset[:]]
 
 
 def _open(path: Path) -> h5py.File:
@@ -90,47 +95,42 @@ def _checked(handle: h5py.File) -> int:
     return int(signatures.shape[0])
 
 
-def read_shard(path: Path, config_hash: str | None = None) -> tuple[list[str], np.ndarray]:
-    """Read names and float16 signatures; checksum, layout or configuration mismatch -> IndexError_."""
+@contextmanager
+def _reading(path: Path, config_hash: str | None):
+    """(open handle, rows) of a shard checked as :func:`read_shard` promises: configuration and layout
+    checked before anything is read, every read failure one IndexError_ naming the shard."""
     try:
         with _open(path) as handle:
             if config_hash is not None and handle.attrs.get("config_hash") != config_hash:
                 raise IndexError_(f"shard {path.name} was made with configuration "
                                   f"{handle.attrs.get('config_hash')!r}, the index uses {config_hash!r}")
-            rows = _checked(handle)
-            names = _strings(handle, "names", rows) or []
-            signatures = handle["signatures"][:]
+            yield handle, _checked(handle)
     except IndexError_:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise IndexError_(f"shard {path.name} is unreadable or corrupt: {' '.join(str(exc).split())}") from None
-    return names, signatures
+
+
+def read_shard(path: Path, config_hash: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Read names and float16 signatures; checksum, layout or configuration mismatch -> IndexError_."""
+    with _reading(path, config_hash) as (handle, rows):
+        return _strings(handle, "names", rows) or [], handle["signatures"][:]
 
 
 def read_shard_rows(path: Path, rows: list[int], config_hash: str | None = None) -> tuple[list[str], np.ndarray]:
     """Names and float16 signatures of the given rows only (each row is its own checksummed HDF5 chunk, so
     a query's own row costs one chunk, not the shard); rows past the end -> IndexError_."""
     wanted = sorted(set(rows))
-    try:
-        with _open(path) as handle:
-            if config_hash is not None and handle.attrs.get("config_hash") != config_hash:
-                raise IndexError_(f"shard {path.name} was made with configuration "
-                                  f"{handle.attrs.get('config_hash')!r}, the index uses {config_hash!r}")
-            total = _checked(handle)
-            if wanted and (wanted[0] < 0 or wanted[-1] >= total):
-                raise IndexError_(f"shard {path.name} has {total} rows, not row {wanted[-1]}; run `gifindex verify`")
-            if len(wanted) * 8 >= total:  # most of the shard: one read is faster than many
-                names_all = _strings(handle, "names", total) or []
-                names, block = [names_all[r] for r in wanted], handle["signatures"][:][wanted]
-            else:
-                raw = [handle["names"][r] for r in wanted]
-                names = [v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v) for v in raw]
-                block = np.stack([handle["signatures"][r] for r in wanted]) if wanted else \
-                    np.zeros((0, handle["signatures"].shape[1]), np.float16)
-    except IndexError_:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise IndexError_(f"shard {path.name} is unreadable or corrupt: {' '.join(str(exc).split())}") from None
+    with _reading(path, config_hash) as (handle, total):
+        if wanted and (wanted[0] < 0 or wanted[-1] >= total):
+            raise IndexError_(f"shard {path.name} has {total} rows, not row {wanted[-1]}; run `gifindex verify`")
+        if len(wanted) * 8 >= total:  # most of the shard: one read is faster than many
+            names_all = _strings(handle, "names", total) or []
+            names, block = [names_all[r] for r in wanted], handle["signatures"][:][wanted]
+        else:
+            names = [_text(handle["names"][r]) for r in wanted]
+            block = np.stack([handle["signatures"][r] for r in wanted]) if wanted else \
+                np.zeros((0, handle["signatures"].shape[1]), np.float16)
     where = {r: i for i, r in enumerate(wanted)}
     return [names[where[r]] for r in rows], block[[where[r] for r in rows]]
 
