@@ -183,7 +183,7 @@ def test_device_lists_answer_like_exact_search():
     exact_d, exact = search(build_index(v, ids, SearchSpec("flat")), v[:30], 10)
     index = build_index(v, ids, SearchSpec("ivf", coarse_dim=32, scan_mb=0.05))
     lists = _ivf(index)
-    device = DeviceLists(lists, _id_map(index), lists.nlist)
+    device = DeviceLists(lists, _id_map(index))
     lists.nprobe = lists.nlist
     assert index_kind(device) == "ivf" and device.ntotal == 3000 and device.d == 256
     dist, found = search(device, v[:30], 10)

@@ -189,14 +189,14 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> faiss
     if not n:
         return index
     if kind == "ivf":
-        _train_ivf(_ivf(index), vectors)
-        screen = _screen(index)
-        if screen is not None:
-            order = np.random.default_rng(0).permutation(n)
-            fit_pca(faiss.downcast_VectorTransform(screen.chain.at(0)),
-                    np.concatenate(list(_rows(vectors, np.sort(order[:PCA_TRAIN])))), centre=False)
-            screen.is_trained = True
-            faiss.downcast_index(index.index).is_trained = True
+        order = np.random.default_rng(0).permutation(n)
+        pca_sample = np.concatenate(list(_rows(vectors, np.sort(order[:PCA_TRAIN]))))  # coarse level and screen
+        _train_ivf(_ivf(index), vectors, order, pca_sample)
+        container = _container(index)
+        if container is not None:
+            screen = faiss.downcast_index(container.base_index)
+            fit_pca(faiss.downcast_VectorTransform(screen.chain.at(0)), pca_sample, centre=False)
+            screen.is_trained = container.is_trained = True
     elif not index.is_trained or kind in APPROXIMATE:
         sample = np.ascontiguousarray(_train_sample(vectors, spec), dtype=np.float32)
         _silence(index)
@@ -218,17 +218,16 @@ def _rows(vectors: np.ndarray, rows: np.ndarray, chunk: int = 4096):
         yield np.ascontiguousarray(vectors[rows[start:start + chunk]], dtype=np.float32)
 
 
-def _train_ivf(ivf: faiss.IndexIVF, vectors: np.ndarray) -> None:
-    """Coarse level: PCA (randomised SVD), then spherical k-means in the projected space, at most KMEANS_POINTS
-    rows per list; the lists store the float16 rows themselves, so nothing else is learnt."""
-    n = len(vectors)
-    order = np.random.default_rng(0).permutation(n)
+def _train_ivf(ivf: faiss.IndexIVF, vectors: np.ndarray, order: np.ndarray, pca_sample: np.ndarray) -> None:
+    """Coarse level: PCA (randomised SVD, on ``pca_sample``), then spherical k-means in the projected space, at
+    most KMEANS_POINTS rows per list (the first of ``order``); the lists store the float16 rows themselves, so
+    nothing else is learnt."""
     quantizer = faiss.downcast_index(ivf.quantizer)
     flat = quantizer
     rows = np.sort(order[:KMEANS_POINTS * ivf.nlist])
     if isinstance(quantizer, faiss.IndexPreTransform):
         pca = faiss.downcast_VectorTransform(quantizer.chain.at(0))
-        fit_pca(pca, np.concatenate(list(_rows(vectors, np.sort(order[:PCA_TRAIN])))))
+        fit_pca(pca, pca_sample)
         points = np.concatenate([pca.apply(x) for x in _rows(vectors, rows)])
         flat = faiss.downcast_index(quantizer.index)
     else:
@@ -251,13 +250,19 @@ def _silence(index: faiss.Index) -> None:
         ivf.cp.min_points_per_centroid = 1  # small hubs: no warning, fewer points per list is fine
 
 
+def _container(index: faiss.Index):
+    """The IndexRefine(screen, ivf) inside an ``ivf`` index that has a screen, else None."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    if isinstance(inner, faiss.IndexRefine) and isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexIVF):
+        return inner
+    return None
+
+
 def _ivf(index: faiss.Index):
     """The IndexIVF inside ``index`` (also the exact half of an ivf screen container), else None."""
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    if isinstance(inner, faiss.IndexRefine):
-        refine = faiss.downcast_index(inner.refine_index)
-        if isinstance(refine, faiss.IndexIVF):
-            return refine
+    container = _container(index)
+    if container is not None:
+        return faiss.downcast_index(container.refine_index)
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -266,23 +271,19 @@ def _ivf(index: faiss.Index):
 
 def _screen(index: faiss.Index):
     """The screen (PCA + float16 codes) of an ``ivf`` index that has one, else None."""
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    if isinstance(inner, faiss.IndexRefine) and isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexIVF):
-        return faiss.downcast_index(inner.base_index)
-    return None
+    container = _container(index)
+    return faiss.downcast_index(container.base_index) if container is not None else None
 
 
 def index_kind(index: faiss.Index) -> str:
     """flat / ivf / hnsw / ivfpq, read from the FAISS index itself."""
-    if isinstance(index, DeviceLists):
+    if isinstance(index, DeviceLists) or _container(index) is not None:
         return "ivf"
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) or hasattr(index, "id_map") else index
     if isinstance(inner, faiss.IndexPreTransform):
         inner = faiss.downcast_index(inner.index)
     if isinstance(inner, (faiss.IndexHNSW,)):
         return "hnsw"
-    if isinstance(inner, faiss.IndexRefine) and isinstance(faiss.downcast_index(inner.refine_index), faiss.IndexIVF):
-        return "ivf"  # the screen container
     gpu = type(inner).__name__
     if isinstance(inner, faiss.IndexIVFScalarQuantizer) or gpu.startswith("GpuIndexIVFScalarQuantizer"):
         return "ivf"
@@ -390,7 +391,7 @@ def _screened_search(index: faiss.Index, queries: np.ndarray, k: int, widen: boo
     scores, internal = ivf.search(queries, k)
     if widen and ivf.nprobe < ivf.nlist:
         n = int(index.ntotal)
-        deep = screen_candidates(faiss.downcast_index(index.index).k_factor, k, n)
+        deep = screen_candidates(_container(index).k_factor, k, n)
         shallow = min(deep, max(10 * k, n // 100))
         wide = np.zeros(len(queries), dtype=bool)
         wide[_unrelated(index, queries, 1.0 - scores[:, -1])] = True
@@ -465,10 +466,9 @@ class DeviceLists:
     that a GPU reads in about the time a CPU probes a few lists. Quacks like the ID-mapped index for
     :func:`search`, :func:`index_kind` and :func:`on_gpu`."""
 
-    def __init__(self, lists: faiss.Index, ids: np.ndarray, nprobe: int) -> None:
+    def __init__(self, lists: faiss.Index, ids: np.ndarray) -> None:
         self.lists, self.ids = lists, np.asarray(ids, dtype=np.int64)
         self.d, self.ntotal, self.metric_type = int(lists.d), int(lists.ntotal), lists.metric_type
-        self.nprobe = nprobe
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, internal = self.lists.search(queries, k)
@@ -490,9 +490,8 @@ def to_gpu(index: faiss.Index):
         if _screen(index) is not None:
             ivf = _ivf(index)
             lists = faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, ivf, options)
-            nprobe = min(int(ivf.nlist), GPU_MAX_PROBES)
-            faiss.GpuParameterSpace().set_index_parameter(lists, "nprobe", nprobe)
-            return DeviceLists(lists, _id_map(index).copy(), nprobe)
+            faiss.GpuParameterSpace().set_index_parameter(lists, "nprobe", min(int(ivf.nlist), GPU_MAX_PROBES))
+            return DeviceLists(lists, _id_map(index).copy())
         return faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, index, options)
     except RuntimeError:  # kinds without a GPU implementation (HNSW, refine) stay on the CPU
         return index
