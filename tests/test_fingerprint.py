@@ -15,7 +15,9 @@ from gifindex.cli import main
 from gifindex.demo import DemoZooConfig, load_digit_data, train
 from gifindex.errors import GifindexError, ProbeError
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
-                                  load_fingerprint, load_owner_data, save_fingerprint)
+                                  load_fingerprint, load_owner_data, output_similarity, save_fingerprint)
+from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, combine
+from gifindex.fingerprint.outputs import model_logits, non_top_profile, profile_similarity
 from gifindex.fingerprint.conferrable import SearchConfig
 from gifindex.fingerprint.helpers import TrainRecipe, augment
 from gifindex.models.spec import InputSpec, LoadedModel
@@ -135,11 +137,78 @@ def test_null_uses_the_suspects_architecture_and_a_binomial_floor(fingerprint):
     assert fallback == "all calibration references"
 
 
+def test_output_profile_is_the_non_top_ranking_only():
+    g = torch.Generator().manual_seed(0)
+    owner = torch.randn(50, 10, generator=g)
+    top = owner.argmax(1)
+    profile = non_top_profile(owner, top)
+    assert profile.shape == (50, 9) and torch.allclose(profile.mean(1), torch.zeros(50), atol=1e-5)
+    assert profile_similarity(owner, owner) == pytest.approx(1.0, abs=1e-6)
+    # a shift of all logits (same probabilities) and any change of the chosen class's logit change nothing
+    moved = owner + 3.0
+    moved[torch.arange(50), top] += torch.rand(50, generator=g) * 20
+    assert profile_similarity(owner, moved) == pytest.approx(1.0, abs=1e-5)
+    # the same decisions with the other classes ranked the other way round: as unlike as it gets
+    flipped = -owner
+    flipped[torch.arange(50), top] = owner.max() + 10
+    assert profile_similarity(owner, flipped) == pytest.approx(-1.0, abs=1e-5)
+    assert abs(profile_similarity(owner, torch.randn(50, 10, generator=g))) < 0.3
+
+
+def test_fit_records_the_owners_outputs_on_its_own_images(fingerprint, owner, digits):
+    fp = fingerprint
+    assert fp.has_outputs and fp.probe_inputs.shape == (FAST.output_probes, 3, R, R)
+    # probe images are owner images (not perturbed), those not searched for conferrable inputs first
+    x = digits[1].x
+    assert float(torch.cdist(fp.probe_inputs.flatten(1), x.flatten(1)).min(1).values.max()) == 0.0
+    assert torch.allclose(fp.probe_logits, model_logits(owner, fp.probe_inputs), atol=1e-5)
+    assert output_similarity(fp, owner) == pytest.approx(1.0, abs=1e-5)
+    sims = fp.output_calibration["timm:test_resnet"]
+    assert len(sims) == 2 and all(-1.0 <= v < 0.999 for v in sims)
+    mean, sigma, _ = fp.output_null("timm:test_resnet")
+    assert mean == pytest.approx(np.mean(sims)) and sigma >= MIN_OUTPUT_SIGMA
+    assert output_similarity(fp, _wrap(timm.create_model("test_resnet", num_classes=4))) is None
+
+
+def test_a_distilled_student_copies_the_owners_outputs(fingerprint, owner, digits):
+    """A student of another architecture distilled on the owner's soft outputs over images the owner never
+    saw shares no weights and few decisions beyond any accurate model's, but ranks the non-chosen classes
+    as the owner does; an independent model of the same architecture on the same images does not."""
+    data, _ = digits
+    x, y = data.x_train[600:1000], data.y_train[600:1000]
+    torch.manual_seed(5)
+    student = train(timm.create_model("test_efficientnet", num_classes=10), x, y, 6, 5e-3, 64, 5,
+                    teacher=owner.module, temperature=2.0, alpha=1.0)
+    torch.manual_seed(6)
+    independent = train(timm.create_model("test_efficientnet", num_classes=10), x, y, 6, 5e-3, 64, 6)
+    s_student, s_indep = (output_similarity(fingerprint, _wrap(m)) for m in (student, independent))
+    assert s_student > s_indep + 0.1 and s_student > fingerprint.output_null()[0]
+    score = FingerprintScore.of(fingerprint, agreement(fingerprint, _wrap(student)), "timm:test_efficientnet",
+                                s_student)
+    assert score.output_z is not None and score.evidence == max(score.z, score.output_z)
+
+
+def test_combine_takes_the_signature_only_above_independent_models():
+    assert combine(5.0, None) == (5.0, "signature")
+    assert combine(9.0, 1.0)[0] == 9.0 and combine(9.0, -1.0)[0] == -1.0
+    assert combine(2.0, 4.0) == (4.0, "fingerprint")
+
+
 def test_round_trip_and_damaged_file(fingerprint, tmp_path):
     path = save_fingerprint(fingerprint, tmp_path / "fp" / "owner.npz")
     back = load_fingerprint(path)
     assert torch.equal(back.inputs, fingerprint.inputs) and torch.equal(back.labels, fingerprint.labels)
     assert back.calibration == fingerprint.calibration and back.num_classes == fingerprint.num_classes
+    assert torch.equal(back.probe_inputs, fingerprint.probe_inputs)
+    assert torch.equal(back.probe_logits, fingerprint.probe_logits)
+    assert back.output_calibration == fingerprint.output_calibration
+    # a fingerprint written before outputs were part of it still loads and scores decisions alone
+    import dataclasses
+
+    old = dataclasses.replace(fingerprint, probe_inputs=None, probe_logits=None, output_calibration={})
+    back_old = load_fingerprint(save_fingerprint(old, tmp_path / "old.npz"))
+    assert not back_old.has_outputs and output_similarity(back_old, _wrap(timm.create_model("test_resnet"))) is None
+    assert FingerprintScore.of(back_old, 0.5, "timm:test_resnet").output_z is None
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(GifindexError, match="not a readable gifindex fingerprint"):
         load_fingerprint(path)
@@ -176,8 +245,11 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits):
     assert sus.exit_code == 0, sus.output
     verdict = json.loads(sus.stdout)
     assert verdict["fingerprint"]["agreement"] == 1.0 and verdict["verdict"] == "derived"
+    assert verdict["fingerprint"]["output_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert verdict["fingerprint"]["output_probes"] == fitted["output_probes"] == 128
     text = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
     assert text.exit_code == 0 and "fingerprint   agrees with the owner on" in text.output, text.output
+    assert "outputs       similarity to the owner's on 128 probe images" in text.output
     off = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner", "--no-fingerprint", "--json"])
     assert json.loads(off.stdout)["fingerprint"] is None
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])

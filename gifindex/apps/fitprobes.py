@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (), surrogates: int = 4,
-               references: int = 4, calibration: int = 2, candidates: int = 384, eps: float = 0.075,
+               references: int = 4, calibration: int = 2, candidates: int = FitConfig.candidates,
+               output_probes: int = FitConfig.output_probes, eps: float = 0.075,
                epochs: int = 6, seed: int = 0, device: str = "cpu", wait: float = 0.0,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored."""
@@ -27,7 +28,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
         pass
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
-                       calibration_per_arch=calibration, candidates=candidates, seed=seed,
+                       calibration_per_arch=calibration, candidates=candidates, output_probes=output_probes, seed=seed,
                        recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
@@ -44,4 +45,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "candidates": fingerprint.recipe["candidates"],
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
             "surrogate_agreement": sum(surrogate) / max(1, len(surrogate)), "null_mean": null[0],
-            "null_sigma": null[1], "calibration": fingerprint.calibration, "recipe": fingerprint.recipe}
+            "null_sigma": null[1], "calibration": fingerprint.calibration,
+            "output_probes": 0 if fingerprint.probe_inputs is None else len(fingerprint.probe_inputs),
+            "output_null_mean": fingerprint.output_null()[0] if fingerprint.has_outputs else None,
+            "output_calibration": fingerprint.output_calibration, "recipe": fingerprint.recipe}

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
-from ..fingerprint import FingerprintScore, Fingerprint, agreement, fingerprint_path, load_fingerprint
+from ..fingerprint import (Fingerprint, FingerprintScore, agreement, fingerprint_path, load_fingerprint,
+                           output_similarity)
 from ..fingerprint.fingerprint import combine
 from ..models import load_model
 
@@ -104,10 +105,12 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     owner's calibration references (of the suspect's own architecture when the fingerprint has them)."""
     loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
     rate = agreement(fingerprint, loaded, device)
+    similarity = output_similarity(fingerprint, loaded, device) if fingerprint.has_outputs else None
     arch = loaded.arch if loaded.arch in fingerprint.calibration else entry.arch
-    score = FingerprintScore.of(fingerprint, rate, arch)
+    score = FingerprintScore.of(fingerprint, rate, arch, similarity)
     out = score.to_dict()
     out.update({"inputs": fingerprint.size, "owner_classes": fingerprint.num_classes,
+                "output_probes": 0 if fingerprint.probe_inputs is None else len(fingerprint.probe_inputs),
                 "comparable": rate is not None})
     if rate is None:
         out["note"] = (f"the suspect's output size differs from the owner's {fingerprint.num_classes} classes: "

@@ -62,7 +62,11 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
         else:
             click.echo(f"fingerprint   agrees with the owner on {fp['agreement']:.1%} of {fp['inputs']} fitted inputs; "
                        f"independent models {fp['null_mean']:.1%} (sigma {fp['null_sigma']:.1%}, {fp['null']}): "
-                       f"z {fp['z']:.2f}")
+                       f"z {fp['decision_z']:.2f}")
+            if fp.get("output_z") is not None:
+                click.echo(f"outputs       similarity to the owner's on {fp['output_probes']} probe images "
+                           f"{fp['output_similarity']:.3f}; independent models {fp['output_null_mean']:.3f} "
+                           f"(sigma {fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
     elif not no_fingerprint:
         click.echo("fingerprint   none for this owner (gifindex fit-probes catches extracted and distilled copies)")
     if fp is not None:
@@ -90,8 +94,11 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
               help="independent models to train (true labels), used to choose the inputs")
 @click.option("--calibration", type=click.IntRange(1, 32), default=2, show_default=True,
               help="held-out independent models per helper architecture, the verdict's null distribution")
-@click.option("--candidates", type=click.IntRange(8, 100_000), default=384, show_default=True,
+@click.option("--candidates", type=click.IntRange(8, 100_000), default=256, show_default=True,
               help="owner images to perturb into candidate inputs (a suspect costs one forward pass per kept input)")
+@click.option("--output-probes", type=click.IntRange(0, 100_000), default=128, show_default=True,
+              help="owner images on which the suspect's outputs are compared with the owner's (catches distilled "
+                   "copies; one forward pass each per suspect; 0: decisions only)")
 @click.option("--eps", type=click.FloatRange(0, 0.5, min_open=True), default=0.075, show_default=True,
               help="largest perturbation per pixel (pixel values in [0, 1])")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=6, show_default=True,
@@ -101,20 +108,23 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
 @wait_option
 @json_option
 def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[str, ...], surrogates: int,
-               references: int, calibration: int, candidates: int, eps: float, epochs: int, seed: int, device: str,
+               references: int, calibration: int, candidates: int, output_probes: int, eps: float, epochs: int,
+               seed: int, device: str,
                wait: float, as_json: bool) -> None:
-    """Fit OWNER's decision fingerprint from its own data, for `suspect` to catch extracted and distilled copies.
+    """Fit OWNER's fingerprint from its own data, for `suspect` to catch extracted and distilled copies.
 
     Trains surrogates (students of OWNER) and references (independent models) on the owner's data, keeps
-    perturbed owner images on which the surrogates follow OWNER's decision and the references do not, and
-    measures how often held-out independent models agree with OWNER there. Stored in the index; `suspect
+    perturbed owner images on which the surrogates follow OWNER's decision and the references do not,
+    records OWNER's outputs on probe images of its own (distilled students copy how it ranks the classes it
+    did not choose), and measures both on held-out independent models. Stored in the index; `suspect
     SUSPECT --owner OWNER` then uses it. Only the owner's model and data are used: never the suspects.
     """
     from ..apps.fitprobes import fit_probes as run_fit_probes
 
     index = open_index(index_path)
     result = run_fit_probes(index, owner, data_path, helper_archs=helper_archs, surrogates=surrogates,
-                            references=references, calibration=calibration, candidates=candidates, eps=eps,
+                            references=references, calibration=calibration, candidates=candidates,
+                            output_probes=output_probes, eps=eps,
                             epochs=epochs, seed=seed, device=check_device(device), wait=wait,
                             progress=lambda msg: click.echo(msg, err=True))
     if as_json:
@@ -124,6 +134,9 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                f"({result['seconds']:.0f} s)")
     click.echo(f"surrogates agree with the owner on {result['surrogate_agreement']:.1%} of them; held-out independent "
                f"models on {result['null_mean']:.1%}")
+    if result["output_probes"]:
+        click.echo(f"outputs on {result['output_probes']} probe images: held-out independent models' similarity "
+                   f"{result['output_null_mean']:.3f}")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
 
 @main.command()

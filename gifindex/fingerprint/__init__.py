@@ -7,15 +7,18 @@ Zhang and Kerschbaum (ICLR 2021, conferrable adversarial examples), the owner tr
 from its own data -- surrogates (students of the owner) and references (independent models) -- and
 searches for inputs on which surrogates follow the owner's decision while references do not. A suspect
 that agrees with the owner on those inputs far more than independent models do was derived from it.
+Distillation copies more than decisions: how the owner ranks the classes it did not choose (``outputs``),
+so the fingerprint also holds the owner's outputs on probe images of its own.
 
 Data flow: owner model + owner data (``data.OwnerData``) -> helper models (``helpers``) -> conferrable
-inputs (``conferrable``) -> ``Fingerprint`` (inputs, owner decisions, calibration rates of held-out
-references never used in fitting) -> stored in the index (``store``) -> ``suspect``.
+inputs (``conferrable``) + the owner's outputs on probe images (``outputs``) -> ``Fingerprint``
+(inputs, owner decisions, owner outputs, calibration scores of held-out references never used in fitting)
+-> stored in the index (``store``) -> ``suspect``.
 """
 from .data import OwnerData, load_owner_data
-from .fingerprint import Fingerprint, FingerprintScore, agreement
+from .fingerprint import Fingerprint, FingerprintScore, agreement, output_similarity
 from .fit import FitConfig, fit_fingerprint
 from .store import fingerprint_path, load_fingerprint, save_fingerprint
 
 __all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "OwnerData", "agreement", "fingerprint_path",
-           "fit_fingerprint", "load_fingerprint", "load_owner_data", "save_fingerprint"]
+           "fit_fingerprint", "load_fingerprint", "load_owner_data", "output_similarity", "save_fingerprint"]

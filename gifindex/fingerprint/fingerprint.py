@@ -1,5 +1,6 @@
-"""A fingerprint: inputs in the shared space, the owner's decision on each, and the agreement rates of
-independent calibration references (never used to choose the inputs), which calibrate the verdict."""
+"""A fingerprint: inputs in the shared space, the owner's decision on each, the owner's outputs on probe
+images of its own (``outputs``), and how independent calibration references (never used to choose the
+inputs) score on both, which calibrates the verdict."""
 from __future__ import annotations
 
 import math
@@ -12,14 +13,19 @@ import torch
 from ..adapter import SharedSpaceAdapter
 from ..errors import GifindexError
 from ..models.spec import LoadedModel
+from .outputs import model_logits, profile_similarity
 
 MIN_SIGMA = 0.01  # agreement rates closer than this are not told apart, however many inputs
+MIN_OUTPUT_SIGMA = 0.02  # output similarities (mean cosines) closer than this are not told apart
 
 
 @dataclass
 class Fingerprint:
     """inputs (N, 3, R, R) float32 in [0, 1]; labels (N,) the owner's decisions; num_classes the owner's
-    output size; calibration: agreement of each held-out reference (by architecture); recipe: how it was made."""
+    output size; calibration: agreement of each held-out reference (by architecture); recipe: how it was made;
+    probe_inputs (M, 3, R, R) images of the owner's and probe_logits (M, C) the owner's logits on them, with
+    output_calibration the held-out references' output similarity (``outputs``); absent in fingerprints
+    written before outputs were part of them."""
 
     owner: str
     owner_sha256: str | None
@@ -28,6 +34,9 @@ class Fingerprint:
     num_classes: int
     calibration: dict[str, list[float]]
     recipe: dict[str, Any] = field(default_factory=dict)
+    probe_inputs: torch.Tensor | None = None
+    probe_logits: torch.Tensor | None = None
+    output_calibration: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.inputs.ndim != 4 or self.inputs.shape[0] != self.labels.shape[0]:
@@ -35,6 +44,13 @@ class Fingerprint:
                                 f"{tuple(self.labels.shape)} labels")
         if len(self.labels) == 0:
             raise GifindexError(f"fingerprint of {self.owner!r} holds no inputs")
+        if (self.probe_inputs is None) != (self.probe_logits is None):
+            raise GifindexError(f"fingerprint of {self.owner!r}: probe images without the owner's outputs on them")
+        if self.probe_inputs is not None and (
+                self.probe_inputs.ndim != 4 or self.probe_logits.shape != (len(self.probe_inputs), self.num_classes)
+                or len(self.probe_inputs) == 0):
+            raise GifindexError(f"fingerprint of {self.owner!r}: {tuple(self.probe_inputs.shape)} probe images for "
+                                f"owner outputs {tuple(self.probe_logits.shape)} ({self.num_classes} classes)")
 
     @property
     def size(self) -> int:
@@ -44,19 +60,37 @@ class Fingerprint:
     def null_rates(self) -> list[float]:
         return [r for rates in self.calibration.values() for r in rates]
 
+    @property
+    def has_outputs(self) -> bool:
+        return self.probe_inputs is not None and bool(self.output_calibration)
+
     def null(self, arch: str | None = None) -> tuple[float, float, str]:
         """(mean, sigma, which) of the agreement of independent models: the mean of the suspect's architecture's
         own calibration references when there are at least two, else of all of them. sigma is the spread of
         all calibration references (a few models of one architecture cannot measure it), and at least the
         binomial standard deviation of a rate over this many inputs, and MIN_SIGMA."""
-        rates, which = self.null_rates, "all calibration references"
-        if arch is not None and len(self.calibration.get(arch, [])) >= 2:
-            rates, which = self.calibration[arch], f"calibration references of {arch}"
-        mean = float(np.mean(rates))
-        pooled = self.null_rates
-        spread = float(np.std(pooled, ddof=1)) if len(pooled) > 1 else 0.0
+        mean, spread, which = _null(self.calibration, arch)
         binomial = math.sqrt(max(mean * (1 - mean), 1.0 / self.size) / self.size)
         return mean, max(spread, binomial, MIN_SIGMA), which
+
+    def output_null(self, arch: str | None = None) -> tuple[float, float, str]:
+        """(mean, sigma, which) of independent models' output similarity, chosen as in ``null``; sigma at
+        least MIN_OUTPUT_SIGMA."""
+        if not self.output_calibration:
+            raise GifindexError(f"fingerprint of {self.owner!r} has no output calibration (fitted before outputs "
+                                "were part of fingerprints: run `gifindex fit-probes` again)")
+        mean, spread, which = _null(self.output_calibration, arch)
+        return mean, max(spread, MIN_OUTPUT_SIGMA), which
+
+
+def _null(calibration: dict[str, list[float]], arch: str | None) -> tuple[float, float, str]:
+    """(mean of the architecture's references when it has two or more, else of all; spread of all; which)."""
+    pooled = [v for values in calibration.values() for v in values]
+    values, which = pooled, "all calibration references"
+    if arch is not None and len(calibration.get(arch, [])) >= 2:
+        values, which = calibration[arch], f"calibration references of {arch}"
+    spread = float(np.std(pooled, ddof=1)) if len(pooled) > 1 else 0.0
+    return float(np.mean(values)), spread, which
 
 
 @torch.no_grad()
@@ -75,36 +109,69 @@ def agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
     return hits / max(1, seen)
 
 
+@torch.no_grad()
+def output_similarity(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
+                      batch_size: int = 256) -> float | None:
+    """Mean cosine between ``model``'s and the owner's non-top output profiles on the owner's probe images
+    (``outputs``); None when the fingerprint has no probes or the model's output size differs from the owner's."""
+    if fingerprint.probe_inputs is None:
+        return None
+    logits = model_logits(model, fingerprint.probe_inputs[:2], device)
+    if logits.shape[1] != fingerprint.num_classes:
+        return None
+    logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
+    return profile_similarity(fingerprint.probe_logits, logits)
+
+
 @dataclass
 class FingerprintScore:
-    """A suspect's agreement with the owner on the fingerprint, against independent models'."""
+    """A suspect's agreement with the owner's decisions on the fingerprint, and its output similarity on the
+    owner's probe images, each against independent models'."""
 
     agreement: float | None
     null_mean: float
     null_sigma: float
     null_source: str
     z: float | None
+    output_similarity: float | None = None
+    output_null_mean: float | None = None
+    output_null_sigma: float | None = None
+    output_z: float | None = None
 
     @classmethod
-    def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None) -> "FingerprintScore":
+    def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
+           similarity: float | None = None) -> "FingerprintScore":
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma
-        return cls(rate, mean, sigma, which, z)
+        score = cls(rate, mean, sigma, which, z)
+        if similarity is not None and fingerprint.output_calibration:
+            out_mean, out_sigma, _ = fingerprint.output_null(arch)
+            score.output_similarity, score.output_null_mean, score.output_null_sigma = similarity, out_mean, out_sigma
+            score.output_z = (similarity - out_mean) / out_sigma
+        return score
+
+    @property
+    def evidence(self) -> float | None:
+        """The stronger of the two z-scores (decisions, outputs); None when neither is comparable."""
+        zs = [z for z in (self.z, self.output_z) if z is not None]
+        return max(zs) if zs else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"agreement": self.agreement, "null_mean": self.null_mean, "null_sigma": self.null_sigma,
-                "null": self.null_source, "z": self.z}
+                "null": self.null_source, "z": self.evidence, "decision_z": self.z,
+                "output_similarity": self.output_similarity, "output_null_mean": self.output_null_mean,
+                "output_null_sigma": self.output_null_sigma, "output_z": self.output_z}
 
 
 def combine(signature_z: float | None, fingerprint_z: float | None) -> tuple[float | None, str]:
-    """The evidence a verdict rests on, and which: the fingerprint's z when the suspect's decisions are comparable
-    with the owner's (same output size), raised to the signature's z when the decisions agree with the owner more
-    than independent models do (fingerprint z > 0); the signature's z alone when decisions are not comparable
-    (another label set: transfer). Taking the larger of the two without the gate adds the signature's noise
-    among independent models of the owner's architecture to every verdict; the fingerprint alone misses
-    fine-tuned copies whose decisions moved (docs/results.md section 6.2)."""
+    """The evidence a verdict rests on, and which: the fingerprint's z (``FingerprintScore.evidence``: the
+    stronger of decisions and outputs) when the suspect is comparable with the owner (same output size),
+    raised to the signature's z when the fingerprint puts the suspect above independent models (z > 0); the
+    signature's z alone when it is not comparable (another label set: transfer). Taking the larger of the two
+    without the gate adds the signature's noise among independent models of the owner's architecture to every
+    verdict; the fingerprint alone misses fine-tuned copies whose decisions moved (docs/results.md section 6.2)."""
     if fingerprint_z is None:
         return signature_z, "signature"
     if signature_z is not None and fingerprint_z > 0 and signature_z > fingerprint_z:
-        return signature_z, "signature (decisions agree with the owner above independent models)"
+        return signature_z, "signature (the fingerprint puts the suspect above independent models)"
     return fingerprint_z, "fingerprint"

@@ -1,4 +1,5 @@
-"""Fit an owner's fingerprint: train its helper models, search conferrable inputs, calibrate.
+"""Fit an owner's fingerprint: train its helper models, search conferrable inputs, record the owner's outputs
+on probe images of its own, calibrate both on held-out references.
 
 Honest by construction: only the owner's model and the owner's data are used; the models later scored
 by ``suspect`` play no part, and the calibration references are trained apart from the references used
@@ -20,8 +21,9 @@ from ..models import load_model
 from ..models.spec import LoadedModel
 from .conferrable import SearchConfig, search
 from .data import OwnerData
-from .fingerprint import Fingerprint, agreement
+from .fingerprint import Fingerprint, agreement, output_similarity
 from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
+from .outputs import model_logits
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -38,8 +40,10 @@ class FitConfig:
     surrogates: int = 4
     references: int = 4
     calibration_per_arch: int = 2
-    candidates: int = 384                # owner images searched (kept ones are the fingerprint: a suspect costs at most
-                                         # 384 forward passes, as much as 128 forward+backward passes)
+    candidates: int = 256                # owner images searched for conferrable inputs (the kept ones)
+    output_probes: int = 128             # owner images whose outputs are compared (0: decisions only); a suspect
+                                         # costs at most candidates + output_probes = 384 forward passes, as
+                                         # much as 128 forward+backward passes
     seed: int = 0
     disjoint: bool = False               # surrogates and references train on half the owner's data and the
                                          # candidates come from the other half (images no helper saw, as a
@@ -48,7 +52,8 @@ class FitConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
-        for name, low in (("surrogates", 1), ("references", 1), ("calibration_per_arch", 1), ("candidates", 8)):
+        for name, low in (("surrogates", 1), ("references", 1), ("calibration_per_arch", 1), ("candidates", 8),
+                          ("output_probes", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low or value > 100_000:
                 raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
@@ -112,16 +117,27 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     if int(kept.sum()) < 8:
         raise GifindexError(f"only {int(kept.sum())} of {len(pick)} inputs were conferrable; try a larger "
                             "--eps or more --candidates")
+    probe_inputs = probe_logits = None
+    if config.output_probes:
+        rest = candidate_rows[len(pick):]
+        rows = torch.cat([rest, candidate_rows])[:config.output_probes]  # images not searched first
+        probe_inputs = data.x[rows].contiguous()
+        probe_logits = model_logits(owner, probe_inputs, device)
     fingerprint = Fingerprint(owner=owner.name, owner_sha256=owner.weights_sha256, inputs=inputs[kept].cpu(),
-                              labels=targets[kept].cpu(), num_classes=num_classes, calibration={})
+                              labels=targets[kept].cpu(), num_classes=num_classes, calibration={},
+                              probe_inputs=probe_inputs, probe_logits=probe_logits)
     for a, arch in enumerate(archs):
         for j in range(config.calibration_per_arch):
             say(f"calibration reference {arch} #{j + 1}")
             model = train_reference(build, arch, data.x, data.y, num_classes, config.recipe,
                                     seed + 300 + 10 * a + j, device)
             fingerprint.calibration.setdefault(arch, []).append(agreement(fingerprint, model, device))
+            if probe_inputs is not None:
+                similarity = output_similarity(fingerprint, model, device)
+                fingerprint.output_calibration.setdefault(arch, []).append(similarity)
     fingerprint.recipe = {"config": config.to_dict(), "helper_archs": list(archs), "owner_data": len(data.y),
                           "candidates": len(pick), "kept": fingerprint.size,
+                          "output_probes": 0 if probe_inputs is None else len(probe_inputs),
                           "seconds": round(time.perf_counter() - started, 1),
                           "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
     log.info("fingerprint of %s: %d inputs, calibration %s", owner.name, fingerprint.size, fingerprint.calibration)

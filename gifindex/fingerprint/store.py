@@ -31,10 +31,14 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "owner": fingerprint.owner, "owner_sha256": fingerprint.owner_sha256,
             "num_classes": fingerprint.num_classes, "calibration": fingerprint.calibration,
-            "recipe": fingerprint.recipe}
+            "recipe": fingerprint.recipe, "output_calibration": fingerprint.output_calibration}
+    arrays = {"inputs": fingerprint.inputs.numpy().astype(np.float32),
+              "labels": fingerprint.labels.numpy().astype(np.int64)}
+    if fingerprint.probe_inputs is not None:
+        arrays["probe_inputs"] = fingerprint.probe_inputs.numpy().astype(np.float32)
+        arrays["probe_logits"] = fingerprint.probe_logits.numpy().astype(np.float32)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, inputs=fingerprint.inputs.numpy().astype(np.float32),
-                        labels=fingerprint.labels.numpy().astype(np.int64), meta=np.array(json.dumps(meta)))
+    np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
     atomic_write_bytes(target, buffer.getvalue())
     return target
 
@@ -48,6 +52,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
         with np.load(source, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             inputs, labels = data["inputs"], data["labels"]
+            probes = (data["probe_inputs"], data["probe_logits"]) if "probe_inputs" in data.files else None
     except GifindexError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -57,8 +62,19 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
         raise GifindexError(f"{source}: not a gifindex fingerprint (format {found!r})")
     if inputs.dtype != np.float32 or labels.dtype != np.int64 or inputs.ndim != 4:
         raise GifindexError(f"{source}: damaged fingerprint arrays")
-    calibration = {str(k): [float(v) for v in vals] for k, vals in dict(meta.get("calibration", {})).items()}
-    return Fingerprint(owner=str(meta["owner"]), owner_sha256=meta.get("owner_sha256"),
-                       inputs=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
-                       num_classes=int(meta["num_classes"]), calibration=calibration,
-                       recipe=dict(meta.get("recipe", {})))
+    if probes is not None and (probes[0].dtype != np.float32 or probes[1].dtype != np.float32
+                               or not np.isfinite(probes[1]).all()):
+        raise GifindexError(f"{source}: damaged fingerprint probe arrays")
+    try:
+        calibration, output_calibration = (
+            {str(k): [float(v) for v in vals] for k, vals in dict(meta.get(name) or {}).items()}
+            for name in ("calibration", "output_calibration"))
+        return Fingerprint(owner=str(meta["owner"]), owner_sha256=meta.get("owner_sha256"),
+                           inputs=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
+                           num_classes=int(meta["num_classes"]), calibration=calibration,
+                           recipe=dict(meta.get("recipe", {})),
+                           probe_inputs=None if probes is None else torch.from_numpy(probes[0]),
+                           probe_logits=None if probes is None else torch.from_numpy(probes[1]),
+                           output_calibration=output_calibration)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None

@@ -24,11 +24,11 @@ import ipzoo
 from common import CACHE, distances_to, key, log, results_dir, setup_threads, sign_all, wrap, write_json
 from gifindex.apps import suspect_from_distances
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
-                                  load_fingerprint, save_fingerprint)
+                                  load_fingerprint, output_similarity, save_fingerprint)
 from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
-SCORES = ("modelgif", "modelgif+outputs", "fp-agree", "fp-z", "max-z", "combined")
+SCORES = ("modelgif", "modelgif+outputs", "fp-agree", "fp-dec-z", "fp-out-z", "fp-z", "max-z", "combined")
 
 
 def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
@@ -75,7 +75,8 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
     scored = [n for n in zoo.models if n != "owner"]
     groups = {n: zoo.groups[n] for n in scored}
     start = time.perf_counter()
-    fp_scores = {n: FingerprintScore.of(fp, agreement(fp, wrap(zoo.models[n], zoo.spec)), zoo.archs[n]) for n in scored}
+    fp_scores = {n: FingerprintScore.of(fp, agreement(fp, wrap(zoo.models[n], zoo.spec)), zoo.archs[n],
+                                        output_similarity(fp, wrap(zoo.models[n], zoo.spec))) for n in scored}
     fp_s = (time.perf_counter() - start) / len(scored)
     feats, sign_s = sign_all(zoo.models, zoo.heldout_raw, k=16, steps=8, methods=("modelgif", "modelgif+outputs"),
                              spec=zoo.spec, resolution=zoo.resolution)
@@ -90,11 +91,14 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
         "modelgif": {n: -dist[n] for n in scored},
         "modelgif+outputs": {n: -dist_out[n] for n in scored},
         "fp-agree": {n: (fp_scores[n].agreement if fp_scores[n].agreement is not None else -1.0) for n in scored},
-        "fp-z": {n: (fp_scores[n].z if fp_scores[n].z is not None else -1e9) for n in scored},
-        "max-z": {n: max(z for z in (z_gif[n], fp_scores[n].z) if z is not None) for n in scored},
-        "combined": {n: combine(z_gif[n], fp_scores[n].z)[0] for n in scored},
+        "fp-dec-z": {n: (fp_scores[n].z if fp_scores[n].z is not None else -1e9) for n in scored},
+        "fp-out-z": {n: (fp_scores[n].output_z if fp_scores[n].output_z is not None else -1e9) for n in scored},
+        "fp-z": {n: (fp_scores[n].evidence if fp_scores[n].evidence is not None else -1e9) for n in scored},
+        "max-z": {n: max(z for z in (z_gif[n], fp_scores[n].evidence) if z is not None) for n in scored},
+        "combined": {n: combine(z_gif[n], fp_scores[n].evidence)[0] for n in scored},
     }
-    zs = {"modelgif": z_gif, "fp-z": scores["fp-z"], "max-z": scores["max-z"], "combined": scores["combined"]}
+    zs = {"modelgif": z_gif, "fp-dec-z": scores["fp-dec-z"], "fp-out-z": scores["fp-out-z"], "fp-z": scores["fp-z"],
+          "max-z": scores["max-z"], "combined": scores["combined"]}
     flagged = {}
     for name, z in zs.items():
         flagged[name] = {g: float(np.mean([z[n] >= Z_THRESHOLD for n in scored if groups[n] == g]))
@@ -104,7 +108,8 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
                                                                       "recipe": fp.recipe},
         "fit_seconds": round(fit_s, 1), "fp_seconds_per_model": fp_s, "gif_seconds_per_model": sign_s["modelgif"],
         "gifout_seconds_per_model": sign_s["modelgif+outputs"],
-        "fp_passes_per_model": fp.size, "gif_passes_per_model": 16 * 8,
+        "fp_passes_per_model": fp.size + (0 if fp.probe_inputs is None else len(fp.probe_inputs)),
+        "gif_passes_per_model": 16 * 8,
         "auc": {s: auc_rows(scores[s], groups) for s in SCORES}, "flagged": flagged,
         "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n], "distance_outputs": dist_out[n], "z_gif": z_gif[n],
                           **fp_scores[n].to_dict()} for n in scored},
@@ -129,6 +134,9 @@ def main() -> None:
     parser.add_argument("--surrogates", type=int, default=FitConfig().surrogates)
     parser.add_argument("--references", type=int, default=FitConfig().references)
     parser.add_argument("--calibration", type=int, default=FitConfig().calibration_per_arch)
+    parser.add_argument("--candidates", type=int, default=FitConfig().candidates)
+    parser.add_argument("--output-probes", type=int, default=FitConfig().output_probes,
+                        help="owner images whose outputs are compared (0: decisions only, the fingerprint before outputs)")
     parser.add_argument("--disjoint", action="store_true", help="helpers train on half the owner's data, "
                         "candidates come from the other half (FitConfig.disjoint)")
     parser.add_argument("--epochs", type=int, default=FitConfig().recipe.epochs,
@@ -140,6 +148,7 @@ def main() -> None:
                                  surrogate_epochs=default.recipe.surrogate_epochs if args.epochs == default.recipe.epochs
                                  else max(1, round(args.epochs * 2 / 3)))
     config = FitConfig(surrogates=args.surrogates, references=args.references, calibration_per_arch=args.calibration,
+                       candidates=args.candidates, output_probes=args.output_probes,
                        recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps),
                        disjoint=args.disjoint)
     results = []
@@ -151,7 +160,8 @@ def main() -> None:
             log(f"  {s:<10s} " + " ".join(f"{r['auc'][s][a]:.2f}" for a in ipzoo.ATTACKS + ("mean",))
                 + "  flagged " + (" ".join(f"{v:.0%}" for v in r["flagged"][s].values()) if s in r["flagged"] else ""))
     summary = summarise(results)
-    write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}.json",
+    seeds = "-".join(map(str, args.seeds))
+    write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}-s{seeds}.json",
                {"runs": results, "summary": summary})
     print("AUC mean [min, max] over seeds " + " ".join(map(str, args.seeds)))
     print("score      " + " ".join(f"{a:>17s}" for a in ipzoo.ATTACKS + ("mean",)))
