@@ -78,9 +78,10 @@ def default_builder(owner: LoadedModel) -> Builder:
 
 
 def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = FitConfig(), *,
-                    build: Builder | None = None, device: str = "cpu",
-                    progress: Progress | None = None) -> Fingerprint:
-    """Train the owner's helpers on ``data``, search conferrable inputs, and calibrate on held-out references."""
+                    build: Builder | None = None, device: str = "cpu", progress: Progress | None = None,
+                    on_calibration: Callable[[str, LoadedModel], None] | None = None) -> Fingerprint:
+    """Train the owner's helpers on ``data``, search conferrable inputs, and calibrate on held-out references
+    (each also handed to ``on_calibration(arch, model)``, for evaluations that score them in other ways)."""
     say = progress or (lambda _msg: None)
     archs = tuple(config.helper_archs or ((owner.arch,) if owner.arch else ()))
     if not archs:
@@ -135,6 +136,8 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
             if probe_inputs is not None:
                 similarity = output_similarity(fingerprint, model, device)
                 fingerprint.output_calibration.setdefault(arch, []).append(similarity)
+            if on_calibration is not None:
+                on_calibration(arch, model)
     fingerprint.recipe = {"config": config.to_dict(), "helper_archs": list(archs), "owner_data": len(data.y),
                           "candidates": len(pick), "kept": fingerprint.size,
                           "output_probes": 0 if probe_inputs is None else len(probe_inputs),

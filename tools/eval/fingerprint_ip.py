@@ -2,11 +2,13 @@
 
 Per zoo seed: the owner fits its fingerprint from its own data only (``gifindex.fingerprint``: surrogates
 and references it trains itself, held-out calibration references), the scored models play no part; then
-every scored model gets its agreement with the owner on the fingerprint (z against the calibration
-references of its architecture), its ModelGiF distance to the owner (z against the other independent
-models, leave-one-out, as ``gifindex suspect`` does with the index population), and the verdict's
-evidence (``combined``: gifindex.fingerprint.fingerprint.combine, what ``suspect`` does; ``max-z``: the larger
-of the two, the first rule tried). AUC per attack (attack models positive, independent models negative) and what
+every scored model gets its agreement with the owner on the fingerprint and its output similarity on the
+owner's probe images (z against the calibration references of its architecture: ``fp-dec-z``, ``fp-out-z``,
+their larger ``fp-z``), its ModelGiF distance to the owner (z against the other independent models,
+leave-one-out, as ``gifindex suspect`` does with the index population; ``modelgif-arch-z``: centred instead
+on the calibration references of the suspect's architecture, a lever not kept), and the verdict's evidence
+(``combined``: gifindex.fingerprint.fingerprint.combine, what ``suspect`` does; ``max-z``: the larger of the
+two, the first rule tried). AUC per attack (attack models positive, independent models negative) and what
 the verdict (z >= 3) flags.
 
     python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 
 import numpy as np
@@ -28,7 +31,8 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreem
 from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
-SCORES = ("modelgif", "modelgif+outputs", "fp-agree", "fp-dec-z", "fp-out-z", "fp-z", "max-z", "combined")
+SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "fp-agree", "fp-dec-z", "fp-out-z", "fp-z", "max-z",
+          "combined-arch", "combined")
 
 
 def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
@@ -39,10 +43,17 @@ def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
 
 
 def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
-    """The owner's fingerprint for this zoo and seed (cached: fitting trains the helper models)."""
-    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}.npz"
+    """The owner's fingerprint for this zoo and seed (cached: fitting trains the helper models), and its
+    calibration references' ModelGiF distances to the owner by architecture (the lever of centring a suspect's
+    signature z on independent models of its own architecture, docs/results.md 6.1)."""
+    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-sig.npz"
+    sidecar = path.with_suffix(".distances.json")
     if path.is_file():
-        return load_fingerprint(path), 0.0
+        with np.load(path) as data:  # fingerprints cached before the sidecar kept them in their metadata
+            distances = json.loads(str(data["meta"])).get("signature_calibration")
+        if sidecar.is_file():
+            distances = json.loads(sidecar.read_text())
+        return load_fingerprint(path), distances or {}, 0.0
     start = time.perf_counter()
 
     def build(arch: str, classes: int):
@@ -50,9 +61,18 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
 
     owner = wrap(zoo.owner, zoo.spec)
     owner.name = "owner"
-    fp = fit_fingerprint(owner, owner_data(zoo), config, build=build, progress=log)
+    calibration: dict[str, tuple[str, torch.nn.Module]] = {}
+    fp = fit_fingerprint(owner, owner_data(zoo), config, build=build, progress=log,
+                         on_calibration=lambda arch, m: calibration.update({f"cal-{len(calibration)}": (arch, m.module)}))
+    # as `fit-probes` does with the index: the calibration references' ModelGiF distances to the owner
+    feats, _ = sign_all({"owner": zoo.owner, **{n: m for n, (_, m) in calibration.items()}}, zoo.heldout_raw, k=16,
+                        steps=8, methods=("modelgif",), spec=zoo.spec, resolution=zoo.resolution)
+    distances: dict[str, list[float]] = {}
+    for name, d in distances_to(feats["modelgif"], "owner", "modelgif").items():
+        distances.setdefault(calibration[name][0], []).append(d)
     save_fingerprint(fp, path)
-    return fp, time.perf_counter() - start
+    write_json(sidecar, distances)
+    return fp, distances, time.perf_counter() - start
 
 
 def auc_rows(scores: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
@@ -71,7 +91,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
     zoo = ipzoo.build(zoo_name, seed, quick)
     helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
     config = dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
-    fp, fit_s = fitted(zoo, config)
+    fp, calibration_distances, fit_s = fitted(zoo, config)
     scored = [n for n in zoo.models if n != "owner"]
     groups = {n: zoo.groups[n] for n in scored}
     start = time.perf_counter()
@@ -83,21 +103,28 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
     dist = distances_to(feats["modelgif"], "owner", "modelgif")
     dist_out = distances_to(feats["modelgif+outputs"], "owner", "modelgif+outputs")
     neg = [n for n in scored if groups[n] == "irrelevant"]
-    z_gif = {}
+    z_pop, z_gif = {}, {}  # as `suspect` does; and (a lever, not kept) centred on the suspect's architecture
     for n in scored:
         population = [dist[m] for m in neg if m != n]
-        z_gif[n] = suspect_from_distances(dist[n], population, Z_THRESHOLD)["z"]
+        calibrated = suspect_from_distances(dist[n], population, Z_THRESHOLD)
+        z_pop[n] = calibrated["z"]
+        own_kind = calibration_distances.get(zoo.archs[n], [])
+        centre = float(np.mean(own_kind)) if len(own_kind) >= 2 else None
+        z_gif[n] = z_pop[n] if centre is None else (centre - dist[n]) / calibrated["population"]["mad_sigma"]
     scores = {
         "modelgif": {n: -dist[n] for n in scored},
+        "modelgif-arch-z": z_gif,
         "modelgif+outputs": {n: -dist_out[n] for n in scored},
         "fp-agree": {n: (fp_scores[n].agreement if fp_scores[n].agreement is not None else -1.0) for n in scored},
         "fp-dec-z": {n: (fp_scores[n].z if fp_scores[n].z is not None else -1e9) for n in scored},
         "fp-out-z": {n: (fp_scores[n].output_z if fp_scores[n].output_z is not None else -1e9) for n in scored},
         "fp-z": {n: (fp_scores[n].evidence if fp_scores[n].evidence is not None else -1e9) for n in scored},
-        "max-z": {n: max(z for z in (z_gif[n], fp_scores[n].evidence) if z is not None) for n in scored},
-        "combined": {n: combine(z_gif[n], fp_scores[n].evidence)[0] for n in scored},
+        "max-z": {n: max(z for z in (z_pop[n], fp_scores[n].evidence) if z is not None) for n in scored},
+        "combined-arch": {n: combine(z_gif[n], fp_scores[n].evidence)[0] for n in scored},
+        "combined": {n: combine(z_pop[n], fp_scores[n].evidence)[0] for n in scored},
     }
-    zs = {"modelgif": z_gif, "fp-dec-z": scores["fp-dec-z"], "fp-out-z": scores["fp-out-z"], "fp-z": scores["fp-z"],
+    zs = {"modelgif": z_pop, "modelgif-arch-z": z_gif, "combined-arch": scores["combined-arch"],
+          "fp-dec-z": scores["fp-dec-z"], "fp-out-z": scores["fp-out-z"], "fp-z": scores["fp-z"],
           "max-z": scores["max-z"], "combined": scores["combined"]}
     flagged = {}
     for name, z in zs.items():
@@ -111,7 +138,8 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
         "fp_passes_per_model": fp.size + (0 if fp.probe_inputs is None else len(fp.probe_inputs)),
         "gif_passes_per_model": 16 * 8,
         "auc": {s: auc_rows(scores[s], groups) for s in SCORES}, "flagged": flagged,
-        "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n], "distance_outputs": dist_out[n], "z_gif": z_gif[n],
+        "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n], "distance_outputs": dist_out[n],
+                          "z_gif": z_gif[n], "z_gif_population": z_pop[n],
                           **fp_scores[n].to_dict()} for n in scored},
     }
 
