@@ -287,3 +287,34 @@ def test_disjoint_fit_searches_images_no_helper_trained_on(monkeypatch, owner, d
     nearest = torch.cdist(fp.inputs.flatten(1), unseen.flatten(1), p=float("inf")).min(1).values
     assert fp.size >= 8 and float(nearest.max()) <= FAST.search.eps + 1e-5
     assert fp.recipe["config"]["disjoint"] is True
+
+
+def test_too_few_conferrable_inputs_widen_the_search(monkeypatch, owner, digits):
+    """A radius too small to move the owner keeps too few inputs: the search is repeated at twice the radius
+    (recorded in the recipe) until min_inputs are kept or MAX_EPS is reached; then too few is a clear error."""
+    import dataclasses
+
+    import gifindex.fingerprint.fit as fit_module
+
+    real_search, radii = fit_module.search, []
+
+    def search(owner_fn, surrogates, references, x, y, config):
+        radii.append(config.eps)
+        inputs, targets, kept = real_search(owner_fn, surrogates, references, x, y, config)
+        if config.eps < 0.15:  # pretend nothing moves at small radii
+            kept = torch.zeros_like(kept)
+        return inputs, targets, kept
+
+    monkeypatch.setattr(fit_module, "search", search)
+    fp = fit_fingerprint(owner, digits[1], dataclasses.replace(FAST, search=SearchConfig(eps=0.05, steps=4),
+                                                                output_probes=0), build=_build)
+    assert radii == [0.05, 0.1, 0.2] and fp.recipe["eps"] == 0.2 and fp.size >= 8
+    assert [step["eps"] for step in fp.recipe["search"]] == radii and fp.recipe["search"][0]["kept"] == 0
+    assert not fp.has_outputs
+    def nothing_moves(owner_fn, surrogates, references, x, y, config):
+        return x, y, torch.zeros(len(y), dtype=torch.bool)
+
+    monkeypatch.setattr(fit_module, "search", nothing_moves)
+    with pytest.raises(GifindexError, match=r"only 0 of 96 inputs were conferrable \(eps 0.05, 0.1, 0.2, 0.3\)"):
+        fit_fingerprint(owner, digits[1], dataclasses.replace(FAST, search=SearchConfig(eps=0.05, steps=4)),
+                        build=_build)

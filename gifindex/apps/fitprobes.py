@@ -42,7 +42,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     null = fingerprint.null()
     surrogate = fingerprint.recipe.get("surrogate_agreement", [])
     return {"owner": owner, "path": str(path), "inputs": fingerprint.size,
-            "candidates": fingerprint.recipe["candidates"],
+            "candidates": fingerprint.recipe["candidates"], "eps": fingerprint.recipe["eps"],
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
             "surrogate_agreement": sum(surrogate) / max(1, len(surrogate)), "null_mean": null[0],
             "null_sigma": null[1], "calibration": fingerprint.calibration,

@@ -100,7 +100,8 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
               help="owner images on which the suspect's outputs are compared with the owner's (catches distilled "
                    "copies; one forward pass each per suspect; 0: decisions only)")
 @click.option("--eps", type=click.FloatRange(0, 0.5, min_open=True), default=0.075, show_default=True,
-              help="largest perturbation per pixel (pixel values in [0, 1])")
+              help="largest perturbation per pixel (pixel values in [0, 1]); doubled, up to 0.3, while fewer than 32 "
+                   "inputs are kept")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=6, show_default=True,
               help="training epochs of each reference model (surrogates, which see 3x the images, get 2/3 of it)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -131,7 +132,7 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
         emit_json(result)
         return
     click.echo(f"fingerprint of {result['owner']}: {result['inputs']} inputs of {result['candidates']} candidates "
-               f"({result['seconds']:.0f} s)")
+               f"at eps {result['eps']:g} ({result['seconds']:.0f} s)")
     click.echo(f"surrogates agree with the owner on {result['surrogate_agreement']:.1%} of them; held-out independent "
                f"models on {result['null_mean']:.1%}")
     if result["output_probes"]:

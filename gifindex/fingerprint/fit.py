@@ -26,6 +26,7 @@ from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
 from .outputs import model_logits
 
 log = logging.getLogger(__name__)
+MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
 Progress = Callable[[str], None]
 
 
@@ -41,6 +42,7 @@ class FitConfig:
     references: int = 4
     calibration_per_arch: int = 2
     candidates: int = 256                # owner images searched for conferrable inputs (the kept ones)
+    min_inputs: int = 32                 # fewer kept: the search is repeated at twice the radius (up to MAX_EPS)
     output_probes: int = 128             # owner images whose outputs are compared (0: decisions only); a suspect
                                          # costs at most candidates + output_probes = 384 forward passes, as
                                          # much as 128 forward+backward passes
@@ -53,7 +55,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         for name, low in (("surrogates", 1), ("references", 1), ("calibration_per_arch", 1), ("candidates", 8),
-                          ("output_probes", 0)):
+                          ("output_probes", 0), ("min_inputs", 8)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low or value > 100_000:
                 raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
@@ -111,13 +113,20 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         references.append(train_reference(build, arch, train_x, train_y, num_classes, config.recipe,
                                           seed + 200 + i, device))
     pick = candidate_rows[:config.candidates]
-    say(f"searching {len(pick)} conferrable inputs (eps {config.search.eps})")
     as_fn = [SharedSpaceAdapter.of(m).to(device).eval().logits for m in surrogates + references]
-    inputs, targets, kept = search(owner_fn, as_fn[:len(surrogates)], as_fn[len(surrogates):],
-                                   data.x[pick].to(device), data.y[pick].to(device), config.search)
+    search_config, tried = config.search, []
+    while True:  # a radius too small to move the owner and its surrogates keeps too few: double it
+        say(f"searching {len(pick)} conferrable inputs (eps {search_config.eps:g})")
+        inputs, targets, kept = search(owner_fn, as_fn[:len(surrogates)], as_fn[len(surrogates):],
+                                       data.x[pick].to(device), data.y[pick].to(device), search_config)
+        tried.append((search_config.eps, int(kept.sum())))
+        wider = min(MAX_EPS, 2 * search_config.eps)
+        if int(kept.sum()) >= min(config.min_inputs, len(pick)) or wider <= search_config.eps:
+            break
+        search_config = dataclasses.replace(search_config, eps=wider)
     if int(kept.sum()) < 8:
-        raise GifindexError(f"only {int(kept.sum())} of {len(pick)} inputs were conferrable; try a larger "
-                            "--eps or more --candidates")
+        raise GifindexError(f"only {int(kept.sum())} of {len(pick)} inputs were conferrable (eps "
+                            f"{', '.join(f'{e:g}' for e, _ in tried)}); try more --candidates or --surrogates")
     probe_inputs = probe_logits = None
     if config.output_probes:
         rest = candidate_rows[len(pick):]
@@ -139,7 +148,8 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
             if on_calibration is not None:
                 on_calibration(arch, model)
     fingerprint.recipe = {"config": config.to_dict(), "helper_archs": list(archs), "owner_data": len(data.y),
-                          "candidates": len(pick), "kept": fingerprint.size,
+                          "candidates": len(pick), "kept": fingerprint.size, "eps": search_config.eps,
+                          "search": [{"eps": e, "kept": k} for e, k in tried],
                           "output_probes": 0 if probe_inputs is None else len(probe_inputs),
                           "seconds": round(time.perf_counter() - started, 1),
                           "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
