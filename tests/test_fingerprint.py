@@ -15,9 +15,9 @@ from gifindex.cli import main
 from gifindex.demo import DemoZooConfig, load_digit_data, train
 from gifindex.errors import GifindexError, ProbeError
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
-                                  load_fingerprint, load_owner_data, output_similarity, save_fingerprint)
+                                  load_fingerprint, load_owner_data, output_scores, save_fingerprint)
 from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, combine
-from gifindex.fingerprint.outputs import model_logits, non_top_profile, profile_similarity
+from gifindex.fingerprint.outputs import model_logits, non_top_profile, profile_contrast, profile_similarity
 from gifindex.fingerprint.conferrable import SearchConfig
 from gifindex.fingerprint.helpers import TrainRecipe, augment
 from gifindex.models.spec import InputSpec, LoadedModel
@@ -153,6 +153,15 @@ def test_output_profile_is_the_non_top_ranking_only():
     flipped[torch.arange(50), top] = owner.max() + 10
     assert profile_similarity(owner, flipped) == pytest.approx(-1.0, abs=1e-5)
     assert abs(profile_similarity(owner, torch.randn(50, 10, generator=g))) < 0.3
+    # contrast: nearness to the owner beyond nearness to the references (the owner's top class removed)
+    refs = [torch.randn(50, 10, generator=g) for _ in range(3)]
+    assert profile_contrast(owner, refs, owner) == pytest.approx(
+        1.0 - np.mean([profile_similarity(r, owner, top) for r in refs]), abs=1e-6)
+    assert profile_contrast(owner, refs, refs[0], skip=0) == pytest.approx(
+        profile_similarity(owner, refs[0]) - np.mean([profile_similarity(r, refs[0], top) for r in refs[1:]]),
+        abs=1e-6)
+    with pytest.raises(ValueError):
+        profile_contrast(owner, refs[:1], refs[0], skip=0)
 
 
 def test_fit_records_the_owners_outputs_on_its_own_images(fingerprint, owner, digits):
@@ -162,12 +171,16 @@ def test_fit_records_the_owners_outputs_on_its_own_images(fingerprint, owner, di
     x = digits[1].x
     assert float(torch.cdist(fp.probe_inputs.flatten(1), x.flatten(1)).min(1).values.max()) == 0.0
     assert torch.allclose(fp.probe_logits, model_logits(owner, fp.probe_inputs), atol=1e-5)
-    assert output_similarity(fp, owner) == pytest.approx(1.0, abs=1e-5)
-    sims = fp.output_calibration["timm:test_resnet"]
-    assert len(sims) == 2 and all(-1.0 <= v < 0.999 for v in sims)
+    assert output_scores(fp, owner).similarity == pytest.approx(1.0, abs=1e-5)
+    # the two calibration references' outputs are kept; each one's contrast against the other is the null
+    assert fp.reference_logits.shape == (2, FAST.output_probes, 10)
+    contrasts = fp.output_calibration["timm:test_resnet"]
+    assert len(contrasts) == 2 and all(-2.0 <= v < 1.0 for v in contrasts)
+    assert contrasts[0] == pytest.approx(profile_contrast(fp.probe_logits, fp.reference_logits,
+                                                          fp.reference_logits[0], skip=0), abs=1e-6)
     mean, sigma, _ = fp.output_null("timm:test_resnet")
-    assert mean == pytest.approx(np.mean(sims)) and sigma >= MIN_OUTPUT_SIGMA
-    assert output_similarity(fp, _wrap(timm.create_model("test_resnet", num_classes=4))) is None
+    assert mean == pytest.approx(np.mean(contrasts)) and sigma >= MIN_OUTPUT_SIGMA
+    assert output_scores(fp, _wrap(timm.create_model("test_resnet", num_classes=4))) is None
 
 
 def test_a_distilled_student_copies_the_owners_outputs(fingerprint, owner, digits):
@@ -181,8 +194,9 @@ def test_a_distilled_student_copies_the_owners_outputs(fingerprint, owner, digit
                     teacher=owner.module, temperature=2.0, alpha=1.0)
     torch.manual_seed(6)
     independent = train(timm.create_model("test_efficientnet", num_classes=10), x, y, 6, 5e-3, 64, 6)
-    s_student, s_indep = (output_similarity(fingerprint, _wrap(m)) for m in (student, independent))
-    assert s_student > s_indep + 0.1 and s_student > fingerprint.output_null()[0]
+    s_student, s_indep = (output_scores(fingerprint, _wrap(m)) for m in (student, independent))
+    assert s_student.similarity > s_indep.similarity + 0.1
+    assert s_student.contrast > s_indep.contrast + 0.1 and s_student.contrast > fingerprint.output_null()[0]
     score = FingerprintScore.of(fingerprint, agreement(fingerprint, _wrap(student)), "timm:test_efficientnet",
                                 s_student)
     assert score.output_z is not None and score.evidence == max(score.z, score.output_z)
@@ -201,13 +215,15 @@ def test_round_trip_and_damaged_file(fingerprint, tmp_path):
     assert back.calibration == fingerprint.calibration and back.num_classes == fingerprint.num_classes
     assert torch.equal(back.probe_inputs, fingerprint.probe_inputs)
     assert torch.equal(back.probe_logits, fingerprint.probe_logits)
+    assert torch.equal(back.reference_logits, fingerprint.reference_logits)
     assert back.output_calibration == fingerprint.output_calibration
     # a fingerprint written before outputs were part of it still loads and scores decisions alone
     import dataclasses
 
-    old = dataclasses.replace(fingerprint, probe_inputs=None, probe_logits=None, output_calibration={})
+    old = dataclasses.replace(fingerprint, probe_inputs=None, probe_logits=None, reference_logits=None,
+                              output_calibration={})
     back_old = load_fingerprint(save_fingerprint(old, tmp_path / "old.npz"))
-    assert not back_old.has_outputs and output_similarity(back_old, _wrap(timm.create_model("test_resnet"))) is None
+    assert not back_old.has_outputs and output_scores(back_old, _wrap(timm.create_model("test_resnet"))) is None
     assert FingerprintScore.of(back_old, 0.5, "timm:test_resnet").output_z is None
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(GifindexError, match="not a readable gifindex fingerprint"):
@@ -246,6 +262,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits):
     verdict = json.loads(sus.stdout)
     assert verdict["fingerprint"]["agreement"] == 1.0 and verdict["verdict"] == "derived"
     assert verdict["fingerprint"]["output_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert verdict["fingerprint"]["output_z"] > 3.0  # the owner itself: far beyond independent models
     assert verdict["fingerprint"]["output_probes"] == fitted["output_probes"] == 128
     text = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
     assert text.exit_code == 0 and "fingerprint   agrees with the owner on" in text.output, text.output

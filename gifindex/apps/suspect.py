@@ -20,7 +20,7 @@ import numpy as np
 from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
 from ..fingerprint import (Fingerprint, FingerprintScore, agreement, fingerprint_path, load_fingerprint,
-                           output_similarity)
+                           output_scores)
 from ..fingerprint.fingerprint import combine
 from ..models import load_model
 
@@ -105,9 +105,9 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     owner's calibration references (of the suspect's own architecture when the fingerprint has them)."""
     loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
     rate = agreement(fingerprint, loaded, device)
-    similarity = output_similarity(fingerprint, loaded, device) if fingerprint.has_outputs else None
+    outputs = output_scores(fingerprint, loaded, device)
     arch = loaded.arch if loaded.arch in fingerprint.calibration else entry.arch
-    score = FingerprintScore.of(fingerprint, rate, arch, similarity)
+    score = FingerprintScore.of(fingerprint, rate, arch, outputs)
     out = score.to_dict()
     out.update({"inputs": fingerprint.size, "owner_classes": fingerprint.num_classes,
                 "output_probes": 0 if fingerprint.probe_inputs is None else len(fingerprint.probe_inputs),

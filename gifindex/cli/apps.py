@@ -65,8 +65,9 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
                        f"z {fp['decision_z']:.2f}")
             if fp.get("output_z") is not None:
                 click.echo(f"outputs       similarity to the owner's on {fp['output_probes']} probe images "
-                           f"{fp['output_similarity']:.3f}; independent models {fp['output_null_mean']:.3f} "
-                           f"(sigma {fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
+                           f"{fp['output_similarity']:.3f}, {fp['output_contrast']:+.3f} against independent "
+                           f"references'; independent models {fp['output_null_mean']:+.3f} (sigma "
+                           f"{fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
     elif not no_fingerprint:
         click.echo("fingerprint   none for this owner (gifindex fit-probes catches extracted and distilled copies)")
     if fp is not None:
@@ -135,9 +136,9 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                f"at eps {result['eps']:g} ({result['seconds']:.0f} s)")
     click.echo(f"surrogates agree with the owner on {result['surrogate_agreement']:.1%} of them; held-out independent "
                f"models on {result['null_mean']:.1%}")
-    if result["output_probes"]:
-        click.echo(f"outputs on {result['output_probes']} probe images: held-out independent models' similarity "
-                   f"{result['output_null_mean']:.3f}")
+    if result["output_null_mean"] is not None:
+        click.echo(f"outputs on {result['output_probes']} probe images: held-out independent models' contrast "
+                   f"{result['output_null_mean']:+.3f}")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
 
 @main.command()

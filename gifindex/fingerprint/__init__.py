@@ -8,7 +8,7 @@ from its own data -- surrogates (students of the owner) and references (independ
 searches for inputs on which surrogates follow the owner's decision while references do not. A suspect
 that agrees with the owner on those inputs far more than independent models do was derived from it.
 Distillation copies more than decisions: how the owner ranks the classes it did not choose (``outputs``),
-so the fingerprint also holds the owner's outputs on probe images of its own.
+so the fingerprint also holds the owner's and its calibration references' outputs on probe images of its own.
 
 Data flow: owner model + owner data (``data.OwnerData``) -> helper models (``helpers``) -> conferrable
 inputs (``conferrable``) + the owner's outputs on probe images (``outputs``) -> ``Fingerprint``
@@ -16,9 +16,10 @@ inputs (``conferrable``) + the owner's outputs on probe images (``outputs``) -> 
 -> stored in the index (``store``) -> ``suspect``.
 """
 from .data import OwnerData, load_owner_data
-from .fingerprint import Fingerprint, FingerprintScore, agreement, output_similarity
+from .fingerprint import Fingerprint, FingerprintScore, OutputScore, agreement, output_scores
 from .fit import FitConfig, fit_fingerprint
 from .store import fingerprint_path, load_fingerprint, save_fingerprint
 
-__all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "OwnerData", "agreement", "fingerprint_path",
-           "fit_fingerprint", "load_fingerprint", "load_owner_data", "output_similarity", "save_fingerprint"]
+__all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "OutputScore", "OwnerData", "agreement",
+           "fingerprint_path", "fit_fingerprint", "load_fingerprint", "load_owner_data", "output_scores",
+           "save_fingerprint"]

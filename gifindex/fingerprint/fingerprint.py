@@ -13,19 +13,20 @@ import torch
 from ..adapter import SharedSpaceAdapter
 from ..errors import GifindexError
 from ..models.spec import LoadedModel
-from .outputs import model_logits, profile_similarity
+from .outputs import model_logits, profile_contrast, profile_similarity
 
 MIN_SIGMA = 0.01  # agreement rates closer than this are not told apart, however many inputs
-MIN_OUTPUT_SIGMA = 0.02  # output similarities (mean cosines) closer than this are not told apart
+MIN_OUTPUT_SIGMA = 0.02  # output contrasts (differences of mean cosines) closer than this are not told apart
 
 
 @dataclass
 class Fingerprint:
     """inputs (N, 3, R, R) float32 in [0, 1]; labels (N,) the owner's decisions; num_classes the owner's
     output size; calibration: agreement of each held-out reference (by architecture); recipe: how it was made;
-    probe_inputs (M, 3, R, R) images of the owner's and probe_logits (M, C) the owner's logits on them, with
-    output_calibration the held-out references' output similarity (``outputs``); absent in fingerprints
-    written before outputs were part of them."""
+    probe_inputs (M, 3, R, R) images of the owner's, probe_logits (M, C) the owner's logits on them,
+    reference_logits (K, M, C) the calibration references' (in the order of ``calibration``), and
+    output_calibration each reference's output contrast against the others (``outputs``); absent in
+    fingerprints written before outputs were part of them."""
 
     owner: str
     owner_sha256: str | None
@@ -36,6 +37,7 @@ class Fingerprint:
     recipe: dict[str, Any] = field(default_factory=dict)
     probe_inputs: torch.Tensor | None = None
     probe_logits: torch.Tensor | None = None
+    reference_logits: torch.Tensor | None = None
     output_calibration: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,6 +53,11 @@ class Fingerprint:
                 or len(self.probe_inputs) == 0):
             raise GifindexError(f"fingerprint of {self.owner!r}: {tuple(self.probe_inputs.shape)} probe images for "
                                 f"owner outputs {tuple(self.probe_logits.shape)} ({self.num_classes} classes)")
+        if self.reference_logits is not None and (
+                self.probe_logits is None or self.reference_logits.ndim != 3
+                or self.reference_logits.shape[1:] != self.probe_logits.shape):
+            raise GifindexError(f"fingerprint of {self.owner!r}: reference outputs "
+                                f"{tuple(self.reference_logits.shape)} do not match the probe images")
 
     @property
     def size(self) -> int:
@@ -62,7 +69,7 @@ class Fingerprint:
 
     @property
     def has_outputs(self) -> bool:
-        return self.probe_inputs is not None and bool(self.output_calibration)
+        return self.reference_logits is not None and bool(self.output_calibration)
 
     def null(self, arch: str | None = None) -> tuple[float, float, str]:
         """(mean, sigma, which) of the agreement of independent models: the mean of the suspect's architecture's
@@ -74,7 +81,7 @@ class Fingerprint:
         return mean, max(spread, binomial, MIN_SIGMA), which
 
     def output_null(self, arch: str | None = None) -> tuple[float, float, str]:
-        """(mean, sigma, which) of independent models' output similarity, chosen as in ``null``; sigma at
+        """(mean, sigma, which) of independent models' output contrast, chosen as in ``null``; sigma at
         least MIN_OUTPUT_SIGMA."""
         if not self.output_calibration:
             raise GifindexError(f"fingerprint of {self.owner!r} has no output calibration (fitted before outputs "
@@ -109,18 +116,27 @@ def agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
     return hits / max(1, seen)
 
 
+@dataclass(frozen=True)
+class OutputScore:
+    """A model's outputs on the owner's probe images: similarity to the owner's (mean cosine of non-top
+    profiles) and contrast (that minus its mean similarity to the calibration references'; ``outputs``)."""
+
+    similarity: float
+    contrast: float
+
+
 @torch.no_grad()
-def output_similarity(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
-                      batch_size: int = 256) -> float | None:
-    """Mean cosine between ``model``'s and the owner's non-top output profiles on the owner's probe images
-    (``outputs``); None when the fingerprint has no probes or the model's output size differs from the owner's."""
-    if fingerprint.probe_inputs is None:
+def output_scores(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
+                  batch_size: int = 256) -> OutputScore | None:
+    """``model``'s output similarity and contrast on the owner's probe images; None when the fingerprint has
+    no outputs or the model's output size differs from the owner's."""
+    if not fingerprint.has_outputs:
         return None
-    logits = model_logits(model, fingerprint.probe_inputs[:2], device)
-    if logits.shape[1] != fingerprint.num_classes:
+    if model_logits(model, fingerprint.probe_inputs[:2], device).shape[1] != fingerprint.num_classes:
         return None
     logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
-    return profile_similarity(fingerprint.probe_logits, logits)
+    return OutputScore(profile_similarity(fingerprint.probe_logits, logits),
+                       profile_contrast(fingerprint.probe_logits, fingerprint.reference_logits, logits))
 
 
 @dataclass
@@ -134,20 +150,22 @@ class FingerprintScore:
     null_source: str
     z: float | None
     output_similarity: float | None = None
+    output_contrast: float | None = None
     output_null_mean: float | None = None
     output_null_sigma: float | None = None
     output_z: float | None = None
 
     @classmethod
     def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
-           similarity: float | None = None) -> "FingerprintScore":
+           outputs: OutputScore | None = None) -> "FingerprintScore":
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma
         score = cls(rate, mean, sigma, which, z)
-        if similarity is not None and fingerprint.output_calibration:
+        if outputs is not None and fingerprint.has_outputs:
             out_mean, out_sigma, _ = fingerprint.output_null(arch)
-            score.output_similarity, score.output_null_mean, score.output_null_sigma = similarity, out_mean, out_sigma
-            score.output_z = (similarity - out_mean) / out_sigma
+            score.output_similarity, score.output_contrast = outputs.similarity, outputs.contrast
+            score.output_null_mean, score.output_null_sigma = out_mean, out_sigma
+            score.output_z = (outputs.contrast - out_mean) / out_sigma
         return score
 
     @property
@@ -159,7 +177,8 @@ class FingerprintScore:
     def to_dict(self) -> dict[str, Any]:
         return {"agreement": self.agreement, "null_mean": self.null_mean, "null_sigma": self.null_sigma,
                 "null": self.null_source, "z": self.evidence, "decision_z": self.z,
-                "output_similarity": self.output_similarity, "output_null_mean": self.output_null_mean,
+                "output_similarity": self.output_similarity, "output_contrast": self.output_contrast,
+                "output_null_mean": self.output_null_mean,
                 "output_null_sigma": self.output_null_sigma, "output_z": self.output_z}
 
 

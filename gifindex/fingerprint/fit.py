@@ -21,9 +21,9 @@ from ..models import load_model
 from ..models.spec import LoadedModel
 from .conferrable import SearchConfig, search
 from .data import OwnerData
-from .fingerprint import Fingerprint, agreement, output_similarity
+from .fingerprint import Fingerprint, agreement
 from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
-from .outputs import model_logits
+from .outputs import model_logits, profile_contrast
 
 log = logging.getLogger(__name__)
 MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
@@ -136,6 +136,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     fingerprint = Fingerprint(owner=owner.name, owner_sha256=owner.weights_sha256, inputs=inputs[kept].cpu(),
                               labels=targets[kept].cpu(), num_classes=num_classes, calibration={},
                               probe_inputs=probe_inputs, probe_logits=probe_logits)
+    reference_logits: list[tuple[str, torch.Tensor]] = []
     for a, arch in enumerate(archs):
         for j in range(config.calibration_per_arch):
             say(f"calibration reference {arch} #{j + 1}")
@@ -143,10 +144,14 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                                     seed + 300 + 10 * a + j, device)
             fingerprint.calibration.setdefault(arch, []).append(agreement(fingerprint, model, device))
             if probe_inputs is not None:
-                similarity = output_similarity(fingerprint, model, device)
-                fingerprint.output_calibration.setdefault(arch, []).append(similarity)
+                reference_logits.append((arch, model_logits(model, probe_inputs, device)))
             if on_calibration is not None:
                 on_calibration(arch, model)
+    if len(reference_logits) >= 2:  # each reference's contrast against the others is the outputs' null
+        fingerprint.reference_logits = torch.stack([logits for _, logits in reference_logits])
+        for i, (arch, logits) in enumerate(reference_logits):
+            contrast = profile_contrast(probe_logits, fingerprint.reference_logits, logits, skip=i)
+            fingerprint.output_calibration.setdefault(arch, []).append(contrast)
     fingerprint.recipe = {"config": config.to_dict(), "helper_archs": list(archs), "owner_data": len(data.y),
                           "candidates": len(pick), "kept": fingerprint.size, "eps": search_config.eps,
                           "search": [{"eps": e, "kept": k} for e, k in tried],

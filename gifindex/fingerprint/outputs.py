@@ -6,8 +6,16 @@ them its own way. The profile of an output is its log-probabilities over the non
 (the owner's top class removed, renormalised over the rest, centred); two models' similarity is the mean
 cosine of their profiles over the owner's probe images. Removing the top class matters: it carries the
 decision, which every accurate model shares, and it dominates any comparison of whole output vectors.
+
+What a verdict uses is the *contrast*: a model's similarity to the owner minus its mean similarity to the
+owner's independent calibration references. Similarity alone rises with how a model was trained (longer
+training, the owner's own architecture), which a handful of references trained by the owner's recipe do
+not reproduce; a model is about as near the owner as it is near other independent models unless it
+learnt from the owner's outputs, and the contrast cancels what it shares with all of them.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +33,22 @@ def non_top_profile(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     return rest - rest.mean(1, keepdim=True)
 
 
-def profile_similarity(owner_logits: torch.Tensor, logits: torch.Tensor) -> float:
-    """Mean cosine between the non-top profiles of ``logits`` and the owner's, both (N, C), the owner's
-    top class removed from both."""
-    top = owner_logits.argmax(1)
+def profile_similarity(owner_logits: torch.Tensor, logits: torch.Tensor, top: torch.Tensor | None = None) -> float:
+    """Mean cosine between the non-top profiles of ``logits`` and of ``owner_logits``, both (N, C), with the
+    class ``top`` (default: the owner's choice) removed from both."""
+    top = owner_logits.argmax(1) if top is None else top
     return float(F.cosine_similarity(non_top_profile(logits, top), non_top_profile(owner_logits, top), dim=1).mean())
+
+
+def profile_contrast(owner_logits: torch.Tensor, reference_logits: Sequence[torch.Tensor], logits: torch.Tensor,
+                     skip: int | None = None) -> float:
+    """Similarity of ``logits`` to the owner's minus its mean similarity to each reference's (the owner's top
+    class removed throughout); ``skip``: leave that reference out (a reference scored against the others)."""
+    top = owner_logits.argmax(1)
+    others = [profile_similarity(ref, logits, top) for i, ref in enumerate(reference_logits) if i != skip]
+    if not others:
+        raise ValueError("a contrast needs at least one reference besides the one left out")
+    return profile_similarity(owner_logits, logits, top) - sum(others) / len(others)
 
 
 @torch.no_grad()

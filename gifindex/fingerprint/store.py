@@ -37,6 +37,8 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
     if fingerprint.probe_inputs is not None:
         arrays["probe_inputs"] = fingerprint.probe_inputs.numpy().astype(np.float32)
         arrays["probe_logits"] = fingerprint.probe_logits.numpy().astype(np.float32)
+    if fingerprint.reference_logits is not None:
+        arrays["reference_logits"] = fingerprint.reference_logits.numpy().astype(np.float32)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
     atomic_write_bytes(target, buffer.getvalue())
@@ -53,6 +55,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             meta = json.loads(str(data["meta"]))
             inputs, labels = data["inputs"], data["labels"]
             probes = (data["probe_inputs"], data["probe_logits"]) if "probe_inputs" in data.files else None
+            references = data["reference_logits"] if "reference_logits" in data.files else None
     except GifindexError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -63,7 +66,8 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
     if inputs.dtype != np.float32 or labels.dtype != np.int64 or inputs.ndim != 4:
         raise GifindexError(f"{source}: damaged fingerprint arrays")
     if probes is not None and (probes[0].dtype != np.float32 or probes[1].dtype != np.float32
-                               or not np.isfinite(probes[1]).all()):
+                               or not np.isfinite(probes[1]).all()) or references is not None and (
+            probes is None or references.dtype != np.float32 or not np.isfinite(references).all()):
         raise GifindexError(f"{source}: damaged fingerprint probe arrays")
     try:
         calibration, output_calibration = (
@@ -75,6 +79,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            recipe=dict(meta.get("recipe", {})),
                            probe_inputs=None if probes is None else torch.from_numpy(probes[0]),
                            probe_logits=None if probes is None else torch.from_numpy(probes[1]),
+                           reference_logits=None if references is None else torch.from_numpy(references),
                            output_calibration=output_calibration)
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None

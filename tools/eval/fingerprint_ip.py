@@ -27,7 +27,7 @@ import ipzoo
 from common import CACHE, distances_to, key, log, results_dir, setup_threads, sign_all, wrap, write_json
 from gifindex.apps import suspect_from_distances
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
-                                  load_fingerprint, output_similarity, save_fingerprint)
+                                  load_fingerprint, output_scores, save_fingerprint)
 from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
@@ -46,7 +46,7 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     """The owner's fingerprint for this zoo and seed (cached: fitting trains the helper models), and its
     calibration references' ModelGiF distances to the owner by architecture (the lever of centring a suspect's
     signature z on independent models of its own architecture, docs/results.md 6.1)."""
-    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-sig.npz"
+    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-v3.npz"
     sidecar = path.with_suffix(".distances.json")
     if path.is_file():
         with np.load(path) as data:  # fingerprints cached before the sidecar kept them in their metadata
@@ -96,7 +96,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
     groups = {n: zoo.groups[n] for n in scored}
     start = time.perf_counter()
     fp_scores = {n: FingerprintScore.of(fp, agreement(fp, wrap(zoo.models[n], zoo.spec)), zoo.archs[n],
-                                        output_similarity(fp, wrap(zoo.models[n], zoo.spec))) for n in scored}
+                                        output_scores(fp, wrap(zoo.models[n], zoo.spec))) for n in scored}
     fp_s = (time.perf_counter() - start) / len(scored)
     feats, sign_s = sign_all(zoo.models, zoo.heldout_raw, k=16, steps=8, methods=("modelgif", "modelgif+outputs"),
                              spec=zoo.spec, resolution=zoo.resolution)
