@@ -199,13 +199,25 @@ def test_a_distilled_student_copies_the_owners_outputs(fingerprint, owner, digit
     assert s_student.contrast > s_indep.contrast + 0.1 and s_student.contrast > fingerprint.output_null()[0]
     score = FingerprintScore.of(fingerprint, agreement(fingerprint, _wrap(student)), "timm:test_efficientnet",
                                 s_student)
-    assert score.output_z is not None and score.evidence == max(score.z, score.output_z)
+    assert score.output_z is not None and score.output_z > score.z
 
 
-def test_combine_takes_the_signature_only_above_independent_models():
+def test_the_fingerprint_judges_whenever_outputs_are_comparable():
     assert combine(5.0, None) == (5.0, "signature")
-    assert combine(9.0, 1.0)[0] == 9.0 and combine(9.0, -1.0)[0] == -1.0
-    assert combine(2.0, 4.0) == (4.0, "fingerprint")
+    assert combine(9.0, 1.0) == (1.0, "fingerprint") and combine(2.0, 4.0) == (4.0, "fingerprint")
+
+
+def test_evidence_is_stouffers_sum_of_decisions_and_outputs(fingerprint):
+    from gifindex.fingerprint import OutputScore
+
+    mean, sigma, _ = fingerprint.null("timm:test_resnet")
+    out_mean, out_sigma, _ = fingerprint.output_null("timm:test_resnet")
+    score = FingerprintScore.of(fingerprint, mean + 3 * sigma, "timm:test_resnet",
+                                OutputScore(similarity=0.5, contrast=out_mean + 1 * out_sigma))
+    assert score.z == pytest.approx(3.0) and score.output_z == pytest.approx(1.0)
+    assert score.evidence == pytest.approx(4.0 / np.sqrt(2.0))
+    assert FingerprintScore.of(fingerprint, mean + 3 * sigma, "timm:test_resnet").evidence == pytest.approx(3.0)
+    assert FingerprintScore.of(fingerprint, None).evidence is None
 
 
 def test_round_trip_and_damaged_file(fingerprint, tmp_path):
