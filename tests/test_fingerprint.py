@@ -281,6 +281,14 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits):
     assert "outputs       similarity to the owner's on 128 probe images" in text.output
     off = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner", "--no-fingerprint", "--json"])
     assert json.loads(off.stdout)["fingerprint"] is None
+    # the text report names the radius used and the outputs' null (a small refit, replacing the stored one)
+    text_fit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
+                                    "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
+                                    "--calibration", "2", "--candidates", "64", "--output-probes", "16",
+                                    "--epochs", "1", "--eps", "0.1"])
+    assert text_fit.exit_code == 0, text_fit.output
+    assert "inputs of 64 candidates at eps 0." in text_fit.output
+    assert "outputs on 16 probe images: held-out independent models' contrast" in text_fit.output
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])
     assert missing.exit_code == 1 and "did you mean 'owner'" in missing.output
 
