@@ -46,6 +46,6 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
             "surrogate_agreement": sum(surrogate) / max(1, len(surrogate)), "null_mean": null[0],
             "null_sigma": null[1], "calibration": fingerprint.calibration,
-            "output_probes": 0 if fingerprint.probe_inputs is None else len(fingerprint.probe_inputs),
+            "output_probes": fingerprint.output_probes,
             "output_null_mean": fingerprint.output_null()[0] if fingerprint.has_outputs else None,
             "output_calibration": fingerprint.output_calibration, "recipe": fingerprint.recipe}

@@ -110,7 +110,7 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     score = FingerprintScore.of(fingerprint, rate, arch, outputs)
     out = score.to_dict()
     out.update({"inputs": fingerprint.size, "owner_classes": fingerprint.num_classes,
-                "output_probes": 0 if fingerprint.probe_inputs is None else len(fingerprint.probe_inputs),
+                "output_probes": fingerprint.output_probes,
                 "comparable": rate is not None})
     if rate is None:
         out["note"] = (f"the suspect's output size differs from the owner's {fingerprint.num_classes} classes: "

@@ -68,6 +68,10 @@ class Fingerprint:
         return [r for rates in self.calibration.values() for r in rates]
 
     @property
+    def output_probes(self) -> int:
+        return 0 if self.probe_inputs is None else len(self.probe_inputs)
+
+    @property
     def has_outputs(self) -> bool:
         return self.reference_logits is not None and bool(self.output_calibration)
 
@@ -105,15 +109,10 @@ def agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
               batch_size: int = 256) -> float | None:
     """Fraction of the fingerprint's inputs on which ``model`` decides as the owner did; None when the model's
     output size differs from the owner's (its decisions are about other classes)."""
-    adapter = SharedSpaceAdapter.of(model).to(device).eval()
-    hits, seen = 0, 0
-    for start in range(0, fingerprint.size, batch_size):
-        logits = adapter.logits(fingerprint.inputs[start:start + batch_size].to(device))
-        if logits.shape[1] != fingerprint.num_classes:
-            return None
-        hits += int((logits.argmax(1).cpu() == fingerprint.labels[start:start + batch_size]).sum())
-        seen += logits.shape[0]
-    return hits / max(1, seen)
+    logits = model_logits(model, fingerprint.inputs, device, batch_size)
+    if logits.shape[1] != fingerprint.num_classes:
+        return None
+    return int((logits.argmax(1) == fingerprint.labels).sum()) / fingerprint.size
 
 
 @dataclass(frozen=True)
@@ -132,9 +131,9 @@ def output_scores(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdap
     no outputs or the model's output size differs from the owner's."""
     if not fingerprint.has_outputs:
         return None
-    if model_logits(model, fingerprint.probe_inputs[:2], device).shape[1] != fingerprint.num_classes:
-        return None
     logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
+    if logits.shape[1] != fingerprint.num_classes:
+        return None
     return OutputScore(profile_similarity(fingerprint.probe_logits, logits),
                        profile_contrast(fingerprint.probe_logits, fingerprint.reference_logits, logits))
 

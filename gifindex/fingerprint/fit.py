@@ -155,7 +155,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     fingerprint.recipe = {"config": config.to_dict(), "helper_archs": list(archs), "owner_data": len(data.y),
                           "candidates": len(pick), "kept": fingerprint.size, "eps": search_config.eps,
                           "search": [{"eps": e, "kept": k} for e, k in tried],
-                          "output_probes": 0 if probe_inputs is None else len(probe_inputs),
+                          "output_probes": fingerprint.output_probes,
                           "seconds": round(time.perf_counter() - started, 1),
                           "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
     log.info("fingerprint of %s: %d inputs, calibration %s", owner.name, fingerprint.size, fingerprint.calibration)

@@ -1,15 +1,15 @@
 """IP protection with owner-fitted decision fingerprints (issue #10), beside ModelGiF, on the ipzoo zoos.
 
-Per zoo seed: the owner fits its fingerprint from its own data only (``gifindex.fingerprint``: surrogates
-and references it trains itself, held-out calibration references), the scored models play no part; then
-every scored model gets its agreement with the owner on the fingerprint and its output similarity on the
-owner's probe images (z against the calibration references of its architecture: ``fp-dec-z``, ``fp-out-z``,
-their larger ``fp-z``), its ModelGiF distance to the owner (z against the other independent models,
-leave-one-out, as ``gifindex suspect`` does with the index population; ``modelgif-arch-z``: centred instead
-on the calibration references of the suspect's architecture, a lever not kept), and the verdict's evidence
-(``combined``: gifindex.fingerprint.fingerprint.combine, what ``suspect`` does; ``max-z``: the larger of the
-two, the first rule tried). AUC per attack (attack models positive, independent models negative) and what
-the verdict (z >= 3) flags.
+Per zoo seed: the owner fits its fingerprint from its own data only (``gifindex.fingerprint``: surrogates and
+references it trains itself, held-out calibration references), the scored models play no part; then every
+scored model gets its agreement with the owner on the fingerprint and its output similarity on the owner's
+probe images (z against the calibration references of its architecture: ``fp-dec-z``, ``fp-out-z``, and the
+fingerprint's z, their Stouffer sum, ``fp-z``), its ModelGiF distance to the owner (z against the other
+independent models, leave-one-out, as ``gifindex suspect`` does with the index population;
+``modelgif-arch-z``: centred instead on the calibration references of the suspect's architecture, a lever not kept), and
+the verdict's evidence (``combined``: gifindex.fingerprint.fingerprint.combine, what ``suspect`` does;
+``max-z``: the larger of the two, the first rule tried). AUC per attack (attack models positive, independent
+models negative) and what the verdict (z >= 3) flags.
 
     python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
 """
@@ -48,12 +48,8 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     signature z on independent models of its own architecture, docs/results.md 6.1)."""
     path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-v3.npz"
     sidecar = path.with_suffix(".distances.json")
-    if path.is_file():
-        with np.load(path) as data:  # fingerprints cached before the sidecar kept them in their metadata
-            distances = json.loads(str(data["meta"])).get("signature_calibration")
-        if sidecar.is_file():
-            distances = json.loads(sidecar.read_text())
-        return load_fingerprint(path), distances or {}, 0.0
+    if path.is_file() and sidecar.is_file():
+        return load_fingerprint(path), json.loads(sidecar.read_text()), 0.0
     start = time.perf_counter()
 
     def build(arch: str, classes: int):
@@ -62,8 +58,11 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     owner = wrap(zoo.owner, zoo.spec)
     owner.name = "owner"
     calibration: dict[str, tuple[str, torch.nn.Module]] = {}
-    fp = fit_fingerprint(owner, owner_data(zoo), config, build=build, progress=log,
-                         on_calibration=lambda arch, m: calibration.update({f"cal-{len(calibration)}": (arch, m.module)}))
+
+    def keep(arch: str, model) -> None:
+        calibration[f"cal-{len(calibration)}"] = (arch, model.module)
+
+    fp = fit_fingerprint(owner, owner_data(zoo), config, build=build, progress=log, on_calibration=keep)
     # as `fit-probes` does with the index: the calibration references' ModelGiF distances to the owner
     feats, _ = sign_all({"owner": zoo.owner, **{n: m for n, (_, m) in calibration.items()}}, zoo.heldout_raw, k=16,
                         steps=8, methods=("modelgif",), spec=zoo.spec, resolution=zoo.resolution)
@@ -95,8 +94,9 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
     scored = [n for n in zoo.models if n != "owner"]
     groups = {n: zoo.groups[n] for n in scored}
     start = time.perf_counter()
-    fp_scores = {n: FingerprintScore.of(fp, agreement(fp, wrap(zoo.models[n], zoo.spec)), zoo.archs[n],
-                                        output_scores(fp, wrap(zoo.models[n], zoo.spec))) for n in scored}
+    wrapped = {n: wrap(zoo.models[n], zoo.spec) for n in scored}
+    fp_scores = {n: FingerprintScore.of(fp, agreement(fp, wrapped[n]), zoo.archs[n], output_scores(fp, wrapped[n]))
+                 for n in scored}
     fp_s = (time.perf_counter() - start) / len(scored)
     feats, sign_s = sign_all(zoo.models, zoo.heldout_raw, k=16, steps=8, methods=("modelgif", "modelgif+outputs"),
                              spec=zoo.spec, resolution=zoo.resolution)
@@ -135,10 +135,11 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
                                                                       "recipe": fp.recipe},
         "fit_seconds": round(fit_s, 1), "fp_seconds_per_model": fp_s, "gif_seconds_per_model": sign_s["modelgif"],
         "gifout_seconds_per_model": sign_s["modelgif+outputs"],
-        "fp_passes_per_model": fp.size + (0 if fp.probe_inputs is None else len(fp.probe_inputs)),
+        "fp_passes_per_model": fp.size + fp.output_probes,
         "gif_passes_per_model": 16 * 8,
         "auc": {s: auc_rows(scores[s], groups) for s in SCORES}, "flagged": flagged,
-        "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n], "distance_outputs": dist_out[n],
+        "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n],
+                          "distance_outputs": dist_out[n],
                           "z_gif": z_gif[n], "z_gif_population": z_pop[n],
                           **fp_scores[n].to_dict()} for n in scored},
     }
@@ -164,7 +165,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=FitConfig().calibration_per_arch)
     parser.add_argument("--candidates", type=int, default=FitConfig().candidates)
     parser.add_argument("--output-probes", type=int, default=FitConfig().output_probes,
-                        help="owner images whose outputs are compared (0: decisions only, the fingerprint before outputs)")
+                        help="owner images whose outputs are compared (0: decisions only, the fingerprint before "
+                        "outputs)")
     parser.add_argument("--disjoint", action="store_true", help="helpers train on half the owner's data, "
                         "candidates come from the other half (FitConfig.disjoint)")
     parser.add_argument("--epochs", type=int, default=FitConfig().recipe.epochs,
