@@ -294,9 +294,11 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits):
 
 
 def test_disjoint_fit_searches_images_no_helper_trained_on(monkeypatch, owner, digits):
-    """FitConfig.disjoint: surrogates and references train on one half of the owner's data, candidates come
-    from the other (a thief's student never saw the owner's images). Training is replaced by stand-ins here
-    (surrogates = the owner, references = untrained nets); only which images go where is checked."""
+    """FitConfig.disjoint: surrogates, references and the calibration references train on one half of the
+    owner's data; the fingerprint's inputs and output probes come from the other (a thief's student, like any
+    model in the wild, never saw the owner's images, so the null must not have seen them either). Training is
+    replaced by stand-ins here (surrogates = the owner, references = untrained nets); only which images go where
+    is checked."""
     import dataclasses
 
     import gifindex.fingerprint.fit as fit_module
@@ -308,21 +310,22 @@ def test_disjoint_fit_searches_images_no_helper_trained_on(monkeypatch, owner, d
         return owner
 
     def reference(build, arch, x, y, classes, recipe, seed, device):
-        if seed % 10_000 < 300:  # surrogates' references (calibration references train on everything)
-            helper_x.append(x)
+        helper_x.append(x)
         return _build(arch, classes)
 
     monkeypatch.setattr(fit_module, "train_surrogate", surrogate)
     monkeypatch.setattr(fit_module, "train_reference", reference)
     data = digits[1]
     fp = fit_fingerprint(owner, data, dataclasses.replace(FAST, disjoint=True), build=_build)
-    assert len(helper_x) == FAST.surrogates + FAST.references
+    calibration = FAST.calibration_per_arch * len(FAST.helper_archs)
+    assert len(helper_x) == FAST.surrogates + FAST.references + calibration
     seen = {row.numpy().tobytes() for x in helper_x for row in x}
     assert all(len(x) == len(data.y) - len(data.y) // 2 for x in helper_x)
     unseen = torch.stack([row for row in data.x if row.numpy().tobytes() not in seen])
     assert len(unseen) >= len(data.y) // 2 - 5  # (a few digits may repeat exactly)
     nearest = torch.cdist(fp.inputs.flatten(1), unseen.flatten(1), p=float("inf")).min(1).values
     assert fp.size >= 8 and float(nearest.max()) <= FAST.search.eps + 1e-5
+    assert fp.output_probes > 0 and not any(row.numpy().tobytes() in seen for row in fp.probe_inputs)
     assert fp.recipe["config"]["disjoint"] is True
 
 

@@ -140,7 +140,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     for a, arch in enumerate(archs):
         for j in range(config.calibration_per_arch):
             say(f"calibration reference {arch} #{j + 1}")
-            model = train_reference(build, arch, data.x, data.y, num_classes, config.recipe,
+            model = train_reference(build, arch, train_x, train_y, num_classes, config.recipe,
                                     seed + 300 + 10 * a + j, device)
             fingerprint.calibration.setdefault(arch, []).append(agreement(fingerprint, model, device))
             if probe_inputs is not None:

@@ -9,7 +9,10 @@ independent models, leave-one-out, as ``gifindex suspect`` does with the index p
 ``modelgif-arch-z``: centred instead on the calibration references of the suspect's architecture, a lever not kept), and
 the verdict's evidence (``combined``: gifindex.fingerprint.fingerprint.combine, what ``suspect`` does;
 ``max-z``: the larger of the two, the first rule tried). AUC per attack (attack models positive, independent
-models negative) and what the verdict (z >= 3) flags.
+models negative) and what the verdict (z >= 3) flags; both again against only the independent models trained on
+the thieves' half B (``auc_thief_data_negatives``, flagged ``irrelevant-b``): like the thieves' students, and
+like any model in the wild, they never saw the owner's images, so they are the hard negatives for a fingerprint
+built from those images.
 
     python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
 """
@@ -46,7 +49,9 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     """The owner's fingerprint for this zoo and seed (cached: fitting trains the helper models), and its
     calibration references' ModelGiF distances to the owner by architecture (the lever of centring a suspect's
     signature z on independent models of its own architecture, docs/results.md 6.1)."""
-    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-v3.npz"
+    # v4: under --disjoint the calibration references no longer train on the fingerprint's images
+    version = "v4" if config.disjoint else "v3"
+    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-{version}.npz"
     sidecar = path.with_suffix(".distances.json")
     if path.is_file() and sidecar.is_file():
         return load_fingerprint(path), json.loads(sidecar.read_text()), 0.0
@@ -74,10 +79,11 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     return fp, distances, time.perf_counter() - start
 
 
-def auc_rows(scores: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
+def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[str] | None = None) -> dict[str, float]:
+    """AUC per attack against all independent models, or only ``negatives``."""
     from sklearn.metrics import roc_auc_score
 
-    neg = [n for n in scores if groups[n] == "irrelevant"]
+    neg = negatives if negatives is not None else [n for n in scores if groups[n] == "irrelevant"]
     row = {}
     for attack in ipzoo.ATTACKS:
         pos = [n for n in scores if groups[n] == attack]
@@ -126,10 +132,12 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
     zs = {"modelgif": z_pop, "modelgif-arch-z": z_gif, "combined-arch": scores["combined-arch"],
           "fp-dec-z": scores["fp-dec-z"], "fp-out-z": scores["fp-out-z"], "fp-z": scores["fp-z"],
           "max-z": scores["max-z"], "combined": scores["combined"]}
+    thief_data = [n for n in ipzoo.thief_data_negatives(zoo) if n in groups]
     flagged = {}
     for name, z in zs.items():
         flagged[name] = {g: float(np.mean([z[n] >= Z_THRESHOLD for n in scored if groups[n] == g]))
                          for g in ipzoo.ATTACKS + ("irrelevant",)}
+        flagged[name]["irrelevant-b"] = float(np.mean([z[n] >= Z_THRESHOLD for n in thief_data]))
     return {
         "zoo": zoo_name, "seed": seed, "quick": quick, "fingerprint": {"size": fp.size, "calibration": fp.calibration,
                                                                       "recipe": fp.recipe},
@@ -138,6 +146,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
         "fp_passes_per_model": fp.size + fp.output_probes,
         "gif_passes_per_model": 16 * 8,
         "auc": {s: auc_rows(scores[s], groups) for s in SCORES}, "flagged": flagged,
+        "auc_thief_data_negatives": {s: auc_rows(scores[s], groups, thief_data) for s in SCORES},
         "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n],
                           "distance_outputs": dist_out[n],
                           "z_gif": z_gif[n], "z_gif_population": z_pop[n],
@@ -145,10 +154,10 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
     }
 
 
-def summarise(results: list[dict]) -> dict:
+def summarise(results: list[dict], which: str = "auc") -> dict:
     out = {}
     for s in SCORES:
-        rows = [r["auc"][s] for r in results]
+        rows = [r[which][s] for r in results]
         out[s] = {a: {"mean": float(np.mean([row[a] for row in rows])), "min": float(np.min([row[a] for row in rows])),
                       "max": float(np.max([row[a] for row in rows]))} for a in ipzoo.ATTACKS + ("mean",)}
     return out
@@ -190,13 +199,21 @@ def main() -> None:
             log(f"  {s:<10s} " + " ".join(f"{r['auc'][s][a]:.2f}" for a in ipzoo.ATTACKS + ("mean",))
                 + "  flagged " + (" ".join(f"{v:.0%}" for v in r["flagged"][s].values()) if s in r["flagged"] else ""))
     summary = summarise(results)
+    summary_thief = summarise(results, "auc_thief_data_negatives")
     seeds = "-".join(map(str, args.seeds))
     write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}-s{seeds}.json",
-               {"runs": results, "summary": summary})
-    print("AUC mean [min, max] over seeds " + " ".join(map(str, args.seeds)))
-    print("score      " + " ".join(f"{a:>17s}" for a in ipzoo.ATTACKS + ("mean",)))
-    for s in SCORES:
-        print(f"{s:<10s} " + " ".join(f"{v['mean']:.2f} [{v['min']:.2f},{v['max']:.2f}]" for v in summary[s].values()))
+               {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief})
+    for title, table in (("all independent models", summary),
+                         ("independent models trained on the thieves' half B only", summary_thief)):
+        print(f"AUC mean [min, max] over seeds {' '.join(map(str, args.seeds))}, negatives: {title}")
+        print("score      " + " ".join(f"{a:>17s}" for a in ipzoo.ATTACKS + ("mean",)))
+        for s in SCORES:
+            print(f"{s:<10s} " + " ".join(f"{v['mean']:.2f} [{v['min']:.2f},{v['max']:.2f}]"
+                                          for v in table[s].values()))
+    print("flagged (z >= 3), mean over seeds: " + " ".join(ipzoo.ATTACKS) + " independent independent-B")
+    for s in results[0]["flagged"]:
+        print(f"{s:<10s} " + " ".join(f"{np.mean([r['flagged'][s][g] for r in results]):.0%}"
+                                      for g in results[0]["flagged"][s]))
 
 
 if __name__ == "__main__":

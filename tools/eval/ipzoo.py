@@ -255,7 +255,7 @@ def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, see
 
     for j in range(irrelevant):
         arch = recipe.independent_archs[j % len(recipe.independent_archs)]
-        x, y = (xa, ya) if (j // len(recipe.independent_archs)) % 2 == 0 else (xb, yb)
+        x, y = (xb, yb) if on_thief_data(j, recipe) else (xa, ya)
 
         def indep(s=base + j, arch=arch, x=x, y=y):
             torch.manual_seed(1000 + s)
@@ -302,6 +302,17 @@ def mnist32(seed: int = 0, per_attack: int = 3, irrelevant: int = 12, only: Coll
 
 ZOOS: dict[str, Callable[..., IPZoo]] = {"digits": digits, "mnist32": mnist32}
 SIZES = {"digits": {"full": (5, 12), "quick": (2, 4)}, "mnist32": {"full": (3, 12), "quick": (1, 4)}}
+
+
+def on_thief_data(j: int, recipe: ZooRecipe) -> bool:
+    """Whether independent model ``irrelevant-{j}`` trains on half B (the thieves' data: it never saw the owner's
+    images, as no model in the wild did) rather than the owner's half A; alternate rounds of the architectures."""
+    return (j // len(recipe.independent_archs)) % 2 == 1
+
+
+def thief_data_negatives(zoo: IPZoo) -> list[str]:
+    """The independent models trained on half B: the hard negatives for a fingerprint made of owner images."""
+    return [n for n in zoo.models if zoo.groups[n] == "irrelevant" and on_thief_data(int(n.split("-")[1]), zoo.recipe)]
 
 
 def model_names(per_attack: int, irrelevant: int) -> list[str]:
