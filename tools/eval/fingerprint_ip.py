@@ -34,7 +34,8 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreem
 from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
-SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "fp-agree", "fp-dec-z", "fp-out-z", "fp-z", "max-z",
+SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp-agree", "fp-dec-z", "fp-out-z", "fp-z",
+          "max-z",
           "combined-arch", "combined")
 
 
@@ -77,6 +78,23 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     save_fingerprint(fp, path)
     write_json(sidecar, distances)
     return fp, distances, time.perf_counter() - start
+
+
+@torch.no_grad()
+def owner_errors_followed(zoo: ipzoo.IPZoo, names: list[str]) -> dict[str, float]:
+    """A diagnostic lever (docs/results.md 6.2c), not part of the fingerprint: on the test images the owner
+    misclassifies (its validation data: no model trained on them), the fraction on which a model takes the owner's
+    wrong label (-1 for another label set). A hard-label student learned the owner's labels on the thieves' data,
+    which differ from the truth exactly where the owner errs."""
+    x, y = zoo.test_data
+    owner_logits = zoo.owner(x)
+    owner, classes = owner_logits.argmax(1), owner_logits.shape[1]
+    wrong = owner != y
+    out = {}
+    for n in names:
+        logits = zoo.models[n](x[wrong])
+        out[n] = float((logits.argmax(1) == owner[wrong]).float().mean()) if logits.shape[1] == classes else -1.0
+    return out
 
 
 def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[str] | None = None) -> dict[str, float]:
@@ -125,6 +143,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
         "fp-dec-z": {n: (fp_scores[n].z if fp_scores[n].z is not None else -1e9) for n in scored},
         "fp-out-z": {n: (fp_scores[n].output_z if fp_scores[n].output_z is not None else -1e9) for n in scored},
         "fp-z": {n: (fp_scores[n].evidence if fp_scores[n].evidence is not None else -1e9) for n in scored},
+        "owner-errors": owner_errors_followed(zoo, scored),
         "max-z": {n: max(z for z in (z_pop[n], fp_scores[n].evidence) if z is not None) for n in scored},
         "combined-arch": {n: combine(z_gif[n], fp_scores[n].evidence)[0] for n in scored},
         "combined": {n: combine(z_pop[n], fp_scores[n].evidence)[0] for n in scored},
