@@ -331,7 +331,8 @@ def test_disjoint_fit_searches_images_no_helper_trained_on(monkeypatch, owner, d
 
 def test_too_few_conferrable_inputs_widen_the_search(monkeypatch, owner, digits):
     """A radius too small to move the owner keeps too few inputs: the search is repeated at twice the radius
-    (recorded in the recipe) until min_inputs are kept or MAX_EPS is reached; then too few is a clear error."""
+    (recorded in the recipe) until min_inputs, and min_kept_fraction of the candidates, are kept or MAX_EPS is
+    reached; then too few is a clear error."""
     import dataclasses
 
     import gifindex.fingerprint.fit as fit_module
@@ -351,6 +352,19 @@ def test_too_few_conferrable_inputs_widen_the_search(monkeypatch, owner, digits)
     assert radii == [0.05, 0.1, 0.2] and fp.recipe["eps"] == 0.2 and fp.size >= 8
     assert [step["eps"] for step in fp.recipe["search"]] == radii and fp.recipe["search"][0]["kept"] == 0
     assert not fp.has_outputs
+
+    def few_move(owner_fn, surrogates, references, x, y, config):  # 10 of the 96 candidates below 0.2, all at 0.2
+        inputs, targets, _ = real_search(owner_fn, surrogates, references, x, y, config)
+        return inputs, targets, (torch.arange(len(y)) % 10 == 0) | (config.eps >= 0.2)
+
+    monkeypatch.setattr(fit_module, "search", few_move)
+    radii.clear()
+    few = dataclasses.replace(FAST, search=SearchConfig(eps=0.05, steps=4), output_probes=0, min_inputs=8)
+    fp = fit_fingerprint(owner, digits[1], few, build=_build)  # 96 candidates: at least 12 (1/8) needed
+    assert [step["eps"] for step in fp.recipe["search"]] == [0.05, 0.1, 0.2] and fp.size == 96
+    fp = fit_fingerprint(owner, digits[1], dataclasses.replace(few, min_kept_fraction=0.0), build=_build)
+    assert [step["eps"] for step in fp.recipe["search"]] == [0.05] and fp.size == 10
+
     def nothing_moves(owner_fn, surrogates, references, x, y, config):
         return x, y, torch.zeros(len(y), dtype=torch.bool)
 

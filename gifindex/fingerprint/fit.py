@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,9 @@ class FitConfig:
     references: int = 4
     calibration_per_arch: int = 2
     candidates: int = 256                # owner images searched for conferrable inputs (the kept ones)
-    min_inputs: int = 32                 # fewer kept: the search is repeated at twice the radius (up to MAX_EPS)
+    min_inputs: int = 32                 # fewer kept (or fewer than min_kept_fraction of the candidates): the
+    min_kept_fraction: float = 0.125     # search is repeated at twice the radius (up to MAX_EPS), so the radius
+                                         # does not depend on how many candidates are searched
     output_probes: int = 128             # owner images whose outputs are compared (0: decisions only); a suspect
                                          # costs at most candidates + output_probes = 384 forward passes, as
                                          # much as 128 forward+backward passes
@@ -59,6 +62,8 @@ class FitConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < low or value > 100_000:
                 raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
+        if not 0 <= self.min_kept_fraction <= 1:
+            raise ConfigError(f"invalid min_kept_fraction {self.min_kept_fraction!r}: expected 0..1")
         if not 0 < self.search.eps <= 0.5:
             raise ConfigError(f"invalid eps {self.search.eps!r}: expected 0 < eps <= 0.5 (pixel units in [0, 1])")
         if self.recipe.epochs < 1 or self.recipe.epochs > 1000:
@@ -115,13 +120,14 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     pick = candidate_rows[:config.candidates]
     as_fn = [SharedSpaceAdapter.of(m).to(device).eval().logits for m in surrogates + references]
     search_config, tried = config.search, []
+    enough = max(min(config.min_inputs, len(pick)), math.ceil(config.min_kept_fraction * len(pick)))
     while True:  # a radius too small to move the owner and its surrogates keeps too few: double it
         say(f"searching {len(pick)} conferrable inputs (eps {search_config.eps:g})")
         inputs, targets, kept = search(owner_fn, as_fn[:len(surrogates)], as_fn[len(surrogates):],
                                        data.x[pick].to(device), data.y[pick].to(device), search_config)
         tried.append((search_config.eps, int(kept.sum())))
         wider = min(MAX_EPS, 2 * search_config.eps)
-        if int(kept.sum()) >= min(config.min_inputs, len(pick)) or wider <= search_config.eps:
+        if int(kept.sum()) >= enough or wider <= search_config.eps:
             break
         search_config = dataclasses.replace(search_config, eps=wider)
     if int(kept.sum()) < 8:
