@@ -102,7 +102,7 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
                    "copies; one forward pass each per suspect; 0: decisions only)")
 @click.option("--eps", type=click.FloatRange(0, 0.5, min_open=True), default=0.075, show_default=True,
               help="largest perturbation per pixel (pixel values in [0, 1]); doubled, up to 0.3, while fewer than 32 "
-                   "inputs are kept")
+                   "inputs, or than an eighth of the candidates, are kept")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=6, show_default=True,
               help="training epochs of each reference model (surrogates, which see 3x the images, get 2/3 of it)")
 @click.option("--seed", type=int, default=0, show_default=True)
