@@ -120,8 +120,11 @@ def _describe(exc: BaseException) -> str:
 
 def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *, device: str = "cpu",
                batch_size: int | None = 32, known_sha256: Collection[str] = (),
-               progress: Callable[[int], None] | None = None) -> SignResult:
-    """Load, hash and sign one model; return a SignResult (never raises for a bad model)."""
+               progress: Callable[[int], None] | None = None,
+               on_signed: Callable[[Any], None] | None = None) -> SignResult:
+    """Load, hash and sign one model; return a SignResult (never raises for a bad model). ``on_signed`` is
+    handed the loaded model once it is signed (in this process: a caller that looks at it again, e.g. its
+    fingerprint, need not load it twice)."""
     from .adapter import SharedSpaceAdapter
     from .models import load_model
     from .signature import signature
@@ -149,6 +152,8 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
                                  "vanishes on every probe: a constant output?); it would match nothing and skew "
                                  "calibration, so the model is refused")
         result.status = "added"
+        if on_signed is not None:
+            on_signed(loaded)
         result.metadata = {
             "source": loaded.source, "arch": loaded.arch, "output": output, "device": device,
             "input_size": list(loaded.spec.size), "mean": list(loaded.spec.mean), "std": list(loaded.spec.std),

@@ -242,7 +242,7 @@ def test_round_trip_and_damaged_file(fingerprint, tmp_path):
         load_fingerprint(path)
 
 
-def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits):
+def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, monkeypatch):
     data, owner_data = digits
     runner = CliRunner()
     index = tmp_path / "idx"
@@ -268,9 +268,26 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits):
     assert fit.exit_code == 0, fit.output
     fitted = json.loads(fit.stdout)
     assert fitted["inputs"] >= 8 and (index / "fingerprints").is_dir()
+    import importlib
+
+    import gifindex.models as models_module
+
+    suspect_module = importlib.import_module("gifindex.apps.suspect")  # (gifindex.apps.suspect is the function)
+
+    loads = []
+
+    def counted(real):
+        def load(ref, *args, **kwargs):
+            loads.append(ref)
+            return real(ref, *args, **kwargs)
+        return load
+
+    monkeypatch.setattr(models_module, "load_model", counted(models_module.load_model))
+    monkeypatch.setattr(suspect_module, "load_model", counted(suspect_module.load_model))
     sus = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "owner.pt"), "--owner", "owner",
                                *common, "--json"])
     assert sus.exit_code == 0, sus.output
+    assert loads == [str(tmp_path / "owner.pt")]  # signed and fingerprinted from one load
     verdict = json.loads(sus.stdout)
     assert verdict["fingerprint"]["agreement"] == 1.0 and verdict["verdict"] == "derived"
     assert verdict["fingerprint"]["output_similarity"] == pytest.approx(1.0, abs=1e-5)

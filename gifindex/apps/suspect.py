@@ -92,7 +92,8 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     out["fingerprint"] = None
     path = fingerprint_path(index.root, owner_name)
     if use_fingerprint and path.is_file():
-        evidence = fingerprint_evidence(load_fingerprint(path), index.loading_entry(suspect_ref), device)
+        evidence = fingerprint_evidence(load_fingerprint(path), index.loading_entry(suspect_ref), device,
+                                        loaded=sus_q.model)
         out["fingerprint"] = evidence
         combined, out["evidence"] = combine(out["z"], evidence["z"])
         out["z"] = float(combined)
@@ -100,10 +101,13 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     return out
 
 
-def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: str = "cpu") -> dict[str, Any]:
+def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: str = "cpu",
+                         loaded: Any = None) -> dict[str, Any]:
     """The suspect's agreement with the owner's decisions on the owner's fingerprint, as a z-score against the
-    owner's calibration references (of the suspect's own architecture when the fingerprint has them)."""
-    loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
+    owner's calibration references (of the suspect's own architecture when the fingerprint has them).
+    ``loaded``: the suspect as already loaded from ``entry`` (when it was signed on the fly), else it is loaded."""
+    if loaded is None:
+        loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
     rate = agreement(fingerprint, loaded, device)
     outputs = output_scores(fingerprint, loaded, device)
     arch = loaded.arch if loaded.arch in fingerprint.calibration else entry.arch

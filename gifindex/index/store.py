@@ -67,6 +67,7 @@ class Query:
     name: str
     record: ModelRecord | None = None
     signed: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False, compare=False)  # the LoadedModel when signed on the fly
 
 
 class Index(IndexFiles):
@@ -108,12 +109,14 @@ class Index(IndexFiles):
 
     # ------------------------------------------------------------------------------------ signatures
     def sign(self, entry: ModelEntry | str, device: str = "cpu", batch_size: int | None = 32,
-             progress: Callable[[int], None] | None = None) -> SignResult:
+             progress: Callable[[int], None] | None = None,
+             on_signed: Callable[[Any], None] | None = None) -> SignResult:
         """Sign a model with this index's probes and configuration without adding it (``progress`` is
-        called with the number of images done, see gifindex.methods.passes)."""
+        called with the number of images done, see gifindex.methods.passes; ``on_signed`` with the loaded
+        model)."""
         entry = entry if isinstance(entry, ModelEntry) else ModelEntry(ref=entry)
         result = sign_entry(entry, self.config, self.probes, device=device, batch_size=batch_size,
-                            progress=progress)
+                            progress=progress, on_signed=on_signed)
         if result.status != "added":
             raise GifindexError(f"cannot sign {entry.ref}: {result.error}")
         return result
@@ -196,11 +199,14 @@ class Index(IndexFiles):
         from ..observe import signing
 
         entry, reused = self._reuse_convention(model)
+        kept: list[Any] = []
         with signing(entry.display_name(), passes(self.config)) as observed:
-            result = self.sign(entry, device=device, batch_size=batch_size, progress=progress or observed)
+            result = self.sign(entry, device=device, batch_size=batch_size, progress=progress or observed,
+                               on_signed=kept.append)
         signed = _signed_info(entry, result.metadata, reused)
         report_signed(signed)
-        return Query(result.signature.astype(np.float16).astype(np.float32), result.name, None, signed)  # as stored
+        return Query(result.signature.astype(np.float16).astype(np.float32), result.name, None, signed,  # as stored
+                     model=kept[0] if kept else None)
 
     def _as_vector(self, vector: Any) -> np.ndarray:
         arr = np.asarray(vector.detach().cpu() if hasattr(vector, "detach") else vector, dtype=np.float32).reshape(-1)
@@ -225,7 +231,7 @@ class Index(IndexFiles):
                                progress=progress or observed)
         signed = loaded_info(loaded, arch_from="given", convention_from="given")
         report_signed(signed)
-        return Query(vector.astype(np.float16).astype(np.float32), loaded.name, None, signed)
+        return Query(vector.astype(np.float16).astype(np.float32), loaded.name, None, signed, model=loaded)
 
     def similar_names(self, text: str, n: int = 3) -> list[str]:
         """Indexed names close to ``text`` (for "did you mean" hints), closest first."""
