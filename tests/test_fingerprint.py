@@ -271,6 +271,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     import importlib
 
     import gifindex.models as models_module
+    from gifindex.index.shards import file_sha256 as real_sha256
 
     suspect_module = importlib.import_module("gifindex.apps.suspect")  # (gifindex.apps.suspect is the function)
 
@@ -288,6 +289,15 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
                                *common, "--json"])
     assert sus.exit_code == 0, sus.output
     assert loads == [str(tmp_path / "owner.pt")]  # signed and fingerprinted from one load
+    import gifindex.index.store as store_module
+
+    hashed = []
+    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    loads.clear()  # no loading options: the indexed owner's convention is found by the file's hash, once
+    reused = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "owner.pt"), "--owner", "owner",
+                                  "--json"])
+    assert reused.exit_code == 0, reused.output
+    assert len(loads) == 1 and len(hashed) == 1 and json.loads(reused.stdout)["fingerprint"]["agreement"] == 1.0
     verdict = json.loads(sus.stdout)
     assert verdict["fingerprint"]["agreement"] == 1.0 and verdict["verdict"] == "derived"
     assert verdict["fingerprint"]["output_similarity"] == pytest.approx(1.0, abs=1e-5)

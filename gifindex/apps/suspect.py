@@ -92,8 +92,8 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     out["fingerprint"] = None
     path = fingerprint_path(index.root, owner_name)
     if use_fingerprint and path.is_file():
-        evidence = fingerprint_evidence(load_fingerprint(path), index.loading_entry(suspect_ref), device,
-                                        loaded=sus_q.model)
+        entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
+        evidence = fingerprint_evidence(load_fingerprint(path), entry, device, loaded=sus_q.model)
         out["fingerprint"] = evidence
         combined, out["evidence"] = combine(out["z"], evidence["z"])
         out["z"] = float(combined)

@@ -68,6 +68,7 @@ class Query:
     record: ModelRecord | None = None
     signed: dict[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)  # the LoadedModel when signed on the fly
+    entry: ModelEntry | None = field(default=None, repr=False, compare=False)  # and the options it was loaded with
 
 
 class Index(IndexFiles):
@@ -206,7 +207,7 @@ class Index(IndexFiles):
         signed = _signed_info(entry, result.metadata, reused)
         report_signed(signed)
         return Query(result.signature.astype(np.float16).astype(np.float32), result.name, None, signed,  # as stored
-                     model=kept[0] if kept else None)
+                     model=kept[0] if kept else None, entry=entry)
 
     def _as_vector(self, vector: Any) -> np.ndarray:
         arr = np.asarray(vector.detach().cpu() if hasattr(vector, "detach") else vector, dtype=np.float32).reshape(-1)
