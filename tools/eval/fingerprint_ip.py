@@ -50,9 +50,8 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     """The owner's fingerprint for this zoo and seed (cached: fitting trains the helper models), and its
     calibration references' ModelGiF distances to the owner by architecture (the lever of centring a suspect's
     signature z on independent models of its own architecture, docs/results.md 6.1)."""
-    # v4: under --disjoint the calibration references no longer train on the fingerprint's images
-    version = "v4" if config.disjoint else "v3"
-    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-{version}.npz"
+    # v4: the calibration references train on the helpers' rows (under --disjoint, not the fingerprint's images)
+    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-v4.npz"
     sidecar = path.with_suffix(".distances.json")
     if path.is_file() and sidecar.is_file():
         return load_fingerprint(path), json.loads(sidecar.read_text()), 0.0
