@@ -242,6 +242,21 @@ def test_round_trip_and_damaged_file(fingerprint, tmp_path):
         load_fingerprint(path)
 
 
+def test_fit_probes_command_line_defaults_are_the_fit_configs():
+    """The CLI spells its defaults out (it does not import torch to show --help); they must stay FitConfig's."""
+    import inspect
+
+    from gifindex.apps.fitprobes import fit_probes
+
+    config = FitConfig()
+    expected = {"surrogates": config.surrogates, "references": config.references,
+                "calibration": config.calibration_per_arch, "candidates": config.candidates,
+                "output_probes": config.output_probes, "eps": config.search.eps, "epochs": config.recipe.epochs}
+    cli = {p.name: p.default for p in main.commands["fit-probes"].params}
+    api = {name: p.default for name, p in inspect.signature(fit_probes).parameters.items()}
+    assert {k: cli[k] for k in expected} == expected == {k: api[k] for k in expected}
+
+
 def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, monkeypatch):
     data, owner_data = digits
     runner = CliRunner()

@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     from ..index import Index
 
 
-def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (), surrogates: int = 4,
-               references: int = 4, calibration: int = 2, candidates: int = FitConfig.candidates,
-               output_probes: int = FitConfig.output_probes, eps: float = 0.075,
-               epochs: int = 6, seed: int = 0, device: str = "cpu", wait: float = 0.0,
+def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (),
+               surrogates: int = FitConfig.surrogates, references: int = FitConfig.references,
+               calibration: int = FitConfig.calibration_per_arch, candidates: int = FitConfig.candidates,
+               output_probes: int = FitConfig.output_probes, eps: float = SearchConfig.eps,
+               epochs: int = TrainRecipe.epochs, seed: int = 0, device: str = "cpu", wait: float = 0.0,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored."""
     if index.catalog.by_name(owner) is None:
