@@ -435,7 +435,8 @@ def test_init_is_atomic_when_killed_or_failing(zygote, tmp_path, monkeypatch):
     import gifindex.index.writer as writer_module
 
     root = tmp_path / "new"
-    monkeypatch.setattr(writer_module, "build_index", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
+    monkeypatch.setattr(writer_module, "build_index",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
     with pytest.raises(Exception, match="No space left|disk full"):
         Index.create(root, CONFIG)
     assert not root.exists()
@@ -502,6 +503,32 @@ def test_verify_during_ingest_reports_no_corruption(zoo, zygote, tmp_path):
     assert zygote.reap(pid) == 0
     assert len(reports) >= 4
     assert all(r["ok"] for r in reports), [r["problems"] for r in reports if not r["ok"]]
+
+
+def test_verify_reads_one_state_of_the_catalogue(built, tmp_path, monkeypatch):
+    """A commit landing between verify's read of the shards and its read of the models (the race the test
+    above meets at random) must not make the new model look as if it pointed to an unregistered shard."""
+    from gifindex.index.catalog import Catalog
+
+    root = _copy(built, tmp_path)
+    committed = []
+    with Index.open(root) as index:
+        listed_shards = index.catalog.shards
+
+        def shards_then_commit():
+            listed = listed_shards()
+            if not committed:
+                writer = Catalog(root / "catalog.sqlite")
+                committed.extend(writer.register_shard("99999-late.h5", "0" * 64, [
+                    {"name": "late", "ref": "late.pt", "weights_sha256": "f" * 64}]))
+                writer.close()
+            return listed
+
+        monkeypatch.setattr(index.catalog, "shards", shards_then_commit)
+        report = index.verify()
+        assert committed and index.catalog.by_name("late") is not None  # the commit happened mid-verify
+    assert not any("unregistered" in p for p in report["problems"]), report
+    assert report["models"] == N_MODELS and report["shards"] == 3, report
 
 
 def test_every_writing_command_waits_for_the_writer(built, zygote, tmp_path):

@@ -10,6 +10,8 @@ import os
 import sqlite3
 import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,23 @@ class Catalog:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees one state of the catalogue, though a writer commits meanwhile (one read
+        transaction: under WAL the first read fixes the snapshot). Checks that compare the shards with the
+        models need it: read apart, a commit in between makes a new model's shard look unregistered."""
+        if self.db.in_transaction:
+            yield
+            return
+        try:
+            self.db.execute("BEGIN")
+        except sqlite3.DatabaseError as exc:
+            raise self.damaged(exc) from None
+        try:
+            yield
+        finally:
+            self.db.execute("ROLLBACK")  # nothing was written: ending the read is all that is left
+
     # ------------------------------------------------------------------------------------------ reads
     @staticmethod
     def _record(row: tuple) -> ModelRecord:
@@ -202,7 +221,8 @@ class Catalog:
         return int(self._read("SELECT COUNT(*) FROM models")[0][0])
 
     def shards(self) -> dict[str, tuple[int, str]]:
-        return {name: (rows, sha) for name, rows, sha in self._read("SELECT name, rows, sha256 FROM shards ORDER BY name")}
+        rows = self._read("SELECT name, rows, sha256 FROM shards ORDER BY name")
+        return {name: (count, sha) for name, count, sha in rows}
 
     def failures(self) -> list[dict[str, Any]]:
         rows = self._read("SELECT name, ref, error, time FROM failures ORDER BY id")

@@ -207,6 +207,10 @@ class IndexFiles:
         return self._searcher[1]
 
     def _cpu_search_index(self):
+        with self.catalog.snapshot():  # the generation, the ids checked and a rebuild: one catalogue state
+            return self._load_search_index()
+
+    def _load_search_index(self):
         generation = self.catalog.generation()
         if self._search is not None and self._search_generation == generation:
             return self._search

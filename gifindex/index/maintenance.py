@@ -163,15 +163,17 @@ def verify(files: IndexFiles) -> dict[str, Any]:
     root = files.root
     on_disk = {p.name for p in shard_dir(root).glob("*.h5")}
     try:
-        integrity = files.catalog.integrity()
-        registered = files.catalog.shards()
-        records = files.records()
+        with files.catalog.snapshot():  # a concurrent ingest's commit must not fall between these reads
+            integrity = files.catalog.integrity()
+            registered = files.catalog.shards()
+            records = files.records()
+            damaged = bad_shards(files)
     except IndexError_ as exc:
         problems.append(f"{exc} ({len(on_disk)} shard(s) on disk hold the models)")
         return {"ok": False, "models": 0, "shards": 0, "problems": problems, "notes": notes}
     if integrity != "ok":
         problems.append(f"{CATALOG_FILE} integrity check: {integrity}; `gifindex rebuild` recreates it from the shards")
-    for shard, reason in bad_shards(files).items():
+    for shard, reason in damaged.items():
         holds = sorted(r.name for r in records if r.shard == shard)
         problems.append(f"shard {shard} {reason} (holds {', '.join(map(repr, holds)) or 'no live models'}; "
                         "`gifindex verify --repair` quarantines it and names the models to re-ingest)")
