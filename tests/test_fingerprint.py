@@ -16,7 +16,7 @@ from gifindex.demo import DemoZooConfig, load_digit_data, train
 from gifindex.errors import GifindexError, ProbeError
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
                                   load_fingerprint, load_owner_data, output_scores, save_fingerprint)
-from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, combine
+from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, Fingerprint, combine
 from gifindex.fingerprint.outputs import model_logits, non_top_profile, profile_contrast, profile_similarity
 from gifindex.fingerprint.conferrable import SearchConfig
 from gifindex.fingerprint.helpers import TrainRecipe, augment
@@ -137,6 +137,34 @@ def test_null_uses_the_suspects_architecture_and_a_binomial_floor(fingerprint):
     assert fallback == "all calibration references"
 
 
+def test_null_spread_within_architectures_only_when_the_references_vary():
+    """References trained by varied recipes: a suspect of an architecture with two or more references is judged
+    by their mean and by the references' spread around their own architecture's mean (pooled, widened by
+    sqrt(1 + 1/n)); references all trained by the owner's recipe (older fingerprints): the spread of all of
+    them. Exact numbers."""
+    calibration = {"timm:a": [0.1, 0.2, 0.3, 0.2], "timm:b": [0.5, 0.6, 0.5, 0.6], "timm:c": [0.9]}
+    pooled = np.std([v for vs in calibration.values() for v in vs], ddof=1)
+    within = np.sqrt((0.02 + 0.01) / 6 * (1 + 1 / 4))
+
+    def made(varied: bool | None) -> Fingerprint:
+        recipe = {} if varied is None else {"config": {"varied_calibration": varied}}
+        return Fingerprint(owner="o", owner_sha256=None, inputs=torch.zeros(10_000, 3, 2, 2),
+                           labels=torch.zeros(10_000, dtype=torch.long), num_classes=2, calibration=calibration,
+                           recipe=recipe, output_calibration=calibration,
+                           probe_inputs=torch.zeros(1, 3, 2, 2), probe_logits=torch.zeros(1, 2),
+                           reference_logits=torch.zeros(2, 1, 2))
+
+    varied = made(True)
+    assert varied.varied_calibration and not made(False).varied_calibration and not made(None).varied_calibration
+    for null in (varied.null, varied.output_null):
+        assert null("timm:a") == pytest.approx((0.2, within, "calibration references of timm:a"))
+        assert null("timm:b")[:2] == pytest.approx((0.55, within))
+        assert null("timm:c")[:2] == pytest.approx((np.mean([0.1, 0.2, 0.3, 0.2, 0.5, 0.6, 0.5, 0.6, 0.9]), pooled))
+    for fp in (made(False), made(None)):
+        assert fp.null("timm:a")[:2] == pytest.approx((0.2, pooled))
+        assert fp.output_null("timm:b")[:2] == pytest.approx((0.55, pooled))
+
+
 def test_output_profile_is_the_non_top_ranking_only():
     g = torch.Generator().manual_seed(0)
     owner = torch.randn(50, 10, generator=g)
@@ -251,6 +279,7 @@ def test_fit_probes_command_line_defaults_are_the_fit_configs():
     config = FitConfig()
     expected = {"surrogates": config.surrogates, "references": config.references,
                 "calibration": config.calibration_per_arch, "candidates": config.candidates,
+                "calibration_recipes": "varied" if config.varied_calibration else "owner",
                 "output_probes": config.output_probes, "eps": config.search.eps, "epochs": config.recipe.epochs}
     cli = {p.name: p.default for p in main.commands["fit-probes"].params}
     api = {name: p.default for name, p in inspect.signature(fit_probes).parameters.items()}
@@ -414,3 +443,48 @@ def test_too_few_conferrable_inputs_widen_the_search(monkeypatch, owner, digits)
     with pytest.raises(GifindexError, match=r"only 0 of 96 inputs were conferrable \(eps 0.05, 0.1, 0.2, 0.3\)"):
         fit_fingerprint(owner, digits[1], dataclasses.replace(FAST, search=SearchConfig(eps=0.05, steps=4)),
                         build=_build)
+
+
+def test_calibration_recipes_vary_as_models_in_the_wild_are_trained(monkeypatch, owner, digits):
+    """TrainRecipe.variant: four common ways to train the same model, cycled, averaging the base recipe's epochs;
+    with FitConfig.varied_calibration the j-th calibration reference of each architecture is trained by
+    variant j (the references that choose the inputs keep the owner's recipe), without it all by the owner's."""
+    import dataclasses
+
+    import gifindex.fingerprint.fit as fit_module
+
+    base = TrainRecipe()
+    variants = [base.variant(j) for j in range(8)]
+    assert variants[0] == base and variants[4:] == variants[:4] and len(set(variants[:4])) == 4
+    assert sum(v.epochs for v in variants[:4]) == 4 * base.epochs
+    assert {v.optimizer for v in variants[:4]} == {"adamw", "sgd"}
+    assert any(v.label_smoothing > 0 for v in variants) and any(v.shift_augment for v in variants)
+
+    recipes = []
+
+    def reference(build, arch, x, y, classes, recipe, seed, device):
+        recipes.append(recipe)
+        return _build(arch, classes)
+
+    monkeypatch.setattr(fit_module, "train_surrogate", lambda *args: owner)
+    monkeypatch.setattr(fit_module, "train_reference", reference)
+    config = dataclasses.replace(FAST, calibration_per_arch=3, output_probes=0)
+    fit_fingerprint(owner, digits[1], config, build=_build)
+    assert recipes == [config.recipe] * config.references + [config.recipe.variant(j) for j in range(3)]
+    recipes.clear()
+    fit_fingerprint(owner, digits[1], dataclasses.replace(config, varied_calibration=False), build=_build)
+    assert recipes == [config.recipe] * (config.references + 3)
+
+
+@pytest.mark.parametrize("variant", range(4))
+def test_every_recipe_variant_trains_a_working_model(digits, variant):
+    """Each variant (SGD, label smoothing, shifted batches included) learns the digits: far above chance (0.1)
+    on held-out images."""
+    from gifindex.fingerprint.helpers import train_reference
+
+    data, owned = digits
+    recipe = TrainRecipe(epochs=4).variant(variant)
+    model = train_reference(_build, "timm:test_resnet", owned.x, owned.y, 10, recipe, seed=3)
+    raw = (data.x_test * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).clamp(0, 1)
+    accuracy = float((model_logits(model, raw).argmax(1) == data.y_test).float().mean())
+    assert accuracy > 0.5, (recipe, accuracy)

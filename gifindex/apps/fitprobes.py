@@ -17,11 +17,16 @@ if TYPE_CHECKING:
 
 def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (),
                surrogates: int = FitConfig.surrogates, references: int = FitConfig.references,
-               calibration: int = FitConfig.calibration_per_arch, candidates: int = FitConfig.candidates,
+               calibration: int = FitConfig.calibration_per_arch,
+               calibration_recipes: str = "varied" if FitConfig.varied_calibration else "owner",
+               candidates: int = FitConfig.candidates,
                output_probes: int = FitConfig.output_probes, eps: float = SearchConfig.eps,
                epochs: int = TrainRecipe.epochs, seed: int = 0, device: str = "cpu", wait: float = 0.0,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored."""
+    """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored.
+    ``calibration_recipes``: "varied" (FitConfig.varied_calibration) or "owner"."""
+    if calibration_recipes not in ("varied", "owner"):
+        raise GifindexError(f"calibration_recipes must be 'varied' or 'owner', got {calibration_recipes!r}")
     if index.catalog.by_name(owner) is None:
         close = index.similar_names(owner, 1)
         hint = f"; did you mean {close[0]!r}?" if close else "; ingest the owner's model first"
@@ -29,7 +34,8 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
         pass
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
-                       calibration_per_arch=calibration, candidates=candidates, output_probes=output_probes, seed=seed,
+                       calibration_per_arch=calibration, varied_calibration=calibration_recipes == "varied",
+                       candidates=candidates, output_probes=output_probes, seed=seed,
                        recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)

@@ -93,8 +93,13 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
               help="students of the owner to train (its hard labels on augmented owner data)")
 @click.option("--references", type=click.IntRange(1, 64), default=4, show_default=True,
               help="independent models to train (true labels), used to choose the inputs")
-@click.option("--calibration", type=click.IntRange(1, 32), default=2, show_default=True,
-              help="held-out independent models per helper architecture, the verdict's null distribution")
+@click.option("--calibration", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="held-out independent models per helper architecture, the verdict's null distribution (with "
+                   "varied recipes, the j-th is trained by the j-th of four recipes, cycled)")
+@click.option("--calibration-recipes", type=click.Choice(["varied", "owner"]), default="varied", show_default=True,
+              help="how the held-out independent models are trained: by four common recipes (SGD or AdamW, "
+                   "shorter or longer, label smoothing, shifted batches), as models in the wild are; or all by the "
+                   "owner's helper recipe (a narrower null)")
 @click.option("--candidates", type=click.IntRange(8, 100_000), default=256, show_default=True,
               help="owner images to perturb into candidate inputs (a suspect costs one forward pass per kept input)")
 @click.option("--output-probes", type=click.IntRange(0, 100_000), default=128, show_default=True,
@@ -110,9 +115,8 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
 @wait_option
 @json_option
 def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[str, ...], surrogates: int,
-               references: int, calibration: int, candidates: int, output_probes: int, eps: float, epochs: int,
-               seed: int, device: str,
-               wait: float, as_json: bool) -> None:
+               references: int, calibration: int, calibration_recipes: str, candidates: int, output_probes: int,
+               eps: float, epochs: int, seed: int, device: str, wait: float, as_json: bool) -> None:
     """Fit OWNER's fingerprint from its own data, for `suspect` to catch extracted and distilled copies.
 
     Trains surrogates (students of OWNER) and references (independent models) on the owner's data, keeps
@@ -125,7 +129,8 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
 
     index = open_index(index_path)
     result = run_fit_probes(index, owner, data_path, helper_archs=helper_archs, surrogates=surrogates,
-                            references=references, calibration=calibration, candidates=candidates,
+                            references=references, calibration=calibration,
+                            calibration_recipes=calibration_recipes, candidates=candidates,
                             output_probes=output_probes, eps=eps,
                             epochs=epochs, seed=seed, device=check_device(device), wait=wait,
                             progress=lambda msg: click.echo(msg, err=True))

@@ -75,12 +75,17 @@ class Fingerprint:
     def has_outputs(self) -> bool:
         return self.reference_logits is not None and bool(self.output_calibration)
 
+    @property
+    def varied_calibration(self) -> bool:
+        """Whether the calibration references were trained by varied recipes (FitConfig.varied_calibration);
+        fingerprints fitted before that option trained them all by the owner's recipe."""
+        return bool(self.recipe.get("config", {}).get("varied_calibration", False))
+
     def null(self, arch: str | None = None) -> tuple[float, float, str]:
         """(mean, sigma, which) of the agreement of independent models: the mean of the suspect's architecture's
-        own calibration references when there are at least two, else of all of them. sigma is the spread of
-        all calibration references (a few models of one architecture cannot measure it), and at least the
-        binomial standard deviation of a rate over this many inputs, and MIN_SIGMA."""
-        mean, spread, which = _null(self.calibration, arch)
+        own calibration references when there are at least two, else of all of them. sigma: see ``_null``;
+        at least the binomial standard deviation of a rate over this many inputs, and MIN_SIGMA."""
+        mean, spread, which = _null(self.calibration, arch, self.varied_calibration)
         binomial = math.sqrt(max(mean * (1 - mean), 1.0 / self.size) / self.size)
         return mean, max(spread, binomial, MIN_SIGMA), which
 
@@ -90,17 +95,30 @@ class Fingerprint:
         if not self.output_calibration:
             raise GifindexError(f"fingerprint of {self.owner!r} has no output calibration (fitted before outputs "
                                 "were part of fingerprints: run `gifindex fit-probes` again)")
-        mean, spread, which = _null(self.output_calibration, arch)
+        mean, spread, which = _null(self.output_calibration, arch, self.varied_calibration)
         return mean, max(spread, MIN_OUTPUT_SIGMA), which
 
 
-def _null(calibration: dict[str, list[float]], arch: str | None) -> tuple[float, float, str]:
-    """(mean of the architecture's references when it has two or more, else of all; spread of all; which)."""
+def _null(calibration: dict[str, list[float]], arch: str | None, within: bool) -> tuple[float, float, str]:
+    """(mean, spread, which). The mean: of the architecture's references when it has two or more, else of all.
+    The spread, for a suspect of such an architecture when ``within`` (references trained by varied recipes):
+    the references' spread around their own architecture's mean, pooled over the architectures that have two
+    or more, widened by sqrt(1 + 1/n) for the n references that estimate the mean (a new model's deviation
+    from an estimated mean). Otherwise the spread of all references, which also holds how far the
+    architectures' means lie apart (references all trained by the owner's recipe vary less than models in
+    the wild, so their spread around their own mean would be too narrow)."""
     pooled = [v for values in calibration.values() for v in values]
     values, which = pooled, "all calibration references"
-    if arch is not None and len(calibration.get(arch, [])) >= 2:
-        values, which = calibration[arch], f"calibration references of {arch}"
-    spread = float(np.std(pooled, ddof=1)) if len(pooled) > 1 else 0.0
+    own = calibration.get(arch, []) if arch is not None else []
+    if len(own) >= 2:
+        values, which = own, f"calibration references of {arch}"
+    groups = [g for g in calibration.values() if len(g) >= 2]
+    if within and len(own) >= 2:
+        squares = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in groups)
+        dof = sum(len(g) - 1 for g in groups)
+        spread = math.sqrt(squares / dof * (1 + 1 / len(own)))
+    else:
+        spread = float(np.std(pooled, ddof=1)) if len(pooled) > 1 else 0.0
     return float(np.mean(values)), spread, which
 
 

@@ -41,7 +41,7 @@ class FitConfig:
     helper_archs: tuple[str, ...] | None = None
     surrogates: int = 4
     references: int = 4
-    calibration_per_arch: int = 2
+    calibration_per_arch: int = 4        # one per TrainRecipe.variant: the null holds how training choices vary
     candidates: int = 256                # owner images searched for conferrable inputs (the kept ones)
     min_inputs: int = 32                 # fewer kept (or fewer than min_kept_fraction of the candidates): the
     min_kept_fraction: float = 0.125     # search is repeated at twice the radius (up to MAX_EPS), so the radius
@@ -50,6 +50,8 @@ class FitConfig:
                                          # costs at most candidates + output_probes = 384 forward passes, as
                                          # much as 128 forward+backward passes
     seed: int = 0
+    varied_calibration: bool = True      # calibration reference j of each architecture is trained by
+                                         # recipe.variant(j) (four common recipes), not all by the owner's
     disjoint: bool = False               # surrogates and references train on half the owner's data and the
                                          # candidates come from the other half (images no helper saw, as a
                                          # thief's student never saw the owner's)
@@ -146,7 +148,8 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     for a, arch in enumerate(archs):
         for j in range(config.calibration_per_arch):
             say(f"calibration reference {arch} #{j + 1}")
-            model = train_reference(build, arch, train_x, train_y, num_classes, config.recipe,
+            recipe = config.recipe.variant(j) if config.varied_calibration else config.recipe
+            model = train_reference(build, arch, train_x, train_y, num_classes, recipe,
                                     seed + 300 + 10 * a + j, device)
             fingerprint.calibration.setdefault(arch, []).append(agreement(fingerprint, model, device))
             if probe_inputs is not None:

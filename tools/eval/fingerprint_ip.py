@@ -27,10 +27,12 @@ import numpy as np
 import torch
 
 import ipzoo
-from common import CACHE, distances_to, key, log, results_dir, setup_threads, sign_all, wrap, write_json
+from common import (CACHE, cached_model, distances_to, key, log, results_dir, setup_threads, sign_all, wrap,
+                    write_json)
 from gifindex.apps import suspect_from_distances
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
                                   load_fingerprint, output_scores, save_fingerprint)
+from gifindex.fingerprint.helpers import TrainRecipe, train_reference
 from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
@@ -96,6 +98,38 @@ def owner_errors_followed(zoo: ipzoo.IPZoo, names: list[str]) -> dict[str, float
     return out
 
 
+# Recipes neither calibration family uses (FitConfig's owner recipe, TrainRecipe.variant's four), fixed before any
+# model trained by them was scored: independent models of every helper architecture, trained on the owner's own
+# images by them, are negatives the zoo's independents (all trained by one recipe) do not include.
+RECIPE_NEGATIVES = {
+    "adam-nowd-long": dict(lr=1e-3, weight_decay=0.0, epochs=12, batch_size=128),
+    "sgd-hi-lr": dict(optimizer="sgd", lr=0.1, weight_decay=1e-4),
+    "adamw-very-short": dict(epochs=2),
+    "adamw-low-lr-long-shift": dict(lr=1.5e-3, epochs=12, shift_augment=True),
+}
+
+
+def recipe_negatives(zoo: ipzoo.IPZoo, archs: tuple[str, ...], classes: int) -> dict[str, tuple[str, torch.nn.Module]]:
+    """{name: (arch, model)}: one independent model per helper architecture and RECIPE_NEGATIVES recipe, trained on
+    the owner's data (cached)."""
+    data = owner_data(zoo)
+    out = {}
+    for a, arch in enumerate(archs):
+        for r, (recipe_name, changes) in enumerate(RECIPE_NEGATIVES.items()):
+            recipe = dataclasses.replace(TrainRecipe(), **changes)
+            seed = 90_000 + 100 * zoo.seed + 10 * a + r
+
+            def make(arch=arch, recipe=recipe, seed=seed):
+                build = lambda name, c: wrap(zoo.make_arch(name, c), zoo.spec)  # noqa: E731
+                return train_reference(build, arch, data.x, data.y, classes, recipe, seed).module
+
+            name = f"recipe-{recipe_name}-{a}"
+            out[name] = (arch, cached_model("recipe-negatives", f"{zoo.name}-{zoo.seed}-{name}", make,
+                                            [zoo.name, zoo.seed, arch, dataclasses.asdict(recipe), seed],
+                                            lambda arch=arch: zoo.make_arch(arch, classes)))
+    return out
+
+
 def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[str] | None = None) -> dict[str, float]:
     """AUC per attack against all independent models, or only ``negatives``."""
     from sklearn.metrics import roc_auc_score
@@ -109,7 +143,7 @@ def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[s
     return row
 
 
-def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
+def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_recipe_negatives: bool = True) -> dict:
     zoo = ipzoo.build(zoo_name, seed, quick)
     helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
     config = dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
@@ -156,8 +190,17 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
         flagged[name] = {g: float(np.mean([z[n] >= Z_THRESHOLD for n in scored if groups[n] == g]))
                          for g in ipzoo.ATTACKS + ("irrelevant",)}
         flagged[name]["irrelevant-b"] = float(np.mean([z[n] >= Z_THRESHOLD for n in thief_data]))
+    by_recipe = {}
+    if with_recipe_negatives:  # the fingerprint's verdict on them (their outputs are comparable: combined = fp-z)
+        for n, (arch, module) in recipe_negatives(zoo, config.helper_archs, fp.num_classes).items():
+            model = wrap(module, zoo.spec)
+            by_recipe[n] = {"arch": arch, **FingerprintScore.of(fp, agreement(fp, model), arch,
+                                                                output_scores(fp, model)).to_dict()}
+        for name, field in (("fp-dec-z", "decision_z"), ("fp-out-z", "output_z"), ("fp-z", "z"), ("combined", "z")):
+            flagged[name]["irrelevant-r"] = float(np.mean([m[field] >= Z_THRESHOLD for m in by_recipe.values()]))
     return {
         "zoo": zoo_name, "seed": seed, "quick": quick, "fingerprint": {"size": fp.size, "calibration": fp.calibration,
+                                                                      "output_calibration": fp.output_calibration,
                                                                       "recipe": fp.recipe},
         "fit_seconds": round(fit_s, 1), "fp_seconds_per_model": fp_s, "gif_seconds_per_model": sign_s["modelgif"],
         "gifout_seconds_per_model": sign_s["modelgif+outputs"],
@@ -169,6 +212,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig) -> dict:
                           "distance_outputs": dist_out[n],
                           "z_gif": z_gif[n], "z_gif_population": z_pop[n],
                           **fp_scores[n].to_dict()} for n in scored},
+        "recipe_negatives": by_recipe,
     }
 
 
@@ -196,21 +240,28 @@ def main() -> None:
                         "outputs)")
     parser.add_argument("--disjoint", action="store_true", help="helpers train on half the owner's data, "
                         "candidates come from the other half (FitConfig.disjoint)")
+    parser.add_argument("--calibration-recipes", choices=("varied", "owner"),
+                        default="varied" if FitConfig().varied_calibration else "owner",
+                        help="train the calibration references by four common recipes (FitConfig.varied_calibration)"
+                        " or all by the owner's")
     parser.add_argument("--epochs", type=int, default=FitConfig().recipe.epochs,
                         help="reference epochs (surrogates get 2/3, as `gifindex fit-probes --epochs` does)")
+    parser.add_argument("--no-recipe-negatives", action="store_true",
+                        help="skip the independent models trained by RECIPE_NEGATIVES (training them costs a few "
+                             "minutes per seed on mnist32)")
     args = parser.parse_args()
     setup_threads()
     default = FitConfig()
-    recipe = dataclasses.replace(default.recipe, epochs=args.epochs,
-                                 surrogate_epochs=default.recipe.surrogate_epochs if args.epochs == default.recipe.epochs
-                                 else max(1, round(args.epochs * 2 / 3)))
+    same_epochs = args.epochs == default.recipe.epochs
+    recipe = dataclasses.replace(default.recipe, epochs=args.epochs, surrogate_epochs=default.recipe.surrogate_epochs
+                                 if same_epochs else max(1, round(args.epochs * 2 / 3)))
     config = FitConfig(surrogates=args.surrogates, references=args.references, calibration_per_arch=args.calibration,
                        candidates=args.candidates, output_probes=args.output_probes,
                        recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps),
-                       disjoint=args.disjoint)
+                       disjoint=args.disjoint, varied_calibration=args.calibration_recipes == "varied")
     results = []
     for seed in args.seeds:
-        results.append(evaluate(args.zoo, seed, args.quick, config))
+        results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives))
         r = results[-1]
         log(f"{args.zoo} seed {seed}: fingerprint {r['fingerprint']['size']} inputs, fit {r['fit_seconds']} s")
         for s in SCORES:
@@ -228,7 +279,8 @@ def main() -> None:
         for s in SCORES:
             print(f"{s:<10s} " + " ".join(f"{v['mean']:.2f} [{v['min']:.2f},{v['max']:.2f}]"
                                           for v in table[s].values()))
-    print("flagged (z >= 3), mean over seeds: " + " ".join(ipzoo.ATTACKS) + " independent independent-B")
+    print("flagged (z >= 3), mean over seeds: " + " ".join(ipzoo.ATTACKS) + " independent independent-B "
+          "[independent-R: trained by other recipes, fingerprint scores only]")
     for s in results[0]["flagged"]:
         print(f"{s:<10s} " + " ".join(f"{np.mean([r['flagged'][s][g] for r in results]):.0%}"
                                       for g in results[0]["flagged"][s]))
