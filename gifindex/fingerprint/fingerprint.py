@@ -79,7 +79,8 @@ class Fingerprint:
     def varied_calibration(self) -> bool:
         """Whether the calibration references were trained by varied recipes (FitConfig.varied_calibration);
         fingerprints fitted before that option trained them all by the owner's recipe."""
-        return bool(self.recipe.get("config", {}).get("varied_calibration", False))
+        config = self.recipe.get("config") if isinstance(self.recipe, dict) else None
+        return isinstance(config, dict) and config.get("varied_calibration") is True
 
     def null(self, arch: str | None = None) -> tuple[float, float, str]:
         """(mean, sigma, which) of the agreement of independent models: the mean of the suspect's architecture's
