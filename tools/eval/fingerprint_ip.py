@@ -12,7 +12,8 @@ the verdict's evidence (``combined``: gifindex.fingerprint.fingerprint.combine, 
 models negative) and what the verdict (z >= 3) flags; both again against only the independent models trained on
 the thieves' half B (``auc_thief_data_negatives``, flagged ``irrelevant-b``): like the thieves' students, and
 like any model in the wild, they never saw the owner's images, so they are the hard negatives for a fingerprint
-built from those images.
+built from those images. And what the verdict flags among independent models trained on the owner's data by
+recipes neither calibration uses (``RECIPE_NEGATIVES``, flagged ``irrelevant-r``; docs/results.md 6.2d).
 
     python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
 """
