@@ -164,7 +164,8 @@ class Catalog:
         try:
             yield
         finally:
-            self.db.execute("ROLLBACK")  # nothing was written: ending the read is all that is left
+            if self.db.in_transaction:  # nothing was written: ending the read is all that is left
+                self.db.execute("ROLLBACK")
 
     # ------------------------------------------------------------------------------------------ reads
     @staticmethod
