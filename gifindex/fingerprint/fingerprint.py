@@ -115,6 +115,7 @@ def _null(calibration: dict[str, list[float]], arch: str | None, within: bool) -
         values, which = own, f"calibration references of {arch}"
     groups = [g for g in calibration.values() if len(g) >= 2]
     if within and len(own) >= 2:
+        which += ", trained by varied recipes"
         squares = sum(float(np.sum((np.asarray(g) - np.mean(g)) ** 2)) for g in groups)
         dof = sum(len(g) - 1 for g in groups)
         spread = math.sqrt(squares / dof * (1 + 1 / len(own)))
