@@ -64,16 +64,20 @@ class TrainRecipe:
         return self
 
 
+def random_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The whole batch rolled by one random offset of up to 1/16 of the side, in each direction."""
+    shift = max(1, x.shape[-1] // 16)
+    dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Inputs a thief might query with, made from the owner's images in [0, 1]: per image a random
     intensity scale in [0, 1], Gaussian noise (sd 0.1), a shift of up to 1/16 of the side, and (half the time)
     a mixup."""
     n = len(x)
     lam = torch.rand(n, 1, 1, 1, generator=generator) * (torch.rand(n, 1, 1, 1, generator=generator) < 0.5)
-    out = x * (1 - lam) + x[torch.randperm(n, generator=generator)] * lam
-    shift = max(1, x.shape[-1] // 16)
-    dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
-    out = torch.roll(out, shifts=(dy, dx), dims=(2, 3))
+    out = random_shift(x * (1 - lam) + x[torch.randperm(n, generator=generator)] * lam, generator)
     out = out * torch.rand(n, 1, 1, 1, generator=generator)
     return (out + 0.1 * torch.randn(out.shape, generator=generator)).clamp(0.0, 1.0)
 
@@ -99,9 +103,7 @@ def decisions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ba
 
 def shifted(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A batch as a plain training augmentation sees it: shifted by up to 1/16 of the side, pixel noise sd 0.03."""
-    shift = max(1, x.shape[-1] // 16)
-    dx, dy = (int(v) for v in torch.randint(-shift, shift + 1, (2,), generator=generator))
-    out = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    out = random_shift(x, generator)
     return (out + 0.03 * torch.randn(out.shape, generator=generator)).clamp(0.0, 1.0)
 
 
