@@ -38,8 +38,7 @@ from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
 SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp-agree", "fp-dec-z", "fp-out-z", "fp-z",
-          "max-z",
-          "combined-arch", "combined")
+          "max-z", "combined-arch", "combined")
 
 
 def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
@@ -47,6 +46,19 @@ def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
     mean = torch.tensor(zoo.spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(zoo.spec.std).view(1, 3, 1, 1)
     return OwnerData((x * std + mean).clamp(0, 1), y)
+
+
+def helper_builder(zoo: ipzoo.IPZoo):
+    """Untrained models of the zoo's architectures in its input convention, for the helpers the owner trains."""
+    def build(arch: str, classes: int):
+        return wrap(zoo.make_arch(arch, classes), zoo.spec)
+    return build
+
+
+def fingerprint_score(fp, module: torch.nn.Module, arch: str, spec) -> FingerprintScore:
+    """A model's decisions and outputs on the fingerprint, as ``suspect`` scores them."""
+    model = wrap(module, spec)
+    return FingerprintScore.of(fp, agreement(fp, model), arch, output_scores(fp, model))
 
 
 def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
@@ -59,10 +71,6 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     if path.is_file() and sidecar.is_file():
         return load_fingerprint(path), json.loads(sidecar.read_text()), 0.0
     start = time.perf_counter()
-
-    def build(arch: str, classes: int):
-        return wrap(zoo.make_arch(arch, classes), zoo.spec)
-
     owner = wrap(zoo.owner, zoo.spec)
     owner.name = "owner"
     calibration: dict[str, tuple[str, torch.nn.Module]] = {}
@@ -70,7 +78,8 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
     def keep(arch: str, model) -> None:
         calibration[f"cal-{len(calibration)}"] = (arch, model.module)
 
-    fp = fit_fingerprint(owner, owner_data(zoo), config, build=build, progress=log, on_calibration=keep)
+    fp = fit_fingerprint(owner, owner_data(zoo), config, build=helper_builder(zoo), progress=log,
+                         on_calibration=keep)
     # as `fit-probes` does with the index: the calibration references' ModelGiF distances to the owner
     feats, _ = sign_all({"owner": zoo.owner, **{n: m for n, (_, m) in calibration.items()}}, zoo.heldout_raw, k=16,
                         steps=8, methods=("modelgif",), spec=zoo.spec, resolution=zoo.resolution)
@@ -113,7 +122,7 @@ RECIPE_NEGATIVES = {
 def recipe_negatives(zoo: ipzoo.IPZoo, archs: tuple[str, ...], classes: int) -> dict[str, tuple[str, torch.nn.Module]]:
     """{name: (arch, model)}: one independent model per helper architecture and RECIPE_NEGATIVES recipe, trained on
     the owner's data (cached)."""
-    data = owner_data(zoo)
+    data, build = owner_data(zoo), helper_builder(zoo)
     out = {}
     for a, arch in enumerate(archs):
         for r, (recipe_name, changes) in enumerate(RECIPE_NEGATIVES.items()):
@@ -121,7 +130,6 @@ def recipe_negatives(zoo: ipzoo.IPZoo, archs: tuple[str, ...], classes: int) -> 
             seed = 90_000 + 100 * zoo.seed + 10 * a + r
 
             def make(arch=arch, recipe=recipe, seed=seed):
-                build = lambda name, c: wrap(zoo.make_arch(name, c), zoo.spec)  # noqa: E731
                 return train_reference(build, arch, data.x, data.y, classes, recipe, seed).module
 
             name = f"recipe-{recipe_name}-{a}"
@@ -152,9 +160,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
     scored = [n for n in zoo.models if n != "owner"]
     groups = {n: zoo.groups[n] for n in scored}
     start = time.perf_counter()
-    wrapped = {n: wrap(zoo.models[n], zoo.spec) for n in scored}
-    fp_scores = {n: FingerprintScore.of(fp, agreement(fp, wrapped[n]), zoo.archs[n], output_scores(fp, wrapped[n]))
-                 for n in scored}
+    fp_scores = {n: fingerprint_score(fp, zoo.models[n], zoo.archs[n], zoo.spec) for n in scored}
     fp_s = (time.perf_counter() - start) / len(scored)
     feats, sign_s = sign_all(zoo.models, zoo.heldout_raw, k=16, steps=8, methods=("modelgif", "modelgif+outputs"),
                              spec=zoo.spec, resolution=zoo.resolution)
@@ -194,9 +200,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
     by_recipe = {}
     if with_recipe_negatives:  # the fingerprint's verdict on them (their outputs are comparable: combined = fp-z)
         for n, (arch, module) in recipe_negatives(zoo, config.helper_archs, fp.num_classes).items():
-            model = wrap(module, zoo.spec)
-            by_recipe[n] = {"arch": arch, **FingerprintScore.of(fp, agreement(fp, model), arch,
-                                                                output_scores(fp, model)).to_dict()}
+            by_recipe[n] = {"arch": arch, **fingerprint_score(fp, module, arch, zoo.spec).to_dict()}
         for name, field in (("fp-dec-z", "decision_z"), ("fp-out-z", "output_z"), ("fp-z", "z"), ("combined", "z")):
             flagged[name]["irrelevant-r"] = float(np.mean([m[field] >= Z_THRESHOLD for m in by_recipe.values()]))
     return {
