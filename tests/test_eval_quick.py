@@ -73,3 +73,19 @@ def test_mnist32_split_is_stratified_and_normalised(ipzoo):
     probes_view = ipzoo.normalise(ipzoo.digits_to_rgb(split.raw_test, 32), ipzoo.MNIST32_SPEC)
     assert torch.allclose(probes_view, split.x_test, atol=1e-6)  # raw test images = what the models saw
     assert not torch.equal(ipzoo._mnist_split(seed=1).y_test, split.y_test)
+
+
+def test_noisy_digits_split_is_seeded_and_consistent(ipzoo):
+    clean = ipzoo.digit_data(0)
+    split = ipzoo._with_noise(clean, ipzoo.NOISY_SIGMA, seed=0)
+    again = ipzoo._with_noise(clean, ipzoo.NOISY_SIGMA, seed=0)
+    assert torch.equal(split.x_train, again.x_train) and torch.equal(split.x_test, again.x_test)
+    assert not torch.equal(ipzoo._with_noise(clean, ipzoo.NOISY_SIGMA, seed=1).x_train, split.x_train)
+    assert torch.equal(split.y_train, clean.y_train) and torch.equal(split.y_test, clean.y_test)
+    assert split.x_train.shape == clean.x_train.shape and split.raw_test.shape == (len(clean.y_test), 16, 16)
+    probes_view = ipzoo.normalise(ipzoo.digits_to_rgb(split.raw_test, 16), ipzoo.SPEC)
+    assert torch.allclose(probes_view, split.x_test, atol=1e-5)  # raw test images = what the models saw
+    std = torch.tensor(ipzoo.SPEC.std).view(1, 3, 1, 1)
+    noise = ((split.x_train - clean.x_train) * std)[:, 0]  # pixel units; clamping at 0 and 1 shrinks it a little
+    assert 0.15 < float(noise.std()) <= ipzoo.NOISY_SIGMA + 0.01
+    assert torch.equal(split.x_train[:, 0], split.x_train[:, 2])  # grey: the channels stay equal

@@ -10,7 +10,7 @@ Probes are held-out test digits (no scored model selects them). Score = -distanc
 AUC per attack and method with sklearn.metrics.roc_auc_score (attack models positive, irrelevant negative),
 then mean and spread (std, min, max) over the zoo seeds.
 
-    python tools/eval/ip_protection.py [--zoo digits|mnist32] [--seeds 0 1 2] [--quick] [-K 16] [-T 8]
+    python tools/eval/ip_protection.py [--zoo digits|digits-noisy|mnist32] [--seeds 0 1 2] [--quick] [-K 16] [-T 8]
                                        [--methods modelgif ig ...]
 """
 from __future__ import annotations
