@@ -104,3 +104,25 @@ def test_noisy_digits_zoo_is_harder_than_clean(ipzoo):
         xb, yb = noisy.attacker_data
         wrong = float((noisy.owner(xb).argmax(1) != yb).float().mean())
     assert wrong >= 0.05, wrong
+
+
+@pytest.mark.slow
+def test_foreign_students_learn_another_teacher(ipzoo):
+    import fingerprint_ip
+
+    zoo = ipzoo.digits(seed=0, per_attack=1, irrelevant=1)
+    students = fingerprint_ip.foreign_students(zoo, 1)
+    arch = zoo.recipe.student_archs[0]
+    assert {n: (g, a) for n, (g, a, _) in students.items()} == {"foreign-l-0": ("foreign-l", arch),
+                                                                 "foreign-p-0": ("foreign-p", arch)}
+    xb, _ = zoo.attacker_data
+    with torch.no_grad():
+        teacher = zoo.models[fingerprint_ip.FOREIGN_TEACHER](xb).argmax(1)
+        owner = zoo.owner(xb).argmax(1)
+        differ = teacher != owner
+        assert int(differ.sum()) >= 5  # the two teachers disagree somewhere on the thieves' images
+        for name, (_, _, model) in students.items():
+            pred = model(xb).argmax(1)
+            # on the images where the teachers disagree, the student sides with its own teacher, not the owner
+            assert float((pred[differ] == teacher[differ]).float().mean()) > 0.6, name
+            assert float((pred[differ] == owner[differ]).float().mean()) < 0.4, name

@@ -13,7 +13,11 @@ models negative) and what the verdict (z >= 3) flags; both again against only th
 the thieves' half B (``auc_thief_data_negatives``, flagged ``irrelevant-b``): like the thieves' students, and
 like any model in the wild, they never saw the owner's images, so they are the hard negatives for a fingerprint
 built from those images. And what the verdict flags among independent models trained on the owner's data by
-recipes neither calibration uses (``RECIPE_NEGATIVES``, flagged ``irrelevant-r``; docs/results.md 6.2d).
+recipes neither calibration uses (``RECIPE_NEGATIVES``, flagged ``irrelevant-r``; docs/results.md 6.2d). And
+against students of *another* teacher (``foreign_students``: Extract-L and Extract-P students trained exactly as
+the zoo's, from an independent model of the owner's architecture; ``auc_foreign_students``, flagged ``foreign``):
+a score that ranks the owner's students above them sees the owner, one that does not sees only that a model
+learnt from some model's labels (docs/results.md 6.2f).
 
     python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
 """
@@ -139,6 +143,38 @@ def recipe_negatives(zoo: ipzoo.IPZoo, archs: tuple[str, ...], classes: int) -> 
     return out
 
 
+FOREIGN_TEACHER = "irrelevant-0"  # every zoo's first independent model: the owner's architecture, the owner's half A
+
+
+def foreign_students(zoo: ipzoo.IPZoo, count: int) -> dict[str, tuple[str, str, torch.nn.Module]]:
+    """{name: (group, arch, model)}: ``count`` Extract-L and ``count`` Extract-P students of FOREIGN_TEACHER, trained
+    as the zoo trains the owner's students (same architectures in turn, same data half B, same recipe; cached)."""
+    if zoo.archs.get(FOREIGN_TEACHER) != zoo.recipe.owner_arch or ipzoo.on_thief_data(0, zoo.recipe):
+        raise SystemExit(f"{zoo.name}: {FOREIGN_TEACHER} is not an independent model of the owner's architecture "
+                         "trained on the owner's half A")
+    teacher = zoo.models[FOREIGN_TEACHER]
+    xb, _ = zoo.attacker_data
+    with torch.no_grad():
+        labels = torch.cat([teacher(xb[i:i + 256]).argmax(1) for i in range(0, len(xb), 256)])
+    out = {}
+    for i in range(count):
+        arch = zoo.recipe.student_archs[i % len(zoo.recipe.student_archs)]
+        for kind in ("l", "p"):
+            seed = 10_000 * zoo.seed + 800 + 10 * i + (kind == "p")
+
+            def make(arch=arch, seed=seed, kind=kind):
+                if kind == "l":
+                    return ipzoo.hard_label_student(zoo.recipe, zoo.make_arch, arch, xb, labels, seed)
+                return ipzoo.distilled_student(zoo.recipe, zoo.make_arch, arch, xb, labels, teacher, seed)
+
+            name = f"foreign-{kind}-{i}"
+            model = cached_model("foreign-students", f"{zoo.name}-{zoo.seed}-{name}", make,
+                                 [zoo.name, zoo.seed, name, arch, seed, dataclasses.asdict(zoo.recipe)],
+                                 lambda arch=arch: zoo.make_arch(arch, 10))
+            out[name] = (f"foreign-{kind}", arch, model)
+    return out
+
+
 def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[str] | None = None) -> dict[str, float]:
     """AUC per attack against all independent models, or only ``negatives``."""
     from sklearn.metrics import roc_auc_score
@@ -152,8 +188,14 @@ def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[s
     return row
 
 
-def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_recipe_negatives: bool = True) -> dict:
+def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_recipe_negatives: bool = True,
+             foreign: int | None = None) -> dict:
+    """Every score of every model of one zoo seed; ``foreign``: students of another teacher per kind (None: as many
+    as the zoo has per attack; 0: none)."""
     zoo = ipzoo.build(zoo_name, seed, quick)
+    count = ipzoo.SIZES[zoo_name]["quick" if quick else "full"][0] if foreign is None else foreign
+    for name, (group, arch, module) in (foreign_students(zoo, count) if count else {}).items():
+        zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, "digits"
     helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
     config = dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
     fp, calibration_distances, fit_s = fitted(zoo, config)
@@ -192,11 +234,14 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
           "fp-dec-z": scores["fp-dec-z"], "fp-out-z": scores["fp-out-z"], "fp-z": scores["fp-z"],
           "max-z": scores["max-z"], "combined": scores["combined"]}
     thief_data = [n for n in ipzoo.thief_data_negatives(zoo) if n in groups]
+    foreign_names = [n for n in scored if groups[n].startswith("foreign-")]
     flagged = {}
     for name, z in zs.items():
         flagged[name] = {g: float(np.mean([z[n] >= Z_THRESHOLD for n in scored if groups[n] == g]))
                          for g in ipzoo.ATTACKS + ("irrelevant",)}
         flagged[name]["irrelevant-b"] = float(np.mean([z[n] >= Z_THRESHOLD for n in thief_data]))
+        if foreign_names:
+            flagged[name]["foreign"] = float(np.mean([z[n] >= Z_THRESHOLD for n in foreign_names]))
     by_recipe = {}
     if with_recipe_negatives:  # the fingerprint's verdict on them (their outputs are comparable: combined = fp-z)
         for n, (arch, module) in recipe_negatives(zoo, config.helper_archs, fp.num_classes).items():
@@ -213,6 +258,8 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         "gif_passes_per_model": 16 * 8,
         "auc": {s: auc_rows(scores[s], groups) for s in SCORES}, "flagged": flagged,
         "auc_thief_data_negatives": {s: auc_rows(scores[s], groups, thief_data) for s in SCORES},
+        "auc_foreign_students": ({s: auc_rows(scores[s], groups, foreign_names) for s in SCORES}
+                                 if foreign_names else None),
         "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n],
                           "distance_outputs": dist_out[n],
                           "z_gif": z_gif[n], "z_gif_population": z_pop[n],
@@ -251,6 +298,9 @@ def main() -> None:
                         " or all by the owner's")
     parser.add_argument("--epochs", type=int, default=FitConfig().recipe.epochs,
                         help="reference epochs (surrogates get 2/3, as `gifindex fit-probes --epochs` does)")
+    parser.add_argument("--foreign-students", type=int, default=None, metavar="N",
+                        help="Extract-L and Extract-P students of another teacher, N of each (default: as many as the "
+                             "zoo has per attack; 0: none)")
     parser.add_argument("--no-recipe-negatives", action="store_true",
                         help="skip the independent models trained by RECIPE_NEGATIVES (training them costs a few "
                              "minutes per seed on mnist32)")
@@ -266,7 +316,8 @@ def main() -> None:
                        disjoint=args.disjoint, varied_calibration=args.calibration_recipes == "varied")
     results = []
     for seed in args.seeds:
-        results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives))
+        results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
+                                args.foreign_students))
         r = results[-1]
         log(f"{args.zoo} seed {seed}: fingerprint {r['fingerprint']['size']} inputs, fit {r['fit_seconds']} s")
         for s in SCORES:
@@ -274,18 +325,24 @@ def main() -> None:
                 + "  flagged " + (" ".join(f"{v:.0%}" for v in r["flagged"][s].values()) if s in r["flagged"] else ""))
     summary = summarise(results)
     summary_thief = summarise(results, "auc_thief_data_negatives")
+    summary_foreign = summarise(results, "auc_foreign_students") if all(r["auc_foreign_students"] for r in results) \
+        else None
     seeds = "-".join(map(str, args.seeds))
     write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}-s{seeds}.json",
-               {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief})
-    for title, table in (("all independent models", summary),
-                         ("independent models trained on the thieves' half B only", summary_thief)):
+               {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief,
+                "summary_foreign_students": summary_foreign})
+    tables = [("all independent models", summary),
+              ("independent models trained on the thieves' half B only", summary_thief)]
+    if summary_foreign:
+        tables.append(("students of another teacher (Extract-L and -P of an independent model)", summary_foreign))
+    for title, table in tables:
         print(f"AUC mean [min, max] over seeds {' '.join(map(str, args.seeds))}, negatives: {title}")
         print("score      " + " ".join(f"{a:>17s}" for a in ipzoo.ATTACKS + ("mean",)))
         for s in SCORES:
             print(f"{s:<10s} " + " ".join(f"{v['mean']:.2f} [{v['min']:.2f},{v['max']:.2f}]"
                                           for v in table[s].values()))
     print("flagged (z >= 3), mean over seeds: " + " ".join(ipzoo.ATTACKS) + " independent independent-B "
-          "[independent-R: trained by other recipes, fingerprint scores only]")
+          "[foreign: students of another teacher] [independent-R: trained by other recipes, fingerprint scores only]")
     for s in results[0]["flagged"]:
         print(f"{s:<10s} " + " ".join(f"{np.mean([r['flagged'][s][g] for r in results]):.0%}"
                                       for g in results[0]["flagged"][s]))

@@ -157,6 +157,21 @@ def _mnist_split(seed: int, test: int = 1000) -> Split:
     return Split(x[tr].contiguous(), y[tr], x[te].contiguous(), y[te], images[te])
 
 
+def hard_label_student(recipe: ZooRecipe, make_arch: Callable[[str, int], nn.Module], arch: str, x: torch.Tensor,
+                       teacher_labels: torch.Tensor, seed: int) -> nn.Module:
+    """Extract-L: a new ``arch`` model (initialised after seeding) trained on a teacher's hard labels over x."""
+    torch.manual_seed(seed)
+    return train(make_arch(arch, 10), x, teacher_labels, recipe.epochs, recipe.lr_for(arch), recipe.batch_size, seed)
+
+
+def distilled_student(recipe: ZooRecipe, make_arch: Callable[[str, int], nn.Module], arch: str, x: torch.Tensor,
+                      teacher_labels: torch.Tensor, teacher: nn.Module, seed: int) -> nn.Module:
+    """Extract-P: a new ``arch`` model distilled from the teacher's soft outputs (temperature 2) over x."""
+    torch.manual_seed(seed)
+    return train(make_arch(arch, 10), x, teacher_labels, recipe.epochs, recipe.lr_for(arch), recipe.batch_size, seed,
+                 teacher=teacher, temperature=2.0, alpha=1.0)
+
+
 def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, seed: int, per_attack: int,
            irrelevant: int, only: Collection[str] | None = None) -> IPZoo:
     """Train (or load) the owner, per_attack models per attack and ``irrelevant`` hard negatives.
@@ -227,13 +242,10 @@ def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, see
         student = recipe.student_archs[i % len(recipe.student_archs)]
 
         def ext_l(s=s, arch=student):
-            torch.manual_seed(400 + s)
-            return train(make_arch(arch), xb, owner_labels, epochs, lr(arch), bs, 400 + s)
+            return hard_label_student(recipe, make_arch, arch, xb, owner_labels, 400 + s)
 
         def ext_p(s=s, arch=student):
-            torch.manual_seed(500 + s)
-            return train(make_arch(arch), xb, owner_labels, epochs, lr(arch), bs, 500 + s, teacher=owner,
-                         temperature=2.0, alpha=1.0)
+            return distilled_student(recipe, make_arch, arch, xb, owner_labels, owner, 500 + s)
 
         def ext_adv(s=s, arch=student):
             torch.manual_seed(600 + s)
