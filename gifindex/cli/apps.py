@@ -69,7 +69,7 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
                            f"references'; independent models {fp['output_null_mean']:+.3f} (sigma "
                            f"{fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
     elif not no_fingerprint:
-        click.echo("fingerprint   none for this owner (gifindex fit-probes catches extracted and distilled copies)")
+        click.echo("fingerprint   none for this owner (gifindex fit-probes adds evidence against distilled copies)")
     if fp is not None:
         click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when z "
                    f">= {z_threshold:g}; z {result['z']:.2f})")
@@ -117,7 +117,7 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
 def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[str, ...], surrogates: int,
                references: int, calibration: int, calibration_recipes: str, candidates: int, output_probes: int,
                eps: float, epochs: int, seed: int, device: str, wait: float, as_json: bool) -> None:
-    """Fit OWNER's fingerprint from its own data, for `suspect` to catch extracted and distilled copies.
+    """Fit OWNER's fingerprint from its own data: `suspect` then weighs decisions and outputs (distilled copies).
 
     Trains surrogates (students of OWNER) and references (independent models) on the owner's data, keeps
     perturbed owner images on which the surrogates follow OWNER's decision and the references do not,

@@ -1,4 +1,5 @@
-"""Owner-fitted decision fingerprints: catching models copied by extraction or distillation.
+"""Owner-fitted fingerprints: evidence that a model copies the owner's outputs or decisions (distillation,
+extraction) where its weights and gradient field are its own.
 
 ModelGiF distances catch every copy that keeps the weights (fine-tuning, pruning, transfer) but not a
 student that copied the owner's *function* into another architecture: its gradient field is its own.
@@ -9,6 +10,10 @@ searches for inputs on which surrogates follow the owner's decision while refere
 that agrees with the owner on those inputs far more than independent models do was derived from it.
 Distillation copies more than decisions: how the owner ranks the classes it did not choose (``outputs``),
 so the fingerprint also holds the owner's and its calibration references' outputs on probe images of its own.
+What the evaluation zoos show (docs/results.md 6.2f): the outputs recognise a distilled student as *this*
+owner's; the decisions rank hard-label students above independent models, but students of another model of
+the same task nearly as high, so for hard-label extraction they mark "learnt from some model's labels" more
+than "from this owner's".
 
 Data flow: owner model + owner data (``data.OwnerData``) -> helper models (``helpers``) -> conferrable
 inputs (``conferrable``) + the owner's outputs on probe images (``outputs``) -> ``Fingerprint``

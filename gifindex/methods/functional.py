@@ -67,7 +67,7 @@ def path_outputs(adapter: SharedSpaceAdapter, probes: "Probes", config: "Signatu
 @register
 class ModelGiFOutputs(Method):
     name = "modelgif+outputs"
-    summary = "ModelGiF curves and the outputs along the same paths (catches distilled and extracted copies)"
+    summary = "ModelGiF curves and the outputs along the same paths (brings distilled students next to their teachers)"
 
     def passes(self, config: "SignatureConfig") -> int:
         return 2 * config.points_per_model  # K*T forward+backward, K*T forward only
