@@ -489,3 +489,16 @@ def test_every_recipe_variant_trains_a_working_model(digits, variant):
     raw = (data.x_test * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).clamp(0, 1)
     accuracy = float((model_logits(model, raw).argmax(1) == data.y_test).float().mean())
     assert accuracy > 0.5, (recipe, accuracy)
+
+
+def test_lead_note_only_for_unrelated_fingerprint_verdicts_between_one_and_the_threshold():
+    from gifindex.cli.apps import lead_note
+
+    base = {"evidence": "fingerprint", "verdict": "unrelated"}
+    assert "z 2.40 is a lead, not evidence" in lead_note({**base, "z": 2.4}, 3.0)
+    assert lead_note({**base, "z": 1.0}, 3.0) is not None
+    assert lead_note({**base, "z": 0.99}, 3.0) is None
+    assert lead_note({**base, "z": 3.5}, 4.0) is not None  # below a raised threshold
+    assert lead_note({"evidence": "fingerprint", "verdict": "derived", "z": 3.2}, 3.0) is None
+    assert lead_note({"evidence": "signature", "verdict": "unrelated", "z": 2.4}, 3.0) is None
+    assert lead_note({**base, "z": None}, 3.0) is None

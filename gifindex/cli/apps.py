@@ -73,6 +73,9 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     if fp is not None:
         click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when z "
                    f">= {z_threshold:g}; z {result['z']:.2f})")
+        lead = lead_note(result, z_threshold)
+        if lead:
+            click.echo(f"              {lead}")
     else:
         click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "
                    f"<= {result['threshold']['distance']:.4f})")
@@ -216,6 +219,22 @@ def relatedness(index_path: str, truth: str, as_json: bool) -> None:
     if result["missing"]:
         click.echo(f"not in the index: {', '.join(result['missing'])}")
     random_note(result["random_init"])
+
+
+LEAD_Z = 1.0  # below the verdict's threshold, a fingerprint z from here up is worth a look (docs/results.md 6.2e-f)
+
+
+def lead_note(result: dict, z_threshold: float) -> str | None:
+    """For an 'unrelated' verdict judged by the fingerprint with z in [LEAD_Z, z_threshold): what that z does and
+    does not say. Hard-label students sit there on the evaluation zoos, and so do independent models trained by
+    other recipes and students of other models; None otherwise."""
+    if result.get("evidence") != "fingerprint" or result.get("verdict") != "unrelated":
+        return None
+    z = result.get("z")
+    if z is None or not LEAD_Z <= z < z_threshold:
+        return None
+    return (f"z {z:.2f} is a lead, not evidence: hard-label students of yours score here, but so do independent "
+            "models trained by other recipes and students of other models (docs/results.md 6.2e-6.2f)")
 
 
 def random_note(names: list[str]) -> None:
