@@ -37,7 +37,7 @@ from common import (CACHE, cached_model, distances_to, key, log, results_dir, se
 from gifindex.apps import suspect_from_distances
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
                                   load_fingerprint, output_scores, save_fingerprint)
-from gifindex.fingerprint.helpers import TrainRecipe, train_reference
+from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import combine
 
 Z_THRESHOLD = 3.0
@@ -154,8 +154,7 @@ def foreign_students(zoo: ipzoo.IPZoo, count: int) -> dict[str, tuple[str, str, 
                          "trained on the owner's half A")
     teacher = zoo.models[FOREIGN_TEACHER]
     xb, _ = zoo.attacker_data
-    with torch.no_grad():
-        labels = torch.cat([teacher(xb[i:i + 256]).argmax(1) for i in range(0, len(xb), 256)])
+    labels = decisions(teacher, xb)
     out = {}
     for i in range(count):
         arch = zoo.recipe.student_archs[i % len(zoo.recipe.student_archs)]

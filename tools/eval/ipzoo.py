@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from common import (CACHE, SPEC, InputSpec, accuracy, build_arch, cached_model, digits_to_rgb, key, log,
                     make_permanent, prune_global, setup_threads, train)
 from common import digits as digit_data
+from gifindex.fingerprint.helpers import decisions
 
 ATTACKS = ("finetune-a", "finetune-l", "fine-pruning", "extract-l", "extract-p", "extract-adv", "transfer")
 TRANSFER_TASKS = (("parity", 2), ("mod3", 3), ("big", 2), ("mod4", 4), ("mod5", 5))
@@ -212,8 +213,7 @@ def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, see
         return train(make_arch(owner_arch), xa, ya, epochs, lr(owner_arch), bs, base)
 
     owner = add("owner", "owner", owner_arch, "digits", 10, owner_make, ["owner", owner_arch, epochs, 1])
-    with torch.no_grad():
-        owner_labels = torch.cat([owner(xb[i:i + 256]).argmax(1) for i in range(0, len(xb), 256)])
+    owner_labels = decisions(owner, xb)
 
     for i in range(per_attack):
         s = base + i
@@ -322,16 +322,15 @@ def _with_noise(data, sigma: float, seed: int) -> Split:
     std = torch.tensor(SPEC.std).view(1, 3, 1, 1)
     gen = torch.Generator().manual_seed(55_000 + seed)
 
-    def noisy(grey: torch.Tensor) -> torch.Tensor:  # (N, H, W) in [0, 1]
+    def noisy_grey(x: torch.Tensor) -> torch.Tensor:  # normalised (N, 3, H, W) -> noisy grey (N, H, W) in [0, 1]
+        grey = (x * std + mean)[:, 0]
         return (grey + sigma * torch.randn(grey.shape, generator=gen)).clamp(0, 1)
 
-    def noisy_normalised(x: torch.Tensor) -> torch.Tensor:
-        grey = noisy((x * std + mean)[:, 0])
-        return ((grey.unsqueeze(1).expand(-1, 3, -1, -1) - mean) / std).contiguous()
+    def as_input(grey: torch.Tensor) -> torch.Tensor:
+        return normalise(grey.unsqueeze(1).expand(-1, 3, -1, -1), SPEC).contiguous()
 
-    x_train, x_test = noisy_normalised(data.x_train), noisy_normalised(data.x_test)
-    raw = ((x_test * std + mean)[:, 0]).numpy()  # the same noisy test images, grey, at the zoo's resolution
-    return Split(x_train, data.y_train, x_test, data.y_test, raw)
+    grey_train, grey_test = noisy_grey(data.x_train), noisy_grey(data.x_test)
+    return Split(as_input(grey_train), data.y_train, as_input(grey_test), data.y_test, grey_test.numpy())
 
 
 def digits_noisy(seed: int = 0, per_attack: int = 5, irrelevant: int = 12,
