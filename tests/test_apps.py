@@ -100,6 +100,32 @@ def test_suspect_command_flips_between_a_copy_and_an_unrelated_model(hub):
     assert "UNRELATED" in text and "z >= 3" in text
 
 
+def test_suspect_all_judges_every_indexed_model_as_suspect_alone_would(hub):
+    index, _ = hub
+    scan = json.loads(_run("suspect", "-i", index, "--owner", "owner", "--all", "--json").stdout)
+    names = [r["suspect"] for r in scan["models"]]
+    assert sorted(names) == ["copy", "other1", "other2", "other3", "other4", "other5"]  # all but the owner
+    assert names[0] == "copy" and scan["derived"] == ["copy"] and not scan["fingerprint"]
+    zs = [r["z"] for r in scan["models"]]
+    assert zs == sorted(zs, reverse=True)
+    for r in scan["models"]:  # each verdict is the one-suspect verdict (leave-one-out population)
+        alone = json.loads(_run("suspect", "-i", index, r["suspect"], "--owner", "owner", "--json").stdout)
+        assert (r["verdict"], r["population"]["n"]) == (alone["verdict"], alone["population"]["n"])
+        assert r["z"] == pytest.approx(alone["z"]) and r["distance"] == pytest.approx(alone["distance"])
+    excluded = json.loads(_run("suspect", "-i", index, "--owner", "owner", "--all", "--exclude", "other1",
+                               "--json").stdout)
+    assert "other1" not in [r["suspect"] for r in excluded["models"]] and excluded["derived"] == ["copy"]
+    text = _run("suspect", "-i", index, "--owner", "owner", "--all").stdout
+    assert "6 indexed models judged by the signature distance" in text and "derived: copy" in text
+    assert text.splitlines()[3].split()[:2] == ["copy", "DERIVED"]
+    for args in (["copy", "--all"], []):  # one suspect or --all, not both, not neither
+        bad = _run("suspect", "-i", index, "--owner", "owner", *args, ok=False)
+        assert bad.exit_code == 2 and "name one SUSPECT, or give --all" in bad.output
+    too_few = _run("suspect", "-i", index, "--owner", "owner", "--all", "--exclude", "other1", "--exclude", "other2",
+                   "--exclude", "other3", ok=False)
+    assert too_few.exit_code == 1 and "a scan needs at least 4 indexed models besides the owner" in too_few.output
+
+
 def test_unlearning_command(hub, tmp_path):
     index, files = hub
     forget = tmp_path / "forget.npy"

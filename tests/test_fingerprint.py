@@ -353,6 +353,21 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert "outputs       similarity to the owner's on 128 probe images" in text.output
     off = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner", "--no-fingerprint", "--json"])
     assert json.loads(off.stdout)["fingerprint"] is None
+    scan = runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"])
+    assert scan.exit_code == 0, scan.output
+    scanned = json.loads(scan.stdout)
+    assert scanned["fingerprint"] and sorted(r["suspect"] for r in scanned["models"]) == [f"indep{i}" for i in range(4)]
+    alone = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner",
+                                            "--json"]).stdout)
+    first = next(r for r in scanned["models"] if r["suspect"] == "indep0")
+    assert first["evidence"] == alone["evidence"] == "fingerprint" and first["z"] == pytest.approx(alone["z"])
+    assert first["fingerprint"]["agreement"] == alone["fingerprint"]["agreement"]
+    (tmp_path / "indep3.pt").rename(tmp_path / "elsewhere.bin")  # a model whose file is gone keeps its signature verdict
+    gone = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"]).stdout)
+    lost = next(r for r in gone["models"] if r["suspect"] == "indep3")
+    assert lost["fingerprint"] is None and lost["error"].startswith("fingerprint not checked: ")
+    assert lost["z"] == pytest.approx(lost["signature_z"]) and len(gone["models"]) == 4
+    (tmp_path / "elsewhere.bin").rename(tmp_path / "indep3.pt")
     # the text report names the radius used and the outputs' null (a small refit, replacing the stored one)
     text_fit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
                                     "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",

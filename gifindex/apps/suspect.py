@@ -67,11 +67,7 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     When the owner has a fingerprint in the index (``gifindex fit-probes``) and ``use_fingerprint``, the
     suspect's agreement with the owner's decisions on it is a second piece of evidence (z against the owner's
     independent calibration models); the verdict takes the stronger of the two."""
-    unknown = [name for name in exclude if index.catalog.by_name(name) is None]
-    if unknown:
-        hints = [f"{n!r}" + (f" (did you mean {close[0]!r}?)" if (close := index.similar_names(n, 1)) else "")
-                 for n in unknown]
-        raise GifindexError(f"--exclude names no indexed model: {', '.join(hints)}; see `gifindex list`")
+    _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
     owner_vec, owner_name, owner_record = owner_q.vector, owner_q.name, owner_q.record
@@ -88,17 +84,72 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     random += [records[i].name for i in keep if records[i].metadata.get("random_init")]
     out.update({"suspect": sus_name, "owner": owner_name, "method": index.config.method,
                 "closest_population": [{"name": n, "distance": v} for v, n in closest], "random_init": random})
+    fingerprint = owner_fingerprint(index, owner_name) if use_fingerprint else None
+    entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
+    return _judge(out, fingerprint, entry, z_threshold, device, loaded=sus_q.model)
+
+
+def _check_exclude(index: "Index", exclude: Sequence[str]) -> None:
+    """A name in ``exclude`` that is not indexed is an error (with a "did you mean")."""
+    unknown = [name for name in exclude if index.catalog.by_name(name) is None]
+    if unknown:
+        hints = [f"{n!r}" + (f" (did you mean {close[0]!r}?)" if (close := index.similar_names(n, 1)) else "")
+                 for n in unknown]
+        raise GifindexError(f"--exclude names no indexed model: {', '.join(hints)}; see `gifindex list`")
+
+
+def owner_fingerprint(index: "Index", owner_name: str) -> Fingerprint | None:
+    """The owner's fingerprint stored in the index (``gifindex fit-probes``), or None."""
+    path = fingerprint_path(index.root, owner_name)
+    return load_fingerprint(path) if path.is_file() else None
+
+
+def _judge(out: dict[str, Any], fingerprint: Fingerprint | None, entry: "ModelEntry", z_threshold: float,
+           device: str, loaded: Any = None) -> dict[str, Any]:
+    """Add the fingerprint's evidence (when the owner has one) to a signature verdict ``out`` and decide."""
     out["signature_z"] = out["z"]
     out["fingerprint"] = None
-    path = fingerprint_path(index.root, owner_name)
-    if use_fingerprint and path.is_file():
-        entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
-        evidence = fingerprint_evidence(load_fingerprint(path), entry, device, loaded=sus_q.model)
+    if fingerprint is not None:
+        evidence = fingerprint_evidence(fingerprint, entry, device, loaded=loaded)
         out["fingerprint"] = evidence
         combined, out["evidence"] = combine(out["z"], evidence["z"])
         out["z"] = float(combined)
         out["verdict"] = "derived" if combined >= z_threshold else "unrelated"
     return out
+
+
+def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, exclude: Sequence[str] = (),
+         device: str = "cpu", batch_size: int | None = 32, use_fingerprint: bool = True) -> dict[str, Any]:
+    """Judge every indexed model (but the owner and ``exclude``) as a suspect of ``owner``: "which models in
+    this hub are derived from mine?". Each verdict is the one :func:`suspect` gives for that model alone (its
+    population: the other models, leave-one-out); models come back strongest evidence first. A model whose
+    fingerprint check fails (its file moved, say) keeps its signature verdict, with the error in ``error``."""
+    _check_exclude(index, exclude)
+    owner_q = index.resolve(owner, device=device, batch_size=batch_size)
+    records, vectors = index.vectors()
+    skip = set(exclude) | {owner_q.name}
+    keep = [i for i, r in enumerate(records)
+            if r.name not in skip and (owner_q.record is None or r.id != owner_q.record.id)]
+    if len(keep) < MIN_POPULATION + 1:
+        raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
+                            f"{len(keep)}): each is judged against the others")
+    distances = signature_distances(vectors[keep], owner_q.vector)
+    fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
+    judged = []
+    for k, i in enumerate(keep):
+        record = records[i]
+        out = suspect_from_distances(float(distances[k]), np.delete(distances, k), z_threshold)
+        out.update({"suspect": record.name, "random_init": bool(record.metadata.get("random_init")),
+                    "signature_z": out["z"], "fingerprint": None})
+        try:
+            _judge(out, fingerprint, index.entry_for(record.name), z_threshold, device)
+        except GifindexError as exc:
+            out["error"] = f"fingerprint not checked: {exc}"
+        judged.append(out)
+    judged.sort(key=lambda r: -r["z"])
+    return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold,
+            "fingerprint": fingerprint is not None, "models": judged,
+            "derived": [r["suspect"] for r in judged if r["verdict"] == "derived"]}
 
 
 def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: str = "cpu",

@@ -18,8 +18,11 @@ from .progress import SigningProgress
 
 @main.command()
 @index_option
-@click.argument("suspect_ref", metavar="SUSPECT")
+@click.argument("suspect_ref", metavar="[SUSPECT]", required=False)
 @click.option("--owner", required=True, help="the owner's model: an indexed name or a model reference")
+@click.option("--all", "scan_all", is_flag=True,
+              help="judge every indexed model (instead of one SUSPECT): which models in the index derive from the "
+                   "owner, strongest evidence first")
 @click.option("--z-threshold", type=float, default=3.0, show_default=True,
               help="robust z-score at or above which the suspect is judged derived from the owner")
 @click.option("--exclude", multiple=True, help="indexed names to leave out of the calibration population "
@@ -29,9 +32,10 @@ from .progress import SigningProgress
 @load_options
 @device_options
 @json_option
-def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, exclude: tuple[str, ...],
-            no_fingerprint: bool, device: str, batch_size: int, as_json: bool, **kwargs: Any) -> None:
-    """IP protection: is SUSPECT derived from OWNER?
+def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool, z_threshold: float,
+            exclude: tuple[str, ...], no_fingerprint: bool, device: str, batch_size: int, as_json: bool,
+            **kwargs: Any) -> None:
+    """IP protection: is SUSPECT derived from OWNER? (--all: which indexed models are?)
 
     The suspect-owner distance is set against the owner's distances to every other indexed model (the
     unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used.
@@ -39,7 +43,13 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
     from ..apps import suspect as run_suspect
     from ..session import Session
 
+    if (suspect_ref is None) == (not scan_all):
+        raise click.UsageError("name one SUSPECT, or give --all to judge every indexed model (not both)")
     session = Session.at(index_path, load_kwargs_from(kwargs))
+    if scan_all:
+        scan_report(session, owner, z_threshold, exclude, not no_fingerprint, check_device(device), batch_size,
+                    as_json)
+        return
     with observing(SigningProgress()) as progress:
         result = run_suspect(session.index, session.model(suspect_ref), session.model(owner),
                              z_threshold=z_threshold, exclude=exclude, device=check_device(device),
@@ -81,6 +91,38 @@ def suspect(index_path: str, suspect_ref: str, owner: str, z_threshold: float, e
                    f"<= {result['threshold']['distance']:.4f})")
     random_note(result["random_init"])
 
+
+
+def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str, ...], use_fingerprint: bool,
+                device: str, batch_size: int, as_json: bool) -> None:
+    """`suspect --all`: every indexed model judged against the owner, as a table (or JSON)."""
+    from ..apps import scan
+
+    with observing(SigningProgress()):
+        result = scan(session.index, session.model(owner), z_threshold=z_threshold, exclude=exclude, device=device,
+                      batch_size=batch_size, use_fingerprint=use_fingerprint)
+    if as_json:
+        emit_json(result)
+        return
+    evidence = "fingerprint (decisions + outputs) where comparable, else signature" if result["fingerprint"] else \
+        "signature distance" + ("" if not use_fingerprint else " (no fingerprint for this owner: gifindex fit-probes)")
+    click.echo(f"owner {result['owner']}  ({result['method']}); {len(result['models'])} indexed models judged by the "
+               f"{evidence}; derived when z >= {z_threshold:g}")
+    rows = []
+    for r in result["models"]:
+        fp = r.get("fingerprint") or {}
+        rows.append([r["suspect"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"],
+                     f"{r['z']:.2f}", r.get("evidence", "signature"), f"{r['distance']:.4f}",
+                     f"{r['signature_z']:.2f}", _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
+                     r.get("error", "")])
+    click.echo(table(rows, ["model", "verdict", "z", "judged by", "distance", "signature z", "decisions z",
+                            "outputs z", "note"]))
+    click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
+    random_note([r["suspect"] for r in result["models"] if r["random_init"]])
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 @main.command("fit-probes")
