@@ -121,6 +121,13 @@ def test_suspect_all_judges_every_indexed_model_as_suspect_alone_would(hub):
     for args in (["copy", "--all"], []):  # one suspect or --all, not both, not neither
         bad = _run("suspect", "-i", index, "--owner", "owner", *args, ok=False)
         assert bad.exit_code == 2 and "name one SUSPECT, or give --all" in bad.output
+    from gifindex.apps import scan
+    from gifindex.index import Index
+
+    seen = []
+    with Index.open(index) as opened:  # from Python, with progress: one call per judged model
+        direct = scan(opened, "owner", on_model=lambda name, done, total: seen.append((name, done, total)))
+    assert [r["suspect"] for r in direct["models"]] == names and [s[1:] for s in seen] == [(i, 6) for i in range(1, 7)]
     too_few = _run("suspect", "-i", index, "--owner", "owner", "--all", "--exclude", "other1", "--exclude", "other2",
                    "--exclude", "other3", ok=False)
     assert too_few.exit_code == 1 and "a scan needs at least 4 indexed models besides the owner" in too_few.output

@@ -12,7 +12,7 @@ weights among the suspect, the owner and the population are listed in ``random_i
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -119,11 +119,13 @@ def _judge(out: dict[str, Any], fingerprint: Fingerprint | None, entry: "ModelEn
 
 
 def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, exclude: Sequence[str] = (),
-         device: str = "cpu", batch_size: int | None = 32, use_fingerprint: bool = True) -> dict[str, Any]:
+         device: str = "cpu", batch_size: int | None = 32, use_fingerprint: bool = True,
+         on_model: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Judge every indexed model (but the owner and ``exclude``) as a suspect of ``owner``: "which models in
     this hub are derived from mine?". Each verdict is the one :func:`suspect` gives for that model alone (its
     population: the other models, leave-one-out); models come back strongest evidence first. A model whose
-    fingerprint check fails (its file moved, say) keeps its signature verdict, with the error in ``error``."""
+    fingerprint check fails (its file moved, say) keeps its signature verdict, with the error in ``error``.
+    ``on_model(name, done, total)`` is called after each model is judged (progress)."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     records, vectors = index.vectors()
@@ -146,6 +148,8 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
         except GifindexError as exc:
             out["error"] = f"fingerprint not checked: {exc}"
         judged.append(out)
+        if on_model is not None:
+            on_model(record.name, k + 1, len(keep))
     judged.sort(key=lambda r: -r["z"])
     return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold,
             "fingerprint": fingerprint is not None, "models": judged,

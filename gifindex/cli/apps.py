@@ -1,6 +1,7 @@
 """The paper's applications as commands: suspect (IP protection), unlearning, relatedness."""
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -96,11 +97,25 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
 def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str, ...], use_fingerprint: bool,
                 device: str, batch_size: int, as_json: bool) -> None:
     """`suspect --all`: every indexed model judged against the owner, as a table (or JSON)."""
+    from tqdm import tqdm
+
     from ..apps import scan
 
-    with observing(SigningProgress()):
-        result = scan(session.index, session.model(owner), z_threshold=z_threshold, exclude=exclude, device=device,
-                      batch_size=batch_size, use_fingerprint=use_fingerprint)
+    bar = None
+
+    def judged(name: str, done: int, total: int) -> None:  # a bar over the judged models, on a terminal
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="judging", unit="model", file=sys.stderr, disable=not sys.stderr.isatty())
+        bar.update(1)
+
+    try:
+        with observing(SigningProgress()):
+            result = scan(session.index, session.model(owner), z_threshold=z_threshold, exclude=exclude,
+                          device=device, batch_size=batch_size, use_fingerprint=use_fingerprint, on_model=judged)
+    finally:
+        if bar is not None:
+            bar.close()
     if as_json:
         emit_json(result)
         return
