@@ -276,15 +276,22 @@ def test_fit_probes_command_line_defaults_are_the_fit_configs():
     import inspect
 
     from gifindex.apps.fitprobes import fit_probes
+    from gifindex.errors import ConfigError
+    from gifindex.fingerprint.fit import CALIBRATION_RECIPES, calibration_recipes, varied_calibration
 
     config = FitConfig()
     expected = {"surrogates": config.surrogates, "references": config.references,
                 "calibration": config.calibration_per_arch, "candidates": config.candidates,
-                "calibration_recipes": "varied" if config.varied_calibration else "owner",
+                "calibration_recipes": calibration_recipes(config),
                 "output_probes": config.output_probes, "eps": config.search.eps, "epochs": config.recipe.epochs}
     cli = {p.name: p.default for p in main.commands["fit-probes"].params}
     api = {name: p.default for name, p in inspect.signature(fit_probes).parameters.items()}
     assert {k: cli[k] for k in expected} == expected == {k: api[k] for k in expected}
+    choices = next(p.type.choices for p in main.commands["fit-probes"].params if p.name == "calibration_recipes")
+    assert tuple(choices) == CALIBRATION_RECIPES  # the CLI spells them out (it imports no torch) but must agree
+    assert [varied_calibration(name) for name in CALIBRATION_RECIPES] == [True, False]
+    with pytest.raises(ConfigError, match="calibration recipes must be 'varied' or 'owner', got 'both'"):
+        varied_calibration("both")
 
 
 def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, monkeypatch):
@@ -362,7 +369,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     first = next(r for r in scanned["models"] if r["suspect"] == "indep0")
     assert first["evidence"] == alone["evidence"] == "fingerprint" and first["z"] == pytest.approx(alone["z"])
     assert first["fingerprint"]["agreement"] == alone["fingerprint"]["agreement"]
-    (tmp_path / "indep3.pt").rename(tmp_path / "elsewhere.bin")  # a model whose file is gone keeps its signature verdict
+    (tmp_path / "indep3.pt").rename(tmp_path / "elsewhere.bin")  # a model whose file is gone: its signature verdict
     gone = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"]).stdout)
     lost = next(r for r in gone["models"] if r["suspect"] == "indep3")
     assert lost["fingerprint"] is None and lost["error"].startswith("fingerprint not checked: ")

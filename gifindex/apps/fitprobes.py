@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import GifindexError
 from ..fingerprint import FitConfig, fingerprint_path, fit_fingerprint, load_owner_data, save_fingerprint
 from ..fingerprint.conferrable import SearchConfig
+from ..fingerprint.fit import calibration_recipes as recipes_name
+from ..fingerprint.fit import varied_calibration
 from ..fingerprint.helpers import TrainRecipe
 from ..models import load_model
 
@@ -18,15 +20,14 @@ if TYPE_CHECKING:
 def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (),
                surrogates: int = FitConfig.surrogates, references: int = FitConfig.references,
                calibration: int = FitConfig.calibration_per_arch,
-               calibration_recipes: str = "varied" if FitConfig.varied_calibration else "owner",
+               calibration_recipes: str = recipes_name(),
                candidates: int = FitConfig.candidates,
                output_probes: int = FitConfig.output_probes, eps: float = SearchConfig.eps,
                epochs: int = TrainRecipe.epochs, seed: int = 0, device: str = "cpu", wait: float = 0.0,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored.
     ``calibration_recipes``: "varied" (FitConfig.varied_calibration) or "owner"."""
-    if calibration_recipes not in ("varied", "owner"):
-        raise GifindexError(f"calibration_recipes must be 'varied' or 'owner', got {calibration_recipes!r}")
+    varied = varied_calibration(calibration_recipes)
     if index.catalog.by_name(owner) is None:
         close = index.similar_names(owner, 1)
         hint = f"; did you mean {close[0]!r}?" if close else "; ingest the owner's model first"
@@ -34,7 +35,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
         pass
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
-                       calibration_per_arch=calibration, varied_calibration=calibration_recipes == "varied",
+                       calibration_per_arch=calibration, varied_calibration=varied,
                        candidates=candidates, output_probes=output_probes, seed=seed,
                        recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
                        search=SearchConfig(eps=eps))

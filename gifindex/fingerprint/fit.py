@@ -75,6 +75,21 @@ class FitConfig:
         return dataclasses.asdict(self)
 
 
+CALIBRATION_RECIPES = ("varied", "owner")  # the names of FitConfig.varied_calibration True / False
+
+
+def varied_calibration(recipes: str) -> bool:
+    """FitConfig.varied_calibration from its name ("varied": four common recipes; "owner": the owner's alone)."""
+    if recipes not in CALIBRATION_RECIPES:
+        raise ConfigError(f"calibration recipes must be 'varied' or 'owner', got {recipes!r}")
+    return recipes == "varied"
+
+
+def calibration_recipes(config: FitConfig | type[FitConfig] = FitConfig) -> str:
+    """The name of ``config``'s calibration recipes (the default's when given the class)."""
+    return CALIBRATION_RECIPES[0] if config.varied_calibration else CALIBRATION_RECIPES[1]
+
+
 def default_builder(owner: LoadedModel) -> Builder:
     """Untrained models of a named architecture (timm:/torchvision: references) that take the owner's
     input convention, so helpers see inputs exactly as the owner does."""

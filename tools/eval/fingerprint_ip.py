@@ -39,6 +39,7 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreem
                                   load_fingerprint, output_scores, save_fingerprint)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import combine
+from gifindex.fingerprint.fit import CALIBRATION_RECIPES, calibration_recipes, varied_calibration
 
 Z_THRESHOLD = 3.0
 SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp-agree", "fp-dec-z", "fp-out-z", "fp-z",
@@ -291,8 +292,7 @@ def main() -> None:
                         "outputs)")
     parser.add_argument("--disjoint", action="store_true", help="helpers train on half the owner's data, "
                         "candidates come from the other half (FitConfig.disjoint)")
-    parser.add_argument("--calibration-recipes", choices=("varied", "owner"),
-                        default="varied" if FitConfig().varied_calibration else "owner",
+    parser.add_argument("--calibration-recipes", choices=CALIBRATION_RECIPES, default=calibration_recipes(),
                         help="train the calibration references by four common recipes (FitConfig.varied_calibration)"
                         " or all by the owner's")
     parser.add_argument("--epochs", type=int, default=FitConfig().recipe.epochs,
@@ -312,7 +312,7 @@ def main() -> None:
     config = FitConfig(surrogates=args.surrogates, references=args.references, calibration_per_arch=args.calibration,
                        candidates=args.candidates, output_probes=args.output_probes,
                        recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps),
-                       disjoint=args.disjoint, varied_calibration=args.calibration_recipes == "varied")
+                       disjoint=args.disjoint, varied_calibration=varied_calibration(args.calibration_recipes))
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
