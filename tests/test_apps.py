@@ -117,6 +117,7 @@ def test_suspect_all_judges_every_indexed_model_as_suspect_alone_would(hub):
     assert "other1" not in [r["suspect"] for r in excluded["models"]] and excluded["derived"] == ["copy"]
     text = _run("suspect", "-i", index, "--owner", "owner", "--all").stdout
     assert "6 indexed models judged by the signature distance" in text and "derived: copy" in text
+    assert "note: by the signature alone, independently trained models of the owner's architecture" in text
     assert text.splitlines()[3].split()[:2] == ["copy", "DERIVED"]
     for args in (["copy", "--all"], []):  # one suspect or --all, not both, not neither
         bad = _run("suspect", "-i", index, "--owner", "owner", *args, ok=False)

@@ -133,6 +133,10 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
     click.echo(table(rows, ["model", "verdict", "z", "judged by", "distance", "signature z", "decisions z",
                             "outputs z", "note"]))
     click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
+    if result["derived"] and not result["fingerprint"]:
+        click.echo("note: by the signature alone, independently trained models of the owner's architecture can sit "
+                   "near it and score as derived (docs/results.md 6.2); a fingerprint (gifindex fit-probes) is "
+                   "calibrated per architecture")
     random_note([r["suspect"] for r in result["models"] if r["random_init"]])
 
 
