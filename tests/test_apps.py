@@ -134,6 +134,27 @@ def test_suspect_all_judges_every_indexed_model_as_suspect_alone_would(hub):
     assert too_few.exit_code == 1 and "a scan needs at least 4 indexed models besides the owner" in too_few.output
 
 
+def test_leave_one_out_matches_the_exact_verdicts_at_scale():
+    """Above LOO_EXACT_MAX the scan shares the population statistics: p-values stay exact, z moves by O(1/n)."""
+    from gifindex.apps.suspect import leave_one_out
+
+    rng = np.random.default_rng(0)
+    d = np.concatenate([rng.normal(0.95, 0.03, 4990), rng.uniform(0.05, 0.9, 10)])
+    fast = leave_one_out(d, exact_max=100)
+    slow = leave_one_out(d[:150], exact_max=1000)  # the exact path, on a smaller population
+    assert slow[0]["population"]["leave_one_out"] == "exact" and fast[0]["population"]["n"] == len(d) - 1
+    for k in list(range(0, 4990, 250)) + list(range(4990, 5000)):
+        exact = suspect_from_distances(float(d[k]), np.delete(d, k))
+        assert fast[k]["p_value"] == pytest.approx(exact["p_value"], abs=1e-12)
+        assert fast[k]["z"] == pytest.approx(exact["z"], abs=0.01 * max(1.0, abs(exact["z"])))
+        assert fast[k]["verdict"] == exact["verdict"] and fast[k]["distance"] == d[k]
+    assert sum(r["verdict"] == "derived" for r in fast) >= 10  # the ten planted copies
+    for k in range(150):
+        assert slow[k]["z"] == suspect_from_distances(float(d[k]), np.delete(d[:150], k))["z"]
+    with pytest.raises(GifindexError, match="no spread"):
+        leave_one_out(np.full(3000, 0.9), exact_max=100)
+
+
 def test_unlearning_command(hub, tmp_path):
     index, files = hub
     forget = tmp_path / "forget.npy"

@@ -123,7 +123,8 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
          on_model: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Judge every indexed model (but the owner and ``exclude``) as a suspect of ``owner``: "which models in
     this hub are derived from mine?". Each verdict is the one :func:`suspect` gives for that model alone (its
-    population: the other models, leave-one-out); models come back strongest evidence first. A model whose
+    population: the other models, leave-one-out; above LOO_EXACT_MAX models the population statistics are shared,
+    see :func:`leave_one_out`); models come back strongest evidence first. A model whose
     fingerprint check fails (its file moved, say) keeps its signature verdict, with the error in ``error``.
     ``on_model(name, done, total)`` is called after each model is judged (progress)."""
     _check_exclude(index, exclude)
@@ -138,9 +139,8 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     distances = signature_distances(vectors[keep], owner_q.vector)
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
     judged = []
-    for k, i in enumerate(keep):
+    for k, (i, out) in enumerate(zip(keep, leave_one_out(distances, z_threshold))):
         record = records[i]
-        out = suspect_from_distances(float(distances[k]), np.delete(distances, k), z_threshold)
         out.update({"suspect": record.name, "random_init": bool(record.metadata.get("random_init")),
                     "signature_z": out["z"], "fingerprint": None})
         try:
@@ -154,6 +154,35 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold,
             "fingerprint": fingerprint is not None, "models": judged,
             "derived": [r["suspect"] for r in judged if r["verdict"] == "derived"]}
+
+
+LOO_EXACT_MAX = 2000  # up to this many models, each one's population statistics leave it out exactly
+
+
+def leave_one_out(distances: np.ndarray, z_threshold: float = 3.0, exact_max: int = LOO_EXACT_MAX) -> list[dict]:
+    """:func:`suspect_from_distances` for each distance against all the others. Up to ``exact_max`` models
+    exactly; above, in O(n log n) rather than O(n^2): the median, MAD and spread are those of all n models
+    (leaving one out moves them by O(1/n)), while p-values stay exact (ranks). ``population["leave_one_out"]``
+    says which."""
+    d = np.asarray(distances, dtype=np.float64)
+    if d.size <= exact_max:
+        outs = [suspect_from_distances(float(d[k]), np.delete(d, k), z_threshold) for k in range(d.size)]
+        for out in outs:
+            out["population"]["leave_one_out"] = "exact"
+        return outs
+    shared = suspect_from_distances(float(np.median(d)), d, z_threshold)["population"]  # validates the spread
+    ordered = np.sort(d)
+    others_at_or_below = np.searchsorted(ordered, d, side="right") - 1
+    population = {**shared, "n": int(d.size - 1), "leave_one_out": "shared (all models' statistics)"}
+    median, scale = shared["median"], shared["mad_sigma"]
+    outs = []
+    for k, value in enumerate(d.tolist()):
+        z = (median - value) / scale
+        outs.append({"distance": value, "z": z, "p_value": (1 + int(others_at_or_below[k])) / d.size,
+                     "p_value_floor": 1.0 / d.size, "verdict": "derived" if z >= z_threshold else "unrelated",
+                     "threshold": {"z": float(z_threshold), "distance": median - z_threshold * scale},
+                     "population": dict(population)})
+    return outs
 
 
 def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: str = "cpu",
