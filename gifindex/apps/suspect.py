@@ -65,8 +65,9 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     """Calibrated verdict on whether ``suspect_ref`` is derived from ``owner`` (names or references).
     ``exclude`` names indexed models to leave out of the population; a name not in the index is an error.
     When the owner has a fingerprint in the index (``gifindex fit-probes``) and ``use_fingerprint``, the
-    suspect's agreement with the owner's decisions on it is a second piece of evidence (z against the owner's
-    independent calibration models); the verdict takes the stronger of the two."""
+    suspect's decisions and outputs on it are judged against the owner's independent calibration models, and
+    that z decides the verdict whenever the suspect has the owner's output size (``combine``); the signature's z
+    decides otherwise (another label set: transfer)."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
