@@ -36,6 +36,12 @@ MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 def suspect_from_distances(d: float, population: Sequence[float], z_threshold: float = 3.0) -> dict[str, Any]:
     """Calibrate one suspect-owner distance against the owner's distances to a reference population."""
     pop = np.asarray(population, dtype=np.float64)
+    return _verdict(float(d), population_statistics(pop), int(np.sum(pop <= d)), z_threshold)
+
+
+def population_statistics(pop: np.ndarray) -> dict[str, Any]:
+    """The population's size, median, robust sigma (MAD, or the std when the MAD is degenerate) and range; a
+    population too small or without spread is an error."""
     if pop.size < MIN_POPULATION:
         raise GifindexError(f"suspect needs at least {MIN_POPULATION} other indexed models to calibrate "
                             f"against (found {pop.size}); ingest unrelated models trained on the same task")
@@ -46,16 +52,20 @@ def suspect_from_distances(d: float, population: Sequence[float], z_threshold: f
         raise GifindexError(f"suspect cannot calibrate: the owner's distances to the {pop.size} other models have no "
                             f"spread (all near {median:.4f}; MAD and std below {MIN_SPREAD}), so any z-score would be "
                             "meaningless (degenerate models in the index?); ingest varied unrelated models")
+    return {"n": int(pop.size), "median": median, "mad_sigma": float(scale), "min": float(pop.min()),
+            "max": float(pop.max()), "mean": float(pop.mean()), "std": float(pop.std())}
+
+
+def _verdict(d: float, population: dict[str, Any], at_or_below: int, z_threshold: float) -> dict[str, Any]:
+    """The verdict on distance ``d`` against ``population`` (its statistics), ``at_or_below`` of whose
+    ``population["n"]`` models sit at most ``d`` from the owner."""
+    median, scale, n = population["median"], population["mad_sigma"], population["n"]
     z = (median - d) / scale
-    p_value = (1 + int(np.sum(pop <= d))) / (1 + pop.size)
-    threshold = median - z_threshold * scale
-    derived = bool(z >= z_threshold)
     return {
-        "distance": float(d), "z": float(z), "p_value": float(p_value), "p_value_floor": 1.0 / (1 + pop.size),
-        "verdict": "derived" if derived else "unrelated",
-        "threshold": {"z": float(z_threshold), "distance": float(threshold)},
-        "population": {"n": int(pop.size), "median": median, "mad_sigma": float(scale), "min": float(pop.min()),
-                       "max": float(pop.max()), "mean": float(pop.mean()), "std": float(pop.std())},
+        "distance": d, "z": float(z), "p_value": (1 + at_or_below) / (1 + n), "p_value_floor": 1.0 / (1 + n),
+        "verdict": "derived" if z >= z_threshold else "unrelated",
+        "threshold": {"z": float(z_threshold), "distance": float(median - z_threshold * scale)},
+        "population": population,
     }
 
 
@@ -71,12 +81,10 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
-    owner_vec, owner_name, owner_record = owner_q.vector, owner_q.name, owner_q.record
-    sus_vec, sus_name, sus_record = sus_q.vector, sus_q.name, sus_q.record
-    skip = {r.id for r in (owner_record, sus_record) if r is not None}
-    skip_names = set(exclude) | {owner_name, sus_name}
+    owner_vec, owner_name = owner_q.vector, owner_q.name
+    sus_vec, sus_name = sus_q.vector, sus_q.name
     records, vectors = index.vectors()
-    keep = [i for i, r in enumerate(records) if r.id not in skip and r.name not in skip_names]
+    keep = _others(records, exclude, owner_q, sus_q)
     population = signature_distances(vectors[keep], owner_vec)
     d = signature_distance(sus_vec, owner_vec)
     out = suspect_from_distances(d, population, z_threshold)
@@ -97,6 +105,14 @@ def _check_exclude(index: "Index", exclude: Sequence[str]) -> None:
         hints = [f"{n!r}" + (f" (did you mean {close[0]!r}?)" if (close := index.similar_names(n, 1)) else "")
                  for n in unknown]
         raise GifindexError(f"--exclude names no indexed model: {', '.join(hints)}; see `gifindex list`")
+
+
+def _others(records: Sequence[Any], exclude: Sequence[str], *queries: Any) -> list[int]:
+    """Rows of the index's records that are none of the resolved ``queries`` (by record or by name) and not
+    excluded by name: the population a verdict is calibrated against."""
+    ids = {q.record.id for q in queries if q.record is not None}
+    names = set(exclude) | {q.name for q in queries}
+    return [i for i, r in enumerate(records) if r.id not in ids and r.name not in names]
 
 
 def owner_fingerprint(index: "Index", owner_name: str) -> Fingerprint | None:
@@ -131,9 +147,7 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     records, vectors = index.vectors()
-    skip = set(exclude) | {owner_q.name}
-    keep = [i for i, r in enumerate(records)
-            if r.name not in skip and (owner_q.record is None or r.id != owner_q.record.id)]
+    keep = _others(records, exclude, owner_q)
     if len(keep) < MIN_POPULATION + 1:
         raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
                             f"{len(keep)}): each is judged against the others")
@@ -144,10 +158,11 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
         record = records[i]
         out.update({"suspect": record.name, "random_init": bool(record.metadata.get("random_init")),
                     "signature_z": out["z"], "fingerprint": None})
-        try:
-            _judge(out, fingerprint, index.entry_for(record.name), z_threshold, device)
-        except GifindexError as exc:
-            out["error"] = f"fingerprint not checked: {exc}"
+        if fingerprint is not None:  # without one the signature's verdict stands: nothing to load
+            try:
+                _judge(out, fingerprint, index.entry_for(record.name), z_threshold, device)
+            except GifindexError as exc:
+                out["error"] = f"fingerprint not checked: {exc}"
         judged.append(out)
         if on_model is not None:
             on_model(record.name, k + 1, len(keep))
@@ -171,19 +186,10 @@ def leave_one_out(distances: np.ndarray, z_threshold: float = 3.0, exact_max: in
         for out in outs:
             out["population"]["leave_one_out"] = "exact"
         return outs
-    shared = suspect_from_distances(float(np.median(d)), d, z_threshold)["population"]  # validates the spread
-    ordered = np.sort(d)
-    others_at_or_below = np.searchsorted(ordered, d, side="right") - 1
-    population = {**shared, "n": int(d.size - 1), "leave_one_out": "shared (all models' statistics)"}
-    median, scale = shared["median"], shared["mad_sigma"]
-    outs = []
-    for k, value in enumerate(d.tolist()):
-        z = (median - value) / scale
-        outs.append({"distance": value, "z": z, "p_value": (1 + int(others_at_or_below[k])) / d.size,
-                     "p_value_floor": 1.0 / d.size, "verdict": "derived" if z >= z_threshold else "unrelated",
-                     "threshold": {"z": float(z_threshold), "distance": median - z_threshold * scale},
-                     "population": dict(population)})
-    return outs
+    shared = {**population_statistics(d), "n": int(d.size - 1), "leave_one_out": "shared (all models' statistics)"}
+    others_at_or_below = np.searchsorted(np.sort(d), d, side="right") - 1
+    return [_verdict(value, dict(shared), int(below), z_threshold)
+            for value, below in zip(d.tolist(), others_at_or_below.tolist())]
 
 
 def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: str = "cpu",
