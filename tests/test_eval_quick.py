@@ -126,3 +126,32 @@ def test_foreign_students_learn_another_teacher(ipzoo):
             # on the images where the teachers disagree, the student sides with its own teacher, not the owner
             assert float((pred[differ] == teacher[differ]).float().mean()) > 0.6, name
             assert float((pred[differ] == owner[differ]).float().mean()) < 0.4, name
+
+
+def test_gradient_levers_integrate_exact_fields_of_a_linear_model(harness):
+    """tools/eval/gradient_levers.py: a linear model's class logit and margin have constant input gradients, so
+    curve point j is (j / T) of that gradient, on every path family, and a model is at distance 0 from itself."""
+    import gradient_levers as gl
+
+    from gifindex.adapter import SharedSpaceAdapter
+    from gifindex.distance import curve_distance
+    from gifindex.models.spec import InputSpec
+    from gifindex.probes import Probes
+
+    torch.manual_seed(0)
+    spec = InputSpec(size=(4, 4), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5)).eval()
+    adapter = SharedSpaceAdapter(linear, spec)
+    weight = linear[1].weight.detach() / 0.25  # d logit / d shared-space pixel (normalisation divides by std)
+    images, start = torch.rand(3, 3, 4, 4), torch.rand(3, 3, 4, 4)
+    classes = torch.tensor([[0, 1], [2, 4], [3, 0]])
+    steps = 4
+    for probes in (Probes(images, torch.zeros_like(images)), Probes(images, start)):
+        logit = gl.curves(adapter, probes, gl.SCALARS["owner-class logit"], classes, steps)
+        margin = gl.curves(adapter, probes, gl.SCALARS["owner top-2 margin"], classes, steps)
+        fraction = torch.arange(1, steps + 1).float().view(1, -1, 1) / steps
+        assert torch.allclose(logit, fraction * weight[classes[:, 0]].unsqueeze(1), atol=1e-5)
+        assert torch.allclose(margin, fraction * (weight[classes[:, 0]] - weight[classes[:, 1]]).unsqueeze(1),
+                              atol=1e-5)
+        assert curve_distance(logit, logit) == pytest.approx(0.0, abs=1e-6)
+    assert set(v.scalar for v in gl.VARIANTS.values()) <= set(gl.SCALARS)
