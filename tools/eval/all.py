@@ -19,8 +19,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     quick = ["--quick"] if args.quick else []
-    docs = HERE.parents[1] / "docs"
-    steps = [["ip_protection.py", *quick], ["unlearning.py", *quick, "--plot", str(docs / "unlearning.png")],
+    # the documented figure comes from the full run; a quick run's plot goes beside its JSON results
+    from common import results_dir
+
+    plot = results_dir() / "unlearning-quick.png" if args.quick else HERE.parents[1] / "docs" / "unlearning.png"
+    steps = [["ip_protection.py", *quick], ["unlearning.py", *quick, "--plot", str(plot)],
              ["task_relatedness.py", *quick], ["sweep.py", *quick]]
     for step in steps:
         start = time.perf_counter()
