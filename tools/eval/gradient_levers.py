@@ -84,6 +84,7 @@ class ScalarOf(nn.Module):
 
 @torch.no_grad()
 def top_two(adapter: SharedSpaceAdapter, images: torch.Tensor) -> torch.Tensor:
+    """(K, 2): each image's top class and runner-up."""
     return adapter.logits(images).topk(2, dim=1).indices
 
 
@@ -119,6 +120,7 @@ def paths(zoo: ipzoo.IPZoo, k: int) -> tuple[dict[str, Probes], dict[str, torch.
 
 
 def evaluate(zoo: ipzoo.IPZoo, k: int, steps: int) -> dict:
+    """Every variant's signature of every zoo model, and the AUC per variant and attack on this zoo seed."""
     from sklearn.metrics import roc_auc_score
 
     probes, owner_classes, num_classes = paths(zoo, k)
