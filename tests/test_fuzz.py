@@ -185,6 +185,7 @@ def test_edited_index_json_is_refused_by_name_or_opens(small_index, tmp_path_fac
        st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6), st.booleans())
 @example("catalog.sqlite", [(0.10253077306801475, 32)], False)  # a model id read back as NULL (found by CI)
 @example("catalog.sqlite", [(0.09375, 128)], False)  # text that is not UTF-8 (found by --hypothesis-seed=1)
+@example("search.faiss", [(0.46875, 6)], False)  # a vector length too large to allocate (found by CI)
 def test_damaged_index_files_never_crash_a_read(small_index, tmp_path_factory, name, changes, truncate):
     import shutil
 

@@ -251,7 +251,7 @@ def _check_search(files: IndexFiles, records: Sequence[ModelRecord], recorded: s
     try:
         data = read_bytes(path, "search file", MAX_SEARCH_BYTES, IndexError_)
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    except (RuntimeError, OSError, IndexError_) as exc:
+    except (RuntimeError, MemoryError, OSError, IndexError_) as exc:  # MemoryError: a damaged length field
         problems.append(f"{SEARCH_FILE} is missing or unreadable ({' '.join(str(exc).split())[:100]}); "
                         "run `gifindex rebuild`")
         return

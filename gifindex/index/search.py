@@ -531,7 +531,8 @@ def load_index(path: Path) -> tuple[faiss.Index, dict]:
     try:
         meta = json.loads(path.with_suffix(".json").read_text())
         index = faiss.read_index(str(path))
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # MemoryError: a damaged length field
+        # asks faiss for an impossible allocation (std::bad_alloc)
         raise IndexError_(f"search index {path.name} is missing or corrupt ({' '.join(str(exc).split())[:120]}); "
                           "run `gifindex rebuild`") from None
     if int(index.ntotal) != int(meta.get("ntotal", -1)):
