@@ -18,6 +18,7 @@ from .errors import SignatureError
 from .quadrature import quadrature
 
 if TYPE_CHECKING:
+    import numpy as np
     from .config import SignatureConfig
     from .models.spec import LoadedModel
     from .probes import Probes
@@ -88,6 +89,15 @@ def gradient_field(adapter: SharedSpaceAdapter, probes: "Probes", positions: tor
     return field
 
 
+def integrate(field: torch.Tensor, weights: "np.ndarray") -> torch.Tensor:
+    """Curve point j = sum_{i<=j} w_i F_i, in place on a (K, T, ...) field: per probe, float64 temporaries of one
+    probe's T points, not of all K*T (bounded memory)."""
+    w = torch.from_numpy(weights).to(torch.float64).view(-1, *([1] * (field.dim() - 2)))
+    for k in range(field.shape[0]):
+        field[k] = torch.cumsum(field[k].double() * w, dim=0).float()
+    return field
+
+
 def compute_curves(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", config: "SignatureConfig",
                    batch_size: int | str | None = 32, device: str | torch.device = "cpu",
                    progress: ProgressFn | None = None) -> torch.Tensor:
@@ -111,11 +121,7 @@ def compute_curves(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", 
     positions = torch.from_numpy(rule.positions)
     field = gradient_field(adapter, probes, positions, batch_size=batch_size, targets=targets, device=device,
                            progress=progress)
-    weights = torch.from_numpy(rule.weights).to(torch.float64).view(1, -1, 1, 1, 1)
-    # Per probe, in place: float64 temporaries of one probe's T points, not of all K*T (bounded memory).
-    for k in range(field.shape[0]):
-        field[k] = torch.cumsum(field[k].double() * weights[0], dim=0).float()
-    curves = field
+    curves = integrate(field, rule.weights)
     if config.mode == "ig":
         curves = curves * (probes.images - probes.baseline).unsqueeze(1)
     return curves.reshape(config.num_probes, config.steps, -1)

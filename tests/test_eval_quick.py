@@ -147,8 +147,8 @@ def test_gradient_levers_integrate_exact_fields_of_a_linear_model(harness):
     classes = torch.tensor([[0, 1], [2, 4], [3, 0]])
     steps = 4
     for probes in (Probes(images, torch.zeros_like(images)), Probes(images, start)):
-        logit = gl.curves(adapter, probes, gl.SCALARS["owner-class logit"], classes, steps)
-        margin = gl.curves(adapter, probes, gl.SCALARS["owner top-2 margin"], classes, steps)
+        logit = gl.curves(adapter, probes, gl.SCALARS["class logit"], classes, steps)
+        margin = gl.curves(adapter, probes, gl.SCALARS["top-2 margin"], classes, steps)
         fraction = torch.arange(1, steps + 1).float().view(1, -1, 1) / steps
         assert torch.allclose(logit, fraction * weight[classes[:, 0]].unsqueeze(1), atol=1e-5)
         assert torch.allclose(margin, fraction * (weight[classes[:, 0]] - weight[classes[:, 1]]).unsqueeze(1),

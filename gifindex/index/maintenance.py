@@ -27,6 +27,7 @@ from ..safefs import read_bytes
 from .files import MAX_SEARCH_BYTES, MAX_SIDECAR_BYTES, IndexFiles, faiss_ids
 from .layout import CATALOG_FILE, INDEX_FILE, QUARANTINE_DIR, SEARCH_FILE, SEARCH_SUM, SHARD_DIR, shard_dir
 from .lock import writer_active
+from .search import FAISS_READ_ERRORS
 from .shards import file_sha256, read_shard, shard_config_hash
 from .writer import adopt_shards, clean_debris
 
@@ -251,7 +252,7 @@ def _check_search(files: IndexFiles, records: Sequence[ModelRecord], recorded: s
     try:
         data = read_bytes(path, "search file", MAX_SEARCH_BYTES, IndexError_)
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    except (RuntimeError, MemoryError, OSError, IndexError_) as exc:  # MemoryError: a damaged length field
+    except (*FAISS_READ_ERRORS, OSError, IndexError_) as exc:
         problems.append(f"{SEARCH_FILE} is missing or unreadable ({' '.join(str(exc).split())[:100]}); "
                         "run `gifindex rebuild`")
         return

@@ -517,6 +517,11 @@ def on_gpu(index: faiss.Index) -> bool:
         index = index.index
 
 
+# what faiss raises reading a damaged file: RuntimeError for a malformed one, MemoryError (std::bad_alloc) when a
+# damaged length field asks for an impossible allocation
+FAISS_READ_ERRORS = (RuntimeError, MemoryError)
+
+
 def save_index(index: faiss.Index, path: Path, generation: int, spec: SearchSpec, reason: str = "") -> None:
     """Write ``search.faiss`` then its sidecar ``search.json`` (generation, kind, why), each atomically."""
     with atomic_path(path) as tmp:
@@ -531,8 +536,7 @@ def load_index(path: Path) -> tuple[faiss.Index, dict]:
     try:
         meta = json.loads(path.with_suffix(".json").read_text())
         index = faiss.read_index(str(path))
-    except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # MemoryError: a damaged length field
-        # asks faiss for an impossible allocation (std::bad_alloc)
+    except (OSError, ValueError, *FAISS_READ_ERRORS) as exc:
         raise IndexError_(f"search index {path.name} is missing or corrupt ({' '.join(str(exc).split())[:120]}); "
                           "run `gifindex rebuild`") from None
     if int(index.ntotal) != int(meta.get("ntotal", -1)):

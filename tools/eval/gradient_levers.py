@@ -29,7 +29,7 @@ from torch import nn
 import ipzoo
 from common import results_dir, setup_threads, wrap, write_json
 from gifindex.adapter import SharedSpaceAdapter
-from gifindex.curves import gradient_field
+from gifindex.curves import gradient_field, integrate
 from gifindex.distance import curve_distance
 from gifindex.probes import Probes, pgd_perturb
 from gifindex.quadrature import quadrature
@@ -42,12 +42,11 @@ def _pick(logits: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, cls.view(-1, 1)).squeeze(1)
 
 
-SCALARS: dict[str, Scalar] = {
+SCALARS: dict[str, Scalar] = {  # whose classes (the owner's or the model's own) is the variant's choice
     "norm": lambda lg, c: torch.linalg.vector_norm(lg, dim=1),
-    "top-logit": lambda lg, c: _pick(lg, c[:, 0]),
-    "owner-class logit": lambda lg, c: _pick(lg, c[:, 0]),
-    "owner top-2 margin": lambda lg, c: _pick(lg, c[:, 0]) - _pick(lg, c[:, 1]),
-    "owner-class log-prob": lambda lg, c: _pick(lg.log_softmax(1), c[:, 0]),
+    "class logit": lambda lg, c: _pick(lg, c[:, 0]),
+    "top-2 margin": lambda lg, c: _pick(lg, c[:, 0]) - _pick(lg, c[:, 1]),
+    "class log-prob": lambda lg, c: _pick(lg.log_softmax(1), c[:, 0]),
 }
 
 
@@ -60,14 +59,14 @@ class Variant:
 
 VARIANTS = {
     "norm (default)": Variant("norm", classes="own"),
-    "top-logit (own class)": Variant("top-logit", classes="own"),
-    "owner-class logit": Variant("owner-class logit"),
-    "owner top-2 margin": Variant("owner top-2 margin"),
-    "owner-class log-prob": Variant("owner-class log-prob"),
-    "clean->pgd, margin": Variant("owner top-2 margin", "clean->pgd"),
+    "top-logit (own class)": Variant("class logit", classes="own"),
+    "owner-class logit": Variant("class logit"),
+    "owner top-2 margin": Variant("top-2 margin"),
+    "owner-class log-prob": Variant("class log-prob"),
+    "clean->pgd, margin": Variant("top-2 margin", "clean->pgd"),
     "clean->pgd, norm": Variant("norm", "clean->pgd", "own"),
     "zero->pgd, norm": Variant("norm", "zero->pgd", "own"),
-    "zero->pgd, margin": Variant("owner top-2 margin", "zero->pgd"),
+    "zero->pgd, margin": Variant("top-2 margin", "zero->pgd"),
 }
 
 
@@ -94,8 +93,7 @@ def curves(adapter: SharedSpaceAdapter, probes: Probes, scalar: Scalar, classes:
     rule = quadrature("riemann", steps)
     field = gradient_field(ScalarOf(adapter, scalar), probes, torch.from_numpy(rule.positions).float(),
                            batch_size=256, targets=classes)
-    weights = torch.from_numpy(rule.weights).float().view(1, -1, 1, 1, 1)
-    return torch.cumsum(field * weights, dim=1).flatten(2)
+    return integrate(field, rule.weights).flatten(2)
 
 
 def paths(zoo: ipzoo.IPZoo, k: int) -> tuple[dict[str, Probes], dict[str, torch.Tensor], int]:
