@@ -155,3 +155,26 @@ def test_gradient_levers_integrate_exact_fields_of_a_linear_model(harness):
                               atol=1e-5)
         assert curve_distance(logit, logit) == pytest.approx(0.0, abs=1e-6)
     assert set(v.scalar for v in gl.VARIANTS.values()) <= set(gl.SCALARS)
+
+
+@pytest.mark.slow
+def test_label_twins_differ_from_their_students_only_in_the_owners_labels(ipzoo):
+    zoo = ipzoo.digits(seed=0, per_attack=1, irrelevant=1)
+    twins = ipzoo.label_twins(zoo)
+    assert {n: (g, a) for n, (g, a, _) in twins.items()} == {
+        "twin-l-0": ("twin-extract-l", zoo.archs["extract-l-0"]),
+        "twin-adv-0": ("twin-extract-adv", zoo.archs["extract-adv-0"])}
+    xb, yb = zoo.attacker_data
+    x_test, _ = zoo.test_data
+    with torch.no_grad():
+        owner = zoo.owner(xb).argmax(1)
+        changed = owner != yb
+        assert int(changed.sum()) >= 3  # the owner errs on a few of the thieves' images
+        for twin, student in (("twin-l-0", "extract-l-0"), ("twin-adv-0", "extract-adv-0")):
+            model, pupil = twins[twin][2], zoo.models[student]
+            # on the images whose label the owner changed, the student learnt the owner's, the twin the truth
+            assert float((pupil(xb[changed]).argmax(1) == owner[changed]).float().mean()) > 0.6, student
+            assert float((model(xb[changed]).argmax(1) == yb[changed]).float().mean()) > 0.6, twin
+            # a twin is an independent model of the task, as accurate as its student
+            agree = float((model(x_test).argmax(1) == pupil(x_test).argmax(1)).float().mean())
+            assert agree > 0.85, (twin, agree)

@@ -188,13 +188,50 @@ def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[s
     return row
 
 
+@torch.no_grad()
+def twin_report(zoo: ipzoo.IPZoo, scores: dict[str, dict[str, float]]) -> dict:
+    """Hard-label students against their label twins (ipzoo.label_twins): per attack, how many of half B's labels
+    the owner changed, how often students and twins take the owner's label there (students memorise them: the
+    check that the twins differ from the students only there), and per score the AUC of students over twins and
+    the share of pairs where the student scores higher."""
+    xb, yb = zoo.attacker_data
+    owner_labels = decisions(zoo.owner, xb)
+    changed = owner_labels != yb
+    report: dict = {"owner_changed_labels": int(changed.sum()), "of": len(yb)}
+    for attack in ipzoo.HARD_LABEL_ATTACKS:
+        pairs = [(n, f"twin-{attack.split('-', 1)[1]}-{n.rsplit('-', 1)[1]}")
+                 for n, g in zoo.groups.items() if g == attack]
+        pairs = [(s, t) for s, t in pairs if t in zoo.models]
+        if not pairs:
+            continue
+
+        def follows(name: str) -> float:
+            return float((decisions(zoo.models[name], xb[changed]) == owner_labels[changed]).float().mean())
+
+        row = {"pairs": len(pairs), "students_follow_changed": [follows(s) for s, _ in pairs],
+               "twins_follow_changed": [follows(t) for _, t in pairs], "scores": {}}
+        for score, values in scores.items():
+            students, twins = [values[s] for s, _ in pairs], [values[t] for _, t in pairs]
+            wins = float(np.mean([(a > b) + 0.5 * (a == b) for a, b in zip(students, twins)]))
+            row["scores"][score] = {"auc": _auc(students, twins), "paired_wins": wins}
+        report[attack] = row
+    return report
+
+
+def _auc(positives: list[float], negatives: list[float]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([1] * len(positives) + [0] * len(negatives), positives + negatives))
+
+
 def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_recipe_negatives: bool = True,
-             foreign: int | None = None) -> dict:
+             foreign: int | None = None, twins: bool = False) -> dict:
     """Every score of every model of one zoo seed; ``foreign``: students of another teacher per kind (None: as many
-    as the zoo has per attack; 0: none)."""
+    as the zoo has per attack; 0: none); ``twins``: add every hard-label student's label twin (twin_report)."""
     zoo = ipzoo.build(zoo_name, seed, quick)
     count = ipzoo.SIZES[zoo_name]["quick" if quick else "full"][0] if foreign is None else foreign
-    for name, (group, arch, module) in (foreign_students(zoo, count) if count else {}).items():
+    added = {**(foreign_students(zoo, count) if count else {}), **(ipzoo.label_twins(zoo) if twins else {})}
+    for name, (group, arch, module) in added.items():
         zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, "digits"
     helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
     config = dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
@@ -242,6 +279,9 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         flagged[name]["irrelevant-b"] = float(np.mean([z[n] >= Z_THRESHOLD for n in thief_data]))
         if foreign_names:
             flagged[name]["foreign"] = float(np.mean([z[n] >= Z_THRESHOLD for n in foreign_names]))
+        twin_names = [n for n in scored if groups[n].startswith("twin-")]
+        if twin_names:
+            flagged[name]["twin"] = float(np.mean([z[n] >= Z_THRESHOLD for n in twin_names]))
     by_recipe = {}
     if with_recipe_negatives:  # the fingerprint's verdict on them (their outputs are comparable: combined = fp-z)
         for n, (arch, module) in recipe_negatives(zoo, config.helper_archs, fp.num_classes).items():
@@ -265,6 +305,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
                           "z_gif": z_gif[n], "z_gif_population": z_pop[n],
                           **fp_scores[n].to_dict()} for n in scored},
         "recipe_negatives": by_recipe,
+        "twins": twin_report(zoo, scores) if twins else None,
     }
 
 
@@ -300,6 +341,9 @@ def main() -> None:
     parser.add_argument("--foreign-students", type=int, default=None, metavar="N",
                         help="Extract-L and Extract-P students of another teacher, N of each (default: as many as the "
                              "zoo has per attack; 0: none)")
+    parser.add_argument("--twins", action="store_true",
+                        help="add every hard-label student's label twin (same architecture, initialisation, data "
+                             "and order, true labels: ipzoo.label_twins) and report students against twins")
     parser.add_argument("--no-recipe-negatives", action="store_true",
                         help="skip the independent models trained by RECIPE_NEGATIVES (training them costs a few "
                              "minutes per seed on mnist32)")
@@ -316,7 +360,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
-                                args.foreign_students))
+                                args.foreign_students, args.twins))
         r = results[-1]
         log(f"{args.zoo} seed {seed}: fingerprint {r['fingerprint']['size']} inputs, fit {r['fit_seconds']} s")
         for s in SCORES:
@@ -345,6 +389,22 @@ def main() -> None:
     for s in results[0]["flagged"]:
         print(f"{s:<10s} " + " ".join(f"{np.mean([r['flagged'][s][g] for r in results]):.0%}"
                                       for g in results[0]["flagged"][s]))
+    if args.twins:
+        print_twins(results)
+
+
+def print_twins(results: list[dict]) -> None:
+    """Students against their label twins, per seed and attack (twin_report)."""
+    for r in results:
+        t = r["twins"]
+        print(f"seed {r['seed']}: the owner changed {t['owner_changed_labels']} of {t['of']} labels of half B")
+        for attack in ipzoo.HARD_LABEL_ATTACKS:
+            if attack not in t:
+                continue
+            row = t[attack]
+            print(f"  {attack}: on those images students take the owner's label "
+                  f"{np.mean(row['students_follow_changed']):.0%}, twins {np.mean(row['twins_follow_changed']):.0%}")
+            print("    " + "  ".join(f"{s} {v['auc']:.2f}/{v['paired_wins']:.2f}" for s, v in row["scores"].items()))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,45 @@ def distilled_student(recipe: ZooRecipe, make_arch: Callable[[str, int], nn.Modu
                  teacher=teacher, temperature=2.0, alpha=1.0)
 
 
+def adversarial_student(recipe: ZooRecipe, make_arch: Callable[[str, int], nn.Module], arch: str, x: torch.Tensor,
+                        teacher_labels: torch.Tensor, seed: int) -> nn.Module:
+    """Extract-Adv: a hard-label student (as Extract-L, its own seed), then FGSM adversarial training on the same
+    labels."""
+    torch.manual_seed(seed)
+    m = train(make_arch(arch), x, teacher_labels, recipe.epochs, recipe.lr_for(arch), recipe.batch_size, seed)
+    return adversarial_train(m, x, teacher_labels, 2, 1e-3, seed, recipe.adv_eps)
+
+
+# Hard-label attacks and how each student is made from (recipe, make_arch, arch, x, labels, seed); the per-model
+# seed is base + i + the offset, as _build uses it.
+HARD_LABEL_ATTACKS = {"extract-l": (hard_label_student, 400), "extract-adv": (adversarial_student, 600)}
+
+
+def label_twins(zoo: "IPZoo") -> dict[str, tuple[str, str, nn.Module]]:
+    """{name: (group, arch, model)}: for every hard-label student of the zoo, its *twin*: the same architecture,
+    initialisation, data (half B), data order and training, on the true labels instead of the owner's.
+
+    A twin is an independent model (it never saw the owner's outputs), and it differs from its student only where
+    the owner's label differs from the truth on B: whatever separates students from their twins is all a hard-label
+    thief copies of the owner (docs/results.md 6.2i). Cached in the ``label-twins`` folder."""
+    xb, yb = zoo.attacker_data
+    out = {}
+    for attack, (make_student, offset) in HARD_LABEL_ATTACKS.items():
+        for name in [n for n, g in zoo.groups.items() if g == attack]:
+            i = int(name.rsplit("-", 1)[1])
+            arch, seed = zoo.archs[name], 10000 * zoo.seed + i + offset
+            twin = f"twin-{attack.split('-', 1)[1]}-{i}"
+
+            def make(arch=arch, seed=seed, make_student=make_student):
+                return make_student(zoo.recipe, zoo.make_arch, arch, xb, yb, seed)
+
+            model = cached_model("label-twins", f"{zoo.name}-{zoo.seed}-{twin}", make,
+                                 [zoo.name, zoo.seed, twin, arch, seed, asdict(zoo.recipe)],
+                                 lambda arch=arch: zoo.make_arch(arch, 10))
+            out[twin] = (f"twin-{attack}", arch, model)
+    return out
+
+
 def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, seed: int, per_attack: int,
            irrelevant: int, only: Collection[str] | None = None) -> IPZoo:
     """Train (or load) the owner, per_attack models per attack and ``irrelevant`` hard negatives.
@@ -248,9 +287,7 @@ def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, see
             return distilled_student(recipe, make_arch, arch, xb, owner_labels, owner, 500 + s)
 
         def ext_adv(s=s, arch=student):
-            torch.manual_seed(600 + s)
-            m = train(make_arch(arch), xb, owner_labels, epochs, lr(arch), bs, 600 + s)
-            return adversarial_train(m, xb, owner_labels, 2, 1e-3, 600 + s, recipe.adv_eps)
+            return adversarial_student(recipe, make_arch, arch, xb, owner_labels, 600 + s)
 
         task, classes = TRANSFER_TASKS[i % len(TRANSFER_TASKS)]
 
