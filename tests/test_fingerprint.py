@@ -3,6 +3,7 @@ helper models on scikit-learn's digits, checked against what the method promises
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,8 @@ from gifindex.cli import main
 from gifindex.demo import DemoZooConfig, load_digit_data, train
 from gifindex.errors import GifindexError, ProbeError
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
-                                  load_fingerprint, load_owner_data, output_scores, save_fingerprint)
+                                  load_fingerprint, load_owner_data, load_query_log, output_scores, query_agreement,
+                                  save_fingerprint)
 from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, Fingerprint, combine
 from gifindex.fingerprint.outputs import model_logits, non_top_profile, profile_contrast, profile_similarity
 from gifindex.fingerprint.conferrable import SearchConfig
@@ -231,6 +233,99 @@ def test_a_distilled_student_copies_the_owners_outputs(fingerprint, owner, digit
     assert score.output_z is not None and score.output_z > score.z
 
 
+def test_idiosyncratic_answers_keep_queries_the_references_answer_otherwise():
+    from gifindex.fingerprint.queries import idiosyncratic_answers
+
+    queries = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
+
+    def net(answer):  # answer(query index) -> class of 3, as one-hot logits
+        return lambda x: torch.nn.functional.one_hot(torch.tensor([answer(int(v)) for v in x[:, 0, 0, 0]]), 3).float()
+
+    owner = net(lambda i: i % 3)
+    late = net(lambda i: i % 3 if i < 5 else (i + 1) % 3)   # follows the owner on queries 0-4
+    even = net(lambda i: i % 3 if i % 2 == 0 else (i + 2) % 3)  # follows it on even queries
+    inputs, answers = idiosyncratic_answers(owner, [late, even], queries, 0.25, limit=100)
+    assert inputs[:, 0, 0, 0].tolist() == [5, 7, 9] and answers.tolist() == [2, 1, 0]  # neither reference follows
+    inputs, _ = idiosyncratic_answers(owner, [late, even], queries, 0.5, limit=100)
+    assert inputs[:, 0, 0, 0].tolist() == [1, 3, 5, 6, 7, 8, 9]  # at most one of the two follows
+    sample, again = (idiosyncratic_answers(owner, [late, even], queries, 0.5, limit=3, seed=4)[0] for _ in range(2))
+    assert torch.equal(sample, again) and len(sample) == 3
+    assert set(sample[:, 0, 0, 0].tolist()) <= {1, 3, 5, 6, 7, 8, 9} and sample[:, 0, 0, 0].tolist() == sorted(
+        sample[:, 0, 0, 0].tolist())
+
+
+@pytest.fixture(scope="module")
+def query_fingerprint(owner, digits):
+    """The owner's fingerprint fitted with its query log: the 400 images a thief sent through its API."""
+    data, owner_data = digits
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    thief_queries = (data.x_train[600:1000] * std + mean).clamp(0, 1)
+    # references trained as long as the owner's own recipe (FAST's 2 epochs leave them wrong where the owner is
+    # right, and then what they do not answer is not the owner's own)
+    config = dataclasses.replace(FAST, recipe=TrainRecipe(epochs=6, augment_copies=1))
+    return fit_fingerprint(owner, owner_data, config, build=_build, queries=thief_queries)
+
+
+def test_the_query_log_recognises_a_hard_label_student_and_not_its_twin(query_fingerprint, owner, digits, tmp_path):
+    """A student trained on the owner's hard labels for the thief's queries repeats the owner's idiosyncratic
+    answers to them; its twin (same architecture, initialisation, data and order, true labels) does not,
+    though it differs from the student only in the labels the owner got wrong."""
+    data, _ = digits
+    fp = query_fingerprint
+    assert fp.has_queries and fp.queries >= 8 and fp.recipe["logged_queries"] == 400
+    assert torch.equal(model_logits(owner, fp.query_inputs).argmax(1), fp.query_labels)  # the owner's answers
+    assert sorted(fp.query_calibration) == ["timm:test_resnet"] and len(fp.query_calibration["timm:test_resnet"]) == 2
+    x, y = data.x_train[600:1000], data.y_train[600:1000]
+    with torch.no_grad():
+        owner_labels = owner.module(x).argmax(1)
+    pupils = {}
+    for name, labels in (("student", owner_labels), ("twin", y)):
+        torch.manual_seed(7)
+        pupils[name] = _wrap(train(timm.create_model("test_resnet", num_classes=10), x, labels, 4, 5e-3, 64, 7))
+    rates = {name: query_agreement(fp, m) for name, m in pupils.items()}
+    assert rates["student"] > rates["twin"] + 0.3, rates
+    scores = {name: FingerprintScore.of(fp, agreement(fp, m), "timm:test_resnet", output_scores(fp, m),
+                                        rates[name]) for name, m in pupils.items()}
+    assert scores["student"].query_z > 3.0 > scores["twin"].query_z, scores
+    assert query_agreement(fp, _wrap(timm.create_model("test_resnet", num_classes=4))) is None  # other classes
+    parts = [scores["student"].z, scores["student"].output_z, scores["student"].query_z]
+    assert scores["student"].evidence == pytest.approx(sum(parts) / np.sqrt(3.0))  # Stouffer over three parts
+    back = load_fingerprint(save_fingerprint(fp, tmp_path / "q.npz"))
+    assert torch.equal(back.query_inputs, fp.query_inputs) and torch.equal(back.query_labels, fp.query_labels)
+    assert back.query_calibration == fp.query_calibration and back.queries == fp.queries
+
+
+def test_a_query_log_without_idiosyncratic_answers_is_left_out(owner, digits):
+    """Queries the owner answers as its references do (here: its own training images) leave that part out."""
+    _, owner_data = digits
+    config = FitConfig(helper_archs=("timm:test_resnet",), surrogates=1, references=1, calibration_per_arch=2,
+                       candidates=64, output_probes=0, recipe=TrainRecipe(epochs=2, augment_copies=1),
+                       search=SearchConfig(eps=0.1, steps=6))
+    said = []
+    fp = fit_fingerprint(owner, owner_data, config, build=_build, queries=owner_data.x[:5], progress=said.append)
+    assert not fp.has_queries and fp.queries == 0 and fp.query_calibration == {}
+    assert any("fitted without the query log" in line for line in said)
+    assert FingerprintScore.of(fp, 0.5, "timm:test_resnet", None, 0.9).query_z is None
+
+
+def test_query_log_loads_arrays_and_folders(tmp_path):
+    from PIL import Image
+
+    np.save(tmp_path / "log.npy", np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8))
+    x = load_query_log(tmp_path / "log.npy", R)
+    assert x.shape == (5, 3, R, R) and float(x.min()) >= 0 and float(x.max()) <= 1
+    folder = tmp_path / "queries" / "day1"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    x = load_query_log(tmp_path / "queries", R)
+    assert x.shape == (3, 3, R, R) and x[2].mean().item() == pytest.approx(80 / 255, abs=1e-3)
+    with pytest.raises(ProbeError, match="query log is the owner's own record"):
+        load_query_log("builtin", R)
+    with pytest.raises(ProbeError, match="not found"):
+        load_query_log(tmp_path / "nothing.npy", R)
+
+
 def test_the_fingerprint_judges_whenever_outputs_are_comparable():
     assert combine(5.0, None) == (5.0, "signature")
     assert combine(9.0, 1.0) == (1.0, "fingerprint") and combine(2.0, 4.0) == (4.0, "fingerprint")
@@ -283,7 +378,8 @@ def test_fit_probes_command_line_defaults_are_the_fit_configs():
     expected = {"surrogates": config.surrogates, "references": config.references,
                 "calibration": config.calibration_per_arch, "candidates": config.candidates,
                 "calibration_recipes": calibration_recipes(config),
-                "output_probes": config.output_probes, "eps": config.search.eps, "epochs": config.recipe.epochs}
+                "output_probes": config.output_probes, "eps": config.search.eps, "epochs": config.recipe.epochs,
+                "max_queries": config.max_queries}
     cli = {p.name: p.default for p in main.commands["fit-probes"].params}
     api = {name: p.default for name, p in inspect.signature(fit_probes).parameters.items()}
     assert {k: cli[k] for k in expected} == expected == {k: api[k] for k in expected}
@@ -376,13 +472,23 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert lost["z"] == pytest.approx(lost["signature_z"]) and len(gone["models"]) == 4
     (tmp_path / "elsewhere.bin").rename(tmp_path / "indep3.pt")
     # the text report names the radius used and the outputs' null (a small refit, replacing the stored one)
+    # and the query log: the owner's record of what its API answered (here: 300 images no model here trained on)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    np.save(tmp_path / "queries.npy", (data.x_train[1000:1300] * std + mean).clamp(0, 1).numpy())
     text_fit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
                                     "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
                                     "--calibration", "2", "--candidates", "64", "--output-probes", "16",
-                                    "--epochs", "1", "--eps", "0.1"])
+                                    "--epochs", "1", "--eps", "0.1", "--queries", str(tmp_path / "queries.npy")])
     assert text_fit.exit_code == 0, text_fit.output
     assert "inputs of 64 candidates at eps 0." in text_fit.output
     assert "outputs on 16 probe images: held-out independent models' contrast" in text_fit.output
+    assert "logged queries carry the owner's idiosyncratic answers" in text_fit.output, text_fit.output
+    with_log = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
+    assert with_log.exit_code == 0 and "query log     repeats the owner's idiosyncratic answer to" in with_log.output
+    judged = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner",
+                                             "--json"]).stdout)["fingerprint"]
+    assert judged["queries"] >= 8 and judged["query_z"] is not None
+    assert judged["z"] == pytest.approx((judged["decision_z"] + judged["output_z"] + judged["query_z"]) / np.sqrt(3))
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])
     assert missing.exit_code == 1 and "did you mean 'owner'" in missing.output
 

@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GifindexError
-from ..fingerprint import FitConfig, fingerprint_path, fit_fingerprint, load_owner_data, save_fingerprint
+from ..fingerprint import (FitConfig, fingerprint_path, fit_fingerprint, load_owner_data, load_query_log,
+                           save_fingerprint)
 from ..fingerprint.conferrable import SearchConfig
 from ..fingerprint.fit import calibration_recipes as recipes_name
 from ..fingerprint.fit import varied_calibration
@@ -24,9 +25,11 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                candidates: int = FitConfig.candidates,
                output_probes: int = FitConfig.output_probes, eps: float = SearchConfig.eps,
                epochs: int = TrainRecipe.epochs, seed: int = 0, device: str = "cpu", wait: float = 0.0,
+               queries: str | None = None, max_queries: int = FitConfig.max_queries,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored.
-    ``calibration_recipes``: "varied" (FitConfig.varied_calibration) or "owner"."""
+    ``calibration_recipes``: "varied" (FitConfig.varied_calibration) or "owner"; ``queries``: the owner's
+    query log (an image array or folder), whose idiosyncratic answers become the fingerprint's third part."""
     varied = varied_calibration(calibration_recipes)
     if index.catalog.by_name(owner) is None:
         close = index.similar_names(owner, 1)
@@ -36,14 +39,15 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
         pass
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
                        calibration_per_arch=calibration, varied_calibration=varied,
-                       candidates=candidates, output_probes=output_probes, seed=seed,
+                       candidates=candidates, output_probes=output_probes, seed=seed, max_queries=max_queries,
                        recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
+    logged = None if queries is None else load_query_log(queries, index.config.resolution)
     entry = index.entry_for(owner)
     loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
     loaded.name = owner
-    fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress)
+    fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress, queries=logged)
     path = fingerprint_path(index.root, owner)
     with index.writer(wait=wait):
         save_fingerprint(fingerprint, path)
@@ -56,4 +60,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "null_sigma": null[1], "calibration": fingerprint.calibration,
             "output_probes": fingerprint.output_probes,
             "output_null_mean": fingerprint.output_null()[0] if fingerprint.has_outputs else None,
-            "output_calibration": fingerprint.output_calibration, "recipe": fingerprint.recipe}
+            "output_calibration": fingerprint.output_calibration,
+            "logged_queries": 0 if logged is None else len(logged), "queries": fingerprint.queries,
+            "query_null_mean": fingerprint.query_null()[0] if fingerprint.has_queries else None,
+            "query_calibration": fingerprint.query_calibration, "recipe": fingerprint.recipe}

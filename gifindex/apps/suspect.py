@@ -20,7 +20,7 @@ import numpy as np
 from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
 from ..fingerprint import (Fingerprint, FingerprintScore, agreement, fingerprint_path, load_fingerprint,
-                           output_scores)
+                           output_scores, query_agreement)
 from ..fingerprint.fingerprint import combine
 from ..models import load_model
 
@@ -202,10 +202,10 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     rate = agreement(fingerprint, loaded, device)
     outputs = output_scores(fingerprint, loaded, device)
     arch = loaded.arch if loaded.arch in fingerprint.calibration else entry.arch
-    score = FingerprintScore.of(fingerprint, rate, arch, outputs)
+    score = FingerprintScore.of(fingerprint, rate, arch, outputs, query_agreement(fingerprint, loaded, device))
     out = score.to_dict()
     out.update({"inputs": fingerprint.size, "owner_classes": fingerprint.num_classes,
-                "output_probes": fingerprint.output_probes,
+                "output_probes": fingerprint.output_probes, "queries": fingerprint.queries,
                 "comparable": rate is not None})
     if rate is None:
         out["note"] = (f"the suspect's output size differs from the owner's {fingerprint.num_classes} classes: "

@@ -79,6 +79,10 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
                            f"{fp['output_similarity']:.3f}, {fp['output_contrast']:+.3f} against independent "
                            f"references'; independent models {fp['output_null_mean']:+.3f} (sigma "
                            f"{fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
+            if fp.get("query_z") is not None:
+                click.echo(f"query log     repeats the owner's idiosyncratic answer to {fp['query_agreement']:.1%} of "
+                           f"{fp['queries']} logged queries; independent models {fp['query_null_mean']:.1%} (sigma "
+                           f"{fp['query_null_sigma']:.1%}): z {fp['query_z']:.2f}")
     elif not no_fingerprint:
         click.echo("fingerprint   none for this owner (gifindex fit-probes adds evidence against distilled copies)")
     if fp is not None:
@@ -174,19 +178,28 @@ def _fmt(value: float | None) -> str:
                    "inputs, or than an eighth of the candidates, are kept")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=6, show_default=True,
               help="training epochs of each reference model (surrogates, which see 3x the images, get 2/3 of it)")
+@click.option("--queries", "queries_path", type=click.Path(exists=True), default=None,
+              help="the owner's query log: the inputs its API answered (an .npy/.npz array or a folder of "
+                   "images). A student extracted or distilled through the API repeats the owner's idiosyncratic "
+                   "answers to them: the evidence against hard-label extraction")
+@click.option("--max-queries", type=click.IntRange(8, 100_000), default=1024, show_default=True,
+              help="idiosyncratic answers kept from the query log at most (one forward pass each per suspect)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @wait_option
 @json_option
 def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[str, ...], surrogates: int,
                references: int, calibration: int, calibration_recipes: str, candidates: int, output_probes: int,
-               eps: float, epochs: int, seed: int, device: str, wait: float, as_json: bool) -> None:
+               eps: float, epochs: int, queries_path: str | None, max_queries: int, seed: int, device: str,
+               wait: float, as_json: bool) -> None:
     """Fit OWNER's fingerprint from its own data: `suspect` then weighs decisions and outputs (distilled copies).
 
     Trains surrogates (students of OWNER) and references (independent models) on the owner's data, keeps
     perturbed owner images on which the surrogates follow OWNER's decision and the references do not,
     records OWNER's outputs on probe images of its own (distilled students copy how it ranks the classes it
-    did not choose), and measures both on held-out independent models. Stored in the index; `suspect
+    did not choose), and measures both on held-out independent models. With --queries (the owner serves
+    OWNER through an API and logs the queries), it also keeps the logged queries OWNER answered as its
+    references do not, which a student trained on those answers repeats. Stored in the index; `suspect
     SUSPECT --owner OWNER` then uses it. Only the owner's model and data are used: never the suspects.
     """
     from ..apps.fitprobes import fit_probes as run_fit_probes
@@ -195,8 +208,8 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
     result = run_fit_probes(index, owner, data_path, helper_archs=helper_archs, surrogates=surrogates,
                             references=references, calibration=calibration,
                             calibration_recipes=calibration_recipes, candidates=candidates,
-                            output_probes=output_probes, eps=eps,
-                            epochs=epochs, seed=seed, device=check_device(device), wait=wait,
+                            output_probes=output_probes, eps=eps, queries=queries_path,
+                            max_queries=max_queries, epochs=epochs, seed=seed, device=check_device(device), wait=wait,
                             progress=lambda msg: click.echo(msg, err=True))
     if as_json:
         emit_json(result)
@@ -208,6 +221,14 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
     if result["output_null_mean"] is not None:
         click.echo(f"outputs on {result['output_probes']} probe images: held-out independent models' contrast "
                    f"{result['output_null_mean']:+.3f}")
+    if result["logged_queries"]:
+        if result["query_null_mean"] is None:
+            click.echo(f"query log: none of {result['logged_queries']} logged queries kept (fewer than 8 answers "
+                       "differ from the references'): fitted without it")
+        else:
+            click.echo(f"query log: {result['queries']} of {result['logged_queries']} logged queries carry the "
+                       "owner's idiosyncratic answers; held-out independent models give "
+                       f"{result['query_null_mean']:.1%} of them")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
 
 @main.command()

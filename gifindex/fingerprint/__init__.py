@@ -15,16 +15,21 @@ owner's; the decisions rank hard-label students above independent models, but st
 the same task nearly as high, so for hard-label extraction they mark "learnt from some model's labels" more
 than "from this owner's".
 
+An owner that serves its model through an API can add its query log (``queries``): on the logged queries where
+it answered as independent models do not, a student trained on those answers repeats them; this is the part
+that recognises hard-label extraction (docs/results.md 6.2i).
+
 Data flow: owner model + owner data (``data.OwnerData``) -> helper models (``helpers``) -> conferrable
-inputs (``conferrable``) + the owner's outputs on probe images (``outputs``) -> ``Fingerprint``
+inputs (``conferrable``) + the owner's outputs on probe images (``outputs``) + its idiosyncratic answers to
+logged queries (``queries``) -> ``Fingerprint``
 (inputs, owner decisions, owner outputs, calibration scores of held-out references never used in fitting)
 -> stored in the index (``store``) -> ``suspect``.
 """
-from .data import OwnerData, load_owner_data
-from .fingerprint import Fingerprint, FingerprintScore, OutputScore, agreement, output_scores
+from .data import OwnerData, load_owner_data, load_query_log
+from .fingerprint import Fingerprint, FingerprintScore, OutputScore, agreement, output_scores, query_agreement
 from .fit import FitConfig, fit_fingerprint
 from .store import fingerprint_path, load_fingerprint, save_fingerprint
 
 __all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "OutputScore", "OwnerData", "agreement",
-           "fingerprint_path", "fit_fingerprint", "load_fingerprint", "load_owner_data", "output_scores",
-           "save_fingerprint"]
+           "fingerprint_path", "fit_fingerprint", "load_fingerprint", "load_owner_data", "load_query_log",
+           "output_scores", "query_agreement", "save_fingerprint"]

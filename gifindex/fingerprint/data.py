@@ -121,3 +121,23 @@ def load_owner_data(source: str | os.PathLike, resolution: int) -> OwnerData:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ProbeError(f"{path}: larger than {MAX_FILE_BYTES >> 30} GiB; pass a sample of the owner's data")
     return _from_npz(path, resolution)
+
+
+def load_query_log(source: str | os.PathLike, resolution: int) -> torch.Tensor:
+    """The inputs the owner's API answered (its query log; no labels needed: the owner's answers are
+    recomputed) from an ``.npy``/``.npz`` array or a folder of images, as (N, 3, R, R) float32 in [0, 1]."""
+    from ..probes import load_source
+
+    if str(source) == "builtin":
+        raise ProbeError("a query log is the owner's own record of queries: an .npy/.npz array or a folder of images")
+    images, _ = load_source(str(source))
+    if len(images) > MAX_IMAGES:
+        raise ProbeError(f"{source}: {len(images)} logged queries; pass a sample of at most {MAX_IMAGES}")
+    out = torch.empty(len(images), 3, resolution, resolution)
+    for i, image in enumerate(images):
+        x = torch.from_numpy(image)[None]
+        if tuple(x.shape[-2:]) != (resolution, resolution):
+            x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > resolution)
+        out[i] = x[0].clamp(0.0, 1.0)
+    return out

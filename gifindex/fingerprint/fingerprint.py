@@ -1,6 +1,7 @@
 """A fingerprint: inputs in the shared space, the owner's decision on each, the owner's outputs on probe
-images of its own (``outputs``), and how independent calibration references (never used to choose the
-inputs) score on both, which calibrates the verdict."""
+images of its own (``outputs``), optionally the owner's idiosyncratic answers to queries it logged
+(``queries``), and how independent calibration references (never used to choose the inputs) score on each,
+which calibrates the verdict."""
 from __future__ import annotations
 
 import math
@@ -26,7 +27,9 @@ class Fingerprint:
     probe_inputs (M, 3, R, R) images of the owner's, probe_logits (M, C) the owner's logits on them,
     reference_logits (K, M, C) the calibration references' (in the order of ``calibration``), and
     output_calibration each reference's output contrast against the others (``outputs``); absent in
-    fingerprints written before outputs were part of them."""
+    fingerprints written before outputs were part of them. query_inputs (Q, 3, R, R) logged queries on which
+    the owner answered as its references did not, query_labels (Q,) its answers, query_calibration each
+    calibration reference's agreement on them (``queries``; only when the owner supplied a query log)."""
 
     owner: str
     owner_sha256: str | None
@@ -39,6 +42,9 @@ class Fingerprint:
     probe_logits: torch.Tensor | None = None
     reference_logits: torch.Tensor | None = None
     output_calibration: dict[str, list[float]] = field(default_factory=dict)
+    query_inputs: torch.Tensor | None = None
+    query_labels: torch.Tensor | None = None
+    query_calibration: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.inputs.ndim != 4 or self.inputs.shape[0] != self.labels.shape[0]:
@@ -58,6 +64,10 @@ class Fingerprint:
                 or self.reference_logits.shape[1:] != self.probe_logits.shape):
             raise GifindexError(f"fingerprint of {self.owner!r}: reference outputs "
                                 f"{tuple(self.reference_logits.shape)} do not match the probe images")
+        if (self.query_inputs is None) != (self.query_labels is None) or self.query_inputs is not None and (
+                self.query_inputs.ndim != 4 or self.query_labels.shape != (len(self.query_inputs),)
+                or len(self.query_inputs) == 0):
+            raise GifindexError(f"fingerprint of {self.owner!r}: logged queries do not match the owner's answers")
 
     @property
     def size(self) -> int:
@@ -70,6 +80,14 @@ class Fingerprint:
     @property
     def output_probes(self) -> int:
         return 0 if self.probe_inputs is None else len(self.probe_inputs)
+
+    @property
+    def queries(self) -> int:
+        return 0 if self.query_labels is None else len(self.query_labels)
+
+    @property
+    def has_queries(self) -> bool:
+        return self.queries > 0 and bool(self.query_calibration)
 
     @property
     def has_outputs(self) -> bool:
@@ -98,6 +116,15 @@ class Fingerprint:
                                 "were part of fingerprints: run `gifindex fit-probes` again)")
         mean, spread, which = _null(self.output_calibration, arch, self.varied_calibration)
         return mean, max(spread, MIN_OUTPUT_SIGMA), which
+
+    def query_null(self, arch: str | None = None) -> tuple[float, float, str]:
+        """(mean, sigma, which) of independent models' agreement with the owner's idiosyncratic answers to its
+        logged queries, chosen as in ``null`` (binomial floor over the queries kept)."""
+        if not self.has_queries:
+            raise GifindexError(f"fingerprint of {self.owner!r} holds no logged queries (fit it with --queries)")
+        mean, spread, which = _null(self.query_calibration, arch, self.varied_calibration)
+        binomial = math.sqrt(max(mean * (1 - mean), 1.0 / self.queries) / self.queries)
+        return mean, max(spread, binomial, MIN_SIGMA), which
 
 
 def _null(calibration: dict[str, list[float]], arch: str | None, within: bool) -> tuple[float, float, str]:
@@ -135,6 +162,19 @@ def agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
     return int((logits.argmax(1) == fingerprint.labels).sum()) / fingerprint.size
 
 
+@torch.no_grad()
+def query_agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
+                    batch_size: int = 256) -> float | None:
+    """Fraction of the owner's idiosyncratic answers to its logged queries that ``model`` gives too; None when
+    the fingerprint holds no queries or the model's output size differs from the owner's."""
+    if not fingerprint.queries:
+        return None
+    logits = model_logits(model, fingerprint.query_inputs, device, batch_size)
+    if logits.shape[1] != fingerprint.num_classes:
+        return None
+    return int((logits.argmax(1) == fingerprint.query_labels).sum()) / fingerprint.queries
+
+
 @dataclass(frozen=True)
 class OutputScore:
     """A model's outputs on the owner's probe images: similarity to the owner's (mean cosine of non-top
@@ -160,8 +200,9 @@ def output_scores(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdap
 
 @dataclass
 class FingerprintScore:
-    """A suspect's agreement with the owner's decisions on the fingerprint, and its output similarity on the
-    owner's probe images, each against independent models'."""
+    """A suspect's agreement with the owner's decisions on the fingerprint, its output similarity on the
+    owner's probe images and its agreement with the owner's idiosyncratic answers to logged queries, each
+    against independent models'."""
 
     agreement: float | None
     null_mean: float
@@ -173,10 +214,14 @@ class FingerprintScore:
     output_null_mean: float | None = None
     output_null_sigma: float | None = None
     output_z: float | None = None
+    query_agreement: float | None = None
+    query_null_mean: float | None = None
+    query_null_sigma: float | None = None
+    query_z: float | None = None
 
     @classmethod
     def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
-           outputs: OutputScore | None = None) -> "FingerprintScore":
+           outputs: OutputScore | None = None, query_rate: float | None = None) -> "FingerprintScore":
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma
         score = cls(rate, mean, sigma, which, z)
@@ -185,24 +230,31 @@ class FingerprintScore:
             score.output_similarity, score.output_contrast = outputs.similarity, outputs.contrast
             score.output_null_mean, score.output_null_sigma = out_mean, out_sigma
             score.output_z = (outputs.contrast - out_mean) / out_sigma
+        if query_rate is not None and fingerprint.has_queries:
+            q_mean, q_sigma, _ = fingerprint.query_null(arch)
+            score.query_agreement, score.query_null_mean, score.query_null_sigma = query_rate, q_mean, q_sigma
+            score.query_z = (query_rate - q_mean) / q_sigma
         return score
 
     @property
     def evidence(self) -> float | None:
-        """The fingerprint's z: decisions and outputs together, (z + output_z) / sqrt(2) (Stouffer's sum,
-        again a z-score against independent models when the two are); the decisions' z alone when the
-        fingerprint has no outputs; None when the suspect's outputs are about other classes. The larger of the
-        two instead would let either one's noise among independent models through (docs/results.md 6.2)."""
-        if self.z is None or self.output_z is None:
-            return self.z
-        return (self.z + self.output_z) / math.sqrt(2.0)
+        """The fingerprint's z: its parts together by Stouffer's sum, (z + output_z [+ query_z]) / sqrt(n),
+        again a z-score against independent models when each part is; the decisions' z alone when the
+        fingerprint has no other part; None when the suspect's outputs are about other classes. The largest
+        part instead would let each one's noise among independent models through (docs/results.md 6.2)."""
+        if self.z is None:
+            return None
+        parts = [p for p in (self.z, self.output_z, self.query_z) if p is not None]
+        return sum(parts) / math.sqrt(len(parts))
 
     def to_dict(self) -> dict[str, Any]:
         return {"agreement": self.agreement, "null_mean": self.null_mean, "null_sigma": self.null_sigma,
                 "null": self.null_source, "z": self.evidence, "decision_z": self.z,
                 "output_similarity": self.output_similarity, "output_contrast": self.output_contrast,
                 "output_null_mean": self.output_null_mean,
-                "output_null_sigma": self.output_null_sigma, "output_z": self.output_z}
+                "output_null_sigma": self.output_null_sigma, "output_z": self.output_z,
+                "query_agreement": self.query_agreement, "query_null_mean": self.query_null_mean,
+                "query_null_sigma": self.query_null_sigma, "query_z": self.query_z}
 
 
 def combine(signature_z: float | None, fingerprint_z: float | None) -> tuple[float | None, str]:

@@ -22,12 +22,14 @@ from ..models import load_model
 from ..models.spec import LoadedModel
 from .conferrable import SearchConfig, search
 from .data import OwnerData
-from .fingerprint import Fingerprint, agreement
+from .fingerprint import Fingerprint, agreement, query_agreement
 from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
 from .outputs import model_logits, profile_contrast
+from .queries import idiosyncratic_answers
 
 log = logging.getLogger(__name__)
 MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
+MIN_QUERIES = 8  # fewer idiosyncratic answers in the query log: the fingerprint is fitted without that part
 Progress = Callable[[str], None]
 
 
@@ -55,15 +57,20 @@ class FitConfig:
     disjoint: bool = False               # surrogates and references train on half the owner's data and the
                                          # candidates come from the other half (images no helper saw, as a
                                          # thief's student never saw the owner's)
+    max_queries: int = 1024              # logged queries kept at most (a seeded sample when more qualify)
+    query_reference_share: float = 0.25  # a logged query is kept when at most this share of the references
+                                         # answer as the owner did (1 of the default 4)
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
         for name, low in (("surrogates", 1), ("references", 1), ("calibration_per_arch", 1), ("candidates", 8),
-                          ("output_probes", 0), ("min_inputs", 8)):
+                          ("output_probes", 0), ("min_inputs", 8), ("max_queries", 8)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low or value > 100_000:
                 raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
+        if not 0 <= self.query_reference_share < 1:
+            raise ConfigError(f"invalid query_reference_share {self.query_reference_share!r}: expected 0 <= share < 1")
         if not 0 <= self.min_kept_fraction <= 1:
             raise ConfigError(f"invalid min_kept_fraction {self.min_kept_fraction!r}: expected 0..1")
         if not 0 < self.search.eps <= 0.5:
@@ -103,9 +110,11 @@ def default_builder(owner: LoadedModel) -> Builder:
 
 def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = FitConfig(), *,
                     build: Builder | None = None, device: str = "cpu", progress: Progress | None = None,
-                    on_calibration: Callable[[str, LoadedModel], None] | None = None) -> Fingerprint:
+                    on_calibration: Callable[[str, LoadedModel], None] | None = None,
+                    queries: torch.Tensor | None = None) -> Fingerprint:
     """Train the owner's helpers on ``data``, search conferrable inputs, and calibrate on held-out references
-    (each also handed to ``on_calibration(arch, model)``, for evaluations that score them in other ways)."""
+    (each also handed to ``on_calibration(arch, model)``, for evaluations that score them in other ways).
+    ``queries``: inputs the owner's API answered (N, 3, R, R) in [0, 1], its query log (``queries``)."""
     say = progress or (lambda _msg: None)
     archs = tuple(config.helper_archs or ((owner.arch,) if owner.arch else ()))
     if not archs:
@@ -156,9 +165,20 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         rows = torch.cat([rest, candidate_rows])[:config.output_probes]  # images not searched first
         probe_inputs = data.x[rows].contiguous()
         probe_logits = model_logits(owner, probe_inputs, device)
+    query_inputs = query_labels = None
+    if queries is not None and len(queries):
+        say(f"choosing the owner's idiosyncratic answers among {len(queries)} logged queries")
+        query_inputs, query_labels = idiosyncratic_answers(owner_fn, as_fn[len(surrogates):], queries,
+                                                           config.query_reference_share, config.max_queries,
+                                                           seed + 11, device)
+        if len(query_labels) < MIN_QUERIES:
+            say(f"only {len(query_labels)} logged queries carry idiosyncratic answers (fewer than {MIN_QUERIES}): "
+                "the fingerprint is fitted without the query log")
+            query_inputs = query_labels = None
     fingerprint = Fingerprint(owner=owner.name, owner_sha256=owner.weights_sha256, inputs=inputs[kept].cpu(),
                               labels=targets[kept].cpu(), num_classes=num_classes, calibration={},
-                              probe_inputs=probe_inputs, probe_logits=probe_logits)
+                              probe_inputs=probe_inputs, probe_logits=probe_logits,
+                              query_inputs=query_inputs, query_labels=query_labels)
     reference_logits: list[tuple[str, torch.Tensor]] = []
     for a, arch in enumerate(archs):
         for j in range(config.calibration_per_arch):
@@ -167,6 +187,9 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
             model = train_reference(build, arch, train_x, train_y, num_classes, recipe,
                                     seed + 300 + 10 * a + j, device)
             fingerprint.calibration.setdefault(arch, []).append(agreement(fingerprint, model, device))
+            if query_labels is not None:
+                fingerprint.query_calibration.setdefault(arch, []).append(query_agreement(fingerprint, model,
+                                                                                          device))
             if probe_inputs is not None:
                 reference_logits.append((arch, model_logits(model, probe_inputs, device)))
             if on_calibration is not None:
@@ -180,6 +203,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                           "candidates": len(pick), "kept": fingerprint.size, "eps": search_config.eps,
                           "search": [{"eps": e, "kept": k} for e, k in tried],
                           "output_probes": fingerprint.output_probes,
+                          "logged_queries": 0 if queries is None else len(queries), "queries": fingerprint.queries,
                           "seconds": round(time.perf_counter() - started, 1),
                           "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
     log.info("fingerprint of %s: %d inputs, calibration %s", owner.name, fingerprint.size, fingerprint.calibration)

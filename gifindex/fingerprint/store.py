@@ -31,7 +31,8 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "owner": fingerprint.owner, "owner_sha256": fingerprint.owner_sha256,
             "num_classes": fingerprint.num_classes, "calibration": fingerprint.calibration,
-            "recipe": fingerprint.recipe, "output_calibration": fingerprint.output_calibration}
+            "recipe": fingerprint.recipe, "output_calibration": fingerprint.output_calibration,
+            "query_calibration": fingerprint.query_calibration}
     arrays = {"inputs": fingerprint.inputs.numpy().astype(np.float32),
               "labels": fingerprint.labels.numpy().astype(np.int64)}
     if fingerprint.probe_inputs is not None:
@@ -39,6 +40,9 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
         arrays["probe_logits"] = fingerprint.probe_logits.numpy().astype(np.float32)
     if fingerprint.reference_logits is not None:
         arrays["reference_logits"] = fingerprint.reference_logits.numpy().astype(np.float32)
+    if fingerprint.query_inputs is not None:
+        arrays["query_inputs"] = fingerprint.query_inputs.numpy().astype(np.float32)
+        arrays["query_labels"] = fingerprint.query_labels.numpy().astype(np.int64)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
     atomic_write_bytes(target, buffer.getvalue())
@@ -56,6 +60,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             inputs, labels = data["inputs"], data["labels"]
             probes = (data["probe_inputs"], data["probe_logits"]) if "probe_inputs" in data.files else None
             references = data["reference_logits"] if "reference_logits" in data.files else None
+            queries = (data["query_inputs"], data["query_labels"]) if "query_inputs" in data.files else None
     except GifindexError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -69,10 +74,13 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                                or not np.isfinite(probes[1]).all()) or references is not None and (
             probes is None or references.dtype != np.float32 or not np.isfinite(references).all()):
         raise GifindexError(f"{source}: damaged fingerprint probe arrays")
+    if queries is not None and (queries[0].dtype != np.float32 or queries[1].dtype != np.int64
+                                or not np.isfinite(queries[0]).all()):
+        raise GifindexError(f"{source}: damaged fingerprint query arrays")
     try:
-        calibration, output_calibration = (
+        calibration, output_calibration, query_calibration = (
             {str(k): [float(v) for v in vals] for k, vals in dict(meta.get(name) or {}).items()}
-            for name in ("calibration", "output_calibration"))
+            for name in ("calibration", "output_calibration", "query_calibration"))
         return Fingerprint(owner=str(meta["owner"]), owner_sha256=meta.get("owner_sha256"),
                            inputs=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
                            num_classes=int(meta["num_classes"]), calibration=calibration,
@@ -80,6 +88,9 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            probe_inputs=None if probes is None else torch.from_numpy(probes[0]),
                            probe_logits=None if probes is None else torch.from_numpy(probes[1]),
                            reference_logits=None if references is None else torch.from_numpy(references),
-                           output_calibration=output_calibration)
+                           output_calibration=output_calibration,
+                           query_inputs=None if queries is None else torch.from_numpy(queries[0]),
+                           query_labels=None if queries is None else torch.from_numpy(queries[1]),
+                           query_calibration=query_calibration)
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None

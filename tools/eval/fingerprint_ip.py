@@ -36,14 +36,18 @@ from common import (CACHE, cached_model, distances_to, key, log, results_dir, se
                     write_json)
 from gifindex.apps import suspect_from_distances
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
-                                  load_fingerprint, output_scores, save_fingerprint)
+                                  load_fingerprint, output_scores, query_agreement, save_fingerprint)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import combine
 from gifindex.fingerprint.fit import CALIBRATION_RECIPES, calibration_recipes, varied_calibration
 
 Z_THRESHOLD = 3.0
-SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp-agree", "fp-dec-z", "fp-out-z", "fp-z",
-          "max-z", "combined-arch", "combined")
+SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp-agree", "fp-dec-z", "fp-out-z",
+          "fp-query-z", "fp-z", "max-z", "combined-arch", "combined")
+# The owner's query log (docs/results.md 6.2i): what its API answered. "thief": exactly the thieves' queries (half B's
+# images; never their labels); "half": a seeded half of them (sampled logging); "mixed": the thieves' queries and, from
+# other users, the held-out test images (a third of the log); "none": no log (the fingerprint without that part).
+QUERY_LOGS = ("none", "thief", "half", "mixed")
 
 
 def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
@@ -61,17 +65,37 @@ def helper_builder(zoo: ipzoo.IPZoo):
 
 
 def fingerprint_score(fp, module: torch.nn.Module, arch: str, spec) -> FingerprintScore:
-    """A model's decisions and outputs on the fingerprint, as ``suspect`` scores them."""
+    """A model's decisions, outputs and answers to the logged queries on the fingerprint, as ``suspect`` scores
+    them."""
     model = wrap(module, spec)
-    return FingerprintScore.of(fp, agreement(fp, model), arch, output_scores(fp, model))
+    return FingerprintScore.of(fp, agreement(fp, model), arch, output_scores(fp, model), query_agreement(fp, model))
 
 
-def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
+def query_log(zoo: ipzoo.IPZoo, which: str) -> torch.Tensor | None:
+    """The owner's query log (QUERY_LOGS) as images in [0, 1]: the inputs of the thieves' queries, never labels."""
+    if which == "none":
+        return None
+    x, _ = zoo.attacker_data
+    mean = torch.tensor(zoo.spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(zoo.spec.std).view(1, 3, 1, 1)
+    thief = (x * std + mean).clamp(0, 1)
+    if which == "thief":
+        return thief
+    if which == "half":
+        order = torch.randperm(len(thief), generator=torch.Generator().manual_seed(77 + zoo.seed))
+        return thief[order[:len(thief) // 2]]
+    if which == "mixed":
+        return torch.cat([thief, zoo.heldout_images()])
+    raise SystemExit(f"unknown query log {which!r}: choose one of {', '.join(QUERY_LOGS)}")
+
+
+def fitted(zoo: ipzoo.IPZoo, config: FitConfig, queries: str = "none"):
     """The owner's fingerprint for this zoo and seed (cached: fitting trains the helper models), and its
     calibration references' ModelGiF distances to the owner by architecture (the lever of centring a suspect's
     signature z on independent models of its own architecture, docs/results.md 6.1)."""
     # v4: the calibration references train on the helpers' rows (under --disjoint, not the fingerprint's images)
-    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}-v4.npz"
+    log_tag = "" if queries == "none" else f"-q{queries}"
+    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}{log_tag}-v4.npz"
     sidecar = path.with_suffix(".distances.json")
     if path.is_file() and sidecar.is_file():
         return load_fingerprint(path), json.loads(sidecar.read_text()), 0.0
@@ -84,7 +108,7 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig):
         calibration[f"cal-{len(calibration)}"] = (arch, model.module)
 
     fp = fit_fingerprint(owner, owner_data(zoo), config, build=helper_builder(zoo), progress=log,
-                         on_calibration=keep)
+                         on_calibration=keep, queries=query_log(zoo, queries))
     # as `fit-probes` does with the index: the calibration references' ModelGiF distances to the owner
     feats, _ = sign_all({"owner": zoo.owner, **{n: m for n, (_, m) in calibration.items()}}, zoo.heldout_raw, k=16,
                         steps=8, methods=("modelgif",), spec=zoo.spec, resolution=zoo.resolution)
@@ -225,9 +249,10 @@ def _auc(positives: list[float], negatives: list[float]) -> float:
 
 
 def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_recipe_negatives: bool = True,
-             foreign: int | None = None, twins: bool = False) -> dict:
+             foreign: int | None = None, twins: bool = False, queries: str = "none") -> dict:
     """Every score of every model of one zoo seed; ``foreign``: students of another teacher per kind (None: as many
-    as the zoo has per attack; 0: none); ``twins``: add every hard-label student's label twin (twin_report)."""
+    as the zoo has per attack; 0: none); ``twins``: add every hard-label student's label twin (twin_report);
+    ``queries``: the owner's query log (QUERY_LOGS)."""
     zoo = ipzoo.build(zoo_name, seed, quick)
     count = ipzoo.SIZES[zoo_name]["quick" if quick else "full"][0] if foreign is None else foreign
     added = {**(foreign_students(zoo, count) if count else {}), **(ipzoo.label_twins(zoo) if twins else {})}
@@ -235,7 +260,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, "digits"
     helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
     config = dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
-    fp, calibration_distances, fit_s = fitted(zoo, config)
+    fp, calibration_distances, fit_s = fitted(zoo, config, queries)
     scored = [n for n in zoo.models if n != "owner"]
     groups = {n: zoo.groups[n] for n in scored}
     start = time.perf_counter()
@@ -261,6 +286,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         "fp-agree": {n: (fp_scores[n].agreement if fp_scores[n].agreement is not None else -1.0) for n in scored},
         "fp-dec-z": {n: (fp_scores[n].z if fp_scores[n].z is not None else -1e9) for n in scored},
         "fp-out-z": {n: (fp_scores[n].output_z if fp_scores[n].output_z is not None else -1e9) for n in scored},
+        "fp-query-z": {n: (fp_scores[n].query_z if fp_scores[n].query_z is not None else -1e9) for n in scored},
         "fp-z": {n: (fp_scores[n].evidence if fp_scores[n].evidence is not None else -1e9) for n in scored},
         "owner-errors": owner_errors_followed(zoo, scored),
         "max-z": {n: max(z for z in (z_pop[n], fp_scores[n].evidence) if z is not None) for n in scored},
@@ -268,7 +294,8 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         "combined": {n: combine(z_pop[n], fp_scores[n].evidence)[0] for n in scored},
     }
     zs = {"modelgif": z_pop, "modelgif-arch-z": z_gif, "combined-arch": scores["combined-arch"],
-          "fp-dec-z": scores["fp-dec-z"], "fp-out-z": scores["fp-out-z"], "fp-z": scores["fp-z"],
+          "fp-dec-z": scores["fp-dec-z"], "fp-out-z": scores["fp-out-z"], "fp-query-z": scores["fp-query-z"],
+          "fp-z": scores["fp-z"],
           "max-z": scores["max-z"], "combined": scores["combined"]}
     thief_data = [n for n in ipzoo.thief_data_negatives(zoo) if n in groups]
     foreign_names = [n for n in scored if groups[n].startswith("foreign-")]
@@ -286,15 +313,17 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
     if with_recipe_negatives:  # the fingerprint's verdict on them (their outputs are comparable: combined = fp-z)
         for n, (arch, module) in recipe_negatives(zoo, config.helper_archs, fp.num_classes).items():
             by_recipe[n] = {"arch": arch, **fingerprint_score(fp, module, arch, zoo.spec).to_dict()}
-        for name, field in (("fp-dec-z", "decision_z"), ("fp-out-z", "output_z"), ("fp-z", "z"), ("combined", "z")):
-            flagged[name]["irrelevant-r"] = float(np.mean([m[field] >= Z_THRESHOLD for m in by_recipe.values()]))
+        for name, field in (("fp-dec-z", "decision_z"), ("fp-out-z", "output_z"), ("fp-query-z", "query_z"),
+                            ("fp-z", "z"), ("combined", "z")):
+            flagged[name]["irrelevant-r"] = float(np.mean([(m[field] if m[field] is not None else -1e9)
+                                                           >= Z_THRESHOLD for m in by_recipe.values()]))
     return {
-        "zoo": zoo_name, "seed": seed, "quick": quick, "fingerprint": {"size": fp.size, "calibration": fp.calibration,
-                                                                      "output_calibration": fp.output_calibration,
-                                                                      "recipe": fp.recipe},
+        "zoo": zoo_name, "seed": seed, "quick": quick, "query_log": queries,
+        "fingerprint": {"size": fp.size, "calibration": fp.calibration, "output_calibration": fp.output_calibration,
+                        "queries": fp.queries, "query_calibration": fp.query_calibration, "recipe": fp.recipe},
         "fit_seconds": round(fit_s, 1), "fp_seconds_per_model": fp_s, "gif_seconds_per_model": sign_s["modelgif"],
         "gifout_seconds_per_model": sign_s["modelgif+outputs"],
-        "fp_passes_per_model": fp.size + fp.output_probes,
+        "fp_passes_per_model": fp.size + fp.output_probes + fp.queries,
         "gif_passes_per_model": 16 * 8,
         "auc": {s: auc_rows(scores[s], groups) for s in SCORES}, "flagged": flagged,
         "auc_thief_data_negatives": {s: auc_rows(scores[s], groups, thief_data) for s in SCORES},
@@ -344,6 +373,9 @@ def main() -> None:
     parser.add_argument("--twins", action="store_true",
                         help="add every hard-label student's label twin (same architecture, initialisation, data "
                              "and order, true labels: ipzoo.label_twins) and report students against twins")
+    parser.add_argument("--query-log", choices=QUERY_LOGS, default="none",
+                        help="the owner's query log given to the fit (QUERY_LOGS: the thieves' query images, half of "
+                             "them, or them and the held-out images; never labels)")
     parser.add_argument("--no-recipe-negatives", action="store_true",
                         help="skip the independent models trained by RECIPE_NEGATIVES (training them costs a few "
                              "minutes per seed on mnist32)")
@@ -360,9 +392,10 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
-                                args.foreign_students, args.twins))
+                                args.foreign_students, args.twins, args.query_log))
         r = results[-1]
-        log(f"{args.zoo} seed {seed}: fingerprint {r['fingerprint']['size']} inputs, fit {r['fit_seconds']} s")
+        log(f"{args.zoo} seed {seed}: fingerprint {r['fingerprint']['size']} inputs, {r['fingerprint']['queries']} "
+            f"logged queries, fit {r['fit_seconds']} s")
         for s in SCORES:
             log(f"  {s:<10s} " + " ".join(f"{r['auc'][s][a]:.2f}" for a in ipzoo.ATTACKS + ("mean",))
                 + "  flagged " + (" ".join(f"{v:.0%}" for v in r["flagged"][s].values()) if s in r["flagged"] else ""))
@@ -371,7 +404,8 @@ def main() -> None:
     summary_foreign = summarise(results, "auc_foreign_students") if all(r["auc_foreign_students"] for r in results) \
         else None
     seeds = "-".join(map(str, args.seeds))
-    write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}-s{seeds}.json",
+    log_tag = "" if args.query_log == "none" else f"-q{args.query_log}"
+    write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}{log_tag}-s{seeds}.json",
                {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief,
                 "summary_foreign_students": summary_foreign})
     tables = [("all independent models", summary),

@@ -1,0 +1,41 @@
+"""The owner's query log: where a thief's student was taught, it repeats the owner's answers.
+
+A model served through an API answers every query it gets, and its owner can log them. A thief who extracts
+or distils the model through that API trains its student on exactly those queries and the owner's answers;
+students memorise their training labels, so on the logged queries where the owner answered *as independent
+models do not* (its idiosyncratic answers: mostly its own errors) a student repeats the owner far more often
+than any independent model, even one trained on the same images with their true labels. Away from those
+queries a hard-label student holds almost nothing of the owner's (docs/results.md 6.2i), which is why this
+part catches hard-label extraction where the conferrable inputs cannot.
+
+Kept: logged queries on which at most ``max_reference_share`` of the owner's references (independent models
+it trains on its own data, never the calibration references) take the owner's answer. The thief's queries
+may be a small part of a large log; every other user's queries where the owner is idiosyncratic dilute the
+signal, which the calibration measures like any other part.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+Net = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def _answers(net: Net, x: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
+    return torch.cat([net(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def idiosyncratic_answers(owner: Net, references: Sequence[Net], queries: torch.Tensor, max_reference_share: float,
+                          limit: int, seed: int = 0, device: str = "cpu",
+                          batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, owner answers) of the logged ``queries`` (N, 3, R, R) on which at most ``max_reference_share``
+    of the ``references`` answer as the owner does; a seeded sample of ``limit`` when more qualify."""
+    answers = _answers(owner, queries, device, batch_size)
+    followed = torch.stack([_answers(r, queries, device, batch_size) == answers for r in references])
+    keep = torch.nonzero(followed.float().mean(0) <= max_reference_share + 1e-9).flatten()
+    if len(keep) > limit:
+        keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit]].sort().values
+    return queries[keep].contiguous(), answers[keep]
