@@ -17,9 +17,11 @@ recipes neither calibration uses (``RECIPE_NEGATIVES``, flagged ``irrelevant-r``
 against students of *another* teacher (``foreign_students``: Extract-L and Extract-P students trained exactly as
 the zoo's, from an independent model of the owner's architecture; ``auc_foreign_students``, flagged ``foreign``):
 a score that ranks the owner's students above them sees the owner, one that does not sees only that a model
-learnt from some model's labels (docs/results.md 6.2f).
+learnt from some model's labels (docs/results.md 6.2f). ``--twins``: every hard-label student's label twin (same
+architecture, initialisation, data and order, true labels), and students against twins (6.2i). ``--query-log``: the
+owner's query log given to the fit (the thieves' query images, never their labels; QUERY_LOGS, 6.2i).
 
-    python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick]
+    python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick] [--twins] [--query-log thief]
 """
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ The zoo seed changes the train/test and A/B splits and every initialisation / da
 attack hyper-parameter grids (learning rates, pruning amounts, label sets) stay the same, so a spread over
 seeds measures randomness, not attacks of different strength. The owner trains on half A of the training
 split; thieves use half B. Code that fits anything for the owner (helper models, probes) may use only
-``owner_data``, ``heldout_raw`` and ``make_arch``: never ``attacker_data`` or the scored ``models``.
+``owner_data``, ``heldout_raw`` and ``make_arch``: never ``attacker_data`` or the scored ``models``. One
+exception, named as such wherever it is used: the *images* of ``attacker_data`` as the owner's query log (the
+thieves sent them to the owner's API, which can record what it answered; never their labels).
 
     python tools/eval/ipzoo.py --zoo mnist32 --seed 0 [--quick] [--only MODEL ...]
 
