@@ -310,7 +310,7 @@ def test_a_query_log_without_idiosyncratic_answers_is_left_out(owner, digits):
     assert FingerprintScore.of(fp, 0.5, "timm:test_resnet", None, 0.9).query_z is None
 
 
-def test_query_log_loads_arrays_and_folders(tmp_path):
+def test_query_log_loads_arrays_and_folders(tmp_path, monkeypatch):
     from PIL import Image
 
     np.save(tmp_path / "log.npy", np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8))
@@ -326,6 +326,11 @@ def test_query_log_loads_arrays_and_folders(tmp_path):
         load_query_log("builtin", R)
     with pytest.raises(ProbeError, match="not found"):
         load_query_log(tmp_path / "nothing.npy", R)
+    import gifindex.fingerprint.data as data_module
+
+    monkeypatch.setattr(data_module, "MAX_QUERY_BYTES", 4 * 3 * R * R * 4)  # room for four queries at R px
+    with pytest.raises(ProbeError, match=f"5 logged queries; at {R} px pass a sample of at most 4"):
+        load_query_log(tmp_path / "log.npy", R)
 
 
 def test_the_fingerprint_judges_whenever_outputs_are_comparable():

@@ -19,6 +19,7 @@ from ..probes import IMAGE_SUFFIXES
 
 MAX_IMAGES = 200_000
 MAX_FILE_BYTES = 4 << 30
+MAX_QUERY_BYTES = 4 << 30  # a query log is held in memory at the index resolution while the fit chooses from it
 
 
 @dataclass
@@ -131,8 +132,10 @@ def load_query_log(source: str | os.PathLike, resolution: int) -> torch.Tensor:
     if str(source) == "builtin":
         raise ProbeError("a query log is the owner's own record of queries: an .npy/.npz array or a folder of images")
     images, _ = load_source(str(source))
-    if len(images) > MAX_IMAGES:
-        raise ProbeError(f"{source}: {len(images)} logged queries; pass a sample of at most {MAX_IMAGES}")
+    limit = min(MAX_IMAGES, MAX_QUERY_BYTES // (3 * resolution * resolution * 4))
+    if len(images) > limit:
+        raise ProbeError(f"{source}: {len(images)} logged queries; at {resolution} px pass a sample of at most "
+                         f"{limit} (the thief's share of the log is what counts: a uniform sample keeps it)")
     out = torch.empty(len(images), 3, resolution, resolution)
     for i, image in enumerate(images):
         x = torch.from_numpy(image)[None]
