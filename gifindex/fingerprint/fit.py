@@ -58,8 +58,10 @@ class FitConfig:
                                          # candidates come from the other half (images no helper saw, as a
                                          # thief's student never saw the owner's)
     max_queries: int = 1024              # logged queries kept at most (a seeded sample when more qualify)
-    query_reference_share: float = 0.25  # a logged query is kept when at most this share of the references
-                                         # answer as the owner did (1 of the default 4)
+    query_reference_share: float = 0.0   # a logged query is kept when at most this share of the references
+                                         # answer as the owner did (none, as for conferrable inputs: where one
+                                         # independent model agrees, models trained on those very images or
+                                         # students of another model of the task agree too; docs/results.md 6.2i)
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     search: SearchConfig = field(default_factory=SearchConfig)
 

@@ -8,8 +8,11 @@ than any independent model, even one trained on the same images with their true 
 queries a hard-label student holds almost nothing of the owner's (docs/results.md 6.2i), which is why this
 part catches hard-label extraction where the conferrable inputs cannot.
 
-Kept: logged queries on which at most ``max_reference_share`` of the owner's references (independent models
-it trains on its own data, never the calibration references) take the owner's answer. The thief's queries
+Kept: logged queries on which at most ``max_reference_share`` (default none) of the owner's references
+(independent models it trains on its own data, never the calibration references) take the owner's answer.
+Where even one independent model answers as the owner did, the owner is often simply right, and then every
+model trained on those very images (the thief's data is often public) or taught by another model of the task
+answers so too (docs/results.md 6.2i). The thief's queries
 may be a small part of a large log; every other user's queries where the owner is idiosyncratic dilute the
 signal, which the calibration measures like any other part.
 """
