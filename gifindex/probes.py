@@ -129,7 +129,7 @@ def _read_array(path: Path) -> list[np.ndarray]:
         raise ProbeError(f"cannot read probe array {path}: {exc}") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
-            key = "images" if "images" in loaded.files else (loaded.files[0] if loaded.files else None)
+            key = next((k for k in ("images", "x") if k in loaded.files), loaded.files[0] if loaded.files else None)
             if key is None:
                 raise ProbeError(f"{path} holds no arrays")
             array = loaded[key]

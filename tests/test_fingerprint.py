@@ -254,6 +254,29 @@ def test_idiosyncratic_answers_keep_queries_the_references_answer_otherwise():
         sample[:, 0, 0, 0].tolist())
 
 
+def test_reviewed_queries_keep_exactly_the_owners_wrong_answers(owner, digits):
+    from gifindex.fingerprint.queries import wrong_answers
+
+    queries = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 2, 2).contiguous()
+    net = lambda x: torch.nn.functional.one_hot(x[:, 0, 0, 0].long() % 3, 3).float()  # noqa: E731 - answers i % 3
+    inputs, answers = wrong_answers(net, queries, torch.tensor([0, 2, -1, -1, 1, 1]), limit=100)
+    assert inputs[:, 0, 0, 0].tolist() == [1, 5] and answers.tolist() == [1, 2]  # reviewed, and answered wrongly
+    # through the fit: the owner's answers kept are exactly its errors on the reviewed queries
+    data, owner_data = digits
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    x, y = (data.x_train[600:1000] * std + mean).clamp(0, 1), data.y_train[600:1000].clone()
+    y[200:] = -1  # half the log reviewed
+    config = FitConfig(helper_archs=("timm:test_resnet",), surrogates=1, references=1, calibration_per_arch=2,
+                       candidates=64, output_probes=0, recipe=TrainRecipe(epochs=2, augment_copies=1),
+                       search=SearchConfig(eps=0.1, steps=6))
+    fp = fit_fingerprint(owner, owner_data, config, build=_build, queries=x, query_labels=y)
+    with torch.no_grad():
+        owner_answers = model_logits(owner, x[:200]).argmax(1)
+    errors = torch.nonzero(owner_answers != y[:200]).flatten()
+    assert fp.recipe["reviewed_queries"] == 200 and fp.queries == len(errors) >= 8
+    assert torch.equal(fp.query_inputs, x[errors]) and torch.equal(fp.query_labels, owner_answers[errors])
+
+
 @pytest.fixture(scope="module")
 def query_fingerprint(owner, digits):
     """The owner's fingerprint fitted with its query log: the 400 images a thief sent through its API."""
@@ -314,14 +337,26 @@ def test_query_log_loads_arrays_and_folders(tmp_path, monkeypatch):
     from PIL import Image
 
     np.save(tmp_path / "log.npy", np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8))
-    x = load_query_log(tmp_path / "log.npy", R)
-    assert x.shape == (5, 3, R, R) and float(x.min()) >= 0 and float(x.max()) <= 1
+    x, labels = load_query_log(tmp_path / "log.npy", R)
+    assert x.shape == (5, 3, R, R) and float(x.min()) >= 0 and float(x.max()) <= 1 and labels is None
+    images = np.random.default_rng(1).random((4, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "reviewed.npz", x=images, y=np.array([3, -1, 0, -1]))
+    x, labels = load_query_log(tmp_path / "reviewed.npz", R)  # the images are x, the review labels y
+    assert x.shape == (4, 3, R, R) and labels.tolist() == [3, -1, 0, -1]
+    assert torch.allclose(x[0, 0], torch.nn.functional.interpolate(torch.from_numpy(images[:1, None]), size=(R, R),
+                                                                   mode="bilinear", align_corners=False)[0, 0])
+    np.savez(tmp_path / "bad.npz", x=images, y=np.array([3, -2, 0, 1]))
+    with pytest.raises(ProbeError, match="review labels 'y' must be integers >= -1"):
+        load_query_log(tmp_path / "bad.npz", R)
+    np.savez(tmp_path / "short.npz", x=images, y=np.array([3, 1]))
+    with pytest.raises(ProbeError, match="4 logged queries but 2 review labels"):
+        load_query_log(tmp_path / "short.npz", R)
     folder = tmp_path / "queries" / "day1"
     folder.mkdir(parents=True)
     for i in range(3):
         Image.fromarray(np.full((20, 20, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
-    x = load_query_log(tmp_path / "queries", R)
-    assert x.shape == (3, 3, R, R) and x[2].mean().item() == pytest.approx(80 / 255, abs=1e-3)
+    x, labels = load_query_log(tmp_path / "queries", R)
+    assert x.shape == (3, 3, R, R) and x[2].mean().item() == pytest.approx(80 / 255, abs=1e-3) and labels is None
     with pytest.raises(ProbeError, match="query log is the owner's own record"):
         load_query_log("builtin", R)
     with pytest.raises(ProbeError, match="not found"):
@@ -496,6 +531,16 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
                                              "--json"]).stdout)["fingerprint"]
     assert judged["queries"] >= 8 and judged["query_z"] is not None
     assert judged["z"] == pytest.approx((judged["decision_z"] + judged["output_z"] + judged["query_z"]) / np.sqrt(3))
+    # a reviewed log (true labels of the queries): only the owner's wrong answers are kept
+    np.savez(tmp_path / "reviewed.npz", x=(data.x_train[1000:1300] * std + mean).clamp(0, 1).numpy(),
+             y=data.y_train[1000:1300].numpy())
+    reviewed = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
+                                    "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
+                                    "--calibration", "2", "--candidates", "64", "--output-probes", "0",
+                                    "--epochs", "1", "--eps", "0.1", "--queries", str(tmp_path / "reviewed.npz")])
+    assert reviewed.exit_code == 0, reviewed.output
+    assert "of the 300 reviewed were answered wrongly" in reviewed.output or \
+        "wrong answers among the reviewed logged queries" in reviewed.output, reviewed.output
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])
     assert missing.exit_code == 1 and "did you mean 'owner'" in missing.output
 

@@ -43,11 +43,12 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                        recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
-    logged = None if queries is None else load_query_log(queries, index.config.resolution)
+    logged, reviewed = (None, None) if queries is None else load_query_log(queries, index.config.resolution)
     entry = index.entry_for(owner)
     loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
     loaded.name = owner
-    fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress, queries=logged)
+    fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress, queries=logged,
+                                  query_labels=reviewed)
     path = fingerprint_path(index.root, owner)
     with index.writer(wait=wait):
         save_fingerprint(fingerprint, path)
@@ -62,5 +63,6 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "output_null_mean": fingerprint.output_null()[0] if fingerprint.has_outputs else None,
             "output_calibration": fingerprint.output_calibration,
             "logged_queries": 0 if logged is None else len(logged), "queries": fingerprint.queries,
+            "reviewed_queries": fingerprint.recipe.get("reviewed_queries", 0),
             "query_null_mean": fingerprint.query_null()[0] if fingerprint.has_queries else None,
             "query_calibration": fingerprint.query_calibration, "recipe": fingerprint.recipe}

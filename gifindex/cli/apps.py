@@ -181,7 +181,9 @@ def _fmt(value: float | None) -> str:
 @click.option("--queries", "queries_path", type=click.Path(exists=True), default=None,
               help="the owner's query log: the inputs its API answered (an .npy/.npz array or a folder of "
                    "images). A student extracted or distilled through the API repeats the owner's idiosyncratic "
-                   "answers to them: the evidence against hard-label extraction")
+                   "answers to them: the evidence against hard-label extraction. An .npz with x and y (true labels "
+                   "of the queries you reviewed, -1 elsewhere) keeps only your answers known to be wrong: do this "
+                   "when your model is more accurate than the references (see the README)")
 @click.option("--max-queries", type=click.IntRange(8, 100_000), default=1024, show_default=True,
               help="idiosyncratic answers kept from the query log at most (one forward pass each per suspect)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -226,9 +228,10 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
             click.echo(f"query log: none of {result['logged_queries']} logged queries kept (fewer than 8 answers "
                        "differ from the references'): fitted without it")
         else:
-            click.echo(f"query log: {result['queries']} of {result['logged_queries']} logged queries carry the "
-                       "owner's idiosyncratic answers; held-out independent models give "
-                       f"{result['query_null_mean']:.1%} of them")
+            kind = (f"of the {result['reviewed_queries']} reviewed were answered wrongly" if
+                    result["reviewed_queries"] else "carry the owner's idiosyncratic answers")
+            click.echo(f"query log: {result['queries']} of {result['logged_queries']} logged queries {kind}; "
+                       f"held-out independent models give {result['query_null_mean']:.1%} of those answers")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
 
 @main.command()

@@ -124,10 +124,13 @@ def load_owner_data(source: str | os.PathLike, resolution: int) -> OwnerData:
     return _from_npz(path, resolution)
 
 
-def load_query_log(source: str | os.PathLike, resolution: int) -> torch.Tensor:
-    """The inputs the owner's API answered (its query log; no labels needed: the owner's answers are
-    recomputed) from an ``.npy``/``.npz`` array or a folder of images, as (N, 3, R, R) float32 in [0, 1]."""
+def load_query_log(source: str | os.PathLike, resolution: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The inputs the owner's API answered (its query log; the owner's answers are recomputed) from an
+    ``.npy``/``.npz`` array or a folder of images, as (N, 3, R, R) float32 in [0, 1]; and, when an ``.npz``
+    also holds ``y``, the true labels the owner reviewed (-1 where not reviewed), else None."""
     from ..probes import load_source
+
+    labels = _review_labels(Path(source))
 
     if str(source) == "builtin":
         raise ProbeError("a query log is the owner's own record of queries: an .npy/.npz array or a folder of images")
@@ -143,4 +146,22 @@ def load_query_log(source: str | os.PathLike, resolution: int) -> torch.Tensor:
             x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > resolution)
         out[i] = x[0].clamp(0.0, 1.0)
-    return out
+    if labels is not None and len(labels) != len(out):
+        raise ProbeError(f"{source}: {len(out)} logged queries but {len(labels)} review labels 'y'")
+    return out, labels
+
+
+def _review_labels(path: Path) -> torch.Tensor | None:
+    """``y`` of a query-log ``.npz`` (integers, -1 = not reviewed), or None."""
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "y" not in data.files:
+                return None
+            y = np.asarray(data["y"])
+    except (OSError, ValueError) as exc:
+        raise ProbeError(f"{path}: not a readable .npz file ({exc})") from None
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (y.size and int(y.min()) < -1):
+        raise ProbeError(f"{path}: review labels 'y' must be integers >= -1 (-1: not reviewed), one per query")
+    return torch.from_numpy(y.astype(np.int64))

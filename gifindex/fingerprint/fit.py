@@ -25,7 +25,7 @@ from .data import OwnerData
 from .fingerprint import Fingerprint, agreement, query_agreement
 from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
 from .outputs import model_logits, profile_contrast
-from .queries import idiosyncratic_answers
+from .queries import idiosyncratic_answers, wrong_answers
 
 log = logging.getLogger(__name__)
 MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
@@ -113,10 +113,12 @@ def default_builder(owner: LoadedModel) -> Builder:
 def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = FitConfig(), *,
                     build: Builder | None = None, device: str = "cpu", progress: Progress | None = None,
                     on_calibration: Callable[[str, LoadedModel], None] | None = None,
-                    queries: torch.Tensor | None = None) -> Fingerprint:
+                    queries: torch.Tensor | None = None, query_labels: torch.Tensor | None = None) -> Fingerprint:
     """Train the owner's helpers on ``data``, search conferrable inputs, and calibrate on held-out references
     (each also handed to ``on_calibration(arch, model)``, for evaluations that score them in other ways).
-    ``queries``: inputs the owner's API answered (N, 3, R, R) in [0, 1], its query log (``queries``)."""
+    ``queries``: inputs the owner's API answered (N, 3, R, R) in [0, 1], its query log (``queries``);
+    ``query_labels`` (N,): their true labels where the owner reviewed them (-1 elsewhere): then only the
+    answers known to be wrong are kept."""
     say = progress or (lambda _msg: None)
     archs = tuple(config.helper_archs or ((owner.arch,) if owner.arch else ()))
     if not archs:
@@ -167,20 +169,26 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         rows = torch.cat([rest, candidate_rows])[:config.output_probes]  # images not searched first
         probe_inputs = data.x[rows].contiguous()
         probe_logits = model_logits(owner, probe_inputs, device)
-    query_inputs = query_labels = None
+    query_inputs = query_answers = None
     if queries is not None and len(queries):
         say(f"choosing the owner's idiosyncratic answers among {len(queries)} logged queries")
-        query_inputs, query_labels = idiosyncratic_answers(owner_fn, as_fn[len(surrogates):], queries,
-                                                           config.query_reference_share, config.max_queries,
-                                                           seed + 11, device)
-        if len(query_labels) < MIN_QUERIES:
-            say(f"only {len(query_labels)} logged queries carry idiosyncratic answers (fewer than {MIN_QUERIES}): "
-                "the fingerprint is fitted without the query log")
-            query_inputs = query_labels = None
+        reviewed = query_labels is not None and bool((query_labels >= 0).any())
+        if reviewed:
+            query_inputs, query_answers = wrong_answers(owner_fn, queries, query_labels, config.max_queries,
+                                                        seed + 11, device)
+        else:
+            query_inputs, query_answers = idiosyncratic_answers(owner_fn, as_fn[len(surrogates):], queries,
+                                                                config.query_reference_share, config.max_queries,
+                                                                seed + 11, device)
+        if len(query_answers) < MIN_QUERIES:
+            kind = "wrong answers among the reviewed" if reviewed else "idiosyncratic answers among the"
+            say(f"only {len(query_answers)} {kind} logged queries (fewer than {MIN_QUERIES}): the fingerprint is "
+                "fitted without the query log")
+            query_inputs = query_answers = None
     fingerprint = Fingerprint(owner=owner.name, owner_sha256=owner.weights_sha256, inputs=inputs[kept].cpu(),
                               labels=targets[kept].cpu(), num_classes=num_classes, calibration={},
                               probe_inputs=probe_inputs, probe_logits=probe_logits,
-                              query_inputs=query_inputs, query_labels=query_labels)
+                              query_inputs=query_inputs, query_labels=query_answers)
     reference_logits: list[tuple[str, torch.Tensor]] = []
     for a, arch in enumerate(archs):
         for j in range(config.calibration_per_arch):
@@ -189,7 +197,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
             model = train_reference(build, arch, train_x, train_y, num_classes, recipe,
                                     seed + 300 + 10 * a + j, device)
             fingerprint.calibration.setdefault(arch, []).append(agreement(fingerprint, model, device))
-            if query_labels is not None:
+            if query_answers is not None:
                 fingerprint.query_calibration.setdefault(arch, []).append(query_agreement(fingerprint, model,
                                                                                           device))
             if probe_inputs is not None:
@@ -206,6 +214,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                           "search": [{"eps": e, "kept": k} for e, k in tried],
                           "output_probes": fingerprint.output_probes,
                           "logged_queries": 0 if queries is None else len(queries), "queries": fingerprint.queries,
+                          "reviewed_queries": 0 if query_labels is None else int((query_labels >= 0).sum()),
                           "seconds": round(time.perf_counter() - started, 1),
                           "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
     log.info("fingerprint of %s: %d inputs, calibration %s", owner.name, fingerprint.size, fingerprint.calibration)

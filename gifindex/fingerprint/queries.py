@@ -15,6 +15,12 @@ model trained on those very images (the thief's data is often public) or taught 
 answers so too (docs/results.md 6.2i). The thief's queries
 may be a small part of a large log; every other user's queries where the owner is idiosyncratic dilute the
 signal, which the calibration measures like any other part.
+
+Reviewed: where the owner knows the true label of logged queries (it reviewed them, say those this rule
+proposes), only the answers known to be wrong are kept. Those are the answers no honest model learns from
+the query images, whatever it was trained on: the evaluation zoos show that without review, where the owner
+is more accurate than its references, half the kept answers are right and models trained on the very same
+images (with their true labels) follow them too (docs/results.md 6.2i).
 """
 from __future__ import annotations
 
@@ -39,6 +45,18 @@ def idiosyncratic_answers(owner: Net, references: Sequence[Net], queries: torch.
     answers = _answers(owner, queries, device, batch_size)
     followed = torch.stack([_answers(r, queries, device, batch_size) == answers for r in references])
     keep = torch.nonzero(followed.float().mean(0) <= max_reference_share + 1e-9).flatten()
+    if len(keep) > limit:
+        keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit]].sort().values
+    return queries[keep].contiguous(), answers[keep]
+
+
+@torch.no_grad()
+def wrong_answers(owner: Net, queries: torch.Tensor, labels: torch.Tensor, limit: int, seed: int = 0,
+                  device: str = "cpu", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, owner answers) of the reviewed logged ``queries`` (label >= 0) the owner answered wrongly; a
+    seeded sample of ``limit`` when more qualify."""
+    answers = _answers(owner, queries, device, batch_size)
+    keep = torch.nonzero((labels >= 0) & (answers != labels)).flatten()
     if len(keep) > limit:
         keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit]].sort().values
     return queries[keep].contiguous(), answers[keep]

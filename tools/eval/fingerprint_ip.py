@@ -48,8 +48,9 @@ SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp
           "fp-query-z", "fp-z", "max-z", "combined-arch", "combined")
 # The owner's query log (docs/results.md 6.2i): what its API answered. "thief": exactly the thieves' queries (half B's
 # images; never their labels); "half": a seeded half of them (sampled logging); "mixed": the thieves' queries and, from
-# other users, the held-out test images (a third of the log); "none": no log (the fingerprint without that part).
-QUERY_LOGS = ("none", "thief", "half", "mixed")
+# other users, the held-out test images (a third of the log); "reviewed": the thieves' queries with their true
+# labels, as an owner that reviewed its log knows them (only its wrong answers are kept); "none": no log.
+QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed")
 
 
 def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
@@ -73,21 +74,24 @@ def fingerprint_score(fp, module: torch.nn.Module, arch: str, spec) -> Fingerpri
     return FingerprintScore.of(fp, agreement(fp, model), arch, output_scores(fp, model), query_agreement(fp, model))
 
 
-def query_log(zoo: ipzoo.IPZoo, which: str) -> torch.Tensor | None:
-    """The owner's query log (QUERY_LOGS) as images in [0, 1]: the inputs of the thieves' queries, never labels."""
+def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The owner's query log (QUERY_LOGS) as images in [0, 1] (the inputs of the thieves' queries), and the true
+    labels of the reviewed ones ("reviewed" only: what an owner that reviewed its log knows), else None."""
     if which == "none":
-        return None
-    x, _ = zoo.attacker_data
+        return None, None
+    x, y = zoo.attacker_data
     mean = torch.tensor(zoo.spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(zoo.spec.std).view(1, 3, 1, 1)
     thief = (x * std + mean).clamp(0, 1)
     if which == "thief":
-        return thief
+        return thief, None
+    if which == "reviewed":
+        return thief, y.clone()
     if which == "half":
         order = torch.randperm(len(thief), generator=torch.Generator().manual_seed(77 + zoo.seed))
-        return thief[order[:len(thief) // 2]]
+        return thief[order[:len(thief) // 2]], None
     if which == "mixed":
-        return torch.cat([thief, zoo.heldout_images()])
+        return torch.cat([thief, zoo.heldout_images()]), None
     raise SystemExit(f"unknown query log {which!r}: choose one of {', '.join(QUERY_LOGS)}")
 
 
@@ -110,7 +114,7 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig, queries: str = "none"):
         calibration[f"cal-{len(calibration)}"] = (arch, model.module)
 
     fp = fit_fingerprint(owner, owner_data(zoo), config, build=helper_builder(zoo), progress=log,
-                         on_calibration=keep, queries=query_log(zoo, queries))
+                         on_calibration=keep, **dict(zip(("queries", "query_labels"), query_log(zoo, queries))))
     # as `fit-probes` does with the index: the calibration references' ModelGiF distances to the owner
     feats, _ = sign_all({"owner": zoo.owner, **{n: m for n, (_, m) in calibration.items()}}, zoo.heldout_raw, k=16,
                         steps=8, methods=("modelgif",), spec=zoo.spec, resolution=zoo.resolution)

@@ -16,7 +16,8 @@ seeds measures randomness, not attacks of different strength. The owner trains o
 split; thieves use half B. Code that fits anything for the owner (helper models, probes) may use only
 ``owner_data``, ``heldout_raw`` and ``make_arch``: never ``attacker_data`` or the scored ``models``. One
 exception, named as such wherever it is used: the *images* of ``attacker_data`` as the owner's query log (the
-thieves sent them to the owner's API, which can record what it answered; never their labels).
+thieves sent them to the owner's API, which can record what it answered), and for a *reviewed* log their true
+labels (what an owner learns by reviewing the queries it logged).
 
     python tools/eval/ipzoo.py --zoo mnist32 --seed 0 [--quick] [--only MODEL ...]
 
