@@ -313,8 +313,14 @@ def test_the_query_log_recognises_a_hard_label_student_and_not_its_twin(query_fi
     # strongest of negatives); the student lies far beyond it (11.6)
     assert scores["student"].query_z > max(3.0, scores["twin"].query_z + 4.0), scores
     assert query_agreement(fp, _wrap(timm.create_model("test_resnet", num_classes=4))) is None  # other classes
-    parts = [scores["student"].z, scores["student"].output_z, scores["student"].query_z]
-    assert scores["student"].evidence == pytest.approx(sum(parts) / np.sqrt(3.0))  # Stouffer over three parts
+    from scipy.stats import norm
+
+    student = scores["student"]
+    stouffer = (student.z + student.output_z) / np.sqrt(2.0)
+    p_min = norm.sf(max(stouffer, student.query_z))  # the stronger of the two, Sidak-adjusted for looking at two
+    assert student.owner_data_z == pytest.approx(stouffer)
+    assert student.evidence == pytest.approx(norm.isf(p_min * (2 - p_min)), rel=1e-6)
+    assert student.evidence < max(stouffer, student.query_z)
     back = load_fingerprint(save_fingerprint(fp, tmp_path / "q.npz"))
     assert torch.equal(back.query_inputs, fp.query_inputs) and torch.equal(back.query_labels, fp.query_labels)
     assert back.query_calibration == fp.query_calibration and back.queries == fp.queries
@@ -371,6 +377,20 @@ def test_query_log_loads_arrays_and_folders(tmp_path, monkeypatch):
 def test_the_fingerprint_judges_whenever_outputs_are_comparable():
     assert combine(5.0, None) == (5.0, "signature")
     assert combine(9.0, 1.0) == (1.0, "fingerprint") and combine(2.0, 4.0) == (4.0, "fingerprint")
+
+
+def test_sidak_adjusted_evidence_keeps_the_threshold_meaning():
+    from scipy.stats import norm
+
+    score = FingerprintScore(agreement=0.5, null_mean=0.1, null_sigma=0.1, null_source="x", z=1.0, output_z=1.0,
+                             query_agreement=0.9, query_null_mean=0.1, query_null_sigma=0.1, query_z=3.2)
+    assert score.owner_data_z == pytest.approx(np.sqrt(2.0))
+    # p = sf(3.2) for the stronger of two looks: 1 - (1 - p)^2 ~ 2p, i.e. z ~ 2.99: just under the verdict's 3
+    assert score.evidence == pytest.approx(norm.isf(2 * norm.sf(3.2) - norm.sf(3.2) ** 2)) and score.evidence < 3.0
+    huge = dataclasses.replace(score, query_z=40.0)  # no underflow to infinity or NaN for overwhelming evidence
+    assert 39.0 < huge.evidence < 40.0
+    low = dataclasses.replace(score, query_z=-9.0, z=-9.0, output_z=-9.0)
+    assert low.evidence < -8.0
 
 
 def test_evidence_is_stouffers_sum_of_decisions_and_outputs(fingerprint):
@@ -530,7 +550,10 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     judged = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner",
                                              "--json"]).stdout)["fingerprint"]
     assert judged["queries"] >= 8 and judged["query_z"] is not None
-    assert judged["z"] == pytest.approx((judged["decision_z"] + judged["output_z"] + judged["query_z"]) / np.sqrt(3))
+    from scipy.stats import norm
+
+    both = max((judged["decision_z"] + judged["output_z"]) / np.sqrt(2), judged["query_z"])
+    assert judged["z"] == pytest.approx(norm.isf(norm.sf(both) * (2 - norm.sf(both))), rel=1e-6)
     # a reviewed log (true labels of the queries): only the owner's wrong answers are kept
     np.savez(tmp_path / "reviewed.npz", x=(data.x_train[1000:1300] * std + mean).clamp(0, 1).numpy(),
              y=data.y_train[1000:1300].numpy())

@@ -237,15 +237,31 @@ class FingerprintScore:
         return score
 
     @property
+    def owner_data_z(self) -> float | None:
+        """Decisions and outputs together by Stouffer's sum, (z + output_z) / sqrt(2), again a z-score against
+        independent models when both are; the decisions' z alone without outputs; None when the suspect's
+        outputs are about other classes. Their larger one instead would let each one's noise among
+        independent models through (docs/results.md 6.2)."""
+        if self.z is None or self.output_z is None:
+            return self.z
+        return (self.z + self.output_z) / math.sqrt(2.0)
+
+    @property
     def evidence(self) -> float | None:
-        """The fingerprint's z: its parts together by Stouffer's sum, (z + output_z [+ query_z]) / sqrt(n),
-        again a z-score against independent models when each part is; the decisions' z alone when the
-        fingerprint has no other part; None when the suspect's outputs are about other classes. The largest
-        part instead would let each one's noise among independent models through (docs/results.md 6.2)."""
-        if self.z is None:
-            return None
-        parts = [p for p in (self.z, self.output_z, self.query_z) if p is not None]
-        return sum(parts) / math.sqrt(len(parts))
+        """The fingerprint's z. Without a query log, ``owner_data_z``. With one, the stronger of that and the
+        query part, Sidak-adjusted for having looked at two (so the verdict's threshold keeps its false-positive
+        rate): the query part is evidence of another kind (the thief's own training queries), strong on its
+        own for hard-label students whose decisions and outputs hold nothing, and averaging it with them would
+        dilute exactly that (docs/results.md 6.2i)."""
+        base = self.owner_data_z
+        if base is None or self.query_z is None:
+            return base
+        from scipy.special import ndtri_exp
+        from scipy.stats import norm
+
+        log_p = float(norm.logsf(max(base, self.query_z)))  # in logs: overwhelming evidence must not underflow
+        log_either = log_p + math.log(2.0 - math.exp(log_p))  # 1 - (1 - p)^2 = p (2 - p)
+        return float(-ndtri_exp(log_either))
 
     def to_dict(self) -> dict[str, Any]:
         return {"agreement": self.agreement, "null_mean": self.null_mean, "null_sigma": self.null_sigma,
