@@ -182,8 +182,9 @@ def _fmt(value: float | None) -> str:
               help="the owner's query log: the inputs its API answered (an .npy/.npz array or a folder of "
                    "images). A student extracted or distilled through the API repeats the owner's idiosyncratic "
                    "answers to them: the evidence against hard-label extraction. An .npz with x and y (true labels "
-                   "of the queries you reviewed, -1 elsewhere) keeps only your answers known to be wrong: do this "
-                   "when your model is more accurate than the references (see the README)")
+                   "of the queries you reviewed, -1 elsewhere) keeps only your answers known to be wrong, which "
+                   "no honest model learns: without review, answers your references miss may simply be right, and "
+                   "models trained on the same images then follow them too (README)")
 @click.option("--max-queries", type=click.IntRange(8, 100_000), default=1024, show_default=True,
               help="idiosyncratic answers kept from the query log at most (one forward pass each per suspect)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -200,8 +201,9 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
     perturbed owner images on which the surrogates follow OWNER's decision and the references do not,
     records OWNER's outputs on probe images of its own (distilled students copy how it ranks the classes it
     did not choose), and measures both on held-out independent models. With --queries (the owner serves
-    OWNER through an API and logs the queries), it also keeps the logged queries OWNER answered as its
-    references do not, which a student trained on those answers repeats. Stored in the index; `suspect
+    OWNER through an API and logs the queries), it also keeps OWNER's answers to logged queries known to be
+    wrong (reviewed labels; unreviewed: those its references answer otherwise), which a student trained on
+    those answers repeats. Stored in the index; `suspect
     SUSPECT --owner OWNER` then uses it. Only the owner's model and data are used: never the suspects.
     """
     from ..apps.fitprobes import fit_probes as run_fit_probes
