@@ -552,7 +552,8 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert judged["queries"] >= 8 and judged["query_z"] is not None
     from scipy.stats import norm
 
-    both = max((judged["decision_z"] + judged["output_z"]) / np.sqrt(2), judged["query_z"])
+    assert judged["owner_data_z"] == pytest.approx((judged["decision_z"] + judged["output_z"]) / np.sqrt(2))
+    both = max(judged["owner_data_z"], judged["query_z"])
     assert judged["z"] == pytest.approx(norm.isf(norm.sf(both) * (2 - norm.sf(both))), rel=1e-6)
     # a reviewed log (true labels of the queries): only the owner's wrong answers are kept
     np.savez(tmp_path / "reviewed.npz", x=(data.x_train[1000:1300] * std + mean).clamp(0, 1).numpy(),

@@ -265,7 +265,7 @@ class FingerprintScore:
 
     def to_dict(self) -> dict[str, Any]:
         return {"agreement": self.agreement, "null_mean": self.null_mean, "null_sigma": self.null_sigma,
-                "null": self.null_source, "z": self.evidence, "decision_z": self.z,
+                "null": self.null_source, "z": self.evidence, "owner_data_z": self.owner_data_z, "decision_z": self.z,
                 "output_similarity": self.output_similarity, "output_contrast": self.output_contrast,
                 "output_null_mean": self.output_null_mean,
                 "output_null_sigma": self.output_null_sigma, "output_z": self.output_z,
