@@ -171,8 +171,12 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         probe_logits = model_logits(owner, probe_inputs, device)
     query_inputs = query_answers = None
     if queries is not None and len(queries):
-        say(f"choosing the owner's idiosyncratic answers among {len(queries)} logged queries")
+        if query_labels is not None and tuple(query_labels.shape) != (len(queries),):
+            raise GifindexError(f"{len(queries)} logged queries but review labels of shape "
+                                f"{tuple(query_labels.shape)}")
         reviewed = query_labels is not None and bool((query_labels >= 0).any())
+        say(f"choosing the owner's {'wrong' if reviewed else 'idiosyncratic'} answers among {len(queries)} logged "
+            "queries")
         if reviewed:
             query_inputs, query_answers = wrong_answers(owner_fn, queries, query_labels, config.max_queries,
                                                         seed + 11, device)
