@@ -128,12 +128,11 @@ def load_query_log(source: str | os.PathLike, resolution: int) -> tuple[torch.Te
     """The inputs the owner's API answered (its query log; the owner's answers are recomputed) from an
     ``.npy``/``.npz`` array or a folder of images, as (N, 3, R, R) float32 in [0, 1]; and, when an ``.npz``
     also holds ``y``, the true labels the owner reviewed (-1 where not reviewed), else None."""
-    from ..probes import load_source
-
-    labels = _review_labels(Path(source))
+    from ..probes import _resize, load_source
 
     if str(source) == "builtin":
         raise ProbeError("a query log is the owner's own record of queries: an .npy/.npz array or a folder of images")
+    labels = _review_labels(Path(source))
     images, _ = load_source(str(source))
     limit = min(MAX_IMAGES, MAX_QUERY_BYTES // (3 * resolution * resolution * 4))
     if len(images) > limit:
@@ -141,11 +140,7 @@ def load_query_log(source: str | os.PathLike, resolution: int) -> tuple[torch.Te
                          f"{limit} (the thief's share of the log is what counts: a uniform sample keeps it)")
     out = torch.empty(len(images), 3, resolution, resolution)
     for i, image in enumerate(images):
-        x = torch.from_numpy(image)[None]
-        if tuple(x.shape[-2:]) != (resolution, resolution):
-            x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > resolution)
-        out[i] = x[0].clamp(0.0, 1.0)
+        out[i] = _resize(torch.from_numpy(image), resolution)
     if labels is not None and len(labels) != len(out):
         raise ProbeError(f"{source}: {len(out)} logged queries but {len(labels)} review labels 'y'")
     return out, labels

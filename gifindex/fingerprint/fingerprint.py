@@ -104,8 +104,13 @@ class Fingerprint:
         """(mean, sigma, which) of the agreement of independent models: the mean of the suspect's architecture's
         own calibration references when there are at least two, else of all of them. sigma: see ``_null``;
         at least the binomial standard deviation of a rate over this many inputs, and MIN_SIGMA."""
-        mean, spread, which = _null(self.calibration, arch, self.varied_calibration)
-        binomial = math.sqrt(max(mean * (1 - mean), 1.0 / self.size) / self.size)
+        return self._rate_null(self.calibration, self.size, arch)
+
+    def _rate_null(self, calibration: dict[str, list[float]], count: int,
+                   arch: str | None) -> tuple[float, float, str]:
+        """``_null`` of agreement rates over ``count`` inputs, sigma floored by their binomial spread and MIN_SIGMA."""
+        mean, spread, which = _null(calibration, arch, self.varied_calibration)
+        binomial = math.sqrt(max(mean * (1 - mean), 1.0 / count) / count)
         return mean, max(spread, binomial, MIN_SIGMA), which
 
     def output_null(self, arch: str | None = None) -> tuple[float, float, str]:
@@ -122,9 +127,7 @@ class Fingerprint:
         logged queries, chosen as in ``null`` (binomial floor over the queries kept)."""
         if not self.has_queries:
             raise GifindexError(f"fingerprint of {self.owner!r} holds no logged queries (fit it with --queries)")
-        mean, spread, which = _null(self.query_calibration, arch, self.varied_calibration)
-        binomial = math.sqrt(max(mean * (1 - mean), 1.0 / self.queries) / self.queries)
-        return mean, max(spread, binomial, MIN_SIGMA), which
+        return self._rate_null(self.query_calibration, self.queries, arch)
 
 
 def _null(calibration: dict[str, list[float]], arch: str | None, within: bool) -> tuple[float, float, str]:
@@ -156,10 +159,16 @@ def agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
               batch_size: int = 256) -> float | None:
     """Fraction of the fingerprint's inputs on which ``model`` decides as the owner did; None when the model's
     output size differs from the owner's (its decisions are about other classes)."""
-    logits = model_logits(model, fingerprint.inputs, device, batch_size)
-    if logits.shape[1] != fingerprint.num_classes:
+    return _agreement_on(fingerprint.inputs, fingerprint.labels, fingerprint.num_classes, model, device, batch_size)
+
+
+def _agreement_on(inputs: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  model: LoadedModel | SharedSpaceAdapter, device: str, batch_size: int) -> float | None:
+    """Fraction of ``inputs`` on which ``model`` answers ``labels``; None for another output size."""
+    logits = model_logits(model, inputs, device, batch_size)
+    if logits.shape[1] != num_classes:
         return None
-    return int((logits.argmax(1) == fingerprint.labels).sum()) / fingerprint.size
+    return int((logits.argmax(1) == labels).sum()) / len(labels)
 
 
 @torch.no_grad()
@@ -169,10 +178,8 @@ def query_agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAd
     the fingerprint holds no queries or the model's output size differs from the owner's."""
     if not fingerprint.queries:
         return None
-    logits = model_logits(model, fingerprint.query_inputs, device, batch_size)
-    if logits.shape[1] != fingerprint.num_classes:
-        return None
-    return int((logits.argmax(1) == fingerprint.query_labels).sum()) / fingerprint.queries
+    return _agreement_on(fingerprint.query_inputs, fingerprint.query_labels, fingerprint.num_classes, model, device,
+                         batch_size)
 
 
 @dataclass(frozen=True)

@@ -96,9 +96,13 @@ class Trainable(nn.Module):
 
 
 @torch.no_grad()
-def decisions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """argmax of ``model`` over ``x`` in batches."""
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+def decisions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256,
+              device: str | None = None) -> torch.Tensor:
+    """argmax of ``model`` over ``x`` in batches; with ``device``, each batch is moved there and the answers back
+    to the CPU (``x`` may be larger than the device holds)."""
+    if device is None:
+        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
 def shifted(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

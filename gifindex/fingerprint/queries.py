@@ -28,12 +28,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .helpers import decisions
+
 Net = Callable[[torch.Tensor], torch.Tensor]
-
-
-@torch.no_grad()
-def _answers(net: Net, x: torch.Tensor, device: str, batch_size: int) -> torch.Tensor:
-    return torch.cat([net(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
@@ -42,12 +39,9 @@ def idiosyncratic_answers(owner: Net, references: Sequence[Net], queries: torch.
                           batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, owner answers) of the logged ``queries`` (N, 3, R, R) on which at most ``max_reference_share``
     of the ``references`` answer as the owner does; a seeded sample of ``limit`` when more qualify."""
-    answers = _answers(owner, queries, device, batch_size)
-    followed = torch.stack([_answers(r, queries, device, batch_size) == answers for r in references])
-    keep = torch.nonzero(followed.float().mean(0) <= max_reference_share + 1e-9).flatten()
-    if len(keep) > limit:
-        keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit]].sort().values
-    return queries[keep].contiguous(), answers[keep]
+    answers = decisions(owner, queries, batch_size, device)
+    followed = torch.stack([decisions(r, queries, batch_size, device) == answers for r in references])
+    return _kept(queries, answers, followed.float().mean(0) <= max_reference_share + 1e-9, limit, seed)
 
 
 @torch.no_grad()
@@ -55,8 +49,14 @@ def wrong_answers(owner: Net, queries: torch.Tensor, labels: torch.Tensor, limit
                   device: str = "cpu", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, owner answers) of the reviewed logged ``queries`` (label >= 0) the owner answered wrongly; a
     seeded sample of ``limit`` when more qualify."""
-    answers = _answers(owner, queries, device, batch_size)
-    keep = torch.nonzero((labels >= 0) & (answers != labels)).flatten()
+    answers = decisions(owner, queries, batch_size, device)
+    return _kept(queries, answers, (labels >= 0) & (answers != labels), limit, seed)
+
+
+def _kept(queries: torch.Tensor, answers: torch.Tensor, mask: torch.Tensor, limit: int,
+          seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The queries and answers under ``mask``, a seeded sample of ``limit`` (in log order) when more."""
+    keep = torch.nonzero(mask).flatten()
     if len(keep) > limit:
         keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit]].sort().values
     return queries[keep].contiguous(), answers[keep]

@@ -53,11 +53,16 @@ SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp
 QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed")
 
 
-def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
-    x, y = zoo.owner_data
+def pixels(zoo: ipzoo.IPZoo, x: torch.Tensor) -> torch.Tensor:
+    """The zoo's normalised model input -> the images in [0, 1] (the shared space fingerprints work in)."""
     mean = torch.tensor(zoo.spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(zoo.spec.std).view(1, 3, 1, 1)
-    return OwnerData((x * std + mean).clamp(0, 1), y)
+    return (x * std + mean).clamp(0, 1)
+
+
+def owner_data(zoo: ipzoo.IPZoo) -> OwnerData:
+    x, y = zoo.owner_data
+    return OwnerData(pixels(zoo, x), y)
 
 
 def helper_builder(zoo: ipzoo.IPZoo):
@@ -80,9 +85,7 @@ def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.
     if which == "none":
         return None, None
     x, y = zoo.attacker_data
-    mean = torch.tensor(zoo.spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(zoo.spec.std).view(1, 3, 1, 1)
-    thief = (x * std + mean).clamp(0, 1)
+    thief = pixels(zoo, x)
     if which == "thief":
         return thief, None
     if which == "reviewed":

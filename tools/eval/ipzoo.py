@@ -284,13 +284,14 @@ def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, see
         student = recipe.student_archs[i % len(recipe.student_archs)]
 
         def ext_l(s=s, arch=student):
-            return hard_label_student(recipe, make_arch, arch, xb, owner_labels, 400 + s)
+            return hard_label_student(recipe, make_arch, arch, xb, owner_labels, HARD_LABEL_ATTACKS["extract-l"][1] + s)
 
         def ext_p(s=s, arch=student):
             return distilled_student(recipe, make_arch, arch, xb, owner_labels, owner, 500 + s)
 
         def ext_adv(s=s, arch=student):
-            return adversarial_student(recipe, make_arch, arch, xb, owner_labels, 600 + s)
+            return adversarial_student(recipe, make_arch, arch, xb, owner_labels,
+                                       HARD_LABEL_ATTACKS["extract-adv"][1] + s)
 
         task, classes = TRANSFER_TASKS[i % len(TRANSFER_TASKS)]
 
