@@ -15,6 +15,7 @@ from ..adapter import SharedSpaceAdapter
 from ..errors import GifindexError
 from ..models.spec import LoadedModel
 from .outputs import model_logits, profile_contrast, profile_similarity
+from .queries import effective_count
 
 MIN_SIGMA = 0.01  # agreement rates closer than this are not told apart, however many inputs
 MIN_OUTPUT_SIGMA = 0.02  # output contrasts (differences of mean cosines) closer than this are not told apart
@@ -28,8 +29,9 @@ class Fingerprint:
     reference_logits (K, M, C) the calibration references' (in the order of ``calibration``), and
     output_calibration each reference's output contrast against the others (``outputs``); absent in
     fingerprints written before outputs were part of them. query_inputs (Q, 3, R, R) logged queries on which
-    the owner answered as its references did not, query_labels (Q,) its answers, query_calibration each
-    calibration reference's agreement on them (``queries``; only when the owner supplied a query log)."""
+    the owner answered as its references did not, query_labels (Q,) its answers, query_weights (Q,) how much
+    each counts (None: alike; fingerprints fitted before weights), query_calibration each calibration reference's
+    weighted agreement on them (``queries``; only when the owner supplied a query log)."""
 
     owner: str
     owner_sha256: str | None
@@ -45,6 +47,7 @@ class Fingerprint:
     query_inputs: torch.Tensor | None = None
     query_labels: torch.Tensor | None = None
     query_calibration: dict[str, list[float]] = field(default_factory=dict)
+    query_weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.inputs.ndim != 4 or self.inputs.shape[0] != self.labels.shape[0]:
@@ -68,6 +71,10 @@ class Fingerprint:
                 self.query_inputs.ndim != 4 or self.query_labels.shape != (len(self.query_inputs),)
                 or len(self.query_inputs) == 0):
             raise GifindexError(f"fingerprint of {self.owner!r}: logged queries do not match the owner's answers")
+        if self.query_weights is not None and (
+                self.query_labels is None or self.query_weights.shape != self.query_labels.shape
+                or not bool(torch.isfinite(self.query_weights).all()) or not bool((self.query_weights > 0).all())):
+            raise GifindexError(f"fingerprint of {self.owner!r}: query weights do not match the logged queries")
 
     @property
     def size(self) -> int:
@@ -84,6 +91,11 @@ class Fingerprint:
     @property
     def queries(self) -> int:
         return 0 if self.query_labels is None else len(self.query_labels)
+
+    @property
+    def query_effective_count(self) -> float:
+        """How many equally weighted answers the weighted queries are worth (their binomial noise; Kish)."""
+        return effective_count(self.query_weights, self.queries)
 
     @property
     def has_queries(self) -> bool:
@@ -106,7 +118,7 @@ class Fingerprint:
         at least the binomial standard deviation of a rate over this many inputs, and MIN_SIGMA."""
         return self._rate_null(self.calibration, self.size, arch)
 
-    def _rate_null(self, calibration: dict[str, list[float]], count: int,
+    def _rate_null(self, calibration: dict[str, list[float]], count: float,
                    arch: str | None) -> tuple[float, float, str]:
         """``_null`` of agreement rates over ``count`` inputs, sigma floored by their binomial spread and MIN_SIGMA."""
         mean, spread, which = _null(calibration, arch, self.varied_calibration)
@@ -124,10 +136,10 @@ class Fingerprint:
 
     def query_null(self, arch: str | None = None) -> tuple[float, float, str]:
         """(mean, sigma, which) of independent models' agreement with the owner's idiosyncratic answers to its
-        logged queries, chosen as in ``null`` (binomial floor over the queries kept)."""
+        logged queries, chosen as in ``null`` (binomial floor over the queries' effective count)."""
         if not self.has_queries:
             raise GifindexError(f"fingerprint of {self.owner!r} holds no logged queries (fit it with --queries)")
-        return self._rate_null(self.query_calibration, self.queries, arch)
+        return self._rate_null(self.query_calibration, self.query_effective_count, arch)
 
 
 def _null(calibration: dict[str, list[float]], arch: str | None, within: bool) -> tuple[float, float, str]:
@@ -163,23 +175,28 @@ def agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
 
 
 def _agreement_on(inputs: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                  model: LoadedModel | SharedSpaceAdapter, device: str, batch_size: int) -> float | None:
-    """Fraction of ``inputs`` on which ``model`` answers ``labels``; None for another output size."""
+                  model: LoadedModel | SharedSpaceAdapter, device: str, batch_size: int,
+                  weights: torch.Tensor | None = None) -> float | None:
+    """Fraction of ``inputs`` (of their ``weights``, when given) on which ``model`` answers ``labels``; None for
+    another output size."""
     logits = model_logits(model, inputs, device, batch_size)
     if logits.shape[1] != num_classes:
         return None
-    return int((logits.argmax(1) == labels).sum()) / len(labels)
+    same = logits.argmax(1) == labels
+    if weights is None:
+        return int(same.sum()) / len(labels)
+    return float((weights.double() * same).sum() / weights.double().sum())
 
 
 @torch.no_grad()
 def query_agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
                     batch_size: int = 256) -> float | None:
-    """Fraction of the owner's idiosyncratic answers to its logged queries that ``model`` gives too; None when
+    """Weighted fraction of the owner's kept answers to its logged queries that ``model`` gives too; None when
     the fingerprint holds no queries or the model's output size differs from the owner's."""
     if not fingerprint.queries:
         return None
     return _agreement_on(fingerprint.query_inputs, fingerprint.query_labels, fingerprint.num_classes, model, device,
-                         batch_size)
+                         batch_size, fingerprint.query_weights)
 
 
 @dataclass(frozen=True)

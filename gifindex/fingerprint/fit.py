@@ -25,7 +25,7 @@ from .data import OwnerData
 from .fingerprint import Fingerprint, agreement, query_agreement
 from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
 from .outputs import model_logits, profile_contrast
-from .queries import idiosyncratic_answers, wrong_answers
+from .queries import logged_answers
 
 log = logging.getLogger(__name__)
 MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
@@ -62,6 +62,8 @@ class FitConfig:
                                          # answer as the owner did (none, as for conferrable inputs: where one
                                          # independent model agrees, models trained on those very images or
                                          # students of another model of the task agree too; docs/results.md 6.2i)
+    weigh_queries: bool = True           # each kept answer counts by how rarely the references share it, and
+                                         # those half of them share are dropped (queries.reference_weights)
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -169,7 +171,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         rows = torch.cat([rest, candidate_rows])[:config.output_probes]  # images not searched first
         probe_inputs = data.x[rows].contiguous()
         probe_logits = model_logits(owner, probe_inputs, device)
-    query_inputs = query_answers = None
+    query_inputs = query_answers = query_weights = None
     if queries is not None and len(queries):
         if query_labels is not None and tuple(query_labels.shape) != (len(queries),):
             raise GifindexError(f"{len(queries)} logged queries but review labels of shape "
@@ -177,22 +179,19 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         reviewed = query_labels is not None and bool((query_labels >= 0).any())
         say(f"choosing the owner's {'wrong' if reviewed else 'idiosyncratic'} answers among {len(queries)} logged "
             "queries")
-        if reviewed:
-            query_inputs, query_answers = wrong_answers(owner_fn, queries, query_labels, config.max_queries,
-                                                        seed + 11, device)
-        else:
-            query_inputs, query_answers = idiosyncratic_answers(owner_fn, as_fn[len(surrogates):], queries,
-                                                                config.query_reference_share, config.max_queries,
-                                                                seed + 11, device)
+        query_inputs, query_answers, query_weights = logged_answers(
+            owner_fn, as_fn[len(surrogates):], queries, query_labels, config.query_reference_share,
+            config.max_queries, config.weigh_queries, seed + 11, device)
         if len(query_answers) < MIN_QUERIES:
             kind = "wrong answers among the reviewed" if reviewed else "idiosyncratic answers among the"
             say(f"only {len(query_answers)} {kind} logged queries (fewer than {MIN_QUERIES}): the fingerprint is "
                 "fitted without the query log")
-            query_inputs = query_answers = None
+            query_inputs = query_answers = query_weights = None
     fingerprint = Fingerprint(owner=owner.name, owner_sha256=owner.weights_sha256, inputs=inputs[kept].cpu(),
                               labels=targets[kept].cpu(), num_classes=num_classes, calibration={},
                               probe_inputs=probe_inputs, probe_logits=probe_logits,
-                              query_inputs=query_inputs, query_labels=query_answers)
+                              query_inputs=query_inputs, query_labels=query_answers,
+                              query_weights=query_weights)
     reference_logits: list[tuple[str, torch.Tensor]] = []
     for a, arch in enumerate(archs):
         for j in range(config.calibration_per_arch):

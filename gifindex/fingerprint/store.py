@@ -43,6 +43,8 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
     if fingerprint.query_inputs is not None:
         arrays["query_inputs"] = fingerprint.query_inputs.numpy().astype(np.float32)
         arrays["query_labels"] = fingerprint.query_labels.numpy().astype(np.int64)
+    if fingerprint.query_weights is not None:
+        arrays["query_weights"] = fingerprint.query_weights.numpy().astype(np.float32)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
     atomic_write_bytes(target, buffer.getvalue())
@@ -61,6 +63,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             probes = (data["probe_inputs"], data["probe_logits"]) if "probe_inputs" in data.files else None
             references = data["reference_logits"] if "reference_logits" in data.files else None
             queries = (data["query_inputs"], data["query_labels"]) if "query_inputs" in data.files else None
+            weights = data["query_weights"] if "query_weights" in data.files else None
     except GifindexError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -75,7 +78,8 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             probes is None or references.dtype != np.float32 or not np.isfinite(references).all()):
         raise GifindexError(f"{source}: damaged fingerprint probe arrays")
     if queries is not None and (queries[0].dtype != np.float32 or queries[1].dtype != np.int64
-                                or not np.isfinite(queries[0]).all()):
+                                or not np.isfinite(queries[0]).all()) or weights is not None and (
+            queries is None or weights.dtype != np.float32):
         raise GifindexError(f"{source}: damaged fingerprint query arrays")
     try:
         calibration, output_calibration, query_calibration = (
@@ -91,6 +95,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            output_calibration=output_calibration,
                            query_inputs=None if queries is None else torch.from_numpy(queries[0]),
                            query_labels=None if queries is None else torch.from_numpy(queries[1]),
-                           query_calibration=query_calibration)
+                           query_calibration=query_calibration,
+                           query_weights=None if weights is None else torch.from_numpy(weights))
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None

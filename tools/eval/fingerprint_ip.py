@@ -329,7 +329,8 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
     return {
         "zoo": zoo_name, "seed": seed, "quick": quick, "query_log": queries,
         "fingerprint": {"size": fp.size, "calibration": fp.calibration, "output_calibration": fp.output_calibration,
-                        "queries": fp.queries, "query_calibration": fp.query_calibration, "recipe": fp.recipe},
+                        "queries": fp.queries, "query_effective_count": fp.query_effective_count,
+                        "query_calibration": fp.query_calibration, "recipe": fp.recipe},
         "fit_seconds": round(fit_s, 1), "fp_seconds_per_model": fp_s, "gif_seconds_per_model": sign_s["modelgif"],
         "gifout_seconds_per_model": sign_s["modelgif+outputs"],
         "fp_passes_per_model": fp.size + fp.output_probes + fp.queries,
@@ -369,6 +370,8 @@ def main() -> None:
     parser.add_argument("--output-probes", type=int, default=FitConfig().output_probes,
                         help="owner images whose outputs are compared (0: decisions only, the fingerprint before "
                         "outputs)")
+    parser.add_argument("--flat-queries", action="store_true", help="every kept answer to the logged queries counts "
+                        "alike and none is dropped (FitConfig.weigh_queries off: the query part before weights)")
     parser.add_argument("--disjoint", action="store_true", help="helpers train on half the owner's data, "
                         "candidates come from the other half (FitConfig.disjoint)")
     parser.add_argument("--calibration-recipes", choices=CALIBRATION_RECIPES, default=calibration_recipes(),
@@ -397,7 +400,8 @@ def main() -> None:
     config = FitConfig(surrogates=args.surrogates, references=args.references, calibration_per_arch=args.calibration,
                        candidates=args.candidates, output_probes=args.output_probes,
                        recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps),
-                       disjoint=args.disjoint, varied_calibration=varied_calibration(args.calibration_recipes))
+                       disjoint=args.disjoint, varied_calibration=varied_calibration(args.calibration_recipes),
+                       weigh_queries=not args.flat_queries)
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
@@ -413,7 +417,7 @@ def main() -> None:
     summary_foreign = summarise(results, "auc_foreign_students") if all(r["auc_foreign_students"] for r in results) \
         else None
     seeds = "-".join(map(str, args.seeds))
-    log_tag = "" if args.query_log == "none" else f"-q{args.query_log}"
+    log_tag = "" if args.query_log == "none" else f"-q{args.query_log}{'-flat' if args.flat_queries else ''}"
     write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}{log_tag}-s{seeds}.json",
                {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief,
                 "summary_foreign_students": summary_foreign})
