@@ -625,7 +625,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert "outputs on 16 probe images: held-out independent models' contrast" in text_fit.output
     assert "logged queries carry the owner's idiosyncratic answers" in text_fit.output, text_fit.output
     with_log = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
-    assert with_log.exit_code == 0 and "query log     repeats the owner's idiosyncratic answer to" in with_log.output
+    assert with_log.exit_code == 0 and "of the owner's kept answers to" in with_log.output
     judged = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner",
                                              "--json"]).stdout)["fingerprint"]
     assert judged["queries"] >= 8 and judged["query_z"] is not None
@@ -642,7 +642,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
                                     "--calibration", "2", "--candidates", "64", "--output-probes", "0",
                                     "--epochs", "1", "--eps", "0.1", "--queries", str(tmp_path / "reviewed.npz")])
     assert reviewed.exit_code == 0, reviewed.output
-    assert "of the 300 reviewed were answered wrongly" in reviewed.output or \
+    assert "of the 300 reviewed were answered wrongly (and by fewer than half the references)" in reviewed.output or \
         "wrong answers among the reviewed logged queries" in reviewed.output, reviewed.output
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])
     assert missing.exit_code == 1 and "did you mean 'owner'" in missing.output

@@ -206,6 +206,7 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     out = score.to_dict()
     out.update({"inputs": fingerprint.size, "owner_classes": fingerprint.num_classes,
                 "output_probes": fingerprint.output_probes, "queries": fingerprint.queries,
+                "query_effective_count": fingerprint.query_effective_count if fingerprint.queries else None,
                 "comparable": rate is not None})
     if rate is None:
         out["note"] = (f"the suspect's output size differs from the owner's {fingerprint.num_classes} classes: "

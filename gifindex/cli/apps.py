@@ -80,9 +80,11 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
                            f"references'; independent models {fp['output_null_mean']:+.3f} (sigma "
                            f"{fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
             if fp.get("query_z") is not None:
-                click.echo(f"query log     repeats the owner's idiosyncratic answer to {fp['query_agreement']:.1%} of "
-                           f"{fp['queries']} logged queries; independent models {fp['query_null_mean']:.1%} (sigma "
-                           f"{fp['query_null_sigma']:.1%}): z {fp['query_z']:.2f}")
+                weighed = ("" if fp.get("query_effective_count") in (None, fp["queries"]) else
+                           f", weighed by how rarely independent models give them: worth {fp['query_effective_count']:.1f}")
+                click.echo(f"query log     repeats {fp['query_agreement']:.1%} of the owner's kept answers to "
+                           f"{fp['queries']} logged queries{weighed}; independent models {fp['query_null_mean']:.1%} "
+                           f"(sigma {fp['query_null_sigma']:.1%}): z {fp['query_z']:.2f}")
     elif not no_fingerprint:
         click.echo("fingerprint   none for this owner (gifindex fit-probes adds evidence against distilled copies)")
     if fp is not None:
@@ -230,8 +232,8 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
             click.echo(f"query log: none of {result['logged_queries']} logged queries kept (fewer than 8 answers "
                        "differ from the references'): fitted without it")
         else:
-            kind = (f"of the {result['reviewed_queries']} reviewed were answered wrongly" if
-                    result["reviewed_queries"] else "carry the owner's idiosyncratic answers")
+            kind = (f"of the {result['reviewed_queries']} reviewed were answered wrongly (and by fewer than half the "
+                    "references)" if result["reviewed_queries"] else "carry the owner's idiosyncratic answers")
             click.echo(f"query log: {result['queries']} of {result['logged_queries']} logged queries {kind}; "
                        f"held-out independent models give {result['query_null_mean']:.1%} of those answers")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
