@@ -80,8 +80,9 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
                            f"references'; independent models {fp['output_null_mean']:+.3f} (sigma "
                            f"{fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
             if fp.get("query_z") is not None:
-                weighed = ("" if fp.get("query_effective_count") in (None, fp["queries"]) else
-                           f", weighed by how rarely independent models give them: worth {fp['query_effective_count']:.1f}")
+                worth = fp.get("query_effective_count")
+                weighed = ("" if worth in (None, fp["queries"]) else
+                           f", weighed by how rarely independent models give them: worth {worth:.1f}")
                 click.echo(f"query log     repeats {fp['query_agreement']:.1%} of the owner's kept answers to "
                            f"{fp['queries']} logged queries{weighed}; independent models {fp['query_null_mean']:.1%} "
                            f"(sigma {fp['query_null_sigma']:.1%}): z {fp['query_z']:.2f}")
