@@ -268,27 +268,35 @@ def _lookup_nets():
 
 
 def test_answers_weigh_by_how_rarely_references_share_them():
-    """log((1 - p) / p) with p = (k + 1/2) / (R + 1) for k of R references sharing the owner's answer; 0 from half."""
+    """p = (k + 1/2) / (R + 1) for k of R references sharing the owner's answer: surprise -log p, log-odds
+    log((1 - p) / p) and 0 from p = 1/2 on (those answers dropped)."""
     from gifindex.fingerprint.queries import effective_count, logged_answers, reference_weights
 
     queries, owner, references = _lookup_nets()
-    shared = [2, 1, 2, 1, 2, 0, 1, 0, 1, 0]  # per query, how many of the three references answer as the owner
-    expected = [max(0.0, np.log((1 - (k + 0.5) / 4) / ((k + 0.5) / 4))) for k in shared]
-    weights = reference_weights(references, queries, owner(queries).argmax(1))
-    assert weights.tolist() == pytest.approx(expected) and expected[5] == pytest.approx(np.log(7))
-    assert expected[1] == pytest.approx(np.log(5 / 3)) and expected[0] == 0.0
-    # unreviewed (none sharing): the kept answers weigh alike; reviewed: every wrong answer but those half share
-    inputs, answers, w = logged_answers(owner, references, queries, None, 0.0, 100, weigh=True)
-    assert inputs[:, 0, 0, 0].tolist() == [5, 7, 9] and w.tolist() == pytest.approx([np.log(7)] * 3)
+    shared = np.array([2, 1, 2, 1, 2, 0, 1, 0, 1, 0])  # per query, how many of the three references answer as the owner
+    p = (shared + 0.5) / 4
+    answers = owner(queries).argmax(1)
+    assert reference_weights(references, queries, answers, "surprise").tolist() == pytest.approx(-np.log(p))
+    log_odds = reference_weights(references, queries, answers, "log-odds")
+    assert log_odds.tolist() == pytest.approx(np.maximum(0, np.log((1 - p) / p)))
+    assert log_odds[5] == pytest.approx(np.log(7)) and log_odds[1] == pytest.approx(np.log(5 / 3)) and log_odds[0] == 0
+    # unreviewed (none sharing): the kept answers weigh alike
+    inputs, answers, w = logged_answers(owner, references, queries, None, 0.0, 100, "surprise")
+    assert inputs[:, 0, 0, 0].tolist() == [5, 7, 9] and w.tolist() == pytest.approx([np.log(8)] * 3)
     labels = torch.tensor([(i + 1) % 3 for i in range(10)])  # the owner is wrong on every query
     labels[6:] = -1  # ... but only 0-5 were reviewed
-    inputs, answers, w = logged_answers(owner, references, queries, labels, 0.0, 100, weigh=True)
+    inputs, answers, w = logged_answers(owner, references, queries, labels, 0.0, 100, "surprise")
+    assert inputs[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5] and answers.tolist() == [0, 1, 2, 0, 1, 2]
+    assert w.tolist() == pytest.approx(-np.log(p[:6]))
+    inputs, answers, w = logged_answers(owner, references, queries, labels, 0.0, 100, "log-odds")
     assert inputs[:, 0, 0, 0].tolist() == [1, 3, 5] and answers.tolist() == [1, 0, 2]
     assert w.tolist() == pytest.approx([np.log(5 / 3), np.log(5 / 3), np.log(7)])
-    inputs, _, w = logged_answers(owner, references, queries, labels, 0.0, 100, weigh=False)
+    inputs, _, w = logged_answers(owner, references, queries, labels, 0.0, 100, "none")
     assert inputs[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5] and w is None  # all wrong answers, alike
     assert effective_count(None, 6) == 6.0 and effective_count(torch.tensor([1.0, 1.0, 1.0]), 3) == pytest.approx(3)
     assert effective_count(torch.tensor([2.0, 1.0, 1.0]), 3) == pytest.approx(16 / 6)
+    with pytest.raises(ValueError, match="unknown query weighting"):
+        reference_weights(references, queries, answers, "none")
 
 
 class _Fixed(torch.nn.Module):
@@ -302,7 +310,7 @@ class _Fixed(torch.nn.Module):
         return self.logits[:len(x)]
 
 
-def test_weighted_agreement_and_its_null(fingerprint):
+def test_weighted_agreement_and_its_null(fingerprint, tmp_path):
     """A suspect repeating the rare answers scores their share of the weight; the null's binomial floor counts
     the effective number of answers."""
     from gifindex.fingerprint.fingerprint import query_agreement
@@ -316,6 +324,8 @@ def test_weighted_agreement_and_its_null(fingerprint):
     assert fp.query_effective_count == pytest.approx(36 / 12)
     mean, sigma, _ = fp.query_null("timm:test_resnet")
     assert mean == pytest.approx(0.1) and sigma == pytest.approx(np.sqrt(max(0.1 * 0.9, 1 / 3) / 3))  # 3, not 4
+    back = load_fingerprint(save_fingerprint(fp, tmp_path / "weighted.npz"))
+    assert torch.equal(back.query_weights, weights) and back.query_effective_count == pytest.approx(3)
     with pytest.raises(GifindexError, match="query weights"):
         dataclasses.replace(fp, query_weights=torch.tensor([1.0, 0.0, 1.0, 1.0]))
     with pytest.raises(GifindexError, match="query weights"):
@@ -336,19 +346,21 @@ def test_reviewed_queries_keep_exactly_the_owners_wrong_answers(owner, digits):
     y[200:] = -1  # half the log reviewed
     config = FitConfig(helper_archs=("timm:test_resnet",), surrogates=1, references=1, calibration_per_arch=2,
                        candidates=64, output_probes=0, recipe=TrainRecipe(epochs=2, augment_copies=1),
-                       search=SearchConfig(eps=0.1, steps=6), weigh_queries=False)
+                       search=SearchConfig(eps=0.1, steps=6), query_weighting="none")
     fp = fit_fingerprint(owner, owner_data, config, build=_build, queries=x, query_labels=y)
     with torch.no_grad():
         owner_answers = model_logits(owner, x[:200]).argmax(1)
     errors = torch.nonzero(owner_answers != y[:200]).flatten()
     assert fp.recipe["reviewed_queries"] == 200 and fp.queries == len(errors) >= 8 and fp.query_weights is None
     assert torch.equal(fp.query_inputs, x[errors]) and torch.equal(fp.query_labels, owner_answers[errors])
-    # weighed (the default): the wrong answers the one reference does not share, each worth log 3 (p = 1/4)
+    # weighed (the default, surprise): the same answers, each worth log 4 where the one reference does not give
+    # it (p = 1/4), log 4/3 where it does (p = 3/4)
     captured = []
-    fp = fit_fingerprint(owner, owner_data, dataclasses.replace(config, weigh_queries=True), build=_build,
+    fp = fit_fingerprint(owner, owner_data, dataclasses.replace(config, query_weighting="surprise"), build=_build,
                          queries=x, query_labels=y, on_calibration=lambda arch, m: captured.append(m))
-    assert fp.queries < len(errors) and torch.allclose(fp.query_weights, torch.full((fp.queries,), float(np.log(3))))
-    assert set(map(tuple, fp.query_inputs.flatten(1).tolist())) <= set(map(tuple, x[errors].flatten(1).tolist()))
+    assert torch.equal(fp.query_inputs, x[errors]) and torch.equal(fp.query_labels, owner_answers[errors])
+    w = fp.query_weights.double().numpy()
+    assert np.all(np.isclose(w, np.log(4)) | np.isclose(w, np.log(4 / 3))) and np.isclose(w, np.log(4)).any()
     assert fp.query_calibration["timm:test_resnet"] == [query_agreement(fp, m) for m in captured]
 
 
@@ -399,10 +411,7 @@ def test_the_query_log_recognises_a_hard_label_student_and_not_its_twin(query_fi
     back = load_fingerprint(save_fingerprint(fp, tmp_path / "q.npz"))
     assert torch.equal(back.query_inputs, fp.query_inputs) and torch.equal(back.query_labels, fp.query_labels)
     assert back.query_calibration == fp.query_calibration and back.queries == fp.queries
-    assert fp.query_weights is not None and torch.equal(back.query_weights, fp.query_weights)
-    # unreviewed, no reference sharing any kept answer: they weigh alike, the plain rate
-    assert torch.allclose(fp.query_weights, fp.query_weights[0].expand(fp.queries))
-    assert fp.query_effective_count == pytest.approx(fp.queries)
+    assert fp.query_weights is None and back.query_weights is None and fp.query_effective_count == fp.queries
 
 
 def test_a_query_log_without_idiosyncratic_answers_is_left_out(owner, digits):
@@ -526,6 +535,7 @@ def test_fit_probes_command_line_defaults_are_the_fit_configs():
     assert {k: cli[k] for k in expected} == expected == {k: api[k] for k in expected}
     choices = next(p.type.choices for p in main.commands["fit-probes"].params if p.name == "calibration_recipes")
     assert tuple(choices) == CALIBRATION_RECIPES  # the CLI spells them out (it imports no torch) but must agree
+
     assert [varied_calibration(name) for name in CALIBRATION_RECIPES] == [True, False]
     with pytest.raises(ConfigError, match="calibration recipes must be 'varied' or 'owner', got 'both'"):
         varied_calibration("both")

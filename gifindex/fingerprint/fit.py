@@ -25,7 +25,7 @@ from .data import OwnerData
 from .fingerprint import Fingerprint, agreement, query_agreement
 from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
 from .outputs import model_logits, profile_contrast
-from .queries import logged_answers
+from .queries import QUERY_WEIGHTINGS, logged_answers
 
 log = logging.getLogger(__name__)
 MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
@@ -62,8 +62,9 @@ class FitConfig:
                                          # answer as the owner did (none, as for conferrable inputs: where one
                                          # independent model agrees, models trained on those very images or
                                          # students of another model of the task agree too; docs/results.md 6.2i)
-    weigh_queries: bool = True           # each kept answer counts by how rarely the references share it, and
-                                         # those half of them share are dropped (queries.reference_weights)
+    query_weighting: str = "none"        # kept answers count alike; "surprise" / "log-odds" weigh each by how
+                                         # rarely the references give it too (queries.QUERY_WEIGHTINGS): both
+                                         # flagged fewer students on digits (docs/results.md 6.2j), not adopted
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -75,6 +76,9 @@ class FitConfig:
                 raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
         if not 0 <= self.query_reference_share < 1:
             raise ConfigError(f"invalid query_reference_share {self.query_reference_share!r}: expected 0 <= share < 1")
+        if self.query_weighting not in QUERY_WEIGHTINGS:
+            raise ConfigError(f"invalid query_weighting {self.query_weighting!r}: expected one of "
+                              f"{', '.join(QUERY_WEIGHTINGS)}")
         if not 0 <= self.min_kept_fraction <= 1:
             raise ConfigError(f"invalid min_kept_fraction {self.min_kept_fraction!r}: expected 0..1")
         if not 0 < self.search.eps <= 0.5:
@@ -181,7 +185,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
             "queries")
         query_inputs, query_answers, query_weights = logged_answers(
             owner_fn, as_fn[len(surrogates):], queries, query_labels, config.query_reference_share,
-            config.max_queries, config.weigh_queries, seed + 11, device)
+            config.max_queries, config.query_weighting, seed + 11, device)
         if len(query_answers) < MIN_QUERIES:
             kind = "wrong answers among the reviewed" if reviewed else "idiosyncratic answers among the"
             say(f"only {len(query_answers)} {kind} logged queries (fewer than {MIN_QUERIES}): the fingerprint is "

@@ -16,12 +16,13 @@ answers so too (docs/results.md 6.2i). The thief's queries
 may be a small part of a large log; every other user's queries where the owner is idiosyncratic dilute the
 signal, which the calibration measures like any other part.
 
-Weighed: each kept answer counts by how rarely the references share it, log((1 - p) / p) with p the smoothed share
-of references that give the owner's answer ((k + 1/2) / (R + 1)), and answers at least half of them share are
-dropped. A wrong answer every independent model gives too (an ambiguous image) says little about who copied whom,
-and it is exactly where independent models' agreement varies; one no reference gives is what a student repeats and
-honest models almost never do. Under the unreviewed rule every kept answer has no reference agreeing, so the
-weights are equal and the rate is the plain one.
+Weighed (an option, not the default: both weightings flagged fewer students on the digits zoo, docs/results.md
+6.2j): each kept answer counts by how rarely the owner's references give it too, with p the smoothed share of
+references that do ((k + 1/2) / (R + 1)): ``surprise`` weighs it -log p (every answer kept), ``log-odds`` log((1 -
+p) / p) (answers half of them share dropped). A wrong answer every independent model gives too (an ambiguous image)
+says little about who copied whom, and it is where independent models' agreement varies most; one no reference
+gives is what a student repeats and honest models almost never do. Under the unreviewed rule every kept answer has
+no reference agreeing, so the weights are equal and the rate is the plain one.
 
 Reviewed: where the owner knows the true label of logged queries (it reviewed them, say those this rule
 proposes), only the answers known to be wrong are kept. Those are the answers no honest model learns from
@@ -60,29 +61,36 @@ def wrong_answers(owner: Net, queries: torch.Tensor, labels: torch.Tensor, limit
     return _kept(queries, answers, (labels >= 0) & (answers != labels), limit, seed)
 
 
+QUERY_WEIGHTINGS = ("none", "surprise", "log-odds")  # FitConfig.query_weighting; "none": every kept answer alike
+
+
 @torch.no_grad()
-def reference_weights(references: Sequence[Net], inputs: torch.Tensor, answers: torch.Tensor, device: str = "cpu",
-                      batch_size: int = 256) -> torch.Tensor:
-    """Per answer, the evidence that a suspect repeating it carries: log((1 - p) / p), p = (k + 1/2) / (R + 1) for
-    k of the R ``references`` giving the owner's ``answers`` on ``inputs``; 0 where at least half of them do."""
+def reference_weights(references: Sequence[Net], inputs: torch.Tensor, answers: torch.Tensor, rule: str,
+                      device: str = "cpu", batch_size: int = 256) -> torch.Tensor:
+    """Per answer, the evidence that a suspect repeating it carries, from p = (k + 1/2) / (R + 1) for k of the R
+    ``references`` giving the owner's ``answers`` on ``inputs``: -log p (``surprise``) or log((1 - p) / p), 0 from
+    p = 1/2 on (``log-odds``)."""
+    if rule not in QUERY_WEIGHTINGS[1:]:
+        raise ValueError(f"unknown query weighting {rule!r}")
     shared = torch.stack([decisions(r, inputs, batch_size, device) == answers for r in references]).sum(0)
     p = (shared.double() + 0.5) / (len(references) + 1)
-    return torch.log((1 - p) / p).clamp(min=0).float()
+    weights = -torch.log(p) if rule == "surprise" else torch.log((1 - p) / p).clamp(min=0)
+    return weights.float()
 
 
 def logged_answers(owner: Net, references: Sequence[Net], queries: torch.Tensor, labels: torch.Tensor | None,
-                   max_reference_share: float, limit: int, weigh: bool, seed: int = 0,
+                   max_reference_share: float, limit: int, weighting: str = "none", seed: int = 0,
                    device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(inputs, owner answers, weights or None) of the query log the fingerprint keeps: the wrong answers when
-    ``labels`` reviews some queries (label >= 0), else the idiosyncratic ones; with ``weigh``, each answer's
-    ``reference_weights`` and those of weight 0 dropped (None: all count alike)."""
+    ``labels`` reviews some queries (label >= 0), else the idiosyncratic ones; each answer's ``reference_weights``
+    by ``weighting``, answers of weight 0 dropped (None for "none": all count alike)."""
     if labels is not None and bool((labels >= 0).any()):
         inputs, answers = wrong_answers(owner, queries, labels, limit, seed, device)
     else:
         inputs, answers = idiosyncratic_answers(owner, references, queries, max_reference_share, limit, seed, device)
-    if not weigh or not len(answers):
+    if weighting == "none" or not len(answers):
         return inputs, answers, None
-    weights = reference_weights(references, inputs, answers, device)
+    weights = reference_weights(references, inputs, answers, weighting, device)
     informative = weights > 0
     return inputs[informative].contiguous(), answers[informative], weights[informative]
 

@@ -41,6 +41,7 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreem
                                   load_fingerprint, output_scores, query_agreement, save_fingerprint)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import combine
+from gifindex.fingerprint.queries import QUERY_WEIGHTINGS
 from gifindex.fingerprint.fit import CALIBRATION_RECIPES, calibration_recipes, varied_calibration
 
 Z_THRESHOLD = 3.0
@@ -370,8 +371,9 @@ def main() -> None:
     parser.add_argument("--output-probes", type=int, default=FitConfig().output_probes,
                         help="owner images whose outputs are compared (0: decisions only, the fingerprint before "
                         "outputs)")
-    parser.add_argument("--flat-queries", action="store_true", help="every kept answer to the logged queries counts "
-                        "alike and none is dropped (FitConfig.weigh_queries off: the query part before weights)")
+    parser.add_argument("--query-weighting", choices=QUERY_WEIGHTINGS, default=FitConfig.query_weighting,
+                        help="how each kept answer to the logged queries counts (FitConfig.query_weighting; none: "
+                        "alike, the query part before weights)")
     parser.add_argument("--disjoint", action="store_true", help="helpers train on half the owner's data, "
                         "candidates come from the other half (FitConfig.disjoint)")
     parser.add_argument("--calibration-recipes", choices=CALIBRATION_RECIPES, default=calibration_recipes(),
@@ -401,7 +403,7 @@ def main() -> None:
                        candidates=args.candidates, output_probes=args.output_probes,
                        recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps),
                        disjoint=args.disjoint, varied_calibration=varied_calibration(args.calibration_recipes),
-                       weigh_queries=not args.flat_queries)
+                       query_weighting=args.query_weighting)
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
@@ -417,7 +419,7 @@ def main() -> None:
     summary_foreign = summarise(results, "auc_foreign_students") if all(r["auc_foreign_students"] for r in results) \
         else None
     seeds = "-".join(map(str, args.seeds))
-    log_tag = "" if args.query_log == "none" else f"-q{args.query_log}{'-flat' if args.flat_queries else ''}"
+    log_tag = "" if args.query_log == "none" else f"-q{args.query_log}-w{args.query_weighting}"
     write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}{log_tag}-s{seeds}.json",
                {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief,
                 "summary_foreign_students": summary_foreign})
