@@ -19,9 +19,10 @@ the zoo's, from an independent model of the owner's architecture; ``auc_foreign_
 a score that ranks the owner's students above them sees the owner, one that does not sees only that a model
 learnt from some model's labels (docs/results.md 6.2f). ``--twins``: every hard-label student's label twin (same
 architecture, initialisation, data and order, true labels), and students against twins (6.2i). ``--query-log``: the
-owner's query log given to the fit (the thieves' query images, never their labels; QUERY_LOGS, 6.2i).
+owner's query log given to the fit (the thieves' query images, and for ``reviewed`` their true labels; QUERY_LOGS,
+6.2i). ``--query-weighting``: how each kept answer counts (FitConfig.query_weighting, 6.2j).
 
-    python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick] [--twins] [--query-log thief]
+    python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick] [--twins] [--query-log reviewed]
 """
 from __future__ import annotations
 
