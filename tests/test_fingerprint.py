@@ -299,6 +299,24 @@ def test_answers_weigh_by_how_rarely_references_share_them():
         reference_weights(references, queries, answers, "none")
 
 
+def test_least_sure_queries_are_those_worth_reviewing():
+    from gifindex.fingerprint.queries import least_sure
+
+    margins = torch.tensor([3.0, 0.1, 2.0, 0.5, 5.0, 0.2, 1.0, 4.0])  # the owner's lead of class 1 over class 0
+    queries = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 2, 2).contiguous()
+
+    def owner(x):
+        lead = margins[x[:, 0, 0, 0].long()]
+        return torch.stack([torch.zeros_like(lead), lead, torch.full_like(lead, -9.0)], 1)
+
+    rows, answers, sure = least_sure(owner, queries, 0.375, batch_size=3)  # 3 of 8, batches of 3
+    assert rows.tolist() == [1, 3, 5] and answers.tolist() == [1, 1, 1]  # in log order
+    assert sure.tolist() == pytest.approx(torch.sigmoid(margins[[1, 3, 5]]).tolist(), abs=1e-4)
+    assert least_sure(owner, queries, 0.01)[0].tolist() == [1]  # at least one
+    with pytest.raises(ValueError, match="review share"):
+        least_sure(owner, queries, 0.0)
+
+
 class _Fixed(torch.nn.Module):
     """Answers the preset classes, row by row, whatever the images (one batch)."""
 
@@ -644,15 +662,34 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert judged["owner_data_z"] == pytest.approx((judged["decision_z"] + judged["output_z"]) / np.sqrt(2))
     both = max(judged["owner_data_z"], judged["query_z"])
     assert judged["z"] == pytest.approx(norm.isf(norm.sf(both) * (2 - norm.sf(both))), rel=1e-6)
-    # a reviewed log (true labels of the queries): only the owner's wrong answers are kept
-    np.savez(tmp_path / "reviewed.npz", x=(data.x_train[1000:1300] * std + mean).clamp(0, 1).numpy(),
-             y=data.y_train[1000:1300].numpy())
+    # review: the quarter of the log the owner answered least surely, written for the owner to label
+    review = tmp_path / "review.npz"
+    log_file = str(tmp_path / "queries.npy")
+    wrote = runner.invoke(main, ["review-queries", "-i", str(index), "owner", "--queries", log_file, "--out",
+                                 str(review), "--json"])
+    assert wrote.exit_code == 0, wrote.output
+    assert json.loads(wrote.stdout)["to_review"] == 75
+    logged, _ = load_query_log(tmp_path / "queries.npy", R)
+    sure = model_logits(owner, logged).softmax(1).amax(1)
+    with np.load(review) as written:
+        rows = torch.from_numpy(written["index"])
+        assert written["y"].tolist() == [-1] * 75 and torch.equal(torch.from_numpy(written["x"]), logged[rows])
+        assert rows.tolist() == sorted(rows.tolist()) and float(sure[rows].max()) <= float(
+            np.delete(sure.numpy(), rows.numpy()).min()) + 1e-6  # the 75 least sure, in log order
+        assert np.allclose(written["confidence"], sure[rows].numpy(), atol=1e-5)
+        x_review = written["x"]
+    again = runner.invoke(main, ["review-queries", "-i", str(index), "owner", "--queries", log_file, "--out",
+                                 str(review)])
+    assert again.exit_code == 1 and "may hold your labels; pass --overwrite" in again.output
+    assert len(again.output.strip().splitlines()) == 1
+    # the reviewed file (true labels filled in): only the owner's wrong answers are kept
+    np.savez(review, x=x_review, y=data.y_train[1000:1300].numpy()[rows.numpy()])
     reviewed = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
                                     "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
                                     "--calibration", "2", "--candidates", "64", "--output-probes", "0",
-                                    "--epochs", "1", "--eps", "0.1", "--queries", str(tmp_path / "reviewed.npz")])
+                                    "--epochs", "1", "--eps", "0.1", "--queries", str(review)])
     assert reviewed.exit_code == 0, reviewed.output
-    assert "of the 300 reviewed were answered wrongly (and by fewer than half the references)" in reviewed.output or \
+    assert "of the 75 reviewed were answered wrongly" in reviewed.output or \
         "wrong answers among the reviewed logged queries" in reviewed.output, reviewed.output
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])
     assert missing.exit_code == 1 and "did you mean 'owner'" in missing.output

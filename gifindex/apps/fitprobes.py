@@ -1,9 +1,14 @@
 """`gifindex fit-probes`: fit an indexed owner's decision fingerprint from its own data and store it in
-the index, where `suspect` finds it (gifindex.fingerprint has the method)."""
+the index, where `suspect` finds it (gifindex.fingerprint has the method). `gifindex review-queries`: the part
+of the owner's query log worth reviewing before the fit."""
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..errors import GifindexError
 from ..fingerprint import (FitConfig, fingerprint_path, fit_fingerprint, load_owner_data, load_query_log,
@@ -12,6 +17,7 @@ from ..fingerprint.conferrable import SearchConfig
 from ..fingerprint.fit import calibration_recipes as recipes_name
 from ..fingerprint.fit import varied_calibration
 from ..fingerprint.helpers import TrainRecipe
+from ..fingerprint.queries import REVIEW_SHARE, least_sure
 from ..models import load_model
 
 if TYPE_CHECKING:
@@ -31,10 +37,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     ``calibration_recipes``: "varied" (FitConfig.varied_calibration) or "owner"; ``queries``: the owner's
     query log (an image array or folder), whose idiosyncratic answers become the fingerprint's third part."""
     varied = varied_calibration(calibration_recipes)
-    if index.catalog.by_name(owner) is None:
-        close = index.similar_names(owner, 1)
-        hint = f"; did you mean {close[0]!r}?" if close else "; ingest the owner's model first"
-        raise GifindexError(f"no model named {owner!r} in the index{hint}")
+    _require_owner(index, owner)
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
         pass
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
@@ -66,3 +69,46 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "reviewed_queries": fingerprint.recipe.get("reviewed_queries", 0),
             "query_null_mean": fingerprint.query_null()[0] if fingerprint.has_queries else None,
             "query_calibration": fingerprint.query_calibration, "recipe": fingerprint.recipe}
+
+
+def review_queries(index: "Index", owner: str, queries: str, out: str, *, share: float = REVIEW_SHARE,
+                   overwrite: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Write the ``share`` of the query log ``queries`` the indexed ``owner`` answered least surely to ``out`` (an
+    .npz with x, y = -1 to fill in, or the labels the log already had, and index, answer, confidence), for the
+    owner to review: `fit-probes --queries OUT` then keeps its answers known to be wrong."""
+    import numpy as np
+
+    from ..adapter import SharedSpaceAdapter
+    from ..index.atomic import atomic_write_bytes
+
+    target = Path(out)
+    if target.suffix.lower() != ".npz":
+        raise GifindexError(f"{out}: the review file is an .npz (x, y), which fit-probes --queries reads")
+    if target.exists() and not overwrite:
+        raise GifindexError(f"{out} exists and may hold your labels; pass --overwrite to replace it")
+    if not 0 < share <= 1:
+        raise GifindexError(f"review share must be in (0, 1], got {share!r}")
+    _require_owner(index, owner)
+    logged, reviewed = load_query_log(queries, index.config.resolution)
+    if not len(logged):
+        raise GifindexError(f"{queries}: the query log holds no images")
+    entry = index.entry_for(owner)
+    loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
+    owner_fn = SharedSpaceAdapter.of(loaded).to(device).eval().logits
+    positions, answers, sure = least_sure(owner_fn, logged, share, device)
+    labels = reviewed[positions] if reviewed is not None else torch.full((len(positions),), -1, dtype=torch.int64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=logged[positions].numpy(), y=labels.numpy(), index=positions.numpy(),
+                        answer=answers.numpy(), confidence=sure.numpy())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, buffer.getvalue())
+    return {"owner": owner, "path": str(target), "logged_queries": len(logged), "to_review": len(positions),
+            "share": share, "already_reviewed": int((labels >= 0).sum()),
+            "max_confidence": float(sure.max()), "resolution": index.config.resolution}
+
+
+def _require_owner(index: "Index", owner: str) -> None:
+    if index.catalog.by_name(owner) is None:
+        close = index.similar_names(owner, 1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; ingest the owner's model first"
+        raise GifindexError(f"no model named {owner!r} in the index{hint}")

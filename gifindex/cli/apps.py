@@ -233,11 +233,47 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
             click.echo(f"query log: none of {result['logged_queries']} logged queries kept (fewer than 8 answers "
                        "differ from the references'): fitted without it")
         else:
-            kind = (f"of the {result['reviewed_queries']} reviewed were answered wrongly (and by fewer than half the "
-                    "references)" if result["reviewed_queries"] else "carry the owner's idiosyncratic answers")
+            kind = (f"of the {result['reviewed_queries']} reviewed were answered wrongly" if
+                    result["reviewed_queries"] else "carry the owner's idiosyncratic answers")
             click.echo(f"query log: {result['queries']} of {result['logged_queries']} logged queries {kind}; "
                        f"held-out independent models give {result['query_null_mean']:.1%} of those answers")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
+
+
+@main.command("review-queries")
+@index_option
+@click.argument("owner")
+@click.option("--queries", "queries_path", required=True, type=click.Path(exists=True),
+              help="the owner's query log: the inputs its API answered (an .npy/.npz array or a folder of images)")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="the .npz to write: x (the queries to review), y (-1: fill in their true labels), index (their "
+                   "positions in the log), answer and confidence (the owner's)")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
+              help="the part of the log to review: the queries the owner answered least surely")
+@click.option("--overwrite", is_flag=True, help="replace --out if it exists (it may hold your labels)")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
+@json_option
+def review_queries(index_path: str, owner: str, queries_path: str, out_path: str, share: float, overwrite: bool,
+                   device: str, as_json: bool) -> None:
+    """Write the part of OWNER's query log worth reviewing: the queries it answered least surely.
+
+    fit-probes --queries keeps OWNER's answers known to be wrong, which needs the true labels of the queries;
+    a model's wrong answers lie mostly among those it was least sure of (on the evaluation zoos the least sure
+    quarter held every wrong answer of an accurate owner and 59-79 % of a noisy one's, docs/results.md 6.2k).
+    Fill in y in the written file (-1 where unsure) and pass it to `gifindex fit-probes OWNER --queries OUT`.
+    """
+    from ..apps.fitprobes import review_queries as run_review_queries
+
+    index = open_index(index_path)
+    result = run_review_queries(index, owner, queries_path, out_path, share=share, overwrite=overwrite,
+                                device=check_device(device))
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"wrote {result['to_review']} of {result['logged_queries']} logged queries to {result['path']}: those "
+               f"{result['owner']} answered least surely (top probability <= {result['max_confidence']:.3f})")
+    click.echo(f"set y to their true labels (-1 where unsure), then `gifindex fit-probes -i {index_path} "
+               f"{result['owner']} --data DATA --queries {result['path']}`")
 
 @main.command()
 @index_option

@@ -51,8 +51,11 @@ SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp
 # The owner's query log (docs/results.md 6.2i): what its API answered. "thief": exactly the thieves' queries (half B's
 # images; never their labels); "half": a seeded half of them (sampled logging); "mixed": the thieves' queries and, from
 # other users, the held-out test images (a third of the log); "reviewed": the thieves' queries with their true
-# labels, as an owner that reviewed its log knows them (only its wrong answers are kept); "none": no log.
-QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed")
+# labels, as an owner that reviewed its log knows them (only its wrong answers are kept); "uncertain": the same
+# reviewed only where the owner was least sure, the quarter of the queries with its lowest top probability (a review
+# budget an owner can choose without knowing the truth, 6.2k); "none": no log.
+QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed", "uncertain")
+UNCERTAIN_SHARE = 0.25
 
 
 def pixels(zoo: ipzoo.IPZoo, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +86,7 @@ def fingerprint_score(fp, module: torch.nn.Module, arch: str, spec) -> Fingerpri
 
 def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The owner's query log (QUERY_LOGS) as images in [0, 1] (the inputs of the thieves' queries), and the true
-    labels of the reviewed ones ("reviewed" only: what an owner that reviewed its log knows), else None."""
+    labels of the reviewed ones ("reviewed", "uncertain": what an owner that reviewed its log knows), else None."""
     if which == "none":
         return None, None
     x, y = zoo.attacker_data
@@ -92,6 +95,13 @@ def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.
         return thief, None
     if which == "reviewed":
         return thief, y.clone()
+    if which == "uncertain":
+        with torch.no_grad():
+            sure = torch.cat([zoo.owner(x[i:i + 256]).softmax(1).amax(1) for i in range(0, len(x), 256)])
+        labels = torch.full_like(y, -1)
+        least = sure.argsort()[:round(UNCERTAIN_SHARE * len(y))]
+        labels[least] = y[least]
+        return thief, labels
     if which == "half":
         order = torch.randperm(len(thief), generator=torch.Generator().manual_seed(77 + zoo.seed))
         return thief[order[:len(thief) // 2]], None
