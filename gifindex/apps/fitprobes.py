@@ -47,9 +47,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
     logged, reviewed = (None, None) if queries is None else load_query_log(queries, index.config.resolution)
-    entry = index.entry_for(owner)
-    loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
-    loaded.name = owner
+    loaded = _owner_model(index, owner, device)
     fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress, queries=logged,
                                   query_labels=reviewed)
     path = fingerprint_path(index.root, owner)
@@ -92,9 +90,7 @@ def review_queries(index: "Index", owner: str, queries: str, out: str, *, share:
     logged, reviewed = load_query_log(queries, index.config.resolution)
     if not len(logged):
         raise GifindexError(f"{queries}: the query log holds no images")
-    entry = index.entry_for(owner)
-    loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
-    owner_fn = SharedSpaceAdapter.of(loaded).to(device).eval().logits
+    owner_fn = SharedSpaceAdapter.of(_owner_model(index, owner, device)).to(device).eval().logits
     positions, answers, sure = least_sure(owner_fn, logged, share, device)
     labels = reviewed[positions] if reviewed is not None else torch.full((len(positions),), -1, dtype=torch.int64)
     buffer = io.BytesIO()
@@ -112,3 +108,11 @@ def _require_owner(index: "Index", owner: str) -> None:
         close = index.similar_names(owner, 1)
         hint = f"; did you mean {close[0]!r}?" if close else "; ingest the owner's model first"
         raise GifindexError(f"no model named {owner!r} in the index{hint}")
+
+
+def _owner_model(index: "Index", owner: str, device: str):
+    """The indexed owner's model, loaded as it was indexed and named as in the index."""
+    entry = index.entry_for(owner)
+    loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
+    loaded.name = owner
+    return loaded

@@ -275,6 +275,7 @@ def review_queries(index_path: str, owner: str, queries_path: str, out_path: str
     click.echo(f"set y to their true labels (-1 where unsure), then `gifindex fit-probes -i {index_path} "
                f"{result['owner']} --data DATA --queries {result['path']}`")
 
+
 @main.command()
 @index_option
 @click.argument("original")

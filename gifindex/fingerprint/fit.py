@@ -25,7 +25,7 @@ from .data import OwnerData
 from .fingerprint import Fingerprint, agreement, query_agreement
 from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
 from .outputs import model_logits, profile_contrast
-from .queries import QUERY_WEIGHTINGS, logged_answers
+from .queries import QUERY_WEIGHTINGS, is_reviewed, logged_answers
 
 log = logging.getLogger(__name__)
 MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
@@ -180,7 +180,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         if query_labels is not None and tuple(query_labels.shape) != (len(queries),):
             raise GifindexError(f"{len(queries)} logged queries but review labels of shape "
                                 f"{tuple(query_labels.shape)}")
-        reviewed = query_labels is not None and bool((query_labels >= 0).any())
+        reviewed = is_reviewed(query_labels)
         say(f"choosing the owner's {'wrong' if reviewed else 'idiosyncratic'} answers among {len(queries)} logged "
             "queries")
         query_inputs, query_answers, query_weights = logged_answers(

@@ -61,6 +61,11 @@ def wrong_answers(owner: Net, queries: torch.Tensor, labels: torch.Tensor, limit
     return _kept(queries, answers, (labels >= 0) & (answers != labels), limit, seed)
 
 
+def is_reviewed(labels: torch.Tensor | None) -> bool:
+    """Whether review labels (-1: not reviewed) review any query: then only wrong answers are kept."""
+    return labels is not None and bool((labels >= 0).any())
+
+
 QUERY_WEIGHTINGS = ("none", "surprise", "log-odds")  # FitConfig.query_weighting; "none": every kept answer alike
 
 
@@ -84,7 +89,7 @@ def logged_answers(owner: Net, references: Sequence[Net], queries: torch.Tensor,
     """(inputs, owner answers, weights or None) of the query log the fingerprint keeps: the wrong answers when
     ``labels`` reviews some queries (label >= 0), else the idiosyncratic ones; each answer's ``reference_weights``
     by ``weighting``, answers of weight 0 dropped (None for "none": all count alike)."""
-    if labels is not None and bool((labels >= 0).any()):
+    if is_reviewed(labels):
         inputs, answers = wrong_answers(owner, queries, labels, limit, seed, device)
     else:
         inputs, answers = idiosyncratic_answers(owner, references, queries, max_reference_share, limit, seed, device)

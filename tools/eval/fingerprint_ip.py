@@ -42,7 +42,7 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreem
                                   load_fingerprint, output_scores, query_agreement, save_fingerprint)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import combine
-from gifindex.fingerprint.queries import QUERY_WEIGHTINGS
+from gifindex.fingerprint.queries import QUERY_WEIGHTINGS, REVIEW_SHARE, least_sure
 from gifindex.fingerprint.fit import CALIBRATION_RECIPES, calibration_recipes, varied_calibration
 
 Z_THRESHOLD = 3.0
@@ -55,7 +55,6 @@ SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp
 # reviewed only where the owner was least sure, the quarter of the queries with its lowest top probability (a review
 # budget an owner can choose without knowing the truth, 6.2k); "none": no log.
 QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed", "uncertain")
-UNCERTAIN_SHARE = 0.25
 
 
 def pixels(zoo: ipzoo.IPZoo, x: torch.Tensor) -> torch.Tensor:
@@ -95,11 +94,9 @@ def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.
         return thief, None
     if which == "reviewed":
         return thief, y.clone()
-    if which == "uncertain":
-        with torch.no_grad():
-            sure = torch.cat([zoo.owner(x[i:i + 256]).softmax(1).amax(1) for i in range(0, len(x), 256)])
+    if which == "uncertain":  # the rows `gifindex review-queries` writes for review
+        least, _, _ = least_sure(zoo.owner, x, REVIEW_SHARE)
         labels = torch.full_like(y, -1)
-        least = sure.argsort()[:round(UNCERTAIN_SHARE * len(y))]
         labels[least] = y[least]
         return thief, labels
     if which == "half":
