@@ -313,8 +313,12 @@ def test_least_sure_queries_are_those_worth_reviewing():
     assert rows.tolist() == [1, 3, 5] and answers.tolist() == [1, 1, 1]  # in log order
     assert sure.tolist() == pytest.approx(torch.sigmoid(margins[[1, 3, 5]]).tolist(), abs=1e-4)
     assert least_sure(owner, queries, 0.01)[0].tolist() == [1]  # at least one
+    assert least_sure(owner, queries, 1.0, limit=2)[0].tolist() == [1, 5]  # a budget: the two least sure
+    assert least_sure(owner, queries, 0.25, limit=5)[0].tolist() == [1, 5]  # the share binds first
     with pytest.raises(ValueError, match="review share"):
         least_sure(owner, queries, 0.0)
+    with pytest.raises(ValueError, match="review budget"):
+        least_sure(owner, queries, 0.5, limit=0)
 
 
 class _Fixed(torch.nn.Module):
@@ -682,6 +686,11 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
                                  str(review)])
     assert again.exit_code == 1 and "may hold your labels; pass --overwrite" in again.output
     assert len(again.output.strip().splitlines()) == 1
+    budget = runner.invoke(main, ["review-queries", "-i", str(index), "owner", "--queries", log_file, "--out",
+                                  str(tmp_path / "budget.npz"), "--max-review", "20", "--json"])
+    assert budget.exit_code == 0 and json.loads(budget.stdout)["to_review"] == 20, budget.output
+    with np.load(tmp_path / "budget.npz") as written:  # the 20 least sure of the 75
+        assert set(written["index"].tolist()) == set(rows[sure[rows].argsort()[:20]].tolist())
     # the reviewed file (true labels filled in): only the owner's wrong answers are kept
     np.savez(review, x=x_review, y=data.y_train[1000:1300].numpy()[rows.numpy()])
     reviewed = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),

@@ -70,10 +70,11 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
 
 
 def review_queries(index: "Index", owner: str, queries: str, out: str, *, share: float = REVIEW_SHARE,
-                   overwrite: bool = False, device: str = "cpu") -> dict[str, Any]:
-    """Write the ``share`` of the query log ``queries`` the indexed ``owner`` answered least surely to ``out`` (an
-    .npz with x, y = -1 to fill in, or the labels the log already had, and index, answer, confidence), for the
-    owner to review: `fit-probes --queries OUT` then keeps its answers known to be wrong."""
+                   max_review: int | None = None, overwrite: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Write the ``share`` of the query log ``queries`` (at most ``max_review`` queries) the indexed ``owner``
+    answered least surely to ``out`` (an .npz with x, y = -1 to fill in, or the labels the log already had, and
+    index, answer, confidence), for the owner to review: `fit-probes --queries OUT` then keeps its answers known to
+    be wrong."""
     import numpy as np
 
     from ..adapter import SharedSpaceAdapter
@@ -86,12 +87,14 @@ def review_queries(index: "Index", owner: str, queries: str, out: str, *, share:
         raise GifindexError(f"{out} exists and may hold your labels; pass --overwrite to replace it")
     if not 0 < share <= 1:
         raise GifindexError(f"review share must be in (0, 1], got {share!r}")
+    if max_review is not None and max_review < 1:
+        raise GifindexError(f"review budget must be at least 1 query, got {max_review!r}")
     _require_owner(index, owner)
     logged, reviewed = load_query_log(queries, index.config.resolution)
     if not len(logged):
         raise GifindexError(f"{queries}: the query log holds no images")
     owner_fn = SharedSpaceAdapter.of(_owner_model(index, owner, device)).to(device).eval().logits
-    positions, answers, sure = least_sure(owner_fn, logged, share, device)
+    positions, answers, sure = least_sure(owner_fn, logged, share, device, limit=max_review)
     labels = reviewed[positions] if reviewed is not None else torch.full((len(positions),), -1, dtype=torch.int64)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=logged[positions].numpy(), y=labels.numpy(), index=positions.numpy(),
@@ -99,7 +102,7 @@ def review_queries(index: "Index", owner: str, queries: str, out: str, *, share:
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, buffer.getvalue())
     return {"owner": owner, "path": str(target), "logged_queries": len(logged), "to_review": len(positions),
-            "share": share, "already_reviewed": int((labels >= 0).sum()),
+            "share": share, "max_review": max_review, "already_reviewed": int((labels >= 0).sum()),
             "max_confidence": float(sure.max()), "resolution": index.config.resolution}
 
 

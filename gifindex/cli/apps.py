@@ -250,11 +250,13 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                    "positions in the log), answer and confidence (the owner's)")
 @click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
               help="the part of the log to review: the queries the owner answered least surely")
+@click.option("--max-review", type=click.IntRange(1), default=None,
+              help="review at most this many queries (the least sure first): a budget for a large log")
 @click.option("--overwrite", is_flag=True, help="replace --out if it exists (it may hold your labels)")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @json_option
-def review_queries(index_path: str, owner: str, queries_path: str, out_path: str, share: float, overwrite: bool,
-                   device: str, as_json: bool) -> None:
+def review_queries(index_path: str, owner: str, queries_path: str, out_path: str, share: float,
+                   max_review: int | None, overwrite: bool, device: str, as_json: bool) -> None:
     """Write the part of OWNER's query log worth reviewing: the queries it answered least surely.
 
     fit-probes --queries keeps OWNER's answers known to be wrong, which needs the true labels of the queries;
@@ -265,8 +267,8 @@ def review_queries(index_path: str, owner: str, queries_path: str, out_path: str
     from ..apps.fitprobes import review_queries as run_review_queries
 
     index = open_index(index_path)
-    result = run_review_queries(index, owner, queries_path, out_path, share=share, overwrite=overwrite,
-                                device=check_device(device))
+    result = run_review_queries(index, owner, queries_path, out_path, share=share, max_review=max_review,
+                                overwrite=overwrite, device=check_device(device))
     if as_json:
         emit_json(result)
         return

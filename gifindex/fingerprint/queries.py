@@ -112,16 +112,21 @@ REVIEW_SHARE = 0.25  # on the evaluation zoos the least sure quarter held every 
 
 @torch.no_grad()
 def least_sure(owner: Net, queries: torch.Tensor, share: float = REVIEW_SHARE, device: str = "cpu",
-               batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(positions in the log, owner answers, owner top probabilities) of the ``share`` of ``queries`` (at least one)
-    the owner answered least surely, in log order: where its wrong answers lie, so the queries worth reviewing
-    (docs/results.md 6.2k: the quarter held every wrong answer of an accurate owner, 59-79 % of a noisy one's)."""
+               batch_size: int = 256, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positions in the log, owner answers, owner top probabilities) of the ``share`` of ``queries`` (at least one;
+    at most ``limit``, a review budget for a large log) the owner answered least surely, in log order: where its
+    wrong answers lie, so the queries worth reviewing (docs/results.md 6.2k: the quarter held every wrong answer of
+    an accurate owner, 59-79 % of a noisy one's)."""
     if not 0 < share <= 1:
         raise ValueError(f"review share must be in (0, 1], got {share!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"review budget must be at least 1 query, got {limit!r}")
     probabilities = torch.cat([owner(queries[i:i + batch_size].to(device)).float().softmax(1).cpu()
                                for i in range(0, len(queries), batch_size)])
     sure, answers = probabilities.max(1)
     count = max(1, round(share * len(queries)))
+    if limit is not None:
+        count = min(count, limit)
     pick = sure.argsort(stable=True)[:count].sort().values
     return pick, answers[pick], sure[pick]
 
