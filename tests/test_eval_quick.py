@@ -178,3 +178,44 @@ def test_label_twins_differ_from_their_students_only_in_the_owners_labels(ipzoo)
             # a twin is an independent model of the task, as accurate as its student
             agree = float((model(x_test).argmax(1) == pupil(x_test).argmax(1)).float().mean())
             assert agree > 0.85, (twin, agree)
+
+
+def test_textures_split_is_rgb_seeded_and_normalised(ipzoo):
+    """The held-out textures zoo's data: a fixed, deterministic RGB crop pool; the seed picks a stratified split."""
+    import numpy as np
+
+    images, labels = ipzoo.texture_pool()
+    n, r = 10 * ipzoo.TEXTURES_PER_CLASS, ipzoo.TEXTURES_RESOLUTION
+    assert images.shape == (n, r, r, 3) and images.dtype == np.float32 and 0.0 <= images.min() <= images.max() <= 1.0
+    assert np.bincount(labels).tolist() == [ipzoo.TEXTURES_PER_CLASS] * 10
+    assert not np.allclose(images[..., 0], images[..., 1])  # colour, not grey
+    assert np.allclose(images.mean((0, 1, 2)), ipzoo.TEXTURES_MEAN, atol=1e-3)
+    assert np.allclose(images.std((0, 1, 2)), ipzoo.TEXTURES_STD, atol=1e-3)
+    ipzoo._TEXTURE_POOL = None  # regenerated from scratch: the same pool
+    again, _ = ipzoo.texture_pool()
+    assert np.array_equal(again, images)
+    split = ipzoo._textures_split(seed=0)
+    test = ipzoo.TEXTURES_TEST
+    assert split.x_train.shape == (n - test, 3, r, r) and split.x_test.shape == (test, 3, r, r)
+    assert torch.bincount(split.y_test).tolist() == [test // 10] * 10
+    assert split.raw_test.shape == (test, r, r, 3)
+    assert torch.allclose(split.x_train.mean((0, 2, 3)), torch.zeros(3), atol=0.05)
+    assert torch.allclose(split.x_train.std((0, 2, 3)), torch.ones(3), atol=0.05)
+    probes_view = ipzoo.normalise(ipzoo.as_rgb(split.raw_test, r), ipzoo.TEXTURES_SPEC)
+    assert torch.allclose(probes_view, split.x_test, atol=1e-5)  # raw test images = what the models saw
+    assert not torch.equal(ipzoo._textures_split(seed=1).y_test, split.y_test)
+    # grey raw images still convert exactly as before
+    grey = np.random.default_rng(0).random((4, 8, 8)).astype(np.float32)
+    assert torch.equal(ipzoo.as_rgb(grey, 16), ipzoo.digits_to_rgb(grey, 16))
+
+
+@pytest.mark.slow
+def test_textures_zoo_builds_and_learns(ipzoo):
+    zoo = ipzoo.textures(seed=0, per_attack=1, irrelevant=1)
+    assert set(zoo.groups.values()) == {"owner", "irrelevant", *ipzoo.ATTACKS}
+    assert zoo.spec == ipzoo.TEXTURES_SPEC and zoo.resolution == ipzoo.TEXTURES_RESOLUTION
+    assert 0.75 <= zoo.accuracy["owner"] <= 0.98, zoo.accuracy  # learnable, not trivial (about 90 %)
+    assert zoo.accuracy["extract-l-0"] >= 0.6, zoo.accuracy
+    images = zoo.heldout_images()
+    assert images.shape == (ipzoo.TEXTURES_TEST, 3, 16, 16)
+    assert torch.allclose(zoo.normalise(images), zoo.test_data[0], atol=1e-5)

@@ -7,7 +7,6 @@ signatures approximate them (tools/bench/compression.py measures how well).
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -67,10 +66,26 @@ def digits(seed: int = 0):
     return load_digit_data(DemoZooConfig(seed=seed, image_size=IMAGE_SIZE))
 
 
+def as_rgb(raw: np.ndarray, size: int) -> torch.Tensor:
+    """Held-out images as the models see them before normalisation: (N, 3, size, size) RGB in [0, 1].
+
+    ``raw``: grey (N, H, W) (the digit zoos: bilinear upscaling, grey replicated, exactly digits_to_rgb) or RGB
+    (N, H, W, 3) in [0, 1] (the textures zoo: channels first, resized bilinearly only when H or W differs)."""
+    if raw.ndim == 3:
+        return digits_to_rgb(raw, size)
+    if raw.ndim != 4 or raw.shape[-1] != 3:
+        raise ValueError(f"held-out images: expected (N, H, W) grey or (N, H, W, 3) RGB, got {raw.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)).permute(0, 3, 1, 2)
+    if tuple(x.shape[2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+    return x.contiguous()
+
+
 def probe_set(raw: np.ndarray, k: int, seed: int, kind: str = "random", resolution: int = IMAGE_SIZE) -> Probes:
-    """K probes drawn from held-out digits (never from a scored model); ``cutmix`` mixes pairs of them."""
+    """K probes drawn from held-out images (never from a scored model; ``raw`` as as_rgb takes them); ``cutmix``
+    mixes pairs of them."""
     rng = np.random.default_rng(seed)
-    images = digits_to_rgb(raw, resolution)
+    images = as_rgb(raw, resolution)
     pick = rng.permutation(len(images))
     x = images[pick[:k]].clone()
     if kind == "cutmix":
@@ -91,7 +106,7 @@ def sign_all(models: dict[str, nn.Module], raw_probes: np.ndarray, k: int = 16, 
              output: str = "norm") -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
     """features[method][model] for every model, and the mean signing seconds per model per method.
 
-    Probes: each method's default kind (gifindex.methods): ``random`` held-out digits for modelgif /
+    Probes: each method's default kind (gifindex.methods): ``random`` held-out images for modelgif /
     saliency / ig / rsa, CutMix of them for sac (SAC's own definition)."""
     probes = {"random": probe_set(raw_probes, k, seed, "random", resolution),
               "cutmix": probe_set(raw_probes, k, seed, "cutmix", resolution)}

@@ -6,12 +6,12 @@ fine-pruning (global magnitude pruning then fine-tuning on B), Extract-L (a stud
 owner's hard labels over B), Extract-P (distillation on the owner's probabilities over B), Extract-Adv
 (Extract-L then FGSM adversarial training), Transfer (fine-tuned on B to another label set). Hard
 negatives: M models trained independently on the same task (several architectures and seeds, on A or B).
-Probes are held-out test digits (no scored model selects them). Score = -distance(owner, model);
+Probes are held-out test images (no scored model selects them). Score = -distance(owner, model);
 AUC per attack and method with sklearn.metrics.roc_auc_score (attack models positive, irrelevant negative),
 then mean and spread (std, min, max) over the zoo seeds.
 
-    python tools/eval/ip_protection.py [--zoo digits|digits-noisy|mnist32] [--seeds 0 1 2] [--quick] [-K 16] [-T 8]
-                                       [--methods modelgif ig ...]
+    python tools/eval/ip_protection.py [--zoo digits|digits-noisy|mnist32|textures] [--seeds 0 1 2] [--quick]
+                                       [-K 16] [-T 8] [--methods modelgif ig ...]
 """
 from __future__ import annotations
 

