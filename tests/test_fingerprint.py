@@ -131,6 +131,93 @@ def test_copies_agree_and_verdict_follows(fingerprint, owner, digits):
     assert FingerprintScore.of(fingerprint, None).z is None
 
 
+class _Scripted(torch.nn.Module):
+    """Answers, call by call, the next preset list of classes (out of ``width``), whatever the images."""
+
+    def __init__(self, calls: list[list[int]], width: int):
+        super().__init__()
+        self.calls, self.width = list(calls), width
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.tensor(self.calls.pop(0)), self.width).float()[:len(x)]
+
+
+def _hand_made(probe_classes: list[int]) -> Fingerprint:
+    """Owner of 3 classes; six inputs decided 0, 1, 2, 0, 1, 2; four calibration references, two per arch."""
+    return Fingerprint(owner="o", owner_sha256=None, inputs=torch.rand(6, 3, R, R),
+                       labels=torch.tensor([0, 1, 2, 0, 1, 2]), num_classes=3,
+                       calibration={"a": [1.0, 2 / 6], "b": [2 / 6, 2 / 6]},
+                       probe_inputs=torch.rand(len(probe_classes), 3, R, R),
+                       probe_logits=torch.nn.functional.one_hot(torch.tensor(probe_classes), 3).float(),
+                       reference_decisions=torch.tensor([[0, 1, 2, 0, 1, 2], [1, 1, 1, 1, 1, 1],
+                                                         [2, 0, 1, 2, 0, 1], [0, 0, 0, 0, 0, 0]]))
+
+
+def test_another_label_set_is_judged_through_its_class_map():
+    """A suspect of 2 classes: each owner class maps to the suspect's most frequent answer on the owner's probe
+    images of that class; agreement and the references' null are taken after that relabelling, exactly."""
+    from gifindex.fingerprint import mapped_decisions
+
+    fp = _hand_made([0, 0, 1, 1, 2, 2])
+    suspect = _wrap(_Scripted([[1, 1, 0, 0, 0, 1], [1, 0, 0, 1, 1, 1]], 2))  # probes, then the inputs
+    mapped = mapped_decisions(fp, suspect)
+    assert mapped.class_map == [1, 0, 0]  # class 2: one vote each, the first class wins the tie
+    assert mapped.count == 6 and mapped.rate == pytest.approx(4 / 6)  # expected 1, 0, 0, 1, 0, 0
+    assert mapped.calibration == {"a": pytest.approx([1.0, 4 / 6]), "b": pytest.approx([2 / 6, 2 / 6])}
+    score = FingerprintScore.of(fp, None, "a", mapped=mapped)
+    mean, sigma, which = fp._rate_null(mapped.calibration, 6, "a")
+    assert score.agreement == pytest.approx(4 / 6) and score.z == pytest.approx((4 / 6 - mean) / sigma)
+    assert score.class_map == [1, 0, 0] and "relabelled" in score.null_source and score.evidence == score.z
+    assert combine(9.0, score.evidence) == (score.evidence, "fingerprint")
+    # an owner class without probe images is unmapped: inputs of that class do not count
+    unseen = mapped_decisions(_hand_made([0, 0, 1, 1, 1, 1]), _wrap(_Scripted([[1, 1, 0, 0, 0, 1], [1, 0, 1, 0]], 2)))
+    assert unseen.class_map == [1, 0, -1] and unseen.count == 4 and unseen.rate == pytest.approx(1.0)
+    # a suspect that labels the owner's classes as the owner does is `agreement`'s; one of the owner's output size
+    # whose classes are relabelled (output units permuted) is judged through its map, as another label set is
+    assert mapped_decisions(fp, _wrap(_Scripted([[0, 0, 1, 1, 2, 2]], 3))) is None
+    permuted = mapped_decisions(fp, _wrap(_Scripted([[2, 2, 0, 0, 1, 1], [2, 0, 1, 2, 0, 0]], 3)))
+    assert permuted.class_map == [2, 0, 1] and permuted.rate == pytest.approx(5 / 6)
+    assert permuted.calibration == {"a": pytest.approx([1.0, 2 / 6]), "b": pytest.approx([0.0, 2 / 6])}
+    # a fingerprint without its references' decisions cannot relabel
+    assert mapped_decisions(dataclasses.replace(fp, reference_decisions=None), suspect) is None
+    with pytest.raises(GifindexError, match="reference decisions"):
+        dataclasses.replace(fp, reference_decisions=torch.zeros(3, 6, dtype=torch.int64))
+    with pytest.raises(GifindexError, match="reference decisions"):
+        dataclasses.replace(fp, reference_decisions=torch.full((4, 6), 3))
+
+
+def test_a_new_head_on_the_owners_body_is_found_through_its_class_map(fingerprint, owner, digits):
+    """Transfer: the owner's body under a 2-class head (parity), fine-tuned, follows the owner's decisions once
+    they are relabelled; a 2-class model trained from scratch on the same task does not."""
+    from gifindex.fingerprint import mapped_decisions
+
+    data, _ = digits
+    x, parity = data.x_train[600:1000], data.y_train[600:1000] % 2
+    assert fingerprint.reference_decisions.shape == (len(fingerprint.null_rates), fingerprint.size)
+    transfer = copy.deepcopy(owner.module)
+    transfer.reset_classifier(2)
+    for p in transfer.parameters():
+        p.requires_grad_(True)
+    transfer = _wrap(train(transfer, x, parity, 2, 2e-3, 64, 7))
+    torch.manual_seed(8)
+    scratch = _wrap(train(timm.create_model("test_resnet", num_classes=2), x, parity, 6, 5e-3, 64, 8))
+    copied, honest = (FingerprintScore.of(fingerprint, None, "timm:test_resnet",
+                                          mapped=mapped_decisions(fingerprint, m)) for m in (transfer, scratch))
+    assert sorted(set(copied.class_map)) == [0, 1] and copied.z >= 3.0, copied
+    assert honest.z < 3.0 and copied.z > honest.z + 2.0, (copied, honest)
+    # the owner's own copy with its output units reversed: the plain agreement collapses, the class map restores it
+    reversed_head = copy.deepcopy(owner.module)
+    head = reversed_head.get_classifier()
+    with torch.no_grad():
+        head.weight.copy_(head.weight.flip(0))
+        head.bias.copy_(head.bias.flip(0))
+    relabelled = _wrap(reversed_head)
+    assert agreement(fingerprint, relabelled) < 0.2 and mapped_decisions(fingerprint, owner) is None
+    mapped = mapped_decisions(fingerprint, relabelled)
+    assert mapped.class_map == list(range(9, -1, -1)) and mapped.rate == 1.0
+    assert FingerprintScore.of(fingerprint, 0.0, "timm:test_resnet", mapped=mapped).z >= 3.0
+
+
 def test_null_uses_the_suspects_architecture_and_a_binomial_floor(fingerprint):
     mean, sigma, which = fingerprint.null("timm:test_resnet")
     assert "timm:test_resnet" in which
@@ -525,14 +612,20 @@ def test_round_trip_and_damaged_file(fingerprint, tmp_path):
     assert torch.equal(back.probe_logits, fingerprint.probe_logits)
     assert torch.equal(back.reference_logits, fingerprint.reference_logits)
     assert back.output_calibration == fingerprint.output_calibration
-    # a fingerprint written before outputs were part of it still loads and scores decisions alone
+    assert torch.equal(back.reference_decisions, fingerprint.reference_decisions)
+    # a fingerprint written before outputs (or the references' decisions) were part of it still loads and scores
+    # decisions alone, and cannot relabel another label set
     import dataclasses
 
+    from gifindex.fingerprint import mapped_decisions
+
     old = dataclasses.replace(fingerprint, probe_inputs=None, probe_logits=None, reference_logits=None,
-                              output_calibration={})
+                              output_calibration={}, reference_decisions=None)
     back_old = load_fingerprint(save_fingerprint(old, tmp_path / "old.npz"))
     assert not back_old.has_outputs and output_scores(back_old, _wrap(timm.create_model("test_resnet"))) is None
     assert FingerprintScore.of(back_old, 0.5, "timm:test_resnet").output_z is None
+    assert back_old.reference_decisions is None
+    assert mapped_decisions(back_old, _wrap(timm.create_model("test_resnet", num_classes=2))) is None
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(GifindexError, match="not a readable gifindex fingerprint"):
         load_fingerprint(path)

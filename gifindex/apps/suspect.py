@@ -20,7 +20,7 @@ import numpy as np
 from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
 from ..fingerprint import (Fingerprint, FingerprintScore, agreement, fingerprint_path, load_fingerprint,
-                           output_scores, query_agreement)
+                           mapped_decisions, output_scores, query_agreement)
 from ..fingerprint.fingerprint import combine
 from ..models import load_model
 
@@ -200,15 +200,24 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     if loaded is None:
         loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
     rate = agreement(fingerprint, loaded, device)
-    outputs = output_scores(fingerprint, loaded, device)
+    mapped = mapped_decisions(fingerprint, loaded, device)
+    outputs = output_scores(fingerprint, loaded, device) if mapped is None else None
     arch = loaded.arch if loaded.arch in fingerprint.calibration else entry.arch
-    score = FingerprintScore.of(fingerprint, rate, arch, outputs, query_agreement(fingerprint, loaded, device))
+    score = FingerprintScore.of(fingerprint, rate, arch, outputs, query_agreement(fingerprint, loaded, device),
+                                mapped)
     out = score.to_dict()
-    out.update({"inputs": fingerprint.size, "owner_classes": fingerprint.num_classes,
+    out.update({"inputs": fingerprint.size if mapped is None else mapped.count,
+                "owner_classes": fingerprint.num_classes,
                 "output_probes": fingerprint.output_probes, "queries": fingerprint.queries,
                 "query_effective_count": fingerprint.query_effective_count if fingerprint.queries else None,
-                "comparable": rate is not None})
-    if rate is None:
+                "comparable": rate is not None or mapped is not None})
+    if rate is None and mapped is None:
         out["note"] = (f"the suspect's output size differs from the owner's {fingerprint.num_classes} classes: "
-                       "its decisions are about other classes, only the signature can judge it")
+                       "its decisions are about other classes, only the signature can judge it (a fingerprint "
+                       "fitted by this version relabels them: run `gifindex fit-probes` again)")
+    elif mapped is not None:
+        kind = "another label set" if rate is None else "the owner's classes relabelled"
+        out["note"] = (f"{kind} ({len(set(c for c in mapped.class_map if c >= 0))} of the suspect's classes cover "
+                       f"the owner's {fingerprint.num_classes}): the owner's decisions are relabelled as the suspect "
+                       "labels the owner's probe images")
     return out

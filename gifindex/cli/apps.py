@@ -74,6 +74,8 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
             click.echo(f"fingerprint   agrees with the owner on {fp['agreement']:.1%} of {fp['inputs']} fitted inputs; "
                        f"independent models {fp['null_mean']:.1%} (sigma {fp['null_sigma']:.1%}, {fp['null']}): "
                        f"z {fp['decision_z']:.2f}")
+            if fp.get("class_map") is not None:
+                click.echo(f"              {fp['note']}")
             if fp.get("output_z") is not None:
                 click.echo(f"outputs       similarity to the owner's on {fp['output_probes']} probe images "
                            f"{fp['output_similarity']:.3f}, {fp['output_contrast']:+.3f} against independent "

@@ -19,6 +19,10 @@ An owner that serves its model through an API can add its query log (``queries``
 it answered as independent models do not, a student trained on those answers repeats them; this is the part
 that recognises hard-label extraction (docs/results.md 6.2i).
 
+A suspect with another label set (the owner's body under a new head: transfer) is judged by the same decisions,
+relabelled as the suspect labels the owner's classes on the owner's probe images (``mapped_decisions``), against
+the calibration references relabelled alike.
+
 Data flow: owner model + owner data (``data.OwnerData``) -> helper models (``helpers``) -> conferrable
 inputs (``conferrable``) + the owner's outputs on probe images (``outputs``) + its idiosyncratic answers to
 logged queries (``queries``) -> ``Fingerprint``
@@ -26,10 +30,11 @@ logged queries (``queries``) -> ``Fingerprint``
 -> stored in the index (``store``) -> ``suspect``.
 """
 from .data import OwnerData, load_owner_data, load_query_log
-from .fingerprint import Fingerprint, FingerprintScore, OutputScore, agreement, output_scores, query_agreement
+from .fingerprint import (Fingerprint, FingerprintScore, MappedDecisions, OutputScore, agreement, mapped_decisions,
+                          output_scores, query_agreement)
 from .fit import FitConfig, fit_fingerprint
 from .store import fingerprint_path, load_fingerprint, save_fingerprint
 
-__all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "OutputScore", "OwnerData", "agreement",
+__all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "MappedDecisions", "OutputScore", "OwnerData", "agreement",
            "fingerprint_path", "fit_fingerprint", "load_fingerprint", "load_owner_data", "load_query_log",
-           "output_scores", "query_agreement", "save_fingerprint"]
+           "mapped_decisions", "output_scores", "query_agreement", "save_fingerprint"]

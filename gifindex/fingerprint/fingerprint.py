@@ -31,7 +31,10 @@ class Fingerprint:
     fingerprints written before outputs were part of them. query_inputs (Q, 3, R, R) logged queries on which
     the owner answered as its references did not, query_labels (Q,) its answers, query_weights (Q,) how much
     each counts (None: alike; fingerprints fitted before weights), query_calibration each calibration reference's
-    weighted agreement on them (``queries``; only when the owner supplied a query log)."""
+    weighted agreement on them (``queries``; only when the owner supplied a query log). reference_decisions
+    (K, N): each calibration reference's decision on ``inputs`` (in the order of ``calibration``), so that a
+    suspect of another label set can be judged through how it relabels the owner's classes (``class_map``);
+    absent in fingerprints written before."""
 
     owner: str
     owner_sha256: str | None
@@ -48,6 +51,7 @@ class Fingerprint:
     query_labels: torch.Tensor | None = None
     query_calibration: dict[str, list[float]] = field(default_factory=dict)
     query_weights: torch.Tensor | None = None
+    reference_decisions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.inputs.ndim != 4 or self.inputs.shape[0] != self.labels.shape[0]:
@@ -75,6 +79,14 @@ class Fingerprint:
                 self.query_labels is None or self.query_weights.shape != self.query_labels.shape
                 or not bool(torch.isfinite(self.query_weights).all()) or not bool((self.query_weights > 0).all())):
             raise GifindexError(f"fingerprint of {self.owner!r}: query weights do not match the logged queries")
+        if self.reference_decisions is not None and (
+                self.reference_decisions.shape != (len(self.null_rates), len(self.labels))
+                or self.reference_decisions.dtype != torch.int64 or len(self.reference_decisions) == 0
+                or int(self.reference_decisions.min()) < 0
+                or int(self.reference_decisions.max()) >= self.num_classes):
+            raise GifindexError(f"fingerprint of {self.owner!r}: reference decisions "
+                                f"{tuple(self.reference_decisions.shape)} do not match {len(self.null_rates)} "
+                                f"calibration references on {len(self.labels)} inputs")
 
     @property
     def size(self) -> int:
@@ -200,6 +212,55 @@ def query_agreement(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAd
 
 
 @dataclass(frozen=True)
+class MappedDecisions:
+    """A suspect of another label set (a new head on the owner's body: transfer), or of the owner's with its classes
+    relabelled (a copy whose output units were permuted), judged by the owner's decisions relabelled as the suspect
+    labels the owner's classes. ``class_map[c]``: the suspect's most frequent answer on
+    the owner's probe images the owner puts in class c (-1: no such image); ``rate``: the suspect's agreement with
+    the relabelled decisions on the fingerprint's inputs (those of a mapped class, ``count``); ``calibration``: the
+    calibration references' agreement under the same relabelling, by architecture (the null of an independent
+    model that labels the owner's classes as this suspect does)."""
+
+    rate: float
+    count: int
+    class_map: list[int]
+    calibration: dict[str, list[float]]
+
+
+@torch.no_grad()
+def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
+                     batch_size: int = 256) -> MappedDecisions | None:
+    """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes; None
+    when it labels them as the owner does (its output size is the owner's and each class maps to itself:
+    ``agreement`` judges it), or the fingerprint lacks probe images or the references' decisions (fitted
+    before), or no fingerprint input falls in a mapped class."""
+    if fingerprint.reference_decisions is None or fingerprint.probe_inputs is None:
+        return None
+    probe_logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
+    probe_answers = probe_logits.argmax(1)
+    owner_probe = fingerprint.probe_logits.argmax(1)
+    class_map = torch.full((fingerprint.num_classes,), -1, dtype=torch.int64)
+    for c in owner_probe.unique().tolist():
+        class_map[c] = int(torch.bincount(probe_answers[owner_probe == c]).argmax())
+    mapped_classes = class_map >= 0
+    if probe_logits.shape[1] == fingerprint.num_classes and bool(
+            (class_map[mapped_classes] == torch.nonzero(mapped_classes).flatten()).all()):
+        return None
+    expected = class_map[fingerprint.labels]
+    used = expected >= 0
+    if not bool(used.any()):
+        return None
+    answers = model_logits(model, fingerprint.inputs[used], device, batch_size).argmax(1)
+    rate = float((answers == expected[used]).double().mean())
+    reference_rates = (class_map[fingerprint.reference_decisions[:, used]] == expected[used]).double().mean(1)
+    calibration: dict[str, list[float]] = {}
+    rates = iter(reference_rates.tolist())
+    for arch, values in fingerprint.calibration.items():
+        calibration[arch] = [next(rates) for _ in values]
+    return MappedDecisions(rate, int(used.sum()), class_map.tolist(), calibration)
+
+
+@dataclass(frozen=True)
 class OutputScore:
     """A model's outputs on the owner's probe images: similarity to the owner's (mean cosine of non-top
     profiles) and contrast (that minus its mean similarity to the calibration references'; ``outputs``)."""
@@ -242,10 +303,17 @@ class FingerprintScore:
     query_null_mean: float | None = None
     query_null_sigma: float | None = None
     query_z: float | None = None
+    class_map: list[int] | None = None
 
     @classmethod
     def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
-           outputs: OutputScore | None = None, query_rate: float | None = None) -> "FingerprintScore":
+           outputs: OutputScore | None = None, query_rate: float | None = None,
+           mapped: MappedDecisions | None = None) -> "FingerprintScore":
+        if mapped is not None:  # another label set, or the owner's relabelled: the decisions through its class map
+            mean, sigma, which = fingerprint._rate_null(mapped.calibration, mapped.count, arch)
+            score = cls(mapped.rate, mean, sigma, f"{which}, relabelled as the suspect labels the owner's classes",
+                        (mapped.rate - mean) / sigma, class_map=mapped.class_map)
+            return score
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma
         score = cls(rate, mean, sigma, which, z)
@@ -294,17 +362,18 @@ class FingerprintScore:
                 "output_null_mean": self.output_null_mean,
                 "output_null_sigma": self.output_null_sigma, "output_z": self.output_z,
                 "query_agreement": self.query_agreement, "query_null_mean": self.query_null_mean,
-                "query_null_sigma": self.query_null_sigma, "query_z": self.query_z}
+                "query_null_sigma": self.query_null_sigma, "query_z": self.query_z,
+                "class_map": self.class_map}
 
 
 def combine(signature_z: float | None, fingerprint_z: float | None) -> tuple[float | None, str]:
-    """The evidence a verdict rests on, and which: the fingerprint's z (``FingerprintScore.evidence``) when the
-    suspect's outputs are comparable with the owner's (same output size), else the signature's (another label
-    set: transfer). The fingerprint is calibrated on the owner's own independent models, architecture by
-    architecture; the signature's z is not (independent models of the owner's architecture sit near it in
-    gradient space), and letting it raise the fingerprint's verdict gave 8-25 % false positives on the
-    evaluation zoos, where the fingerprint alone flags every fine-tuned and pruned copy with 0 %
-    (docs/results.md section 6.2)."""
+    """The evidence a verdict rests on, and which: the fingerprint's z (``FingerprintScore.evidence``) when it
+    has one (the suspect's output size is the owner's, or, for another label set, the fingerprint holds its
+    references' decisions: ``mapped_decisions``), else the signature's. The fingerprint is calibrated on the
+    owner's own independent models, architecture by architecture; the signature's z is not (independent models
+    of the owner's architecture sit near it in gradient space), and letting it raise the fingerprint's verdict
+    gave 8-25 % false positives on the evaluation zoos, where the fingerprint alone flags every fine-tuned and
+    pruned copy with 0 % (docs/results.md section 6.2)."""
     if fingerprint_z is None:
         return signature_z, "signature"
     return fingerprint_z, "fingerprint"

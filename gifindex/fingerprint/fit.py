@@ -197,6 +197,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                               query_inputs=query_inputs, query_labels=query_answers,
                               query_weights=query_weights)
     reference_logits: list[tuple[str, torch.Tensor]] = []
+    reference_decisions: list[torch.Tensor] = []
     for a, arch in enumerate(archs):
         for j in range(config.calibration_per_arch):
             say(f"calibration reference {arch} #{j + 1}")
@@ -204,6 +205,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
             model = train_reference(build, arch, train_x, train_y, num_classes, recipe,
                                     seed + 300 + 10 * a + j, device)
             fingerprint.calibration.setdefault(arch, []).append(agreement(fingerprint, model, device))
+            reference_decisions.append(model_logits(model, fingerprint.inputs, device).argmax(1))
             if query_answers is not None:
                 fingerprint.query_calibration.setdefault(arch, []).append(query_agreement(fingerprint, model,
                                                                                           device))
@@ -211,6 +213,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                 reference_logits.append((arch, model_logits(model, probe_inputs, device)))
             if on_calibration is not None:
                 on_calibration(arch, model)
+    fingerprint.reference_decisions = torch.stack(reference_decisions)  # for suspects of another label set
     if len(reference_logits) >= 2:  # each reference's contrast against the others is the outputs' null
         fingerprint.reference_logits = torch.stack([logits for _, logits in reference_logits])
         for i, (arch, logits) in enumerate(reference_logits):

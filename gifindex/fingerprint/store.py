@@ -45,6 +45,8 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
         arrays["query_labels"] = fingerprint.query_labels.numpy().astype(np.int64)
     if fingerprint.query_weights is not None:
         arrays["query_weights"] = fingerprint.query_weights.numpy().astype(np.float32)
+    if fingerprint.reference_decisions is not None:
+        arrays["reference_decisions"] = fingerprint.reference_decisions.numpy().astype(np.int64)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
     atomic_write_bytes(target, buffer.getvalue())
@@ -64,6 +66,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             references = data["reference_logits"] if "reference_logits" in data.files else None
             queries = (data["query_inputs"], data["query_labels"]) if "query_inputs" in data.files else None
             weights = data["query_weights"] if "query_weights" in data.files else None
+            decided = data["reference_decisions"] if "reference_decisions" in data.files else None
     except GifindexError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -81,6 +84,8 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                                 or not np.isfinite(queries[0]).all()) or weights is not None and (
             queries is None or weights.dtype != np.float32):
         raise GifindexError(f"{source}: damaged fingerprint query arrays")
+    if decided is not None and (decided.dtype != np.int64 or decided.ndim != 2):
+        raise GifindexError(f"{source}: damaged fingerprint reference decisions")
     try:
         calibration, output_calibration, query_calibration = (
             {str(k): [float(v) for v in vals] for k, vals in dict(meta.get(name) or {}).items()}
@@ -96,6 +101,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            query_inputs=None if queries is None else torch.from_numpy(queries[0]),
                            query_labels=None if queries is None else torch.from_numpy(queries[1]),
                            query_calibration=query_calibration,
-                           query_weights=None if weights is None else torch.from_numpy(weights))
+                           query_weights=None if weights is None else torch.from_numpy(weights),
+                           reference_decisions=None if decided is None else torch.from_numpy(decided))
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None

@@ -38,7 +38,7 @@ import ipzoo
 from common import (CACHE, cached_model, distances_to, key, log, results_dir, setup_threads, sign_all, wrap,
                     write_json)
 from gifindex.apps import suspect_from_distances
-from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
+from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint, mapped_decisions,
                                   load_fingerprint, output_scores, query_agreement, save_fingerprint)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import combine
@@ -80,7 +80,9 @@ def fingerprint_score(fp, module: torch.nn.Module, arch: str, spec) -> Fingerpri
     """A model's decisions, outputs and answers to the logged queries on the fingerprint, as ``suspect`` scores
     them."""
     model = wrap(module, spec)
-    return FingerprintScore.of(fp, agreement(fp, model), arch, output_scores(fp, model), query_agreement(fp, model))
+    mapped = mapped_decisions(fp, model)
+    return FingerprintScore.of(fp, agreement(fp, model), arch, output_scores(fp, model) if mapped is None else None,
+                               query_agreement(fp, model), mapped)
 
 
 def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -113,7 +115,7 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig, queries: str = "none"):
     signature z on independent models of its own architecture, docs/results.md 6.1)."""
     # v4: the calibration references train on the helpers' rows (under --disjoint, not the fingerprint's images)
     log_tag = "" if queries == "none" else f"-q{queries}"
-    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}{log_tag}-v4.npz"
+    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}{log_tag}-v5.npz"
     sidecar = path.with_suffix(".distances.json")
     if path.is_file() and sidecar.is_file():
         return load_fingerprint(path), json.loads(sidecar.read_text()), 0.0
@@ -217,6 +219,60 @@ def foreign_students(zoo: ipzoo.IPZoo, count: int) -> dict[str, tuple[str, str, 
     return out
 
 
+def task_negatives(zoo: ipzoo.IPZoo) -> dict[str, tuple[str, str, str, torch.nn.Module]]:
+    """{name: (group, arch, task, model)}: independent models of the zoo's transfer label sets, trained from scratch
+    by the zoo's recipe: per task, one of the owner's architecture on the owner's half A (its images, its body's
+    shape) and one of another architecture on half B. A transfer verdict must not accuse them: they share the
+    transfer copies' label set, not the owner's weights (cached under ``task-negatives/``)."""
+    from common import train
+
+    (xa, ya), (xb, yb) = zoo.owner_data, zoo.attacker_data
+    others = [a for a in zoo.recipe.independent_archs if a != zoo.recipe.owner_arch] or [zoo.recipe.owner_arch]
+    out = {}
+    for i, (task, classes) in enumerate(ipzoo.TRANSFER_TASKS):
+        for half, arch in (("a", zoo.recipe.owner_arch), ("b", others[i % len(others)])):
+            x, y = (xa, ya) if half == "a" else (xb, yb)
+            seed = 10_000 * zoo.seed + 900 + 10 * i + (half == "b")
+
+            def make(arch=arch, x=x, y=y, task=task, classes=classes, seed=seed):
+                torch.manual_seed(seed)
+                return train(zoo.make_arch(arch, classes), x, ipzoo.relabel(y, task), zoo.recipe.epochs,
+                             zoo.recipe.lr_for(arch), zoo.recipe.batch_size, seed)
+
+            name = f"task-{task}-{half}"
+            out[name] = ("irrelevant-t", arch, task,
+                         cached_model("task-negatives", f"{zoo.name}-{zoo.seed}-{name}", make,
+                                      [zoo.name, zoo.seed, name, arch, seed, dataclasses.asdict(zoo.recipe)],
+                                      lambda arch=arch, classes=classes: zoo.make_arch(arch, classes)))
+    return out
+
+
+class Relabelled(torch.nn.Module):
+    """A model whose output units are permuted: the same function under other class names, the cheapest disguise
+    of a copy (its decisions and outputs no longer match the owner's class by class)."""
+
+    def __init__(self, model: torch.nn.Module, order: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("order", order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, self.order]
+
+
+def relabelled_copies(zoo: ipzoo.IPZoo) -> dict[str, tuple[str, str, torch.nn.Module]]:
+    """{name: (group, arch, model)}: every fine-tuned (finetune-a) and fine-pruned copy with its output units
+    permuted by a seeded derangement (no unit keeps its class); group ``relabelled``."""
+    out = {}
+    for n in [m for m, g in zoo.groups.items() if g in ("finetune-a", "fine-pruning")]:
+        gen = torch.Generator().manual_seed(10_000 * zoo.seed + sum(map(ord, n)))
+        order = torch.randperm(10, generator=gen)
+        while bool((order == torch.arange(10)).any()):
+            order = torch.randperm(10, generator=gen)
+        out[f"relabelled-{n}"] = ("relabelled", zoo.archs[n], Relabelled(zoo.models[n], order).eval())
+    return out
+
+
 def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[str] | None = None) -> dict[str, float]:
     """AUC per attack against all independent models, or only ``negatives``."""
     from sklearn.metrics import roc_auc_score
@@ -228,6 +284,15 @@ def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[s
         row[attack] = float(roc_auc_score([1] * len(pos) + [0] * len(neg), [scores[n] for n in pos + neg]))
     row["mean"] = float(np.mean(list(row.values())))
     return row
+
+
+def group_auc(scores: dict[str, float], groups: dict[str, str], group: str) -> float:
+    """AUC of the models of ``group`` against all independent models."""
+    from sklearn.metrics import roc_auc_score
+
+    pos = [n for n in scores if groups[n] == group]
+    neg = [n for n in scores if groups[n] == "irrelevant"]
+    return float(roc_auc_score([1] * len(pos) + [0] * len(neg), [scores[n] for n in pos + neg]))
 
 
 @torch.no_grad()
@@ -267,15 +332,20 @@ def _auc(positives: list[float], negatives: list[float]) -> float:
 
 
 def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_recipe_negatives: bool = True,
-             foreign: int | None = None, twins: bool = False, queries: str = "none") -> dict:
+             foreign: int | None = None, twins: bool = False, queries: str = "none",
+             with_task_negatives: bool = True) -> dict:
     """Every score of every model of one zoo seed; ``foreign``: students of another teacher per kind (None: as many
     as the zoo has per attack; 0: none); ``twins``: add every hard-label student's label twin (twin_report);
-    ``queries``: the owner's query log (QUERY_LOGS)."""
+    ``queries``: the owner's query log (QUERY_LOGS); ``with_task_negatives``: add independent models of the
+    transfer label sets (task_negatives)."""
     zoo = ipzoo.build(zoo_name, seed, quick)
     count = ipzoo.SIZES[zoo_name]["quick" if quick else "full"][0] if foreign is None else foreign
-    added = {**(foreign_students(zoo, count) if count else {}), **(ipzoo.label_twins(zoo) if twins else {})}
+    added = {**(foreign_students(zoo, count) if count else {}), **(ipzoo.label_twins(zoo) if twins else {}),
+             **relabelled_copies(zoo)}
     for name, (group, arch, module) in added.items():
         zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, "digits"
+    for name, (group, arch, task, module) in (task_negatives(zoo) if with_task_negatives else {}).items():
+        zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, task
     helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
     config = dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
     fp, calibration_distances, fit_s = fitted(zoo, config, queries)
@@ -317,6 +387,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
           "max-z": scores["max-z"], "combined": scores["combined"]}
     thief_data = [n for n in ipzoo.thief_data_negatives(zoo) if n in groups]
     foreign_names = [n for n in scored if groups[n].startswith("foreign-")]
+    task_names = [n for n in scored if groups[n] == "irrelevant-t"]
     flagged = {}
     for name, z in zs.items():
         flagged[name] = {g: float(np.mean([z[n] >= Z_THRESHOLD for n in scored if groups[n] == g]))
@@ -327,6 +398,10 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         twin_names = [n for n in scored if groups[n].startswith("twin-")]
         if twin_names:
             flagged[name]["twin"] = float(np.mean([z[n] >= Z_THRESHOLD for n in twin_names]))
+        flagged[name]["relabelled"] = float(np.mean([z[n] >= Z_THRESHOLD for n in scored
+                                                       if groups[n] == "relabelled"]))
+        if task_names:
+            flagged[name]["irrelevant-t"] = float(np.mean([z[n] >= Z_THRESHOLD for n in task_names]))
     by_recipe = {}
     if with_recipe_negatives:  # the fingerprint's verdict on them (their outputs are comparable: combined = fp-z)
         for n, (arch, module) in recipe_negatives(zoo, config.helper_archs, fp.num_classes).items():
@@ -348,6 +423,8 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         "auc_thief_data_negatives": {s: auc_rows(scores[s], groups, thief_data) for s in SCORES},
         "auc_foreign_students": ({s: auc_rows(scores[s], groups, foreign_names) for s in SCORES}
                                  if foreign_names else None),
+        "auc_task_negatives": ({s: auc_rows(scores[s], groups, task_names) for s in SCORES} if task_names else None),
+        "auc_relabelled": {s: group_auc(scores[s], groups, "relabelled") for s in SCORES},
         "per_model": {n: {"group": groups[n], "arch": zoo.archs[n], "distance": dist[n],
                           "distance_outputs": dist_out[n],
                           "z_gif": z_gif[n], "z_gif_population": z_pop[n],
@@ -401,6 +478,8 @@ def main() -> None:
     parser.add_argument("--no-recipe-negatives", action="store_true",
                         help="skip the independent models trained by RECIPE_NEGATIVES (training them costs a few "
                              "minutes per seed on mnist32)")
+    parser.add_argument("--no-task-negatives", action="store_true",
+                        help="skip the independent models of the transfer label sets (task_negatives)")
     args = parser.parse_args()
     setup_threads()
     default = FitConfig()
@@ -415,7 +494,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
-                                args.foreign_students, args.twins, args.query_log))
+                                args.foreign_students, args.twins, args.query_log, not args.no_task_negatives))
         r = results[-1]
         log(f"{args.zoo} seed {seed}: fingerprint {r['fingerprint']['size']} inputs, {r['fingerprint']['queries']} "
             f"logged queries, fit {r['fit_seconds']} s")
@@ -426,15 +505,19 @@ def main() -> None:
     summary_thief = summarise(results, "auc_thief_data_negatives")
     summary_foreign = summarise(results, "auc_foreign_students") if all(r["auc_foreign_students"] for r in results) \
         else None
+    summary_task = summarise(results, "auc_task_negatives") if all(r["auc_task_negatives"] for r in results) \
+        else None
     seeds = "-".join(map(str, args.seeds))
     log_tag = "" if args.query_log == "none" else f"-q{args.query_log}-w{args.query_weighting}"
     write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}{log_tag}-s{seeds}.json",
                {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief,
-                "summary_foreign_students": summary_foreign})
+                "summary_foreign_students": summary_foreign, "summary_task_negatives": summary_task})
     tables = [("all independent models", summary),
               ("independent models trained on the thieves' half B only", summary_thief)]
     if summary_foreign:
         tables.append(("students of another teacher (Extract-L and -P of an independent model)", summary_foreign))
+    if summary_task:
+        tables.append(("independent models of the transfer label sets (the transfer column)", summary_task))
     for title, table in tables:
         print(f"AUC mean [min, max] over seeds {' '.join(map(str, args.seeds))}, negatives: {title}")
         print("score      " + " ".join(f"{a:>17s}" for a in ipzoo.ATTACKS + ("mean",)))
@@ -442,10 +525,13 @@ def main() -> None:
             print(f"{s:<10s} " + " ".join(f"{v['mean']:.2f} [{v['min']:.2f},{v['max']:.2f}]"
                                           for v in table[s].values()))
     print("flagged (z >= 3), mean over seeds: " + " ".join(ipzoo.ATTACKS) + " independent independent-B "
-          "[foreign: students of another teacher] [independent-R: trained by other recipes, fingerprint scores only]")
+          "[foreign: students of another teacher] [twin] [independent-T: of the transfer label sets] "
+          "[independent-R: trained by other recipes, fingerprint scores only]")
     for s in results[0]["flagged"]:
         print(f"{s:<10s} " + " ".join(f"{np.mean([r['flagged'][s][g] for r in results]):.0%}"
                                       for g in results[0]["flagged"][s]))
+    print("copies with their output units permuted (relabelled), AUC against all independent models, mean over "
+          "seeds: " + ", ".join(f"{s} {np.mean([r['auc_relabelled'][s] for r in results]):.2f}" for s in SCORES))
     if args.twins:
         print_twins(results)
 
