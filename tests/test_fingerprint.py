@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from gifindex.cli import main
 from gifindex.demo import DemoZooConfig, load_digit_data, train
 from gifindex.errors import GifindexError, ProbeError
-from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint,
+from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint, judge,
                                   load_fingerprint, load_owner_data, load_query_log, output_scores, query_agreement,
                                   save_fingerprint)
 from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, Fingerprint, combine
@@ -175,6 +175,7 @@ def test_another_label_set_is_judged_through_its_class_map():
     # a suspect that labels the owner's classes as the owner does is `agreement`'s; one of the owner's output size
     # whose classes are relabelled (output units permuted) is judged through its map, as another label set is
     assert mapped_decisions(fp, _wrap(_Scripted([[0, 0, 1, 1, 2, 2]], 3))) is None
+    assert mapped_decisions(fp, _wrap(_Scripted([[0, 0, 0, 1, 2, 0]], 3))) is None  # confuses 1 with 0: not renamed
     permuted = mapped_decisions(fp, _wrap(_Scripted([[2, 2, 0, 0, 1, 1], [2, 0, 1, 2, 0, 0]], 3)))
     assert permuted.class_map == [2, 0, 1] and permuted.rate == pytest.approx(5 / 6)
     assert permuted.calibration == {"a": pytest.approx([1.0, 2 / 6]), "b": pytest.approx([0.0, 2 / 6])}
@@ -214,8 +215,17 @@ def test_a_new_head_on_the_owners_body_is_found_through_its_class_map(fingerprin
     relabelled = _wrap(reversed_head)
     assert agreement(fingerprint, relabelled) < 0.2 and mapped_decisions(fingerprint, owner) is None
     mapped = mapped_decisions(fingerprint, relabelled)
-    assert mapped.class_map == list(range(9, -1, -1)) and mapped.rate == 1.0
-    assert FingerprintScore.of(fingerprint, 0.0, "timm:test_resnet", mapped=mapped).z >= 3.0
+    assert mapped.class_map == list(range(9, -1, -1)) and mapped.rate == 1.0 and mapped.renames
+    # judge: scored in full once its classes are named back, as the owner itself is
+    as_owner, named_back = judge(fingerprint, owner, "timm:test_resnet"), judge(fingerprint, relabelled,
+                                                                                 "timm:test_resnet")
+    assert named_back.renamed and named_back.class_map == list(range(9, -1, -1)) and not as_owner.renamed
+    assert named_back.agreement == as_owner.agreement == 1.0 and named_back.evidence == pytest.approx(as_owner.evidence)
+    assert named_back.output_similarity == pytest.approx(1.0, abs=1e-5) and named_back.evidence >= 3.0
+    # judge on the transfer copy: the decisions through its class map, nothing else
+    judged = judge(fingerprint, transfer, "timm:test_resnet")
+    assert not judged.renamed and judged.z == pytest.approx(copied.z) and judged.output_z is None
+    assert judged.mapped_inputs == sum(c >= 0 for c in [copied.class_map[int(k)] for k in fingerprint.labels])
 
 
 def test_null_uses_the_suspects_architecture_and_a_binomial_floor(fingerprint):
@@ -722,6 +732,16 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert "outputs       similarity to the owner's on 128 probe images" in text.output
     off = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner", "--no-fingerprint", "--json"])
     assert json.loads(off.stdout)["fingerprint"] is None
+    # the owner with its output units reversed (its classes renamed): judged through its class map, derived
+    renamed = copy.deepcopy(owner.module).state_dict()
+    renamed["fc.weight"], renamed["fc.bias"] = renamed["fc.weight"].flip(0), renamed["fc.bias"].flip(0)
+    torch.save(renamed, tmp_path / "renamed.pt")
+    relabelled = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "renamed.pt"), "--owner", "owner",
+                                      *common])
+    assert relabelled.exit_code == 0, relabelled.output
+    assert "the owner's classes under other names (its output units permuted)" in relabelled.output
+    assert "fingerprint   agrees with the owner on 100.0% of" in relabelled.output, relabelled.output
+    assert "verdict       DERIVED  (judged by the fingerprint" in relabelled.output, relabelled.output
     scan = runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"])
     assert scan.exit_code == 0, scan.output
     scanned = json.loads(scan.stdout)

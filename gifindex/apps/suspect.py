@@ -19,8 +19,7 @@ import numpy as np
 
 from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
-from ..fingerprint import (Fingerprint, FingerprintScore, agreement, fingerprint_path, load_fingerprint,
-                           mapped_decisions, output_scores, query_agreement)
+from ..fingerprint import Fingerprint, fingerprint_path, judge, load_fingerprint
 from ..fingerprint.fingerprint import combine
 from ..models import load_model
 
@@ -76,8 +75,9 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     ``exclude`` names indexed models to leave out of the population; a name not in the index is an error.
     When the owner has a fingerprint in the index (``gifindex fit-probes``) and ``use_fingerprint``, the
     suspect's decisions and outputs on it are judged against the owner's independent calibration models, and
-    that z decides the verdict whenever the suspect has the owner's output size (``combine``); the signature's z
-    decides otherwise (another label set: transfer)."""
+    that z decides the verdict (``combine``); a suspect of another label set (transfer), or with the owner's classes
+    renamed, is judged by the decisions through its class map (``mapped_decisions``), or by the signature's z when
+    the fingerprint predates the references' stored decisions."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
@@ -199,25 +199,23 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     ``loaded``: the suspect as already loaded from ``entry`` (when it was signed on the fly), else it is loaded."""
     if loaded is None:
         loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
-    rate = agreement(fingerprint, loaded, device)
-    mapped = mapped_decisions(fingerprint, loaded, device)
-    outputs = output_scores(fingerprint, loaded, device) if mapped is None else None
     arch = loaded.arch if loaded.arch in fingerprint.calibration else entry.arch
-    score = FingerprintScore.of(fingerprint, rate, arch, outputs, query_agreement(fingerprint, loaded, device),
-                                mapped)
+    score = judge(fingerprint, loaded, arch, device)
     out = score.to_dict()
-    out.update({"inputs": fingerprint.size if mapped is None else mapped.count,
-                "owner_classes": fingerprint.num_classes,
+    out.update({"inputs": score.mapped_inputs or fingerprint.size, "owner_classes": fingerprint.num_classes,
                 "output_probes": fingerprint.output_probes, "queries": fingerprint.queries,
                 "query_effective_count": fingerprint.query_effective_count if fingerprint.queries else None,
-                "comparable": rate is not None or mapped is not None})
-    if rate is None and mapped is None:
+                "comparable": score.agreement is not None})
+    if score.agreement is None:
         out["note"] = (f"the suspect's output size differs from the owner's {fingerprint.num_classes} classes: "
                        "its decisions are about other classes, only the signature can judge it (a fingerprint "
                        "fitted by this version relabels them: run `gifindex fit-probes` again)")
-    elif mapped is not None:
-        kind = "another label set" if rate is None else "the owner's classes relabelled"
-        out["note"] = (f"{kind} ({len(set(c for c in mapped.class_map if c >= 0))} of the suspect's classes cover "
-                       f"the owner's {fingerprint.num_classes}): the owner's decisions are relabelled as the suspect "
-                       "labels the owner's probe images")
+    elif score.renamed:
+        out["note"] = ("the owner's classes under other names (its output units permuted): scored after naming them "
+                       "back")
+    elif score.class_map is not None:
+        covered = len(set(c for c in score.class_map if c >= 0))
+        out["note"] = (f"another labelling ({covered} of the suspect's classes cover the owner's "
+                       f"{fingerprint.num_classes}): the owner's decisions are relabelled as the suspect labels the "
+                       "owner's probe images")
     return out

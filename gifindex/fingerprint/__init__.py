@@ -30,11 +30,11 @@ logged queries (``queries``) -> ``Fingerprint``
 -> stored in the index (``store``) -> ``suspect``.
 """
 from .data import OwnerData, load_owner_data, load_query_log
-from .fingerprint import (Fingerprint, FingerprintScore, MappedDecisions, OutputScore, agreement, mapped_decisions,
-                          output_scores, query_agreement)
+from .fingerprint import (Fingerprint, FingerprintScore, MappedDecisions, OutputScore, agreement, judge,
+                          mapped_decisions, output_scores, query_agreement)
 from .fit import FitConfig, fit_fingerprint
 from .store import fingerprint_path, load_fingerprint, save_fingerprint
 
 __all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "MappedDecisions", "OutputScore", "OwnerData", "agreement",
-           "fingerprint_path", "fit_fingerprint", "load_fingerprint", "load_owner_data", "load_query_log",
+           "fingerprint_path", "fit_fingerprint", "judge", "load_fingerprint", "load_owner_data", "load_query_log",
            "mapped_decisions", "output_scores", "query_agreement", "save_fingerprint"]

@@ -225,15 +225,23 @@ class MappedDecisions:
     count: int
     class_map: list[int]
     calibration: dict[str, list[float]]
+    outputs: int = 0  # the suspect's output size
+
+    @property
+    def renames(self) -> bool:
+        """Whether the suspect has the owner's classes under other names: its output size is the owner's and the
+        map is a permutation (then it is scored in full after naming them back: ``judge``)."""
+        return self.outputs == len(self.class_map) and sorted(self.class_map) == list(range(self.outputs))
 
 
 @torch.no_grad()
 def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
                      batch_size: int = 256) -> MappedDecisions | None:
     """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes; None
-    when it labels them as the owner does (its output size is the owner's and each class maps to itself:
-    ``agreement`` judges it), or the fingerprint lacks probe images or the references' decisions (fitted
-    before), or no fingerprint input falls in a mapped class."""
+    when it has the owner's output size and does not rename the owner's classes (its map is the identity, or not a
+    permutation: a model that confuses some classes still uses the owner's labels; ``agreement`` judges it), or
+    the fingerprint lacks probe images or the references' decisions (fitted before), or no fingerprint input
+    falls in a mapped class."""
     if fingerprint.reference_decisions is None or fingerprint.probe_inputs is None:
         return None
     probe_logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
@@ -242,10 +250,10 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
     class_map = torch.full((fingerprint.num_classes,), -1, dtype=torch.int64)
     for c in owner_probe.unique().tolist():
         class_map[c] = int(torch.bincount(probe_answers[owner_probe == c]).argmax())
-    mapped_classes = class_map >= 0
-    if probe_logits.shape[1] == fingerprint.num_classes and bool(
-            (class_map[mapped_classes] == torch.nonzero(mapped_classes).flatten()).all()):
-        return None
+    if probe_logits.shape[1] == fingerprint.num_classes and (
+            sorted(class_map.tolist()) != list(range(fingerprint.num_classes))
+            or bool((class_map == torch.arange(fingerprint.num_classes)).all())):
+        return None  # the owner's classes as the owner names them (a weak model confuses some: still its labels)
     expected = class_map[fingerprint.labels]
     used = expected >= 0
     if not bool(used.any()):
@@ -257,7 +265,39 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
     rates = iter(reference_rates.tolist())
     for arch, values in fingerprint.calibration.items():
         calibration[arch] = [next(rates) for _ in values]
-    return MappedDecisions(rate, int(used.sum()), class_map.tolist(), calibration)
+    return MappedDecisions(rate, int(used.sum()), class_map.tolist(), calibration, int(probe_logits.shape[1]))
+
+
+class _NamedBack(torch.nn.Module):
+    """A model's outputs reordered so that output c is its output ``order[c]`` (its classes named as the owner's)."""
+
+    def __init__(self, model: torch.nn.Module, order: list[int]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("order", torch.tensor(order, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).flatten(1)[:, self.order]
+
+
+def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arch: str | None = None,
+          device: str = "cpu") -> FingerprintScore:
+    """Everything the fingerprint measures of ``model``, weighed as ``suspect`` weighs it. A model that labels the
+    owner's classes as the owner does is scored on decisions, outputs and logged queries; one with the owner's
+    classes under other names (output units permuted) the same, after naming them back; one of another label set
+    (transfer) by the decisions through its class map (``mapped_decisions``)."""
+    mapped = mapped_decisions(fingerprint, model, device)
+    renamed = mapped if mapped is not None and mapped.renames else None
+    if renamed is not None:
+        adapter = SharedSpaceAdapter.of(model)
+        model, mapped = SharedSpaceAdapter(_NamedBack(adapter.model, renamed.class_map), adapter.spec), None
+    comparable = mapped is None
+    score = FingerprintScore.of(fingerprint, agreement(fingerprint, model, device), arch,
+                                output_scores(fingerprint, model, device) if comparable else None,
+                                query_agreement(fingerprint, model, device) if comparable else None, mapped)
+    if renamed is not None:
+        score.class_map, score.renamed = renamed.class_map, True
+    return score
 
 
 @dataclass(frozen=True)
@@ -303,7 +343,9 @@ class FingerprintScore:
     query_null_mean: float | None = None
     query_null_sigma: float | None = None
     query_z: float | None = None
-    class_map: list[int] | None = None
+    class_map: list[int] | None = None  # how the suspect labels the owner's classes, when not as the owner does
+    renamed: bool = False  # the owner's classes under other names: scored in full after naming them back
+    mapped_inputs: int | None = None  # inputs of a mapped class (another labelling: the decisions alone)
 
     @classmethod
     def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
@@ -311,9 +353,8 @@ class FingerprintScore:
            mapped: MappedDecisions | None = None) -> "FingerprintScore":
         if mapped is not None:  # another label set, or the owner's relabelled: the decisions through its class map
             mean, sigma, which = fingerprint._rate_null(mapped.calibration, mapped.count, arch)
-            score = cls(mapped.rate, mean, sigma, f"{which}, relabelled as the suspect labels the owner's classes",
-                        (mapped.rate - mean) / sigma, class_map=mapped.class_map)
-            return score
+            return cls(mapped.rate, mean, sigma, f"{which}, relabelled as the suspect labels the owner's classes",
+                       (mapped.rate - mean) / sigma, class_map=mapped.class_map, mapped_inputs=mapped.count)
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma
         score = cls(rate, mean, sigma, which, z)
@@ -363,7 +404,7 @@ class FingerprintScore:
                 "output_null_sigma": self.output_null_sigma, "output_z": self.output_z,
                 "query_agreement": self.query_agreement, "query_null_mean": self.query_null_mean,
                 "query_null_sigma": self.query_null_sigma, "query_z": self.query_z,
-                "class_map": self.class_map}
+                "class_map": self.class_map, "renamed": self.renamed, "mapped_inputs": self.mapped_inputs}
 
 
 def combine(signature_z: float | None, fingerprint_z: float | None) -> tuple[float | None, str]:

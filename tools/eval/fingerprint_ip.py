@@ -38,8 +38,8 @@ import ipzoo
 from common import (CACHE, cached_model, distances_to, key, log, results_dir, setup_threads, sign_all, wrap,
                     write_json)
 from gifindex.apps import suspect_from_distances
-from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint, mapped_decisions,
-                                  load_fingerprint, output_scores, query_agreement, save_fingerprint)
+from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, fit_fingerprint, judge, load_fingerprint,
+                                  save_fingerprint)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import combine
 from gifindex.fingerprint.queries import QUERY_WEIGHTINGS, REVIEW_SHARE, least_sure
@@ -80,9 +80,7 @@ def fingerprint_score(fp, module: torch.nn.Module, arch: str, spec) -> Fingerpri
     """A model's decisions, outputs and answers to the logged queries on the fingerprint, as ``suspect`` scores
     them."""
     model = wrap(module, spec)
-    mapped = mapped_decisions(fp, model)
-    return FingerprintScore.of(fp, agreement(fp, model), arch, output_scores(fp, model) if mapped is None else None,
-                               query_agreement(fp, model), mapped)
+    return judge(fp, model, arch)
 
 
 def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
