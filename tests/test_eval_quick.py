@@ -128,6 +128,33 @@ def test_foreign_students_learn_another_teacher(ipzoo):
             assert float((pred[differ] == owner[differ]).float().mean()) < 0.4, name
 
 
+@pytest.mark.slow
+def test_transfer_label_set_negatives_and_relabelled_copies(ipzoo):
+    """fingerprint_ip's extra models: independent models of every transfer label set (one of the owner's
+    architecture on half A, one of another on half B), and fine-tuned / pruned copies with permuted output units."""
+    import fingerprint_ip
+
+    zoo = ipzoo.digits(seed=0, per_attack=1, irrelevant=1)
+    negatives = fingerprint_ip.task_negatives(zoo)
+    assert len(negatives) == 2 * len(ipzoo.TRANSFER_TASKS)
+    xa, ya = zoo.owner_data
+    for (task, classes) in ipzoo.TRANSFER_TASKS:
+        group, arch, label_set, model = negatives[f"task-{task}-a"]
+        assert (group, arch, label_set) == ("irrelevant-t", zoo.recipe.owner_arch, task)
+        assert negatives[f"task-{task}-b"][1] != zoo.recipe.owner_arch
+        with torch.no_grad():
+            pred = model(xa).argmax(1)
+        assert int(pred.max()) < classes and float((pred == ipzoo.relabel(ya, task)).float().mean()) > 0.6, task
+    copies = fingerprint_ip.relabelled_copies(zoo)
+    assert sorted(copies) == ["relabelled-fine-pruning-0", "relabelled-finetune-a-0"]
+    for name, (group, arch, model) in copies.items():
+        original = zoo.models[name.removeprefix("relabelled-")]
+        assert group == "relabelled" and arch == zoo.archs[name.removeprefix("relabelled-")]
+        assert not bool((model.order == torch.arange(10)).any())  # a derangement: no class keeps its unit
+        with torch.no_grad():
+            assert torch.equal(model(xa[:8]), original(xa[:8])[:, model.order])
+
+
 def test_gradient_levers_integrate_exact_fields_of_a_linear_model(harness):
     """tools/eval/gradient_levers.py: a linear model's class logit and margin have constant input gradients, so
     curve point j is (j / T) of that gradient, on every path family, and a model is at distance 0 from itself."""
