@@ -236,15 +236,16 @@ class MappedDecisions:
 
 @torch.no_grad()
 def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
-                     batch_size: int = 256) -> MappedDecisions | None:
+                     batch_size: int = 256, probe_logits: torch.Tensor | None = None) -> MappedDecisions | None:
     """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes; None
     when it has the owner's output size and does not rename the owner's classes (its map is the identity, or not a
     permutation: a model that confuses some classes still uses the owner's labels; ``agreement`` judges it), or
     the fingerprint lacks probe images or the references' decisions (fitted before), or no fingerprint input
-    falls in a mapped class."""
+    falls in a mapped class. ``probe_logits``: the model's outputs on the probe images, when already computed."""
     if fingerprint.reference_decisions is None or fingerprint.probe_inputs is None:
         return None
-    probe_logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
+    if probe_logits is None:
+        probe_logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
     probe_answers = probe_logits.argmax(1)
     owner_probe = fingerprint.probe_logits.argmax(1)
     class_map = torch.full((fingerprint.num_classes,), -1, dtype=torch.int64)
@@ -286,14 +287,16 @@ def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arc
     owner's classes as the owner does is scored on decisions, outputs and logged queries; one with the owner's
     classes under other names (output units permuted) the same, after naming them back; one of another label set
     (transfer) by the decisions through its class map (``mapped_decisions``)."""
-    mapped = mapped_decisions(fingerprint, model, device)
+    probe = None if fingerprint.probe_inputs is None else model_logits(model, fingerprint.probe_inputs, device)
+    mapped = mapped_decisions(fingerprint, model, device, probe_logits=probe)
     renamed = mapped if mapped is not None and mapped.renames else None
     if renamed is not None:
         adapter = SharedSpaceAdapter.of(model)
         model, mapped = SharedSpaceAdapter(_NamedBack(adapter.model, renamed.class_map), adapter.spec), None
+        probe = probe[:, renamed.class_map]
     comparable = mapped is None
     score = FingerprintScore.of(fingerprint, agreement(fingerprint, model, device), arch,
-                                output_scores(fingerprint, model, device) if comparable else None,
+                                output_scores(fingerprint, model, device, probe_logits=probe) if comparable else None,
                                 query_agreement(fingerprint, model, device) if comparable else None, mapped)
     if renamed is not None:
         score.class_map, score.renamed = renamed.class_map, True
@@ -311,12 +314,13 @@ class OutputScore:
 
 @torch.no_grad()
 def output_scores(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
-                  batch_size: int = 256) -> OutputScore | None:
+                  batch_size: int = 256, probe_logits: torch.Tensor | None = None) -> OutputScore | None:
     """``model``'s output similarity and contrast on the owner's probe images; None when the fingerprint has
-    no outputs or the model's output size differs from the owner's."""
+    no outputs or the model's output size differs from the owner's. ``probe_logits``: the model's outputs on
+    them, when already computed."""
     if not fingerprint.has_outputs:
         return None
-    logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
+    logits = model_logits(model, fingerprint.probe_inputs, device, batch_size) if probe_logits is None else probe_logits
     if logits.shape[1] != fingerprint.num_classes:
         return None
     return OutputScore(profile_similarity(fingerprint.probe_logits, logits),
