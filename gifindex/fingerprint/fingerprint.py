@@ -231,30 +231,44 @@ class MappedDecisions:
     def renames(self) -> bool:
         """Whether the suspect has the owner's classes under other names: its output size is the owner's and the
         map is a permutation (then it is scored in full after naming them back: ``judge``)."""
-        return self.outputs == len(self.class_map) and sorted(self.class_map) == list(range(self.outputs))
+        return _labelling(self.class_map, self.outputs) == "renamed"
+
+
+def _class_map(fingerprint: Fingerprint, probe_logits: torch.Tensor) -> list[int]:
+    """Owner class c -> the suspect's most frequent answer on the owner's probe images of class c (-1: none)."""
+    probe_answers = probe_logits.argmax(1)
+    owner_probe = fingerprint.probe_logits.argmax(1)
+    class_map = [-1] * fingerprint.num_classes
+    for c in owner_probe.unique().tolist():
+        class_map[c] = int(torch.bincount(probe_answers[owner_probe == c]).argmax())
+    return class_map
+
+
+def _labelling(class_map: list[int], outputs: int) -> str:
+    """How a suspect with ``outputs`` outputs names the owner's classes: "owner" (its output size is the owner's and
+    the map is the identity, or not a permutation: a model that confuses some classes still uses the owner's
+    labels), "renamed" (the owner's size, a permutation other than the identity) or "mapped" (another size)."""
+    if outputs != len(class_map):
+        return "mapped"
+    permutation = sorted(class_map) == list(range(outputs))
+    return "renamed" if permutation and class_map != list(range(outputs)) else "owner"
 
 
 @torch.no_grad()
 def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
                      batch_size: int = 256, probe_logits: torch.Tensor | None = None) -> MappedDecisions | None:
     """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes; None
-    when it has the owner's output size and does not rename the owner's classes (its map is the identity, or not a
-    permutation: a model that confuses some classes still uses the owner's labels; ``agreement`` judges it), or
-    the fingerprint lacks probe images or the references' decisions (fitted before), or no fingerprint input
-    falls in a mapped class. ``probe_logits``: the model's outputs on the probe images, when already computed."""
+    when it names the owner's classes as the owner does (``_labelling``: ``agreement`` judges it), or the
+    fingerprint lacks probe images or the references' decisions (fitted before), or no fingerprint input falls in
+    a mapped class. ``probe_logits``: the model's outputs on the probe images, when already computed."""
     if fingerprint.reference_decisions is None or fingerprint.probe_inputs is None:
         return None
     if probe_logits is None:
         probe_logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
-    probe_answers = probe_logits.argmax(1)
-    owner_probe = fingerprint.probe_logits.argmax(1)
-    class_map = torch.full((fingerprint.num_classes,), -1, dtype=torch.int64)
-    for c in owner_probe.unique().tolist():
-        class_map[c] = int(torch.bincount(probe_answers[owner_probe == c]).argmax())
-    if probe_logits.shape[1] == fingerprint.num_classes and (
-            sorted(class_map.tolist()) != list(range(fingerprint.num_classes))
-            or bool((class_map == torch.arange(fingerprint.num_classes)).all())):
-        return None  # the owner's classes as the owner names them (a weak model confuses some: still its labels)
+    mapping = _class_map(fingerprint, probe_logits)
+    if _labelling(mapping, probe_logits.shape[1]) == "owner":
+        return None
+    class_map = torch.tensor(mapping, dtype=torch.int64)
     expected = class_map[fingerprint.labels]
     used = expected >= 0
     if not bool(used.any()):
@@ -266,16 +280,17 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
     rates = iter(reference_rates.tolist())
     for arch, values in fingerprint.calibration.items():
         calibration[arch] = [next(rates) for _ in values]
-    return MappedDecisions(rate, int(used.sum()), class_map.tolist(), calibration, int(probe_logits.shape[1]))
+    return MappedDecisions(rate, int(used.sum()), mapping, calibration, int(probe_logits.shape[1]))
 
 
-class _NamedBack(torch.nn.Module):
-    """A model's outputs reordered so that output c is its output ``order[c]`` (its classes named as the owner's)."""
+class ReorderedOutputs(torch.nn.Module):
+    """A model whose output c is its output ``order[c]``: a copy's classes named back as the owner's (``judge``),
+    or (the evaluation's relabelled copies) a model's classes put under other names."""
 
-    def __init__(self, model: torch.nn.Module, order: list[int]):
+    def __init__(self, model: torch.nn.Module, order: list[int] | torch.Tensor):
         super().__init__()
         self.model = model
-        self.register_buffer("order", torch.tensor(order, dtype=torch.int64))
+        self.register_buffer("order", torch.as_tensor(order, dtype=torch.int64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).flatten(1)[:, self.order]
@@ -286,20 +301,22 @@ def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arc
     """Everything the fingerprint measures of ``model``, weighed as ``suspect`` weighs it. A model that labels the
     owner's classes as the owner does is scored on decisions, outputs and logged queries; one with the owner's
     classes under other names (output units permuted) the same, after naming them back; one of another label set
-    (transfer) by the decisions through its class map (``mapped_decisions``)."""
+    (transfer) by the decisions through its class map (``mapped_decisions``). Each image is passed once."""
     probe = None if fingerprint.probe_inputs is None else model_logits(model, fingerprint.probe_inputs, device)
-    mapped = mapped_decisions(fingerprint, model, device, probe_logits=probe)
-    renamed = mapped if mapped is not None and mapped.renames else None
-    if renamed is not None:
+    class_map = None if probe is None or fingerprint.reference_decisions is None else _class_map(fingerprint, probe)
+    labelling = "owner" if class_map is None else _labelling(class_map, probe.shape[1])
+    if labelling == "mapped":
+        mapped = mapped_decisions(fingerprint, model, device, probe_logits=probe)
+        return FingerprintScore.of(fingerprint, None, arch, mapped=mapped)
+    if labelling == "renamed":
         adapter = SharedSpaceAdapter.of(model)
-        model, mapped = SharedSpaceAdapter(_NamedBack(adapter.model, renamed.class_map), adapter.spec), None
-        probe = probe[:, renamed.class_map]
-    comparable = mapped is None
+        model = SharedSpaceAdapter(ReorderedOutputs(adapter.model, class_map), adapter.spec)
+        probe = probe[:, class_map]
     score = FingerprintScore.of(fingerprint, agreement(fingerprint, model, device), arch,
-                                output_scores(fingerprint, model, device, probe_logits=probe) if comparable else None,
-                                query_agreement(fingerprint, model, device) if comparable else None, mapped)
-    if renamed is not None:
-        score.class_map, score.renamed = renamed.class_map, True
+                                output_scores(fingerprint, model, device, probe_logits=probe),
+                                query_agreement(fingerprint, model, device))
+    if labelling == "renamed":
+        score.class_map, score.renamed = class_map, True
     return score
 
 

@@ -41,7 +41,7 @@ from gifindex.apps import suspect_from_distances
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, fit_fingerprint, judge, load_fingerprint,
                                   save_fingerprint)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
-from gifindex.fingerprint.fingerprint import combine
+from gifindex.fingerprint.fingerprint import ReorderedOutputs, combine
 from gifindex.fingerprint.queries import QUERY_WEIGHTINGS, REVIEW_SHARE, least_sure
 from gifindex.fingerprint.fit import CALIBRATION_RECIPES, calibration_recipes, varied_calibration
 
@@ -245,52 +245,33 @@ def task_negatives(zoo: ipzoo.IPZoo) -> dict[str, tuple[str, str, str, torch.nn.
     return out
 
 
-class Relabelled(torch.nn.Module):
-    """A model whose output units are permuted: the same function under other class names, the cheapest disguise
-    of a copy (its decisions and outputs no longer match the owner's class by class)."""
-
-    def __init__(self, model: torch.nn.Module, order: torch.Tensor):
-        super().__init__()
-        self.model = model
-        self.register_buffer("order", order)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[:, self.order]
-
-
 def relabelled_copies(zoo: ipzoo.IPZoo) -> dict[str, tuple[str, str, torch.nn.Module]]:
     """{name: (group, arch, model)}: every fine-tuned (finetune-a) and fine-pruned copy with its output units
-    permuted by a seeded derangement (no unit keeps its class); group ``relabelled``."""
+    permuted by a seeded derangement (no unit keeps its class): the same function under other class names, the
+    cheapest disguise of a copy; group ``relabelled``."""
     out = {}
     for n in [m for m, g in zoo.groups.items() if g in ("finetune-a", "fine-pruning")]:
         gen = torch.Generator().manual_seed(10_000 * zoo.seed + sum(map(ord, n)))
         order = torch.randperm(10, generator=gen)
         while bool((order == torch.arange(10)).any()):
             order = torch.randperm(10, generator=gen)
-        out[f"relabelled-{n}"] = ("relabelled", zoo.archs[n], Relabelled(zoo.models[n], order).eval())
+        out[f"relabelled-{n}"] = ("relabelled", zoo.archs[n], ReorderedOutputs(zoo.models[n], order).eval())
     return out
 
 
 def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[str] | None = None) -> dict[str, float]:
     """AUC per attack against all independent models, or only ``negatives``."""
-    from sklearn.metrics import roc_auc_score
-
     neg = negatives if negatives is not None else [n for n in scores if groups[n] == "irrelevant"]
-    row = {}
-    for attack in ipzoo.ATTACKS:
-        pos = [n for n in scores if groups[n] == attack]
-        row[attack] = float(roc_auc_score([1] * len(pos) + [0] * len(neg), [scores[n] for n in pos + neg]))
+    row = {attack: _auc([scores[n] for n in scores if groups[n] == attack], [scores[n] for n in neg])
+           for attack in ipzoo.ATTACKS}
     row["mean"] = float(np.mean(list(row.values())))
     return row
 
 
 def group_auc(scores: dict[str, float], groups: dict[str, str], group: str) -> float:
     """AUC of the models of ``group`` against all independent models."""
-    from sklearn.metrics import roc_auc_score
-
-    pos = [n for n in scores if groups[n] == group]
-    neg = [n for n in scores if groups[n] == "irrelevant"]
-    return float(roc_auc_score([1] * len(pos) + [0] * len(neg), [scores[n] for n in pos + neg]))
+    return _auc([scores[n] for n in scores if groups[n] == group],
+                [scores[n] for n in scores if groups[n] == "irrelevant"])
 
 
 @torch.no_grad()
