@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from gifindex.cli import main
 from gifindex.demo import DemoZooConfig, load_digit_data, train
-from gifindex.errors import GifindexError, ProbeError
+from gifindex.errors import ConfigError, GifindexError, ProbeError
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint, judge,
                                   load_fingerprint, load_owner_data, load_query_log, output_scores, query_agreement,
                                   save_fingerprint)
@@ -533,6 +533,36 @@ def test_the_query_log_recognises_a_hard_label_student_and_not_its_twin(query_fi
     assert fp.query_weights is None and back.query_weights is None and fp.query_effective_count == fp.queries
 
 
+def test_outputs_are_compared_on_the_logged_queries(query_fingerprint, owner, digits):
+    """With a query log the owner's outputs are recorded on a seeded sample of the logged queries: a student
+    distilled through the API learnt them there, on exactly those images. It copies the owner's ranking of the
+    classes it did not choose; an independent model trained on the same images with their true labels does not."""
+    data, owner_data = digits
+    fp = query_fingerprint
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    thief_queries = (data.x_train[600:1000] * std + mean).clamp(0, 1)
+    logged = {row.numpy().tobytes() for row in thief_queries}
+    assert fp.output_probes == FAST.output_probes == fp.output_probe_queries
+    assert all(row.numpy().tobytes() in logged for row in fp.probe_inputs)
+    assert len({row.numpy().tobytes() for row in fp.probe_inputs}) == fp.output_probes  # a sample, no repeats
+    assert torch.allclose(fp.probe_logits, model_logits(owner, fp.probe_inputs), atol=1e-5)
+    x, y = data.x_train[600:1000], data.y_train[600:1000]
+    torch.manual_seed(5)
+    student = _wrap(train(timm.create_model("test_efficientnet", num_classes=10), x, y, 6, 5e-3, 64, 5,
+                          teacher=owner.module, temperature=2.0, alpha=1.0))
+    torch.manual_seed(6)
+    twin = _wrap(train(timm.create_model("test_efficientnet", num_classes=10), x, y, 6, 5e-3, 64, 6))
+    s_student, s_twin = (output_scores(fp, m) for m in (student, twin))
+    assert s_student.contrast > s_twin.contrast + 0.1, (s_student, s_twin)
+    # "owner": the owner's own images, as without a log
+    config = dataclasses.replace(FAST, output_probe_source="owner", output_probes=8, candidates=64)
+    fp_owner = fit_fingerprint(owner, owner_data, config, build=_build, queries=thief_queries[:50])
+    own = {row.numpy().tobytes() for row in owner_data.x}
+    assert fp_owner.output_probe_queries == 0 and all(row.numpy().tobytes() in own for row in fp_owner.probe_inputs)
+    with pytest.raises(ConfigError, match="invalid output_probe_source 'log'"):
+        FitConfig(output_probe_source="log")
+
+
 def test_a_query_log_without_idiosyncratic_answers_is_left_out(owner, digits):
     """Queries the owner answers as its references do (here: its own training images) leave that part out."""
     _, owner_data = digits
@@ -540,9 +570,17 @@ def test_a_query_log_without_idiosyncratic_answers_is_left_out(owner, digits):
                        candidates=64, output_probes=0, recipe=TrainRecipe(epochs=2, augment_copies=1),
                        search=SearchConfig(eps=0.1, steps=6))
     said = []
+    config = dataclasses.replace(config, output_probes=12)
     fp = fit_fingerprint(owner, owner_data, config, build=_build, queries=owner_data.x[:5], progress=said.append)
     assert not fp.has_queries and fp.queries == 0 and fp.query_calibration == {}
     assert any("fitted without the query log" in line for line in said)
+    # the outputs are compared on the whole (short) log first, owner images make up the rest
+    assert fp.output_probes == 12 and fp.output_probe_queries == fp.recipe["output_probe_queries"] == 5
+    as_rows = {row.numpy().tobytes() for row in owner_data.x[:5]}
+    assert sorted(row.numpy().tobytes() in as_rows for row in fp.probe_inputs) == [False] * 7 + [True] * 5
+    assert all(row.numpy().tobytes() in as_rows for row in fp.probe_inputs[:5])
+    with pytest.raises(GifindexError, match=r"logged queries of shape \(3, 8, 8\) do not match"):
+        fit_fingerprint(owner, owner_data, config, build=_build, queries=torch.zeros(4, 3, 8, 8))
     assert FingerprintScore.of(fp, 0.5, "timm:test_resnet", None, 0.9).query_z is None
 
 
@@ -646,20 +684,21 @@ def test_fit_probes_command_line_defaults_are_the_fit_configs():
     import inspect
 
     from gifindex.apps.fitprobes import fit_probes
-    from gifindex.errors import ConfigError
-    from gifindex.fingerprint.fit import CALIBRATION_RECIPES, calibration_recipes, varied_calibration
+    from gifindex.fingerprint.fit import CALIBRATION_RECIPES, PROBE_SOURCES, calibration_recipes, varied_calibration
 
     config = FitConfig()
     expected = {"surrogates": config.surrogates, "references": config.references,
                 "calibration": config.calibration_per_arch, "candidates": config.candidates,
                 "calibration_recipes": calibration_recipes(config),
                 "output_probes": config.output_probes, "eps": config.search.eps, "epochs": config.recipe.epochs,
-                "max_queries": config.max_queries}
+                "max_queries": config.max_queries, "output_probes_from": config.output_probe_source}
     cli = {p.name: p.default for p in main.commands["fit-probes"].params}
     api = {name: p.default for name, p in inspect.signature(fit_probes).parameters.items()}
     assert {k: cli[k] for k in expected} == expected == {k: api[k] for k in expected}
     choices = next(p.type.choices for p in main.commands["fit-probes"].params if p.name == "calibration_recipes")
     assert tuple(choices) == CALIBRATION_RECIPES  # the CLI spells them out (it imports no torch) but must agree
+    sources = next(p.type.choices for p in main.commands["fit-probes"].params if p.name == "output_probes_from")
+    assert tuple(sources) == PROBE_SOURCES
 
     assert [varied_calibration(name) for name in CALIBRATION_RECIPES] == [True, False]
     with pytest.raises(ConfigError, match="calibration recipes must be 'varied' or 'owner', got 'both'"):
@@ -767,10 +806,12 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
                                     "--epochs", "1", "--eps", "0.1", "--queries", str(tmp_path / "queries.npy")])
     assert text_fit.exit_code == 0, text_fit.output
     assert "inputs of 64 candidates at eps 0." in text_fit.output
-    assert "outputs on 16 probe images: held-out independent models' contrast" in text_fit.output
+    assert "outputs on 16 probe images (16 of them logged queries): held-out independent models' contrast" \
+        in text_fit.output, text_fit.output
     assert "logged queries carry the owner's idiosyncratic answers" in text_fit.output, text_fit.output
     with_log = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
     assert with_log.exit_code == 0 and "of the owner's kept answers to" in with_log.output
+    assert "on 16 probe images (16 of them logged queries)" in with_log.output, with_log.output
     judged = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner",
                                              "--json"]).stdout)["fingerprint"]
     assert judged["queries"] >= 8 and judged["query_z"] is not None

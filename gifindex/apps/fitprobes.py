@@ -29,20 +29,23 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                calibration: int = FitConfig.calibration_per_arch,
                calibration_recipes: str = recipes_name(),
                candidates: int = FitConfig.candidates,
-               output_probes: int = FitConfig.output_probes, eps: float = SearchConfig.eps,
+               output_probes: int = FitConfig.output_probes,
+               output_probes_from: str = FitConfig.output_probe_source, eps: float = SearchConfig.eps,
                epochs: int = TrainRecipe.epochs, seed: int = 0, device: str = "cpu", wait: float = 0.0,
                queries: str | None = None, max_queries: int = FitConfig.max_queries,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored.
     ``calibration_recipes``: "varied" (FitConfig.varied_calibration) or "owner"; ``queries``: the owner's
-    query log (an image array or folder), whose idiosyncratic answers become the fingerprint's third part."""
+    query log (an image array or folder), whose idiosyncratic answers become the fingerprint's third part;
+    ``output_probes_from``: FitConfig.output_probe_source."""
     varied = varied_calibration(calibration_recipes)
     _require_owner(index, owner)
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
         pass
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
                        calibration_per_arch=calibration, varied_calibration=varied,
-                       candidates=candidates, output_probes=output_probes, seed=seed, max_queries=max_queries,
+                       candidates=candidates, output_probes=output_probes, output_probe_source=output_probes_from,
+                       seed=seed, max_queries=max_queries,
                        recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
@@ -60,7 +63,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
             "surrogate_agreement": sum(surrogate) / max(1, len(surrogate)), "null_mean": null[0],
             "null_sigma": null[1], "calibration": fingerprint.calibration,
-            "output_probes": fingerprint.output_probes,
+            "output_probes": fingerprint.output_probes, "output_probe_queries": fingerprint.output_probe_queries,
             "output_null_mean": fingerprint.output_null()[0] if fingerprint.has_outputs else None,
             "output_calibration": fingerprint.output_calibration,
             "logged_queries": 0 if logged is None else len(logged), "queries": fingerprint.queries,

@@ -203,7 +203,8 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     score = judge(fingerprint, loaded, arch, device)
     out = score.to_dict()
     out.update({"inputs": score.mapped_inputs or fingerprint.size, "owner_classes": fingerprint.num_classes,
-                "output_probes": fingerprint.output_probes, "queries": fingerprint.queries,
+                "output_probes": fingerprint.output_probes, "output_probe_queries": fingerprint.output_probe_queries,
+                "queries": fingerprint.queries,
                 "query_effective_count": fingerprint.query_effective_count if fingerprint.queries else None,
                 "comparable": score.agreement is not None})
     if score.agreement is None:

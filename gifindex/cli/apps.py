@@ -77,7 +77,9 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
             if fp.get("class_map") is not None:
                 click.echo(f"              {fp['note']}")
             if fp.get("output_z") is not None:
-                click.echo(f"outputs       similarity to the owner's on {fp['output_probes']} probe images "
+                logged = fp.get("output_probe_queries") or 0
+                of_log = f" ({logged} of them logged queries)" if logged else ""
+                click.echo(f"outputs       similarity to the owner's on {fp['output_probes']} probe images{of_log} "
                            f"{fp['output_similarity']:.3f}, {fp['output_contrast']:+.3f} against independent "
                            f"references'; independent models {fp['output_null_mean']:+.3f} (sigma "
                            f"{fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
@@ -178,6 +180,11 @@ def _fmt(value: float | None) -> str:
 @click.option("--output-probes", type=click.IntRange(0, 100_000), default=128, show_default=True,
               help="owner images on which the suspect's outputs are compared with the owner's (catches distilled "
                    "copies; one forward pass each per suspect; 0: decisions only)")
+@click.option("--output-probes-from", "output_probes_from", type=click.Choice(["queries", "owner"]),
+              default="queries", show_default=True,
+              help="with --queries, compare outputs on a sample of the logged queries (a student distilled through "
+                   "your API learnt your outputs on exactly those; owner images make up a shorter log), or always "
+                   "on your own images (owner)")
 @click.option("--eps", type=click.FloatRange(0, 0.5, min_open=True), default=0.075, show_default=True,
               help="largest perturbation per pixel (pixel values in [0, 1]); doubled, up to 0.3, while fewer than 32 "
                    "inputs, or than an eighth of the candidates, are kept")
@@ -198,8 +205,8 @@ def _fmt(value: float | None) -> str:
 @json_option
 def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[str, ...], surrogates: int,
                references: int, calibration: int, calibration_recipes: str, candidates: int, output_probes: int,
-               eps: float, epochs: int, queries_path: str | None, max_queries: int, seed: int, device: str,
-               wait: float, as_json: bool) -> None:
+               output_probes_from: str, eps: float, epochs: int, queries_path: str | None, max_queries: int,
+               seed: int, device: str, wait: float, as_json: bool) -> None:
     """Fit OWNER's fingerprint from its own data: `suspect` then weighs decisions and outputs (distilled copies).
 
     Trains surrogates (students of OWNER) and references (independent models) on the owner's data, keeps
@@ -217,7 +224,8 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
     result = run_fit_probes(index, owner, data_path, helper_archs=helper_archs, surrogates=surrogates,
                             references=references, calibration=calibration,
                             calibration_recipes=calibration_recipes, candidates=candidates,
-                            output_probes=output_probes, eps=eps, queries=queries_path,
+                            output_probes=output_probes, output_probes_from=output_probes_from, eps=eps,
+                            queries=queries_path,
                             max_queries=max_queries, epochs=epochs, seed=seed, device=check_device(device), wait=wait,
                             progress=lambda msg: click.echo(msg, err=True))
     if as_json:
@@ -228,7 +236,9 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
     click.echo(f"surrogates agree with the owner on {result['surrogate_agreement']:.1%} of them; held-out independent "
                f"models on {result['null_mean']:.1%}")
     if result["output_null_mean"] is not None:
-        click.echo(f"outputs on {result['output_probes']} probe images: held-out independent models' contrast "
+        logged = result["output_probe_queries"]
+        of_log = f" ({logged} of them logged queries)" if logged else ""
+        click.echo(f"outputs on {result['output_probes']} probe images{of_log}: held-out independent models' contrast "
                    f"{result['output_null_mean']:+.3f}")
     if result["logged_queries"]:
         if result["query_null_mean"] is None:

@@ -101,6 +101,13 @@ class Fingerprint:
         return 0 if self.probe_inputs is None else len(self.probe_inputs)
 
     @property
+    def output_probe_queries(self) -> int:
+        """How many of the probe images are logged queries (FitConfig.output_probe_source; 0 in fingerprints fitted
+        before, or without a log)."""
+        count = self.recipe.get("output_probe_queries", 0) if isinstance(self.recipe, dict) else 0
+        return int(count) if isinstance(count, int) else 0
+
+    @property
     def queries(self) -> int:
         return 0 if self.query_labels is None else len(self.query_labels)
 

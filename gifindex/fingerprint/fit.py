@@ -30,6 +30,7 @@ from .queries import QUERY_WEIGHTINGS, is_reviewed, logged_answers
 log = logging.getLogger(__name__)
 MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
 MIN_QUERIES = 8  # fewer idiosyncratic answers in the query log: the fingerprint is fitted without that part
+PROBE_SOURCES = ("queries", "owner")  # FitConfig.output_probe_source
 Progress = Callable[[str], None]
 
 
@@ -48,9 +49,12 @@ class FitConfig:
     min_inputs: int = 32                 # fewer kept (or fewer than min_kept_fraction of the candidates): the
     min_kept_fraction: float = 0.125     # search is repeated at twice the radius (up to MAX_EPS), so the radius
                                          # does not depend on how many candidates are searched
-    output_probes: int = 128             # owner images whose outputs are compared (0: decisions only); a suspect
+    output_probes: int = 128             # images whose outputs are compared (0: decisions only); a suspect
                                          # costs at most candidates + output_probes = 384 forward passes, as
                                          # much as 128 forward+backward passes
+    output_probe_source: str = "queries"  # with a query log, the outputs are compared on a seeded sample of the
+                                         # logged queries (what a thief's distilled student was taught on,
+                                         # docs/results.md 6.2n); "owner": always on the owner's own images
     seed: int = 0
     varied_calibration: bool = True      # calibration reference j of each architecture is trained by
                                          # recipe.variant(j) (four common recipes), not all by the owner's
@@ -76,6 +80,9 @@ class FitConfig:
                 raise ConfigError(f"invalid {name} {value!r}: expected an integer >= {low}")
         if not 0 <= self.query_reference_share < 1:
             raise ConfigError(f"invalid query_reference_share {self.query_reference_share!r}: expected 0 <= share < 1")
+        if self.output_probe_source not in PROBE_SOURCES:
+            raise ConfigError(f"invalid output_probe_source {self.output_probe_source!r}: expected one of "
+                              f"{', '.join(PROBE_SOURCES)}")
         if self.query_weighting not in QUERY_WEIGHTINGS:
             raise ConfigError(f"invalid query_weighting {self.query_weighting!r}: expected one of "
                               f"{', '.join(QUERY_WEIGHTINGS)}")
@@ -137,6 +144,9 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     if data.num_classes > num_classes:
         raise GifindexError(f"owner data has labels up to {data.num_classes - 1} but the owner has "
                             f"{num_classes} outputs")
+    if queries is not None and tuple(queries.shape[1:]) != tuple(data.x.shape[1:]):
+        raise GifindexError(f"logged queries of shape {tuple(queries.shape[1:])} do not match the owner's images "
+                            f"{tuple(data.x.shape[1:])}")
     seed = config.seed * 10_000
     order = torch.randperm(len(data.y), generator=torch.Generator().manual_seed(seed + 7))
     helper_rows = order[len(order) // 2:] if config.disjoint else torch.arange(len(data.y))
@@ -170,10 +180,10 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         raise GifindexError(f"only {int(kept.sum())} of {len(pick)} inputs were conferrable (eps "
                             f"{', '.join(f'{e:g}' for e, _ in tried)}); try more --candidates or --surrogates")
     probe_inputs = probe_logits = None
+    probe_queries = 0
     if config.output_probes:
-        rest = candidate_rows[len(pick):]
-        rows = torch.cat([rest, candidate_rows])[:config.output_probes]  # images not searched first
-        probe_inputs = data.x[rows].contiguous()
+        probe_inputs, probe_queries = _probe_images(data, candidate_rows[len(pick):], candidate_rows, queries, config,
+                                                   seed)
         probe_logits = model_logits(owner, probe_inputs, device)
     query_inputs = query_answers = query_weights = None
     if queries is not None and len(queries):
@@ -224,10 +234,24 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     fingerprint.recipe = {"config": config.to_dict(), "helper_archs": list(archs), "owner_data": len(data.y),
                           "candidates": len(pick), "kept": fingerprint.size, "eps": search_config.eps,
                           "search": [{"eps": e, "kept": k} for e, k in tried],
-                          "output_probes": fingerprint.output_probes,
+                          "output_probes": fingerprint.output_probes, "output_probe_queries": probe_queries,
                           "logged_queries": 0 if queries is None else len(queries), "queries": fingerprint.queries,
                           "reviewed_queries": 0 if query_labels is None else int((query_labels >= 0).sum()),
                           "seconds": round(time.perf_counter() - started, 1),
                           "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
     log.info("fingerprint of %s: %d inputs, calibration %s", owner.name, fingerprint.size, fingerprint.calibration)
     return fingerprint
+
+
+def _probe_images(data: OwnerData, unsearched: torch.Tensor, candidate_rows: torch.Tensor,
+                  queries: torch.Tensor | None, config: FitConfig, seed: int) -> tuple[torch.Tensor, int]:
+    """(images, how many of them are logged queries) on which outputs are compared: with a query log and
+    ``output_probe_source`` "queries", a seeded sample of up to ``output_probes`` logged queries (a student
+    distilled through the owner's API learnt the owner's outputs on exactly those: docs/results.md 6.2n), then, to
+    make up ``output_probes`` from a shorter log, owner images, those not searched for conferrable inputs first."""
+    logged = torch.empty(0, *data.x.shape[1:])
+    if config.output_probe_source == "queries" and queries is not None and len(queries):
+        order = torch.randperm(len(queries), generator=torch.Generator().manual_seed(seed + 13))
+        logged = queries[order[:config.output_probes]].to(data.x.dtype)
+    rows = torch.cat([unsearched, candidate_rows])[:config.output_probes - len(logged)]
+    return torch.cat([logged, data.x[rows]]).contiguous(), len(logged)

@@ -43,7 +43,7 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, fit_fi
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import ReorderedOutputs, combine
 from gifindex.fingerprint.queries import QUERY_WEIGHTINGS, REVIEW_SHARE, least_sure
-from gifindex.fingerprint.fit import CALIBRATION_RECIPES, calibration_recipes, varied_calibration
+from gifindex.fingerprint.fit import CALIBRATION_RECIPES, PROBE_SOURCES, calibration_recipes, varied_calibration
 
 Z_THRESHOLD = 3.0
 SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp-agree", "fp-dec-z", "fp-out-z",
@@ -113,7 +113,10 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig, queries: str = "none"):
     signature z on independent models of its own architecture, docs/results.md 6.1)."""
     # v4: the calibration references train on the helpers' rows (under --disjoint, not the fingerprint's images)
     log_tag = "" if queries == "none" else f"-q{queries}"
-    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(config.to_dict(), 2)}{log_tag}-v5.npz"
+    settings = config.to_dict()
+    if queries == "none":  # where the probes come from matters only with a log: keep earlier fits' keys
+        settings.pop("output_probe_source")
+    path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(settings, 2)}{log_tag}-v5.npz"
     sidecar = path.with_suffix(".distances.json")
     if path.is_file() and sidecar.is_file():
         return load_fingerprint(path), json.loads(sidecar.read_text()), 0.0
@@ -433,8 +436,11 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=FitConfig().calibration_per_arch)
     parser.add_argument("--candidates", type=int, default=FitConfig().candidates)
     parser.add_argument("--output-probes", type=int, default=FitConfig().output_probes,
-                        help="owner images whose outputs are compared (0: decisions only, the fingerprint before "
+                        help="images whose outputs are compared (0: decisions only, the fingerprint before "
                         "outputs)")
+    parser.add_argument("--output-probes-from", choices=PROBE_SOURCES, default=FitConfig.output_probe_source,
+                        help="with --query-log, compare outputs on logged queries (queries, 6.2n) or on the owner's "
+                        "images (owner, before 6.2n)")
     parser.add_argument("--query-weighting", choices=QUERY_WEIGHTINGS, default=FitConfig.query_weighting,
                         help="how each kept answer to the logged queries counts (FitConfig.query_weighting; none: "
                         "alike, the query part before weights)")
@@ -469,7 +475,7 @@ def main() -> None:
                        candidates=args.candidates, output_probes=args.output_probes,
                        recipe=recipe, search=dataclasses.replace(default.search, eps=args.eps),
                        disjoint=args.disjoint, varied_calibration=varied_calibration(args.calibration_recipes),
-                       query_weighting=args.query_weighting)
+                       query_weighting=args.query_weighting, output_probe_source=args.output_probes_from)
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
@@ -487,7 +493,8 @@ def main() -> None:
     summary_task = summarise(results, "auc_task_negatives") if all(r["auc_task_negatives"] for r in results) \
         else None
     seeds = "-".join(map(str, args.seeds))
-    log_tag = "" if args.query_log == "none" else f"-q{args.query_log}-w{args.query_weighting}"
+    probes_tag = "-pqueries" if args.output_probes_from == "queries" else ""
+    log_tag = "" if args.query_log == "none" else f"-q{args.query_log}-w{args.query_weighting}{probes_tag}"
     write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}{log_tag}-s{seeds}.json",
                {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief,
                 "summary_foreign_students": summary_foreign, "summary_task_negatives": summary_task})
