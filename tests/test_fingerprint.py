@@ -18,7 +18,7 @@ from gifindex.errors import ConfigError, GifindexError, ProbeError
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreement, fit_fingerprint, judge,
                                   load_fingerprint, load_owner_data, load_query_log, output_scores, query_agreement,
                                   save_fingerprint)
-from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, Fingerprint, combine
+from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, Fingerprint, ReorderedOutputs, combine
 from gifindex.fingerprint.outputs import model_logits, non_top_profile, profile_contrast, profile_similarity
 from gifindex.fingerprint.conferrable import SearchConfig
 from gifindex.fingerprint.helpers import TrainRecipe, augment
@@ -185,6 +185,29 @@ def test_another_label_set_is_judged_through_its_class_map():
         dataclasses.replace(fp, reference_decisions=torch.zeros(3, 6, dtype=torch.int64))
     with pytest.raises(GifindexError, match="reference decisions"):
         dataclasses.replace(fp, reference_decisions=torch.full((4, 6), 3))
+
+
+def test_class_map_is_read_on_the_owners_images_when_the_probes_are_logged_queries():
+    """Probe images drawn from a query log carry the owner's errors: a rare class's majority can flip. A suspect
+    whose map there is not plainly the owner's labelling is mapped again on the owner's own images (map_inputs),
+    and only such a suspect pays those passes."""
+    from gifindex.fingerprint import mapped_decisions
+
+    fp = dataclasses.replace(_hand_made([0, 0, 1, 1, 2, 2]), map_inputs=torch.rand(4, 3, R, R),
+                             map_labels=torch.tensor([0, 1, 2, 2]))
+    # on the queries class 2 looks like 1 (not a permutation); on the owner's images the map is [1, 0, 0]
+    suspect = _wrap(_Scripted([[1, 1, 0, 0, 0, 1], [1, 0, 0, 0], [1, 0, 0, 1, 1, 1]], 2))
+    mapped = mapped_decisions(fp, suspect)
+    assert mapped.class_map == [1, 0, 0] and mapped.count == 6 and mapped.rate == pytest.approx(4 / 6)
+    # identity on the queries: the owner's labelling, no second read (a second call would find no script)
+    assert mapped_decisions(fp, _wrap(_Scripted([[0, 0, 1, 1, 2, 2]], 3))) is None
+    # a permuted copy whose map on the queries is blurred is recognised on the owner's images
+    permuted = mapped_decisions(fp, _wrap(_Scripted([[2, 2, 0, 0, 0, 1], [2, 0, 1, 1], [2, 0, 1, 2, 0, 0]], 3)))
+    assert permuted.class_map == [2, 0, 1] and permuted.renames and permuted.rate == pytest.approx(5 / 6)
+    with pytest.raises(GifindexError, match="class-map images"):
+        dataclasses.replace(fp, map_labels=torch.tensor([0, 1, 3, 2]))
+    with pytest.raises(GifindexError, match="class-map images"):
+        dataclasses.replace(fp, map_labels=None)
 
 
 def test_a_new_head_on_the_owners_body_is_found_through_its_class_map(fingerprint, owner, digits):
@@ -533,7 +556,7 @@ def test_the_query_log_recognises_a_hard_label_student_and_not_its_twin(query_fi
     assert fp.query_weights is None and back.query_weights is None and fp.query_effective_count == fp.queries
 
 
-def test_outputs_are_compared_on_the_logged_queries(query_fingerprint, owner, digits):
+def test_outputs_are_compared_on_the_logged_queries(query_fingerprint, owner, digits, tmp_path):
     """With a query log the owner's outputs are recorded on a seeded sample of the logged queries: a student
     distilled through the API learnt them there, on exactly those images. It copies the owner's ranking of the
     classes it did not choose; an independent model trained on the same images with their true labels does not."""
@@ -559,6 +582,16 @@ def test_outputs_are_compared_on_the_logged_queries(query_fingerprint, owner, di
     fp_owner = fit_fingerprint(owner, owner_data, config, build=_build, queries=thief_queries[:50])
     own = {row.numpy().tobytes() for row in owner_data.x}
     assert fp_owner.output_probe_queries == 0 and all(row.numpy().tobytes() in own for row in fp_owner.probe_inputs)
+    # the class map of a suspect is then read on owner images, stored beside the probes (and with them on disk)
+    assert fp.map_inputs.shape == (FAST.output_probes, 3, R, R) and fp_owner.map_inputs is None
+    assert all(row.numpy().tobytes() in own for row in fp.map_inputs)
+    assert torch.equal(fp.map_labels, model_logits(owner, fp.map_inputs).argmax(1))
+    back = load_fingerprint(save_fingerprint(fp, tmp_path / "q.npz"))
+    assert torch.equal(back.map_inputs, fp.map_inputs) and torch.equal(back.map_labels, fp.map_labels)
+    assert back.output_probe_queries == fp.output_probe_queries
+    reversed_owner = _wrap(ReorderedOutputs(owner.module, list(range(9, -1, -1))))
+    named_back = judge(fp, reversed_owner, "timm:test_resnet")
+    assert named_back.renamed and named_back.agreement == 1.0 and named_back.evidence >= 3.0
     with pytest.raises(ConfigError, match="invalid output_probe_source 'log'"):
         FitConfig(output_probe_source="log")
 

@@ -34,7 +34,9 @@ class Fingerprint:
     weighted agreement on them (``queries``; only when the owner supplied a query log). reference_decisions
     (K, N): each calibration reference's decision on ``inputs`` (in the order of ``calibration``), so that a
     suspect of another label set can be judged through how it relabels the owner's classes (``class_map``);
-    absent in fingerprints written before."""
+    absent in fingerprints written before. map_inputs (M, 3, R, R) owner images and map_labels (M,) the owner's
+    decisions on them: where a suspect's class map is read when the probe images are logged queries (on which the
+    owner errs more, so a rare class's majority can flip); None when the probes are the owner's own images."""
 
     owner: str
     owner_sha256: str | None
@@ -52,6 +54,8 @@ class Fingerprint:
     query_calibration: dict[str, list[float]] = field(default_factory=dict)
     query_weights: torch.Tensor | None = None
     reference_decisions: torch.Tensor | None = None
+    map_inputs: torch.Tensor | None = None
+    map_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.inputs.ndim != 4 or self.inputs.shape[0] != self.labels.shape[0]:
@@ -87,6 +91,12 @@ class Fingerprint:
             raise GifindexError(f"fingerprint of {self.owner!r}: reference decisions "
                                 f"{tuple(self.reference_decisions.shape)} do not match {len(self.null_rates)} "
                                 f"calibration references on {len(self.labels)} inputs")
+
+        if (self.map_inputs is None) != (self.map_labels is None) or self.map_inputs is not None and (
+                self.map_inputs.ndim != 4 or self.map_labels.shape != (len(self.map_inputs),)
+                or len(self.map_inputs) == 0 or self.map_labels.dtype != torch.int64
+                or int(self.map_labels.min()) < 0 or int(self.map_labels.max()) >= self.num_classes):
+            raise GifindexError(f"fingerprint of {self.owner!r}: class-map images do not match the owner's decisions")
 
     @property
     def size(self) -> int:
@@ -241,14 +251,29 @@ class MappedDecisions:
         return _labelling(self.class_map, self.outputs) == "renamed"
 
 
-def _class_map(fingerprint: Fingerprint, probe_logits: torch.Tensor) -> list[int]:
-    """Owner class c -> the suspect's most frequent answer on the owner's probe images of class c (-1: none)."""
+def _class_map(fingerprint: Fingerprint, probe_logits: torch.Tensor,
+               owner_answers: torch.Tensor | None = None) -> list[int]:
+    """Owner class c -> the suspect's most frequent answer on the images the owner puts in class c (-1: none):
+    the probe images, or those of ``owner_answers`` when given."""
     probe_answers = probe_logits.argmax(1)
-    owner_probe = fingerprint.probe_logits.argmax(1)
+    owner_probe = fingerprint.probe_logits.argmax(1) if owner_answers is None else owner_answers
     class_map = [-1] * fingerprint.num_classes
     for c in owner_probe.unique().tolist():
         class_map[c] = int(torch.bincount(probe_answers[owner_probe == c]).argmax())
     return class_map
+
+
+def _suspect_class_map(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
+                       probe_logits: torch.Tensor, device: str = "cpu", batch_size: int = 256) -> list[int]:
+    """The suspect's class map, read on the probe images; when those are logged queries and the map is not plainly
+    the owner's labelling (another output size, or not the identity), read again on the owner's own images
+    (``map_inputs``), where the owner's decisions are surest (only those suspects pay the extra passes)."""
+    mapping = _class_map(fingerprint, probe_logits)
+    if fingerprint.map_inputs is None or (probe_logits.shape[1] == fingerprint.num_classes
+                                          and mapping == list(range(fingerprint.num_classes))):
+        return mapping
+    logits = model_logits(model, fingerprint.map_inputs, device, batch_size)
+    return _class_map(fingerprint, logits, fingerprint.map_labels)
 
 
 def _labelling(class_map: list[int], outputs: int) -> str:
@@ -263,16 +288,19 @@ def _labelling(class_map: list[int], outputs: int) -> str:
 
 @torch.no_grad()
 def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
-                     batch_size: int = 256, probe_logits: torch.Tensor | None = None) -> MappedDecisions | None:
+                     batch_size: int = 256, probe_logits: torch.Tensor | None = None,
+                     class_map: list[int] | None = None) -> MappedDecisions | None:
     """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes; None
     when it names the owner's classes as the owner does (``_labelling``: ``agreement`` judges it), or the
     fingerprint lacks probe images or the references' decisions (fitted before), or no fingerprint input falls in
-    a mapped class. ``probe_logits``: the model's outputs on the probe images, when already computed."""
+    a mapped class. ``probe_logits``, ``class_map``: the model's outputs on the probe images and its class map, when
+    already computed."""
     if fingerprint.reference_decisions is None or fingerprint.probe_inputs is None:
         return None
     if probe_logits is None:
         probe_logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
-    mapping = _class_map(fingerprint, probe_logits)
+    mapping = class_map if class_map is not None else _suspect_class_map(fingerprint, model, probe_logits, device,
+                                                                         batch_size)
     if _labelling(mapping, probe_logits.shape[1]) == "owner":
         return None
     class_map = torch.tensor(mapping, dtype=torch.int64)
@@ -310,10 +338,11 @@ def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arc
     classes under other names (output units permuted) the same, after naming them back; one of another label set
     (transfer) by the decisions through its class map (``mapped_decisions``). Each image is passed once."""
     probe = None if fingerprint.probe_inputs is None else model_logits(model, fingerprint.probe_inputs, device)
-    class_map = None if probe is None or fingerprint.reference_decisions is None else _class_map(fingerprint, probe)
+    class_map = (None if probe is None or fingerprint.reference_decisions is None
+                 else _suspect_class_map(fingerprint, model, probe, device))
     labelling = "owner" if class_map is None else _labelling(class_map, probe.shape[1])
     if labelling == "mapped":
-        mapped = mapped_decisions(fingerprint, model, device, probe_logits=probe)
+        mapped = mapped_decisions(fingerprint, model, device, probe_logits=probe, class_map=class_map)
         return FingerprintScore.of(fingerprint, None, arch, mapped=mapped)
     if labelling == "renamed":
         adapter = SharedSpaceAdapter.of(model)

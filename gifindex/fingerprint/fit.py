@@ -179,12 +179,14 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     if int(kept.sum()) < 8:
         raise GifindexError(f"only {int(kept.sum())} of {len(pick)} inputs were conferrable (eps "
                             f"{', '.join(f'{e:g}' for e, _ in tried)}); try more --candidates or --surrogates")
-    probe_inputs = probe_logits = None
+    probe_inputs = probe_logits = map_inputs = map_labels = None
     probe_queries = 0
     if config.output_probes:
-        probe_inputs, probe_queries = _probe_images(data, candidate_rows[len(pick):], candidate_rows, queries, config,
-                                                   seed)
+        own = data.x[torch.cat([candidate_rows[len(pick):], candidate_rows])[:config.output_probes]].contiguous()
+        probe_inputs, probe_queries = _probe_images(own, queries, config, seed)
         probe_logits = model_logits(owner, probe_inputs, device)
+        if probe_queries:  # a suspect's class map is read on the owner's own images, where it errs least
+            map_inputs, map_labels = own, model_logits(owner, own, device).argmax(1)
     query_inputs = query_answers = query_weights = None
     if queries is not None and len(queries):
         if query_labels is not None and tuple(query_labels.shape) != (len(queries),):
@@ -205,7 +207,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                               labels=targets[kept].cpu(), num_classes=num_classes, calibration={},
                               probe_inputs=probe_inputs, probe_logits=probe_logits,
                               query_inputs=query_inputs, query_labels=query_answers,
-                              query_weights=query_weights)
+                              query_weights=query_weights, map_inputs=map_inputs, map_labels=map_labels)
     reference_logits: list[tuple[str, torch.Tensor]] = []
     reference_decisions: list[torch.Tensor] = []
     for a, arch in enumerate(archs):
@@ -243,15 +245,15 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     return fingerprint
 
 
-def _probe_images(data: OwnerData, unsearched: torch.Tensor, candidate_rows: torch.Tensor,
-                  queries: torch.Tensor | None, config: FitConfig, seed: int) -> tuple[torch.Tensor, int]:
+def _probe_images(own: torch.Tensor, queries: torch.Tensor | None, config: FitConfig,
+                  seed: int) -> tuple[torch.Tensor, int]:
     """(images, how many of them are logged queries) on which outputs are compared: with a query log and
     ``output_probe_source`` "queries", a seeded sample of up to ``output_probes`` logged queries (a student
     distilled through the owner's API learnt the owner's outputs on exactly those: docs/results.md 6.2n), then, to
-    make up ``output_probes`` from a shorter log, owner images, those not searched for conferrable inputs first."""
-    logged = torch.empty(0, *data.x.shape[1:])
+    make up ``output_probes`` from a shorter log, the owner's images ``own`` (those not searched for conferrable
+    inputs first)."""
+    logged = torch.empty(0, *own.shape[1:])
     if config.output_probe_source == "queries" and queries is not None and len(queries):
         order = torch.randperm(len(queries), generator=torch.Generator().manual_seed(seed + 13))
-        logged = queries[order[:config.output_probes]].to(data.x.dtype)
-    rows = torch.cat([unsearched, candidate_rows])[:config.output_probes - len(logged)]
-    return torch.cat([logged, data.x[rows]]).contiguous(), len(logged)
+        logged = queries[order[:config.output_probes]].to(own.dtype)
+    return torch.cat([logged, own[:config.output_probes - len(logged)]]).contiguous(), len(logged)

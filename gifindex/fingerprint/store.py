@@ -47,6 +47,9 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
         arrays["query_weights"] = fingerprint.query_weights.numpy().astype(np.float32)
     if fingerprint.reference_decisions is not None:
         arrays["reference_decisions"] = fingerprint.reference_decisions.numpy().astype(np.int64)
+    if fingerprint.map_inputs is not None:
+        arrays["map_inputs"] = fingerprint.map_inputs.numpy().astype(np.float32)
+        arrays["map_labels"] = fingerprint.map_labels.numpy().astype(np.int64)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
     atomic_write_bytes(target, buffer.getvalue())
@@ -67,6 +70,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             queries = (data["query_inputs"], data["query_labels"]) if "query_inputs" in data.files else None
             weights = data["query_weights"] if "query_weights" in data.files else None
             decided = data["reference_decisions"] if "reference_decisions" in data.files else None
+            mapping = (data["map_inputs"], data["map_labels"]) if "map_inputs" in data.files else None
     except GifindexError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -86,6 +90,9 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
         raise GifindexError(f"{source}: damaged fingerprint query arrays")
     if decided is not None and (decided.dtype != np.int64 or decided.ndim != 2):
         raise GifindexError(f"{source}: damaged fingerprint reference decisions")
+    if mapping is not None and (mapping[0].dtype != np.float32 or mapping[1].dtype != np.int64
+                                or not np.isfinite(mapping[0]).all()):
+        raise GifindexError(f"{source}: damaged fingerprint class-map images")
     try:
         calibration, output_calibration, query_calibration = (
             {str(k): [float(v) for v in vals] for k, vals in dict(meta.get(name) or {}).items()}
@@ -102,6 +109,8 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            query_labels=None if queries is None else torch.from_numpy(queries[1]),
                            query_calibration=query_calibration,
                            query_weights=None if weights is None else torch.from_numpy(weights),
-                           reference_decisions=None if decided is None else torch.from_numpy(decided))
+                           reference_decisions=None if decided is None else torch.from_numpy(decided),
+                           map_inputs=None if mapping is None else torch.from_numpy(mapping[0]),
+                           map_labels=None if mapping is None else torch.from_numpy(mapping[1]))
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None
