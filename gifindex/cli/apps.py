@@ -77,9 +77,8 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
             if fp.get("class_map") is not None:
                 click.echo(f"              {fp['note']}")
             if fp.get("output_z") is not None:
-                logged = fp.get("output_probe_queries") or 0
-                of_log = f" ({logged} of them logged queries)" if logged else ""
-                click.echo(f"outputs       similarity to the owner's on {fp['output_probes']} probe images{of_log} "
+                click.echo(f"outputs       similarity to the owner's on {fp['output_probes']} probe images"
+                           f"{_logged_share(fp.get('output_probe_queries'))} "
                            f"{fp['output_similarity']:.3f}, {fp['output_contrast']:+.3f} against independent "
                            f"references'; independent models {fp['output_null_mean']:+.3f} (sigma "
                            f"{fp['output_null_sigma']:.3f}): z {fp['output_z']:.2f}")
@@ -149,6 +148,11 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
                    "near it and score as derived (docs/results.md 6.2); a fingerprint (gifindex fit-probes) is "
                    "calibrated per architecture")
     random_note([r["suspect"] for r in result["models"] if r["random_init"]])
+
+
+def _logged_share(count: int | None) -> str:
+    """The note after a probe count when ``count`` of a fingerprint's probe images are logged queries."""
+    return f" ({count} of them logged queries)" if count else ""
 
 
 def _fmt(value: float | None) -> str:
@@ -236,10 +240,8 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
     click.echo(f"surrogates agree with the owner on {result['surrogate_agreement']:.1%} of them; held-out independent "
                f"models on {result['null_mean']:.1%}")
     if result["output_null_mean"] is not None:
-        logged = result["output_probe_queries"]
-        of_log = f" ({logged} of them logged queries)" if logged else ""
-        click.echo(f"outputs on {result['output_probes']} probe images{of_log}: held-out independent models' contrast "
-                   f"{result['output_null_mean']:+.3f}")
+        click.echo(f"outputs on {result['output_probes']} probe images{_logged_share(result['output_probe_queries'])}: "
+                   f"held-out independent models' contrast {result['output_null_mean']:+.3f}")
     if result["logged_queries"]:
         if result["query_null_mean"] is None:
             click.echo(f"query log: none of {result['logged_queries']} logged queries kept (fewer than 8 answers "
