@@ -474,6 +474,35 @@ def test_weighted_agreement_and_its_null(fingerprint, tmp_path):
         dataclasses.replace(fp, query_weights=torch.ones(3))
 
 
+def test_query_flag_rates_are_where_the_query_part_alone_reaches_the_verdict(fingerprint):
+    """A suspect repeating exactly the reported share of the kept answers (and nothing else of the owner's) has
+    evidence at the threshold; a log of few answers that independent models often give cannot flag anyone."""
+    from gifindex.cli.apps import _query_power
+    from gifindex.fingerprint.fingerprint import OTHER_ARCHS, FingerprintScore, single_look_z, stronger_of_two
+
+    assert stronger_of_two(single_look_z(3.0)) == pytest.approx(3.0) and single_look_z(3.0) > 3.0
+    assert stronger_of_two(single_look_z(5.0)) == pytest.approx(5.0)
+    calibration = {"timm:test_resnet": [0.2, 0.3, 0.25], "timm:test_vit": [0.1, 0.15]}
+    fp = dataclasses.replace(fingerprint, query_inputs=torch.rand(20, 3, R, R),
+                             query_labels=torch.arange(20) % 10, query_calibration=calibration)
+    rates = fp.query_flag_rates()
+    assert set(rates) == {"timm:test_resnet", "timm:test_vit", OTHER_ARCHS}
+    for arch, rate in rates.items():
+        arch = None if arch == OTHER_ARCHS else arch
+        mean, sigma, _ = fp.query_null(arch)
+        assert rate == pytest.approx(mean + single_look_z(3.0) * sigma)
+        at = FingerprintScore.of(fp, 0.0, arch, query_rate=rate)  # decisions far below: the query part alone
+        assert at.evidence == pytest.approx(3.0, abs=1e-6)
+        assert FingerprintScore.of(fp, 0.0, arch, query_rate=rate - 0.01).evidence < 3.0
+    assert all(rate < 1 for rate in rates.values())
+    assert _query_power(rates).startswith("a suspect that repeats at least ")
+    few = dataclasses.replace(fp, query_inputs=torch.rand(4, 3, R, R), query_labels=torch.arange(4),
+                              query_calibration={"timm:test_resnet": [0.5, 0.7, 0.6]})
+    assert min(few.query_flag_rates().values()) > 1  # 4 answers that independent models often give
+    assert _query_power(few.query_flag_rates()).startswith("too few answers for the log alone to flag a suspect of "
+                                                           "timm:test_resnet, (other architectures) even if")
+
+
 def test_reviewed_queries_keep_exactly_the_owners_wrong_answers(owner, digits):
     from gifindex.fingerprint.queries import wrong_answers
 
@@ -842,6 +871,8 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert "outputs on 16 probe images (16 of them logged queries): held-out independent models' contrast" \
         in text_fit.output, text_fit.output
     assert "logged queries carry the owner's idiosyncratic answers" in text_fit.output, text_fit.output
+    assert "of those answers is flagged on them alone" in text_fit.output or "too few answers for the log alone" \
+        in text_fit.output, text_fit.output
     with_log = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
     assert with_log.exit_code == 0 and "of the owner's kept answers to" in with_log.output
     assert "on 16 probe images (16 of them logged queries)" in with_log.output, with_log.output

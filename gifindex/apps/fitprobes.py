@@ -69,7 +69,9 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "logged_queries": 0 if logged is None else len(logged), "queries": fingerprint.queries,
             "reviewed_queries": fingerprint.recipe.get("reviewed_queries", 0),
             "query_null_mean": fingerprint.query_null()[0] if fingerprint.has_queries else None,
-            "query_calibration": fingerprint.query_calibration, "recipe": fingerprint.recipe}
+            "query_calibration": fingerprint.query_calibration,
+            "query_flag_rates": fingerprint.query_flag_rates() if fingerprint.has_queries else None,
+            "recipe": fingerprint.recipe}
 
 
 def review_queries(index: "Index", owner: str, queries: str, out: str, *, share: float = REVIEW_SHARE,

@@ -251,7 +251,20 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                     result["reviewed_queries"] else "carry the owner's idiosyncratic answers")
             click.echo(f"query log: {result['queries']} of {result['logged_queries']} logged queries {kind}; "
                        f"held-out independent models give {result['query_null_mean']:.1%} of those answers")
+            click.echo(_query_power(result["query_flag_rates"]))
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
+
+
+def _query_power(rates: dict[str, float]) -> str:
+    """What the query part alone can flag: the share of the kept answers a suspect must repeat, by architecture
+    (Fingerprint.query_flag_rates), and which architectures it cannot flag at all."""
+    low, high = min(rates.values()), max(rates.values())
+    span = f"{low:.0%}" if round(low, 2) == round(high, 2) else f"{low:.0%}-{high:.0%} by architecture"
+    beyond = [arch for arch, rate in rates.items() if rate > 1]
+    if not beyond:
+        return f"a suspect that repeats at least {span} of those answers is flagged on them alone"
+    return (f"too few answers for the log alone to flag a suspect of {', '.join(beyond)} even if it repeats every "
+            f"one (it would need {span}): review more of the log (`gifindex review-queries`)")
 
 
 @main.command("review-queries")

@@ -170,6 +170,19 @@ class Fingerprint:
             raise GifindexError(f"fingerprint of {self.owner!r} holds no logged queries (fit it with --queries)")
         return self._rate_null(self.query_calibration, self.query_effective_count, arch)
 
+    def query_flag_rates(self, z_threshold: float = 3.0) -> dict[str, float]:
+        """The share of the kept logged answers a suspect must repeat for the query part alone to reach
+        ``z_threshold`` in the verdict (after ``evidence``'s Sidak adjustment), per calibration architecture and for
+        any other (key OTHER_ARCHS). Above 1: the query part cannot flag such a suspect however many answers it
+        repeats; the log holds too few (wrong) answers for its null's spread, and reviewing more queries is what
+        helps (docs/results.md 6.2o: the hard-label students there repeat 38-95 % of them)."""
+        needed = single_look_z(z_threshold)
+        rates = {}
+        for arch in [*self.query_calibration, None]:
+            mean, sigma, _ = self.query_null(arch)
+            rates[OTHER_ARCHS if arch is None else arch] = mean + needed * sigma
+        return rates
+
 
 def _null(calibration: dict[str, list[float]], arch: str | None, within: bool) -> tuple[float, float, str]:
     """(mean, spread, which). The mean: of the architecture's references when it has two or more, else of all.
@@ -446,12 +459,7 @@ class FingerprintScore:
         base = self.owner_data_z
         if base is None or self.query_z is None:
             return base
-        from scipy.special import ndtri_exp
-        from scipy.stats import norm
-
-        log_p = float(norm.logsf(max(base, self.query_z)))  # in logs: overwhelming evidence must not underflow
-        log_either = log_p + math.log(2.0 - math.exp(log_p))  # 1 - (1 - p)^2 = p (2 - p)
-        return float(-ndtri_exp(log_either))
+        return stronger_of_two(max(base, self.query_z))
 
     def to_dict(self) -> dict[str, Any]:
         return {"agreement": self.agreement, "null_mean": self.null_mean, "null_sigma": self.null_sigma,
@@ -462,6 +470,28 @@ class FingerprintScore:
                 "query_agreement": self.query_agreement, "query_null_mean": self.query_null_mean,
                 "query_null_sigma": self.query_null_sigma, "query_z": self.query_z,
                 "class_map": self.class_map, "renamed": self.renamed, "mapped_inputs": self.mapped_inputs}
+
+
+OTHER_ARCHS = "(other architectures)"  # Fingerprint.query_flag_rates' key for a suspect of an uncalibrated architecture
+
+
+def stronger_of_two(z: float) -> float:
+    """The z of the larger of two z-scores, ``z``, Sidak-adjusted for having looked at two: from its one-sided
+    p, 1 - (1 - p)^2 = p (2 - p), back to a z (in logs: overwhelming evidence must not underflow)."""
+    from scipy.special import ndtri_exp
+    from scipy.stats import norm
+
+    log_p = float(norm.logsf(z))
+    return float(-ndtri_exp(log_p + math.log(2.0 - math.exp(log_p))))
+
+
+def single_look_z(z_threshold: float) -> float:
+    """The z one of two evidences must reach alone for ``stronger_of_two`` to reach ``z_threshold``: the inverse,
+    p = 1 - sqrt(1 - P) for the threshold's one-sided P."""
+    from scipy.stats import norm
+
+    tail = float(norm.sf(z_threshold))
+    return float(norm.isf(-math.expm1(0.5 * math.log1p(-tail))))
 
 
 def combine(signature_z: float | None, fingerprint_z: float | None) -> tuple[float | None, str]:
