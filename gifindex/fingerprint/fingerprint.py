@@ -175,7 +175,7 @@ class Fingerprint:
         ``z_threshold`` in the verdict (after ``evidence``'s Sidak adjustment), per calibration architecture and for
         any other (key OTHER_ARCHS). Above 1: the query part cannot flag such a suspect however many answers it
         repeats; the log holds too few (wrong) answers for its null's spread, and reviewing more queries is what
-        helps (docs/results.md 6.2o: the hard-label students there repeat 38-95 % of them)."""
+        helps (docs/results.md 6.2o: the hard-label students there repeat 37-100 % of them)."""
         needed = single_look_z(z_threshold)
         rates = {}
         for arch in [*self.query_calibration, None]:
