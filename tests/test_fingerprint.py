@@ -879,6 +879,12 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     judged = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner",
                                              "--json"]).stdout)["fingerprint"]
     assert judged["queries"] >= 8 and judged["query_z"] is not None
+    from gifindex.fingerprint.fingerprint import single_look_z
+
+    assert judged["query_flag_rate"] == pytest.approx(judged["query_null_mean"]
+                                                      + single_look_z(3.0) * judged["query_null_sigma"])
+    assert ("would flag it on them alone" if judged["query_flag_rate"] <= 1 else "too few of them to flag it") \
+        in with_log.output, with_log.output
     from scipy.stats import norm
 
     assert judged["owner_data_z"] == pytest.approx((judged["decision_z"] + judged["output_z"]) / np.sqrt(2))

@@ -89,6 +89,10 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
                 click.echo(f"query log     repeats {fp['query_agreement']:.1%} of the owner's kept answers to "
                            f"{fp['queries']} logged queries{weighed}; independent models {fp['query_null_mean']:.1%} "
                            f"(sigma {fp['query_null_sigma']:.1%}): z {fp['query_z']:.2f}")
+                needed = fp["query_flag_rate"]
+                click.echo("              " + (f"repeating {needed:.0%} of them would flag it on them alone"
+                                               if needed <= 1 else "too few of them to flag it on them alone, "
+                                               "however many it repeated"))
     elif not no_fingerprint:
         click.echo("fingerprint   none for this owner (gifindex fit-probes adds evidence against distilled copies)")
     if fp is not None:
