@@ -503,6 +503,22 @@ def test_query_flag_rates_are_where_the_query_part_alone_reaches_the_verdict(fin
                                                            "timm:test_resnet, (other architectures) even if")
 
 
+def test_a_verdict_only_an_unreviewed_log_carries_says_so():
+    from gifindex.cli.apps import unreviewed_note
+
+    def result(reviewed, owner_data_z, query_z=5.0, verdict="derived", evidence="fingerprint"):
+        return {"evidence": evidence, "verdict": verdict,
+                "fingerprint": {"queries_reviewed": reviewed, "owner_data_z": owner_data_z, "query_z": query_z}}
+
+    assert unreviewed_note(result(False, 1.0), 3.0).startswith("carried by an unreviewed query log: ")
+    assert unreviewed_note(result(False, None), 3.0) is not None  # outputs about other classes: the log carried it
+    assert unreviewed_note(result(True, 1.0), 3.0) is None  # reviewed: the wrong answers no honest model learns
+    assert unreviewed_note(result(None, 1.0, None), 3.0) is None  # no log
+    assert unreviewed_note(result(False, 3.5), 3.0) is None  # the owner's own data carries it as well
+    assert unreviewed_note(result(False, 1.0, verdict="unrelated"), 3.0) is None
+    assert unreviewed_note(result(False, 1.0, evidence="signature"), 3.0) is None
+
+
 def test_reviewed_queries_keep_exactly_the_owners_wrong_answers(owner, digits):
     from gifindex.fingerprint.queries import wrong_answers
 
@@ -873,12 +889,13 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert "logged queries carry the owner's idiosyncratic answers" in text_fit.output, text_fit.output
     assert "of those answers is flagged on them alone" in text_fit.output or "too few answers for the log alone" \
         in text_fit.output, text_fit.output
+    assert "the log is not reviewed: where your model is more accurate" in text_fit.output, text_fit.output
     with_log = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
     assert with_log.exit_code == 0 and "of the owner's kept answers to" in with_log.output
     assert "on 16 probe images (16 of them logged queries)" in with_log.output, with_log.output
     judged = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner",
                                              "--json"]).stdout)["fingerprint"]
-    assert judged["queries"] >= 8 and judged["query_z"] is not None
+    assert judged["queries"] >= 8 and judged["query_z"] is not None and judged["queries_reviewed"] is False
     from gifindex.fingerprint.fingerprint import single_look_z
 
     assert judged["query_flag_rate"] == pytest.approx(judged["query_null_mean"]

@@ -208,6 +208,7 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
     out.update({"inputs": score.mapped_inputs or fingerprint.size, "owner_classes": fingerprint.num_classes,
                 "output_probes": fingerprint.output_probes, "output_probe_queries": fingerprint.output_probe_queries,
                 "queries": fingerprint.queries,
+                "queries_reviewed": bool(fingerprint.recipe.get("reviewed_queries")) if fingerprint.queries else None,
                 "query_effective_count": fingerprint.query_effective_count if fingerprint.queries else None,
                 "comparable": score.agreement is not None})
     if score.agreement is None:

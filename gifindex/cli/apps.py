@@ -98,9 +98,9 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
     if fp is not None:
         click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when z "
                    f">= {z_threshold:g}; z {result['z']:.2f})")
-        lead = lead_note(result, z_threshold)
-        if lead:
-            click.echo(f"              {lead}")
+        for note in (lead_note(result, z_threshold), unreviewed_note(result, z_threshold)):
+            if note:
+                click.echo(f"              {note}")
     else:
         click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "
                    f"<= {result['threshold']['distance']:.4f})")
@@ -256,6 +256,9 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
             click.echo(f"query log: {result['queries']} of {result['logged_queries']} logged queries {kind}; "
                        f"held-out independent models give {result['query_null_mean']:.1%} of those answers")
             click.echo(_query_power(result["query_flag_rates"]))
+            if not result["reviewed_queries"]:
+                click.echo(f"the log is not reviewed: {UNREVIEWED}; review its least sure queries (`gifindex "
+                           "review-queries`) before relying on a verdict they carry")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
 
 
@@ -395,6 +398,24 @@ def lead_note(result: dict, z_threshold: float) -> str | None:
         return None
     return (f"z {z:.2f} is a lead, not evidence: hard-label students of yours score here, but so do independent "
             "models trained by other recipes and students of other models (docs/results.md 6.2e-6.2f)")
+
+
+UNREVIEWED = ("where your model is more accurate than the references it trains, many of those answers are right, "
+              "and models trained on the same images give them too")
+
+
+def unreviewed_note(result: dict, z_threshold: float) -> str | None:
+    """For a 'derived' verdict that only an unreviewed query log carried (the owner-data z alone is below the
+    threshold): why to review the log before relying on it (docs/results.md 6.2i: such a log flagged 25-75 % of
+    the independent models trained on the thief's images on mnist32); None otherwise."""
+    fp = result.get("fingerprint") or {}
+    if result.get("evidence") != "fingerprint" or result.get("verdict") != "derived" or fp.get("queries_reviewed") \
+            is not False or fp.get("query_z") is None:
+        return None
+    if fp.get("owner_data_z") is not None and fp["owner_data_z"] >= z_threshold:
+        return None
+    return (f"carried by an unreviewed query log: {UNREVIEWED}; review it (`gifindex review-queries`, then "
+            "`fit-probes --queries`) before relying on this verdict")
 
 
 def random_note(names: list[str]) -> None:
