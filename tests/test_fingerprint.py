@@ -62,6 +62,47 @@ def fingerprint(owner, digits):
     return fit_fingerprint(owner, digits[1], FAST, build=_build)
 
 
+def test_helpers_trained_apart_or_kept_fit_the_same_fingerprint(owner, digits, fingerprint, tmp_path):
+    """Helpers trained on their own (or kept on disk and loaded back) give exactly the fingerprint a fit that trains
+    them gives; helpers of another owner, data or setting are refused, and a kept file of another key is not used."""
+    from gifindex.fingerprint import helper_key, load_helpers, save_helpers, train_helpers
+
+    helpers = train_helpers(owner, digits[1], FAST, build=_build)
+    assert helpers.count == 2 + 2 + 2 and [r for r, _, _ in helpers.named()] == ["surrogate"] * 2 + ["reference"] * 2 \
+        + ["calibration"] * 2
+
+    def same(fp):
+        assert torch.equal(fp.inputs, fingerprint.inputs) and torch.equal(fp.labels, fingerprint.labels)
+        assert fp.calibration == fingerprint.calibration and fp.output_calibration == fingerprint.output_calibration
+        assert torch.equal(fp.reference_logits, fingerprint.reference_logits)
+
+    fitted = fit_fingerprint(owner, digits[1], FAST, build=_build, helpers=helpers)
+    same(fitted)
+    assert fitted.recipe["helpers_reused"] is True and fingerprint.recipe["helpers_reused"] is False
+    path = save_helpers(helpers, 10, tmp_path / "kept.helpers.pt")
+    back = load_helpers(path, _build, helper_key(owner, digits[1], FAST))
+    assert back is not None and back.count == helpers.count and back.archs == helpers.archs
+    same(fit_fingerprint(owner, digits[1], FAST, build=_build, helpers=back))
+    other = dataclasses.replace(FAST, seed=1)
+    assert load_helpers(path, _build, helper_key(owner, digits[1], other)) is None  # trained otherwise: not used
+    with pytest.raises(GifindexError, match="trained from another owner, owner data or helper settings"):
+        fit_fingerprint(owner, digits[1], other, build=_build, helpers=helpers)
+    fewer = OwnerData(digits[1].x[:500], digits[1].y[:500])
+    with pytest.raises(GifindexError, match="trained from another owner"):
+        fit_fingerprint(owner, fewer, FAST, build=_build, helpers=helpers)
+    # what does not train the helpers does not change the key: probes, candidates, query settings
+    assert helper_key(owner, digits[1], dataclasses.replace(FAST, output_probes=0, candidates=64,
+                                                            max_queries=16)) == helpers.key
+    # a damaged file, or one holding pickled code, is one clear error and runs nothing
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    with pytest.raises(GifindexError, match="not a readable gifindex helpers file"):
+        load_helpers(tmp_path / "bad.pt", _build)
+    torch.save({"format": "gifindex-helpers-1", "models": [{"role": "surrogate", "arch": "x",
+                                                            "state": _Fixed([0])}]}, tmp_path / "code.pt")
+    with pytest.raises(GifindexError, match="not a readable gifindex helpers file"):
+        load_helpers(tmp_path / "code.pt", _build)
+
+
 def test_owner_data_from_npz_and_folder(tmp_path):
     x = (np.random.default_rng(0).random((30, 8, 8)) * 255).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(30) % 3)
@@ -881,8 +922,10 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     text_fit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
                                     "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
                                     "--calibration", "2", "--candidates", "64", "--output-probes", "16",
-                                    "--epochs", "1", "--eps", "0.1", "--queries", str(tmp_path / "queries.npy")])
+                                    "--epochs", "1", "--eps", "0.1", "--queries", str(tmp_path / "queries.npy"),
+                                    "--keep-helpers"])
     assert text_fit.exit_code == 0, text_fit.output
+    assert "kept the 4 helper models in " in text_fit.output, text_fit.output
     assert "inputs of 64 candidates at eps 0." in text_fit.output
     assert "outputs on 16 probe images (16 of them logged queries): held-out independent models' contrast" \
         in text_fit.output, text_fit.output
@@ -939,6 +982,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
                                     "--calibration", "2", "--candidates", "64", "--output-probes", "0",
                                     "--epochs", "1", "--eps", "0.1", "--queries", str(review)])
     assert reviewed.exit_code == 0, reviewed.output
+    assert "reused the 4 helper models kept in " in reviewed.output, reviewed.output  # only the log changed
     assert "of the 75 reviewed were answered wrongly" in reviewed.output or \
         "wrong answers among the reviewed logged queries" in reviewed.output, reviewed.output
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])

@@ -15,7 +15,8 @@ from ..fingerprint import (FitConfig, fingerprint_path, fit_fingerprint, load_ow
                            save_fingerprint)
 from ..fingerprint.conferrable import SearchConfig
 from ..fingerprint.fit import calibration_recipes as recipes_name
-from ..fingerprint.fit import varied_calibration
+from ..fingerprint.fit import default_builder, helper_key, train_helpers, varied_calibration
+from ..fingerprint.store import helpers_path, load_helpers, save_helpers
 from ..fingerprint.helpers import TrainRecipe
 from ..fingerprint.queries import REVIEW_SHARE, least_sure
 from ..models import load_model
@@ -33,11 +34,14 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                output_probes_from: str = FitConfig.output_probe_source, eps: float = SearchConfig.eps,
                epochs: int = TrainRecipe.epochs, seed: int = 0, device: str = "cpu", wait: float = 0.0,
                queries: str | None = None, max_queries: int = FitConfig.max_queries,
-               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+               keep_helpers: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit and store the fingerprint of the indexed model ``owner``; returns what was stored.
     ``calibration_recipes``: "varied" (FitConfig.varied_calibration) or "owner"; ``queries``: the owner's
     query log (an image array or folder), whose idiosyncratic answers become the fingerprint's third part;
-    ``output_probes_from``: FitConfig.output_probe_source."""
+    ``output_probes_from``: FitConfig.output_probe_source. Helper models kept in the index by an earlier fit
+    (``keep_helpers``) are reused when they were trained from the same owner weights, data and helper settings
+    (``helper_key``): a refit with a newly reviewed log then skips nearly all of its cost."""
+    say = progress or (lambda _msg: None)
     varied = varied_calibration(calibration_recipes)
     _require_owner(index, owner)
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
@@ -51,11 +55,26 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     owner_data = load_owner_data(data, index.config.resolution)
     logged, reviewed = (None, None) if queries is None else load_query_log(queries, index.config.resolution)
     loaded = _owner_model(index, owner, device)
+    kept_at, key = helpers_path(index.root, owner), helper_key(loaded, owner_data, config)
+    helpers = None
+    if kept_at.is_file():
+        try:
+            helpers = load_helpers(kept_at, default_builder(loaded), key)
+        except GifindexError as exc:
+            say(f"{exc}: training the helpers again")
+        if helpers is not None:
+            say(f"reusing the {helpers.count} helper models kept by an earlier fit (same owner weights, data and "
+                "helper settings)")
+    reused = helpers is not None
+    if helpers is None:
+        helpers = train_helpers(loaded, owner_data, config, device=device, progress=progress)
     fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress, queries=logged,
-                                  query_labels=reviewed)
+                                  query_labels=reviewed, helpers=helpers)
     path = fingerprint_path(index.root, owner)
     with index.writer(wait=wait):
         save_fingerprint(fingerprint, path)
+        if keep_helpers and not reused:
+            save_helpers(helpers, fingerprint.num_classes, kept_at)
     null = fingerprint.null()
     surrogate = fingerprint.recipe.get("surrogate_agreement", [])
     return {"owner": owner, "path": str(path), "inputs": fingerprint.size,
@@ -71,6 +90,9 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "query_null_mean": fingerprint.query_null()[0] if fingerprint.has_queries else None,
             "query_calibration": fingerprint.query_calibration,
             "query_flag_rates": fingerprint.query_flag_rates() if fingerprint.has_queries else None,
+            "helpers": helpers.count, "helpers_reused": reused,
+            "helpers_path": str(kept_at) if reused or keep_helpers else None,
+            "helpers_bytes": kept_at.stat().st_size if (reused or keep_helpers) and kept_at.is_file() else None,
             "recipe": fingerprint.recipe}
 
 

@@ -207,6 +207,10 @@ def _fmt(value: float | None) -> str:
                    "models trained on the same images then follow them too (README)")
 @click.option("--max-queries", type=click.IntRange(8, 100_000), default=1024, show_default=True,
               help="idiosyncratic answers kept from the query log at most (one forward pass each per suspect)")
+@click.option("--keep-helpers", is_flag=True,
+              help="keep the trained helper models in the index (beside the fingerprint): a later fit of the same "
+                   "owner, data and helper settings (say with a newly reviewed query log) reuses them instead of "
+                   "training them again, nearly all of a fit's time; kept helpers are always reused when they match")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @wait_option
@@ -214,7 +218,7 @@ def _fmt(value: float | None) -> str:
 def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[str, ...], surrogates: int,
                references: int, calibration: int, calibration_recipes: str, candidates: int, output_probes: int,
                output_probes_from: str, eps: float, epochs: int, queries_path: str | None, max_queries: int,
-               seed: int, device: str, wait: float, as_json: bool) -> None:
+               keep_helpers: bool, seed: int, device: str, wait: float, as_json: bool) -> None:
     """Fit OWNER's fingerprint from its own data: `suspect` then weighs decisions and outputs (distilled copies).
 
     Trains surrogates (students of OWNER) and references (independent models) on the owner's data, keeps
@@ -234,7 +238,8 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                             calibration_recipes=calibration_recipes, candidates=candidates,
                             output_probes=output_probes, output_probes_from=output_probes_from, eps=eps,
                             queries=queries_path,
-                            max_queries=max_queries, epochs=epochs, seed=seed, device=check_device(device), wait=wait,
+                            max_queries=max_queries, keep_helpers=keep_helpers, epochs=epochs, seed=seed,
+                            device=check_device(device), wait=wait,
                             progress=lambda msg: click.echo(msg, err=True))
     if as_json:
         emit_json(result)
@@ -260,6 +265,12 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                 click.echo(f"the log is not reviewed: {UNREVIEWED}; review its least sure queries (`gifindex "
                            "review-queries`) before relying on a verdict they carry")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
+    if result["helpers_reused"]:
+        click.echo(f"reused the {result['helpers']} helper models kept in {result['helpers_path']}")
+    elif result["helpers_path"]:
+        click.echo(f"kept the {result['helpers']} helper models in {result['helpers_path']} "
+                   f"({result['helpers_bytes'] / 2 ** 20:.1f} MiB): a refit of the same owner, data and helper "
+                   "settings (another query log, more probes) reuses them")
 
 
 def _query_power(rates: dict[str, float]) -> str:

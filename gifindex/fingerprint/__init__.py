@@ -32,9 +32,10 @@ logged queries (``queries``) -> ``Fingerprint``
 from .data import OwnerData, load_owner_data, load_query_log
 from .fingerprint import (Fingerprint, FingerprintScore, MappedDecisions, OutputScore, agreement, judge,
                           mapped_decisions, output_scores, query_agreement)
-from .fit import FitConfig, fit_fingerprint
-from .store import fingerprint_path, load_fingerprint, save_fingerprint
+from .fit import FitConfig, Helpers, fit_fingerprint, helper_key, train_helpers
+from .store import fingerprint_path, helpers_path, load_fingerprint, load_helpers, save_fingerprint, save_helpers
 
-__all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "MappedDecisions", "OutputScore", "OwnerData", "agreement",
-           "fingerprint_path", "fit_fingerprint", "judge", "load_fingerprint", "load_owner_data", "load_query_log",
-           "mapped_decisions", "output_scores", "query_agreement", "save_fingerprint"]
+__all__ = ["Fingerprint", "FingerprintScore", "FitConfig", "Helpers", "MappedDecisions", "OutputScore", "OwnerData",
+           "agreement", "fingerprint_path", "fit_fingerprint", "helper_key", "helpers_path", "judge",
+           "load_fingerprint", "load_helpers", "load_owner_data", "load_query_log", "mapped_decisions", "output_scores",
+           "query_agreement", "save_fingerprint", "save_helpers", "train_helpers"]

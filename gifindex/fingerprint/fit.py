@@ -8,6 +8,8 @@ to choose the inputs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import time
@@ -123,36 +125,86 @@ def default_builder(owner: LoadedModel) -> Builder:
     return build
 
 
-def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = FitConfig(), *,
-                    build: Builder | None = None, device: str = "cpu", progress: Progress | None = None,
-                    on_calibration: Callable[[str, LoadedModel], None] | None = None,
-                    queries: torch.Tensor | None = None, query_labels: torch.Tensor | None = None) -> Fingerprint:
-    """Train the owner's helpers on ``data``, search conferrable inputs, and calibrate on held-out references
-    (each also handed to ``on_calibration(arch, model)``, for evaluations that score them in other ways).
-    ``queries``: inputs the owner's API answered (N, 3, R, R) in [0, 1], its query log (``queries``);
-    ``query_labels`` (N,): their true labels where the owner reviewed them (-1 elsewhere): then only the
-    answers known to be wrong are kept."""
-    say = progress or (lambda _msg: None)
+@dataclass
+class Helpers:
+    """The helper models a fit trains, nearly all of its cost: surrogates and references (which choose the inputs and
+    the logged answers kept) and the calibration references (architecture, model; the null). ``key``
+    (``helper_key``) names what they were trained from, so a refit with another query log or probe count reuses
+    them only when the owner's weights, its data and every training setting are the same."""
+
+    key: str
+    archs: tuple[str, ...]  # surrogates and references cycle through them
+    surrogates: list[LoadedModel]
+    references: list[LoadedModel]
+    calibration: list[tuple[str, LoadedModel]]
+
+    @property
+    def count(self) -> int:
+        return len(self.surrogates) + len(self.references) + len(self.calibration)
+
+    def named(self) -> list[tuple[str, str, LoadedModel]]:
+        """(role, architecture, model) of every helper, in training order."""
+        cycle = lambda i: self.archs[i % len(self.archs)]  # noqa: E731
+        return ([("surrogate", cycle(i), m) for i, m in enumerate(self.surrogates)]
+                + [("reference", cycle(i), m) for i, m in enumerate(self.references)]
+                + [("calibration", arch, m) for arch, m in self.calibration])
+
+
+HELPER_SETTINGS = ("surrogates", "references", "calibration_per_arch", "varied_calibration", "disjoint", "seed",
+                   "recipe")  # the FitConfig fields that decide how the helpers are trained
+
+
+def helper_key(owner: LoadedModel, data: OwnerData, config: FitConfig) -> str:
+    """A digest of everything the helpers are trained from: the owner's weights and input convention (surrogates learn
+    its decisions; helpers take its input size, mean and std), the owner data, the helper architectures and the
+    training settings (``HELPER_SETTINGS``)."""
+    digest = hashlib.sha256()
+    settings = {name: getattr(config, name) for name in HELPER_SETTINGS}
+    settings["recipe"] = dataclasses.asdict(config.recipe)
+    spec = owner.spec
+    digest.update(json.dumps({"archs": list(_helper_archs(owner, config)), "settings": settings,
+                              "spec": [list(spec.size), list(spec.mean), list(spec.std)]},
+                             sort_keys=True).encode())
+    if owner.weights_sha256:
+        digest.update(owner.weights_sha256.encode())
+    else:  # a module built in memory: its parameters and buffers themselves
+        for name, tensor in sorted(owner.module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for tensor in (data.x, data.y):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _helper_archs(owner: LoadedModel, config: FitConfig) -> tuple[str, ...]:
     archs = tuple(config.helper_archs or ((owner.arch,) if owner.arch else ()))
     if not archs:
         raise ConfigError("the owner's architecture is unknown: name helper architectures (--helper-arch REF)")
+    return archs
+
+
+def _rows(data: OwnerData, config: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows the helpers train on, rows the candidates and probe images come from), in a seeded order."""
+    order = torch.randperm(len(data.y), generator=torch.Generator().manual_seed(config.seed * 10_000 + 7))
+    if config.disjoint:
+        return order[len(order) // 2:], order[:len(order) // 2]
+    return torch.arange(len(data.y)), order
+
+
+def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitConfig(), *,
+                  build: Builder | None = None, device: str = "cpu", progress: Progress | None = None) -> Helpers:
+    """Train the owner's helpers on ``data`` as ``fit_fingerprint`` does (each seeded on its own, so the same
+    models whether trained here or inside a fit)."""
+    say = progress or (lambda _msg: None)
+    archs = _helper_archs(owner, config)
     build = build or default_builder(owner)
-    started = time.perf_counter()
     owner_fn = SharedSpaceAdapter.of(owner).to(device).eval().logits
-    with torch.no_grad():
-        num_classes = int(owner_fn(data.x[:2].to(device)).shape[1])
-    if data.num_classes > num_classes:
-        raise GifindexError(f"owner data has labels up to {data.num_classes - 1} but the owner has "
-                            f"{num_classes} outputs")
-    if queries is not None and tuple(queries.shape[1:]) != tuple(data.x.shape[1:]):
-        raise GifindexError(f"logged queries of shape {tuple(queries.shape[1:])} do not match the owner's images "
-                            f"{tuple(data.x.shape[1:])}")
+    num_classes = _owner_classes(owner_fn, data, device)
     seed = config.seed * 10_000
-    order = torch.randperm(len(data.y), generator=torch.Generator().manual_seed(seed + 7))
-    helper_rows = order[len(order) // 2:] if config.disjoint else torch.arange(len(data.y))
-    candidate_rows = order[:len(order) // 2] if config.disjoint else order
+    helper_rows, _ = _rows(data, config)
     train_x, train_y = data.x[helper_rows], data.y[helper_rows]
-    surrogates, references = [], []
+    surrogates, references, calibration = [], [], []
     for i in range(config.surrogates):
         arch = archs[i % len(archs)]
         say(f"surrogate {i + 1}/{config.surrogates}: {arch}")
@@ -163,6 +215,52 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         say(f"reference {i + 1}/{config.references}: {arch}")
         references.append(train_reference(build, arch, train_x, train_y, num_classes, config.recipe,
                                           seed + 200 + i, device))
+    for a, arch in enumerate(archs):
+        for j in range(config.calibration_per_arch):
+            say(f"calibration reference {arch} #{j + 1}")
+            recipe = config.recipe.variant(j) if config.varied_calibration else config.recipe
+            calibration.append((arch, train_reference(build, arch, train_x, train_y, num_classes, recipe,
+                                                      seed + 300 + 10 * a + j, device)))
+    return Helpers(helper_key(owner, data, config), archs, surrogates, references, calibration)
+
+
+def _owner_classes(owner_fn: Callable[[torch.Tensor], torch.Tensor], data: OwnerData, device: str) -> int:
+    with torch.no_grad():
+        num_classes = int(owner_fn(data.x[:2].to(device)).shape[1])
+    if data.num_classes > num_classes:
+        raise GifindexError(f"owner data has labels up to {data.num_classes - 1} but the owner has "
+                            f"{num_classes} outputs")
+    return num_classes
+
+
+def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = FitConfig(), *,
+                    build: Builder | None = None, device: str = "cpu", progress: Progress | None = None,
+                    on_calibration: Callable[[str, LoadedModel], None] | None = None,
+                    queries: torch.Tensor | None = None, query_labels: torch.Tensor | None = None,
+                    helpers: Helpers | None = None) -> Fingerprint:
+    """Train the owner's helpers on ``data`` (or take ``helpers`` trained earlier from the same owner, data and
+    settings: ``train_helpers``), search conferrable inputs, and calibrate on held-out references
+    (each also handed to ``on_calibration(arch, model)``, for evaluations that score them in other ways).
+    ``queries``: inputs the owner's API answered (N, 3, R, R) in [0, 1], its query log (``queries``);
+    ``query_labels`` (N,): their true labels where the owner reviewed them (-1 elsewhere): then only the
+    answers known to be wrong are kept."""
+    say = progress or (lambda _msg: None)
+    archs = _helper_archs(owner, config)
+    started = time.perf_counter()
+    owner_fn = SharedSpaceAdapter.of(owner).to(device).eval().logits
+    num_classes = _owner_classes(owner_fn, data, device)
+    if queries is not None and tuple(queries.shape[1:]) != tuple(data.x.shape[1:]):
+        raise GifindexError(f"logged queries of shape {tuple(queries.shape[1:])} do not match the owner's images "
+                            f"{tuple(data.x.shape[1:])}")
+    reused = helpers is not None
+    if helpers is None:
+        helpers = train_helpers(owner, data, config, build=build, device=device, progress=progress)
+    elif helpers.key != helper_key(owner, data, config):
+        raise GifindexError("the helper models given were trained from another owner, owner data or helper settings "
+                            "(architectures, counts, recipe, seed): train them again")
+    seed = config.seed * 10_000
+    _, candidate_rows = _rows(data, config)
+    surrogates, references = helpers.surrogates, helpers.references
     pick = candidate_rows[:config.candidates]
     as_fn = [SharedSpaceAdapter.of(m).to(device).eval().logits for m in surrogates + references]
     search_config, tried = config.search, []
@@ -210,23 +308,17 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                               query_weights=query_weights, map_inputs=map_inputs, map_labels=map_labels)
     reference_logits: list[tuple[str, torch.Tensor]] = []
     reference_decisions: list[torch.Tensor] = []
-    for a, arch in enumerate(archs):
-        for j in range(config.calibration_per_arch):
-            say(f"calibration reference {arch} #{j + 1}")
-            recipe = config.recipe.variant(j) if config.varied_calibration else config.recipe
-            model = train_reference(build, arch, train_x, train_y, num_classes, recipe,
-                                    seed + 300 + 10 * a + j, device)
-            decided = model_logits(model, fingerprint.inputs, device).argmax(1)  # once: its rate and, stored, its map
-            reference_decisions.append(decided)
-            fingerprint.calibration.setdefault(arch, []).append(int((decided == fingerprint.labels).sum())
-                                                                / fingerprint.size)
-            if query_answers is not None:
-                fingerprint.query_calibration.setdefault(arch, []).append(query_agreement(fingerprint, model,
-                                                                                          device))
-            if probe_inputs is not None:
-                reference_logits.append((arch, model_logits(model, probe_inputs, device)))
-            if on_calibration is not None:
-                on_calibration(arch, model)
+    for arch, model in helpers.calibration:
+        decided = model_logits(model, fingerprint.inputs, device).argmax(1)  # once: its rate and, stored, its map
+        reference_decisions.append(decided)
+        fingerprint.calibration.setdefault(arch, []).append(int((decided == fingerprint.labels).sum())
+                                                            / fingerprint.size)
+        if query_answers is not None:
+            fingerprint.query_calibration.setdefault(arch, []).append(query_agreement(fingerprint, model, device))
+        if probe_inputs is not None:
+            reference_logits.append((arch, model_logits(model, probe_inputs, device)))
+        if on_calibration is not None:
+            on_calibration(arch, model)
     fingerprint.reference_decisions = torch.stack(reference_decisions)  # for suspects of another label set
     if len(reference_logits) >= 2:  # each reference's contrast against the others is the outputs' null
         fingerprint.reference_logits = torch.stack([logits for _, logits in reference_logits])
@@ -239,7 +331,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                           "output_probes": fingerprint.output_probes, "output_probe_queries": probe_queries,
                           "logged_queries": 0 if queries is None else len(queries), "queries": fingerprint.queries,
                           "reviewed_queries": 0 if query_labels is None else int((query_labels >= 0).sum()),
-                          "seconds": round(time.perf_counter() - started, 1),
+                          "seconds": round(time.perf_counter() - started, 1), "helpers_reused": reused,
                           "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
     log.info("fingerprint of %s: %d inputs, calibration %s", owner.name, fingerprint.size, fingerprint.calibration)
     return fingerprint

@@ -1,4 +1,6 @@
-"""Fingerprints live in the index (``INDEX/fingerprints/<owner>.npz``), written atomically."""
+"""Fingerprints live in the index (``INDEX/fingerprints/<owner>.npz``), written atomically; so, when the owner asks
+to keep them, do the helper models they were fitted with (``<owner>.helpers.pt``: weights only, read without running
+pickled code), which a refit with another query log reuses."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +8,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +17,10 @@ from ..errors import GifindexError
 from ..index.atomic import atomic_write_bytes
 from ..index.layout import FINGERPRINT_DIR
 from .fingerprint import Fingerprint
+from .helpers import Builder
+
+if TYPE_CHECKING:
+    from .fit import Helpers
 
 FORMAT = "gifindex-fingerprint-1"
 MAX_BYTES = 1 << 30
@@ -114,3 +121,58 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            map_labels=None if mapping is None else torch.from_numpy(mapping[1]))
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None
+
+
+HELPERS_FORMAT = "gifindex-helpers-1"
+HELPER_ROLES = ("surrogate", "reference", "calibration")
+
+
+def helpers_path(index_root: str | Path, owner: str) -> Path:
+    """Where the helper models of ``owner``'s fingerprint are kept (beside it)."""
+    return fingerprint_path(index_root, owner).with_suffix(".helpers.pt")
+
+
+def save_helpers(helpers: "Helpers", num_classes: int, path: str | Path) -> Path:
+    """Write the helpers' weights (state dicts; their architectures rebuild the modules) and their key."""
+    models = [{"role": role, "arch": arch,
+               "state": {name: value.detach().cpu().clone() for name, value in m.module.state_dict().items()}}
+              for role, arch, m in helpers.named()]
+    buffer = io.BytesIO()
+    torch.save({"format": HELPERS_FORMAT, "key": helpers.key, "archs": list(helpers.archs), "num_classes": num_classes,
+                "models": models}, buffer)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def load_helpers(path: str | Path, build: Builder, key: str | None = None) -> "Helpers | None":
+    """The helpers kept at ``path``, rebuilt by ``build`` (architecture, classes) and loaded with their weights (no
+    pickled code runs); None when ``key`` is given and they were trained from something else (another owner, data or
+    settings: ``helper_key``). A file that is not a gifindex helpers file is one clear error naming it."""
+    from .fit import Helpers
+
+    source = Path(path)
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
+        raise GifindexError(f"{source}: not a readable gifindex helpers file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != HELPERS_FORMAT:
+        raise GifindexError(f"{source}: not a gifindex helpers file")
+    if key is not None and payload.get("key") != key:
+        return None
+    roles: dict[str, list] = {role: [] for role in HELPER_ROLES}
+    try:
+        for entry in payload["models"]:
+            model = build(str(entry["arch"]), int(payload["num_classes"]))
+            model.module.load_state_dict(entry["state"])
+            model.module.eval()
+            for p in model.module.parameters():
+                p.requires_grad_(False)
+            roles[entry["role"]].append((str(entry["arch"]), model))
+        archs = tuple(str(a) for a in payload["archs"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise GifindexError(f"{source}: damaged gifindex helpers file ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]})") from None
+    return Helpers(str(payload["key"]), archs, [m for _, m in roles["surrogate"]], [m for _, m in roles["reference"]],
+                   roles["calibration"])

@@ -38,8 +38,8 @@ import ipzoo
 from common import (CACHE, cached_model, distances_to, key, log, results_dir, setup_threads, sign_all, wrap,
                     write_json)
 from gifindex.apps import suspect_from_distances
-from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, fit_fingerprint, judge, load_fingerprint,
-                                  save_fingerprint)
+from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, fit_fingerprint, helper_key, judge,
+                                  load_fingerprint, load_helpers, save_fingerprint, save_helpers, train_helpers)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
 from gifindex.fingerprint.fingerprint import ReorderedOutputs, combine
 from gifindex.fingerprint.queries import QUERY_WEIGHTINGS, REVIEW_SHARE, least_sure
@@ -129,8 +129,15 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig, queries: str = "none"):
     def keep(arch: str, model) -> None:
         calibration[f"cal-{len(calibration)}"] = (arch, model.module)
 
-    fp = fit_fingerprint(owner, owner_data(zoo), config, build=helper_builder(zoo), progress=log,
-                         on_calibration=keep, **dict(zip(("queries", "query_labels"), query_log(zoo, queries))))
+    data, build = owner_data(zoo), helper_builder(zoo)
+    # the helpers (nearly all of a fit's time) are cached apart: a query-log or probe variant reuses them
+    kept = CACHE / "helpers" / f"{zoo.name}-{zoo.seed}-{helper_key(owner, data, config)[:16]}.pt"
+    helpers = load_helpers(kept, build, helper_key(owner, data, config)) if kept.is_file() else None
+    if helpers is None:
+        helpers = train_helpers(owner, data, config, build=build, progress=log)
+        save_helpers(helpers, 10, kept)
+    fp = fit_fingerprint(owner, data, config, build=build, progress=log, on_calibration=keep, helpers=helpers,
+                         **dict(zip(("queries", "query_labels"), query_log(zoo, queries))))
     # as `fit-probes` does with the index: the calibration references' ModelGiF distances to the owner
     feats, _ = sign_all({"owner": zoo.owner, **{n: m for n, (_, m) in calibration.items()}}, zoo.heldout_raw, k=16,
                         steps=8, methods=("modelgif",), spec=zoo.spec, resolution=zoo.resolution)
