@@ -503,6 +503,10 @@ def main() -> None:
     seeds = "-".join(map(str, args.seeds))
     probes_tag = "-pqueries" if args.output_probes_from == "queries" else ""
     log_tag = "" if args.query_log == "none" else f"-q{args.query_log}-w{args.query_weighting}{probes_tag}"
+    # fit settings other than the defaults name the file too, so a variant does not overwrite the default's results
+    tagged = ("helper_archs", "seed", "output_probe_source", "query_weighting")  # named above, or per zoo and seed
+    changed = {k: v for k, v in config.to_dict().items() if k not in tagged and v != FitConfig().to_dict()[k]}
+    log_tag += "" if not changed else f"-cfg{key(changed, 2)}"
     write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}{log_tag}-s{seeds}.json",
                {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief,
                 "summary_foreign_students": summary_foreign, "summary_task_negatives": summary_task})
