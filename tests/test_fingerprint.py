@@ -79,9 +79,10 @@ def test_helpers_trained_apart_or_kept_fit_the_same_fingerprint(owner, digits, f
     fitted = fit_fingerprint(owner, digits[1], FAST, build=_build, helpers=helpers)
     same(fitted)
     assert fitted.recipe["helpers_reused"] is True and fingerprint.recipe["helpers_reused"] is False
-    path = save_helpers(helpers, 10, tmp_path / "kept.helpers.pt")
+    path = save_helpers(helpers, tmp_path / "kept.helpers.pt")
     back = load_helpers(path, _build, helper_key(owner, digits[1], FAST))
     assert back is not None and back.count == helpers.count and back.archs == helpers.archs
+    assert helpers.num_classes == back.num_classes == 10
     same(fit_fingerprint(owner, digits[1], FAST, build=_build, helpers=back))
     other = dataclasses.replace(FAST, seed=1)
     assert load_helpers(path, _build, helper_key(owner, digits[1], other)) is None  # trained otherwise: not used

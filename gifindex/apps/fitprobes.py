@@ -74,7 +74,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     with index.writer(wait=wait):
         save_fingerprint(fingerprint, path)
         if keep_helpers and not reused:
-            save_helpers(helpers, fingerprint.num_classes, kept_at)
+            save_helpers(helpers, kept_at)
     null = fingerprint.null()
     surrogate = fingerprint.recipe.get("surrogate_agreement", [])
     return {"owner": owner, "path": str(path), "inputs": fingerprint.size,

@@ -20,7 +20,7 @@ import numpy as np
 from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
 from ..fingerprint import Fingerprint, fingerprint_path, judge, load_fingerprint
-from ..fingerprint.fingerprint import combine, single_look_z
+from ..fingerprint.fingerprint import combine, flag_share
 from ..models import load_model
 
 if TYPE_CHECKING:
@@ -130,8 +130,8 @@ def _judge(out: dict[str, Any], fingerprint: Fingerprint | None, entry: "ModelEn
         evidence = fingerprint_evidence(fingerprint, entry, device, loaded=loaded)
         out["fingerprint"] = evidence
         if evidence.get("query_z") is not None:  # the share of the kept answers that flags it on them alone
-            evidence["query_flag_rate"] = (evidence["query_null_mean"]
-                                           + single_look_z(z_threshold) * evidence["query_null_sigma"])
+            evidence["query_flag_rate"] = flag_share(evidence["query_null_mean"], evidence["query_null_sigma"],
+                                                     z_threshold)
         combined, out["evidence"] = combine(out["z"], evidence["z"])
         out["z"] = float(combined)
         out["verdict"] = "derived" if combined >= z_threshold else "unrelated"

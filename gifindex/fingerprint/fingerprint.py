@@ -176,12 +176,8 @@ class Fingerprint:
         any other (key OTHER_ARCHS). Above 1: the query part cannot flag such a suspect however many answers it
         repeats; the log holds too few (wrong) answers for its null's spread, and reviewing more queries is what
         helps (docs/results.md 6.2o: the hard-label students there repeat 37-100 % of them)."""
-        needed = single_look_z(z_threshold)
-        rates = {}
-        for arch in [*self.query_calibration, None]:
-            mean, sigma, _ = self.query_null(arch)
-            rates[OTHER_ARCHS if arch is None else arch] = mean + needed * sigma
-        return rates
+        return {OTHER_ARCHS if arch is None else arch: flag_share(*self.query_null(arch)[:2], z_threshold)
+                for arch in [*self.query_calibration, None]}
 
 
 def _null(calibration: dict[str, list[float]], arch: str | None, within: bool) -> tuple[float, float, str]:
@@ -492,6 +488,12 @@ def single_look_z(z_threshold: float) -> float:
 
     tail = float(norm.sf(z_threshold))
     return float(norm.isf(-math.expm1(0.5 * math.log1p(-tail))))
+
+
+def flag_share(null_mean: float, null_sigma: float, z_threshold: float = 3.0) -> float:
+    """The agreement rate at which one of two evidences (against a null of this mean and sigma) alone brings the
+    verdict's Sidak-adjusted z to ``z_threshold`` (``single_look_z``); above 1: no rate can."""
+    return null_mean + single_look_z(z_threshold) * null_sigma
 
 
 def combine(signature_z: float | None, fingerprint_z: float | None) -> tuple[float | None, str]:

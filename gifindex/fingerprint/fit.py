@@ -134,6 +134,7 @@ class Helpers:
 
     key: str
     archs: tuple[str, ...]  # surrogates and references cycle through them
+    num_classes: int  # the owner's output size, which every helper shares
     surrogates: list[LoadedModel]
     references: list[LoadedModel]
     calibration: list[tuple[str, LoadedModel]]
@@ -221,7 +222,7 @@ def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitCo
             recipe = config.recipe.variant(j) if config.varied_calibration else config.recipe
             calibration.append((arch, train_reference(build, arch, train_x, train_y, num_classes, recipe,
                                                       seed + 300 + 10 * a + j, device)))
-    return Helpers(helper_key(owner, data, config), archs, surrogates, references, calibration)
+    return Helpers(helper_key(owner, data, config), archs, num_classes, surrogates, references, calibration)
 
 
 def _owner_classes(owner_fn: Callable[[torch.Tensor], torch.Tensor], data: OwnerData, device: str) -> int:

@@ -132,14 +132,14 @@ def helpers_path(index_root: str | Path, owner: str) -> Path:
     return fingerprint_path(index_root, owner).with_suffix(".helpers.pt")
 
 
-def save_helpers(helpers: "Helpers", num_classes: int, path: str | Path) -> Path:
+def save_helpers(helpers: "Helpers", path: str | Path) -> Path:
     """Write the helpers' weights (state dicts; their architectures rebuild the modules) and their key."""
     models = [{"role": role, "arch": arch,
                "state": {name: value.detach().cpu().clone() for name, value in m.module.state_dict().items()}}
               for role, arch, m in helpers.named()]
     buffer = io.BytesIO()
-    torch.save({"format": HELPERS_FORMAT, "key": helpers.key, "archs": list(helpers.archs), "num_classes": num_classes,
-                "models": models}, buffer)
+    torch.save({"format": HELPERS_FORMAT, "key": helpers.key, "archs": list(helpers.archs),
+                "num_classes": helpers.num_classes, "models": models}, buffer)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, buffer.getvalue())
@@ -170,9 +170,9 @@ def load_helpers(path: str | Path, build: Builder, key: str | None = None) -> "H
             for p in model.module.parameters():
                 p.requires_grad_(False)
             roles[entry["role"]].append((str(entry["arch"]), model))
-        archs = tuple(str(a) for a in payload["archs"])
+        archs, num_classes = tuple(str(a) for a in payload["archs"]), int(payload["num_classes"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise GifindexError(f"{source}: damaged gifindex helpers file ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]})") from None
-    return Helpers(str(payload["key"]), archs, [m for _, m in roles["surrogate"]], [m for _, m in roles["reference"]],
-                   roles["calibration"])
+    return Helpers(str(payload["key"]), archs, num_classes, [m for _, m in roles["surrogate"]],
+                   [m for _, m in roles["reference"]], roles["calibration"])

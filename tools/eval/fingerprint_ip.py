@@ -131,11 +131,12 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig, queries: str = "none"):
 
     data, build = owner_data(zoo), helper_builder(zoo)
     # the helpers (nearly all of a fit's time) are cached apart: a query-log or probe variant reuses them
-    kept = CACHE / "helpers" / f"{zoo.name}-{zoo.seed}-{helper_key(owner, data, config)[:16]}.pt"
-    helpers = load_helpers(kept, build, helper_key(owner, data, config)) if kept.is_file() else None
+    trained_from = helper_key(owner, data, config)
+    kept = CACHE / "helpers" / f"{zoo.name}-{zoo.seed}-{trained_from[:16]}.pt"
+    helpers = load_helpers(kept, build, trained_from) if kept.is_file() else None
     if helpers is None:
         helpers = train_helpers(owner, data, config, build=build, progress=log)
-        save_helpers(helpers, 10, kept)
+        save_helpers(helpers, kept)
     fp = fit_fingerprint(owner, data, config, build=build, progress=log, on_calibration=keep, helpers=helpers,
                          **dict(zip(("queries", "query_labels"), query_log(zoo, queries))))
     # as `fit-probes` does with the index: the calibration references' ModelGiF distances to the owner
