@@ -19,7 +19,8 @@ from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, agreem
                                   load_fingerprint, load_owner_data, load_query_log, output_scores, query_agreement,
                                   save_fingerprint)
 from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, Fingerprint, ReorderedOutputs, combine
-from gifindex.fingerprint.outputs import model_logits, non_top_profile, profile_contrast, profile_similarity
+from gifindex.fingerprint.outputs import (model_logits, non_top_profile, profile_contrast, profile_similarity,
+                                          within_class_fit)
 from gifindex.fingerprint.conferrable import SearchConfig
 from gifindex.fingerprint.helpers import TrainRecipe, augment
 from gifindex.models.spec import InputSpec, LoadedModel
@@ -229,6 +230,75 @@ def test_another_label_set_is_judged_through_its_class_map():
         dataclasses.replace(fp, reference_decisions=torch.full((4, 6), 3))
 
 
+def test_within_class_fit_is_exact_on_linear_targets_and_ignores_what_the_class_says():
+    """A target linear in the predictor is fitted exactly (R^2 1, also left out); per-image shifts (a softmax
+    leaves them out) and per-class offsets change nothing; the left-out residuals are those of refitting without
+    each image; noise is not explained; a target constant within classes has nothing to explain."""
+    gen = torch.Generator().manual_seed(0)
+    classes = torch.arange(40) % 4
+    owner = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+    linear = (owner - owner.mean(1, keepdim=True)) @ torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    assert within_class_fit(owner, linear, classes) == pytest.approx(1.0, abs=1e-9)
+    noisy = linear + 0.5 * torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    shifted = noisy + torch.randn(40, 1, generator=gen, dtype=torch.float64) + 5.0 * classes[:, None]
+    assert within_class_fit(owner, shifted, classes) == pytest.approx(within_class_fit(owner, noisy, classes))
+    # the hat-matrix residuals are the refits' without each image
+    x = torch.cat([owner - owner.mean(1, keepdim=True), torch.ones(40, 1, dtype=torch.float64)], 1)
+    y = noisy - noisy.mean(1, keepdim=True)
+    for c in range(4):
+        x[classes == c, :-1] -= x[classes == c, :-1].mean(0)
+        y[classes == c] -= y[classes == c].mean(0)
+    rest = [torch.arange(40) != i for i in range(40)]
+    left_out = torch.stack([y[i] - x[i] @ torch.linalg.lstsq(x[rest[i]], y[rest[i]]).solution for i in range(40)])
+    expected = 1.0 - float((left_out ** 2).sum() / (y ** 2).sum())
+    assert within_class_fit(owner, noisy, classes) == pytest.approx(expected, abs=1e-9)
+    assert within_class_fit(owner, torch.randn(40, 3, generator=gen, dtype=torch.float64), classes) < 0.1
+    assert within_class_fit(owner, torch.nn.functional.one_hot(classes, 4).float(), classes) is None
+
+
+def test_another_label_set_gets_an_outputs_part_from_the_within_class_fit():
+    """For a suspect of another output size, the owner's probe outputs' fit of the suspect's is compared with each
+    calibration reference's (by architecture, as every other part's null), and joins the relabelled decisions by
+    Stouffer's sum, exactly."""
+    from gifindex.fingerprint import mapped_decisions
+
+    gen = torch.Generator().manual_seed(1)
+    owner_logits = torch.randn(6, 3, generator=gen)
+    owner_logits[torch.arange(6), torch.tensor([0, 0, 1, 1, 2, 2])] += 10.0  # the owner decides 0, 0, 1, 1, 2, 2
+    references = torch.randn(4, 6, 3, generator=gen)
+    fp = dataclasses.replace(_hand_made([0, 0, 1, 1, 2, 2]), probe_logits=owner_logits, reference_logits=references,
+                             output_calibration={"a": [0.0, 0.1], "b": [0.0, 0.1]})
+
+    class Body(torch.nn.Module):  # 2 outputs: on the probes a linear map of the owner's, then preset answers
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 1:
+                return owner_logits @ torch.tensor([[1.0, -1.0], [2.0, 0.5], [-1.0, 3.0]]) + 1.0
+            return torch.nn.functional.one_hot(torch.tensor([1, 0, 0, 1, 0, 0]), 2).float()
+
+    suspect = _wrap(Body())
+    mapped = mapped_decisions(fp, suspect)
+    probe = owner_logits @ torch.tensor([[1.0, -1.0], [2.0, 0.5], [-1.0, 3.0]]) + 1.0
+    classes = owner_logits.argmax(1)
+    assert mapped.output_fit == pytest.approx(within_class_fit(owner_logits, probe, classes))
+    fits = [within_class_fit(r, probe, classes) for r in references]
+    assert mapped.fit_calibration == {"a": pytest.approx(fits[:2]), "b": pytest.approx(fits[2:])}
+    score = FingerprintScore.of(fp, None, "a", mapped=mapped)
+    from gifindex.fingerprint.fingerprint import _null
+    mean, spread, _ = _null(mapped.fit_calibration, "a", fp.varied_calibration)
+    sigma = max(spread, MIN_OUTPUT_SIGMA)
+    assert score.output_fit == mapped.output_fit and score.output_z == pytest.approx((mapped.output_fit - mean) / sigma)
+    assert score.evidence == pytest.approx((score.z + score.output_z) / np.sqrt(2))
+    assert score.to_dict()["output_fit"] == score.output_fit and score.to_dict()["output_similarity"] is None
+    # a fingerprint without outputs judges such a suspect by the decisions alone, as before
+    bare = mapped_decisions(dataclasses.replace(fp, reference_logits=None, output_calibration={}), _wrap(Body()))
+    assert bare.output_fit is None and FingerprintScore.of(fp, None, "a", mapped=bare).evidence == score.z
+
+
 def test_class_map_is_read_on_the_owners_images_when_the_probes_are_logged_queries():
     """Probe images drawn from a query log carry the owner's errors: a rare class's majority can flip. A suspect
     whose map there is not plainly the owner's labelling is mapped again on the owner's own images (map_inputs),
@@ -261,6 +331,7 @@ def test_a_new_head_on_the_owners_body_is_found_through_its_class_map(fingerprin
     x, parity = data.x_train[600:1000], data.y_train[600:1000] % 2
     assert fingerprint.reference_decisions.shape == (len(fingerprint.null_rates), fingerprint.size)
     transfer = copy.deepcopy(owner.module)
+    torch.manual_seed(7)  # the new head's initialisation: the same whichever tests ran before
     transfer.reset_classifier(2)
     for p in transfer.parameters():
         p.requires_grad_(True)
@@ -287,9 +358,15 @@ def test_a_new_head_on_the_owners_body_is_found_through_its_class_map(fingerprin
     assert named_back.renamed and named_back.class_map == list(range(9, -1, -1)) and not as_owner.renamed
     assert named_back.agreement == as_owner.agreement == 1.0 and named_back.evidence == pytest.approx(as_owner.evidence)
     assert named_back.output_similarity == pytest.approx(1.0, abs=1e-5) and named_back.evidence >= 3.0
-    # judge on the transfer copy: the decisions through its class map, nothing else
+    # the outputs: the owner's explain the copy's within-class variation better than independent models' do
+    assert copied.output_fit is not None and honest.output_fit is not None
+    # (two calibration references here: a wide null, so the margin is asserted on the fit itself)
+    assert copied.output_fit > honest.output_fit + 0.15 and copied.output_z > honest.output_z, (copied, honest)
+    # judge on the transfer copy: the decisions through its class map and the outputs' fit, by Stouffer's sum
     judged = judge(fingerprint, transfer, "timm:test_resnet")
-    assert not judged.renamed and judged.z == pytest.approx(copied.z) and judged.output_z is None
+    assert not judged.renamed and judged.z == pytest.approx(copied.z)
+    assert judged.output_z == pytest.approx(copied.output_z)
+    assert judged.evidence == pytest.approx((judged.z + judged.output_z) / np.sqrt(2))
     assert judged.mapped_inputs == sum(c >= 0 for c in [copied.class_map[int(k)] for k in fingerprint.labels])
 
 

@@ -75,9 +75,10 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     ``exclude`` names indexed models to leave out of the population; a name not in the index is an error.
     When the owner has a fingerprint in the index (``gifindex fit-probes``) and ``use_fingerprint``, the
     suspect's decisions and outputs on it are judged against the owner's independent calibration models, and
-    that z decides the verdict (``combine``); a suspect of another label set (transfer), or with the owner's classes
-    renamed, is judged by the decisions through its class map (``mapped_decisions``), or by the signature's z when
-    the fingerprint predates the references' stored decisions."""
+    that z decides the verdict (``combine``); a suspect with the owner's classes renamed is scored in full after
+    naming them back; one of another label set (transfer) by the decisions through its class map and its outputs'
+    within-class fit from the owner's (``mapped_decisions``), or by the signature's z when the fingerprint predates
+    the references' stored decisions."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
@@ -222,5 +223,5 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
         covered = len(set(c for c in score.class_map if c >= 0))
         out["note"] = (f"another labelling ({covered} of the suspect's classes cover the owner's "
                        f"{fingerprint.num_classes}): the owner's decisions are relabelled as the suspect labels the "
-                       "owner's probe images")
+                       "owner's probe images, and its outputs are fitted from the owner's within each class")
     return out

@@ -14,7 +14,7 @@ import torch
 from ..adapter import SharedSpaceAdapter
 from ..errors import GifindexError
 from ..models.spec import LoadedModel
-from .outputs import model_logits, profile_contrast, profile_similarity
+from .outputs import model_logits, profile_contrast, profile_similarity, within_class_fit
 from .queries import effective_count
 
 MIN_SIGMA = 0.01  # agreement rates closer than this are not told apart, however many inputs
@@ -245,13 +245,18 @@ class MappedDecisions:
     the owner's probe images the owner puts in class c (-1: no such image); ``rate``: the suspect's agreement with
     the relabelled decisions on the fingerprint's inputs (those of a mapped class, ``count``); ``calibration``: the
     calibration references' agreement under the same relabelling, by architecture (the null of an independent
-    model that labels the owner's classes as this suspect does)."""
+    model that labels the owner's classes as this suspect does). ``output_fit``: how well the owner's outputs on the
+    probe images predict the suspect's within each class (``outputs.within_class_fit``), and ``fit_calibration``
+    how well each calibration reference's do, by architecture (None, empty: the fingerprint holds no outputs, or
+    the suspect's do not vary within classes)."""
 
     rate: float
     count: int
     class_map: list[int]
     calibration: dict[str, list[float]]
     outputs: int = 0  # the suspect's output size
+    output_fit: float | None = None
+    fit_calibration: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def renames(self) -> bool:
@@ -299,7 +304,8 @@ def _labelling(class_map: list[int], outputs: int) -> str:
 def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
                      batch_size: int = 256, probe_logits: torch.Tensor | None = None,
                      class_map: list[int] | None = None) -> MappedDecisions | None:
-    """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes; None
+    """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes (and its
+    outputs' within-class fit from the owner's, ``MappedDecisions.output_fit``); None
     when it names the owner's classes as the owner does (``_labelling``: ``agreement`` judges it), or the
     fingerprint lacks probe images or the references' decisions (fitted before), or no fingerprint input falls in
     a mapped class. ``probe_logits``, ``class_map``: the model's outputs on the probe images and its class map, when
@@ -320,11 +326,33 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
     answers = model_logits(model, fingerprint.inputs[used], device, batch_size).argmax(1)
     rate = float((answers == expected[used]).double().mean())
     reference_rates = (class_map[fingerprint.reference_decisions[:, used]] == expected[used]).double().mean(1)
-    calibration: dict[str, list[float]] = {}
-    rates = iter(reference_rates.tolist())
-    for arch, values in fingerprint.calibration.items():
-        calibration[arch] = [next(rates) for _ in values]
-    return MappedDecisions(rate, int(used.sum()), mapping, calibration, int(probe_logits.shape[1]))
+    output_fit, fits = _mapped_output_fits(fingerprint, probe_logits)
+    return MappedDecisions(rate, int(used.sum()), mapping, _by_arch(fingerprint, reference_rates.tolist()),
+                           int(probe_logits.shape[1]), output_fit, fits)
+
+
+def _by_arch(fingerprint: Fingerprint, values: list[float]) -> dict[str, list[float]]:
+    """One value per calibration reference, in the fingerprint's order -> grouped by architecture."""
+    grouped, rest = {}, iter(values)
+    for arch, rates in fingerprint.calibration.items():
+        grouped[arch] = [next(rest) for _ in rates]
+    return grouped
+
+
+def _mapped_output_fits(fingerprint: Fingerprint,
+                        probe_logits: torch.Tensor) -> tuple[float | None, dict[str, list[float]]]:
+    """How well the owner's outputs on the probe images predict a suspect's (``probe_logits``, any output size)
+    within the owner's classes, and how well each calibration reference's do (by architecture): the outputs part of
+    a suspect of another label set. (None, {}) without the references' outputs, or when the suspect's outputs do
+    not vary within classes."""
+    if not fingerprint.has_outputs:
+        return None, {}
+    classes = fingerprint.probe_logits.argmax(1)
+    owner = within_class_fit(fingerprint.probe_logits, probe_logits, classes)
+    if owner is None:
+        return None, {}
+    references = [within_class_fit(logits, probe_logits, classes) for logits in fingerprint.reference_logits]
+    return owner, _by_arch(fingerprint, [float(r) for r in references])
 
 
 class ReorderedOutputs(torch.nn.Module):
@@ -345,7 +373,8 @@ def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arc
     """Everything the fingerprint measures of ``model``, weighed as ``suspect`` weighs it. A model that labels the
     owner's classes as the owner does is scored on decisions, outputs and logged queries; one with the owner's
     classes under other names (output units permuted) the same, after naming them back; one of another label set
-    (transfer) by the decisions through its class map (``mapped_decisions``). Each image is passed once."""
+    (transfer) by the decisions through its class map and by how well the owner's outputs predict its own within
+    each class (``mapped_decisions``), combined as decisions and outputs are. Each image is passed once."""
     probe = None if fingerprint.probe_inputs is None else model_logits(model, fingerprint.probe_inputs, device)
     class_map = (None if probe is None or fingerprint.reference_decisions is None
                  else _suspect_class_map(fingerprint, model, probe, device))
@@ -412,6 +441,7 @@ class FingerprintScore:
     class_map: list[int] | None = None  # how the suspect labels the owner's classes, when not as the owner does
     renamed: bool = False  # the owner's classes under other names: scored in full after naming them back
     mapped_inputs: int | None = None  # inputs of a mapped class (another labelling: the decisions alone)
+    output_fit: float | None = None  # another label set: the owner's outputs' within-class fit of the suspect's
 
     @classmethod
     def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
@@ -419,8 +449,14 @@ class FingerprintScore:
            mapped: MappedDecisions | None = None) -> "FingerprintScore":
         if mapped is not None:  # another label set, or the owner's relabelled: the decisions through its class map
             mean, sigma, which = fingerprint._rate_null(mapped.calibration, mapped.count, arch)
-            return cls(mapped.rate, mean, sigma, f"{which}, relabelled as the suspect labels the owner's classes",
-                       (mapped.rate - mean) / sigma, class_map=mapped.class_map, mapped_inputs=mapped.count)
+            score = cls(mapped.rate, mean, sigma, f"{which}, relabelled as the suspect labels the owner's classes",
+                        (mapped.rate - mean) / sigma, class_map=mapped.class_map, mapped_inputs=mapped.count)
+            if mapped.output_fit is not None and mapped.fit_calibration:
+                fit_mean, spread, _ = _null(mapped.fit_calibration, arch, fingerprint.varied_calibration)
+                score.output_fit, score.output_null_mean = mapped.output_fit, fit_mean
+                score.output_null_sigma = max(spread, MIN_OUTPUT_SIGMA)
+                score.output_z = (mapped.output_fit - fit_mean) / score.output_null_sigma
+            return score
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma
         score = cls(rate, mean, sigma, which, z)
@@ -438,9 +474,9 @@ class FingerprintScore:
     @property
     def owner_data_z(self) -> float | None:
         """Decisions and outputs together by Stouffer's sum, (z + output_z) / sqrt(2), again a z-score against
-        independent models when both are; the decisions' z alone without outputs; None when the suspect's
-        outputs are about other classes. Their larger one instead would let each one's noise among
-        independent models through (docs/results.md 6.2)."""
+        independent models when both are (for a suspect of another label set: its relabelled decisions and its
+        outputs' within-class fit, docs/results.md 6.2p); the decisions' z alone without outputs. Their larger one
+        instead would let each one's noise among independent models through (docs/results.md 6.2)."""
         if self.z is None or self.output_z is None:
             return self.z
         return (self.z + self.output_z) / math.sqrt(2.0)
@@ -465,7 +501,8 @@ class FingerprintScore:
                 "output_null_sigma": self.output_null_sigma, "output_z": self.output_z,
                 "query_agreement": self.query_agreement, "query_null_mean": self.query_null_mean,
                 "query_null_sigma": self.query_null_sigma, "query_z": self.query_z,
-                "class_map": self.class_map, "renamed": self.renamed, "mapped_inputs": self.mapped_inputs}
+                "class_map": self.class_map, "renamed": self.renamed, "mapped_inputs": self.mapped_inputs,
+                "output_fit": self.output_fit}
 
 
 OTHER_ARCHS = "(other architectures)"  # Fingerprint.query_flag_rates' key for a suspect of an uncalibrated architecture

@@ -12,6 +12,13 @@ owner's independent calibration references. Similarity alone rises with how a mo
 training, the owner's own architecture), which a handful of references trained by the owner's recipe do
 not reproduce; a model is about as near the owner as it is near other independent models unless it
 learnt from the owner's outputs, and the contrast cancels what it shares with all of them.
+
+A suspect of another label set (the owner's body under a new head: transfer) has no profile over the owner's
+classes to compare. What it keeps of the owner is the body's features, and with them how confident it is image by
+image *within* a class: ``within_class_fit`` asks how much of that variation a linear map from the owner's outputs
+explains, against how much one from an independent reference's explains (docs/results.md 6.2p). Removing each
+class's mean first matters as removing the top class does: the class alone explains most of any accurate model's
+outputs, for copies and independent models alike.
 """
 from __future__ import annotations
 
@@ -49,6 +56,33 @@ def profile_contrast(owner_logits: torch.Tensor, reference_logits: Sequence[torc
     if not others:
         raise ValueError("a contrast needs at least one reference besides the one left out")
     return profile_similarity(owner_logits, logits, top) - sum(others) / len(others)
+
+
+def _within_class(values: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(N, C) rows, each centred, then each class's mean row (``classes``, (N,)) removed."""
+    out = values.double() - values.double().mean(1, keepdim=True)
+    for c in classes.unique():
+        rows = classes == c
+        out[rows] -= out[rows].mean(0)
+    return out
+
+
+def within_class_fit(predictor: torch.Tensor, target: torch.Tensor, classes: torch.Tensor) -> float | None:
+    """Leave-one-out R^2 of ``target`` (N, C') logits fitted linearly from ``predictor`` (N, C) logits on the same
+    images, both centred per image and with each class's mean removed (``classes``: the owner's decision on each
+    image): the share of the target's within-class variation the predictor explains on images it was not fitted
+    on (the hat matrix gives each image's left-out residual exactly). None when the target does not vary within
+    classes (nothing to explain)."""
+    x = _within_class(predictor, classes)
+    y = _within_class(target, classes)
+    total = float((y ** 2).sum())
+    if total <= 1e-12:
+        return None
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    hat = design @ torch.linalg.pinv(design)
+    leverage = hat.diagonal().clamp(max=0.999)
+    left_out = (y - hat @ y) / (1 - leverage)[:, None]
+    return 1.0 - float((left_out ** 2).sum()) / total
 
 
 @torch.no_grad()
