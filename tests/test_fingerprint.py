@@ -978,6 +978,16 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert "the owner's classes under other names (its output units permuted)" in relabelled.output
     assert "fingerprint   agrees with the owner on 100.0% of" in relabelled.output, relabelled.output
     assert "verdict       DERIVED  (judged by the fingerprint" in relabelled.output, relabelled.output
+    # another label set: the owner's body under a 2-class head, judged through its class map and its outputs' fit
+    headed = copy.deepcopy(owner.module)
+    torch.manual_seed(5)
+    headed.reset_classifier(2)
+    torch.save(headed.state_dict(), tmp_path / "headed.pt")
+    two = [*common[:2], "--num-classes", "2", *common[4:]]
+    mapped = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "headed.pt"), "--owner", "owner", *two])
+    assert mapped.exit_code == 0, mapped.output
+    assert "and its outputs are fitted from the owner's within each class" in mapped.output, mapped.output
+    assert "outputs       the owner's outputs on 128 probe images explain" in mapped.output, mapped.output
     scan = runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"])
     assert scan.exit_code == 0, scan.output
     scanned = json.loads(scan.stdout)
@@ -1065,6 +1075,21 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
         "wrong answers among the reviewed logged queries" in reviewed.output, reviewed.output
     missing = runner.invoke(main, ["fit-probes", "-i", str(index), "ownr", "--data", str(tmp_path / "owner_data.npz")])
     assert missing.exit_code == 1 and "did you mean 'owner'" in missing.output
+    # a fingerprint without probe images (--output-probes 0) cannot read another label set's class map
+    unmapped = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "headed.pt"), "--owner", "owner", *two])
+    assert unmapped.exit_code == 0 and "no probe images to read the suspect" in unmapped.output, unmapped.output
+    # the owner removed, other weights indexed under its name: its fingerprint is kept, but not used for them
+    removed = runner.invoke(main, ["remove", "-i", str(index), "owner"])
+    assert removed.exit_code == 0 and "kept its fingerprint (" in removed.output, removed.output
+    assert "helpers.pt" in removed.output  # and the kept helper models beside it
+    assert runner.invoke(main, ["ingest", "-i", str(index), str(tmp_path / "renamed.pt"), "--name", "owner",
+                                "--executor", "inline", *common]).exit_code == 0
+    stale = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
+    assert stale.exit_code == 1 and "was fitted for other weights" in stale.output, stale.output
+    assert len(stale.output.strip().splitlines()) == 1
+    unfingerprinted = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner",
+                                           "--no-fingerprint"])
+    assert unfingerprinted.exit_code == 0, unfingerprinted.output
 
 
 def test_disjoint_fit_searches_images_no_helper_trained_on(monkeypatch, owner, digits):

@@ -70,6 +70,8 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
         helpers = train_helpers(loaded, owner_data, config, device=device, progress=progress)
     fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress, queries=logged,
                                   query_labels=reviewed, helpers=helpers)
+    # which indexed weights it belongs to: `suspect` refuses it for another model later indexed under this name
+    fingerprint.recipe["index_weights_sha256"] = index.catalog.by_name(owner).weights_sha256
     path = fingerprint_path(index.root, owner)
     with index.writer(wait=wait):
         save_fingerprint(fingerprint, path)

@@ -117,9 +117,21 @@ def _others(records: Sequence[Any], exclude: Sequence[str], *queries: Any) -> li
 
 
 def owner_fingerprint(index: "Index", owner_name: str) -> Fingerprint | None:
-    """The owner's fingerprint stored in the index (``gifindex fit-probes``), or None."""
+    """The owner's fingerprint stored in the index (``gifindex fit-probes``), or None. A fingerprint fitted for
+    other weights than those now indexed under the owner's name (the model was removed and another added under
+    its name) is an error: judging by it would judge against another model."""
     path = fingerprint_path(index.root, owner_name)
-    return load_fingerprint(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    fingerprint = load_fingerprint(path)
+    fitted_for = fingerprint.recipe.get("index_weights_sha256") if isinstance(fingerprint.recipe, dict) else None
+    record = index.catalog.by_name(owner_name)
+    if fitted_for and record is not None and record.weights_sha256 != fitted_for:
+        raise GifindexError(f"the fingerprint of {owner_name!r} ({path.name}) was fitted for other weights "
+                            f"({fitted_for[:12]}) than the model indexed under that name now "
+                            f"({record.weights_sha256[:12]}): fit it again (`gifindex fit-probes`) or pass "
+                            "--no-fingerprint")
+    return fingerprint
 
 
 def _judge(out: dict[str, Any], fingerprint: Fingerprint | None, entry: "ModelEntry", z_threshold: float,
@@ -213,9 +225,11 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
                 "query_effective_count": fingerprint.query_effective_count if fingerprint.queries else None,
                 "comparable": score.agreement is not None})
     if score.agreement is None:
+        why = ("a fingerprint fitted by this version relabels them: run `gifindex fit-probes` again"
+               if fingerprint.reference_decisions is None else
+               "it holds no probe images to read the suspect's class map on: fitted with --output-probes 0")
         out["note"] = (f"the suspect's output size differs from the owner's {fingerprint.num_classes} classes: "
-                       "its decisions are about other classes, only the signature can judge it (a fingerprint "
-                       "fitted by this version relabels them: run `gifindex fit-probes` again)")
+                       f"its decisions are about other classes, only the signature can judge it ({why})")
     elif score.renamed:
         out["note"] = ("the owner's classes under other names (its output units permuted): scored after naming them "
                        "back")

@@ -176,12 +176,23 @@ def info(index_path: str, as_json: bool) -> None:
 @wait_option
 @json_option
 def remove(index_path: str, name: str, wait: float, as_json: bool) -> None:
-    """Remove a model from the index."""
-    record = open_index(index_path).remove(name, wait=wait)
+    """Remove a model from the index. Its fingerprint (`fit-probes`) and kept helper models stay: refitting needs
+    the owner's data; `suspect` uses them again only for these same weights indexed under this name."""
+    from ..fingerprint.store import fingerprint_path, helpers_path
+
+    index = open_index(index_path)
+    record = index.remove(name, wait=wait)
+    kept = [p for p in (fingerprint_path(index.root, record.name), helpers_path(index.root, record.name))
+            if p.is_file()]
     if as_json:
-        emit_json({"removed": record.to_dict()})
-    else:
-        click.echo(f"removed {record.name}")
+        emit_json({"removed": record.to_dict(), "kept": [str(p) for p in kept]})
+        return
+    click.echo(f"removed {record.name}")
+    if kept:
+        size = sum(p.stat().st_size for p in kept) / 2 ** 20
+        click.echo(f"kept its fingerprint ({', '.join(p.name for p in kept)}; {size:.1f} MiB in "
+                   f"{kept[0].parent}): used again only if these weights are indexed under this name; delete the "
+                   "files to drop it")
 
 
 @main.command()

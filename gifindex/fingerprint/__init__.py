@@ -21,7 +21,8 @@ that recognises hard-label extraction (docs/results.md 6.2i).
 
 A suspect with another label set (the owner's body under a new head: transfer) is judged by the same decisions,
 relabelled as the suspect labels the owner's classes on the owner's probe images (``mapped_decisions``), against
-the calibration references relabelled alike.
+the calibration references relabelled alike, and by how much of the suspect's outputs within each of the owner's
+classes the owner's outputs explain, against how much each reference's do (``outputs.within_class_fit``).
 
 Data flow: owner model + owner data (``data.OwnerData``) -> helper models (``helpers``) -> conferrable
 inputs (``conferrable``) + the owner's outputs on probe images (``outputs``) + its idiosyncratic answers to
