@@ -753,6 +753,25 @@ def test_outputs_are_compared_on_the_logged_queries(query_fingerprint, owner, di
     back = load_fingerprint(save_fingerprint(fp, tmp_path / "q.npz"))
     assert torch.equal(back.map_inputs, fp.map_inputs) and torch.equal(back.map_labels, fp.map_labels)
     assert back.output_probe_queries == fp.output_probe_queries
+    # and the owner's and references' outputs there: a suspect of another label set has its outputs fitted on the
+    # owner's images (a copy under a new head may have been trained on the very images a thief queried)
+    assert torch.allclose(fp.map_logits, model_logits(owner, fp.map_inputs), atol=1e-5)
+    assert fp.map_reference_logits.shape == (len(fp.null_rates), FAST.output_probes, 10)
+    assert torch.equal(back.map_logits, fp.map_logits) and torch.equal(back.map_reference_logits,
+                                                                       fp.map_reference_logits)
+    headed = copy.deepcopy(owner.module)
+    torch.manual_seed(3)
+    headed.reset_classifier(2)
+    judged = judge(fp, _wrap(headed), "timm:test_resnet")
+    on_own = model_logits(_wrap(headed), fp.map_inputs)
+    assert judged.output_fit == pytest.approx(within_class_fit(fp.map_logits, on_own, fp.map_logits.argmax(1)))
+    with pytest.raises(GifindexError, match="reference outputs on the class-map images"):
+        dataclasses.replace(fp, map_reference_logits=fp.map_reference_logits[:, :3])
+    damaged = dict(np.load(tmp_path / "q.npz"))
+    damaged["map_reference_logits"] = damaged["map_reference_logits"] * np.nan
+    np.savez(tmp_path / "damaged.npz", **damaged)
+    with pytest.raises(GifindexError, match="damaged fingerprint class-map outputs"):
+        load_fingerprint(tmp_path / "damaged.npz")
     reversed_owner = _wrap(ReorderedOutputs(owner.module, list(range(9, -1, -1))))
     named_back = judge(fp, reversed_owner, "timm:test_resnet")
     assert named_back.renamed and named_back.agreement == 1.0 and named_back.evidence >= 3.0

@@ -36,7 +36,11 @@ class Fingerprint:
     suspect of another label set can be judged through how it relabels the owner's classes (``class_map``);
     absent in fingerprints written before. map_inputs (M, 3, R, R) owner images and map_labels (M,) the owner's
     decisions on them: where a suspect's class map is read when the probe images are logged queries (on which the
-    owner errs more, so a rare class's majority can flip); None when the probes are the owner's own images."""
+    owner errs more, so a rare class's majority can flip); None when the probe images are the owner's own images.
+    map_logits (M, C) the owner's logits on map_inputs and map_reference_logits (K, M, C) the calibration
+    references': where a suspect of another label set has its outputs fitted (``outputs.within_class_fit``) in
+    that case (a copy under a new head may have been trained on the very images a thief queried); absent in
+    fingerprints written before."""
 
     owner: str
     owner_sha256: str | None
@@ -56,6 +60,8 @@ class Fingerprint:
     reference_decisions: torch.Tensor | None = None
     map_inputs: torch.Tensor | None = None
     map_labels: torch.Tensor | None = None
+    map_logits: torch.Tensor | None = None
+    map_reference_logits: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.inputs.ndim != 4 or self.inputs.shape[0] != self.labels.shape[0]:
@@ -97,6 +103,15 @@ class Fingerprint:
                 or len(self.map_inputs) == 0 or self.map_labels.dtype != torch.int64
                 or int(self.map_labels.min()) < 0 or int(self.map_labels.max()) >= self.num_classes):
             raise GifindexError(f"fingerprint of {self.owner!r}: class-map images do not match the owner's decisions")
+        if self.map_logits is not None and (
+                self.map_inputs is None or self.map_logits.shape != (len(self.map_inputs), self.num_classes)):
+            raise GifindexError(f"fingerprint of {self.owner!r}: the owner's outputs on the class-map images do not "
+                                "match them")
+        if self.map_reference_logits is not None and (
+                self.map_logits is None or self.map_reference_logits.ndim != 3
+                or self.map_reference_logits.shape[1:] != self.map_logits.shape):
+            raise GifindexError(f"fingerprint of {self.owner!r}: reference outputs on the class-map images do not "
+                                "match them")
 
     @property
     def size(self) -> int:
@@ -278,16 +293,18 @@ def _class_map(fingerprint: Fingerprint, probe_logits: torch.Tensor,
 
 
 def _suspect_class_map(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
-                       probe_logits: torch.Tensor, device: str = "cpu", batch_size: int = 256) -> list[int]:
+                       probe_logits: torch.Tensor, device: str = "cpu",
+                       batch_size: int = 256) -> tuple[list[int], torch.Tensor | None]:
     """The suspect's class map, read on the probe images; when those are logged queries and the map is not plainly
     the owner's labelling (another output size, or not the identity), read again on the owner's own images
-    (``map_inputs``), where the owner's decisions are surest (only those suspects pay the extra passes)."""
+    (``map_inputs``), where the owner's decisions are surest (only those suspects pay the extra passes). Also the
+    suspect's logits on those images when it was read there (else None)."""
     mapping = _class_map(fingerprint, probe_logits)
     if fingerprint.map_inputs is None or (probe_logits.shape[1] == fingerprint.num_classes
                                           and mapping == list(range(fingerprint.num_classes))):
-        return mapping
+        return mapping, None
     logits = model_logits(model, fingerprint.map_inputs, device, batch_size)
-    return _class_map(fingerprint, logits, fingerprint.map_labels)
+    return _class_map(fingerprint, logits, fingerprint.map_labels), logits
 
 
 def _labelling(class_map: list[int], outputs: int) -> str:
@@ -303,19 +320,21 @@ def _labelling(class_map: list[int], outputs: int) -> str:
 @torch.no_grad()
 def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, device: str = "cpu",
                      batch_size: int = 256, probe_logits: torch.Tensor | None = None,
-                     class_map: list[int] | None = None) -> MappedDecisions | None:
+                     class_map: list[int] | None = None, map_logits: torch.Tensor | None = None
+                     ) -> MappedDecisions | None:
     """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes (and its
     outputs' within-class fit from the owner's, ``MappedDecisions.output_fit``); None
     when it names the owner's classes as the owner does (``_labelling``: ``agreement`` judges it), or the
     fingerprint lacks probe images or the references' decisions (fitted before), or no fingerprint input falls in
-    a mapped class. ``probe_logits``, ``class_map``: the model's outputs on the probe images and its class map, when
-    already computed."""
+    a mapped class. ``probe_logits``, ``class_map``, ``map_logits``: the model's outputs on the probe images, its
+    class map and its outputs on the class-map images, when already computed."""
     if fingerprint.reference_decisions is None or fingerprint.probe_inputs is None:
         return None
     if probe_logits is None:
         probe_logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
-    mapping = class_map if class_map is not None else _suspect_class_map(fingerprint, model, probe_logits, device,
-                                                                         batch_size)
+    if class_map is None:
+        class_map, map_logits = _suspect_class_map(fingerprint, model, probe_logits, device, batch_size)
+    mapping = class_map
     if _labelling(mapping, probe_logits.shape[1]) == "owner":
         return None
     class_map = torch.tensor(mapping, dtype=torch.int64)
@@ -326,7 +345,14 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
     answers = model_logits(model, fingerprint.inputs[used], device, batch_size).argmax(1)
     rate = float((answers == expected[used]).double().mean())
     reference_rates = (class_map[fingerprint.reference_decisions[:, used]] == expected[used]).double().mean(1)
-    output_fit, fits = _mapped_output_fits(fingerprint, probe_logits)
+    if fingerprint.map_reference_logits is not None:  # the fit is read on the owner's own images
+        if map_logits is None:
+            map_logits = model_logits(model, fingerprint.map_inputs, device, batch_size)
+        output_fit, fits = _mapped_output_fits(fingerprint, map_logits, fingerprint.map_logits,
+                                               fingerprint.map_reference_logits)
+    else:
+        output_fit, fits = _mapped_output_fits(fingerprint, probe_logits, fingerprint.probe_logits,
+                                               fingerprint.reference_logits)
     return MappedDecisions(rate, int(used.sum()), mapping, _by_arch(fingerprint, reference_rates.tolist()),
                            int(probe_logits.shape[1]), output_fit, fits)
 
@@ -339,20 +365,19 @@ def _by_arch(fingerprint: Fingerprint, values: list[float]) -> dict[str, list[fl
     return grouped
 
 
-def _mapped_output_fits(fingerprint: Fingerprint,
-                        probe_logits: torch.Tensor) -> tuple[float | None, dict[str, list[float]]]:
-    """How well the owner's outputs on the probe images predict a suspect's (``probe_logits``, any output size)
-    within the owner's classes, and how well each calibration reference's do (by architecture): the outputs part of
-    a suspect of another label set. (None, {}) without the references' outputs, or when the suspect's outputs do
-    not vary within classes."""
-    if not fingerprint.has_outputs:
+def _mapped_output_fits(fingerprint: Fingerprint, suspect: torch.Tensor, owner: torch.Tensor | None,
+                        references: torch.Tensor | None) -> tuple[float | None, dict[str, list[float]]]:
+    """How well the owner's outputs (``owner``, (M, C)) on a set of images predict a suspect's (``suspect``, any
+    output size) within the owner's classes, and how well each calibration reference's (``references``, (K, M, C))
+    do (by architecture): the outputs part of a suspect of another label set. (None, {}) without the references'
+    outputs, or when the suspect's outputs do not vary within classes."""
+    if owner is None or references is None or len(references) < 2:
         return None, {}
-    classes = fingerprint.probe_logits.argmax(1)
-    owner = within_class_fit(fingerprint.probe_logits, probe_logits, classes)
-    if owner is None:
+    classes = owner.argmax(1)
+    fit = within_class_fit(owner, suspect, classes)
+    if fit is None:
         return None, {}
-    references = [within_class_fit(logits, probe_logits, classes) for logits in fingerprint.reference_logits]
-    return owner, _by_arch(fingerprint, [float(r) for r in references])
+    return fit, _by_arch(fingerprint, [float(within_class_fit(r, suspect, classes)) for r in references])
 
 
 class ReorderedOutputs(torch.nn.Module):
@@ -376,11 +401,12 @@ def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arc
     (transfer) by the decisions through its class map and by how well the owner's outputs predict its own within
     each class (``mapped_decisions``), combined as decisions and outputs are. Each image is passed once."""
     probe = None if fingerprint.probe_inputs is None else model_logits(model, fingerprint.probe_inputs, device)
-    class_map = (None if probe is None or fingerprint.reference_decisions is None
-                 else _suspect_class_map(fingerprint, model, probe, device))
+    class_map, map_logits = ((None, None) if probe is None or fingerprint.reference_decisions is None
+                             else _suspect_class_map(fingerprint, model, probe, device))
     labelling = "owner" if class_map is None else _labelling(class_map, probe.shape[1])
     if labelling == "mapped":
-        mapped = mapped_decisions(fingerprint, model, device, probe_logits=probe, class_map=class_map)
+        mapped = mapped_decisions(fingerprint, model, device, probe_logits=probe, class_map=class_map,
+                                  map_logits=map_logits)
         return FingerprintScore.of(fingerprint, None, arch, mapped=mapped)
     if labelling == "renamed":
         adapter = SharedSpaceAdapter.of(model)

@@ -278,14 +278,15 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     if int(kept.sum()) < 8:
         raise GifindexError(f"only {int(kept.sum())} of {len(pick)} inputs were conferrable (eps "
                             f"{', '.join(f'{e:g}' for e, _ in tried)}); try more --candidates or --surrogates")
-    probe_inputs = probe_logits = map_inputs = map_labels = None
+    probe_inputs = probe_logits = map_inputs = map_labels = map_logits = None
     probe_queries = 0
     if config.output_probes:
         own = data.x[torch.cat([candidate_rows[len(pick):], candidate_rows])[:config.output_probes]].contiguous()
         probe_inputs, probe_queries = _probe_images(own, queries, config, seed)
         probe_logits = model_logits(owner, probe_inputs, device)
         if probe_queries:  # a suspect's class map is read on the owner's own images, where it errs least
-            map_inputs, map_labels = own, model_logits(owner, own, device).argmax(1)
+            map_inputs, map_logits = own, model_logits(owner, own, device)
+            map_labels = map_logits.argmax(1)
     query_inputs = query_answers = query_weights = None
     if queries is not None and len(queries):
         if query_labels is not None and tuple(query_labels.shape) != (len(queries),):
@@ -306,8 +307,10 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                               labels=targets[kept].cpu(), num_classes=num_classes, calibration={},
                               probe_inputs=probe_inputs, probe_logits=probe_logits,
                               query_inputs=query_inputs, query_labels=query_answers,
-                              query_weights=query_weights, map_inputs=map_inputs, map_labels=map_labels)
+                              query_weights=query_weights, map_inputs=map_inputs, map_labels=map_labels,
+                              map_logits=map_logits)
     reference_logits: list[tuple[str, torch.Tensor]] = []
+    map_reference_logits: list[torch.Tensor] = []
     reference_decisions: list[torch.Tensor] = []
     for arch, model in helpers.calibration:
         decided = model_logits(model, fingerprint.inputs, device).argmax(1)  # once: its rate and, stored, its map
@@ -318,11 +321,15 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
             fingerprint.query_calibration.setdefault(arch, []).append(query_agreement(fingerprint, model, device))
         if probe_inputs is not None:
             reference_logits.append((arch, model_logits(model, probe_inputs, device)))
+        if map_inputs is not None:  # where another label set's outputs are fitted when the probes are queries
+            map_reference_logits.append(model_logits(model, map_inputs, device))
         if on_calibration is not None:
             on_calibration(arch, model)
     fingerprint.reference_decisions = torch.stack(reference_decisions)  # for suspects of another label set
     if len(reference_logits) >= 2:  # each reference's contrast against the others is the outputs' null
         fingerprint.reference_logits = torch.stack([logits for _, logits in reference_logits])
+        if map_reference_logits:
+            fingerprint.map_reference_logits = torch.stack(map_reference_logits)
         for i, (arch, logits) in enumerate(reference_logits):
             contrast = profile_contrast(probe_logits, fingerprint.reference_logits, logits, skip=i)
             fingerprint.output_calibration.setdefault(arch, []).append(contrast)

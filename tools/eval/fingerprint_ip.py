@@ -116,7 +116,8 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig, queries: str = "none"):
     settings = config.to_dict()
     if queries == "none":  # where the probes come from matters only with a log: keep earlier fits' keys
         settings.pop("output_probe_source")
-    version = "v5" if queries == "none" else "v6"  # v6: with a log, the owner images a class map is read on
+    # v6: with a log, the owner images a class map is read on; v7: and the owner's and references' outputs there
+    version = "v5" if queries == "none" else "v7"
     path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(settings, 2)}{log_tag}-{version}.npz"
     sidecar = path.with_suffix(".distances.json")
     if path.is_file() and sidecar.is_file():
