@@ -362,11 +362,14 @@ def test_a_new_head_on_the_owners_body_is_found_through_its_class_map(fingerprin
     assert copied.output_fit is not None and honest.output_fit is not None
     # (two calibration references here: a wide null, so the margin is asserted on the fit itself)
     assert copied.output_fit > honest.output_fit + 0.15 and copied.output_z > honest.output_z, (copied, honest)
-    # judge on the transfer copy: the decisions through its class map and the outputs' fit, by Stouffer's sum
+    # the gradients: the copy's lie in the owner's span far beyond the chance share independent models' reach
+    assert copied.gradient_share > 5 * honest.gradient_share and copied.gradient_z >= 3.0 > honest.gradient_z, (
+        copied, honest)
+    # judge on the transfer copy: decisions through its class map, outputs' fit, gradients' share, by Stouffer's sum
     judged = judge(fingerprint, transfer, "timm:test_resnet")
     assert not judged.renamed and judged.z == pytest.approx(copied.z)
-    assert judged.output_z == pytest.approx(copied.output_z)
-    assert judged.evidence == pytest.approx((judged.z + judged.output_z) / np.sqrt(2))
+    assert judged.output_z == pytest.approx(copied.output_z) and judged.gradient_z == pytest.approx(copied.gradient_z)
+    assert judged.evidence == pytest.approx((judged.z + judged.output_z + judged.gradient_z) / np.sqrt(3))
     assert judged.mapped_inputs == sum(c >= 0 for c in [copied.class_map[int(k)] for k in fingerprint.labels])
 
 
@@ -877,10 +880,18 @@ def test_round_trip_and_damaged_file(fingerprint, tmp_path):
     assert torch.equal(back.reference_logits, fingerprint.reference_logits)
     assert back.output_calibration == fingerprint.output_calibration
     assert torch.equal(back.reference_decisions, fingerprint.reference_decisions)
+    for name in ("gradient_inputs", "gradient_bases", "reference_gradient_bases"):
+        assert torch.equal(getattr(back, name), getattr(fingerprint, name)), name
+    assert fingerprint.reference_gradient_bases.shape[:2] == (len(fingerprint.null_rates), 32)
+    with pytest.raises(GifindexError, match="reference gradient bases"):
+        dataclasses.replace(fingerprint, reference_gradient_bases=fingerprint.reference_gradient_bases[1:])
+    damaged = dict(np.load(path))
+    damaged["gradient_bases"] = damaged["gradient_bases"] * np.inf
+    np.savez(tmp_path / "damaged.npz", **damaged)
+    with pytest.raises(GifindexError, match="damaged fingerprint gradient arrays"):
+        load_fingerprint(tmp_path / "damaged.npz")
     # a fingerprint written before outputs (or the references' decisions) were part of it still loads and scores
     # decisions alone, and cannot relabel another label set
-    import dataclasses
-
     from gifindex.fingerprint import mapped_decisions
 
     old = dataclasses.replace(fingerprint, probe_inputs=None, probe_logits=None, reference_logits=None,
@@ -1005,8 +1016,9 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     two = [*common[:2], "--num-classes", "2", *common[4:]]
     mapped = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "headed.pt"), "--owner", "owner", *two])
     assert mapped.exit_code == 0, mapped.output
-    assert "and its outputs are fitted from the owner's within each class" in mapped.output, mapped.output
-    assert "outputs       the owner's outputs on 128 probe images explain" in mapped.output, mapped.output
+    assert "its outputs are fitted from the owner's within each class" in mapped.output, mapped.output
+    assert "outputs       the owner's outputs on 128 of its own images explain" in mapped.output, mapped.output
+    assert "gradients     " in mapped.output and "lie in the span of the owner's" in mapped.output, mapped.output
     scan = runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"])
     assert scan.exit_code == 0, scan.output
     scanned = json.loads(scan.stdout)

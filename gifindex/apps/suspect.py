@@ -237,5 +237,6 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
         covered = len(set(c for c in score.class_map if c >= 0))
         out["note"] = (f"another labelling ({covered} of the suspect's classes cover the owner's "
                        f"{fingerprint.num_classes}): the owner's decisions are relabelled as the suspect labels the "
-                       "owner's probe images, and its outputs are fitted from the owner's within each class")
+                       "owner's probe images, its outputs are fitted from the owner's within each class, and its input "
+                       "gradients are compared with the span of the owner's")
     return out

@@ -77,11 +77,15 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
             if fp.get("class_map") is not None:
                 click.echo(f"              {fp['note']}")
             if fp.get("output_fit") is not None:
-                click.echo(f"outputs       the owner's outputs on {fp['output_probes']} probe images explain "
+                click.echo(f"outputs       the owner's outputs on {fp['output_probes']} of its own images explain "
                            f"{fp['output_fit']:.1%} of the suspect's within each class (left-out fit); independent "
                            f"models' {fp['output_null_mean']:.1%} (sigma {fp['output_null_sigma']:.1%}): "
                            f"z {fp['output_z']:.2f}")
-            elif fp.get("output_z") is not None:
+            if fp.get("gradient_share") is not None:
+                click.echo(f"gradients     {fp['gradient_share']:.1%} of its input gradients at the owner's images lie "
+                           f"in the span of the owner's; independent models' {fp['gradient_null_mean']:.1%} (sigma "
+                           f"{fp['gradient_null_sigma']:.1%}): z {fp['gradient_z']:.2f}")
+            if fp.get("output_fit") is None and fp.get("output_z") is not None:
                 click.echo(f"outputs       similarity to the owner's on {fp['output_probes']} probe images"
                            f"{_logged_share(fp.get('output_probe_queries'))} "
                            f"{fp['output_similarity']:.3f}, {fp['output_contrast']:+.3f} against independent "

@@ -14,6 +14,7 @@ import torch
 from ..adapter import SharedSpaceAdapter
 from ..errors import GifindexError
 from ..models.spec import LoadedModel
+from .gradients import sketched_jacobian, span_share
 from .outputs import model_logits, profile_contrast, profile_similarity, within_class_fit
 from .queries import effective_count
 
@@ -40,7 +41,10 @@ class Fingerprint:
     map_logits (M, C) the owner's logits on map_inputs and map_reference_logits (K, M, C) the calibration
     references': where a suspect of another label set has its outputs fitted (``outputs.within_class_fit``) in
     that case (a copy under a new head may have been trained on the very images a thief queried); absent in
-    fingerprints written before."""
+    fingerprints written before. gradient_inputs (G, 3, R, R) owner images, gradient_bases (G, d, k) orthonormal
+    bases of the owner's sketched input-gradient rows there and reference_gradient_bases (K, G, d, k) the
+    calibration references' (``gradients``): where a suspect of another label set is asked whether its gradients
+    lie in the owner's span; absent in fingerprints written before."""
 
     owner: str
     owner_sha256: str | None
@@ -62,6 +66,9 @@ class Fingerprint:
     map_labels: torch.Tensor | None = None
     map_logits: torch.Tensor | None = None
     map_reference_logits: torch.Tensor | None = None
+    gradient_inputs: torch.Tensor | None = None
+    gradient_bases: torch.Tensor | None = None
+    reference_gradient_bases: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.inputs.ndim != 4 or self.inputs.shape[0] != self.labels.shape[0]:
@@ -112,6 +119,15 @@ class Fingerprint:
                 or self.map_reference_logits.shape[1:] != self.map_logits.shape):
             raise GifindexError(f"fingerprint of {self.owner!r}: reference outputs on the class-map images do not "
                                 "match them")
+        if self.gradient_bases is not None and (
+                self.gradient_inputs is None or self.gradient_inputs.ndim != 4 or self.gradient_bases.ndim != 3
+                or self.gradient_bases.shape[0] != len(self.gradient_inputs)):
+            raise GifindexError(f"fingerprint of {self.owner!r}: gradient bases do not match their images")
+        if self.reference_gradient_bases is not None and (
+                self.gradient_bases is None
+                or self.reference_gradient_bases.shape != (len(self.null_rates), *self.gradient_bases.shape)):
+            raise GifindexError(f"fingerprint of {self.owner!r}: reference gradient bases do not match "
+                                f"{len(self.null_rates)} calibration references")
 
     @property
     def size(self) -> int:
@@ -263,7 +279,9 @@ class MappedDecisions:
     model that labels the owner's classes as this suspect does). ``output_fit``: how well the owner's outputs on the
     probe images predict the suspect's within each class (``outputs.within_class_fit``), and ``fit_calibration``
     how well each calibration reference's do, by architecture (None, empty: the fingerprint holds no outputs, or
-    the suspect's do not vary within classes)."""
+    the suspect's do not vary within classes). ``gradient_share``: the share of its input gradients at the owner's
+    gradient images inside the span of the owner's (``gradients.span_share``), ``gradient_calibration`` the same
+    against each reference's span (None, empty: the fingerprint holds no gradient bases)."""
 
     rate: float
     count: int
@@ -272,6 +290,8 @@ class MappedDecisions:
     outputs: int = 0  # the suspect's output size
     output_fit: float | None = None
     fit_calibration: dict[str, list[float]] = field(default_factory=dict)
+    gradient_share: float | None = None
+    gradient_calibration: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def renames(self) -> bool:
@@ -353,8 +373,23 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
     else:
         output_fit, fits = _mapped_output_fits(fingerprint, probe_logits, fingerprint.probe_logits,
                                                fingerprint.reference_logits)
+    share, shares = _mapped_gradient_shares(fingerprint, model, device)
     return MappedDecisions(rate, int(used.sum()), mapping, _by_arch(fingerprint, reference_rates.tolist()),
-                           int(probe_logits.shape[1]), output_fit, fits)
+                           int(probe_logits.shape[1]), output_fit, fits, share, shares)
+
+
+def _mapped_gradient_shares(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter,
+                            device: str = "cpu") -> tuple[float | None, dict[str, list[float]]]:
+    """The share of ``model``'s input gradients at the fingerprint's gradient images inside the span of the owner's,
+    and inside each calibration reference's span (by architecture): the gradient part of a suspect of another label
+    set. (None, {}) when the fingerprint holds no gradient bases or the model's gradients there are all zero."""
+    if fingerprint.reference_gradient_bases is None:
+        return None, {}
+    jacobian = sketched_jacobian(model, fingerprint.gradient_inputs, device)
+    share = span_share(jacobian, fingerprint.gradient_bases)
+    if share is None:
+        return None, {}
+    return share, _by_arch(fingerprint, [float(span_share(jacobian, b)) for b in fingerprint.reference_gradient_bases])
 
 
 def _by_arch(fingerprint: Fingerprint, values: list[float]) -> dict[str, list[float]]:
@@ -468,6 +503,10 @@ class FingerprintScore:
     renamed: bool = False  # the owner's classes under other names: scored in full after naming them back
     mapped_inputs: int | None = None  # inputs of a mapped class (another labelling: the decisions alone)
     output_fit: float | None = None  # another label set: the owner's outputs' within-class fit of the suspect's
+    gradient_share: float | None = None  # another label set: its input gradients' share in the owner's span
+    gradient_null_mean: float | None = None
+    gradient_null_sigma: float | None = None
+    gradient_z: float | None = None
 
     @classmethod
     def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
@@ -482,6 +521,11 @@ class FingerprintScore:
                 score.output_fit, score.output_null_mean = mapped.output_fit, fit_mean
                 score.output_null_sigma = max(spread, MIN_OUTPUT_SIGMA)
                 score.output_z = (mapped.output_fit - fit_mean) / score.output_null_sigma
+            if mapped.gradient_share is not None and mapped.gradient_calibration:
+                share_mean, spread, _ = _null(mapped.gradient_calibration, arch, fingerprint.varied_calibration)
+                score.gradient_share, score.gradient_null_mean = mapped.gradient_share, share_mean
+                score.gradient_null_sigma = max(spread, MIN_OUTPUT_SIGMA)
+                score.gradient_z = (mapped.gradient_share - share_mean) / score.gradient_null_sigma
             return score
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma
@@ -500,12 +544,14 @@ class FingerprintScore:
     @property
     def owner_data_z(self) -> float | None:
         """Decisions and outputs together by Stouffer's sum, (z + output_z) / sqrt(2), again a z-score against
-        independent models when both are (for a suspect of another label set: its relabelled decisions and its
-        outputs' within-class fit, docs/results.md 6.2p); the decisions' z alone without outputs. Their larger one
+        independent models when both are (for a suspect of another label set: its relabelled decisions, its outputs'
+        within-class fit and its gradients' share in the owner's span, the three summed over sqrt(3), docs/results.md
+        6.2p-q); the decisions' z alone without outputs. Their larger one
         instead would let each one's noise among independent models through (docs/results.md 6.2)."""
-        if self.z is None or self.output_z is None:
-            return self.z
-        return (self.z + self.output_z) / math.sqrt(2.0)
+        if self.z is None:
+            return None
+        parts = [self.z, *(p for p in (self.output_z, self.gradient_z) if p is not None)]
+        return sum(parts) / math.sqrt(len(parts))
 
     @property
     def evidence(self) -> float | None:
@@ -528,7 +574,9 @@ class FingerprintScore:
                 "query_agreement": self.query_agreement, "query_null_mean": self.query_null_mean,
                 "query_null_sigma": self.query_null_sigma, "query_z": self.query_z,
                 "class_map": self.class_map, "renamed": self.renamed, "mapped_inputs": self.mapped_inputs,
-                "output_fit": self.output_fit}
+                "output_fit": self.output_fit, "gradient_share": self.gradient_share,
+                "gradient_null_mean": self.gradient_null_mean, "gradient_null_sigma": self.gradient_null_sigma,
+                "gradient_z": self.gradient_z}
 
 
 OTHER_ARCHS = "(other architectures)"  # Fingerprint.query_flag_rates' key for a suspect of an uncalibrated architecture

@@ -25,6 +25,7 @@ from ..models.spec import LoadedModel
 from .conferrable import SearchConfig, search
 from .data import OwnerData
 from .fingerprint import Fingerprint, agreement, query_agreement
+from .gradients import GRADIENT_IMAGES, row_bases, sketched_jacobian
 from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
 from .outputs import model_logits, profile_contrast
 from .queries import QUERY_WEIGHTINGS, is_reviewed, logged_answers
@@ -278,12 +279,13 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     if int(kept.sum()) < 8:
         raise GifindexError(f"only {int(kept.sum())} of {len(pick)} inputs were conferrable (eps "
                             f"{', '.join(f'{e:g}' for e, _ in tried)}); try more --candidates or --surrogates")
-    probe_inputs = probe_logits = map_inputs = map_labels = map_logits = None
+    probe_inputs = probe_logits = map_inputs = map_labels = map_logits = gradient_inputs = None
     probe_queries = 0
     if config.output_probes:
         own = data.x[torch.cat([candidate_rows[len(pick):], candidate_rows])[:config.output_probes]].contiguous()
         probe_inputs, probe_queries = _probe_images(own, queries, config, seed)
         probe_logits = model_logits(owner, probe_inputs, device)
+        gradient_inputs = own[:GRADIENT_IMAGES]  # where another label set's gradients meet the owner's span
         if probe_queries:  # a suspect's class map is read on the owner's own images, where it errs least
             map_inputs, map_logits = own, model_logits(owner, own, device)
             map_labels = map_logits.argmax(1)
@@ -308,9 +310,12 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                               probe_inputs=probe_inputs, probe_logits=probe_logits,
                               query_inputs=query_inputs, query_labels=query_answers,
                               query_weights=query_weights, map_inputs=map_inputs, map_labels=map_labels,
-                              map_logits=map_logits)
+                              map_logits=map_logits, gradient_inputs=gradient_inputs,
+                              gradient_bases=None if gradient_inputs is None else
+                              row_bases(sketched_jacobian(owner, gradient_inputs, device)))
     reference_logits: list[tuple[str, torch.Tensor]] = []
     map_reference_logits: list[torch.Tensor] = []
+    reference_gradient_bases: list[torch.Tensor] = []
     reference_decisions: list[torch.Tensor] = []
     for arch, model in helpers.calibration:
         decided = model_logits(model, fingerprint.inputs, device).argmax(1)  # once: its rate and, stored, its map
@@ -323,9 +328,13 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
             reference_logits.append((arch, model_logits(model, probe_inputs, device)))
         if map_inputs is not None:  # where another label set's outputs are fitted when the probes are queries
             map_reference_logits.append(model_logits(model, map_inputs, device))
+        if gradient_inputs is not None:
+            reference_gradient_bases.append(row_bases(sketched_jacobian(model, gradient_inputs, device)))
         if on_calibration is not None:
             on_calibration(arch, model)
     fingerprint.reference_decisions = torch.stack(reference_decisions)  # for suspects of another label set
+    if reference_gradient_bases:
+        fingerprint.reference_gradient_bases = torch.stack(reference_gradient_bases)
     if len(reference_logits) >= 2:  # each reference's contrast against the others is the outputs' null
         fingerprint.reference_logits = torch.stack([logits for _, logits in reference_logits])
         if map_reference_logits:

@@ -61,6 +61,9 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
         arrays["map_logits"] = fingerprint.map_logits.numpy().astype(np.float32)
     if fingerprint.map_reference_logits is not None:
         arrays["map_reference_logits"] = fingerprint.map_reference_logits.numpy().astype(np.float32)
+    for name in ("gradient_inputs", "gradient_bases", "reference_gradient_bases"):
+        if getattr(fingerprint, name) is not None:
+            arrays[name] = getattr(fingerprint, name).numpy().astype(np.float32)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
     atomic_write_bytes(target, buffer.getvalue())
@@ -83,6 +86,8 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             decided = data["reference_decisions"] if "reference_decisions" in data.files else None
             mapping = (data["map_inputs"], data["map_labels"]) if "map_inputs" in data.files else None
             map_outputs = [data[k] if k in data.files else None for k in ("map_logits", "map_reference_logits")]
+            gradients = {k: data[k] if k in data.files else None
+                         for k in ("gradient_inputs", "gradient_bases", "reference_gradient_bases")}
     except GifindexError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -107,6 +112,8 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
         raise GifindexError(f"{source}: damaged fingerprint class-map images")
     if any(a is not None and (a.dtype != np.float32 or not np.isfinite(a).all()) for a in map_outputs):
         raise GifindexError(f"{source}: damaged fingerprint class-map outputs")
+    if any(a is not None and (a.dtype != np.float32 or not np.isfinite(a).all()) for a in gradients.values()):
+        raise GifindexError(f"{source}: damaged fingerprint gradient arrays")
     try:
         calibration, output_calibration, query_calibration = (
             {str(k): [float(v) for v in vals] for k, vals in dict(meta.get(name) or {}).items()}
@@ -127,7 +134,8 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            map_inputs=None if mapping is None else torch.from_numpy(mapping[0]),
                            map_labels=None if mapping is None else torch.from_numpy(mapping[1]),
                            map_logits=None if map_outputs[0] is None else torch.from_numpy(map_outputs[0]),
-                           map_reference_logits=None if map_outputs[1] is None else torch.from_numpy(map_outputs[1]))
+                           map_reference_logits=None if map_outputs[1] is None else torch.from_numpy(map_outputs[1]),
+                           **{k: None if a is None else torch.from_numpy(a) for k, a in gradients.items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None
 

@@ -116,8 +116,9 @@ def fitted(zoo: ipzoo.IPZoo, config: FitConfig, queries: str = "none"):
     settings = config.to_dict()
     if queries == "none":  # where the probes come from matters only with a log: keep earlier fits' keys
         settings.pop("output_probe_source")
-    # v6: with a log, the owner images a class map is read on; v7: and the owner's and references' outputs there
-    version = "v5" if queries == "none" else "v7"
+    # v6: with a log, the owner images a class map is read on; v7: and the owner's and references' outputs there;
+    # v8: the owner's and references' input-gradient bases (gradients.py), with a log or without
+    version = "v8"
     path = CACHE / "fingerprints" / f"{zoo.name}-{zoo.seed}-{key(settings, 2)}{log_tag}-{version}.npz"
     sidecar = path.with_suffix(".distances.json")
     if path.is_file() and sidecar.is_file():
