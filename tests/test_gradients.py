@@ -75,3 +75,9 @@ def test_only_the_most_probable_outputs_get_gradients_above_max_rows():
     logits = model.module(((images - 0.5) / 0.25))
     assert nonzero.sum(1).tolist() == [2] * 4
     assert torch.equal(nonzero, torch.zeros_like(nonzero).scatter_(1, logits.topk(2, 1).indices, True))
+
+
+def test_images_in_batches_give_the_same_jacobian():
+    images = torch.rand(5, 3, R, R, generator=torch.Generator().manual_seed(3))
+    model = _wrap(_NewHead(_Linear(6, 5), 3, 6))
+    assert torch.allclose(sketched_jacobian(model, images, batch_size=2), sketched_jacobian(model, images), atol=1e-10)

@@ -343,7 +343,8 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
                      class_map: list[int] | None = None, map_logits: torch.Tensor | None = None
                      ) -> MappedDecisions | None:
     """``model``'s agreement with the owner's decisions through its own labelling of the owner's classes (and its
-    outputs' within-class fit from the owner's, ``MappedDecisions.output_fit``); None
+    outputs' within-class fit from the owner's and its input gradients' share in the owner's span: ``output_fit``,
+    ``gradient_share``); None
     when it names the owner's classes as the owner does (``_labelling``: ``agreement`` judges it), or the
     fingerprint lacks probe images or the references' decisions (fitted before), or no fingerprint input falls in
     a mapped class. ``probe_logits``, ``class_map``, ``map_logits``: the model's outputs on the probe images, its
@@ -433,8 +434,9 @@ def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arc
     """Everything the fingerprint measures of ``model``, weighed as ``suspect`` weighs it. A model that labels the
     owner's classes as the owner does is scored on decisions, outputs and logged queries; one with the owner's
     classes under other names (output units permuted) the same, after naming them back; one of another label set
-    (transfer) by the decisions through its class map and by how well the owner's outputs predict its own within
-    each class (``mapped_decisions``), combined as decisions and outputs are. Each image is passed once."""
+    (transfer) by the decisions through its class map, by how well the owner's outputs predict its own within each
+    class and by how much of its input gradients lies in the owner's span (``mapped_decisions``), the three summed
+    as decisions and outputs are. Each image is passed once."""
     probe = None if fingerprint.probe_inputs is None else model_logits(model, fingerprint.probe_inputs, device)
     class_map, map_logits = ((None, None) if probe is None or fingerprint.reference_decisions is None
                              else _suspect_class_map(fingerprint, model, probe, device))

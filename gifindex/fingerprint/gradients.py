@@ -39,11 +39,16 @@ def sketch(rows: torch.Tensor, dim: int = SKETCH_DIM, seed: int = SKETCH_SEED) -
 
 
 def sketched_jacobian(model: LoadedModel | SharedSpaceAdapter, images: torch.Tensor, device: str = "cpu",
-                      max_rows: int = MAX_ROWS) -> torch.Tensor:
+                      max_rows: int = MAX_ROWS, batch_size: int = 8) -> torch.Tensor:
     """(M, C, SKETCH_DIM) float64: at each image (shared space, (M, 3, R, R) in [0, 1]), the sketched input gradient
     of each per-image centred logit (at most ``max_rows`` outputs: the model's most probable at that image; rows
-    of the others are zero)."""
+    of the others are zero). ``batch_size`` images at a time bound the memory the backward passes hold."""
     adapter = SharedSpaceAdapter.of(model).to(device).eval()
+    return torch.cat([_sketched_jacobian(adapter, images[i:i + batch_size], device, max_rows)
+                      for i in range(0, len(images), batch_size)])
+
+
+def _sketched_jacobian(adapter: SharedSpaceAdapter, images: torch.Tensor, device: str, max_rows: int) -> torch.Tensor:
     with torch.enable_grad():
         x = images.to(device).clone().requires_grad_(True)
         logits = adapter.logits(x).float()
