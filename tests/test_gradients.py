@@ -80,4 +80,4 @@ def test_only_the_most_probable_outputs_get_gradients_above_max_rows():
 def test_images_in_batches_give_the_same_jacobian():
     images = torch.rand(5, 3, R, R, generator=torch.Generator().manual_seed(3))
     model = _wrap(_NewHead(_Linear(6, 5), 3, 6))
-    assert torch.allclose(sketched_jacobian(model, images, batch_size=2), sketched_jacobian(model, images), atol=1e-10)
+    assert torch.allclose(sketched_jacobian(model, images, batch_size=2), sketched_jacobian(model, images), atol=1e-6)
