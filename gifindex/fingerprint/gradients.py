@@ -23,7 +23,7 @@ from ..models.spec import LoadedModel
 
 SKETCH_DIM = 512  # coordinates a Jacobian row is sketched to
 GRADIENT_IMAGES = 32  # owner images at which the spans are compared
-MAX_ROWS = 64  # outputs per image whose gradients are taken (the model's most probable ones above that)
+MAX_ROWS = 16  # outputs per image whose gradients are taken (the model's most probable ones above that)
 SKETCH_SEED = 20_231_001
 
 
@@ -40,9 +40,11 @@ def sketch(rows: torch.Tensor, dim: int = SKETCH_DIM, seed: int = SKETCH_SEED) -
 
 def sketched_jacobian(model: LoadedModel | SharedSpaceAdapter, images: torch.Tensor, device: str = "cpu",
                       max_rows: int = MAX_ROWS, batch_size: int = 8) -> torch.Tensor:
-    """(M, C, SKETCH_DIM) float64: at each image (shared space, (M, 3, R, R) in [0, 1]), the sketched input gradient
-    of each per-image centred logit (at most ``max_rows`` outputs: the model's most probable at that image; rows
-    of the others are zero). ``batch_size`` images at a time bound the memory the backward passes hold."""
+    """(M, k, SKETCH_DIM) float64: at each image (shared space, (M, 3, R, R) in [0, 1]), the sketched input gradients
+    of the per-image centred logits of its k = min(C, ``max_rows``) most probable outputs, most probable first (all of
+    them for a model of at most ``max_rows`` outputs; a span does not depend on the order). One backward pass per
+    rank: the cost is bounded however many outputs the model has. ``batch_size`` images at a time bound the memory
+    the backward passes hold."""
     adapter = SharedSpaceAdapter.of(model).to(device).eval()
     return torch.cat([_sketched_jacobian(adapter, images[i:i + batch_size], device, max_rows)
                       for i in range(0, len(images), batch_size)])
@@ -53,21 +55,17 @@ def _sketched_jacobian(adapter: SharedSpaceAdapter, images: torch.Tensor, device
         x = images.to(device).clone().requires_grad_(True)
         logits = adapter.logits(x).float()
         centred = logits - logits.mean(1, keepdim=True)
-        count = centred.shape[1]
-        keep = (torch.ones_like(centred, dtype=torch.bool) if count <= max_rows else
-                torch.zeros_like(centred, dtype=torch.bool).scatter_(1, logits.topk(max_rows, 1).indices, True))
+        ranked = logits.argsort(1, descending=True)[:, :min(max_rows, logits.shape[1])]
         rows = []
-        for c in range(count):
-            if not bool(keep[:, c].any()):
-                rows.append(torch.zeros(len(x), x[0].numel(), device=device))
-                continue
-            grad, = torch.autograd.grad((centred[:, c] * keep[:, c]).sum(), x, retain_graph=c < count - 1)
+        for r in range(ranked.shape[1]):  # each image's r-th most probable output: its gradient is the image's own
+            grad, = torch.autograd.grad(centred.gather(1, ranked[:, r:r + 1]).sum(), x,
+                                        retain_graph=r < ranked.shape[1] - 1)
             rows.append(grad.flatten(1))
     return sketch(torch.stack(rows, 1).double().cpu())
 
 
 def row_bases(jacobian: torch.Tensor) -> torch.Tensor:
-    """(M, C, d) sketched Jacobians -> (M, d, C) orthonormal bases of each image's row span (columns beyond its rank
+    """(M, k, d) sketched Jacobians -> (M, d, k) orthonormal bases of each image's row span (columns beyond its rank
     are zero, so they add nothing to a projection)."""
     u, s, _ = torch.linalg.svd(jacobian.transpose(1, 2), full_matrices=False)
     tol = s.amax(1, keepdim=True).clamp(min=1e-30) * 1e-6
