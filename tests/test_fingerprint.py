@@ -957,7 +957,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
                                "--calibration", "2", "--candidates", "64", "--epochs", "2", "--eps", "0.1", "--json"])
     assert fit.exit_code == 0, fit.output
     fitted = json.loads(fit.stdout)
-    assert fitted["inputs"] >= 8 and (index / "fingerprints").is_dir()
+    assert fitted["inputs"] >= 8 and (index / "fingerprints").is_dir() and fitted["gradient_images"] == 32
     import importlib
 
     import gifindex.models as models_module
@@ -1046,6 +1046,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert text_fit.exit_code == 0, text_fit.output
     assert "kept the 4 helper models in " in text_fit.output, text_fit.output
     assert "inputs of 64 candidates at eps 0." in text_fit.output
+    assert "input gradients at 16 of the owner's images" in text_fit.output, text_fit.output
     assert "outputs on 16 probe images (16 of them logged queries): held-out independent models' contrast" \
         in text_fit.output, text_fit.output
     assert "logged queries carry the owner's idiosyncratic answers" in text_fit.output, text_fit.output

@@ -260,6 +260,9 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
     if result["output_null_mean"] is not None:
         click.echo(f"outputs on {result['output_probes']} probe images{_logged_share(result['output_probe_queries'])}: "
                    f"held-out independent models' contrast {result['output_null_mean']:+.3f}")
+    if result.get("gradient_images"):
+        click.echo(f"input gradients at {result['gradient_images']} of the owner's images, its and the held-out "
+                   "models' (a copy under a new head keeps the owner's span)")
     if result["logged_queries"]:
         if result["query_null_mean"] is None:
             click.echo(f"query log: none of {result['logged_queries']} logged queries kept (fewer than 8 answers "
