@@ -178,7 +178,7 @@ def info(index_path: str, as_json: bool) -> None:
 def remove(index_path: str, name: str, wait: float, as_json: bool) -> None:
     """Remove a model from the index. Its fingerprint (`fit-probes`) and kept helper models stay: refitting needs
     the owner's data; `suspect` uses them again only for these same weights indexed under this name."""
-    from ..fingerprint.store import fingerprint_path, helpers_path
+    from ..index.layout import fingerprint_path, helpers_path
 
     index = open_index(index_path)
     record = index.remove(name, wait=wait)

@@ -3,7 +3,6 @@ to keep them, do the helper models they were fitted with (``<owner>.helpers.pt``
 pickled code), which a refit with another query log reuses."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -15,7 +14,7 @@ import torch
 
 from ..errors import GifindexError
 from ..index.atomic import atomic_write_bytes
-from ..index.layout import FINGERPRINT_DIR
+from ..index.layout import fingerprint_path, helpers_path  # noqa: F401 (named with the index layout; re-exported)
 from .fingerprint import Fingerprint
 from .helpers import Builder
 
@@ -24,13 +23,6 @@ if TYPE_CHECKING:
 
 FORMAT = "gifindex-fingerprint-1"
 MAX_BYTES = 1 << 30
-
-
-def fingerprint_path(index_root: str | Path, owner: str) -> Path:
-    """Where the fingerprint of the indexed model ``owner`` is stored (a name-derived, file-safe stem)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner)[:80]
-    digest = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return Path(index_root) / FINGERPRINT_DIR / f"{safe}-{digest}.npz"
 
 
 def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
@@ -142,11 +134,6 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
 
 HELPERS_FORMAT = "gifindex-helpers-1"
 HELPER_ROLES = ("surrogate", "reference", "calibration")
-
-
-def helpers_path(index_root: str | Path, owner: str) -> Path:
-    """Where the helper models of ``owner``'s fingerprint are kept (beside it)."""
-    return fingerprint_path(index_root, owner).with_suffix(".helpers.pt")
 
 
 def save_helpers(helpers: "Helpers", path: str | Path) -> Path:

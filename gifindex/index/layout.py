@@ -8,10 +8,12 @@ Every path of an index is named here and nowhere else (DESIGN section 4)::
     INDEX/shards/*.h5       signatures (float16), written once, never modified
     INDEX/search.faiss      search index over the signatures (+ search.json, search.sha256): derived
     INDEX/fingerprints/*.npz owners' fitted decision fingerprints (gifindex fit-probes), written once each
+                            (+ *.helpers.pt: the helper models they were fitted with, when kept)
     INDEX/.lock             the writer lock
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -44,6 +46,18 @@ def index_exists(path: str | Path) -> bool:
 
 def shard_dir(root: Path) -> Path:
     return root / SHARD_DIR
+
+
+def fingerprint_path(index_root: str | Path, owner: str) -> Path:
+    """Where the fingerprint of the indexed model ``owner`` is stored (a name-derived, file-safe stem)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner)[:80]
+    digest = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return Path(index_root) / FINGERPRINT_DIR / f"{safe}-{digest}.npz"
+
+
+def helpers_path(index_root: str | Path, owner: str) -> Path:
+    """Where the helper models of ``owner``'s fingerprint are kept (beside it)."""
+    return fingerprint_path(index_root, owner).with_suffix(".helpers.pt")
 
 
 def versions() -> dict[str, str]:
