@@ -191,7 +191,11 @@ class Fingerprint:
         if not self.output_calibration:
             raise GifindexError(f"fingerprint of {self.owner!r} has no output calibration (fitted before outputs "
                                 "were part of fingerprints: run `gifindex fit-probes` again)")
-        mean, spread, which = _null(self.output_calibration, arch, self.varied_calibration)
+        return self._score_null(self.output_calibration, arch)
+
+    def _score_null(self, calibration: dict[str, list[float]], arch: str | None) -> tuple[float, float, str]:
+        """``_null`` of continuous scores (output contrasts, fits, gradient shares); sigma at least MIN_OUTPUT_SIGMA."""
+        mean, spread, which = _null(calibration, arch, self.varied_calibration)
         return mean, max(spread, MIN_OUTPUT_SIGMA), which
 
     def query_null(self, arch: str | None = None) -> tuple[float, float, str]:
@@ -519,15 +523,15 @@ class FingerprintScore:
             score = cls(mapped.rate, mean, sigma, f"{which}, relabelled as the suspect labels the owner's classes",
                         (mapped.rate - mean) / sigma, class_map=mapped.class_map, mapped_inputs=mapped.count)
             if mapped.output_fit is not None and mapped.fit_calibration:
-                fit_mean, spread, _ = _null(mapped.fit_calibration, arch, fingerprint.varied_calibration)
-                score.output_fit, score.output_null_mean = mapped.output_fit, fit_mean
-                score.output_null_sigma = max(spread, MIN_OUTPUT_SIGMA)
-                score.output_z = (mapped.output_fit - fit_mean) / score.output_null_sigma
+                score.output_fit = mapped.output_fit
+                score.output_null_mean, score.output_null_sigma, _ = fingerprint._score_null(mapped.fit_calibration,
+                                                                                             arch)
+                score.output_z = (mapped.output_fit - score.output_null_mean) / score.output_null_sigma
             if mapped.gradient_share is not None and mapped.gradient_calibration:
-                share_mean, spread, _ = _null(mapped.gradient_calibration, arch, fingerprint.varied_calibration)
-                score.gradient_share, score.gradient_null_mean = mapped.gradient_share, share_mean
-                score.gradient_null_sigma = max(spread, MIN_OUTPUT_SIGMA)
-                score.gradient_z = (mapped.gradient_share - share_mean) / score.gradient_null_sigma
+                score.gradient_share = mapped.gradient_share
+                score.gradient_null_mean, score.gradient_null_sigma, _ = fingerprint._score_null(
+                    mapped.gradient_calibration, arch)
+                score.gradient_z = (mapped.gradient_share - score.gradient_null_mean) / score.gradient_null_sigma
             return score
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma

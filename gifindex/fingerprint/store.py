@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 FORMAT = "gifindex-fingerprint-1"
 MAX_BYTES = 1 << 30
+# float arrays a fingerprint may hold (absent in those written before them), and what a damaged one is called
+OPTIONAL_FLOATS = {"map_logits": "class-map outputs", "map_reference_logits": "class-map outputs",
+                   "gradient_inputs": "gradient arrays", "gradient_bases": "gradient arrays",
+                   "reference_gradient_bases": "gradient arrays"}
 
 
 def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
@@ -49,11 +53,7 @@ def save_fingerprint(fingerprint: Fingerprint, path: str | Path) -> Path:
     if fingerprint.map_inputs is not None:
         arrays["map_inputs"] = fingerprint.map_inputs.numpy().astype(np.float32)
         arrays["map_labels"] = fingerprint.map_labels.numpy().astype(np.int64)
-    if fingerprint.map_logits is not None:
-        arrays["map_logits"] = fingerprint.map_logits.numpy().astype(np.float32)
-    if fingerprint.map_reference_logits is not None:
-        arrays["map_reference_logits"] = fingerprint.map_reference_logits.numpy().astype(np.float32)
-    for name in ("gradient_inputs", "gradient_bases", "reference_gradient_bases"):
+    for name in OPTIONAL_FLOATS:
         if getattr(fingerprint, name) is not None:
             arrays[name] = getattr(fingerprint, name).numpy().astype(np.float32)
     buffer = io.BytesIO()
@@ -77,9 +77,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
             weights = data["query_weights"] if "query_weights" in data.files else None
             decided = data["reference_decisions"] if "reference_decisions" in data.files else None
             mapping = (data["map_inputs"], data["map_labels"]) if "map_inputs" in data.files else None
-            map_outputs = [data[k] if k in data.files else None for k in ("map_logits", "map_reference_logits")]
-            gradients = {k: data[k] if k in data.files else None
-                         for k in ("gradient_inputs", "gradient_bases", "reference_gradient_bases")}
+            optional = {k: data[k] for k in OPTIONAL_FLOATS if k in data.files}
     except GifindexError:
         raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -102,10 +100,9 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
     if mapping is not None and (mapping[0].dtype != np.float32 or mapping[1].dtype != np.int64
                                 or not np.isfinite(mapping[0]).all()):
         raise GifindexError(f"{source}: damaged fingerprint class-map images")
-    if any(a is not None and (a.dtype != np.float32 or not np.isfinite(a).all()) for a in map_outputs):
-        raise GifindexError(f"{source}: damaged fingerprint class-map outputs")
-    if any(a is not None and (a.dtype != np.float32 or not np.isfinite(a).all()) for a in gradients.values()):
-        raise GifindexError(f"{source}: damaged fingerprint gradient arrays")
+    for name, array in optional.items():
+        if array.dtype != np.float32 or not np.isfinite(array).all():
+            raise GifindexError(f"{source}: damaged fingerprint {OPTIONAL_FLOATS[name]}")
     try:
         calibration, output_calibration, query_calibration = (
             {str(k): [float(v) for v in vals] for k, vals in dict(meta.get(name) or {}).items()}
@@ -125,9 +122,7 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            reference_decisions=None if decided is None else torch.from_numpy(decided),
                            map_inputs=None if mapping is None else torch.from_numpy(mapping[0]),
                            map_labels=None if mapping is None else torch.from_numpy(mapping[1]),
-                           map_logits=None if map_outputs[0] is None else torch.from_numpy(map_outputs[0]),
-                           map_reference_logits=None if map_outputs[1] is None else torch.from_numpy(map_outputs[1]),
-                           **{k: None if a is None else torch.from_numpy(a) for k, a in gradients.items()})
+                           **{k: torch.from_numpy(a) for k, a in optional.items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None
 
