@@ -22,6 +22,7 @@ from gifindex.fingerprint.fingerprint import MIN_OUTPUT_SIGMA, Fingerprint, Reor
 from gifindex.fingerprint.outputs import (model_logits, non_top_profile, profile_contrast, profile_similarity,
                                           within_class_fit)
 from gifindex.fingerprint.conferrable import SearchConfig
+from gifindex.fingerprint.gradients import span_share
 from gifindex.fingerprint.helpers import TrainRecipe, augment
 from gifindex.models.spec import InputSpec, LoadedModel
 
@@ -880,13 +881,24 @@ def test_round_trip_and_damaged_file(fingerprint, tmp_path):
     assert torch.equal(back.reference_logits, fingerprint.reference_logits)
     assert back.output_calibration == fingerprint.output_calibration
     assert torch.equal(back.reference_decisions, fingerprint.reference_decisions)
-    for name in ("gradient_inputs", "gradient_bases", "reference_gradient_bases"):
-        assert torch.equal(getattr(back, name), getattr(fingerprint, name)), name
+    assert torch.equal(back.gradient_inputs, fingerprint.gradient_inputs)
+    for name in ("gradient_bases", "reference_gradient_bases"):  # written in half precision, read as float32
+        assert np.load(path)[name].dtype == np.float16 and getattr(back, name).dtype == torch.float32, name
+        assert torch.allclose(getattr(back, name), getattr(fingerprint, name), rtol=1e-3, atol=1e-4), name
+    jacobian = torch.randn(len(fingerprint.gradient_inputs), 3, fingerprint.gradient_bases.shape[1],
+                           generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert span_share(jacobian, back.gradient_bases) == pytest.approx(
+        span_share(jacobian, fingerprint.gradient_bases), abs=2e-3)
+    full = dict(np.load(path))  # a fingerprint written in float32 before still loads, exactly
+    for name in ("gradient_bases", "reference_gradient_bases"):
+        full[name] = getattr(fingerprint, name).numpy().astype(np.float32)
+    np.savez(tmp_path / "float32.npz", **full)
+    assert torch.equal(load_fingerprint(tmp_path / "float32.npz").gradient_bases, fingerprint.gradient_bases)
     assert fingerprint.reference_gradient_bases.shape[:2] == (len(fingerprint.null_rates), 32)
     with pytest.raises(GifindexError, match="reference gradient bases"):
         dataclasses.replace(fingerprint, reference_gradient_bases=fingerprint.reference_gradient_bases[1:])
     damaged = dict(np.load(path))
-    damaged["gradient_bases"] = damaged["gradient_bases"] * np.inf
+    damaged["gradient_bases"] = np.full_like(damaged["gradient_bases"], np.inf)
     np.savez(tmp_path / "damaged.npz", **damaged)
     with pytest.raises(GifindexError, match="damaged fingerprint gradient arrays"):
         load_fingerprint(tmp_path / "damaged.npz")

@@ -146,9 +146,8 @@ class Helpers:
 
     def named(self) -> list[tuple[str, str, LoadedModel]]:
         """(role, architecture, model) of every helper, in training order."""
-        cycle = lambda i: self.archs[i % len(self.archs)]  # noqa: E731
-        return ([("surrogate", cycle(i), m) for i, m in enumerate(self.surrogates)]
-                + [("reference", cycle(i), m) for i, m in enumerate(self.references)]
+        return ([("surrogate", _nth_arch(self.archs, i), m) for i, m in enumerate(self.surrogates)]
+                + [("reference", _nth_arch(self.archs, i), m) for i, m in enumerate(self.references)]
                 + [("calibration", arch, m) for arch, m in self.calibration])
 
 
@@ -177,6 +176,11 @@ def helper_key(owner: LoadedModel, data: OwnerData, config: FitConfig) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def _nth_arch(archs: tuple[str, ...], i: int) -> str:
+    """The architecture of the i-th surrogate (or reference): they cycle through the helper architectures."""
+    return archs[i % len(archs)]
 
 
 def _helper_archs(owner: LoadedModel, config: FitConfig) -> tuple[str, ...]:
@@ -208,12 +212,12 @@ def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitCo
     train_x, train_y = data.x[helper_rows], data.y[helper_rows]
     surrogates, references, calibration = [], [], []
     for i in range(config.surrogates):
-        arch = archs[i % len(archs)]
+        arch = _nth_arch(archs, i)
         say(f"surrogate {i + 1}/{config.surrogates}: {arch}")
         surrogates.append(train_surrogate(build, arch, owner_fn, train_x, num_classes, config.recipe,
                                           seed + 100 + i, device))
     for i in range(config.references):
-        arch = archs[i % len(archs)]
+        arch = _nth_arch(archs, i)
         say(f"reference {i + 1}/{config.references}: {arch}")
         references.append(train_reference(build, arch, train_x, train_y, num_classes, config.recipe,
                                           seed + 200 + i, device))
