@@ -54,7 +54,7 @@ SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp
 # labels, as an owner that reviewed its log knows them (only its wrong answers are kept); "uncertain": the same
 # reviewed only where the owner was least sure, the quarter of the queries with its lowest top probability (a review
 # budget an owner can choose without knowing the truth, 6.2k); "none": no log.
-QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed", "uncertain")
+QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed", "uncertain", "pool")
 
 
 def pixels(zoo: ipzoo.IPZoo, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,8 @@ def fingerprint_score(fp, module: torch.nn.Module, arch: str, spec) -> Fingerpri
 
 def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The owner's query log (QUERY_LOGS) as images in [0, 1] (the inputs of the thieves' queries), and the true
-    labels of the reviewed ones ("reviewed", "uncertain": what an owner that reviewed its log knows), else None."""
+    labels of the reviewed ones ("reviewed", "uncertain": what an owner that reviewed its log knows; "pool": no log,
+    but a public labelled dataset that holds the thief's images and the held-out ones it never queried), else None."""
     if which == "none":
         return None, None
     x, y = zoo.attacker_data
@@ -104,6 +105,9 @@ def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.
         return thief[order[:len(thief) // 2]], None
     if which == "mixed":
         return torch.cat([thief, zoo.heldout_images()]), None
+    if which == "pool":  # no log: a public labelled dataset the thief drew from, with images it never queried
+        test_x, test_y = zoo.test_data
+        return torch.cat([thief, pixels(zoo, test_x)]), torch.cat([y, test_y]).clone()
     raise SystemExit(f"unknown query log {which!r}: choose one of {', '.join(QUERY_LOGS)}")
 
 
@@ -470,7 +474,8 @@ def main() -> None:
                              "and order, true labels: ipzoo.label_twins) and report students against twins")
     parser.add_argument("--query-log", choices=QUERY_LOGS, default="none",
                         help="the owner's query log given to the fit (QUERY_LOGS: the thieves' query images, half of "
-                             "them, or them and the held-out images; never labels)")
+                             "them, or them and the held-out images, unlabelled; reviewed or its least-sure part "
+                             "labelled; pool: them and the held-out images, all labelled, as a public dataset is)")
     parser.add_argument("--no-recipe-negatives", action="store_true",
                         help="skip the independent models trained by RECIPE_NEGATIVES (training them costs a few "
                              "minutes per seed on mnist32)")
