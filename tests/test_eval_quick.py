@@ -246,3 +246,26 @@ def test_textures_zoo_builds_and_learns(ipzoo):
     images = zoo.heldout_images()
     assert images.shape == (ipzoo.TEXTURES_TEST, 3, 16, 16)
     assert torch.allclose(zoo.normalise(images), zoo.test_data[0], atol=1e-5)
+
+
+def test_pool_query_logs_hold_the_thiefs_images_among_labelled_others(harness):
+    """--query-log pool / pool-half: a public labelled dataset holding all (or a seeded half) of the thieves' images
+    and the held-out ones, every row with its true label (docs/results.md 6.2s)."""
+    from types import SimpleNamespace
+
+    import fingerprint_ip
+    from gifindex.models.spec import InputSpec
+
+    spec = InputSpec(size=(4, 4), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    images = torch.rand(30, 3, 4, 4)
+    labels = torch.arange(30) % 10
+    normalised = (images - 0.5) / 0.25
+    zoo = SimpleNamespace(spec=spec, seed=3, attacker_data=(normalised[:20], labels[:20]),
+                          test_data=(normalised[20:], labels[20:]))
+    x, y = fingerprint_ip.query_log(zoo, "pool")
+    assert torch.allclose(x, images, atol=1e-6) and torch.equal(y, labels)
+    half, half_y = fingerprint_ip.query_log(zoo, "pool-half")
+    assert len(half) == 10 + 10 and torch.allclose(half[10:], images[20:], atol=1e-6)
+    rows = [int(torch.nonzero((images[:20] - h).abs().amax((1, 2, 3)) < 1e-6)[0]) for h in half[:10]]
+    assert len(set(rows)) == 10 and torch.equal(half_y[:10], labels[rows]) and torch.equal(half_y[10:], labels[20:])
+    assert torch.equal(fingerprint_ip.query_log(zoo, "pool-half")[0], half)  # seeded

@@ -54,7 +54,7 @@ SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp
 # labels, as an owner that reviewed its log knows them (only its wrong answers are kept); "uncertain": the same
 # reviewed only where the owner was least sure, the quarter of the queries with its lowest top probability (a review
 # budget an owner can choose without knowing the truth, 6.2k); "none": no log.
-QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed", "uncertain", "pool")
+QUERY_LOGS = ("none", "thief", "half", "mixed", "reviewed", "uncertain", "pool", "pool-half")
 
 
 def pixels(zoo: ipzoo.IPZoo, x: torch.Tensor) -> torch.Tensor:
@@ -105,9 +105,11 @@ def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.
         return thief[order[:len(thief) // 2]], None
     if which == "mixed":
         return torch.cat([thief, zoo.heldout_images()]), None
-    if which == "pool":  # no log: a public labelled dataset the thief drew from, with images it never queried
-        test_x, test_y = zoo.test_data
-        return torch.cat([thief, pixels(zoo, test_x)]), torch.cat([y, test_y]).clone()
+    if which in ("pool", "pool-half"):  # no log: a public labelled dataset with the thief's images (all, or a
+        test_x, test_y = zoo.test_data   # seeded half) among others it never queried
+        keep = torch.arange(len(thief)) if which == "pool" else torch.randperm(
+            len(thief), generator=torch.Generator().manual_seed(78 + zoo.seed))[:len(thief) // 2]
+        return torch.cat([thief[keep], pixels(zoo, test_x)]), torch.cat([y[keep], test_y]).clone()
     raise SystemExit(f"unknown query log {which!r}: choose one of {', '.join(QUERY_LOGS)}")
 
 
@@ -475,7 +477,8 @@ def main() -> None:
     parser.add_argument("--query-log", choices=QUERY_LOGS, default="none",
                         help="the owner's query log given to the fit (QUERY_LOGS: the thieves' query images, half of "
                              "them, or them and the held-out images, unlabelled; reviewed or its least-sure part "
-                             "labelled; pool: them and the held-out images, all labelled, as a public dataset is)")
+                             "labelled; pool: them and the held-out images, all labelled, as a public dataset is; "
+                             "pool-half: half of them and the held-out images)")
     parser.add_argument("--no-recipe-negatives", action="store_true",
                         help="skip the independent models trained by RECIPE_NEGATIVES (training them costs a few "
                              "minutes per seed on mnist32)")
