@@ -213,7 +213,8 @@ def _fmt(value: float | None) -> str:
                    "answers to them: the evidence against hard-label extraction. An .npz with x and y (true labels "
                    "of the queries you reviewed, -1 elsewhere) keeps only your answers known to be wrong, which "
                    "no honest model learns: without review, answers your references miss may simply be right, and "
-                   "models trained on the same images then follow them too (README)")
+                   "models trained on the same images then follow them too (README). No log? A public labelled "
+                   "dataset the thief may have drawn its queries from, with its labels as y, serves as one")
 @click.option("--max-queries", type=click.IntRange(8, 100_000), default=1024, show_default=True,
               help="idiosyncratic answers kept from the query log at most (one forward pass each per suspect)")
 @click.option("--keep-helpers", is_flag=True,
