@@ -257,7 +257,7 @@ def test_pool_query_logs_hold_the_thiefs_images_among_labelled_others(harness):
     from gifindex.models.spec import InputSpec
 
     spec = InputSpec(size=(4, 4), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    images = torch.rand(30, 3, 4, 4)
+    images = torch.rand(30, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(30) % 10
     normalised = (images - 0.5) / 0.25
     zoo = SimpleNamespace(spec=spec, seed=3, attacker_data=(normalised[:20], labels[:20]),
