@@ -1122,6 +1122,15 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     # a fingerprint without probe images (--output-probes 0) cannot read another label set's class map
     unmapped = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "headed.pt"), "--owner", "owner", *two])
     assert unmapped.exit_code == 0 and "no probe images to read the suspect" in unmapped.output, unmapped.output
+    # without a log, the fit says how hard-label students could be seen (a log, or a public labelled dataset)
+    no_log = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
+                                  "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
+                                  "--calibration", "2", "--candidates", "64", "--output-probes", "0",
+                                  "--epochs", "1", "--eps", "0.1"])
+    assert no_log.exit_code == 0 and "reused the 4 helper models kept in " in no_log.output, no_log.output
+    assert "no query log: a student trained on your hard labels" in no_log.output
+    assert "a public labelled dataset the thief may have drawn from" in no_log.output
+    assert "no query log" not in reviewed.output
     # the owner removed, other weights indexed under its name: its fingerprint is kept, but not used for them
     removed = runner.invoke(main, ["remove", "-i", str(index), "owner"])
     assert removed.exit_code == 0 and "kept its fingerprint (" in removed.output, removed.output

@@ -277,6 +277,10 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
             if not result["reviewed_queries"]:
                 click.echo(f"the log is not reviewed: {UNREVIEWED}; review its least sure queries (`gifindex "
                            "review-queries`) before relying on a verdict they carry")
+    else:
+        click.echo("no query log: a student trained on your hard labels is seen only through your wrong answers to "
+                   "the thief's queries; give --queries your API's log, or a public labelled dataset the thief may "
+                   "have drawn from, its labels as y (see the README)")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
     if result["helpers_reused"]:
         click.echo(f"reused the {result['helpers']} helper models kept in {result['helpers_path']}")
