@@ -524,27 +524,24 @@ class FingerprintScore:
                         (mapped.rate - mean) / sigma, class_map=mapped.class_map, mapped_inputs=mapped.count)
             if mapped.output_fit is not None and mapped.fit_calibration:
                 score.output_fit = mapped.output_fit
-                score.output_null_mean, score.output_null_sigma, _ = fingerprint._score_null(mapped.fit_calibration,
-                                                                                             arch)
-                score.output_z = (mapped.output_fit - score.output_null_mean) / score.output_null_sigma
+                score.output_null_mean, score.output_null_sigma, score.output_z = _against(
+                    mapped.output_fit, fingerprint._score_null(mapped.fit_calibration, arch))
             if mapped.gradient_share is not None and mapped.gradient_calibration:
                 score.gradient_share = mapped.gradient_share
-                score.gradient_null_mean, score.gradient_null_sigma, _ = fingerprint._score_null(
-                    mapped.gradient_calibration, arch)
-                score.gradient_z = (mapped.gradient_share - score.gradient_null_mean) / score.gradient_null_sigma
+                score.gradient_null_mean, score.gradient_null_sigma, score.gradient_z = _against(
+                    mapped.gradient_share, fingerprint._score_null(mapped.gradient_calibration, arch))
             return score
         mean, sigma, which = fingerprint.null(arch)
         z = None if rate is None else (rate - mean) / sigma
         score = cls(rate, mean, sigma, which, z)
         if outputs is not None and fingerprint.has_outputs:
-            out_mean, out_sigma, _ = fingerprint.output_null(arch)
             score.output_similarity, score.output_contrast = outputs.similarity, outputs.contrast
-            score.output_null_mean, score.output_null_sigma = out_mean, out_sigma
-            score.output_z = (outputs.contrast - out_mean) / out_sigma
+            score.output_null_mean, score.output_null_sigma, score.output_z = _against(
+                outputs.contrast, fingerprint.output_null(arch))
         if query_rate is not None and fingerprint.has_queries:
-            q_mean, q_sigma, _ = fingerprint.query_null(arch)
-            score.query_agreement, score.query_null_mean, score.query_null_sigma = query_rate, q_mean, q_sigma
-            score.query_z = (query_rate - q_mean) / q_sigma
+            score.query_agreement = query_rate
+            score.query_null_mean, score.query_null_sigma, score.query_z = _against(
+                query_rate, fingerprint.query_null(arch))
         return score
 
     @property
@@ -586,6 +583,12 @@ class FingerprintScore:
 
 
 OTHER_ARCHS = "(other architectures)"  # Fingerprint.query_flag_rates' key for a suspect of an uncalibrated architecture
+
+
+def _against(value: float, null: tuple[float, float, str]) -> tuple[float, float, float]:
+    """A part's null mean and sigma (a ``Fingerprint`` null: mean, sigma, what it is) and ``value``'s z against them."""
+    mean, sigma, _ = null
+    return mean, sigma, (value - mean) / sigma
 
 
 def stronger_of_two(z: float) -> float:
