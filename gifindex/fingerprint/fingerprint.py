@@ -359,17 +359,16 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
         probe_logits = model_logits(model, fingerprint.probe_inputs, device, batch_size)
     if class_map is None:
         class_map, map_logits = _suspect_class_map(fingerprint, model, probe_logits, device, batch_size)
-    mapping = class_map
-    if _labelling(mapping, probe_logits.shape[1]) == "owner":
+    if _labelling(class_map, probe_logits.shape[1]) == "owner":
         return None
-    class_map = torch.tensor(mapping, dtype=torch.int64)
-    expected = class_map[fingerprint.labels]
+    relabel = torch.tensor(class_map, dtype=torch.int64)
+    expected = relabel[fingerprint.labels]
     used = expected >= 0
     if not bool(used.any()):
         return None
     answers = model_logits(model, fingerprint.inputs[used], device, batch_size).argmax(1)
     rate = float((answers == expected[used]).double().mean())
-    reference_rates = (class_map[fingerprint.reference_decisions[:, used]] == expected[used]).double().mean(1)
+    reference_rates = (relabel[fingerprint.reference_decisions[:, used]] == expected[used]).double().mean(1)
     if fingerprint.map_reference_logits is not None:  # the fit is read on the owner's own images
         if map_logits is None:
             map_logits = model_logits(model, fingerprint.map_inputs, device, batch_size)
@@ -379,7 +378,7 @@ def mapped_decisions(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceA
         output_fit, fits = _mapped_output_fits(fingerprint, probe_logits, fingerprint.probe_logits,
                                                fingerprint.reference_logits)
     share, shares = _mapped_gradient_shares(fingerprint, model, device)
-    return MappedDecisions(rate, int(used.sum()), mapping, _by_arch(fingerprint, reference_rates.tolist()),
+    return MappedDecisions(rate, int(used.sum()), class_map, _by_arch(fingerprint, reference_rates.tolist()),
                            int(probe_logits.shape[1]), output_fit, fits, share, shares)
 
 
