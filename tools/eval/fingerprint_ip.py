@@ -83,10 +83,16 @@ def fingerprint_score(fp, module: torch.nn.Module, arch: str, spec) -> Fingerpri
     return judge(fp, model, arch)
 
 
+def seeded_half(count: int, seed: int) -> torch.Tensor:
+    """Half of ``range(count)`` (rounded down), drawn by a seeded permutation: a query log missing half the queries."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:count // 2]
+
+
 def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The owner's query log (QUERY_LOGS) as images in [0, 1] (the inputs of the thieves' queries), and the true
     labels of the reviewed ones ("reviewed", "uncertain": what an owner that reviewed its log knows; "pool": no log,
-    but a public labelled dataset that holds the thief's images and the held-out ones it never queried), else None."""
+    but a public labelled dataset that holds the thief's images and the held-out ones it never queried; "pool-half":
+    the same with a seeded half of the thief's images), else None."""
     if which == "none":
         return None, None
     x, y = zoo.attacker_data
@@ -101,15 +107,13 @@ def query_log(zoo: ipzoo.IPZoo, which: str) -> tuple[torch.Tensor | None, torch.
         labels[least] = y[least]
         return thief, labels
     if which == "half":
-        order = torch.randperm(len(thief), generator=torch.Generator().manual_seed(77 + zoo.seed))
-        return thief[order[:len(thief) // 2]], None
+        return thief[seeded_half(len(thief), 77 + zoo.seed)], None
     if which == "mixed":
         return torch.cat([thief, zoo.heldout_images()]), None
     if which in ("pool", "pool-half"):  # no log: a public labelled dataset with the thief's images (all, or a
         test_x, test_y = zoo.test_data   # seeded half) among others it never queried
-        keep = torch.arange(len(thief)) if which == "pool" else torch.randperm(
-            len(thief), generator=torch.Generator().manual_seed(78 + zoo.seed))[:len(thief) // 2]
-        return torch.cat([thief[keep], pixels(zoo, test_x)]), torch.cat([y[keep], test_y]).clone()
+        keep = torch.arange(len(thief)) if which == "pool" else seeded_half(len(thief), 78 + zoo.seed)
+        return torch.cat([thief[keep], pixels(zoo, test_x)]), torch.cat([y[keep], test_y])
     raise SystemExit(f"unknown query log {which!r}: choose one of {', '.join(QUERY_LOGS)}")
 
 
