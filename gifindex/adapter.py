@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import SignatureError
-from .models.spec import InputSpec, LoadedModel
+from .models.spec import GREY_WEIGHTS, InputSpec, LoadedModel
 
 OUTPUT_REDUCTIONS = ("norm", "top-logit")
 
@@ -40,9 +40,9 @@ class SharedSpaceAdapter(nn.Module):
     """Wrap a model so it takes shared-space images and returns one scalar per image.
 
     forward(x, target) -> (B,): resize x (B, 3, R, R) to the model's native size (differentiable,
-    antialiased when shrinking), normalise with the model's mean/std, run the model, and reduce the
-    output: ``norm`` is the l2 norm of the whole flattened output (paper, footnote 4); ``top-logit``
-    is output[target], where target is the class predicted at the reference point (see predict()).
+    antialiased when shrinking; for a grey model, its luma), normalise with the model's mean/std, run the
+    model, and reduce the output: ``norm`` is the l2 norm of the whole flattened output (paper, footnote 4);
+    ``top-logit`` is output[target], where target is the class predicted at the reference point (see predict()).
     """
 
     def __init__(self, model: nn.Module, spec: InputSpec, output: str = "norm"):
@@ -54,9 +54,12 @@ class SharedSpaceAdapter(nn.Module):
             param.requires_grad_(False)
         self.spec = spec
         self.output = output
-        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1),
+        channels = spec.channels
+        self.register_buffer("mean", torch.tensor(spec.mean[:channels], dtype=torch.float32).view(1, channels, 1, 1),
                              persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1),
+        self.register_buffer("std", torch.tensor(spec.std[:channels], dtype=torch.float32).view(1, channels, 1, 1),
+                             persistent=False)
+        self.register_buffer("grey", torch.tensor(GREY_WEIGHTS, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
 
     @classmethod
@@ -69,7 +72,9 @@ class SharedSpaceAdapter(nn.Module):
         return super().train(False)
 
     def to_native(self, x: torch.Tensor) -> torch.Tensor:
-        """Map shared-space images to the model's normalised native input."""
+        """Map shared-space images to the model's normalised native input (a grey model's: their luma)."""
+        if self.spec.channels == 1:
+            x = (x * self.grey).sum(1, keepdim=True)
         size = tuple(self.spec.size)
         if tuple(x.shape[-2:]) != size:
             mode = self.spec.interpolation if self.spec.interpolation in ("bilinear", "bicubic") else "bilinear"

@@ -31,7 +31,7 @@ def as_loaded_model(model: ModelLike, *, input_size: int | None = None, mean: Se
     import torch.nn as nn
 
     from .models import load_model
-    from .models.spec import InputSpec, LoadedModel
+    from .models.spec import InputSpec, LoadedModel, input_channels
 
     overrides = (input_size, tuple(mean) if mean is not None else None, tuple(std) if std is not None else None)
     if isinstance(model, LoadedModel):
@@ -50,8 +50,9 @@ def as_loaded_model(model: ModelLike, *, input_size: int | None = None, mean: Se
         for p in module.parameters():
             p.requires_grad_(False)
         name = type(model).__name__
-        return LoadedModel(module=module, spec=spec.with_overrides(*overrides), ref=f"<nn.Module {name}>",
-                           name=name, source="module")
+        spec = spec.with_overrides(*overrides)
+        spec = spec.with_overrides(channels=input_channels(module, spec.size))
+        return LoadedModel(module=module, spec=spec, ref=f"<nn.Module {name}>", name=name, source="module")
     return load_model(model, input_size=input_size, mean=mean, std=std, device=device, **load_opts)
 
 

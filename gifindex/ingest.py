@@ -64,8 +64,8 @@ def content_sha256(loaded: "LoadedModel", output: str) -> str:
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     spec = loaded.spec
-    digest.update(json.dumps({"size": list(spec.size), "mean": list(spec.mean), "std": list(spec.std),
-                              "interpolation": spec.interpolation, "output": output}, sort_keys=True).encode())
+    digest.update(json.dumps({**spec.describe(), "interpolation": spec.interpolation, "output": output},
+                             sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -157,7 +157,7 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         result.metadata = {
             "source": loaded.source, "arch": loaded.arch, "output": output, "device": device,
             "input_size": list(loaded.spec.size), "mean": list(loaded.spec.mean), "std": list(loaded.spec.std),
-            "num_outputs": loaded.num_outputs, "tags": entry.tags,
+            "channels": loaded.spec.channels, "num_outputs": loaded.num_outputs, "tags": entry.tags,
             "parameters": int(sum(p.numel() for p in loaded.module.parameters())),
             "file_sha256": loaded.weights_sha256, "file_stamp": file_stamp(entry.ref),
             "random_init": random_init, "load": load_options(entry),
@@ -167,8 +167,8 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
     except Exception as exc:  # noqa: BLE001 - a bad model is a result, not a crash
         result.error = _describe(exc)
         if not isinstance(exc, GifindexError) and "channels" in result.error and "expected" in result.error:
-            result.error = (f"{entry.ref}: the model does not accept 3-channel RGB images ({result.error[:160]}); "
-                            "gifindex signs models on RGB input only")
+            result.error = (f"{entry.ref}: the model accepts neither 3-channel RGB nor 1-channel grey images "
+                            f"({result.error[:160]}); gifindex signs models on RGB or grey input")
         result.metadata = {"traceback": traceback.format_exc(limit=5)}
     finally:
         result.seconds = time.perf_counter() - start

@@ -65,7 +65,8 @@ def loaded_info(loaded: "LoadedModel", *, arch_from: str, convention_from: str,
     """What ``signed`` reports: the reference, architecture, input size, mean and std used, and where
     each came from (``given``, ``detected``, ``reference``/``model``, or an indexed model's stored options)."""
     return {"ref": loaded.ref, "arch": loaded.arch, "arch_from": arch_from, "input_size": list(loaded.spec.size),
-            "mean": list(loaded.spec.mean), "std": list(loaded.spec.std), "convention_from": convention_from,
+            "mean": list(loaded.spec.mean), "std": list(loaded.spec.std), "channels": loaded.spec.channels,
+            "convention_from": convention_from,
             "reused_from": reused_from, "random_init": bool(loaded.meta.get("random_init"))}
 
 
@@ -77,6 +78,7 @@ def describe(info: dict[str, Any]) -> str:
     size = info.get("input_size") or []
     side = f"{size[0]} px" if len(size) == 2 and size[0] == size[1] else "x".join(map(str, size)) or "?"
     random = "; RANDOM (untrained) weights" if info.get("random_init") else ""
+    side += " grey" if info.get("channels") == 1 else ""
     return (f"signed {info.get('ref')}: arch {info.get('arch')} ({info.get('arch_from')}), input {side}, "
             f"mean {numbers(info.get('mean'))}, std {numbers(info.get('std'))} ({info.get('convention_from')}){random}")
 

@@ -251,7 +251,8 @@ def test_no_architecture_matches() -> None:
         detect_architecture(sd, libraries=("torchvision",))
     assert str(info.value).startswith("the state dict matches no torchvision or timm architecture "
                                       "(4 tensors)")
-    assert str(info.value).endswith("pass --arch timm:NAME --num-classes C (or --arch torchvision:NAME)")
+    assert str(info.value).endswith("pass --arch timm:NAME --num-classes C (or --arch torchvision:NAME); a network "
+                                    "of your own: save it whole (torch.jit.trace) and load that file with --trust")
     near = torchvision.models.resnet18(num_classes=3).state_dict()
     near.pop("layer4.1.bn2.bias")
     with pytest.raises(ArchitectureError, match=r"closest: torchvision:resnet18 \(missing: layer4.1.bn2.bias\)"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import pickle
 import struct
@@ -27,7 +26,6 @@ from gifindex.errors import GifindexError, IndexError_, ModelLoadError, Signatur
 from gifindex.index import Index
 from gifindex.index.search import search
 from gifindex.manifest import ManifestError, parse_manifest, read_manifest
-from gifindex.models import load_model
 from gifindex.models.detect import detect_architecture
 from gifindex.models.files import read_weights_file
 from gifindex.probes import make_probes
@@ -236,9 +234,9 @@ def test_nan_weights_outputs_and_gradients_refused(hub, tmp_path):
 
 # 9. models that do not fit the pipeline ------------------------------------------------------------------------
 def test_wrong_channels_non_tensor_output_and_oom(hub, tmp_path):
-    torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), tmp_path / "gray.pt")
-    refused(hub, [tmp_path / "gray.pt", "--trust", "--input-size", "16"],
-            "the model does not accept 3-channel RGB images")
+    torch.save(nn.Sequential(nn.Conv2d(2, 2, 3), nn.Flatten()), tmp_path / "two.pt")
+    refused(hub, [tmp_path / "two.pt", "--trust", "--input-size", "16"],
+            "the model accepts neither 3-channel RGB nor 1-channel grey images")
 
     class Words(nn.Module):
         def forward(self, x):

@@ -69,15 +69,16 @@ def _fail(message: str) -> None:
 
 
 def _floats(text: str | None, name: str) -> tuple[float, float, float] | None:
+    """Three numbers, one per channel, or one for all three (a grey model's single mean or std)."""
     if text is None:
         return None
     try:
         values = tuple(float(v) for v in text.replace(",", " ").split())
     except ValueError:
-        raise click.BadParameter(f"expected three numbers, got {text!r}", param_hint=name) from None
-    if len(values) != 3:
-        raise click.BadParameter(f"expected three numbers, got {text!r}", param_hint=name)
-    return values  # type: ignore[return-value]
+        raise click.BadParameter(f"expected three numbers (or one), got {text!r}", param_hint=name) from None
+    if len(values) not in (1, 3):
+        raise click.BadParameter(f"expected three numbers (or one), got {text!r}", param_hint=name)
+    return values * 3 if len(values) == 1 else values  # type: ignore[return-value]
 
 
 # The keyword names config_options gives its options (SignatureConfig fields); config_from reads them back.
@@ -147,7 +148,7 @@ def load_options(func):
         click.option("--num-classes", type=int, default=None, help="classifier size for --arch"),
         click.option("--input-size", type=int, default=None, help="override the model's native input size"),
         click.option("--mean", default=None, help="override normalisation mean: --mean 0.5 0.5 0.5 (or "
-                     "'0.5 0.5 0.5', 0.5,0.5,0.5)"),
+                     "'0.5 0.5 0.5', 0.5,0.5,0.5; one number: every channel, as for a grey model)"),
         click.option("--std", default=None, help="override normalisation std, same forms as --mean"),
         click.option("--trust", is_flag=True, help="allow files whose loading runs code (pickled modules, "
                                                    "TorchScript); only for files you trust"),

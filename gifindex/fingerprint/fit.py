@@ -164,7 +164,8 @@ def helper_key(owner: LoadedModel, data: OwnerData, config: FitConfig) -> str:
     settings["recipe"] = dataclasses.asdict(config.recipe)
     spec = owner.spec
     digest.update(json.dumps({"archs": list(_helper_archs(owner, config)), "settings": settings,
-                              "spec": [list(spec.size), list(spec.mean), list(spec.std)]},
+                              "spec": [list(spec.size), list(spec.mean), list(spec.std)]
+                              + ([spec.channels] if spec.channels != 3 else [])},
                              sort_keys=True).encode())
     if owner.weights_sha256:
         digest.update(owner.weights_sha256.encode())

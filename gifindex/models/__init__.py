@@ -15,7 +15,7 @@ import torch.nn as nn
 from gifindex.errors import ConfigError
 from gifindex.models.files import check_path
 from gifindex.models.sources import get_source
-from gifindex.models.spec import Built, InputSpec, LoadedModel, read_weights
+from gifindex.models.spec import Built, InputSpec, LoadedModel, input_channels, read_weights
 from gifindex.refs import _PREFIXES, FILE_SUFFIXES, ModelRef, parse_ref
 
 __all__ = ["Built", "InputSpec", "LoadedModel", "load_model", "read_weights"]
@@ -32,7 +32,8 @@ def load_model(ref: "str | ModelRef", *, arch: str | None = None, weights: str |
     ``weights`` is a state-dict file for a named architecture; ``arch`` names the architecture of
     a state-dict file given as ``ref`` (detected from its keys when omitted); ``random_init`` asks
     for untrained weights (seed the RNG first); ``trust`` allows files whose loading runs code.
-    ``input_size``/``mean``/``std`` override the model's own input convention.
+    ``input_size``/``mean``/``std`` override the model's own input convention; a model whose input layer takes one
+    channel reads the images' luma (``InputSpec.channels``, ``input_channels``).
     """
     _check_file_ref(ref)
     r = parse_ref(ref)
@@ -47,11 +48,12 @@ def load_model(ref: "str | ModelRef", *, arch: str | None = None, weights: str |
                         trust=trust)
     spec = built.spec.with_overrides(input_size, tuple(mean) if mean is not None else None,
                                      tuple(std) if std is not None else None)
+    spec = spec.with_overrides(channels=input_channels(built.module, spec.size))
     module = built.module.to(device).eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    log.info("loaded %s as %s: input %dx%d, mean %s, std %s", r.canonical(), built.arch, spec.size[0], spec.size[1],
-             spec.mean, spec.std)
+    log.info("loaded %s as %s: input %dx%d%s, mean %s, std %s", r.canonical(), built.arch, spec.size[0],
+             spec.size[1], " grey" if spec.channels == 1 else "", spec.mean, spec.std)
     return LoadedModel(module=module, spec=spec, ref=r.canonical(), name=source.model_name(r), source=r.kind,
                        arch=built.arch, weights_sha256=built.weights_sha256,
                        num_outputs=built.meta.pop("num_outputs", None) or num_outputs(built.module),

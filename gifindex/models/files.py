@@ -15,6 +15,7 @@ import os
 import pickle
 import stat
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,7 +311,9 @@ def read_weights_file(path: str | Path, *, trust: bool = False) -> WeightsFile:
             raise UntrustedFileError(f"{path} is a TorchScript archive; loading it runs code from the "
                                      "file; pass --trust if you trust its origin")
         try:
-            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+            with warnings.catch_warnings():  # torch's deprecation notice is not the user's to act on
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as e:
             raise ModelLoadError(f"cannot load TorchScript archive {path}: {_first_line(e)}")
         return WeightsFile(path, fmt, sha, module=module)

@@ -405,6 +405,9 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
                                                        if groups[n] == "relabelled"]))
         if task_names:
             flagged[name]["irrelevant-t"] = float(np.mean([z[n] >= Z_THRESHOLD for n in task_names]))
+        external = [n for n in scored if groups[n] == "irrelevant-x"]  # trained elsewhere (ipzoo.lenet_mnist)
+        if external:
+            flagged[name]["irrelevant-x"] = float(np.mean([z[n] >= Z_THRESHOLD for n in external]))
     by_recipe = {}
     if with_recipe_negatives:  # the fingerprint's verdict on them (their outputs are comparable: combined = fp-z)
         for n, (arch, module) in recipe_negatives(zoo, config.helper_archs, fp.num_classes).items():

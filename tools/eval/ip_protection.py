@@ -61,7 +61,7 @@ def evaluate(quick: bool = False, k: int = 16, steps: int = 8, zoo: IPZoo | None
         result["mean_distance"][method] = {g: float(np.mean([dist[n] for n in models if groups[n] == g]))
                                            for g in GROUPS}
         # the suspect command's calibrated verdict, population = the irrelevant models (leave-one-out)
-        flagged = {g: 0 for g in GROUPS}
+        flagged = {g: 0 for g in dict.fromkeys(g for n, g in groups.items() if n != "owner")}  # any extra group too
         for name in models:
             if name == "owner":
                 continue
@@ -97,7 +97,9 @@ def report(summary: dict, seeds: list[int]) -> str:
     width = 13 if spread else 12
     first = max(10, *(len(m) for m in summary["auc"]))
     lines = [f"AUC per attack (owner vs irrelevant), seeds {seeds}" + (" (mean+-std)" if spread else "") + ":"]
-    for table, columns in (("auc", ATTACKS + ("mean",)), ("suspect", GROUPS)):
+    groups = tuple(next(iter(summary["suspect"].values())))  # GROUPS and any extra group (irrelevant-x)
+    for table, columns in (("auc", ATTACKS + ("mean",)), ("suspect", tuple(g for g in GROUPS if g in groups)
+                                                          + tuple(g for g in groups if g not in GROUPS))):
         if table == "suspect":
             lines.append("suspect verdict 'derived' rate (irrelevant = false positives):")
         lines.append(f"{'method':<{first}s} " + " ".join(f"{c:>{width}s}" for c in columns))
