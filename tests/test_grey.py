@@ -146,3 +146,19 @@ def test_grey_torchscript_model_from_the_command_line(tmp_path):
     assert meta["channels"] == 1 and meta["mean"] == [0.1307] * 3 and meta["input_size"] == [28, 28]
     bad = _run("distance", path, path, "--trust", "--mean", "0.1 0.2", *TINY, code=2)
     assert "expected three numbers (or one)" in bad.output
+
+
+def test_fit_probes_asks_for_helper_architectures_when_the_owners_cannot_be_rebuilt():
+    """A grey owner saved whole (its class unknown to timm and torchvision) cannot lend its architecture to the helpers
+    the owner trains: the fit says so up front and names --helper-arch, instead of failing on the class name."""
+    from gifindex.errors import ConfigError
+    from gifindex.fingerprint import FitConfig, OwnerData, helper_key
+
+    owner = wrap(GreyNet(seed=5), grey_spec(28))
+    owner.arch = "RecursiveScriptModule"
+    data = OwnerData(torch.rand(20, 3, 28, 28), torch.arange(20) % 10)
+    with pytest.raises(ConfigError, match="cannot be built anew by name.*--helper-arch timm:NAME"):
+        helper_key(owner, data, FitConfig())
+    assert helper_key(owner, data, FitConfig(helper_archs=("timm:test_resnet",)))  # named: fine
+    owner.arch = "timm:test_resnet"
+    assert helper_key(owner, data, FitConfig()) != helper_key(owner, data, FitConfig(helper_archs=("timm:resnet18",)))

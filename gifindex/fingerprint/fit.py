@@ -185,10 +185,25 @@ def _nth_arch(archs: tuple[str, ...], i: int) -> str:
 
 
 def _helper_archs(owner: LoadedModel, config: FitConfig) -> tuple[str, ...]:
-    archs = tuple(config.helper_archs or ((owner.arch,) if owner.arch else ()))
-    if not archs:
-        raise ConfigError("the owner's architecture is unknown: name helper architectures (--helper-arch REF)")
-    return archs
+    """The helper architectures: those named, else the owner's own when it can be built anew by name."""
+    if config.helper_archs:
+        return tuple(config.helper_archs)
+    if owner.arch and _buildable(owner.arch):
+        return (owner.arch,)
+    raise ConfigError(f"the owner's architecture ({owner.arch or 'unknown'}) cannot be built anew by name (a model "
+                      "saved whole, or loaded in memory): name the helpers' architectures, those common for the "
+                      "owner's task, with --helper-arch timm:NAME (repeatable)")
+
+
+def _buildable(arch: str) -> bool:
+    """Whether ``arch`` names an architecture a source builds untrained (timm:, torchvision:, taskonomy:)."""
+    from ..errors import GifindexError
+    from ..refs import parse_ref
+
+    try:
+        return parse_ref(arch).kind in ("timm", "torchvision", "taskonomy")
+    except GifindexError:
+        return False
 
 
 def _rows(data: OwnerData, config: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
