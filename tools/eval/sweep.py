@@ -10,7 +10,6 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 import ip_protection
 import task_relatedness

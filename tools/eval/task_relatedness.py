@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (IMAGE_SIZE, METHODS, SPEC, cached_model, digits_to_rgb, distance_matrix, log, normalise,
+from common import (IMAGE_SIZE, METHODS, cached_model, digits_to_rgb, distance_matrix, log, normalise,
                     results_dir, setup_threads, sign_all, write_json)
 from gifindex.apps.relatedness import score
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (METHODS, accuracy, build_arch, cached_model, digits, log, results_dir, setup_threads,
+from common import (METHODS, accuracy, build_arch, cached_model, digits, results_dir, setup_threads,
                     sign_all, train, write_json)
 from gifindex.methods import feature_distance
 
@@ -73,7 +73,8 @@ def evaluate(quick: bool = False, k: int = 16, steps: int = 8, methods=METHODS) 
     approx = ref
     for e in range(1, max_unlearn + 1):
         prev = approx
-        approx = cached_model("unlearning", f"approx-{e}", lambda p=prev, e=e: amnesiac(copy.deepcopy(p), xf, yf, xr, yr, 1, 50 + e),
+        approx = cached_model("unlearning", f"approx-{e}",
+                              lambda p=prev, e=e: amnesiac(copy.deepcopy(p), xf, yf, xr, yr, 1, 50 + e),
                               ["approx", e, epochs, 1], template)
         models[f"approx-{e}"] = approx
     train_s = time.perf_counter() - start
