@@ -31,12 +31,12 @@ class Linear(nn.Module):
 
 
 class SmoothNet(nn.Module):
-    """A small smooth nonlinear conv net (tanh / softplus), for completeness checks."""
+    """A small smooth nonlinear conv net (tanh / softplus), for completeness checks; ``channels`` 1: a grey one."""
 
-    def __init__(self, seed: int = 0, outputs: int = 5):
+    def __init__(self, seed: int = 0, outputs: int = 5, channels: int = 3):
         super().__init__()
         torch.manual_seed(seed)
-        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, 6, 3, padding=1)
         self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
         self.head = nn.Linear(8, outputs)
 
@@ -65,3 +65,20 @@ class CrashNet(nn.Module):
 
         os.kill(os.getpid(), signal.SIGSEGV)
         return x.flatten(1)
+
+
+def completeness_error(loaded: LoadedModel, config) -> float:
+    """Proposition 2 at the end of each curve: max_k | (x1 - x0) . g_k(1) - (M(x1) - M(x0)) | relative to the output
+    change, for the top-logit output (``config.output``) of ``loaded``."""
+    from gifindex.adapter import SharedSpaceAdapter
+    from gifindex.curves import compute_curves
+    from gifindex.probes import make_probes
+
+    probes = make_probes(config)
+    curves = compute_curves(loaded, probes, config, batch_size=None)
+    adapter = SharedSpaceAdapter(loaded.module, loaded.spec, config.output)
+    target = adapter.predict(probes.images)
+    with torch.no_grad():
+        change = adapter(probes.images, target) - adapter(probes.baseline, target)
+    lhs = ((probes.images - probes.baseline).reshape(len(change), -1) * curves[:, -1]).sum(dim=1)
+    return float(((lhs - change).abs() / change.abs()).max())

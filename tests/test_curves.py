@@ -12,7 +12,7 @@ from gifindex.models.spec import InputSpec
 from gifindex.probes import make_probes
 from gifindex.quadrature import quadrature
 
-from helpers import Linear, SmoothNet, identity_spec, wrap
+from helpers import Linear, SmoothNet, completeness_error, identity_spec, wrap
 
 
 def _linear(resolution: int, seed: int = 0) -> tuple[Linear, torch.Tensor]:
@@ -64,17 +64,7 @@ def test_linear_model_field_is_constant_through_resize_and_normalisation():
 def _completeness_error(rule: str, steps: int) -> float:
     """max_k | (x1 - x0) . g_k(1) - (M(x1) - M(x0)) | relative to the output change."""
     cfg = SignatureConfig(resolution=16, num_probes=3, steps=steps, rule=rule, output="top-logit", seed=5)
-    net = SmoothNet()
-    loaded = wrap(net, identity_spec(16))
-    probes = make_probes(cfg)
-    curves = compute_curves(loaded, probes, cfg, batch_size=None)
-    adapter = SharedSpaceAdapter(net, loaded.spec, "top-logit")
-    target = adapter.predict(probes.images)
-    with torch.no_grad():
-        change = adapter(probes.images, target) - adapter(probes.baseline, target)
-    delta = (probes.images - probes.baseline).reshape(3, -1)
-    lhs = (delta * curves[:, -1]).sum(dim=1)
-    return float(((lhs - change).abs() / change.abs()).max())
+    return completeness_error(wrap(SmoothNet(), identity_spec(16)), cfg)
 
 
 def test_completeness_riemann_error_shrinks_and_gauss_legendre_converges_faster():
