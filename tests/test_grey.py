@@ -128,17 +128,65 @@ def test_grey_torchscript_model_from_the_command_line(tmp_path):
     assert "expected three numbers (or one)" in bad.output
 
 
-def test_fit_probes_asks_for_helper_architectures_when_the_owners_cannot_be_rebuilt():
-    """A grey owner saved whole (its class unknown to timm and torchvision) cannot lend its architecture to the helpers
-    the owner trains: the fit says so up front and names --helper-arch, instead of failing on the class name."""
-    from gifindex.errors import ConfigError
-    from gifindex.fingerprint import FitConfig, OwnerData, helper_key
+def _traced_grey(seed: int) -> torch.jit.ScriptModule:
+    return torch.jit.trace(GreyNet(seed=seed).eval(), torch.rand(2, 1, 28, 28))
 
-    owner = wrap(GreyNet(seed=5), grey_spec(28))
-    owner.arch = "RecursiveScriptModule"
-    data = OwnerData(torch.rand(20, 3, 28, 28), torch.arange(20) % 10)
-    with pytest.raises(ConfigError, match="cannot be built anew by name.*--helper-arch timm:NAME"):
-        helper_key(owner, data, FitConfig())
-    assert helper_key(owner, data, FitConfig(helper_archs=("timm:test_resnet",)))  # named: fine
-    owner.arch = "timm:test_resnet"
-    assert helper_key(owner, data, FitConfig()) != helper_key(owner, data, FitConfig(helper_archs=("timm:resnet18",)))
+
+@pytest.mark.parametrize("make", [lambda: GreyNet(seed=5), lambda: _traced_grey(5),
+                                  lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                                                        nn.LazyLinear(10))])
+def test_reinitialised_is_a_fresh_model_of_the_same_architecture(make):
+    """Helpers of an owner with no timm/torchvision name: the same layers and shapes, every weight drawn anew (the
+    owner untouched), reproducible under a seed, statistics reset, trainable."""
+    from gifindex.fingerprint.helpers import reinitialised
+
+    owner = make()
+    owner(torch.rand(2, 1, 28, 28))  # materialise lazy layers, move running statistics
+    for p in owner.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in owner.state_dict().items()}
+    torch.manual_seed(7)
+    fresh = reinitialised(owner)
+    torch.manual_seed(7)
+    again = reinitialised(owner)
+    state, owner_state = fresh.state_dict(), owner.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in owner_state.items()}
+    assert all(torch.equal(owner_state[k], before[k]) for k in before)
+    weights = [k for k, v in state.items() if v.ndim >= 2]
+    assert weights and all(not torch.equal(state[k], owner_state[k]) for k in weights)
+    assert all(torch.equal(state[k], again.state_dict()[k]) for k in state)
+    for k in state:
+        if k.endswith("running_var"):
+            assert torch.equal(state[k], torch.ones_like(state[k]))
+    x = torch.rand(4, 1, 28, 28)
+    loss = fresh(x).logsumexp(1).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in fresh.parameters())
+
+
+def test_helpers_of_an_owner_saved_whole_are_fresh_copies_of_it():
+    """A grey owner saved whole (its class known to neither timm nor torchvision) lends its own architecture to the
+    helpers it trains by default (and as --helper-arch owner): fresh copies of its module, in its input convention,
+    which train like any helper; suspects of its class are calibrated against them."""
+    from gifindex.fingerprint import FitConfig, OwnerData, helper_key
+    from gifindex.fingerprint.fit import OWN_ARCH, _helper_archs, default_builder
+    from gifindex.fingerprint.helpers import TrainRecipe, train_reference
+
+    owner = wrap(_traced_grey(5), grey_spec(28))
+    owner.arch = "SmoothNet"
+    assert _helper_archs(owner, FitConfig()) == ("SmoothNet",)
+    assert _helper_archs(owner, FitConfig(helper_archs=(OWN_ARCH, "timm:test_resnet"))) == ("SmoothNet",
+                                                                                        "timm:test_resnet")
+    data = OwnerData(torch.rand(40, 3, 28, 28), torch.arange(40) % 10)
+    assert helper_key(owner, data, FitConfig()) == helper_key(owner, data, FitConfig(helper_archs=(OWN_ARCH,)))
+    build = default_builder(owner)
+    torch.manual_seed(0)
+    helper = build("SmoothNet", 10)
+    assert helper.arch == "SmoothNet" and helper.spec == owner.spec and helper.spec.channels == 1
+    untrained = {k: v.clone() for k, v in helper.module.state_dict().items()}
+    trained = train_reference(build, "SmoothNet", data.x, data.y, 10, TrainRecipe(epochs=1, batch_size=8), seed=1)
+    assert any(not torch.equal(untrained[k], v) for k, v in trained.module.state_dict().items())
+    assert not any(p.requires_grad for p in owner.module.parameters())
+    other = wrap(GreyNet(seed=1), grey_spec(28))
+    other.arch = "timm:test_resnet"  # a named owner: its helpers are built by that name, as before
+    assert _helper_archs(other, FitConfig()) == ("timm:test_resnet",)

@@ -26,11 +26,13 @@ from .conferrable import SearchConfig, search
 from .data import OwnerData
 from .fingerprint import Fingerprint, agreement, query_agreement
 from .gradients import GRADIENT_IMAGES, row_bases, sketched_jacobian
-from .helpers import Builder, TrainRecipe, train_reference, train_surrogate
+from .helpers import Builder, TrainRecipe, reinitialised, train_reference, train_surrogate
 from .outputs import model_logits, profile_contrast
 from .queries import QUERY_WEIGHTINGS, is_reviewed, logged_answers
 
 log = logging.getLogger(__name__)
+
+OWN_ARCH = "owner"  # as a helper architecture: the owner's own, whatever it is (``own_arch``)
 MAX_EPS = 0.3  # the widest search radius tried (pixel units); beyond it independent models follow as well
 MIN_QUERIES = 8  # fewer idiosyncratic answers in the query log: the fingerprint is fitted without that part
 PROBE_SOURCES = ("queries", "owner")  # FitConfig.output_probe_source
@@ -117,10 +119,16 @@ def calibration_recipes(config: FitConfig | type[FitConfig] = FitConfig) -> str:
 
 def default_builder(owner: LoadedModel) -> Builder:
     """Untrained models of a named architecture (timm:/torchvision: references) that take the owner's
-    input convention, so helpers see inputs exactly as the owner does."""
+    input convention, so helpers see inputs exactly as the owner does; the owner's own architecture when it has no
+    such name (``own_arch``): fresh copies of its module (``reinitialised``), with its output size."""
     size, mean, std = owner.spec.size[0], owner.spec.mean, owner.spec.std
+    own = own_arch(owner)
 
     def build(arch: str, num_classes: int) -> LoadedModel:
+        if arch == own and not _buildable(arch):
+            return LoadedModel(module=reinitialised(owner.module), spec=owner.spec, ref=f"{owner.ref}#fresh",
+                               name=f"{owner.name}#fresh", source=owner.source, arch=own, num_outputs=num_classes,
+                               meta={"random_init": True})
         return load_model(arch, random_init=True, num_classes=num_classes, input_size=size, mean=mean, std=std)
 
     return build
@@ -185,14 +193,16 @@ def _nth_arch(archs: tuple[str, ...], i: int) -> str:
 
 
 def _helper_archs(owner: LoadedModel, config: FitConfig) -> tuple[str, ...]:
-    """The helper architectures: those named, else the owner's own when it can be built anew by name."""
-    if config.helper_archs:
-        return tuple(config.helper_archs)
-    if owner.arch and _buildable(owner.arch):
-        return (owner.arch,)
-    raise ConfigError(f"the owner's architecture ({owner.arch or 'unknown'}) cannot be built anew by name (a model "
-                      "saved whole, or loaded in memory): name the helpers' architectures, those common for the "
-                      "owner's task, with --helper-arch timm:NAME (repeatable)")
+    """The helper architectures: those named (OWN_ARCH: the owner's own), else the owner's own."""
+    named = config.helper_archs or (OWN_ARCH,)
+    return tuple(own_arch(owner) if arch == OWN_ARCH else arch for arch in named)
+
+
+def own_arch(owner: LoadedModel) -> str:
+    """The name helpers of the owner's own architecture go by: its timm / torchvision / Taskonomy name, built anew by
+    that name; else its class name (a model saved whole or built in memory), and they are fresh copies of its module
+    (``helpers.reinitialised``). Suspects of that class are then calibrated against them."""
+    return owner.arch if owner.arch and _buildable(owner.arch) else (owner.arch or "owner-module")
 
 
 def _buildable(arch: str) -> bool:

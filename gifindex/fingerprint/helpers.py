@@ -11,9 +11,13 @@ of the owner's recipe alone flagged 15 % of such models as derived (docs/results
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
 import logging
+import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +32,54 @@ log = logging.getLogger(__name__)
 
 # builds an untrained model of an architecture for C classes (seed the RNG first), with its input convention
 Builder = Callable[[str, int], LoadedModel]
+
+
+def reinitialised(module: nn.Module) -> nn.Module:
+    """A fresh model of ``module``'s own architecture, whatever it is (a class of the user's, a TorchScript archive):
+    a copy with every parameter drawn anew and normalisation statistics reset, for helpers of an owner whose
+    architecture has no timm or torchvision name. Layers with ``reset_parameters`` use it (PyTorch's own
+    initialisation); the rest (compiled TorchScript layers, bare parameters) get the same defaults by shape:
+    Kaiming-uniform weights, biases uniform in +-1/sqrt(fan_in), 1-D scales 1 and other 1-D parameters 0. Draws from
+    torch's global generator: seed it first. ``module`` itself is left as it was."""
+    if isinstance(module, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # torch's deprecation notice of TorchScript is not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(module, buffer)
+            buffer.seek(0)
+            fresh = torch.jit.load(buffer, map_location="cpu")
+    else:
+        fresh = copy.deepcopy(module)
+    done: set[int] = set()
+    for layer in fresh.modules():
+        reset = None if isinstance(layer, torch.jit.ScriptModule) else getattr(layer, "reset_parameters", None)
+        if callable(reset):
+            reset()
+            done.update(id(p) for p in layer.parameters(recurse=False))
+    with torch.no_grad():
+        for layer in fresh.modules():
+            own = dict(layer.named_parameters(recurse=False))
+            weight = own.get("weight")
+            fan_in = weight[0].numel() if weight is not None and weight.ndim >= 2 else 0
+            for name, param in own.items():
+                if id(param) in done:
+                    continue
+                if param.ndim >= 2:
+                    nn.init.kaiming_uniform_(param, a=math.sqrt(5))
+                elif name == "bias" and fan_in:
+                    nn.init.uniform_(param, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+                elif name in ("weight", "gamma", "scale"):
+                    nn.init.ones_(param)
+                else:
+                    nn.init.zeros_(param)
+            for name, buffer_ in layer.named_buffers(recurse=False):
+                if name in ("running_mean", "num_batches_tracked"):
+                    buffer_.zero_()
+                elif name == "running_var":
+                    buffer_.fill_(1)
+    for param in fresh.parameters():
+        param.requires_grad_(True)
+    return fresh.train()
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
         spec = timm_spec(wf.module) if hasattr(wf.module, "pretrained_cfg") else InputSpec()
         kind = "torchscript" if wf.format == "torchscript" else "pickled module"
         meta["loaded_as"] = kind
-        return Built(wf.module, spec, arch or type(wf.module).__name__, wf.sha256, meta)
+        # a TorchScript archive's class is RecursiveScriptModule whatever it holds: name it by the class it compiled
+        name = getattr(wf.module, "original_name", None) or type(wf.module).__name__
+        return Built(wf.module, spec, arch or name, wf.sha256, meta)
     assert wf.state_dict is not None
     preloaded = (wf.state_dict, wf.sha256)
     if arch is None:
