@@ -123,9 +123,10 @@ def default_builder(owner: LoadedModel) -> Builder:
     such name (``own_arch``): fresh copies of its module (``reinitialised``), with its output size."""
     size, mean, std = owner.spec.size[0], owner.spec.mean, owner.spec.std
     own = own_arch(owner)
+    copies = None if _buildable(own) else own  # the name under which helpers are fresh copies of the owner
 
     def build(arch: str, num_classes: int) -> LoadedModel:
-        if arch == own and not _buildable(arch):
+        if arch == copies:
             return LoadedModel(module=reinitialised(owner.module), spec=owner.spec, ref=f"{owner.ref}#fresh",
                                name=f"{owner.name}#fresh", source=owner.source, arch=own, num_outputs=num_classes,
                                meta={"random_init": True})
@@ -172,8 +173,7 @@ def helper_key(owner: LoadedModel, data: OwnerData, config: FitConfig) -> str:
     settings["recipe"] = dataclasses.asdict(config.recipe)
     spec = owner.spec
     digest.update(json.dumps({"archs": list(_helper_archs(owner, config)), "settings": settings,
-                              "spec": [list(spec.size), list(spec.mean), list(spec.std)]
-                              + ([spec.channels] if spec.channels != 3 else [])},
+                              "spec": list(spec.describe().values())},
                              sort_keys=True).encode())
     if owner.weights_sha256:
         digest.update(owner.weights_sha256.encode())

@@ -61,13 +61,13 @@ def evaluate(quick: bool = False, k: int = 16, steps: int = 8, zoo: IPZoo | None
         result["mean_distance"][method] = {g: float(np.mean([dist[n] for n in models if groups[n] == g]))
                                            for g in GROUPS}
         # the suspect command's calibrated verdict, population = the irrelevant models (leave-one-out)
-        flagged = {g: 0 for g in dict.fromkeys(g for n, g in groups.items() if n != "owner")}  # any extra group too
+        flagged = dict.fromkeys(GROUPS, 0)  # and any extra group a zoo has (lenet-mnist's irrelevant-x), after them
         for name in models:
             if name == "owner":
                 continue
             population = [dist[n] for n in neg if n != name]
             verdict = suspect_from_distances(dist[name], population)["verdict"]
-            flagged[groups[name]] += verdict == "derived"
+            flagged[groups[name]] = flagged.get(groups[name], 0) + (verdict == "derived")
         result["suspect"][method] = {g: flagged[g] / sum(1 for n in models if groups[n] == g) for g in flagged}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
@@ -97,9 +97,8 @@ def report(summary: dict, seeds: list[int]) -> str:
     width = 13 if spread else 12
     first = max(10, *(len(m) for m in summary["auc"]))
     lines = [f"AUC per attack (owner vs irrelevant), seeds {seeds}" + (" (mean+-std)" if spread else "") + ":"]
-    groups = tuple(next(iter(summary["suspect"].values())))  # GROUPS and any extra group (irrelevant-x)
-    for table, columns in (("auc", ATTACKS + ("mean",)), ("suspect", tuple(g for g in GROUPS if g in groups)
-                                                          + tuple(g for g in groups if g not in GROUPS))):
+    groups = tuple(next(iter(summary["suspect"].values())))  # GROUPS, then any extra group (irrelevant-x)
+    for table, columns in (("auc", ATTACKS + ("mean",)), ("suspect", groups)):
         if table == "suspect":
             lines.append("suspect verdict 'derived' rate (irrelevant = false positives):")
         lines.append(f"{'method':<{first}s} " + " ".join(f"{c:>{width}s}" for c in columns))

