@@ -24,6 +24,7 @@ from gifindex.fingerprint.outputs import (model_logits, non_top_profile, profile
 from gifindex.fingerprint.conferrable import SearchConfig
 from gifindex.fingerprint.gradients import span_share
 from gifindex.fingerprint.helpers import TrainRecipe, augment
+from gifindex.index.layout import evidence_cache_path
 from gifindex.models.spec import InputSpec, LoadedModel
 
 R = 16
@@ -1040,7 +1041,22 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     first = next(r for r in scanned["models"] if r["suspect"] == "indep0")
     assert first["evidence"] == alone["evidence"] == "fingerprint" and first["z"] == pytest.approx(alone["z"])
     assert first["fingerprint"]["agreement"] == alone["fingerprint"]["agreement"]
-    (tmp_path / "indep3.pt").rename(tmp_path / "elsewhere.bin")  # a model whose file is gone: its signature verdict
+    # the scan kept each model's evidence beside the fingerprint: ranking a suspect among them loads it alone
+    cache = evidence_cache_path(index, "owner")
+    assert sorted(json.loads(cache.read_text())["models"]) == [f"indep{i}" for i in range(4)]
+    loads.clear()
+    ranked_run = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner", "--budget", "0.5",
+                                      "--json"])
+    assert ranked_run.exit_code == 0, ranked_run.output
+    ranked = json.loads(ranked_run.stdout)
+    assert loads == [str(tmp_path / "indep0.pt")]
+    assert ranked["rank"]["n"] + ranked["rank"]["left_out_derived"] == 3 and ranked["z"] == pytest.approx(first["z"])
+    others = [r["z"] for r in scanned["models"] if r["suspect"] != "indep0" and r["z"] < 3.0]
+    assert ranked["rank"]["p_value"] == pytest.approx((1 + sum(z >= first["z"] for z in others)) / (1 + len(others)))
+    (tmp_path / "indep3.pt").rename(tmp_path / "elsewhere.bin")  # a model whose file is gone: its evidence was kept
+    kept = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"]).stdout)
+    assert next(r for r in kept["models"] if r["suspect"] == "indep3")["fingerprint"] is not None
+    cache.unlink()  # and without the cache: its signature verdict, with the reason
     gone = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"]).stdout)
     lost = next(r for r in gone["models"] if r["suspect"] == "indep3")
     assert lost["fingerprint"] is None and lost["error"].startswith("fingerprint not checked: ")

@@ -8,7 +8,8 @@ Verdict ``derived`` when z >= z_threshold (default 3), ``unrelated`` otherwise; 
 also reported as a distance. With n models in the population the p-value cannot go below 1/(n + 1)
 (``p_value_floor``): a suspect closer than every indexed model gets exactly that, so a small population
 cannot give a small p-value; index more unrelated models for a finer one. Models with random (untrained)
-weights among the suspect, the owner and the population are listed in ``random_init``.
+weights among the suspect, the owner and the population are listed in ``random_init``. With a false-positive
+``budget`` the verdict is instead the suspect's rank among the other indexed models' evidence (``ranking``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..errors import GifindexError
 from ..fingerprint import Fingerprint, fingerprint_path, judge, load_fingerprint
 from ..fingerprint.fingerprint import combine, flag_share
 from ..models import load_model
+from .ranking import EvidenceCache, rank_all, rank_verdict
 
 if TYPE_CHECKING:
     from ..index import Index
@@ -70,7 +72,8 @@ def _verdict(d: float, population: dict[str, Any], at_or_below: int, z_threshold
 
 def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | ModelEntry", z_threshold: float = 3.0,
             exclude: Sequence[str] = (), device: str = "cpu", batch_size: int | None = 32,
-            use_fingerprint: bool = True) -> dict[str, Any]:
+            use_fingerprint: bool = True, budget: float | None = None,
+            on_model: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Calibrated verdict on whether ``suspect_ref`` is derived from ``owner`` (names or references).
     ``exclude`` names indexed models to leave out of the population; a name not in the index is an error.
     When the owner has a fingerprint in the index (``gifindex fit-probes``) and ``use_fingerprint``, the
@@ -78,7 +81,9 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     that z decides the verdict (``combine``); a suspect with the owner's classes renamed is scored in full after
     naming them back; one of another label set (transfer) by the decisions through its class map and its outputs'
     within-class fit from the owner's (``mapped_decisions``), or by the signature's z when the fingerprint predates
-    the references' stored decisions."""
+    the references' stored decisions. With a false-positive ``budget`` every other indexed model is judged too,
+    exactly as :func:`scan` judges it (``on_model`` reports progress), and the verdict is the suspect's rank among
+    them (``ranking.rank_verdict``; ``z_verdict`` keeps the z-score's)."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
@@ -96,7 +101,21 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
                 "closest_population": [{"name": n, "distance": v} for v, n in closest], "random_init": random})
     fingerprint = owner_fingerprint(index, owner_name) if use_fingerprint else None
     entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
-    return _judge(out, fingerprint, entry, z_threshold, device, loaded=sus_q.model)
+    evidence = (None if fingerprint is None else
+                fingerprint_evidence(fingerprint, entry, device, loaded=sus_q.model))
+    _judge(out, evidence, z_threshold)
+    if budget is not None:  # every other model's verdict as `--all` gives it (the suspect among them, if indexed)
+        keep = _others(records, exclude, owner_q)
+        if len(keep) < MIN_POPULATION + 1:
+            raise GifindexError(f"a verdict by rank judges every indexed model against the others: it needs at least "
+                                f"{MIN_POPULATION + 1} besides the owner (found {len(keep)})")
+        judged = _judge_all(index, owner_q, keep, records, vectors, fingerprint, z_threshold, device, on_model)
+        population = [r for r in judged if sus_q.record is None or r["suspect"] != sus_q.record.name]
+        pool = [r["z"] for r in population if r["z"] < z_threshold]
+        rank = rank_verdict(out["z"], pool, budget)
+        rank["left_out_derived"] = len(population) - len(pool)
+        out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
+    return out
 
 
 def _check_exclude(index: "Index", exclude: Sequence[str]) -> None:
@@ -134,13 +153,12 @@ def owner_fingerprint(index: "Index", owner_name: str) -> Fingerprint | None:
     return fingerprint
 
 
-def _judge(out: dict[str, Any], fingerprint: Fingerprint | None, entry: "ModelEntry", z_threshold: float,
-           device: str, loaded: Any = None) -> dict[str, Any]:
-    """Add the fingerprint's evidence (when the owner has one) to a signature verdict ``out`` and decide."""
+def _judge(out: dict[str, Any], evidence: dict[str, Any] | None, z_threshold: float) -> dict[str, Any]:
+    """Add the fingerprint's ``evidence`` (:func:`fingerprint_evidence`; None: the owner has none) to a signature
+    verdict ``out`` and decide."""
     out["signature_z"] = out["z"]
     out["fingerprint"] = None
-    if fingerprint is not None:
-        evidence = fingerprint_evidence(fingerprint, entry, device, loaded=loaded)
+    if evidence is not None:
         out["fingerprint"] = evidence
         if evidence.get("query_z") is not None:  # the share of the kept answers that flags it on them alone
             evidence["query_flag_rate"] = flag_share(evidence["query_null_mean"], evidence["query_null_sigma"],
@@ -153,13 +171,15 @@ def _judge(out: dict[str, Any], fingerprint: Fingerprint | None, entry: "ModelEn
 
 def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, exclude: Sequence[str] = (),
          device: str = "cpu", batch_size: int | None = 32, use_fingerprint: bool = True,
-         on_model: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+         on_model: Callable[[str, int, int], None] | None = None, budget: float | None = None) -> dict[str, Any]:
     """Judge every indexed model (but the owner and ``exclude``) as a suspect of ``owner``: "which models in
     this hub are derived from mine?". Each verdict is the one :func:`suspect` gives for that model alone (its
     population: the other models, leave-one-out; above LOO_EXACT_MAX models the population statistics are shared,
     see :func:`leave_one_out`); models come back strongest evidence first. A model whose
     fingerprint check fails (its file moved, say) keeps its signature verdict, with the error in ``error``.
-    ``on_model(name, done, total)`` is called after each model is judged (progress)."""
+    ``on_model(name, done, total)`` is called after each model is judged (progress). With a false-positive
+    ``budget`` each verdict is the model's rank among the others (``ranking.rank_all``; ``z_verdict`` keeps the
+    z-score's)."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     records, vectors = index.vectors()
@@ -167,25 +187,46 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     if len(keep) < MIN_POPULATION + 1:
         raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
                             f"{len(keep)}): each is judged against the others")
-    distances = signature_distances(vectors[keep], owner_q.vector)
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
-    judged = []
-    for k, (i, out) in enumerate(zip(keep, leave_one_out(distances, z_threshold))):
-        record = records[i]
-        out.update({"suspect": record.name, "random_init": bool(record.metadata.get("random_init")),
-                    "signature_z": out["z"], "fingerprint": None})
-        if fingerprint is not None:  # without one the signature's verdict stands: nothing to load
-            try:
-                _judge(out, fingerprint, index.entry_for(record.name), z_threshold, device)
-            except GifindexError as exc:
-                out["error"] = f"fingerprint not checked: {exc}"
-        judged.append(out)
-        if on_model is not None:
-            on_model(record.name, k + 1, len(keep))
+    judged = _judge_all(index, owner_q, keep, records, vectors, fingerprint, z_threshold, device, on_model)
+    if budget is not None:
+        for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget, z_threshold)):
+            out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
     judged.sort(key=lambda r: -r["z"])
-    return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold,
+    return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold, "budget": budget,
             "fingerprint": fingerprint is not None, "models": judged,
             "derived": [r["suspect"] for r in judged if r["verdict"] == "derived"]}
+
+
+def _judge_all(index: "Index", owner_q: Any, keep: Sequence[int], records: Sequence[Any], vectors: np.ndarray,
+               fingerprint: Fingerprint | None, z_threshold: float, device: str,
+               on_model: Callable[[str, int, int], None] | None) -> list[dict[str, Any]]:
+    """The verdict on each indexed model ``keep`` (rows of ``records``) against the others among them; their
+    fingerprint evidence is read from, and added to, the owner's ``EvidenceCache``."""
+    distances = signature_distances(vectors[keep], owner_q.vector)
+    cache = EvidenceCache(index.root, owner_q.name) if fingerprint is not None else None
+    judged = []
+    try:
+        for k, (i, out) in enumerate(zip(keep, leave_one_out(distances, z_threshold))):
+            record = records[i]
+            out.update({"suspect": record.name, "random_init": bool(record.metadata.get("random_init")),
+                        "signature_z": out["z"], "fingerprint": None})
+            if cache is not None:  # without a fingerprint the signature's verdict stands: nothing to load
+                try:
+                    evidence = cache.get(record.name, record.weights_sha256)
+                    if evidence is None:
+                        evidence = fingerprint_evidence(fingerprint, index.entry_for(record.name), device)
+                        cache.put(record.name, record.weights_sha256, evidence)
+                    _judge(out, evidence, z_threshold)
+                except GifindexError as exc:
+                    out["error"] = f"fingerprint not checked: {exc}"
+            judged.append(out)
+            if on_model is not None:
+                on_model(record.name, k + 1, len(keep))
+    finally:  # what was computed is kept, even when the scan is interrupted
+        if cache is not None:
+            cache.save()
+    return judged
 
 
 LOO_EXACT_MAX = 2000  # up to this many models, each one's population statistics leave it out exactly

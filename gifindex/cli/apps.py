@@ -30,16 +30,23 @@ from .progress import SigningProgress
               "(e.g. other known derivatives of the owner); repeatable")
 @click.option("--no-fingerprint", is_flag=True, help="ignore the owner's fingerprint (gifindex fit-probes) and "
               "judge by the signature distance alone")
+@click.option("--budget", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="false-positive budget: judge by the suspect's rank among the other indexed models' evidence "
+                   "instead of by --z-threshold (derived when at most this share of them score as high; those "
+                   "already at or above --z-threshold left out). Needs at least 1/budget - 1 other models, mostly "
+                   "unrelated ones of the owner's task; checks every indexed model once (kept for later runs)")
 @load_options
 @device_options
 @json_option
 def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool, z_threshold: float,
-            exclude: tuple[str, ...], no_fingerprint: bool, device: str, batch_size: int, as_json: bool,
-            **kwargs: Any) -> None:
+            exclude: tuple[str, ...], no_fingerprint: bool, budget: float | None, device: str, batch_size: int,
+            as_json: bool, **kwargs: Any) -> None:
     """IP protection: is SUSPECT derived from OWNER? (--all: which indexed models are?)
 
     The suspect-owner distance is set against the owner's distances to every other indexed model (the
-    unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used.
+    unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used. With the
+    owner's fingerprint (fit-probes) its decisions and outputs decide, against the owner's references; with
+    --budget, against the other indexed models, by rank.
     """
     from ..apps import suspect as run_suspect
     from ..session import Session
@@ -49,12 +56,17 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
     session = Session.at(index_path, load_kwargs_from(kwargs))
     if scan_all:
         scan_report(session, owner, z_threshold, exclude, not no_fingerprint, check_device(device), batch_size,
-                    as_json)
+                    as_json, budget)
         return
-    with observing(SigningProgress()) as progress:
-        result = run_suspect(session.index, session.model(suspect_ref), session.model(owner),
-                             z_threshold=z_threshold, exclude=exclude, device=check_device(device),
-                             batch_size=batch_size, use_fingerprint=not no_fingerprint)
+    bar = JudgingBar()
+    try:
+        with observing(SigningProgress()) as progress:
+            result = run_suspect(session.index, session.model(suspect_ref), session.model(owner),
+                                 z_threshold=z_threshold, exclude=exclude, device=check_device(device),
+                                 batch_size=batch_size, use_fingerprint=not no_fingerprint, budget=budget,
+                                 on_model=bar)
+    finally:
+        bar.close()
     result["signed"] = progress.signed_models
     if as_json:
         emit_json(result)
@@ -104,7 +116,15 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
                                                "however many it repeated"))
     elif not no_fingerprint:
         click.echo("fingerprint   none for this owner (gifindex fit-probes adds evidence against distilled copies)")
-    if fp is not None:
+    rank = result.get("rank")
+    if rank is not None:
+        click.echo(f"rank          {rank['at_or_above']} of {rank['n']} other indexed models score as high (z "
+                   f"{result['z']:.2f}): p = {rank['p_value']:.4f}; derived when p <= {rank['budget']:g}, i.e. z "
+                   f"above {rank['bar_z']:.2f}" + (f" ({_count(rank['left_out_derived'], 'model')} at z >= "
+                                                    f"{z_threshold:g} left out)" if rank["left_out_derived"] else ""))
+        click.echo(f"verdict       {result['verdict'].upper()}  (by rank among the indexed models, judged by the "
+                   f"{result.get('evidence', 'signature')}; by z >= {z_threshold:g}: {result['z_verdict']})")
+    elif fp is not None:
         click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when z "
                    f">= {z_threshold:g}; z {result['z']:.2f})")
         for note in (lead_note(result, z_threshold), unreviewed_note(result, z_threshold)):
@@ -117,44 +137,58 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
 
 
 
-def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str, ...], use_fingerprint: bool,
-                device: str, batch_size: int, as_json: bool) -> None:
-    """`suspect --all`: every indexed model judged against the owner, as a table (or JSON)."""
-    from tqdm import tqdm
+class JudgingBar:
+    """A progress bar over the indexed models being judged (on a terminal), opened by the first report."""
 
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="judging", unit="model", file=sys.stderr,
+                            disable=not sys.stderr.isatty())
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str, ...], use_fingerprint: bool,
+                device: str, batch_size: int, as_json: bool, budget: float | None = None) -> None:
+    """`suspect --all`: every indexed model judged against the owner, as a table (or JSON)."""
     from ..apps import scan
 
-    bar = None
-
-    def judged(name: str, done: int, total: int) -> None:  # a bar over the judged models, on a terminal
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="judging", unit="model", file=sys.stderr, disable=not sys.stderr.isatty())
-        bar.update(1)
-
+    bar = JudgingBar()
     try:
         with observing(SigningProgress()):
             result = scan(session.index, session.model(owner), z_threshold=z_threshold, exclude=exclude,
-                          device=device, batch_size=batch_size, use_fingerprint=use_fingerprint, on_model=judged)
+                          device=device, batch_size=batch_size, use_fingerprint=use_fingerprint, on_model=bar,
+                          budget=budget)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if as_json:
         emit_json(result)
         return
     evidence = "fingerprint (decisions + outputs) where comparable, else signature" if result["fingerprint"] else \
         "signature distance" + ("" if not use_fingerprint else " (no fingerprint for this owner: gifindex fit-probes)")
+    rule = (f"derived when z >= {z_threshold:g}" if budget is None else
+            f"derived when at most {budget:g} of the other models score as high (rank p-value; those at z >= "
+            f"{z_threshold:g} left out of the ranking)")
     click.echo(f"owner {result['owner']}  ({result['method']}); {len(result['models'])} indexed models judged by the "
-               f"{evidence}; derived when z >= {z_threshold:g}")
+               f"{evidence}; {rule}")
     rows = []
     for r in result["models"]:
         fp = r.get("fingerprint") or {}
+        rank = [] if budget is None else [f"{r['rank']['p_value']:.3f}"]
         rows.append([r["suspect"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"],
-                     f"{r['z']:.2f}", r.get("evidence", "signature"), f"{r['distance']:.4f}",
+                     f"{r['z']:.2f}", *rank, r.get("evidence", "signature"), f"{r['distance']:.4f}",
                      f"{r['signature_z']:.2f}", _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
                      r.get("error", "")])
-    click.echo(table(rows, ["model", "verdict", "z", "judged by", "distance", "signature z", "decisions z",
-                            "outputs z", "note"]))
+    click.echo(table(rows, ["model", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
+                            "distance", "signature z", "decisions z", "outputs z", "note"]))
     click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
     if result["derived"] and not result["fingerprint"]:
         click.echo("note: by the signature alone, independently trained models of the owner's architecture can sit "
@@ -166,6 +200,10 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
 def _logged_share(count: int | None) -> str:
     """The note after a probe count when ``count`` of a fingerprint's probe images are logged queries."""
     return f" ({count} of them logged queries)" if count else ""
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _fmt(value: float | None) -> str:

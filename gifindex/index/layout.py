@@ -8,7 +8,9 @@ Every path of an index is named here and nowhere else (DESIGN section 4)::
     INDEX/shards/*.h5       signatures (float16), written once, never modified
     INDEX/search.faiss      search index over the signatures (+ search.json, search.sha256): derived
     INDEX/fingerprints/*.npz owners' fitted decision fingerprints (gifindex fit-probes), written once each
-                            (+ *.helpers.pt: the helper models they were fitted with, when kept)
+                            (+ *.helpers.pt: the helper models they were fitted with, when kept;
+                            + *.evidence.json: indexed models' evidence against that owner, a cache for
+                            `suspect --budget` and `--all`, rebuilt whenever missing or stale)
     INDEX/.lock             the writer lock
 """
 from __future__ import annotations
@@ -58,6 +60,11 @@ def fingerprint_path(index_root: str | Path, owner: str) -> Path:
 def helpers_path(index_root: str | Path, owner: str) -> Path:
     """Where the helper models of ``owner``'s fingerprint are kept (beside it)."""
     return fingerprint_path(index_root, owner).with_suffix(".helpers.pt")
+
+
+def evidence_cache_path(index_root: str | Path, owner: str) -> Path:
+    """Where indexed models' fingerprint evidence against ``owner`` is cached (beside its fingerprint)."""
+    return fingerprint_path(index_root, owner).with_suffix(".evidence.json")
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,134 @@
+"""The verdict by rank among the indexed models: how many of the hub's other models score as high as the suspect.
+
+``suspect``'s z >= 3 verdict calibrates a suspect's evidence on the owner's own calibration references, a handful of
+models trained by a few recipes. Models trained in other ways spread wider than they do (docs/results.md 6.2r), so
+the bar must sit high, and it flags few distilled students. An index of the owner's task holds many models that
+other people trained their own ways: ranked among them, a suspect's evidence gets an empirical p-value,
+``(1 + #others scoring at least as high) / (1 + n)``, which is valid whenever an innocent suspect is like the
+indexed models (exchangeable with them), whatever the evidence's distribution; a false-positive budget B then
+flags at most a share B of such models (docs/results.md 6.2u). Models the z verdict already judges derived, and
+names the user excludes, are left out of the ranking: copies of the owner would otherwise raise the bar for each
+other. The ranking is only as fair as the index: where it holds many of the owner's copies that score under the z
+bar (hard-label students), they raise the bar too, and the rank verdict flags fewer (never more) models.
+
+Ranking costs one fingerprint check per indexed model, so each model's evidence is kept beside the fingerprint
+(``EvidenceCache``), keyed by the fingerprint file's content and the model's weights: a second ranking, or
+``suspect --all`` after it, loads only models it has not seen.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GifindexError
+from ..index.atomic import atomic_write_text
+from ..index.layout import evidence_cache_path, fingerprint_path
+
+CACHE_FORMAT = "gifindex-evidence-cache-1"
+MAX_CACHE_BYTES = 64 << 20
+
+
+def smallest_population(budget: float) -> int:
+    """The fewest other models a rank verdict at ``budget`` needs: with n of them the p-value cannot go below
+    1 / (n + 1)."""
+    return max(1, math.ceil(1.0 / budget - 1.0 - 1e-9))
+
+
+def rank_verdict(z: float, population: Sequence[float], budget: float) -> dict[str, Any]:
+    """Rank ``z`` among ``population`` (the other models' evidence): p-value, verdict at ``budget``, and the bar,
+    the population's evidence a suspect must exceed to be judged derived."""
+    if not 0.0 < budget < 1.0:
+        raise GifindexError(f"a false-positive budget lies strictly between 0 and 1 (got {budget:g})")
+    pop = np.sort(np.asarray(population, dtype=np.float64))[::-1]
+    n, needed = int(pop.size), smallest_population(budget)
+    if n < needed:
+        raise GifindexError(f"a verdict at a false-positive budget of {budget:g} ranks the suspect among at least "
+                            f"{needed} other indexed models (found {n}): ingest more unrelated models of the "
+                            "owner's task, or drop --budget")
+    at_or_above = int(np.sum(pop >= z))
+    p = (1 + at_or_above) / (1 + n)
+    allowed = int(math.floor(budget * (n + 1) - 1 + 1e-9))  # the most models at or above a flagged suspect
+    return {"p_value": p, "n": n, "at_or_above": at_or_above, "budget": budget, "bar_z": float(pop[allowed]),
+            "verdict": "derived" if p <= budget + 1e-12 else "unrelated"}
+
+
+def rank_all(zs: Sequence[float], budget: float, z_threshold: float) -> list[dict[str, Any]]:
+    """:func:`rank_verdict` for each of ``zs`` against the others, those at or above ``z_threshold`` (judged
+    derived by z) left out of every ranking."""
+    zs = [float(z) for z in zs]
+    pool = [z for z in zs if z < z_threshold]
+    out = []
+    for z in zs:
+        others = list(pool)
+        if z < z_threshold:
+            others.remove(z)
+        verdict = rank_verdict(z, others, budget)
+        verdict["left_out_derived"] = len(zs) - len(pool) - (0 if z < z_threshold else 1)
+        out.append(verdict)
+    return out
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class EvidenceCache:
+    """Each indexed model's fingerprint evidence against one owner, kept beside the owner's fingerprint. Entries
+    hold for the fingerprint file they were computed with (its sha256) and the model's weights; anything else, a
+    missing or unreadable file included, is simply not cached (the evidence is computed again, never trusted
+    stale). Writing is best effort: a read-only index still ranks, only without keeping what it computed."""
+
+    def __init__(self, index_root: str | Path, owner: str):
+        self.path = evidence_cache_path(index_root, owner)
+        fingerprint = fingerprint_path(index_root, owner)
+        self.fingerprint_sha256 = _file_sha256(fingerprint) if fingerprint.is_file() else None
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.changed = False
+        if self.fingerprint_sha256 is None:
+            return
+        try:
+            if self.path.stat().st_size > MAX_CACHE_BYTES:
+                return
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if (isinstance(data, dict) and data.get("format") == CACHE_FORMAT
+                and data.get("fingerprint_sha256") == self.fingerprint_sha256
+                and isinstance(data.get("models"), dict)):
+            self.entries = {k: v for k, v in data["models"].items()
+                            if isinstance(v, dict) and isinstance(v.get("evidence"), dict)}
+
+    def get(self, name: str, weights_sha256: str) -> dict[str, Any] | None:
+        entry = self.entries.get(name)
+        if entry is None or entry.get("weights_sha256") != weights_sha256:
+            return None
+        return dict(entry["evidence"])
+
+    def put(self, name: str, weights_sha256: str, evidence: dict[str, Any]) -> None:
+        if self.fingerprint_sha256 is None:
+            return
+        self.entries[name] = {"weights_sha256": weights_sha256, "evidence": dict(evidence)}
+        self.changed = True
+
+    def save(self) -> bool:
+        """Write what was added (atomically); False when nothing was written (nothing new, or not writable)."""
+        if not self.changed or self.fingerprint_sha256 is None:
+            return False
+        text = json.dumps({"format": CACHE_FORMAT, "fingerprint_sha256": self.fingerprint_sha256,
+                           "models": self.entries}, allow_nan=True)
+        try:
+            atomic_write_text(self.path, text)
+        except OSError:
+            return False
+        self.changed = False
+        return True

@@ -1,0 +1,110 @@
+"""The verdict by rank among the indexed models (gifindex.apps.ranking): exact p-values, the budget it keeps on
+exchangeable models, what it leaves out, and the evidence cache it reads and writes beside a fingerprint."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from gifindex.apps.ranking import EvidenceCache, rank_all, rank_verdict, smallest_population
+from gifindex.errors import GifindexError
+from gifindex.index.layout import evidence_cache_path, fingerprint_path
+
+
+def test_rank_p_value_counts_the_models_scoring_at_least_as_high():
+    population = [0.5, 1.0, 2.0, 2.0, -1.0]
+    top = rank_verdict(2.5, population, budget=0.2)
+    assert top["p_value"] == pytest.approx(1 / 6) and top["at_or_above"] == 0 and top["verdict"] == "derived"
+    tied = rank_verdict(2.0, population, budget=0.2)  # ties count against the suspect
+    assert tied["p_value"] == pytest.approx(3 / 6) and tied["verdict"] == "unrelated"
+    assert rank_verdict(-5.0, population, budget=0.2)["p_value"] == 1.0
+    # the bar: the population's evidence a flagged suspect must exceed (here the largest: 1 / 6 <= 0.2 < 2 / 6)
+    assert top["bar_z"] == 2.0 and rank_verdict(1.99, population, 0.2)["verdict"] == "unrelated"
+    wide = rank_verdict(1.5, population, budget=0.5)  # (1 + 2) / 6 = 0.5 <= 0.5; the third largest is the bar
+    assert wide["verdict"] == "derived" and wide["bar_z"] == 1.0
+
+
+def test_a_budget_needs_enough_models_to_rank_against():
+    assert [smallest_population(b) for b in (0.05, 0.1, 0.2, 0.25, 0.5, 0.3)] == [19, 9, 4, 3, 1, 3]
+    rank_verdict(0.0, [1.0] * 19, 0.05)  # 1 / 20 reaches 0.05
+    with pytest.raises(GifindexError, match="at least 19 other indexed models \\(found 18\\)"):
+        rank_verdict(0.0, [1.0] * 18, 0.05)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(GifindexError, match="strictly between 0 and 1"):
+            rank_verdict(0.0, [1.0] * 30, bad)
+
+
+@pytest.mark.parametrize("n,budget", [(40, 0.05), (57, 0.05), (20, 0.1), (33, 0.2)])
+def test_ranked_among_each_other_exchangeable_models_are_flagged_at_most_the_budget(n, budget):
+    """n unrelated models, each ranked against the other n - 1: the j-th highest gets p = j / n, so exactly
+    floor(budget * n) are flagged, whatever the scores' distribution (here heavy-tailed)."""
+    scores = np.random.default_rng(n).standard_cauchy(n) * 0.3 + 1.0
+    verdicts = rank_all(scores[scores < 3.0].tolist(), budget, z_threshold=3.0)
+    m = len(verdicts)
+    assert sum(v["verdict"] == "derived" for v in verdicts) == math.floor(budget * m + 1e-9) <= budget * m
+    assert sorted(v["p_value"] for v in verdicts) == pytest.approx([j / m for j in range(1, m + 1)])
+
+
+def test_models_judged_derived_by_z_are_left_out_of_every_ranking():
+    """Copies at or above the z bar would raise the rank bar for each other and for every innocent model."""
+    innocents = np.linspace(-1.0, 2.0, 20).tolist()
+    copies = [4.0, 5.0, 6.0]
+    verdicts = rank_all(innocents + copies, budget=0.1, z_threshold=3.0)
+    for v in verdicts[:20]:
+        assert v["n"] == 19 and v["left_out_derived"] == 3
+    for v in verdicts[20:]:  # each copy ranks first among the 20 innocents
+        assert v["n"] == 20 and v["p_value"] == pytest.approx(1 / 21) and v["verdict"] == "derived"
+        assert v["left_out_derived"] == 2
+    assert sum(v["verdict"] == "derived" for v in verdicts[:20]) == 2  # floor(0.1 * 20)
+    # kept in, the three copies would have held every innocent under the bar at this budget
+    kept_in = [rank_verdict(z, [x for x in innocents + copies if x != z], 0.1) for z in innocents]
+    assert not any(v["verdict"] == "derived" for v in kept_in)
+
+
+def _fake_fingerprint(root, owner: str, content: bytes):
+    path = fingerprint_path(root, owner)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def test_the_evidence_cache_holds_for_one_fingerprint_and_one_set_of_weights(tmp_path):
+    _fake_fingerprint(tmp_path, "owner", b"fingerprint one")
+    cache = EvidenceCache(tmp_path, "owner")
+    assert cache.get("m1", "sha-a") is None and not cache.save()  # nothing to write yet
+    cache.put("m1", "sha-a", {"z": 1.5, "agreement": 0.2, "class_map": None})
+    assert cache.save() and evidence_cache_path(tmp_path, "owner").is_file()
+    again = EvidenceCache(tmp_path, "owner")
+    assert again.get("m1", "sha-a") == {"z": 1.5, "agreement": 0.2, "class_map": None}
+    assert again.get("m1", "sha-b") is None  # other weights indexed under that name
+    assert again.get("m2", "sha-a") is None
+    _fake_fingerprint(tmp_path, "owner", b"fingerprint two")  # refitted: every entry is stale
+    assert EvidenceCache(tmp_path, "owner").get("m1", "sha-a") is None
+    assert EvidenceCache(tmp_path, "nobody").get("m1", "sha-a") is None  # no fingerprint: nothing cached
+    nobody = EvidenceCache(tmp_path, "nobody")
+    nobody.put("m1", "sha-a", {"z": 1.0})
+    assert not nobody.save() and not evidence_cache_path(tmp_path, "nobody").exists()
+
+
+def test_a_damaged_or_unwritable_cache_is_recomputed_never_trusted(tmp_path):
+    _fake_fingerprint(tmp_path, "owner", b"fingerprint")
+    path = evidence_cache_path(tmp_path, "owner")
+    for damaged in ("{not json", json.dumps([1, 2]), json.dumps({"format": "other", "models": {}}),
+                    json.dumps({"format": "gifindex-evidence-cache-1", "fingerprint_sha256": "0" * 64,
+                                "models": {"m1": {"weights_sha256": "a", "evidence": {"z": 9.0}}}})):
+        path.write_text(damaged)
+        assert EvidenceCache(tmp_path, "owner").entries == {}
+    cache = EvidenceCache(tmp_path, "owner")
+    cache.put("m1", "a", {"z": 1.0})
+    folder = path.parent
+    os.chmod(folder, 0o500)
+    try:
+        if os.access(folder, os.W_OK):  # running as root: permissions do not bind, make the target a folder
+            path.unlink()
+            path.mkdir()
+        assert cache.save() is False  # best effort: a read-only index still ranks
+    finally:
+        os.chmod(folder, 0o700)
