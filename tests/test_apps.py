@@ -135,26 +135,31 @@ def test_suspect_all_judges_every_indexed_model_as_suspect_alone_would(hub):
 
 
 def test_suspect_budget_judges_by_rank_among_the_indexed_models(hub):
-    """--budget: derived when at most that share of the other models score as high; the copy (z >= 3) is left
-    out of every ranking, so among the five unrelated models exactly floor(0.25 * 5) = 1 is flagged."""
+    """--budget: derived when at most that share of the other models score as high. The copy ranks first; it
+    also sits above every unrelated model, so at 0.25 none of them is flagged; with the copy excluded exactly
+    floor(0.25 * 5) = 1 of the five is (the share the budget allows among unrelated models)."""
     index, _ = hub
     scan = json.loads(_run("suspect", "-i", index, "--owner", "owner", "--all", "--budget", "0.25",
                            "--json").stdout)
-    assert scan["budget"] == 0.25
+    assert scan["budget"] == 0.25 and scan["derived"] == ["copy"]
     by_name = {r["suspect"]: r for r in scan["models"]}
     copy = by_name.pop("copy")
     assert copy["rank"]["p_value"] == pytest.approx(1 / 6) and copy["rank"]["n"] == 5
     assert copy["verdict"] == copy["z_verdict"] == "derived"
     ranked = sorted(by_name.values(), key=lambda r: -r["z"])
-    assert [r["rank"]["p_value"] for r in ranked] == pytest.approx([j / 5 for j in range(1, 6)])
-    assert all(r["rank"]["n"] == 4 and r["rank"]["left_out_derived"] == 1 for r in ranked)
-    assert scan["derived"] == ["copy", ranked[0]["suspect"]] and ranked[0]["z_verdict"] == "unrelated"
-    for r in (copy, ranked[0], ranked[3]):  # one suspect alone gets the same rank
+    assert [r["rank"]["p_value"] for r in ranked] == pytest.approx([j / 6 for j in range(2, 7)])
+    excluded = json.loads(_run("suspect", "-i", index, "--owner", "owner", "--all", "--budget", "0.25", "--exclude",
+                               "copy", "--json").stdout)
+    assert excluded["derived"] == [ranked[0]["suspect"]]
+    for r in excluded["models"]:
+        assert r["rank"]["n"] == 4 and r["z_verdict"] == "unrelated"
+    for r in (copy, ranked[0], ranked[3]):  # one suspect alone gets the rank --all gives it
         alone = json.loads(_run("suspect", "-i", index, r["suspect"], "--owner", "owner", "--budget", "0.25",
                                 "--json").stdout)
         assert (alone["verdict"], alone["rank"]["p_value"]) == (r["verdict"], pytest.approx(r["rank"]["p_value"]))
+        assert alone["z"] == pytest.approx(r["z"])
     text = _run("suspect", "-i", index, ranked[3]["suspect"], "--owner", "owner", "--budget", "0.25").stdout
-    assert "rank          3 of 4 other indexed models score as high" in text and "(1 model at z >= 3 left out)" in text
+    assert "rank          4 of 5 other indexed models score as high" in text
     assert "verdict       UNRELATED  (by rank among the indexed models" in text
     listed = _run("suspect", "-i", index, "--owner", "owner", "--all", "--budget", "0.25").stdout
     assert "rank p" in listed and "derived when at most 0.25 of the other models score as high" in listed

@@ -1050,8 +1050,8 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert ranked_run.exit_code == 0, ranked_run.output
     ranked = json.loads(ranked_run.stdout)
     assert loads == [str(tmp_path / "indep0.pt")]
-    assert ranked["rank"]["n"] + ranked["rank"]["left_out_derived"] == 3 and ranked["z"] == pytest.approx(first["z"])
-    others = [r["z"] for r in scanned["models"] if r["suspect"] != "indep0" and r["z"] < 3.0]
+    assert ranked["rank"]["n"] == 3 and ranked["z"] == pytest.approx(first["z"])
+    others = [r["z"] for r in scanned["models"] if r["suspect"] != "indep0"]
     assert ranked["rank"]["p_value"] == pytest.approx((1 + sum(z >= first["z"] for z in others)) / (1 + len(others)))
     (tmp_path / "indep3.pt").rename(tmp_path / "elsewhere.bin")  # a model whose file is gone: its evidence was kept
     kept = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"]).stdout)

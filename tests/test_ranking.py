@@ -42,26 +42,25 @@ def test_ranked_among_each_other_exchangeable_models_are_flagged_at_most_the_bud
     """n unrelated models, each ranked against the other n - 1: the j-th highest gets p = j / n, so exactly
     floor(budget * n) are flagged, whatever the scores' distribution (here heavy-tailed)."""
     scores = np.random.default_rng(n).standard_cauchy(n) * 0.3 + 1.0
-    verdicts = rank_all(scores[scores < 3.0].tolist(), budget, z_threshold=3.0)
+    verdicts = rank_all(scores.tolist(), budget)
     m = len(verdicts)
     assert sum(v["verdict"] == "derived" for v in verdicts) == math.floor(budget * m + 1e-9) <= budget * m
     assert sorted(v["p_value"] for v in verdicts) == pytest.approx([j / m for j in range(1, m + 1)])
 
 
-def test_models_judged_derived_by_z_are_left_out_of_every_ranking():
-    """Copies at or above the z bar would raise the rank bar for each other and for every innocent model."""
+def test_copies_in_the_population_raise_the_bar_so_fewer_models_are_flagged_never_more():
+    """Nothing is left out automatically: three copies above 20 unrelated models hold every unrelated model under
+    the bar that, without them, flags two, and each other too (the lowest copy: p = 3 / 23 > 0.1)."""
     innocents = np.linspace(-1.0, 2.0, 20).tolist()
     copies = [4.0, 5.0, 6.0]
-    verdicts = rank_all(innocents + copies, budget=0.1, z_threshold=3.0)
-    for v in verdicts[:20]:
-        assert v["n"] == 19 and v["left_out_derived"] == 3
-    for v in verdicts[20:]:  # each copy ranks first among the 20 innocents
-        assert v["n"] == 20 and v["p_value"] == pytest.approx(1 / 21) and v["verdict"] == "derived"
-        assert v["left_out_derived"] == 2
-    assert sum(v["verdict"] == "derived" for v in verdicts[:20]) == 2  # floor(0.1 * 20)
-    # kept in, the three copies would have held every innocent under the bar at this budget
-    kept_in = [rank_verdict(z, [x for x in innocents + copies if x != z], 0.1) for z in innocents]
-    assert not any(v["verdict"] == "derived" for v in kept_in)
+    verdicts = rank_all(innocents + copies, budget=0.1)
+    assert all(v["n"] == 22 for v in verdicts)
+    assert [v["p_value"] for v in verdicts[20:]] == pytest.approx([3 / 23, 2 / 23, 1 / 23])
+    assert [v["verdict"] for v in verdicts[20:]] == ["unrelated", "derived", "derived"]
+    assert rank_all(innocents + copies[1:], budget=0.1)[20]["verdict"] == "derived"  # one named with --exclude
+    assert not any(v["verdict"] == "derived" for v in verdicts[:20])
+    alone = rank_all(innocents, budget=0.1)  # the copies named with --exclude: the budget's floor(0.1 * 20)
+    assert sum(v["verdict"] == "derived" for v in alone) == 2
 
 
 def _fake_fingerprint(root, owner: str, content: bytes):

@@ -6,10 +6,11 @@ the bar must sit high, and it flags few distilled students. An index of the owne
 other people trained their own ways: ranked among them, a suspect's evidence gets an empirical p-value,
 ``(1 + #others scoring at least as high) / (1 + n)``, which is valid whenever an innocent suspect is like the
 indexed models (exchangeable with them), whatever the evidence's distribution; a false-positive budget B then
-flags at most a share B of such models (docs/results.md 6.2u). Models the z verdict already judges derived, and
-names the user excludes, are left out of the ranking: copies of the owner would otherwise raise the bar for each
-other. The ranking is only as fair as the index: where it holds many of the owner's copies that score under the z
-bar (hard-label students), they raise the bar too, and the rank verdict flags fewer (never more) models.
+flags at most a share B of such models (docs/results.md 6.2u). The ranking is only as fair as the index: copies
+of the owner in it raise the bar for every suspect, so the rank verdict then flags fewer models, never more; name
+known copies with ``--exclude``. Models the z verdict calls derived are *not* left out automatically: an
+independent model can reach z 3 (models trained by other recipes, 6.2r), and leaving it out lowers the bar for
+the rest, which broke the budget on one zoo (5.7 % false positives at a 5 % budget).
 
 Ranking costs one fingerprint check per indexed model, so each model's evidence is kept beside the fingerprint
 (``EvidenceCache``), keyed by the fingerprint file's content and the model's weights: a second ranking, or
@@ -58,20 +59,10 @@ def rank_verdict(z: float, population: Sequence[float], budget: float) -> dict[s
             "verdict": "derived" if p <= budget + 1e-12 else "unrelated"}
 
 
-def rank_all(zs: Sequence[float], budget: float, z_threshold: float) -> list[dict[str, Any]]:
-    """:func:`rank_verdict` for each of ``zs`` against the others, those at or above ``z_threshold`` (judged
-    derived by z) left out of every ranking."""
+def rank_all(zs: Sequence[float], budget: float) -> list[dict[str, Any]]:
+    """:func:`rank_verdict` for each of ``zs`` against all the others."""
     zs = [float(z) for z in zs]
-    pool = [z for z in zs if z < z_threshold]
-    out = []
-    for z in zs:
-        others = list(pool)
-        if z < z_threshold:
-            others.remove(z)
-        verdict = rank_verdict(z, others, budget)
-        verdict["left_out_derived"] = len(zs) - len(pool) - (0 if z < z_threshold else 1)
-        out.append(verdict)
-    return out
+    return [rank_verdict(z, zs[:k] + zs[k + 1:], budget) for k, z in enumerate(zs)]
 
 
 def _file_sha256(path: Path) -> str:

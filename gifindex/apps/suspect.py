@@ -110,10 +110,8 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
             raise GifindexError(f"a verdict by rank judges every indexed model against the others: it needs at least "
                                 f"{MIN_POPULATION + 1} besides the owner (found {len(keep)})")
         judged = _judge_all(index, owner_q, keep, records, vectors, fingerprint, z_threshold, device, on_model)
-        population = [r for r in judged if sus_q.record is None or r["suspect"] != sus_q.record.name]
-        pool = [r["z"] for r in population if r["z"] < z_threshold]
-        rank = rank_verdict(out["z"], pool, budget)
-        rank["left_out_derived"] = len(population) - len(pool)
+        population = [r["z"] for r in judged if sus_q.record is None or r["suspect"] != sus_q.record.name]
+        rank = rank_verdict(out["z"], population, budget)
         out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
     return out
 
@@ -190,7 +188,7 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
     judged = _judge_all(index, owner_q, keep, records, vectors, fingerprint, z_threshold, device, on_model)
     if budget is not None:
-        for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget, z_threshold)):
+        for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget)):
             out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
     judged.sort(key=lambda r: -r["z"])
     return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold, "budget": budget,

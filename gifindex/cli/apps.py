@@ -32,9 +32,9 @@ from .progress import SigningProgress
               "judge by the signature distance alone")
 @click.option("--budget", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="false-positive budget: judge by the suspect's rank among the other indexed models' evidence "
-                   "instead of by --z-threshold (derived when at most this share of them score as high; those "
-                   "already at or above --z-threshold left out). Needs at least 1/budget - 1 other models, mostly "
-                   "unrelated ones of the owner's task; checks every indexed model once (kept for later runs)")
+                   "instead of by --z-threshold (derived when at most this share of them score as high). Needs "
+                   "at least 1/budget - 1 other models, unrelated ones of the owner's task (--exclude known copies: "
+                   "they raise the bar); checks every indexed model once (kept for later runs)")
 @load_options
 @device_options
 @json_option
@@ -120,8 +120,7 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
     if rank is not None:
         click.echo(f"rank          {rank['at_or_above']} of {rank['n']} other indexed models score as high (z "
                    f"{result['z']:.2f}): p = {rank['p_value']:.4f}; derived when p <= {rank['budget']:g}, i.e. z "
-                   f"above {rank['bar_z']:.2f}" + (f" ({_count(rank['left_out_derived'], 'model')} at z >= "
-                                                    f"{z_threshold:g} left out)" if rank["left_out_derived"] else ""))
+                   f"above {rank['bar_z']:.2f}")
         click.echo(f"verdict       {result['verdict'].upper()}  (by rank among the indexed models, judged by the "
                    f"{result.get('evidence', 'signature')}; by z >= {z_threshold:g}: {result['z_verdict']})")
     elif fp is not None:
@@ -175,8 +174,7 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
     evidence = "fingerprint (decisions + outputs) where comparable, else signature" if result["fingerprint"] else \
         "signature distance" + ("" if not use_fingerprint else " (no fingerprint for this owner: gifindex fit-probes)")
     rule = (f"derived when z >= {z_threshold:g}" if budget is None else
-            f"derived when at most {budget:g} of the other models score as high (rank p-value; those at z >= "
-            f"{z_threshold:g} left out of the ranking)")
+            f"derived when at most {budget:g} of the other models score as high (rank p-value)")
     click.echo(f"owner {result['owner']}  ({result['method']}); {len(result['models'])} indexed models judged by the "
                f"{evidence}; {rule}")
     rows = []
@@ -200,10 +198,6 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
 def _logged_share(count: int | None) -> str:
     """The note after a probe count when ``count`` of a fingerprint's probe images are logged queries."""
     return f" ({count} of them logged queries)" if count else ""
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _fmt(value: float | None) -> str:
