@@ -41,17 +41,24 @@ def smallest_population(budget: float) -> int:
     return max(1, math.ceil(1.0 / budget - 1.0 - 1e-9))
 
 
-def rank_verdict(z: float, population: Sequence[float], budget: float) -> dict[str, Any]:
-    """Rank ``z`` among ``population`` (the other models' evidence): p-value, verdict at ``budget``, and the bar,
-    the population's evidence a suspect must exceed to be judged derived."""
+def require_population(n: int, budget: float) -> None:
+    """A budget outside (0, 1), or fewer than :func:`smallest_population` other models, is an error (checked before
+    any model is loaded for a ranking)."""
     if not 0.0 < budget < 1.0:
         raise GifindexError(f"a false-positive budget lies strictly between 0 and 1 (got {budget:g})")
-    pop = np.sort(np.asarray(population, dtype=np.float64))[::-1]
-    n, needed = int(pop.size), smallest_population(budget)
+    needed = smallest_population(budget)
     if n < needed:
         raise GifindexError(f"a verdict at a false-positive budget of {budget:g} ranks the suspect among at least "
                             f"{needed} other indexed models (found {n}): ingest more unrelated models of the "
                             "owner's task, or drop --budget")
+
+
+def rank_verdict(z: float, population: Sequence[float], budget: float) -> dict[str, Any]:
+    """Rank ``z`` among ``population`` (the other models' evidence): p-value, verdict at ``budget``, and the bar,
+    the population's evidence a suspect must exceed to be judged derived."""
+    pop = np.sort(np.asarray(population, dtype=np.float64))[::-1]
+    n = int(pop.size)
+    require_population(n, budget)
     at_or_above = int(np.sum(pop >= z))
     p = (1 + at_or_above) / (1 + n)
     allowed = int(math.floor(budget * (n + 1) - 1 + 1e-9))  # the most models at or above a flagged suspect

@@ -23,7 +23,7 @@ from ..errors import GifindexError
 from ..fingerprint import Fingerprint, fingerprint_path, judge, load_fingerprint
 from ..fingerprint.fingerprint import combine, flag_share
 from ..models import load_model
-from .ranking import EvidenceCache, rank_all, rank_verdict
+from .ranking import EvidenceCache, rank_all, rank_verdict, require_population
 
 if TYPE_CHECKING:
     from ..index import Index
@@ -91,6 +91,8 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     sus_vec, sus_name = sus_q.vector, sus_q.name
     records, vectors = index.vectors()
     keep = _others(records, exclude, owner_q, sus_q)
+    if budget is not None:  # before any model is loaded for the ranking
+        require_population(len(keep), budget)
     population = signature_distances(vectors[keep], owner_vec)
     d = signature_distance(sus_vec, owner_vec)
     out = suspect_from_distances(d, population, z_threshold)
@@ -185,6 +187,8 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     if len(keep) < MIN_POPULATION + 1:
         raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
                             f"{len(keep)}): each is judged against the others")
+    if budget is not None:
+        require_population(len(keep) - 1, budget)
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
     judged = _judge_all(index, owner_q, keep, records, vectors, fingerprint, z_threshold, device, on_model)
     if budget is not None:
