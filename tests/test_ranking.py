@@ -107,3 +107,30 @@ def test_a_damaged_or_unwritable_cache_is_recomputed_never_trusted(tmp_path):
         assert cache.save() is False  # best effort: a read-only index still ranks
     finally:
         os.chmod(folder, 0o700)
+
+
+def test_the_evaluation_ranks_a_run_as_the_command_does():
+    """tools/eval/rank_verdict.py reads a stored run's per-model evidence: derived models ranked among the
+    independent ones (or among every model: --hub index), each independent model among the others."""
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parents[1] / "tools" / "eval")
+    sys.path.insert(0, folder)
+    try:
+        import rank_verdict
+    finally:
+        sys.path.remove(folder)
+    negatives = {f"irrelevant-{i}": {"group": "irrelevant", "z": i / 10} for i in range(19)}
+    run = {"per_model": {**negatives,
+                         "distilled": {"group": "extract-p", "z": 2.5},  # above every independent model
+                         "student": {"group": "extract-l", "z": 1.75},  # above all but one
+                         "transfer": {"group": "transfer", "z": None, "z_gif_population": 9.0}},  # signature's z
+           "recipe_negatives": {"r": {"z": 1.85}}}
+    attacks, kinds = rank_verdict.rank_run(run, 0.05, "independent")
+    assert attacks["extract-p"] == [(True, False)] and attacks["transfer"] == [(True, True)]
+    assert attacks["extract-l"] == [(False, False)]  # p = 2 / 21 > 0.05
+    assert kinds["irrelevant-r"] == [(True, False)]  # the top independent model: p = 1 / 20, the budget's share
+    assert sum(flag for flag, _ in kinds["irrelevant"]) == 0
+    among_all, _ = rank_verdict.rank_run(run, 0.05, "index")  # the transfer copy now outranks the student too
+    assert among_all["extract-p"] == [(False, False)]  # p = 2 / 23

@@ -12,7 +12,7 @@ runs ``suspect --all`` and then names what it flags with ``--exclude``. Reported
 per attack, with false positives overall and per kind.
 
     python tools/eval/rank_verdict.py [--budget 0.05] [--hub independent|index] [--trim] [--zoo digits ...]
-        [--log none|reviewed]
+        [--log none|reviewed] [--files fingerprint_ip-digits-s3.json ...]
 """
 from __future__ import annotations
 
@@ -113,18 +113,21 @@ def main() -> None:
     parser.add_argument("--trim", action="store_true", help="leave models at z >= 3 out of every ranking")
     parser.add_argument("--zoo", nargs="+", default=None, help="zoos to read (default: every one with stored runs)")
     parser.add_argument("--log", choices=("none", "reviewed"), nargs="+", default=["none", "reviewed"])
+    parser.add_argument("--files", nargs="+", default=None,
+                        help="read these result files (in the results folder) as one group instead")
     args = parser.parse_args()
+    runs = {("files", "given"): args.files} if args.files else RUNS
     print(f"rank verdict at budget {args.budget:g}, hub = {args.hub}{', trimmed' if args.trim else ''}; flagged by "
           f"rank (by z >= {Z_THRESHOLD:g})")
     out = {}
-    for (zoo, log), files in RUNS.items():
-        if (args.zoo and zoo not in args.zoo) or log not in args.log:
+    for (zoo, log), files in runs.items():
+        if not args.files and ((args.zoo and zoo not in args.zoo) or log not in args.log):
             continue
         if not all((results_dir() / f).is_file() for f in files):
             print(f"{zoo} ({log}): runs not stored here ({', '.join(files)}): run tools/eval/fingerprint_ip.py")
             continue
         s = out[f"{zoo}/{log}"] = summarise(files, args.budget, args.hub, args.trim)
-        print(f"{zoo} ({'no log' if log == 'none' else 'reviewed log'}): " + "  ".join(
+        print(f"{zoo} ({ {'none': 'no log', 'reviewed': 'reviewed log'}.get(log, log)}): " + "  ".join(
             f"{a} {v['rank']:.0%} ({v['z']:.0%})" for a, v in s["attacks"].items()))
         fp = s["false_positives"]
         print(f"    false positives {fp['rank']:.1%} ({fp['z']:.1%}) of {fp['n']}; by kind: " + "  ".join(
