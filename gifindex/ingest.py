@@ -85,10 +85,13 @@ def check_finite_weights(module: torch.nn.Module, ref: str) -> None:
 
 
 def absolute_entry(entry: ModelEntry) -> ModelEntry:
-    """``entry`` with its file reference and weights as absolute, normalised paths (what the index stores)."""
+    """``entry`` with its file reference, weights and the file of a ``python:`` architecture as absolute,
+    normalised paths (what the index stores)."""
+    from .models import pyclass
     from .refs import absolute_ref
 
-    return dataclasses.replace(entry, ref=absolute_ref(entry.ref),
+    arch = pyclass.canonical(entry.arch) if pyclass.is_python_arch(entry.arch) else entry.arch
+    return dataclasses.replace(entry, ref=absolute_ref(entry.ref), arch=arch,
                                weights=absolute_ref(entry.weights) if entry.weights else None)
 
 

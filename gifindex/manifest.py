@@ -118,7 +118,7 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
         return str(base / candidate)
 
     entry = ModelEntry(ref=resolve(ref) or ref, name=data.get("name"), weights=resolve(data.get("weights")),
-                      arch=data.get("arch"), num_classes=data.get("num_classes"),
+                      arch=python_arch_beside(data.get("arch"), resolve), num_classes=data.get("num_classes"),
                       input_size=data.get("input_size"),
                       mean=tuple(data["mean"]) if data.get("mean") else None,  # type: ignore[arg-type]
                       std=tuple(data["std"]) if data.get("std") else None,  # type: ignore[arg-type]
@@ -131,6 +131,16 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
         errors.append(f"line {line}: {problem}")
         return None
     return entry
+
+
+def python_arch_beside(arch: Any, resolve: Any) -> Any:
+    """A ``python:FILE.py:Class`` architecture with its file resolved as the manifest's paths are (beside it)."""
+    if not isinstance(arch, str) or not arch.startswith("python:"):
+        return arch
+    target, sep, class_name = arch[len("python:"):].rpartition(":")
+    if not sep or not target.endswith(".py"):
+        return arch
+    return f"python:{resolve(target)}:{class_name}"
 
 
 def _compose(text: str, source: str) -> Any:

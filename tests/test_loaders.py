@@ -252,7 +252,8 @@ def test_no_architecture_matches() -> None:
     assert str(info.value).startswith("the state dict matches no torchvision or timm architecture "
                                       "(4 tensors)")
     assert str(info.value).endswith("pass --arch timm:NAME --num-classes C (or --arch torchvision:NAME); a network "
-                                    "of your own: save it whole (torch.jit.trace) and load that file with --trust")
+                                    "of your own class: --arch python:FILE.py:Class --trust (or save it whole with "
+                                    "torch.jit.script and load that file with --trust)")
     near = torchvision.models.resnet18(num_classes=3).state_dict()
     near.pop("layer4.1.bn2.bias")
     with pytest.raises(ArchitectureError, match=r"closest: torchvision:resnet18 \(missing: layer4.1.bn2.bias\)"):

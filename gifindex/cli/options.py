@@ -144,7 +144,8 @@ def method_option(default: str | None, help: str):
 def load_options(func):
     """Options that say how to load a model reference."""
     options = [
-        click.option("--arch", default=None, help="architecture of a state-dict file, e.g. timm:resnet18"),
+        click.option("--arch", default=None, help="architecture of a state-dict file, e.g. timm:resnet18, or your own "
+                     "class: python:FILE.py:Class (or python:package.module:Class; runs that code: needs --trust)"),
         click.option("--num-classes", type=int, default=None, help="classifier size for --arch"),
         click.option("--input-size", type=int, default=None, help="override the model's native input size"),
         click.option("--mean", default=None, help="override normalisation mean: --mean 0.5 0.5 0.5 (or "

@@ -259,8 +259,8 @@ def detect_architecture(sd: dict[str, torch.Tensor],
                 + (f"; also near: {others}" if others else ""))
     raise ArchitectureError(
         f"the state dict matches no torchvision or timm architecture ({len(sd)} tensors){hint}; "
-        "pass --arch timm:NAME --num-classes C (or --arch torchvision:NAME); a network of your own: save it whole "
-        "(torch.jit.trace) and load that file with --trust")
+        "pass --arch timm:NAME --num-classes C (or --arch torchvision:NAME); a network of your own class: --arch "
+        "python:FILE.py:Class --trust (or save it whole with torch.jit.script and load that file with --trust)")
 
 
 def _scan_groups(lib: str, groups: dict[str, list[str]], sd: dict[str, torch.Tensor],

@@ -1,5 +1,6 @@
 """Local model files as a model source: a whole module (trusted pickle, TorchScript) or a state dict plus
-an architecture (``--arch``, else a Taskonomy encoder recognised by its keys, else detected).
+an architecture (``--arch``, else a Taskonomy encoder recognised by its keys, else detected; ``--arch
+python:FILE.py:Class`` builds the user's own class, gifindex.models.pyclass).
 
 The file is read with the safe reader (gifindex.models.files); the architecture is built by its own source
 with the weights already read, and the input convention is that source's.
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gifindex.errors import ConfigError, ModelLoadError
-from gifindex.models import detect
+from gifindex.models import detect, pyclass
 from gifindex.models.files import read_weights_file
 from gifindex.models.hub import timm_spec
 from gifindex.models.sources import ModelSource, get_source, register_source
@@ -50,6 +51,12 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
         return Built(wf.module, spec, arch or name, wf.sha256, meta)
     assert wf.state_dict is not None
     preloaded = (wf.state_dict, wf.sha256)
+    if pyclass.is_python_arch(arch):  # the user's own class: its input convention is whatever the options say
+        name = pyclass.canonical(arch)
+        net = pyclass.build(name, num_classes, trust)
+        pyclass.load_into(net, wf.state_dict, name)
+        meta["loaded_as"] = "state dict into the user's class"
+        return Built(net, InputSpec(), name, wf.sha256, {**meta, "weights_file": path})
     if arch is None:
         arch = _taskonomy_arch(wf.state_dict, path)
     if arch is None:
@@ -64,7 +71,8 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
     else:
         a = parse_ref(arch) if ":" in arch else _bare_arch(arch)
     if a.kind not in ("timm", "torchvision", "taskonomy"):
-        raise ConfigError(f"--arch must be timm:NAME, torchvision:NAME or taskonomy:TASK, not {arch!r}")
+        raise ConfigError(f"--arch must be timm:NAME, torchvision:NAME, taskonomy:TASK or python:FILE.py:Class, "
+                          f"not {arch!r}")
     built = get_source(a.kind).load(a, arch=None, weights=preloaded, num_classes=num_classes, random_init=False,
                                     trust=trust)
     built.meta.update(meta, weights_file=path)
