@@ -18,7 +18,6 @@ Ranking costs one fingerprint check per indexed model, so each model's evidence 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import numpy as np
 from ..errors import GifindexError
 from ..index.atomic import atomic_write_text
 from ..index.layout import evidence_cache_path, fingerprint_path
+from ..index.shards import file_sha256
 
 CACHE_FORMAT = "gifindex-evidence-cache-1"
 MAX_CACHE_BYTES = 64 << 20
@@ -72,14 +72,6 @@ def rank_all(zs: Sequence[float], budget: float) -> list[dict[str, Any]]:
     return [rank_verdict(z, zs[:k] + zs[k + 1:], budget) for k, z in enumerate(zs)]
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class EvidenceCache:
     """Each indexed model's fingerprint evidence against one owner, kept beside the owner's fingerprint. Entries
     hold for the fingerprint file they were computed with (its sha256) and the model's weights; anything else, a
@@ -89,7 +81,7 @@ class EvidenceCache:
     def __init__(self, index_root: str | Path, owner: str):
         self.path = evidence_cache_path(index_root, owner)
         fingerprint = fingerprint_path(index_root, owner)
-        self.fingerprint_sha256 = _file_sha256(fingerprint) if fingerprint.is_file() else None
+        self.fingerprint_sha256 = file_sha256(fingerprint) if fingerprint.is_file() else None
         self.entries: dict[str, dict[str, Any]] = {}
         self.changed = False
         if self.fingerprint_sha256 is None:
