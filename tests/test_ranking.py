@@ -48,6 +48,21 @@ def test_ranked_among_each_other_exchangeable_models_are_flagged_at_most_the_bud
     assert sorted(v["p_value"] for v in verdicts) == pytest.approx([j / m for j in range(1, m + 1)])
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_ranking_a_whole_hub_at_once_is_each_model_ranked_alone(seed):
+    """rank_all (O(n log n), for --all over a large hub) gives what rank_verdict gives each model against the others,
+    ties and missing (NaN) scores included; a NaN ranks below everything."""
+    rng = np.random.default_rng(seed)
+    zs = np.round(rng.normal(size=60), 1)  # many ties
+    zs[rng.choice(60, 3, replace=False)] = np.nan
+    budget = [0.05, 0.1, 0.2, 0.5, 0.3][seed]
+    fast = rank_all(zs.tolist(), budget)
+    for k, z in enumerate(zs.tolist()):
+        alone = rank_verdict(z, zs[np.arange(60) != k].tolist(), budget)
+        assert fast[k] == pytest.approx(alone), (k, z)
+    assert all(v["verdict"] == "unrelated" and v["p_value"] > 0.9 for v, z in zip(fast, zs) if np.isnan(z))
+
+
 def test_copies_in_the_population_raise_the_bar_so_fewer_models_are_flagged_never_more():
     """Nothing is left out automatically: three copies above 20 unrelated models hold every unrelated model under
     the bar that, without them, flags two, and each other too (the lowest copy: p = 3 / 23 > 0.1)."""

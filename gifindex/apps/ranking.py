@@ -53,23 +53,45 @@ def require_population(n: int, budget: float) -> None:
                             "owner's task, or drop --budget")
 
 
-def rank_verdict(z: float, population: Sequence[float], budget: float) -> dict[str, Any]:
-    """Rank ``z`` among ``population`` (the other models' evidence): p-value, verdict at ``budget``, and the bar,
-    the population's evidence a suspect must exceed to be judged derived."""
-    pop = np.sort(np.asarray(population, dtype=np.float64))[::-1]
-    n = int(pop.size)
-    require_population(n, budget)
-    at_or_above = int(np.sum(pop >= z))
+def _evidence(values: Sequence[float]) -> np.ndarray:
+    """As float64, with a missing (NaN) score ranked below every other (it is never evidence of derivation)."""
+    out = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(out), -np.inf, out)
+
+
+def _allowed(n: int, budget: float) -> int:
+    """The most models that may score at or above a suspect judged derived: p = (1 + k) / (1 + n) <= budget."""
+    return int(math.floor(budget * (n + 1) - 1 + 1e-9))
+
+
+def _verdict(z: float, at_or_above: int, n: int, bar: float, budget: float) -> dict[str, Any]:
     p = (1 + at_or_above) / (1 + n)
-    allowed = int(math.floor(budget * (n + 1) - 1 + 1e-9))  # the most models at or above a flagged suspect
-    return {"p_value": p, "n": n, "at_or_above": at_or_above, "budget": budget, "bar_z": float(pop[allowed]),
+    return {"p_value": p, "n": n, "at_or_above": at_or_above, "budget": budget, "bar_z": bar,
             "verdict": "derived" if p <= budget + 1e-12 else "unrelated"}
 
 
+def rank_verdict(z: float, population: Sequence[float], budget: float) -> dict[str, Any]:
+    """Rank ``z`` among ``population`` (the other models' evidence): p-value, verdict at ``budget``, and the bar,
+    the population's evidence a suspect must exceed to be judged derived."""
+    pop = np.sort(_evidence(population))[::-1]
+    require_population(int(pop.size), budget)
+    z = float(_evidence([z])[0])
+    return _verdict(z, int(np.sum(pop >= z)), int(pop.size), float(pop[_allowed(pop.size, budget)]), budget)
+
+
 def rank_all(zs: Sequence[float], budget: float) -> list[dict[str, Any]]:
-    """:func:`rank_verdict` for each of ``zs`` against all the others."""
-    zs = [float(z) for z in zs]
-    return [rank_verdict(z, zs[:k] + zs[k + 1:], budget) for k, z in enumerate(zs)]
+    """:func:`rank_verdict` for each of ``zs`` against all the others, in O(n log n) (a hub-wide ``--all``)."""
+    values = _evidence(zs)
+    n = int(values.size) - 1
+    require_population(n, budget)
+    ascending = np.sort(values)
+    at_or_above = values.size - np.searchsorted(ascending, values, side="left") - 1  # itself not counted
+    descending = ascending[::-1]
+    allowed = _allowed(n, budget)
+    # the others' (allowed)-th largest: one further down the whole list when the model itself sits above it
+    own_rank = values.size - np.searchsorted(ascending, values, side="right")  # models strictly above it
+    bars = np.where(own_rank <= allowed, descending[min(allowed + 1, n)], descending[allowed])
+    return [_verdict(float(z), int(k), n, float(bar), budget) for z, k, bar in zip(values, at_or_above, bars)]
 
 
 class EvidenceCache:
