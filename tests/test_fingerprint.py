@@ -1150,7 +1150,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     # the owner removed, other weights indexed under its name: its fingerprint is kept, but not used for them
     removed = runner.invoke(main, ["remove", "-i", str(index), "owner"])
     assert removed.exit_code == 0 and "kept its fingerprint (" in removed.output, removed.output
-    assert "helpers.pt" in removed.output  # and the kept helper models beside it
+    assert "helpers.pt" in removed.output and "evidence.json" in removed.output  # and what was kept beside it
     assert runner.invoke(main, ["ingest", "-i", str(index), str(tmp_path / "renamed.pt"), "--name", "owner",
                                 "--executor", "inline", *common]).exit_code == 0
     stale = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])

@@ -178,12 +178,12 @@ def info(index_path: str, as_json: bool) -> None:
 def remove(index_path: str, name: str, wait: float, as_json: bool) -> None:
     """Remove a model from the index. Its fingerprint (`fit-probes`) and kept helper models stay: refitting needs
     the owner's data; `suspect` uses them again only for these same weights indexed under this name."""
-    from ..index.layout import fingerprint_path, helpers_path
+    from ..index.layout import evidence_cache_path, fingerprint_path, helpers_path
 
     index = open_index(index_path)
     record = index.remove(name, wait=wait)
-    kept = [p for p in (fingerprint_path(index.root, record.name), helpers_path(index.root, record.name))
-            if p.is_file()]
+    kept = [p for p in (fingerprint_path(index.root, record.name), helpers_path(index.root, record.name),
+                        evidence_cache_path(index.root, record.name)) if p.is_file()]
     if as_json:
         emit_json({"removed": record.to_dict(), "kept": [str(p) for p in kept]})
         return
