@@ -20,7 +20,8 @@ a score that ranks the owner's students above them sees the owner, one that does
 learnt from some model's labels (docs/results.md 6.2f). ``--twins``: every hard-label student's label twin (same
 architecture, initialisation, data and order, true labels), and students against twins (6.2i). ``--query-log``: the
 owner's query log given to the fit (the thieves' query images, and for ``reviewed`` their true labels; QUERY_LOGS,
-6.2i). ``--query-weighting``: how each kept answer counts (FitConfig.query_weighting, 6.2j).
+6.2i). ``--query-weighting``: how each kept answer counts (FitConfig.query_weighting, 6.2j). Last, what the rank
+verdict (``suspect --budget 0.05``) flags among the run's independent models (tools/eval/rank_verdict.py, 6.2u).
 
     python tools/eval/fingerprint_ip.py --zoo digits --seeds 0 1 2 [--quick] [--twins] [--query-log reviewed]
 """
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 import ipzoo
+import rank_verdict
 from common import (CACHE, cached_model, distances_to, key, log, results_dir, setup_threads, sign_all, wrap,
                     write_json)
 from gifindex.apps import suspect_from_distances
@@ -46,6 +48,7 @@ from gifindex.fingerprint.queries import QUERY_WEIGHTINGS, REVIEW_SHARE, least_s
 from gifindex.fingerprint.fit import CALIBRATION_RECIPES, PROBE_SOURCES, calibration_recipes, varied_calibration
 
 Z_THRESHOLD = 3.0
+RANK_BUDGET = 0.05  # the rank verdict's false-positive budget (suspect --budget; docs/results.md 6.2u)
 SCORES = ("modelgif", "modelgif-arch-z", "modelgif+outputs", "owner-errors", "fp-agree", "fp-dec-z", "fp-out-z",
           "fp-query-z", "fp-z", "max-z", "combined-arch", "combined")
 # The owner's query log (docs/results.md 6.2i): what its API answered. "thief": exactly the thieves' queries (half B's
@@ -546,6 +549,11 @@ def main() -> None:
     for s in results[0]["flagged"]:
         print(f"{s:<10s} " + " ".join(f"{np.mean([r['flagged'][s][g] for r in results]):.0%}"
                                       for g in results[0]["flagged"][s]))
+    ranked = [rank_verdict.rank_run(r, RANK_BUDGET, "independent") for r in results]  # suspect --budget (6.2u)
+    print(f"flagged by rank among the run's independent models at a {RANK_BUDGET:g} budget (suspect --budget), "
+          "mean over seeds: " + "  ".join(
+              f"{a} {np.mean([flag for attacks, _ in ranked for flag, _ in attacks[a]]):.0%}" for a in ipzoo.ATTACKS)
+          + f"  false positives {np.mean([f for _, kinds in ranked for v in kinds.values() for f, _ in v]):.1%}")
     print("copies with their output units permuted (relabelled), AUC against all independent models, mean over "
           "seeds: " + ", ".join(f"{s} {np.mean([r['auc_relabelled'][s] for r in results]):.2f}" for s in SCORES))
     if args.twins:
