@@ -126,12 +126,13 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
     elif fp is not None:
         click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when z "
                    f">= {z_threshold:g}; z {result['z']:.2f})")
-        for note in (lead_note(result, z_threshold), unreviewed_note(result, z_threshold)):
-            if note:
-                click.echo(f"              {note}")
     else:
         click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "
                    f"<= {result['threshold']['distance']:.4f})")
+    if fp is not None:
+        for note in (lead_note(result, z_threshold), unreviewed_note(result, z_threshold)):
+            if note:
+                click.echo(f"              {note}")
     random_note(result["random_init"])
 
 
