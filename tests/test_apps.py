@@ -161,8 +161,11 @@ def test_suspect_budget_judges_by_rank_among_the_indexed_models(hub):
     text = _run("suspect", "-i", index, ranked[3]["suspect"], "--owner", "owner", "--budget", "0.25").stdout
     assert "rank          4 of 5 other indexed models score as high" in text
     assert "verdict       UNRELATED  (by rank among the indexed models" in text and text.count("verdict ") == 1
+    assert "1 of the ranked models score z >= 3 (likely copies of the owner)" in text
     listed = _run("suspect", "-i", index, "--owner", "owner", "--all", "--budget", "0.25").stdout
     assert "rank p" in listed and "derived when at most 0.25 of the other models score as high" in listed
+    assert "note: 1 of the ranked models score z >= 3" in listed
+    assert ranked[3]["rank"]["at_or_above_z_threshold"] == 1 and copy["rank"]["at_or_above_z_threshold"] == 0
     small = _run("suspect", "-i", index, "copy", "--owner", "owner", "--budget", "0.05", ok=False)
     assert small.exit_code == 1 and "at least 19 other indexed models (found 5)" in small.output
     assert "Traceback" not in small.output

@@ -123,6 +123,8 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool
                    f"above {rank['bar_z']:.2f}")
         click.echo(f"verdict       {result['verdict'].upper()}  (by rank among the indexed models, judged by the "
                    f"{result.get('evidence', 'signature')}; by z >= {z_threshold:g}: {result['z_verdict']})")
+        if rank["at_or_above_z_threshold"]:
+            click.echo(f"              {copies_note(rank['at_or_above_z_threshold'], z_threshold)}")
     elif fp is not None:
         click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when z "
                    f">= {z_threshold:g}; z {result['z']:.2f})")
@@ -189,6 +191,9 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
     click.echo(table(rows, ["model", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "distance", "signature z", "decisions z", "outputs z", "note"]))
     click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
+    by_z = [r["suspect"] for r in result["models"] if r["z"] >= z_threshold]
+    if budget is not None and by_z:
+        click.echo(f"note: {copies_note(len(by_z), z_threshold)}")
     if result["derived"] and not result["fingerprint"]:
         click.echo("note: by the signature alone, independently trained models of the owner's architecture can sit "
                    "near it and score as derived (docs/results.md 6.2); a fingerprint (gifindex fit-probes) is "
@@ -478,6 +483,12 @@ def unreviewed_note(result: dict, z_threshold: float) -> str | None:
         return None
     return (f"carried by an unreviewed query log: {UNREVIEWED}; review it (`gifindex review-queries`, then "
             "`fit-probes --queries`) before relying on this verdict")
+
+
+def copies_note(count: int, z_threshold: float) -> str:
+    """Under a rank verdict: models in the ranking that z already judges derived (likely copies) raise the bar."""
+    return (f"{count} of the ranked models score z >= {z_threshold:g} (likely copies of the owner): they raise the "
+            "bar for every suspect; --exclude the ones you know to be copies (docs/results.md 6.2u)")
 
 
 def random_note(names: list[str]) -> None:
