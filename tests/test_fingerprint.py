@@ -971,6 +971,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert fit.exit_code == 0, fit.output
     fitted = json.loads(fit.stdout)
     assert fitted["inputs"] >= 8 and (index / "fingerprints").is_dir() and fitted["gradient_images"] == 32
+    assert fitted["indexed_others"] == len(files) - 1
     import importlib
 
     import gifindex.models as models_module
@@ -1146,6 +1147,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert no_log.exit_code == 0 and "reused the 4 helper models kept in " in no_log.output, no_log.output
     assert "no query log: a student trained on your hard labels" in no_log.output
     assert "a public labelled dataset the thief may have drawn from" in no_log.output
+    assert "`suspect --budget 0.05` (a suspect ranked among the indexed models) needs 19 other" in no_log.output
     assert "no query log" not in reviewed.output
     # the owner removed, other weights indexed under its name: its fingerprint is kept, but not used for them
     removed = runner.invoke(main, ["remove", "-i", str(index), "owner"])

@@ -94,6 +94,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "query_calibration": fingerprint.query_calibration,
             "query_flag_rates": fingerprint.query_flag_rates() if fingerprint.has_queries else None,
             "helpers": helpers.count, "helpers_reused": reused,
+            "indexed_others": index.catalog.count() - 1,  # what `suspect --budget` could rank a suspect among
             "helpers_path": str(kept_at) if reused or keep_helpers else None,
             "helpers_bytes": kept_at.stat().st_size if (reused or keep_helpers) and kept_at.is_file() else None,
             "recipe": fingerprint.recipe}

@@ -321,6 +321,13 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                    "the thief's queries; give --queries your API's log, or a public labelled dataset the thief may "
                    "have drawn from, its labels as y (see the README)")
     click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
+    from ..apps.ranking import smallest_population
+
+    others, needed = result["indexed_others"], smallest_population(0.05)
+    click.echo(f"with {others} other indexed models, `--budget 0.05` can rank a suspect among them instead of judging "
+               "it by the references alone (docs/results.md 6.2u)" if others >= needed else
+               f"`suspect --budget 0.05` (a suspect ranked among the indexed models) needs {needed} other indexed "
+               f"models of your task; the index holds {others}")
     if result["helpers_reused"]:
         click.echo(f"reused the {result['helpers']} helper models kept in {result['helpers_path']}")
     elif result["helpers_path"]:
