@@ -1054,6 +1054,13 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert ranked["rank"]["n"] == 3 and ranked["z"] == pytest.approx(first["z"])
     others = [r["z"] for r in scanned["models"] if r["suspect"] != "indep0"]
     assert ranked["rank"]["p_value"] == pytest.approx((1 + sum(z >= first["z"] for z in others)) / (1 + len(others)))
+    cache.unlink()  # nothing cached: each model is loaded once, the suspect too (its evidence serves the ranking)
+    loads.clear()
+    uncached = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner", "--budget", "0.5",
+                                    "--json"])
+    assert uncached.exit_code == 0, uncached.output
+    assert sorted(loads) == sorted(str(tmp_path / f"indep{i}.pt") for i in range(4))
+    assert json.loads(uncached.stdout)["rank"] == ranked["rank"] and cache.is_file()
     (tmp_path / "indep3.pt").rename(tmp_path / "elsewhere.bin")  # a model whose file is gone: its evidence was kept
     kept = json.loads(runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all", "--json"]).stdout)
     assert next(r for r in kept["models"] if r["suspect"] == "indep3")["fingerprint"] is not None

@@ -105,13 +105,17 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
     evidence = (None if fingerprint is None else
                 fingerprint_evidence(fingerprint, entry, device, loaded=sus_q.model))
+    cache = EvidenceCache(index.root, owner_name) if budget is not None and fingerprint is not None else None
+    if cache is not None and evidence is not None and sus_q.record is not None:  # the ranking need not load it again
+        cache.put(sus_q.record.name, sus_q.record.weights_sha256, evidence)
     _judge(out, evidence, z_threshold)
     if budget is not None:  # every other model's verdict as `--all` gives it (the suspect among them, if indexed)
         keep = _others(records, exclude, owner_q)
         if len(keep) < MIN_POPULATION + 1:
             raise GifindexError(f"a verdict by rank judges every indexed model against the others: it needs at least "
                                 f"{MIN_POPULATION + 1} besides the owner (found {len(keep)})")
-        judged = _judge_all(index, owner_q, keep, records, vectors, fingerprint, z_threshold, device, on_model)
+        judged = _judge_all(index, owner_q, keep, records, vectors, cache, fingerprint, z_threshold, device,
+                            on_model)
         population = [r["z"] for r in judged if sus_q.record is None or r["suspect"] != sus_q.record.name]
         rank = rank_verdict(out["z"], population, budget)
         rank["at_or_above_z_threshold"] = sum(z >= z_threshold for z in population)  # likely copies: they raise the bar
@@ -191,7 +195,8 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     if budget is not None:
         require_population(len(keep) - 1, budget)
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
-    judged = _judge_all(index, owner_q, keep, records, vectors, fingerprint, z_threshold, device, on_model)
+    cache = EvidenceCache(index.root, owner_q.name) if fingerprint is not None else None
+    judged = _judge_all(index, owner_q, keep, records, vectors, cache, fingerprint, z_threshold, device, on_model)
     if budget is not None:
         flagged_by_z = sum(r["z"] >= z_threshold for r in judged)
         for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget)):
@@ -204,12 +209,11 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
 
 
 def _judge_all(index: "Index", owner_q: Any, keep: Sequence[int], records: Sequence[Any], vectors: np.ndarray,
-               fingerprint: Fingerprint | None, z_threshold: float, device: str,
+               cache: EvidenceCache | None, fingerprint: Fingerprint | None, z_threshold: float, device: str,
                on_model: Callable[[str, int, int], None] | None) -> list[dict[str, Any]]:
     """The verdict on each indexed model ``keep`` (rows of ``records``) against the others among them; their
-    fingerprint evidence is read from, and added to, the owner's ``EvidenceCache``."""
+    fingerprint evidence is read from, and added to, the owner's ``cache`` (None: the owner has no fingerprint)."""
     distances = signature_distances(vectors[keep], owner_q.vector)
-    cache = EvidenceCache(index.root, owner_q.name) if fingerprint is not None else None
     judged = []
     try:
         for k, (i, out) in enumerate(zip(keep, leave_one_out(distances, z_threshold))):
