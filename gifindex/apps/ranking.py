@@ -70,16 +70,19 @@ def _verdict(z: float, at_or_above: int, n: int, bar: float, budget: float) -> d
             "verdict": "derived" if p <= budget + 1e-12 else "unrelated"}
 
 
-def rank_verdict(z: float, population: Sequence[float], budget: float) -> dict[str, Any]:
-    """Rank ``z`` among ``population`` (the other models' evidence): p-value, verdict at ``budget``, and the bar,
-    the population's evidence a suspect must exceed to be judged derived."""
+def rank_verdict(z: float, population: Sequence[float], budget: float, z_threshold: float = 3.0) -> dict[str, Any]:
+    """Rank ``z`` among ``population`` (the other models' evidence): p-value, verdict at ``budget``, the bar (the
+    population's evidence a suspect must exceed to be judged derived) and how many of the population z >=
+    ``z_threshold`` already judges derived (likely copies, raising the bar)."""
     pop = np.sort(_evidence(population))[::-1]
     require_population(int(pop.size), budget)
     z = float(_evidence([z])[0])
-    return _verdict(z, int(np.sum(pop >= z)), int(pop.size), float(pop[_allowed(pop.size, budget)]), budget)
+    out = _verdict(z, int(np.sum(pop >= z)), int(pop.size), float(pop[_allowed(pop.size, budget)]), budget)
+    out["at_or_above_z_threshold"] = int(np.sum(pop >= z_threshold))
+    return out
 
 
-def rank_all(zs: Sequence[float], budget: float) -> list[dict[str, Any]]:
+def rank_all(zs: Sequence[float], budget: float, z_threshold: float = 3.0) -> list[dict[str, Any]]:
     """:func:`rank_verdict` for each of ``zs`` against all the others, in O(n log n) (a hub-wide ``--all``)."""
     values = _evidence(zs)
     n = int(values.size) - 1
@@ -91,7 +94,9 @@ def rank_all(zs: Sequence[float], budget: float) -> list[dict[str, Any]]:
     # the others' (allowed)-th largest: one further down the whole list when the model itself sits above it
     own_rank = values.size - np.searchsorted(ascending, values, side="right")  # models strictly above it
     bars = np.where(own_rank <= allowed, descending[min(allowed + 1, n)], descending[allowed])
-    return [_verdict(float(z), int(k), n, float(bar), budget) for z, k, bar in zip(values, at_or_above, bars)]
+    by_z = int(np.sum(values >= z_threshold))  # the others z judges derived: these less the model itself
+    return [{**_verdict(float(z), int(k), n, float(bar), budget),
+             "at_or_above_z_threshold": by_z - int(z >= z_threshold)} for z, k, bar in zip(values, at_or_above, bars)]
 
 
 class EvidenceCache:

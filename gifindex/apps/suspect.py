@@ -117,8 +117,7 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
         judged = _judge_all(index, owner_q, keep, records, vectors, cache, fingerprint, z_threshold, device,
                             on_model)
         population = [r["z"] for r in judged if sus_q.record is None or r["suspect"] != sus_q.record.name]
-        rank = rank_verdict(out["z"], population, budget)
-        rank["at_or_above_z_threshold"] = sum(z >= z_threshold for z in population)  # likely copies: they raise the bar
+        rank = rank_verdict(out["z"], population, budget, z_threshold)
         out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
     return out
 
@@ -198,9 +197,7 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     cache = EvidenceCache(index.root, owner_q.name) if fingerprint is not None else None
     judged = _judge_all(index, owner_q, keep, records, vectors, cache, fingerprint, z_threshold, device, on_model)
     if budget is not None:
-        flagged_by_z = sum(r["z"] >= z_threshold for r in judged)
-        for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget)):
-            rank["at_or_above_z_threshold"] = flagged_by_z - (out["z"] >= z_threshold)  # the others that z flags
+        for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget, z_threshold)):
             out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
     judged.sort(key=lambda r: -r["z"])
     return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold, "budget": budget,
