@@ -134,13 +134,17 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
 
 
 def python_arch_beside(arch: Any, resolve: Any) -> Any:
-    """A ``python:FILE.py:Class`` architecture with its file resolved as the manifest's paths are (beside it)."""
+    """A ``python:FILE.py:Class`` architecture with its file resolved as the manifest's paths are (beside it); a
+    malformed one is left for the loader to refuse. (gifindex.models, and torch with it, is imported only for such an
+    architecture: reading a manifest stays light.)"""
     if not isinstance(arch, str) or not arch.startswith("python:"):
         return arch
-    target, sep, class_name = arch[len("python:"):].rpartition(":")
-    if not sep or not target.endswith(".py"):
+    from .models import pyclass
+
+    try:
+        return pyclass.with_file(arch, resolve)
+    except GifindexError:
         return arch
-    return f"python:{resolve(target)}:{class_name}"
 
 
 def _compose(text: str, source: str) -> Any:

@@ -14,12 +14,15 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from gifindex.errors import ConfigError, ModelLoadError, UntrustedFileError
+
+if TYPE_CHECKING:  # torch is imported where a class is built: manifests read this module without paying for it
+    import torch
+    import torch.nn as nn
 
 PREFIX = "python:"
 
@@ -35,12 +38,15 @@ def _split(arch: str) -> tuple[str, str]:
     return target, class_name
 
 
+def with_file(arch: str, place: Callable[[str], str]) -> str:
+    """``arch`` with its file (a ``.py`` target) passed through ``place``; a module target as it is."""
+    target, class_name = _split(arch)
+    return f"{PREFIX}{place(target) if target.endswith('.py') else target}:{class_name}"
+
+
 def canonical(arch: str) -> str:
     """``arch`` with a file path made absolute (the name the index records)."""
-    target, class_name = _split(arch)
-    if target.endswith(".py"):
-        target = str(Path(target).expanduser().resolve())
-    return f"{PREFIX}{target}:{class_name}"
+    return with_file(arch, lambda target: str(Path(target).expanduser().resolve()))
 
 
 def _import(target: str):
@@ -73,6 +79,8 @@ def _import(target: str):
 
 def build(arch: str, num_classes: int | None, trust: bool) -> nn.Module:
     """An untrained instance of the class ``arch`` names (imported only with ``trust``)."""
+    import torch.nn as nn
+
     target, class_name = _split(arch)
     if not trust:
         raise UntrustedFileError(f"--arch {arch}: building it imports {target} and runs its code; pass --trust if "
