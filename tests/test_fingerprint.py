@@ -1307,3 +1307,92 @@ def test_lead_note_only_for_unrelated_fingerprint_verdicts_between_one_and_the_t
     assert lead_note({"evidence": "fingerprint", "verdict": "derived", "z": 3.2}, 3.0) is None
     assert lead_note({"evidence": "signature", "verdict": "unrelated", "z": 2.4}, 3.0) is None
     assert lead_note({**base, "z": None}, 3.0) is None
+
+
+def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digits, monkeypatch):
+    """`suspect SUSPECT` without --owner: judged against each indexed model with a fingerprint, as `--owner` judges
+    it, the bar raised (Sidak) for the number of owners looked at; the suspect loaded once; an owner whose
+    fingerprint cannot be read is reported and the rest still judged; no fingerprint at all is one clear error."""
+    from gifindex.apps.suspect import family_budget
+    from gifindex.fingerprint.fingerprint import single_look_z
+
+    data, owner_data = digits
+    runner = CliRunner()
+    index = tmp_path / "idx"
+    files = {"owner": owner.module}
+    for seed in range(5):
+        torch.manual_seed(200 + seed)
+        files[f"indep{seed}"] = train(timm.create_model("test_resnet", num_classes=10), data.x_train[600:900],
+                                      data.y_train[600:900], 2, 5e-3, 64, 200 + seed)
+    for name, module in files.items():
+        torch.save(module.state_dict(), tmp_path / f"{name}.pt")
+    common = ["--arch", "timm:test_resnet", "--num-classes", "10", "--input-size", str(R),
+              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
+    assert runner.invoke(main, ["init", "-i", str(index), "--resolution", str(R), "--num-probes", "4",
+                                "--steps", "2"]).exit_code == 0
+    for name in files:
+        out = runner.invoke(main, ["ingest", "-i", str(index), str(tmp_path / f"{name}.pt"), "--name", name,
+                                   "--executor", "inline", *common])
+        assert out.exit_code == 0, out.output
+    unprotected = runner.invoke(main, ["suspect", "-i", str(index), "indep0"])
+    assert unprotected.exit_code == 1 and "no indexed model has a fingerprint" in unprotected.output
+    assert len(unprotected.output.strip().splitlines()) == 1
+    np.savez(tmp_path / "owner_data.npz", x=owner_data.x.numpy()[:300], y=owner_data.y.numpy()[:300])
+    fit = ["--data", str(tmp_path / "owner_data.npz"), "--helper-arch", "timm:test_resnet", "--surrogates", "1",
+           "--references", "1", "--calibration", "2", "--candidates", "64", "--output-probes", "32", "--epochs", "1",
+           "--eps", "0.1"]
+    for protected in ("owner", "indep4"):  # two models the hub protects
+        fitted = runner.invoke(main, ["fit-probes", "-i", str(index), protected, *fit])
+        assert fitted.exit_code == 0, fitted.output
+    import importlib
+
+    suspect_module = importlib.import_module("gifindex.apps.suspect")
+    loads = []
+    real_load = suspect_module.load_model
+    monkeypatch.setattr(suspect_module, "load_model", lambda ref, *a, **k: loads.append(ref) or real_load(ref, *a, **k))
+
+    def verdicts(*args):
+        run = runner.invoke(main, ["suspect", "-i", str(index), *args, "--json"])
+        assert run.exit_code == 0, run.output
+        return json.loads(run.stdout)
+
+    bar = single_look_z(3.0, 2)
+    assert single_look_z(3.0, 1) == pytest.approx(3.0) and bar > 3.0
+    copy_screened = verdicts(str(tmp_path / "owner.pt"), *common)  # the owner's file, arriving under another name
+    assert copy_screened["owners_checked"] == 2 and copy_screened["owner_z_threshold"] == pytest.approx(bar)
+    assert copy_screened["derived_from"][0] == "owner" and copy_screened["owners"][0]["owner"] == "owner"
+    for suspect_ref in ("indep0", "indep4"):  # indexed suspects (a protected one is not judged against itself)
+        loads.clear()
+        screened = verdicts(suspect_ref)
+        assert len(loads) == 1  # loaded once for both owners' fingerprints
+        assert [r["owner"] for r in screened["owners"]] == sorted(
+            {"owner", "indep4"} - {suspect_ref}, key=lambda name: -next(
+                r["z"] for r in screened["owners"] if r["owner"] == name))
+        for r in screened["owners"]:  # each verdict is --owner's z, against the raised bar
+            alone = verdicts(suspect_ref, "--owner", r["owner"])
+            assert r["z"] == pytest.approx(alone["z"]) and r["evidence"] == alone["evidence"] == "fingerprint"
+            assert r["verdict"] == ("derived" if r["z"] >= bar else "unrelated")
+        assert screened["derived_from"] == [r["owner"] for r in screened["owners"] if r["z"] >= bar]
+    assert verdicts("indep4")["owners_checked"] == 1 and verdicts("indep4")["owner_z_threshold"] == pytest.approx(3.0)
+    # a budget is shared by the owners: each rank verdict gets 1 - (1 - B)^(1/2)
+    ranked = verdicts("indep0", "--budget", "0.5")
+    assert ranked["owner_budget"] == pytest.approx(family_budget(0.5, 2)) == pytest.approx(1 - 0.5 ** 0.5)
+    for r in ranked["owners"]:
+        assert r["rank"]["budget"] == pytest.approx(ranked["owner_budget"])
+    small = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--budget", "0.1"])
+    assert small.exit_code == 1 and "over 2 protected models" in small.output, small.output
+    text = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "owner.pt"), *common])
+    assert text.exit_code == 0 and "judged against 2 protected models" in text.output, text.output
+    assert f"derived when z >= {bar:.2f}, raised from 3 for looking at 2 (Sidak)" in text.output
+    assert "derived from: owner" in text.output
+    # one fingerprint damaged: that owner is reported, the other still judged
+    from gifindex.index.layout import fingerprint_path
+
+    fingerprint_path(index, "indep4").write_bytes(b"not a fingerprint")
+    damaged = verdicts(str(tmp_path / "owner.pt"), *common)
+    assert damaged["errors"] == ["indep4"] and damaged["derived_from"] == ["owner"]
+    assert damaged["owners"][-1]["verdict"] == "not judged" and damaged["owners"][-1]["error"]
+    shown = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "owner.pt"), *common])
+    assert shown.exit_code == 0 and "NOT JUDGED" in shown.output and "not judged against indep4: " in shown.output
+    usage = runner.invoke(main, ["suspect", "-i", str(index), "--all"])
+    assert usage.exit_code == 2 and "name it with --owner" in usage.output

@@ -13,6 +13,7 @@ weights among the suspect, the owner and the population are listed in ``random_i
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +22,9 @@ import numpy as np
 from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
 from ..fingerprint import Fingerprint, fingerprint_path, judge, load_fingerprint
-from ..fingerprint.fingerprint import combine, flag_share
+from ..fingerprint.fingerprint import combine, flag_share, single_look_z
 from ..models import load_model
-from .ranking import EvidenceCache, rank_all, rank_verdict, require_population
+from .ranking import EvidenceCache, rank_all, rank_verdict, require_population, smallest_population
 
 if TYPE_CHECKING:
     from ..index import Index
@@ -87,6 +88,23 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
+    entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
+    fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
+    return _suspect_resolved(index, sus_q, owner_q, fingerprint, entry, lambda: _loaded(sus_q, entry, device),
+                             z_threshold, exclude, device, budget, on_model)
+
+
+def _loaded(query: Any, entry: "ModelEntry", device: str) -> Any:
+    """The suspect's model: as signed on the fly, else loaded from ``entry``."""
+    return query.model if query.model is not None else load_model(entry.ref, **entry.load_kwargs(), device=device)
+
+
+def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fingerprint | None,
+                      entry: "ModelEntry", suspect_model: Callable[[], Any], z_threshold: float,
+                      exclude: Sequence[str], device: str, budget: float | None,
+                      on_model: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+    """:func:`suspect` on a resolved suspect and owner; ``suspect_model()`` gives the suspect's model (as loaded
+    from ``entry``) when the owner's ``fingerprint`` (None: none, or not used) must judge it."""
     owner_vec, owner_name = owner_q.vector, owner_q.name
     sus_vec, sus_name = sus_q.vector, sus_q.name
     records, vectors = index.vectors()
@@ -101,10 +119,8 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     random += [records[i].name for i in keep if records[i].metadata.get("random_init")]
     out.update({"suspect": sus_name, "owner": owner_name, "method": index.config.method,
                 "closest_population": [{"name": n, "distance": v} for v, n in closest], "random_init": random})
-    fingerprint = owner_fingerprint(index, owner_name) if use_fingerprint else None
-    entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
     evidence = (None if fingerprint is None else
-                fingerprint_evidence(fingerprint, entry, device, loaded=sus_q.model))
+                fingerprint_evidence(fingerprint, entry, device, loaded=suspect_model()))
     cache = EvidenceCache(index.root, owner_name) if budget is not None and fingerprint is not None else None
     if cache is not None and evidence is not None and sus_q.record is not None:  # the ranking need not load it again
         cache.put(sus_q.record.name, sus_q.record.weights_sha256, evidence)
@@ -120,6 +136,74 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
         rank = rank_verdict(out["z"], population, budget, z_threshold)
         out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
     return out
+
+
+def protected_owners(index: "Index") -> list[str]:
+    """The indexed models whose owners fitted a fingerprint for them (``gifindex fit-probes``), in the catalogue's
+    order: the models a hub protects."""
+    folder = fingerprint_path(index.root, "").parent
+    stored = {p.name for p in folder.glob("*.npz")} if folder.is_dir() else set()
+    return [r.name for r in index.catalog.models() if stored and fingerprint_path(index.root, r.name).name in stored]
+
+
+def family_budget(budget: float, looks: int) -> float:
+    """The false-positive budget each of ``looks`` rank verdicts gets so that the chance any of them flags an
+    innocent suspect stays ``budget`` (Sidak: 1 - (1 - B)^(1 / looks))."""
+    return -math.expm1(math.log1p(-budget) / looks)
+
+
+def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float = 3.0, exclude: Sequence[str] = (),
+           device: str = "cpu", batch_size: int | None = 32, budget: float | None = None,
+           on_owner: Callable[[str, int, int], None] | None = None,
+           on_model: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Is ``suspect_ref`` derived from any protected model in the index (each indexed model with a fingerprint,
+    :func:`protected_owners`)? The hub's question when a model arrives: it is judged against each such owner as
+    :func:`suspect` judges it, the suspect signed and loaded once. Looking at M owners gives an innocent suspect M
+    chances to be accused, so the bar is raised to keep the family's false-positive rate that of one verdict at
+    ``z_threshold``: each owner's z must reach ``single_look_z(z_threshold, M)`` (Sidak), or, with a ``budget``,
+    each rank p-value must be at most ``family_budget(budget, M)``. An owner whose check fails (a fingerprint
+    fitted for other weights, say) is reported with its error, the others are still judged. Owners come back
+    strongest evidence first; ``on_owner(name, done, total)`` reports progress."""
+    _check_exclude(index, exclude)
+    sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
+    owners = [name for name in protected_owners(index) if sus_q.record is None or name != sus_q.record.name]
+    if not owners:
+        raise GifindexError("no indexed model has a fingerprint to screen the suspect against: fit one for each model "
+                            "you protect (`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
+    bar = single_look_z(z_threshold, len(owners))
+    each_budget = None if budget is None else family_budget(budget, len(owners))
+    if budget is not None:  # before any model is loaded
+        records, _ = index.vectors()
+        needed = smallest_population(each_budget)
+        if len(_others(records, exclude, sus_q)) - 1 < needed:
+            raise GifindexError(f"a verdict at a false-positive budget of {budget:g} over {len(owners)} protected "
+                                f"models gives each {each_budget:.4g} and ranks the suspect among at least {needed} "
+                                f"other indexed models (found {len(_others(records, exclude, sus_q)) - 1}): ingest "
+                                "more unrelated models, name --owner, or drop --budget")
+    entry = sus_q.entry or index.loading_entry(suspect_ref)
+    model: list[Any] = []
+
+    def suspect_model() -> Any:  # loaded once, for the first owner whose fingerprint judges it
+        if not model:
+            model.append(_loaded(sus_q, entry, device))
+        return model[0]
+
+    results = []
+    for k, name in enumerate(owners):
+        try:
+            owner_q = index.resolve(name, device=device, batch_size=batch_size)
+            results.append(_suspect_resolved(index, sus_q, owner_q, owner_fingerprint(index, name), entry,
+                                             suspect_model, bar, exclude, device, each_budget, on_model))
+        except GifindexError as exc:
+            results.append({"owner": name, "suspect": sus_q.name, "verdict": "not judged", "z": None,
+                            "error": str(exc)})
+        if on_owner is not None:
+            on_owner(name, k + 1, len(owners))
+    results.sort(key=lambda r: math.inf if r["z"] is None else -r["z"])  # those not judged last
+    return {"suspect": sus_q.name, "owners_checked": len(owners), "z_threshold": z_threshold,
+            "owner_z_threshold": bar, "budget": budget, "owner_budget": each_budget, "owners": results,
+            "derived_from": [r["owner"] for r in results if r["verdict"] == "derived"],
+            "errors": [r["owner"] for r in results if "error" in r]}
 
 
 def _check_exclude(index: "Index", exclude: Sequence[str]) -> None:

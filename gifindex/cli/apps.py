@@ -20,7 +20,8 @@ from .progress import SigningProgress
 @main.command()
 @index_option
 @click.argument("suspect_ref", metavar="[SUSPECT]", required=False)
-@click.option("--owner", required=True, help="the owner's model: an indexed name or a model reference")
+@click.option("--owner", default=None, help="the owner's model: an indexed name or a model reference (without it: "
+              "SUSPECT is judged against every indexed model with a fingerprint, the models the hub protects)")
 @click.option("--all", "scan_all", is_flag=True,
               help="judge every indexed model (instead of one SUSPECT): which models in the index derive from the "
                    "owner, strongest evidence first")
@@ -38,22 +39,32 @@ from .progress import SigningProgress
 @load_options
 @device_options
 @json_option
-def suspect(index_path: str, suspect_ref: str | None, owner: str, scan_all: bool, z_threshold: float,
+def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_all: bool, z_threshold: float,
             exclude: tuple[str, ...], no_fingerprint: bool, budget: float | None, device: str, batch_size: int,
             as_json: bool, **kwargs: Any) -> None:
-    """IP protection: is SUSPECT derived from OWNER? (--all: which indexed models are?)
+    """IP protection: is SUSPECT derived from OWNER? (--all: which indexed models are? No --owner: is SUSPECT
+    derived from any model the hub protects?)
 
     The suspect-owner distance is set against the owner's distances to every other indexed model (the
     unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used. With the
     owner's fingerprint (fit-probes) its decisions and outputs decide, against the owner's references; with
-    --budget, against the other indexed models, by rank.
+    --budget, against the other indexed models, by rank. Without --owner, SUSPECT is judged against each indexed
+    model with a fingerprint, the bar raised for having looked at several (Sidak).
     """
     from ..apps import suspect as run_suspect
     from ..session import Session
 
     if (suspect_ref is None) == (not scan_all):
         raise click.UsageError("name one SUSPECT, or give --all to judge every indexed model (not both)")
+    if scan_all and owner is None:
+        raise click.UsageError("--all judges every indexed model against one owner: name it with --owner")
     session = Session.at(index_path, load_kwargs_from(kwargs))
+    if owner is None:
+        if no_fingerprint:
+            raise click.UsageError("without --owner the suspect is judged against the owners' fingerprints: "
+                                   "--no-fingerprint needs --owner")
+        screen_report(session, suspect_ref, z_threshold, exclude, check_device(device), batch_size, as_json, budget)
+        return
     if scan_all:
         scan_report(session, owner, z_threshold, exclude, not no_fingerprint, check_device(device), batch_size,
                     as_json, budget)
@@ -199,6 +210,51 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
                    "near it and score as derived (docs/results.md 6.2); a fingerprint (gifindex fit-probes) is "
                    "calibrated per architecture")
     random_note([r["suspect"] for r in result["models"] if r["random_init"]])
+
+
+def screen_report(session: Any, suspect_ref: str, z_threshold: float, exclude: tuple[str, ...], device: str,
+                  batch_size: int, as_json: bool, budget: float | None) -> None:
+    """`suspect SUSPECT` without --owner: the suspect judged against every protected (fingerprinted) model."""
+    from ..apps import screen
+
+    bar = JudgingBar()
+    try:
+        with observing(SigningProgress()) as progress:
+            result = screen(session.index, session.model(suspect_ref), z_threshold=z_threshold, exclude=exclude,
+                            device=device, batch_size=batch_size, budget=budget, on_model=bar)
+    finally:
+        bar.close()
+    result["signed"] = progress.signed_models
+    if as_json:
+        emit_json(result)
+        return
+    count = result["owners_checked"]
+    looked = "" if count == 1 else f", raised from {z_threshold:g} for looking at {count} (Sidak)"
+    rule = (f"derived when z >= {result['owner_z_threshold']:.2f}{looked}" if budget is None else
+            f"derived when at most {result['owner_budget']:.4g} of the other indexed models score as high (rank "
+            f"p-value; {budget:g} shared by {count})")
+    click.echo(f"suspect {result['suspect']}: judged against {count} protected model{'s' * (count != 1)} (those "
+               f"with a fingerprint); {rule}")
+    rows = []
+    for r in result["owners"]:
+        if "error" in r:
+            rows.append([r["owner"], "NOT JUDGED", "-", *([] if budget is None else ["-"]), "-", "-", "-", "-",
+                         "see below"])
+            continue
+        fp = r.get("fingerprint") or {}
+        rank = [] if budget is None else [f"{r['rank']['p_value']:.4f}"]
+        rows.append([r["owner"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"], f"{r['z']:.2f}",
+                     *rank, r.get("evidence", "signature"), _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
+                     f"{r['distance']:.4f}", fp.get("note", "") if fp.get("agreement") is None else ""])
+    click.echo(table(rows, ["owner", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
+                            "decisions z", "outputs z", "distance", "note"]))
+    derived = result["derived_from"]
+    click.echo(f"derived from: {', '.join(derived) if derived else 'none of them'}")
+    for r in result["owners"]:
+        if "error" in r:
+            click.echo(f"not judged against {r['owner']}: {r['error']}")
+    random_note(sorted({name for r in result["owners"] for name in r.get("random_init", ())
+                        if name in (r["owner"], r["suspect"])}))
 
 
 def _logged_share(count: int | None) -> str:

@@ -600,13 +600,16 @@ def stronger_of_two(z: float) -> float:
     return float(-ndtri_exp(log_p + math.log(2.0 - math.exp(log_p))))
 
 
-def single_look_z(z_threshold: float) -> float:
-    """The z one of two evidences must reach alone for ``stronger_of_two`` to reach ``z_threshold``: the inverse,
-    p = 1 - sqrt(1 - P) for the threshold's one-sided P."""
+def single_look_z(z_threshold: float, looks: int = 2) -> float:
+    """The z one of ``looks`` evidences must reach alone for the largest of them, Sidak-adjusted for having looked
+    at that many, to reach ``z_threshold`` (``stronger_of_two`` for two): p = 1 - (1 - P)^(1 / looks) for the
+    threshold's one-sided P. One look: ``z_threshold`` itself."""
     from scipy.stats import norm
 
+    if looks < 1:
+        raise ValueError(f"looks must be at least 1 (got {looks})")
     tail = float(norm.sf(z_threshold))
-    return float(norm.isf(-math.expm1(0.5 * math.log1p(-tail))))
+    return float(norm.isf(-math.expm1(math.log1p(-tail) / looks)))
 
 
 def flag_share(null_mean: float, null_sigma: float, z_threshold: float = 3.0) -> float:
