@@ -1312,7 +1312,8 @@ def test_lead_note_only_for_unrelated_fingerprint_verdicts_between_one_and_the_t
 def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digits, monkeypatch):
     """`suspect SUSPECT` without --owner: judged against each indexed model with a fingerprint, as `--owner` judges
     it, the bar raised (Sidak) for the number of owners looked at; the suspect loaded once; an owner whose
-    fingerprint cannot be read is reported and the rest still judged; no fingerprint at all is one clear error."""
+    fingerprint cannot be read is reported and the rest still judged; no fingerprint at all is one clear error.
+    `suspect --all` without --owner: every indexed model against every protected one, at the same bar."""
     from gifindex.apps.suspect import family_budget
     from gifindex.fingerprint.fingerprint import single_look_z
 
@@ -1385,6 +1386,24 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
     assert text.exit_code == 0 and "judged against 2 protected models" in text.output, text.output
     assert f"derived when z >= {bar:.2f}, raised from 3 for looking at 2 (Sidak)" in text.output
     assert "derived from: owner" in text.output
+    # --all without --owner: every indexed model against every protected one, each scan's z as --owner --all's
+    loads.clear()
+    audited = verdicts("--all")
+    assert audited["owners_checked"] == 2 and audited["owner_z_threshold"] == pytest.approx(bar)
+    assert [s["owner"] for s in audited["scans"]] == ["owner", "indep4"] and not audited["errors"]
+    for s in audited["scans"]:
+        alone = {r["suspect"]: r for r in verdicts("--owner", s["owner"], "--all")["models"]}
+        assert sorted(r["suspect"] for r in s["models"]) == sorted(alone) and len(alone) == 5
+        for r in s["models"]:
+            assert r["z"] == pytest.approx(alone[r["suspect"]]["z"])
+            assert r["verdict"] == ("derived" if r["z"] >= bar else "unrelated")
+    pairs = sorted((r["suspect"], s["owner"]) for s in audited["scans"] for r in s["models"] if r["z"] >= bar)
+    assert sorted((d["model"], d["owner"]) for d in audited["derived"]) == pairs
+    assert [d["z"] for d in audited["derived"]] == sorted((d["z"] for d in audited["derived"]), reverse=True)
+    loads.clear()  # every model's evidence is kept beside each fingerprint: a second audit loads none
+    assert verdicts("--all")["derived"] == audited["derived"] and loads == []
+    too_few = runner.invoke(main, ["suspect", "-i", str(index), "--all", "--budget", "0.1"])
+    assert too_few.exit_code == 1 and "over 2 protected models" in too_few.output, too_few.output
     # one fingerprint damaged: that owner is reported, the other still judged
     from gifindex.index.layout import fingerprint_path
 
@@ -1394,5 +1413,8 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
     assert damaged["owners"][-1]["verdict"] == "not judged" and damaged["owners"][-1]["error"]
     shown = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "owner.pt"), *common])
     assert shown.exit_code == 0 and "NOT JUDGED" in shown.output and "not judged against indep4: " in shown.output
-    usage = runner.invoke(main, ["suspect", "-i", str(index), "--all"])
-    assert usage.exit_code == 2 and "name it with --owner" in usage.output
+    broken = runner.invoke(main, ["suspect", "-i", str(index), "--all"])
+    assert broken.exit_code == 0 and "indep4: not audited: " in broken.output, broken.output
+    assert "owner: " in broken.output and "indexed models derived from it" in broken.output
+    usage = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--no-fingerprint"])
+    assert usage.exit_code == 2 and "--no-fingerprint needs --owner" in usage.output

@@ -206,6 +206,49 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
             "errors": [r["owner"] for r in results if "error" in r]}
 
 
+def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (), device: str = "cpu",
+          batch_size: int | None = 32, budget: float | None = None,
+          on_owner: Callable[[str, int, int], None] | None = None,
+          on_model: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Which indexed models derive from any protected model (each indexed model with a fingerprint)? :func:`scan`
+    for each protected owner, every model judged against the M owners at the bar :func:`screen` uses for M
+    (a protected model is judged against the M - 1 others at the same bar: the stricter one). Each owner's evidence
+    cache serves later audits, so only models not seen before are loaded. An owner whose scan fails is reported
+    with its error and the others are still scanned. ``derived`` lists every (model, owner) pair flagged, strongest
+    evidence first."""
+    _check_exclude(index, exclude)
+    owners = protected_owners(index)
+    if not owners:
+        raise GifindexError("no indexed model has a fingerprint to audit the index against: fit one for each model "
+                            "you protect (`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
+    bar = single_look_z(z_threshold, len(owners))
+    each_budget = None if budget is None else family_budget(budget, len(owners))
+    if each_budget is not None:
+        records, _ = index.vectors()
+        needed = smallest_population(each_budget)
+        population = len(_others(records, exclude)) - 2  # the owner and the model judged left out
+        if population < needed:
+            raise GifindexError(f"a verdict at a false-positive budget of {budget:g} over {len(owners)} protected "
+                                f"models gives each {each_budget:.4g} and ranks each model among at least {needed} "
+                                f"others (the index holds {population}): ingest more unrelated models, name "
+                                "--owner, or drop --budget")
+    scans = []
+    for k, name in enumerate(owners):
+        try:
+            scans.append(scan(index, name, z_threshold=bar, exclude=exclude, device=device, batch_size=batch_size,
+                              on_model=on_model, budget=each_budget))
+        except GifindexError as exc:
+            scans.append({"owner": name, "error": str(exc), "models": [], "derived": []})
+        if on_owner is not None:
+            on_owner(name, k + 1, len(owners))
+    derived = sorted(({"model": r["suspect"], "owner": s["owner"], "z": r["z"], "evidence": r.get("evidence"),
+                       **({"rank": r["rank"]} if "rank" in r else {})}
+                      for s in scans for r in s["models"] if r["verdict"] == "derived"), key=lambda d: -d["z"])
+    return {"owners_checked": len(owners), "z_threshold": z_threshold, "owner_z_threshold": bar, "budget": budget,
+            "owner_budget": each_budget, "scans": scans, "derived": derived,
+            "errors": [s["owner"] for s in scans if "error" in s]}
+
+
 def _check_exclude(index: "Index", exclude: Sequence[str]) -> None:
     """A name in ``exclude`` that is not indexed is an error (with a "did you mean")."""
     unknown = [name for name in exclude if index.catalog.by_name(name) is None]

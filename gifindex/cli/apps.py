@@ -24,7 +24,7 @@ from .progress import SigningProgress
               "SUSPECT is judged against every indexed model with a fingerprint, the models the hub protects)")
 @click.option("--all", "scan_all", is_flag=True,
               help="judge every indexed model (instead of one SUSPECT): which models in the index derive from the "
-                   "owner, strongest evidence first")
+                   "owner (without --owner: from any protected model), strongest evidence first")
 @click.option("--z-threshold", type=float, default=3.0, show_default=True,
               help="robust z-score at or above which the suspect is judged derived from the owner")
 @click.option("--exclude", multiple=True, help="indexed names to leave out of the calibration population "
@@ -42,8 +42,8 @@ from .progress import SigningProgress
 def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_all: bool, z_threshold: float,
             exclude: tuple[str, ...], no_fingerprint: bool, budget: float | None, device: str, batch_size: int,
             as_json: bool, **kwargs: Any) -> None:
-    """IP protection: is SUSPECT derived from OWNER? (--all: which indexed models are? No --owner: is SUSPECT
-    derived from any model the hub protects?)
+    """IP protection: is SUSPECT derived from OWNER? (--all: which indexed models are? No --owner: is SUSPECT,
+    or with --all any indexed model, derived from any model the hub protects?)
 
     The suspect-owner distance is set against the owner's distances to every other indexed model (the
     unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used. With the
@@ -56,13 +56,14 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
 
     if (suspect_ref is None) == (not scan_all):
         raise click.UsageError("name one SUSPECT, or give --all to judge every indexed model (not both)")
-    if scan_all and owner is None:
-        raise click.UsageError("--all judges every indexed model against one owner: name it with --owner")
+    if owner is None and no_fingerprint:
+        raise click.UsageError("without --owner models are judged against the protected models' fingerprints: "
+                               "--no-fingerprint needs --owner")
     session = Session.at(index_path, load_kwargs_from(kwargs))
+    if owner is None and scan_all:
+        audit_report(session, z_threshold, exclude, check_device(device), batch_size, as_json, budget)
+        return
     if owner is None:
-        if no_fingerprint:
-            raise click.UsageError("without --owner the suspect is judged against the owners' fingerprints: "
-                                   "--no-fingerprint needs --owner")
         screen_report(session, suspect_ref, z_threshold, exclude, check_device(device), batch_size, as_json, budget)
         return
     if scan_all:
@@ -229,12 +230,8 @@ def screen_report(session: Any, suspect_ref: str, z_threshold: float, exclude: t
         emit_json(result)
         return
     count = result["owners_checked"]
-    looked = "" if count == 1 else f", raised from {z_threshold:g} for looking at {count} (Sidak)"
-    rule = (f"derived when z >= {result['owner_z_threshold']:.2f}{looked}" if budget is None else
-            f"derived when at most {result['owner_budget']:.4g} of the other indexed models score as high (rank "
-            f"p-value; {budget:g} shared by {count})")
     click.echo(f"suspect {result['suspect']}: judged against {count} protected model{'s' * (count != 1)} (those "
-               f"with a fingerprint); {rule}")
+               f"with a fingerprint); {_family_rule(result, z_threshold, budget)}")
     rows = []
     for r in result["owners"]:
         if "error" in r:
@@ -255,6 +252,46 @@ def screen_report(session: Any, suspect_ref: str, z_threshold: float, exclude: t
             click.echo(f"not judged against {r['owner']}: {r['error']}")
     random_note(sorted({name for r in result["owners"] for name in r.get("random_init", ())
                         if name in (r["owner"], r["suspect"])}))
+
+
+def _family_rule(result: dict, z_threshold: float, budget: float | None) -> str:
+    """How a verdict against several protected models was reached: the raised bar, or each owner's budget."""
+    count = result["owners_checked"]
+    looked = "" if count == 1 else f", raised from {z_threshold:g} for looking at {count} (Sidak)"
+    if budget is None:
+        return f"derived when z >= {result['owner_z_threshold']:.2f}{looked}"
+    return (f"derived when at most {result['owner_budget']:.4g} of the other indexed models score as high (rank "
+            f"p-value; {budget:g} shared by {count})")
+
+
+def audit_report(session: Any, z_threshold: float, exclude: tuple[str, ...], device: str, batch_size: int,
+                 as_json: bool, budget: float | None) -> None:
+    """`suspect --all` without --owner: every indexed model judged against every protected model."""
+    from ..apps import audit
+
+    bar = JudgingBar()
+    try:
+        with observing(SigningProgress()):
+            result = audit(session.index, z_threshold=z_threshold, exclude=exclude, device=device,
+                           batch_size=batch_size, budget=budget, on_model=bar)
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(result)
+        return
+    count = result["owners_checked"]
+    click.echo(f"every indexed model judged against {count} protected model{'s' * (count != 1)} (those with a "
+               f"fingerprint); {_family_rule(result, z_threshold, budget)}")
+    rows = [[d["model"], d["owner"], f"{d['z']:.2f}", *([] if budget is None else [f"{d['rank']['p_value']:.4f}"]),
+             d.get("evidence") or "signature"] for d in result["derived"]]
+    if rows:
+        click.echo(table(rows, ["model", "derived from", "z", *([] if budget is None else ["rank p"]), "judged by"]))
+    for s in result["scans"]:
+        if "error" in s:
+            click.echo(f"{s['owner']}: not audited: {s['error']}")
+        else:
+            click.echo(f"{s['owner']}: {len(s['derived'])} of {len(s['models'])} indexed models derived from it")
+    click.echo(f"derived pairs: {len(result['derived'])}")
 
 
 def _logged_share(count: int | None) -> str:
