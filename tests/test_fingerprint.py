@@ -1418,3 +1418,48 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
     assert "owner: " in broken.output and "indexed models derived from it" in broken.output
     usage = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--no-fingerprint"])
     assert usage.exit_code == 2 and "--no-fingerprint needs --owner" in usage.output
+
+
+def test_clean_agreement_says_how_far_a_suspect_does_the_owners_task(fingerprint, owner, digits, tmp_path):
+    """A suspect's share of the probe images on which it gives the owner's answer: exactly the owner's share of a
+    class for a model that always answers it, 1 for the owner and for the owner with its classes renamed; the
+    references' shares are theirs; `suspect` notes a suspect below every reference (its nulls were fitted on models
+    of the owner's task) and changes nothing else."""
+    from gifindex.apps.suspect import fingerprint_evidence
+
+    class Constant(torch.nn.Module):
+        def __init__(self, answer: int):
+            super().__init__()
+            self.answer = answer
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            out = torch.zeros(len(x), 10)
+            out[:, self.answer] = 4.0
+            return out + 1e-3 * self.scale * x.flatten(1)[:, :10]
+
+    answers = fingerprint.probe_logits.argmax(1)
+    shares = torch.bincount(answers, minlength=10).float() / len(answers)
+    for c in (int(answers[0]), int(shares.argmin())):
+        score = judge(fingerprint, _wrap(Constant(c)), "timm:test_resnet")
+        assert score.clean_agreement == pytest.approx(float(shares[c]))
+    assert judge(fingerprint, owner, "timm:test_resnet").clean_agreement == 1.0
+    renamed = copy.deepcopy(owner.module)
+    renamed.fc.weight.data, renamed.fc.bias.data = renamed.fc.weight.data.flip(0), renamed.fc.bias.data.flip(0)
+    flipped = judge(fingerprint, _wrap(renamed), "timm:test_resnet")
+    assert flipped.renamed and flipped.clean_agreement == 1.0
+    references = fingerprint.reference_clean_agreement
+    assert references == [pytest.approx(float((r.argmax(1) == answers).float().mean()))
+                          for r in fingerprint.reference_logits]
+
+    class Entry:  # what fingerprint_evidence reads of an entry when the model is given
+        arch = "timm:test_resnet"
+
+    rare = int(shares.argmin())
+    constant = fingerprint_evidence(fingerprint, Entry(), loaded=_wrap(Constant(rare)))
+    assert (("task_note" in constant) == (float(shares[rare]) < min(references)))
+    assert float(shares[rare]) < min(references)  # a class the owner rarely gives, against trained references
+    assert "hardly does the owner's task" in constant["task_note"]
+    itself = fingerprint_evidence(fingerprint, Entry(), loaded=owner)
+    assert "task_note" not in itself and itself["clean_agreement"] == 1.0
+    assert constant["z"] == judge(fingerprint, _wrap(Constant(rare)), "timm:test_resnet").evidence  # no verdict change

@@ -398,6 +398,12 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
                 "queries_reviewed": bool(fingerprint.recipe.get("reviewed_queries")) if fingerprint.queries else None,
                 "query_effective_count": fingerprint.query_effective_count if fingerprint.queries else None,
                 "comparable": score.agreement is not None})
+    references = fingerprint.reference_clean_agreement
+    if score.clean_agreement is not None and references and score.clean_agreement < min(references):
+        out["task_note"] = (f"it gives the owner's answer on {score.clean_agreement:.0%} of the owner's "
+                            f"{fingerprint.output_probes} probe images, below every calibration reference "
+                            f"({min(references):.0%}-{max(references):.0%}): it hardly does the owner's task, and the "
+                            "fingerprint's nulls were fitted on models that do, so read its z with care")
     if score.agreement is None:
         why = ("a fingerprint fitted by this version relabels them: run `gifindex fit-probes` again"
                if fingerprint.reference_decisions is None else

@@ -144,7 +144,7 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
         click.echo(f"verdict       {result['verdict'].upper()}  (derived when z >= {z_threshold:g}, i.e. distance "
                    f"<= {result['threshold']['distance']:.4f})")
     if fp is not None:
-        for note in (lead_note(result, z_threshold), unreviewed_note(result, z_threshold)):
+        for note in (fp.get("task_note"), lead_note(result, z_threshold), unreviewed_note(result, z_threshold)):
             if note:
                 click.echo(f"              {note}")
     random_note(result["random_init"])
@@ -199,7 +199,7 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
         rows.append([r["suspect"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"],
                      f"{r['z']:.2f}", *rank, r.get("evidence", "signature"), f"{r['distance']:.4f}",
                      f"{r['signature_z']:.2f}", _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
-                     r.get("error", "")])
+                     r.get("error", "not of the owner's task (see --json: task_note)" if fp.get("task_note") else "")])
     click.echo(table(rows, ["model", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "distance", "signature z", "decisions z", "outputs z", "note"]))
     click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
@@ -242,7 +242,8 @@ def screen_report(session: Any, suspect_ref: str, z_threshold: float, exclude: t
         rank = [] if budget is None else [f"{r['rank']['p_value']:.4f}"]
         rows.append([r["owner"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"], f"{r['z']:.2f}",
                      *rank, r.get("evidence", "signature"), _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
-                     f"{r['distance']:.4f}", fp.get("note", "") if fp.get("agreement") is None else ""])
+                     f"{r['distance']:.4f}", fp.get("note", "") if fp.get("agreement") is None else
+                     ("not of the owner's task (see --json: task_note)" if fp.get("task_note") else "")])
     click.echo(table(rows, ["owner", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "decisions z", "outputs z", "distance", "note"]))
     derived = result["derived_from"]

@@ -166,6 +166,16 @@ class Fingerprint:
         return self.reference_logits is not None and bool(self.output_calibration)
 
     @property
+    def reference_clean_agreement(self) -> list[float] | None:
+        """Each calibration reference's share of the probe images on which it gives the owner's answer (None
+        without probe images or the references' outputs): how competent at the owner's task the models its nulls
+        were fitted on are."""
+        if self.probe_logits is None or self.reference_logits is None:
+            return None
+        owner = self.probe_logits.argmax(1)
+        return [float((ref.argmax(1) == owner).float().mean()) for ref in self.reference_logits]
+
+    @property
     def varied_calibration(self) -> bool:
         """Whether the calibration references were trained by varied recipes (FitConfig.varied_calibration);
         fingerprints fitted before that option trained them all by the owner's recipe."""
@@ -455,6 +465,8 @@ def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arc
     score = FingerprintScore.of(fingerprint, agreement(fingerprint, model, device), arch,
                                 output_scores(fingerprint, model, device, probe_logits=probe),
                                 query_agreement(fingerprint, model, device))
+    if probe is not None and probe.shape[1] == fingerprint.num_classes:
+        score.clean_agreement = float((probe.argmax(1) == fingerprint.probe_logits.argmax(1)).float().mean())
     if labelling == "renamed":
         score.class_map, score.renamed = class_map, True
     return score
@@ -512,6 +524,7 @@ class FingerprintScore:
     gradient_null_mean: float | None = None
     gradient_null_sigma: float | None = None
     gradient_z: float | None = None
+    clean_agreement: float | None = None  # share of the owner's probe images on which it gives the owner's answer
 
     @classmethod
     def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
@@ -578,7 +591,7 @@ class FingerprintScore:
                 "class_map": self.class_map, "renamed": self.renamed, "mapped_inputs": self.mapped_inputs,
                 "output_fit": self.output_fit, "gradient_share": self.gradient_share,
                 "gradient_null_mean": self.gradient_null_mean, "gradient_null_sigma": self.gradient_null_sigma,
-                "gradient_z": self.gradient_z}
+                "gradient_z": self.gradient_z, "clean_agreement": self.clean_agreement}
 
 
 OTHER_ARCHS = "(other architectures)"  # Fingerprint.query_flag_rates' key for a suspect of an uncalibrated architecture
