@@ -1342,9 +1342,14 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
     fit = ["--data", str(tmp_path / "owner_data.npz"), "--helper-arch", "timm:test_resnet", "--surrogates", "1",
            "--references", "1", "--calibration", "2", "--candidates", "64", "--output-probes", "32", "--epochs", "1",
            "--eps", "0.1"]
-    for protected in ("owner", "indep4"):  # two models the hub protects
-        fitted = runner.invoke(main, ["fit-probes", "-i", str(index), protected, *fit])
-        assert fitted.exit_code == 0, fitted.output
+    fitted = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", *fit])  # two models the hub protects
+    assert fitted.exit_code == 0, fitted.output
+    fit[fit.index("timm:test_resnet")] = "index"  # every indexed model is a test_resnet: the owner's own only
+    fitted = runner.invoke(main, ["fit-probes", "-i", str(index), "indep4", *fit, "--json"])
+    assert fitted.exit_code == 0, fitted.output
+    assert "helper architectures from the index (models of the owner's task): none buildable" in fitted.stderr
+    from_index = json.loads(fitted.stdout)
+    assert from_index["helper_archs"] == ["timm:test_resnet"] and from_index["helper_archs_from_index"] == []
     import importlib
 
     suspect_module = importlib.import_module("gifindex.apps.suspect")
@@ -1463,3 +1468,37 @@ def test_clean_agreement_says_how_far_a_suspect_does_the_owners_task(fingerprint
     itself = fingerprint_evidence(fingerprint, Entry(), loaded=owner)
     assert "task_note" not in itself and itself["clean_agreement"] == 1.0
     assert constant["z"] == judge(fingerprint, _wrap(Constant(rare)), "timm:test_resnet").evidence  # no verdict change
+
+
+def test_helper_archs_from_the_index_are_the_most_used_of_the_owners_task(owner):
+    """`--helper-arch index`: the owner's own architecture and the three most used by indexed models with the owner's
+    number of outputs and trained weights (ties by name), never the owner's own twice, nor an architecture that
+    cannot be built by name; other helper architectures named keep their place."""
+    from types import SimpleNamespace
+
+    from gifindex.apps.fitprobes import expand_helper_archs, task_archs
+    from gifindex.index.catalog import ModelRecord
+
+    def record(name, arch, outputs=10, random_init=False):
+        return ModelRecord(id=0, name=name, ref=name, weights_sha256="0" * 64, shard="s", row=0, added=0.0,
+                           metadata={"arch": arch, "num_outputs": outputs, "random_init": random_init})
+
+    records = [record("owner", "timm:test_resnet"), record("a", "timm:test_resnet"),
+               *[record(f"vit{i}", "timm:test_vit") for i in range(3)],
+               *[record(f"eff{i}", "timm:test_efficientnet") for i in range(2)],
+               *[record(f"byob{i}", "timm:test_byobnet") for i in range(2)],
+               record("conv", "timm:test_convnext"),
+               *[record(f"other-task{i}", "timm:test_nfnet", outputs=5) for i in range(5)],
+               *[record(f"untrained{i}", "timm:test_mixnet", random_init=True) for i in range(5)],
+               *[record(f"grey{i}", "python:nets.py:LeNet5") for i in range(5)]]
+    assert task_archs(records, "owner", "timm:test_resnet", 10) == [
+        ("timm:test_vit", 3), ("timm:test_byobnet", 2), ("timm:test_efficientnet", 2)]
+    assert task_archs(records, "owner", "timm:test_resnet", 10, count=5)[-1] == ("timm:test_convnext", 1)
+    index = SimpleNamespace(catalog=SimpleNamespace(models=lambda: records,
+                                                    by_name=lambda name: records[0] if name == "owner" else None))
+    archs, found = expand_helper_archs(("index",), index, "owner", owner)
+    assert archs == ("owner", "timm:test_vit", "timm:test_byobnet", "timm:test_efficientnet") and len(found) == 3
+    archs, _ = expand_helper_archs(("timm:test_resnet", "timm:test_convnext", "index"), index, "owner", owner)
+    assert archs == ("timm:test_resnet", "timm:test_convnext", "timm:test_vit", "timm:test_byobnet",
+                     "timm:test_efficientnet")  # the owner's own named once, by name
+    assert expand_helper_archs(("owner", "timm:test_vit"), index, "owner", owner) == (("owner", "timm:test_vit"), [])

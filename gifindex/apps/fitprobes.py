@@ -23,6 +23,47 @@ from ..models import load_model
 
 if TYPE_CHECKING:
     from ..index import Index
+    from ..index.catalog import ModelRecord
+
+INDEX_ARCHS = "index"  # as a helper architecture: those the index's models of the owner's task use (task_archs)
+INDEX_ARCH_COUNT = 3   # how many besides the owner's own (the evaluation zoos' families: the owner's and three)
+
+
+def task_archs(records: Sequence["ModelRecord"], owner: str, own: str, outputs: int | None,
+               count: int = INDEX_ARCH_COUNT) -> list[tuple[str, int]]:
+    """The ``count`` architectures most used by indexed models of the owner's task (the owner's number of outputs,
+    trained weights; the owner and its own architecture ``own`` left out), with how many models use each, most
+    used first (ties by name): the architectures a thief of this task is likely to pick, read from the hub's
+    names alone (never its models' behaviour). Only architectures that can be built untrained by name."""
+    from ..fingerprint.fit import _buildable
+
+    counts: dict[str, int] = {}
+    for r in records:
+        arch = r.metadata.get("arch")
+        if (r.name == owner or not arch or arch == own or r.metadata.get("random_init")
+                or r.metadata.get("num_outputs") != outputs or not _buildable(arch)):
+            continue
+        counts[arch] = counts.get(arch, 0) + 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:count]
+
+
+def expand_helper_archs(helper_archs: Sequence[str], index: "Index", owner: str,
+                        loaded: Any) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+    """``helper_archs`` with INDEX_ARCHS replaced by the owner's own architecture and ``task_archs`` (duplicates
+    dropped, order kept), and what the index gave."""
+    from ..fingerprint.fit import OWN_ARCH, own_arch
+
+    if INDEX_ARCHS not in helper_archs:
+        return tuple(helper_archs), []
+    own = own_arch(loaded)
+    found = task_archs(index.catalog.models(), owner, own, index.catalog.by_name(owner).metadata.get("num_outputs"))
+    out: list[str] = []
+    for arch in helper_archs:
+        for name in ((OWN_ARCH, *(a for a, _ in found)) if arch == INDEX_ARCHS else (arch,)):
+            resolved = own if name == OWN_ARCH else name
+            if resolved not in [own if a == OWN_ARCH else a for a in out]:
+                out.append(name)
+    return tuple(out), found
 
 
 def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (),
@@ -46,6 +87,13 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     _require_owner(index, owner)
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
         pass
+    loaded = _owner_model(index, owner, device)
+    from_hub = INDEX_ARCHS in helper_archs
+    helper_archs, from_index = expand_helper_archs(helper_archs, index, owner, loaded)
+    if from_hub:
+        say("helper architectures from the index (models of the owner's task): " + (
+            ", ".join(f"{arch} ({n} model{'s' * (n != 1)})" for arch, n in from_index) if from_index else
+            "none buildable besides the owner's own"))
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
                        calibration_per_arch=calibration, varied_calibration=varied,
                        candidates=candidates, output_probes=output_probes, output_probe_source=output_probes_from,
@@ -54,7 +102,6 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
     logged, reviewed = (None, None) if queries is None else load_query_log(queries, index.config.resolution)
-    loaded = _owner_model(index, owner, device)
     kept_at, key = helpers_path(index.root, owner), helper_key(loaded, owner_data, config)
     helpers = None
     if kept_at.is_file():
@@ -82,6 +129,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     return {"owner": owner, "path": str(path), "inputs": fingerprint.size,
             "candidates": fingerprint.recipe["candidates"], "eps": fingerprint.recipe["eps"],
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
+            "helper_archs_from_index": [{"arch": arch, "models": n} for arch, n in from_index] if from_hub else None,
             "surrogate_agreement": sum(surrogate) / max(1, len(surrogate)), "null_mean": null[0],
             "null_sigma": null[1], "calibration": fingerprint.calibration,
             "output_probes": fingerprint.output_probes, "output_probe_queries": fingerprint.output_probe_queries,

@@ -313,7 +313,8 @@ def _fmt(value: float | None) -> str:
 @click.option("--helper-arch", "helper_archs", multiple=True,
               help="architecture of the helper models the owner trains (repeatable; default: the owner's own; "
                    "'owner' names it: for a model saved whole, fresh copies of its module). Name the architectures "
-                   "common for the owner's task, the owner's among them: a thief may use any of them")
+                   "common for the owner's task, the owner's among them: a thief may use any of them. 'index': the "
+                   "owner's own and the 3 most used by indexed models of its task (its number of outputs)")
 @click.option("--surrogates", type=click.IntRange(1, 64), default=4, show_default=True,
               help="students of the owner to train (its hard labels on augmented owner data)")
 @click.option("--references", type=click.IntRange(1, 64), default=4, show_default=True,
