@@ -1338,6 +1338,8 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
     unprotected = runner.invoke(main, ["suspect", "-i", str(index), "indep0"])
     assert unprotected.exit_code == 1 and "no indexed model has a fingerprint" in unprotected.output
     assert len(unprotected.output.strip().splitlines()) == 1
+    plain = runner.invoke(main, ["nearest", "-i", str(index), "indep0"])
+    assert plain.exit_code == 0 and "note:" not in plain.output and "fingerprint" not in plain.output
     np.savez(tmp_path / "owner_data.npz", x=owner_data.x.numpy()[:300], y=owner_data.y.numpy()[:300])
     fit = ["--data", str(tmp_path / "owner_data.npz"), "--helper-arch", "timm:test_resnet", "--surrogates", "1",
            "--references", "1", "--calibration", "2", "--candidates", "64", "--output-probes", "32", "--epochs", "1",
@@ -1364,6 +1366,11 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
 
     bar = single_look_z(3.0, 2)
     assert single_look_z(3.0, 1) == pytest.approx(3.0) and bar > 3.0
+    # nearest points to what sees copies that share no weights
+    hinted = runner.invoke(main, ["nearest", "-i", str(index), "owner"])
+    assert "note: owner has a fingerprint: `gifindex suspect --owner owner --all`" in hinted.output, hinted.output
+    hinted = runner.invoke(main, ["nearest", "-i", str(index), "indep0"])
+    assert "note: this index protects models with fingerprints: `gifindex suspect indep0`" in hinted.output
     copy_screened = verdicts(str(tmp_path / "owner.pt"), *common)  # the owner's file, arriving under another name
     assert copy_screened["owners_checked"] == 2 and copy_screened["owner_z_threshold"] == pytest.approx(bar)
     assert copy_screened["derived_from"][0] == "owner" and copy_screened["owners"][0]["owner"] == "owner"

@@ -53,6 +53,24 @@ def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_
             for rank, n in enumerate(neighbours, 1)]
     empty = "the index is empty" if len(session.index) == 0 else f"no other model in the index than {ref}"
     click.echo(table(rows, ["rank", "name", "distance", "ref"]) if rows else empty)
+    hint = _fingerprint_hint(session.index, ref)
+    if hint:
+        click.echo(hint)
+
+
+def _fingerprint_hint(index: Any, ref: str) -> str | None:
+    """Where the index holds owners' fingerprints, the command that sees what distance alone cannot: copies that
+    share no weights (distilled or extracted) of a protected model."""
+    from ..index.layout import fingerprint_path
+
+    folder = fingerprint_path(index.root, ref).parent
+    if not folder.is_dir() or not any(folder.glob("*.npz")):
+        return None
+    if index.catalog.by_name(ref) is not None and fingerprint_path(index.root, ref).is_file():
+        return (f"note: {ref} has a fingerprint: `gifindex suspect --owner {ref} --all` judges every indexed model by "
+                "its decisions and outputs, which see distilled and extracted copies that this distance misses")
+    return (f"note: this index protects models with fingerprints: `gifindex suspect {ref}` checks whether it derives "
+            "from one of them, copies that share no weights included")
 
 
 @main.command()
