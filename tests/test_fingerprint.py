@@ -1398,9 +1398,13 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
     assert text.exit_code == 0 and "judged against 2 protected models" in text.output, text.output
     assert f"derived when z >= {bar:.2f}, raised from 3 for looking at 2 (Sidak)" in text.output
     assert "derived from: owner" in text.output
-    # --all without --owner: every indexed model against every protected one, each scan's z as --owner --all's
+    # --all without --owner: every indexed model against every protected one, each scan's z as --owner --all's;
+    # with nothing cached each model is loaded once for both fingerprints
+    for protected in ("owner", "indep4"):
+        evidence_cache_path(index, protected).unlink(missing_ok=True)
     loads.clear()
     audited = verdicts("--all")
+    assert sorted(loads) == sorted(str(tmp_path / f"{name}.pt") for name in files)
     assert audited["owners_checked"] == 2 and audited["owner_z_threshold"] == pytest.approx(bar)
     assert [s["owner"] for s in audited["scans"]] == ["owner", "indep4"] and not audited["errors"]
     for s in audited["scans"]:

@@ -232,11 +232,12 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
                                 f"models gives each {each_budget:.4g} and ranks each model among at least {needed} "
                                 f"others (the index holds {population}): ingest more unrelated models, name "
                                 "--owner, or drop --budget")
+    caches = _fill_caches(index, owners, exclude, device, on_model)
     scans = []
     for k, name in enumerate(owners):
         try:
             scans.append(scan(index, name, z_threshold=bar, exclude=exclude, device=device, batch_size=batch_size,
-                              on_model=on_model, budget=each_budget))
+                              budget=each_budget, cache=caches.get(name)))
         except GifindexError as exc:
             scans.append({"owner": name, "error": str(exc), "models": [], "derived": []})
         if on_owner is not None:
@@ -247,6 +248,43 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
     return {"owners_checked": len(owners), "z_threshold": z_threshold, "owner_z_threshold": bar, "budget": budget,
             "owner_budget": each_budget, "scans": scans, "derived": derived,
             "errors": [s["owner"] for s in scans if "error" in s]}
+
+
+def _fill_caches(index: "Index", owners: Sequence[str], exclude: Sequence[str], device: str,
+                 on_model: Callable[[str, int, int], None] | None) -> dict[str, EvidenceCache]:
+    """Each protected owner's evidence cache, holding every indexed model's evidence against its fingerprint: a model
+    missing from any of them is loaded once and checked against all the fingerprints it is missing from (scanning
+    owner by owner would load it once per owner). Owners whose fingerprint cannot be read, and models that cannot
+    be loaded, are left for :func:`scan` to report. ``on_model(name, done, total)`` after each model."""
+    fingerprints: dict[str, Fingerprint] = {}
+    for name in owners:
+        try:
+            fingerprint = owner_fingerprint(index, name)
+        except GifindexError:
+            continue
+        if fingerprint is not None:
+            fingerprints[name] = fingerprint
+    caches = {name: EvidenceCache(index.root, name) for name in fingerprints}
+    records = [r for r in index.catalog.models() if r.name not in set(exclude)]
+    try:
+        for k, record in enumerate(records):
+            missing = [name for name in fingerprints
+                       if name != record.name and caches[name].get(record.name, record.weights_sha256) is None]
+            if missing:
+                try:
+                    entry = index.entry_for(record.name)
+                    loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
+                    for name in missing:
+                        caches[name].put(record.name, record.weights_sha256,
+                                         fingerprint_evidence(fingerprints[name], entry, device, loaded=loaded))
+                except GifindexError:
+                    pass  # its scans try again and report why, model by model
+            if on_model is not None:
+                on_model(record.name, k + 1, len(records))
+    finally:  # what was computed is kept, even when the audit is interrupted
+        for cache in caches.values():
+            cache.save()
+    return caches
 
 
 def _check_exclude(index: "Index", exclude: Sequence[str]) -> None:
@@ -302,7 +340,8 @@ def _judge(out: dict[str, Any], evidence: dict[str, Any] | None, z_threshold: fl
 
 def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, exclude: Sequence[str] = (),
          device: str = "cpu", batch_size: int | None = 32, use_fingerprint: bool = True,
-         on_model: Callable[[str, int, int], None] | None = None, budget: float | None = None) -> dict[str, Any]:
+         on_model: Callable[[str, int, int], None] | None = None, budget: float | None = None,
+         cache: EvidenceCache | None = None) -> dict[str, Any]:
     """Judge every indexed model (but the owner and ``exclude``) as a suspect of ``owner``: "which models in
     this hub are derived from mine?". Each verdict is the one :func:`suspect` gives for that model alone (its
     population: the other models, leave-one-out; above LOO_EXACT_MAX models the population statistics are shared,
@@ -310,7 +349,7 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     fingerprint check fails (its file moved, say) keeps its signature verdict, with the error in ``error``.
     ``on_model(name, done, total)`` is called after each model is judged (progress). With a false-positive
     ``budget`` each verdict is the model's rank among the others (``ranking.rank_all``; ``z_verdict`` keeps the
-    z-score's)."""
+    z-score's). ``cache``: the owner's evidence cache, when already open (else it is read from the index)."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     records, vectors = index.vectors()
@@ -321,7 +360,10 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     if budget is not None:
         require_population(len(keep) - 1, budget)
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
-    cache = EvidenceCache(index.root, owner_q.name) if fingerprint is not None else None
+    if fingerprint is None:
+        cache = None
+    elif cache is None:
+        cache = EvidenceCache(index.root, owner_q.name)
     judged = _judge_all(index, owner_q, keep, records, vectors, cache, fingerprint, z_threshold, device, on_model)
     if budget is not None:
         for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget, z_threshold)):
