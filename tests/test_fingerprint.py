@@ -1042,7 +1042,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     first = next(r for r in scanned["models"] if r["suspect"] == "indep0")
     assert first["evidence"] == alone["evidence"] == "fingerprint" and first["z"] == pytest.approx(alone["z"])
     assert first["fingerprint"]["agreement"] == alone["fingerprint"]["agreement"]
-    # the scan kept each model's evidence beside the fingerprint: ranking a suspect among them loads it alone
+    # the scan kept each model's evidence beside the fingerprint: ranking a suspect among them loads nothing
     cache = evidence_cache_path(index, "owner")
     assert sorted(json.loads(cache.read_text())["models"]) == [f"indep{i}" for i in range(4)]
     loads.clear()
@@ -1050,7 +1050,7 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
                                       "--json"])
     assert ranked_run.exit_code == 0, ranked_run.output
     ranked = json.loads(ranked_run.stdout)
-    assert loads == [str(tmp_path / "indep0.pt")]
+    assert loads == []  # every model's evidence, the suspect's too, is in the cache
     assert ranked["rank"]["n"] == 3 and ranked["z"] == pytest.approx(first["z"])
     others = [r["z"] for r in scanned["models"] if r["suspect"] != "indep0"]
     assert ranked["rank"]["p_value"] == pytest.approx((1 + sum(z >= first["z"] for z in others)) / (1 + len(others)))
@@ -1388,7 +1388,11 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
         assert screened["derived_from"] == [r["owner"] for r in screened["owners"] if r["z"] >= bar]
     assert verdicts("indep4")["owners_checked"] == 1 and verdicts("indep4")["owner_z_threshold"] == pytest.approx(3.0)
     # a budget is shared by the owners: each rank verdict gets 1 - (1 - B)^(1/2)
+    for protected in ("owner", "indep4"):
+        evidence_cache_path(index, protected).unlink(missing_ok=True)
+    loads.clear()
     ranked = verdicts("indep0", "--budget", "0.5")
+    assert sorted(loads) == sorted(str(tmp_path / f"{name}.pt") for name in files)  # each once, for both owners
     assert ranked["owner_budget"] == pytest.approx(family_budget(0.5, 2)) == pytest.approx(1 - 0.5 ** 0.5)
     for r in ranked["owners"]:
         assert r["rank"]["budget"] == pytest.approx(ranked["owner_budget"])

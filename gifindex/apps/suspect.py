@@ -102,9 +102,11 @@ def _loaded(query: Any, entry: "ModelEntry", device: str) -> Any:
 def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fingerprint | None,
                       entry: "ModelEntry", suspect_model: Callable[[], Any], z_threshold: float,
                       exclude: Sequence[str], device: str, budget: float | None,
-                      on_model: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+                      on_model: Callable[[str, int, int], None] | None,
+                      cache: EvidenceCache | None = None) -> dict[str, Any]:
     """:func:`suspect` on a resolved suspect and owner; ``suspect_model()`` gives the suspect's model (as loaded
-    from ``entry``) when the owner's ``fingerprint`` (None: none, or not used) must judge it."""
+    from ``entry``) when the owner's ``fingerprint`` (None: none, or not used) must judge it; ``cache``: the owner's
+    evidence cache when already open (a ranking's)."""
     owner_vec, owner_name = owner_q.vector, owner_q.name
     sus_vec, sus_name = sus_q.vector, sus_q.name
     records, vectors = index.vectors()
@@ -119,11 +121,16 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
     random += [records[i].name for i in keep if records[i].metadata.get("random_init")]
     out.update({"suspect": sus_name, "owner": owner_name, "method": index.config.method,
                 "closest_population": [{"name": n, "distance": v} for v, n in closest], "random_init": random})
-    evidence = (None if fingerprint is None else
-                fingerprint_evidence(fingerprint, entry, device, loaded=suspect_model()))
-    cache = EvidenceCache(index.root, owner_name) if budget is not None and fingerprint is not None else None
-    if cache is not None and evidence is not None and sus_q.record is not None:  # the ranking need not load it again
-        cache.put(sus_q.record.name, sus_q.record.weights_sha256, evidence)
+    if budget is None or fingerprint is None:
+        cache = None
+    elif cache is None:
+        cache = EvidenceCache(index.root, owner_name)
+    indexed = sus_q.record
+    evidence = None if cache is None or indexed is None else cache.get(indexed.name, indexed.weights_sha256)
+    if evidence is None and fingerprint is not None:
+        evidence = fingerprint_evidence(fingerprint, entry, device, loaded=suspect_model())
+        if cache is not None and indexed is not None:  # the ranking need not load it again
+            cache.put(indexed.name, indexed.weights_sha256, evidence)
     _judge(out, evidence, z_threshold)
     if budget is not None:  # every other model's verdict as `--all` gives it (the suspect among them, if indexed)
         keep = _others(records, exclude, owner_q)
@@ -188,12 +195,15 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
             model.append(_loaded(sus_q, entry, device))
         return model[0]
 
+    # a ranking judges every indexed model against each owner: each is loaded once for all the fingerprints
+    caches = {} if budget is None else _fill_caches(index, owners, exclude, device, on_model)
     results = []
     for k, name in enumerate(owners):
         try:
             owner_q = index.resolve(name, device=device, batch_size=batch_size)
             results.append(_suspect_resolved(index, sus_q, owner_q, owner_fingerprint(index, name), entry,
-                                             suspect_model, bar, exclude, device, each_budget, on_model))
+                                             suspect_model, bar, exclude, device, each_budget, None,
+                                             caches.get(name)))
         except GifindexError as exc:
             results.append({"owner": name, "suspect": sus_q.name, "verdict": "not judged", "z": None,
                             "error": str(exc)})
