@@ -945,25 +945,36 @@ def test_fit_probes_command_line_defaults_are_the_fit_configs():
         varied_calibration("both")
 
 
-def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, monkeypatch):
-    data, owner_data = digits
+COMMON = ["--arch", "timm:test_resnet", "--num-classes", "10", "--input-size", str(R),
+          "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
+
+
+def _hub(tmp_path, owner, digits, independent: int, first_seed: int) -> tuple[CliRunner, object, dict]:
+    """An index of the owner and ``independent`` models trained apart (seeds from ``first_seed``), each saved as
+    tmp_path/NAME.pt and ingested under NAME: (runner, index path, {name: module})."""
+    data, _ = digits
     runner = CliRunner()
     index = tmp_path / "idx"
     files = {"owner": owner.module}
-    for seed in range(4):  # suspect needs 3 others besides owner and suspect
-        torch.manual_seed(100 + seed)
+    for seed in range(independent):
+        torch.manual_seed(first_seed + seed)
         files[f"indep{seed}"] = train(timm.create_model("test_resnet", num_classes=10), data.x_train[600:900],
-                                      data.y_train[600:900], 2, 5e-3, 64, 100 + seed)
+                                      data.y_train[600:900], 2, 5e-3, 64, first_seed + seed)
     for name, module in files.items():
         torch.save(module.state_dict(), tmp_path / f"{name}.pt")
-    common = ["--arch", "timm:test_resnet", "--num-classes", "10", "--input-size", str(R),
-              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
     assert runner.invoke(main, ["init", "-i", str(index), "--resolution", str(R), "--num-probes", "4",
                                 "--steps", "2"]).exit_code == 0
     for name in files:
         out = runner.invoke(main, ["ingest", "-i", str(index), str(tmp_path / f"{name}.pt"), "--name", name,
-                                   "--executor", "inline", *common])
+                                   "--executor", "inline", *COMMON])
         assert out.exit_code == 0, out.output
+    return runner, index, files
+
+
+def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, monkeypatch):
+    data, owner_data = digits
+    runner, index, files = _hub(tmp_path, owner, digits, 4, 100)  # suspect needs 3 others besides owner and suspect
+    common = COMMON
     np.savez(tmp_path / "owner_data.npz", x=owner_data.x.numpy()[:300], y=owner_data.y.numpy()[:300])
     fit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
                                "--helper-arch", "timm:test_resnet", "--surrogates", "2", "--references", "2",
@@ -1317,24 +1328,9 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
     from gifindex.apps.suspect import family_budget
     from gifindex.fingerprint.fingerprint import single_look_z
 
-    data, owner_data = digits
-    runner = CliRunner()
-    index = tmp_path / "idx"
-    files = {"owner": owner.module}
-    for seed in range(5):
-        torch.manual_seed(200 + seed)
-        files[f"indep{seed}"] = train(timm.create_model("test_resnet", num_classes=10), data.x_train[600:900],
-                                      data.y_train[600:900], 2, 5e-3, 64, 200 + seed)
-    for name, module in files.items():
-        torch.save(module.state_dict(), tmp_path / f"{name}.pt")
-    common = ["--arch", "timm:test_resnet", "--num-classes", "10", "--input-size", str(R),
-              "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
-    assert runner.invoke(main, ["init", "-i", str(index), "--resolution", str(R), "--num-probes", "4",
-                                "--steps", "2"]).exit_code == 0
-    for name in files:
-        out = runner.invoke(main, ["ingest", "-i", str(index), str(tmp_path / f"{name}.pt"), "--name", name,
-                                   "--executor", "inline", *common])
-        assert out.exit_code == 0, out.output
+    _, owner_data = digits
+    runner, index, files = _hub(tmp_path, owner, digits, 5, 200)
+    common = COMMON
     unprotected = runner.invoke(main, ["suspect", "-i", str(index), "indep0"])
     assert unprotected.exit_code == 1 and "no indexed model has a fingerprint" in unprotected.output
     assert len(unprotected.output.strip().splitlines()) == 1

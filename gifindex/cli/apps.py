@@ -70,16 +70,10 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
         scan_report(session, owner, z_threshold, exclude, not no_fingerprint, check_device(device), batch_size,
                     as_json, budget)
         return
-    bar = JudgingBar()
-    try:
-        with observing(SigningProgress()) as progress:
-            result = run_suspect(session.index, session.model(suspect_ref), session.model(owner),
-                                 z_threshold=z_threshold, exclude=exclude, device=check_device(device),
-                                 batch_size=batch_size, use_fingerprint=not no_fingerprint, budget=budget,
-                                 on_model=bar)
-    finally:
-        bar.close()
-    result["signed"] = progress.signed_models
+    result = judging(lambda bar: run_suspect(session.index, session.model(suspect_ref), session.model(owner),
+                                             z_threshold=z_threshold, exclude=exclude, device=check_device(device),
+                                             batch_size=batch_size, use_fingerprint=not no_fingerprint,
+                                             budget=budget, on_model=bar))
     if as_json:
         emit_json(result)
         return
@@ -151,6 +145,20 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
 
 
 
+def judging(run: Any, signed: bool = True) -> dict:
+    """``run(on_model)`` under a progress bar over the models judged (``JudgingBar``) and the signing progress; with
+    ``signed``, the models signed on the fly are added to the result (``signed``)."""
+    bar = JudgingBar()
+    try:
+        with observing(SigningProgress()) as progress:
+            result = run(bar)
+    finally:
+        bar.close()
+    if signed:
+        result["signed"] = progress.signed_models
+    return result
+
+
 class JudgingBar:
     """A progress bar over the indexed models being judged (on a terminal), opened by the first report."""
 
@@ -175,14 +183,9 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
     """`suspect --all`: every indexed model judged against the owner, as a table (or JSON)."""
     from ..apps import scan
 
-    bar = JudgingBar()
-    try:
-        with observing(SigningProgress()):
-            result = scan(session.index, session.model(owner), z_threshold=z_threshold, exclude=exclude,
-                          device=device, batch_size=batch_size, use_fingerprint=use_fingerprint, on_model=bar,
-                          budget=budget)
-    finally:
-        bar.close()
+    result = judging(lambda bar: scan(session.index, session.model(owner), z_threshold=z_threshold, exclude=exclude,
+                                      device=device, batch_size=batch_size, use_fingerprint=use_fingerprint,
+                                      on_model=bar, budget=budget), signed=False)
     if as_json:
         emit_json(result)
         return
@@ -218,14 +221,9 @@ def screen_report(session: Any, suspect_ref: str, z_threshold: float, exclude: t
     """`suspect SUSPECT` without --owner: the suspect judged against every protected (fingerprinted) model."""
     from ..apps import screen
 
-    bar = JudgingBar()
-    try:
-        with observing(SigningProgress()) as progress:
-            result = screen(session.index, session.model(suspect_ref), z_threshold=z_threshold, exclude=exclude,
-                            device=device, batch_size=batch_size, budget=budget, on_model=bar)
-    finally:
-        bar.close()
-    result["signed"] = progress.signed_models
+    result = judging(lambda bar: screen(session.index, session.model(suspect_ref), z_threshold=z_threshold,
+                                        exclude=exclude, device=device, batch_size=batch_size, budget=budget,
+                                        on_model=bar))
     if as_json:
         emit_json(result)
         return
@@ -270,13 +268,8 @@ def audit_report(session: Any, z_threshold: float, exclude: tuple[str, ...], dev
     """`suspect --all` without --owner: every indexed model judged against every protected model."""
     from ..apps import audit
 
-    bar = JudgingBar()
-    try:
-        with observing(SigningProgress()):
-            result = audit(session.index, z_threshold=z_threshold, exclude=exclude, device=device,
-                           batch_size=batch_size, budget=budget, on_model=bar)
-    finally:
-        bar.close()
+    result = judging(lambda bar: audit(session.index, z_threshold=z_threshold, exclude=exclude, device=device,
+                                       batch_size=batch_size, budget=budget, on_model=bar), signed=False)
     if as_json:
         emit_json(result)
         return
