@@ -1362,6 +1362,9 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
 
     bar = single_look_z(3.0, 2)
     assert single_look_z(3.0, 1) == pytest.approx(3.0) and bar > 3.0
+    listed = json.loads(runner.invoke(main, ["list", "-i", str(index), "--json"]).stdout)
+    assert {m["name"] for m in listed if m["protected"]} == {"owner", "indep4"} and len(listed) == 6
+    assert "fingerprint" in runner.invoke(main, ["list", "-i", str(index)]).output
     # nearest points to what sees copies that share no weights
     hinted = runner.invoke(main, ["nearest", "-i", str(index), "owner"])
     assert "note: owner has a fingerprint: `gifindex suspect --owner owner --all`" in hinted.output, hinted.output

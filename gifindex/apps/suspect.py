@@ -23,6 +23,7 @@ from ..distance import signature_distance, signature_distances
 from ..errors import GifindexError
 from ..fingerprint import Fingerprint, fingerprint_path, judge, load_fingerprint
 from ..fingerprint.fingerprint import combine, flag_share, single_look_z
+from ..index.layout import fingerprinted
 from ..models import load_model
 from .ranking import EvidenceCache, rank_all, rank_verdict, require_population, smallest_population
 
@@ -148,9 +149,7 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
 def protected_owners(index: "Index") -> list[str]:
     """The indexed models whose owners fitted a fingerprint for them (``gifindex fit-probes``), in the catalogue's
     order: the models a hub protects."""
-    folder = fingerprint_path(index.root, "").parent
-    stored = {p.name for p in folder.glob("*.npz")} if folder.is_dir() else set()
-    return [r.name for r in index.catalog.models() if stored and fingerprint_path(index.root, r.name).name in stored]
+    return fingerprinted(index.root, (r.name for r in index.catalog.models()))
 
 
 def family_budget(budget: float, looks: int) -> float:

@@ -133,16 +133,22 @@ def _without_local_weights(manifest: str | None, entries: list[ModelEntry], quie
 @index_option
 @json_option
 def list_models(index_path: str, as_json: bool) -> None:
-    """Indexed models (name, reference, when added, architecture, weights: loaded or RANDOM INIT)."""
+    """Indexed models (name, reference, when added, architecture, weights: loaded or RANDOM INIT, and whether a
+    fingerprint protects it: `fit-probes`)."""
+    from ..index.layout import fingerprinted
+
     index = open_index(index_path)
     records = index.records()
+    protected = set(fingerprinted(index.root, (r.name for r in records)))
     if as_json:
-        emit_json([{**r.to_dict(), "random_init": bool(r.metadata.get("random_init"))} for r in records])
+        emit_json([{**r.to_dict(), "random_init": bool(r.metadata.get("random_init")),
+                    "protected": r.name in protected} for r in records])
         return
     rows = [[r.name, r.ref, _dt.datetime.fromtimestamp(r.added).strftime("%Y-%m-%d %H:%M"),
              r.metadata.get("arch") or "", "RANDOM INIT" if r.metadata.get("random_init") else "loaded",
-             r.weights_sha256[:12]] for r in records]
-    click.echo(table(rows, ["name", "ref", "added", "arch", "weights", "sha256"]) if rows else "the index is empty")
+             r.weights_sha256[:12], "fingerprint" if r.name in protected else ""] for r in records]
+    click.echo(table(rows, ["name", "ref", "added", "arch", "weights", "sha256", "protected"]) if rows
+               else "the index is empty")
 
 
 @main.command()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,14 @@ def fingerprint_path(index_root: str | Path, owner: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in owner)[:80]
     digest = hashlib.sha256(owner.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return Path(index_root) / FINGERPRINT_DIR / f"{safe}-{digest}.npz"
+
+
+def fingerprinted(index_root: str | Path, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` with a fingerprint stored in the index (the models it protects), in their order: one
+    listing of the fingerprint folder, not a file check per name."""
+    folder = Path(index_root) / FINGERPRINT_DIR
+    stored = {p.name for p in folder.glob("*.npz")} if folder.is_dir() else set()
+    return [name for name in names if stored and fingerprint_path(index_root, name).name in stored]
 
 
 def helpers_path(index_root: str | Path, owner: str) -> Path:
