@@ -104,13 +104,14 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
                       entry: "ModelEntry", suspect_model: Callable[[], Any], z_threshold: float,
                       exclude: Sequence[str], device: str, budget: float | None,
                       on_model: Callable[[str, int, int], None] | None,
-                      cache: EvidenceCache | None = None) -> dict[str, Any]:
+                      cache: EvidenceCache | None = None,
+                      indexed: tuple[list[Any], np.ndarray] | None = None) -> dict[str, Any]:
     """:func:`suspect` on a resolved suspect and owner; ``suspect_model()`` gives the suspect's model (as loaded
     from ``entry``) when the owner's ``fingerprint`` (None: none, or not used) must judge it; ``cache``: the owner's
-    evidence cache when already open (a ranking's)."""
+    evidence cache when already open (a ranking's); ``indexed``: ``index.vectors()``, when already read."""
     owner_vec, owner_name = owner_q.vector, owner_q.name
     sus_vec, sus_name = sus_q.vector, sus_q.name
-    records, vectors = index.vectors()
+    records, vectors = indexed or index.vectors()
     keep = _others(records, exclude, owner_q, sus_q)
     if budget is not None:  # before any model is loaded for the ranking
         require_population(len(keep), budget)
@@ -126,12 +127,12 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
         cache = None
     elif cache is None:
         cache = EvidenceCache(index.root, owner_name)
-    indexed = sus_q.record
-    evidence = None if cache is None or indexed is None else cache.get(indexed.name, indexed.weights_sha256)
+    record = sus_q.record  # None: a model signed on the fly
+    evidence = None if cache is None or record is None else cache.get(record.name, record.weights_sha256)
     if evidence is None and fingerprint is not None:
         evidence = fingerprint_evidence(fingerprint, entry, device, loaded=suspect_model())
-        if cache is not None and indexed is not None:  # the ranking need not load it again
-            cache.put(indexed.name, indexed.weights_sha256, evidence)
+        if cache is not None and record is not None:  # the ranking need not load it again
+            cache.put(record.name, record.weights_sha256, evidence)
     _judge(out, evidence, z_threshold)
     if budget is not None:  # every other model's verdict as `--all` gives it (the suspect among them, if indexed)
         keep = _others(records, exclude, owner_q)
@@ -178,8 +179,9 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
                             "you protect (`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
     bar = single_look_z(z_threshold, len(owners))
     each_budget = None if budget is None else family_budget(budget, len(owners))
+    indexed = index.vectors()  # read once for every owner
     if budget is not None:  # before any model is loaded
-        records, _ = index.vectors()
+        records = indexed[0]
         needed = smallest_population(each_budget)
         if len(_others(records, exclude, sus_q)) - 1 < needed:
             raise GifindexError(f"a verdict at a false-positive budget of {budget:g} over {len(owners)} protected "
@@ -202,7 +204,7 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
             owner_q = index.resolve(name, device=device, batch_size=batch_size)
             results.append(_suspect_resolved(index, sus_q, owner_q, owner_fingerprint(index, name), entry,
                                              suspect_model, bar, exclude, device, each_budget, None,
-                                             caches.get(name)))
+                                             caches.get(name), indexed))
         except GifindexError as exc:
             results.append({"owner": name, "suspect": sus_q.name, "verdict": "not judged", "z": None,
                             "error": str(exc)})
@@ -232,10 +234,10 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
                             "you protect (`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
     bar = single_look_z(z_threshold, len(owners))
     each_budget = None if budget is None else family_budget(budget, len(owners))
+    indexed = index.vectors()  # read once for every owner's scan
     if each_budget is not None:
-        records, _ = index.vectors()
         needed = smallest_population(each_budget)
-        population = len(_others(records, exclude)) - 2  # the owner and the model judged left out
+        population = len(_others(indexed[0], exclude)) - 2  # the owner and the model judged left out
         if population < needed:
             raise GifindexError(f"a verdict at a false-positive budget of {budget:g} over {len(owners)} protected "
                                 f"models gives each {each_budget:.4g} and ranks each model among at least {needed} "
@@ -246,7 +248,7 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
     for k, name in enumerate(owners):
         try:
             scans.append(scan(index, name, z_threshold=bar, exclude=exclude, device=device, batch_size=batch_size,
-                              budget=each_budget, cache=caches.get(name)))
+                              budget=each_budget, cache=caches.get(name), indexed=indexed))
         except GifindexError as exc:
             scans.append({"owner": name, "error": str(exc), "models": [], "derived": []})
         if on_owner is not None:
@@ -350,7 +352,7 @@ def _judge(out: dict[str, Any], evidence: dict[str, Any] | None, z_threshold: fl
 def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, exclude: Sequence[str] = (),
          device: str = "cpu", batch_size: int | None = 32, use_fingerprint: bool = True,
          on_model: Callable[[str, int, int], None] | None = None, budget: float | None = None,
-         cache: EvidenceCache | None = None) -> dict[str, Any]:
+         cache: EvidenceCache | None = None, indexed: tuple[list[Any], np.ndarray] | None = None) -> dict[str, Any]:
     """Judge every indexed model (but the owner and ``exclude``) as a suspect of ``owner``: "which models in
     this hub are derived from mine?". Each verdict is the one :func:`suspect` gives for that model alone (its
     population: the other models, leave-one-out; above LOO_EXACT_MAX models the population statistics are shared,
@@ -358,10 +360,11 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     fingerprint check fails (its file moved, say) keeps its signature verdict, with the error in ``error``.
     ``on_model(name, done, total)`` is called after each model is judged (progress). With a false-positive
     ``budget`` each verdict is the model's rank among the others (``ranking.rank_all``; ``z_verdict`` keeps the
-    z-score's). ``cache``: the owner's evidence cache, when already open (else it is read from the index)."""
+    z-score's). ``cache``: the owner's evidence cache, when already open (else it is read from the index);
+    ``indexed``: ``index.vectors()``, when already read."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
-    records, vectors = index.vectors()
+    records, vectors = indexed or index.vectors()
     keep = _others(records, exclude, owner_q)
     if len(keep) < MIN_POPULATION + 1:
         raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
