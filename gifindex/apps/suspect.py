@@ -276,7 +276,8 @@ def _fill_caches(index: "Index", owners: Sequence[str], exclude: Sequence[str], 
         if fingerprint is not None:
             fingerprints[name] = fingerprint
     caches = {name: EvidenceCache(index.root, name) for name in fingerprints}
-    records = [r for r in index.catalog.models() if r.name not in set(exclude)]
+    left_out = set(exclude)
+    records = [r for r in index.catalog.models() if r.name not in left_out]
     try:
         for k, record in enumerate(records):
             missing = [name for name in fingerprints
