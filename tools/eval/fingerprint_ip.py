@@ -337,6 +337,13 @@ def _auc(positives: list[float], negatives: list[float]) -> float:
     return float(roc_auc_score([1] * len(positives) + [0] * len(negatives), positives + negatives))
 
 
+def zoo_config(zoo: ipzoo.IPZoo, config: FitConfig, seed: int) -> FitConfig:
+    """``config`` as the evaluation fits a zoo's owner: helper architectures the zoo's family (the owner's and the
+    independent models'), unless named, and the zoo seed."""
+    helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
+    return dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
+
+
 def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_recipe_negatives: bool = True,
              foreign: int | None = None, twins: bool = False, queries: str = "none",
              with_task_negatives: bool = True) -> dict:
@@ -352,8 +359,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, "digits"
     for name, (group, arch, task, module) in (task_negatives(zoo) if with_task_negatives else {}).items():
         zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, task
-    helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
-    config = dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
+    config = zoo_config(zoo, config, seed)
     fp, calibration_distances, fit_s = fitted(zoo, config, queries)
     scored = [n for n in zoo.models if n != "owner"]
     groups = {n: zoo.groups[n] for n in scored}
