@@ -144,7 +144,6 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
     random_note(result["random_init"])
 
 
-
 def judging(run: Any, signed: bool = True) -> dict:
     """``run(on_model)`` under a progress bar over the models judged (``JudgingBar``) and the signing progress; with
     ``signed``, the models signed on the fly are added to the result (``signed``)."""
