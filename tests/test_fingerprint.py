@@ -982,6 +982,8 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert fit.exit_code == 0, fit.output
     fitted = json.loads(fit.stdout)
     assert fitted["inputs"] >= 8 and (index / "fingerprints").is_dir() and fitted["gradient_images"] == 32
+    assert fitted["reference_clean_agreement"] == load_fingerprint(
+        next((index / "fingerprints").glob("*.npz"))).reference_clean_agreement
     assert fitted["indexed_others"] == len(files) - 1
     import importlib
 
@@ -1094,6 +1096,9 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     assert "kept the 4 helper models in " in text_fit.output, text_fit.output
     assert "inputs of 64 candidates at eps 0." in text_fit.output
     assert "input gradients at 16 of the owner's images" in text_fit.output, text_fit.output
+    clean = load_fingerprint(next((index / "fingerprints").glob("*.npz"))).reference_clean_agreement
+    assert f"calibration references give the owner's answer on {min(clean):.0%}-{max(clean):.0%}" in text_fit.output
+    assert ("hardly do the owner's task" in text_fit.output) == (sum(clean) / len(clean) < 0.5), text_fit.output
     assert "outputs on 16 probe images (16 of them logged queries): held-out independent models' contrast" \
         in text_fit.output, text_fit.output
     assert "logged queries carry the owner's idiosyncratic answers" in text_fit.output, text_fit.output

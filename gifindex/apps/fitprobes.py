@@ -135,6 +135,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "output_probes": fingerprint.output_probes, "output_probe_queries": fingerprint.output_probe_queries,
             "output_null_mean": fingerprint.output_null()[0] if fingerprint.has_outputs else None,
             "output_calibration": fingerprint.output_calibration,
+            "reference_clean_agreement": fingerprint.reference_clean_agreement,
             "gradient_images": 0 if fingerprint.gradient_inputs is None else len(fingerprint.gradient_inputs),
             "logged_queries": 0 if logged is None else len(logged), "queries": fingerprint.queries,
             "reviewed_queries": fingerprint.recipe.get("reviewed_queries", 0),

@@ -387,6 +387,14 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
     if result["output_null_mean"] is not None:
         click.echo(f"outputs on {result['output_probes']} probe images{_logged_share(result['output_probe_queries'])}: "
                    f"held-out independent models' contrast {result['output_null_mean']:+.3f}")
+    clean = result.get("reference_clean_agreement")
+    if clean:
+        click.echo(f"calibration references give the owner's answer on {min(clean):.0%}-{max(clean):.0%} of its probe "
+                   "images")
+        if sum(clean) / len(clean) < WEAK_REFERENCES:
+            click.echo("warning: the calibration references hardly do the owner's task (too few --epochs for it?); "
+                       "nulls fitted on such models can accuse models that do not do it either (docs/results.md "
+                       "6.2v): train them longer")
     if result.get("gradient_images"):
         click.echo(f"input gradients at {result['gradient_images']} of the owner's images, its and the held-out "
                    "models' (a copy under a new head keeps the owner's span)")
@@ -421,6 +429,9 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
         click.echo(f"kept the {result['helpers']} helper models in {result['helpers_path']} "
                    f"({result['helpers_bytes'] / 2 ** 20:.1f} MiB): a refit of the same owner, data and helper "
                    "settings (another query log, more probes) reuses them")
+
+
+WEAK_REFERENCES = 0.5  # references' mean share of the owner's answers below which fit-probes warns
 
 
 def _query_power(rates: dict[str, float]) -> str:
