@@ -1065,8 +1065,9 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     ranked = json.loads(ranked_run.stdout)
     assert loads == []  # every model's evidence, the suspect's too, is in the cache
     assert ranked["rank"]["n"] == 3 and ranked["z"] == pytest.approx(first["z"])
-    others = [r["z"] for r in scanned["models"] if r["suspect"] != "indep0"]
-    assert ranked["rank"]["p_value"] == pytest.approx((1 + sum(z >= first["z"] for z in others)) / (1 + len(others)))
+    others = [r["z"] for r in scanned["models"] if r["suspect"] != "indep0"]  # None (not judged) ranks below all
+    at_or_above = sum(-_strongest_first(z) >= -_strongest_first(first["z"]) for z in others)
+    assert ranked["rank"]["p_value"] == pytest.approx((1 + at_or_above) / (1 + len(others)))
     cache.unlink()  # nothing cached: each model is loaded once, the suspect too (its evidence serves the ranking)
     loads.clear()
     uncached = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner", "--budget", "0.5",
@@ -1325,13 +1326,26 @@ def test_lead_note_only_for_unrelated_fingerprint_verdicts_between_one_and_the_t
     assert lead_note({**base, "z": None}, 3.0) is None
 
 
+def _above(z: float | None, bar: float) -> bool:
+    """A verdict's z at or above a bar; None (a model not of the owner's task, not judged) never is."""
+    return z is not None and z >= bar
+
+
+def _same_z(a: float | None, b: float | None) -> bool:
+    return a is None and b is None or a is not None and b is not None and a == pytest.approx(b)
+
+
+def _strongest_first(z: float | None) -> float:
+    return float("inf") if z is None else -z
+
+
 def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digits, monkeypatch):
     """`suspect SUSPECT` without --owner: judged against each indexed model with a fingerprint, as `--owner` judges
     it, the bar raised (Sidak) for the number of owners looked at; the suspect loaded once; an owner whose
     fingerprint cannot be read is reported and the rest still judged; no fingerprint at all is one clear error.
     `suspect --all` without --owner: every indexed model against every protected one, at the same bar."""
     from gifindex.apps.suspect import family_budget
-    from gifindex.fingerprint.fingerprint import single_look_z
+    from gifindex.fingerprint.fingerprint import OFF_TASK, single_look_z
 
     _, owner_data = digits
     runner, index, files = _hub(tmp_path, owner, digits, 5, 200)
@@ -1383,13 +1397,13 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
         screened = verdicts(suspect_ref)
         assert len(loads) == 1  # loaded once for both owners' fingerprints
         assert [r["owner"] for r in screened["owners"]] == sorted(
-            {"owner", "indep4"} - {suspect_ref}, key=lambda name: -next(
-                r["z"] for r in screened["owners"] if r["owner"] == name))
+            {"owner", "indep4"} - {suspect_ref}, key=lambda name: _strongest_first(next(
+                r["z"] for r in screened["owners"] if r["owner"] == name)))
         for r in screened["owners"]:  # each verdict is --owner's z, against the raised bar
             alone = verdicts(suspect_ref, "--owner", r["owner"])
-            assert r["z"] == pytest.approx(alone["z"]) and r["evidence"] == alone["evidence"] == "fingerprint"
-            assert r["verdict"] == ("derived" if r["z"] >= bar else "unrelated")
-        assert screened["derived_from"] == [r["owner"] for r in screened["owners"] if r["z"] >= bar]
+            assert _same_z(r["z"], alone["z"]) and r["evidence"] == alone["evidence"] in ("fingerprint", OFF_TASK)
+            assert r["verdict"] == ("derived" if _above(r["z"], bar) else "unrelated")
+        assert screened["derived_from"] == [r["owner"] for r in screened["owners"] if _above(r["z"], bar)]
     assert verdicts("indep4")["owners_checked"] == 1 and verdicts("indep4")["owner_z_threshold"] == pytest.approx(3.0)
     # a budget is shared by the owners: each rank verdict gets 1 - (1 - B)^(1/2)
     for protected in ("owner", "indep4"):
@@ -1419,9 +1433,9 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
         alone = {r["suspect"]: r for r in verdicts("--owner", s["owner"], "--all")["models"]}
         assert sorted(r["suspect"] for r in s["models"]) == sorted(alone) and len(alone) == 5
         for r in s["models"]:
-            assert r["z"] == pytest.approx(alone[r["suspect"]]["z"])
-            assert r["verdict"] == ("derived" if r["z"] >= bar else "unrelated")
-    pairs = sorted((r["suspect"], s["owner"]) for s in audited["scans"] for r in s["models"] if r["z"] >= bar)
+            assert _same_z(r["z"], alone[r["suspect"]]["z"])
+            assert r["verdict"] == ("derived" if _above(r["z"], bar) else "unrelated")
+    pairs = sorted((r["suspect"], s["owner"]) for s in audited["scans"] for r in s["models"] if _above(r["z"], bar))
     assert sorted((d["model"], d["owner"]) for d in audited["derived"]) == pairs
     assert [d["z"] for d in audited["derived"]] == sorted((d["z"] for d in audited["derived"]), reverse=True)
     loads.clear()  # every model's evidence is kept beside each fingerprint: a second audit loads none
@@ -1442,13 +1456,28 @@ def test_a_suspect_screened_against_every_protected_model(tmp_path, owner, digit
     assert "owner: " in broken.output and "indexed models derived from it" in broken.output
     usage = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--no-fingerprint"])
     assert usage.exit_code == 2 and "--no-fingerprint needs --owner" in usage.output
+    # models below the task gate are not judged: every report says so, and rankings hold them below all others
+    from gifindex.fingerprint.fingerprint import Fingerprint
+
+    monkeypatch.setattr(Fingerprint, "task_gate", property(lambda self: 1.01))
+    evidence_cache_path(index, "owner").unlink(missing_ok=True)
+    one = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])
+    assert one.exit_code == 0 and "verdict       UNRELATED  (not judged: not a model of the owner's task)" in \
+        one.output and "neither the fingerprint nor the signature judges it" in one.output, one.output
+    scanned = runner.invoke(main, ["suspect", "-i", str(index), "--owner", "owner", "--all"])
+    assert scanned.exit_code == 0 and scanned.output.count("not of the owner's task: not judged") == 5, scanned.output
+    assert "derived: none" in scanned.output
+    ranked = verdicts("indep0", "--owner", "owner", "--budget", "0.5")
+    assert ranked["z"] is None and ranked["verdict"] == "unrelated" and ranked["rank"]["p_value"] == 1.0
+    screened = runner.invoke(main, ["suspect", "-i", str(index), "indep0"])
+    assert screened.exit_code == 0 and "not of the owner's task: not judged" in screened.output, screened.output
 
 
 def test_clean_agreement_says_how_far_a_suspect_does_the_owners_task(fingerprint, owner, digits, tmp_path):
     """A suspect's share of the probe images on which it gives the owner's answer: exactly the owner's share of a
     class for a model that always answers it, 1 for the owner and for the owner with its classes renamed; the
-    references' shares are theirs; `suspect` notes a suspect below every reference (its nulls were fitted on models
-    of the owner's task) and changes nothing else."""
+    references' shares are theirs; the task gate lies halfway from a constant answer's best share to the references'
+    mean, and a suspect below it is judged by neither the fingerprint nor the signature: unrelated, with the note."""
     from gifindex.apps.suspect import fingerprint_evidence
 
     class Constant(torch.nn.Module):
@@ -1479,14 +1508,21 @@ def test_clean_agreement_says_how_far_a_suspect_does_the_owners_task(fingerprint
     class Entry:  # what fingerprint_evidence reads of an entry when the model is given
         arch = "timm:test_resnet"
 
-    rare = int(shares.argmin())
-    constant = fingerprint_evidence(fingerprint, Entry(), loaded=_wrap(Constant(rare)))
-    assert (("task_note" in constant) == (float(shares[rare]) < min(references)))
-    assert float(shares[rare]) < min(references)  # a class the owner rarely gives, against trained references
-    assert "hardly does the owner's task" in constant["task_note"]
+    chance = float(shares.max())
+    assert fingerprint.task_gate == pytest.approx(chance + 0.5 * (sum(references) / len(references) - chance))
+    from gifindex.apps.suspect import _judge
+    from gifindex.fingerprint.fingerprint import OFF_TASK
+
+    for c in range(10):  # no constant answer does the owner's task: none is judged, whatever its evidence
+        constant = fingerprint_evidence(fingerprint, Entry(), loaded=_wrap(Constant(c)))
+        assert constant["off_task"] and "not a model of the owner's task" in constant["task_note"]
+        verdict = _judge({"z": 10.0, "verdict": "derived"}, constant, 3.0)  # even a signature z of 10
+        assert verdict["z"] is None and verdict["verdict"] == "unrelated" and verdict["evidence"] == OFF_TASK
+        assert verdict["signature_z"] == 10.0
     itself = fingerprint_evidence(fingerprint, Entry(), loaded=owner)
-    assert "task_note" not in itself and itself["clean_agreement"] == 1.0
-    assert constant["z"] == judge(fingerprint, _wrap(Constant(rare)), "timm:test_resnet").evidence  # no verdict change
+    assert not itself["off_task"] and "task_note" not in itself and itself["clean_agreement"] == 1.0
+    assert _judge({"z": 0.0, "verdict": "unrelated"}, itself, 3.0)["verdict"] == "derived"
+    assert combine(1.0, 5.0, off_task=True) == (None, OFF_TASK) and combine(1.0, 5.0) == (5.0, "fingerprint")
 
 
 def test_helper_archs_from_the_index_are_the_most_used_of_the_owners_task(owner):

@@ -31,7 +31,7 @@ from ..index.atomic import atomic_write_text
 from ..index.layout import evidence_cache_path, fingerprint_path
 from ..index.shards import file_sha256
 
-CACHE_FORMAT = "gifindex-evidence-cache-1"
+CACHE_FORMAT = "gifindex-evidence-cache-2"  # 2: evidence says whether the model does the owner's task (off_task)
 MAX_CACHE_BYTES = 64 << 20
 
 

@@ -344,9 +344,9 @@ def _judge(out: dict[str, Any], evidence: dict[str, Any] | None, z_threshold: fl
         if evidence.get("query_z") is not None:  # the share of the kept answers that flags it on them alone
             evidence["query_flag_rate"] = flag_share(evidence["query_null_mean"], evidence["query_null_sigma"],
                                                      z_threshold)
-        combined, out["evidence"] = combine(out["z"], evidence["z"])
-        out["z"] = float(combined)
-        out["verdict"] = "derived" if combined >= z_threshold else "unrelated"
+        combined, out["evidence"] = combine(out["z"], evidence["z"], bool(evidence.get("off_task")))
+        out["z"] = None if combined is None else float(combined)
+        out["verdict"] = "derived" if combined is not None and combined >= z_threshold else "unrelated"
     return out
 
 
@@ -381,7 +381,7 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     if budget is not None:
         for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget, z_threshold)):
             out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
-    judged.sort(key=lambda r: -r["z"])
+    judged.sort(key=lambda r: math.inf if r["z"] is None else -r["z"])  # models not judged (off task) last
     return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold, "budget": budget,
             "fingerprint": fingerprint is not None, "models": judged,
             "derived": [r["suspect"] for r in judged if r["verdict"] == "derived"]}
@@ -453,12 +453,13 @@ def fingerprint_evidence(fingerprint: Fingerprint, entry: "ModelEntry", device: 
                 "queries_reviewed": bool(fingerprint.recipe.get("reviewed_queries")) if fingerprint.queries else None,
                 "query_effective_count": fingerprint.query_effective_count if fingerprint.queries else None,
                 "comparable": score.agreement is not None})
-    references = fingerprint.reference_clean_agreement
-    if score.clean_agreement is not None and references and score.clean_agreement < min(references):
+    if score.off_task:
+        references = fingerprint.reference_clean_agreement
         out["task_note"] = (f"it gives the owner's answer on {score.clean_agreement:.0%} of the owner's "
-                            f"{fingerprint.output_probes} probe images, below every calibration reference "
-                            f"({min(references):.0%}-{max(references):.0%}): it hardly does the owner's task, and the "
-                            "fingerprint's nulls were fitted on models that do, so read its z with care")
+                            f"{fingerprint.output_probes} probe images, below {score.task_gate:.0%} (halfway from a "
+                            f"constant answer to the calibration references' {sum(references) / len(references):.0%}):"
+                            " not a model of the owner's task, so neither the fingerprint nor the signature judges it "
+                            "(their nulls hold models of the task; both accused such models, docs/results.md 6.2v)")
     if score.agreement is None:
         why = ("a fingerprint fitted by this version relabels them: run `gifindex fit-probes` again"
                if fingerprint.reference_decisions is None else

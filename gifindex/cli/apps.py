@@ -125,12 +125,14 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
     rank = result.get("rank")
     if rank is not None:
         click.echo(f"rank          {rank['at_or_above']} of {rank['n']} other indexed models score as high (z "
-                   f"{result['z']:.2f}): p = {rank['p_value']:.4f}; derived when p <= {rank['budget']:g}, i.e. z "
+                   f"{_fmt(result['z'])}): p = {rank['p_value']:.4f}; derived when p <= {rank['budget']:g}, i.e. z "
                    f"above {rank['bar_z']:.2f}")
         click.echo(f"verdict       {result['verdict'].upper()}  (by rank among the indexed models, judged by the "
                    f"{result.get('evidence', 'signature')}; by z >= {z_threshold:g}: {result['z_verdict']})")
         if rank["at_or_above_z_threshold"]:
             click.echo(f"              {copies_note(rank['at_or_above_z_threshold'], z_threshold)}")
+    elif fp is not None and result["z"] is None:
+        click.echo(f"verdict       {result['verdict'].upper()}  (not judged: not a model of the owner's task)")
     elif fp is not None:
         click.echo(f"verdict       {result['verdict'].upper()}  (judged by the {result['evidence']}: derived when z "
                    f">= {z_threshold:g}; z {result['z']:.2f})")
@@ -199,13 +201,13 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
         fp = r.get("fingerprint") or {}
         rank = [] if budget is None else [f"{r['rank']['p_value']:.3f}"]
         rows.append([r["suspect"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"],
-                     f"{r['z']:.2f}", *rank, r.get("evidence", "signature"), f"{r['distance']:.4f}",
+                     _fmt(r["z"]), *rank, r.get("evidence", "signature"), f"{r['distance']:.4f}",
                      f"{r['signature_z']:.2f}", _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
-                     r.get("error", "not of the owner's task (see --json: task_note)" if fp.get("task_note") else "")])
+                     r.get("error", "not of the owner's task: not judged" if fp.get("off_task") else "")])
     click.echo(table(rows, ["model", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "distance", "signature z", "decisions z", "outputs z", "note"]))
     click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
-    by_z = [r["suspect"] for r in result["models"] if r["z"] >= z_threshold]
+    by_z = [r["suspect"] for r in result["models"] if r["z"] is not None and r["z"] >= z_threshold]
     if budget is not None and by_z:
         click.echo(f"note: {copies_note(len(by_z), z_threshold)}")
     if result["derived"] and not result["fingerprint"]:
@@ -237,10 +239,10 @@ def screen_report(session: Any, suspect_ref: str, z_threshold: float, exclude: t
             continue
         fp = r.get("fingerprint") or {}
         rank = [] if budget is None else [f"{r['rank']['p_value']:.4f}"]
-        rows.append([r["owner"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"], f"{r['z']:.2f}",
+        rows.append([r["owner"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"], _fmt(r["z"]),
                      *rank, r.get("evidence", "signature"), _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
                      f"{r['distance']:.4f}", fp.get("note", "") if fp.get("agreement") is None else
-                     ("not of the owner's task (see --json: task_note)" if fp.get("task_note") else "")])
+                     ("not of the owner's task: not judged" if fp.get("off_task") else "")])
     click.echo(table(rows, ["owner", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "decisions z", "outputs z", "distance", "note"]))
     derived = result["derived_from"]

@@ -20,6 +20,7 @@ from .queries import effective_count
 
 MIN_SIGMA = 0.01  # agreement rates closer than this are not told apart, however many inputs
 MIN_OUTPUT_SIGMA = 0.02  # output contrasts (differences of mean cosines) closer than this are not told apart
+TASK_GATE_SHARE = 0.5  # Fingerprint.task_gate: how far from a constant answer toward the references a suspect must be
 
 
 @dataclass
@@ -174,6 +175,18 @@ class Fingerprint:
             return None
         owner = self.probe_logits.argmax(1)
         return [float((ref.argmax(1) == owner).float().mean()) for ref in self.reference_logits]
+
+    @property
+    def task_gate(self) -> float | None:
+        """The clean agreement below which a suspect is not judged a model of the owner's task: halfway from what a
+        constant answer gets (the largest share of one class among the owner's answers on the probe images) to the
+        calibration references' mean (docs/results.md 6.2v). None without probe images or the references' outputs."""
+        references = self.reference_clean_agreement
+        if not references:
+            return None
+        answers = self.probe_logits.argmax(1)
+        chance = float(torch.bincount(answers, minlength=self.num_classes).max()) / len(answers)
+        return chance + TASK_GATE_SHARE * (sum(references) / len(references) - chance)
 
     @property
     def varied_calibration(self) -> bool:
@@ -467,6 +480,8 @@ def judge(fingerprint: Fingerprint, model: LoadedModel | SharedSpaceAdapter, arc
                                 query_agreement(fingerprint, model, device))
     if probe is not None and probe.shape[1] == fingerprint.num_classes:
         score.clean_agreement = float((probe.argmax(1) == fingerprint.probe_logits.argmax(1)).float().mean())
+        score.task_gate = fingerprint.task_gate
+        score.off_task = score.task_gate is not None and score.clean_agreement < score.task_gate
     if labelling == "renamed":
         score.class_map, score.renamed = class_map, True
     return score
@@ -525,6 +540,8 @@ class FingerprintScore:
     gradient_null_sigma: float | None = None
     gradient_z: float | None = None
     clean_agreement: float | None = None  # share of the owner's probe images on which it gives the owner's answer
+    task_gate: float | None = None  # Fingerprint.task_gate
+    off_task: bool = False  # clean agreement below the gate: not a model of the owner's task, not judged (combine)
 
     @classmethod
     def of(cls, fingerprint: Fingerprint, rate: float | None, arch: str | None = None,
@@ -591,7 +608,8 @@ class FingerprintScore:
                 "class_map": self.class_map, "renamed": self.renamed, "mapped_inputs": self.mapped_inputs,
                 "output_fit": self.output_fit, "gradient_share": self.gradient_share,
                 "gradient_null_mean": self.gradient_null_mean, "gradient_null_sigma": self.gradient_null_sigma,
-                "gradient_z": self.gradient_z, "clean_agreement": self.clean_agreement}
+                "gradient_z": self.gradient_z, "clean_agreement": self.clean_agreement, "task_gate": self.task_gate,
+                "off_task": self.off_task}
 
 
 OTHER_ARCHS = "(other architectures)"  # Fingerprint.query_flag_rates' key for a suspect of an uncalibrated architecture
@@ -631,14 +649,22 @@ def flag_share(null_mean: float, null_sigma: float, z_threshold: float = 3.0) ->
     return null_mean + single_look_z(z_threshold) * null_sigma
 
 
-def combine(signature_z: float | None, fingerprint_z: float | None) -> tuple[float | None, str]:
+OFF_TASK = "none: not a model of the owner's task"
+
+
+def combine(signature_z: float | None, fingerprint_z: float | None,
+            off_task: bool = False) -> tuple[float | None, str]:
     """The evidence a verdict rests on, and which: the fingerprint's z (``FingerprintScore.evidence``) when it
     has one (the suspect's output size is the owner's, or, for another label set, the fingerprint holds its
     references' decisions: ``mapped_decisions``), else the signature's. The fingerprint is calibrated on the
     owner's own independent models, architecture by architecture; the signature's z is not (independent models
     of the owner's architecture sit near it in gradient space), and letting it raise the fingerprint's verdict
     gave 8-25 % false positives on the evaluation zoos, where the fingerprint alone flags every fine-tuned and
-    pruned copy with 0 % (docs/results.md section 6.2)."""
+    pruned copy with 0 % (docs/results.md section 6.2). None (OFF_TASK) for a suspect that hardly does the owner's
+    task (``off_task``): both nulls hold models that do, and each accused such models (untrained weights, another
+    task's models, a constant answer) on the evaluation zoos, so neither judges it (docs/results.md 6.2v)."""
+    if off_task:
+        return None, OFF_TASK
     if fingerprint_z is None:
         return signature_z, "signature"
     return fingerprint_z, "fingerprint"

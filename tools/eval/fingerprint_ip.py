@@ -337,6 +337,11 @@ def _auc(positives: list[float], negatives: list[float]) -> float:
     return float(roc_auc_score([1] * len(positives) + [0] * len(negatives), positives + negatives))
 
 
+def _judged(z: float | None) -> float:
+    """A verdict's z as a score: a model the verdict does not judge (not of the owner's task) ranks below all."""
+    return -1e9 if z is None else z
+
+
 def zoo_config(zoo: ipzoo.IPZoo, config: FitConfig, seed: int) -> FitConfig:
     """``config`` as the evaluation fits a zoo's owner: helper architectures the zoo's family (the owner's and the
     independent models'), unless named, and the zoo seed."""
@@ -390,8 +395,9 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         "fp-z": {n: (fp_scores[n].evidence if fp_scores[n].evidence is not None else -1e9) for n in scored},
         "owner-errors": owner_errors_followed(zoo, scored),
         "max-z": {n: max(z for z in (z_pop[n], fp_scores[n].evidence) if z is not None) for n in scored},
-        "combined-arch": {n: combine(z_gif[n], fp_scores[n].evidence)[0] for n in scored},
-        "combined": {n: combine(z_pop[n], fp_scores[n].evidence)[0] for n in scored},
+        "combined-arch": {n: _judged(combine(z_gif[n], fp_scores[n].evidence, fp_scores[n].off_task)[0])
+                          for n in scored},
+        "combined": {n: _judged(combine(z_pop[n], fp_scores[n].evidence, fp_scores[n].off_task)[0]) for n in scored},
     }
     zs = {"modelgif": z_pop, "modelgif-arch-z": z_gif, "combined-arch": scores["combined-arch"],
           "fp-dec-z": scores["fp-dec-z"], "fp-out-z": scores["fp-out-z"], "fp-query-z": scores["fp-query-z"],

@@ -6,29 +6,33 @@ Per zoo seed: the zoo's default fingerprint (as ``fingerprint_ip.py`` fits it, c
 suspect's decisions, outputs and fingerprint z (what ``suspect`` decides by), and its **clean agreement**, the share
 of the fingerprint's probe images on which it gives the owner's answer. Out-of-task suspects: ``--untrained`` models
 of each zoo architecture, the ``--other`` zoo's owner and independent models (another 10-class task at the same
-resolution), and a constant predictor of each class. Also the lowest clean agreement of each group of the zoo's own
-models (attacks, independent models, recipe-trained ones, another teacher's students), and the gate registered and
-measured in 6.2v, ``chance + 0.5 (references' mean - chance)`` (chance: the largest share of one class among the
-owner's answers on those images): which models it would set aside (not adopted: it also sets aside barely trained
-independent models of the task). ``suspect`` notes a suspect whose clean agreement is below every calibration
-reference's (``task_note``).
+resolution), and a constant predictor of each class; beside them every model of the zoo (each attack, relabelled
+copies, independent models, recipe-trained ones, another teacher's students). Per kind: the lowest clean agreement,
+and what the gate measured in 6.2v, ``chance + 0.5 (references' mean - chance)`` (chance: the largest share of one
+class among the owner's answers on those images), sets aside, and what is flagged at z >= 3 without it and with it
+(a model below the gate judged by its ModelGiF z against the zoo's independent models, as ``suspect`` judges
+a model the fingerprint cannot compare; or not judged at all, "unrelated"). ``suspect`` notes a suspect whose clean
+agreement is below every calibration reference's (``task_note``).
 
     python tools/eval/out_of_task.py --zoo digits --other textures --seeds 0
 """
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
 import ipzoo
-from common import log, results_dir, setup_threads, wrap, write_json
-from fingerprint_ip import fingerprint_score, fitted, foreign_students, helper_builder, recipe_negatives, zoo_config
+from common import distances_to, log, results_dir, setup_threads, sign_all, write_json
+from fingerprint_ip import (fingerprint_score, fitted, foreign_students, helper_builder, recipe_negatives,
+                            relabelled_copies, zoo_config)
+from gifindex.apps import suspect_from_distances
 from gifindex.fingerprint import FitConfig
-from gifindex.fingerprint.outputs import model_logits
 
 Z_THRESHOLD = 3.0
 GATE_SHARE = 0.5  # the measured gate: this far from chance toward the references' mean clean agreement
+OUT_OF_TASK = ("untrained", "another task", "constant")
 
 
 class ConstantAnswer(torch.nn.Module):
@@ -61,6 +65,25 @@ def out_of_task(zoo: ipzoo.IPZoo, other: ipzoo.IPZoo, untrained: int) -> dict[st
     return out
 
 
+def signature_z(zoo: ipzoo.IPZoo, models: dict[str, tuple[torch.nn.Module, object]]) -> dict[str, float]:
+    """Each model's ModelGiF z against the zoo's independent models (as ``suspect`` calibrates the signature, the
+    verdict's evidence for a suspect the fingerprint does not judge), each signed in its own input convention."""
+    population = {n: (m, zoo.spec) for n, m in zoo.models.items() if zoo.groups[n] == "irrelevant"}
+    by_spec: dict[int, dict[str, torch.nn.Module]] = {}
+    specs = {}
+    for name, (module, spec) in {**population, **models, "owner": (zoo.owner, zoo.spec)}.items():
+        by_spec.setdefault(id(spec), {})[name] = module
+        specs[id(spec)] = spec
+    feats = {}
+    for key, group in by_spec.items():
+        signed, _ = sign_all(group, zoo.heldout_raw, k=16, steps=8, methods=("modelgif",), spec=specs[key],
+                             resolution=zoo.resolution)
+        feats.update(signed["modelgif"])
+    dist = distances_to(feats, "owner", "modelgif")
+    return {n: suspect_from_distances(dist[n], [dist[m] for m in population if m != n], Z_THRESHOLD)["z"]
+            for n in models}
+
+
 def evaluate(zoo_name: str, other_name: str, seed: int, untrained: int) -> dict:
     zoo = ipzoo.build(zoo_name, seed, False)
     other = ipzoo.build(other_name, seed, False)
@@ -70,30 +93,43 @@ def evaluate(zoo_name: str, other_name: str, seed: int, untrained: int) -> dict:
     chance = float(torch.bincount(answers, minlength=fp.num_classes).max()) / len(answers)
     references = fp.reference_clean_agreement
     gate = chance + GATE_SHARE * (sum(references) / len(references) - chance)
-
-    def clean(module: torch.nn.Module, spec) -> float:
-        return float((model_logits(wrap(module, spec), fp.probe_inputs).argmax(1) == answers).float().mean())
-
-    suspects = {}
-    for name, (kind, arch, module, spec) in out_of_task(zoo, other, untrained).items():
+    # every model judged: out-of-task suspects, and the zoo's own (as fingerprint_ip.py adds them)
+    judged = {name: (kind, arch, module, spec) for name, (kind, arch, module, spec)
+              in out_of_task(zoo, other, untrained).items()}
+    for name, module in zoo.models.items():
+        if name != "owner" and zoo.tasks[name] == "digits":
+            judged[name] = (zoo.groups[name], zoo.archs[name], module, zoo.spec)
+    for name, (group, arch, module) in {**relabelled_copies(zoo),
+                                        **foreign_students(zoo, ipzoo.SIZES[zoo_name]["full"][0])}.items():
+        judged[name] = (group, arch, module, zoo.spec)
+    for name, (arch, module) in recipe_negatives(zoo, config.helper_archs, 10).items():
+        judged[name] = ("recipe-trained", arch, module, zoo.spec)
+    rows = {}
+    for name, (kind, arch, module, spec) in judged.items():
         score = fingerprint_score(fp, module, arch, spec)
-        suspects[name] = {"kind": kind, "arch": arch, "clean_agreement": clean(module, spec), "decision_z": score.z,
-                          "output_z": score.output_z, "z": score.evidence}
-        log(f"  {name:<32s} clean {suspects[name]['clean_agreement']:.3f}  z {score.evidence:6.2f}")
-    own = {n: (zoo.groups[n], m) for n, m in zoo.models.items() if n != "owner" and zoo.tasks[n] == "digits"}
-    own.update({n: ("recipe-trained", m) for n, (_, m) in recipe_negatives(zoo, config.helper_archs, 10).items()})
-    own.update({n: (g, m) for n, (g, _, m) in foreign_students(zoo, ipzoo.SIZES[zoo_name]["full"][0]).items()})
-    lowest: dict[str, tuple[float, str]] = {}
-    for name, (group, module) in own.items():
-        value = clean(module, zoo.spec)
-        if group not in lowest or value < lowest[group][0]:
-            lowest[group] = (value, name)
+        rows[name] = {"kind": kind, "arch": arch, "clean_agreement": score.clean_agreement,
+                      "z": -math.inf if score.evidence is None else score.evidence,
+                      "decision_z": score.z, "output_z": score.output_z,
+                      "gated": score.clean_agreement is not None and score.clean_agreement < gate}
+    gated = {n: (judged[n][2], judged[n][3]) for n, r in rows.items() if r["gated"]}
+    for name, z in (signature_z(zoo, gated) if gated else {}).items():
+        rows[name]["signature_z"] = z
+    for r in rows.values():
+        r["gated_z"] = r["signature_z"] if r["gated"] else r["z"]
+    kinds = sorted({r["kind"] for r in rows.values()})
+    summary = {k: {"models": sum(r["kind"] == k for r in rows.values()),
+                   "gated": sum(r["kind"] == k and r["gated"] for r in rows.values()),
+                   "flagged": sum(r["kind"] == k and r["z"] >= Z_THRESHOLD for r in rows.values()),
+                   "flagged_gated": sum(r["kind"] == k and r["gated_z"] >= Z_THRESHOLD for r in rows.values()),
+                   "flagged_gated_unjudged": sum(r["kind"] == k and not r["gated"] and r["z"] >= Z_THRESHOLD
+                                                 for r in rows.values()),
+                   "lowest_clean": min(r["clean_agreement"] for r in rows.values() if r["kind"] == k)}
+               for k in kinds}
+    for name, r in rows.items():
+        if r["kind"] in OUT_OF_TASK:
+            log(f"  {name:<32s} clean {r['clean_agreement']:.3f}  z {r['z']:6.2f}")
     return {"zoo": zoo_name, "other": other_name, "seed": seed, "chance": chance, "references": references,
-            "gate": gate, "suspects": suspects,
-            "flagged": sorted(n for n, s in suspects.items() if s["z"] is not None and s["z"] >= Z_THRESHOLD),
-            "highest": max(suspects, key=lambda n: suspects[n]["z"]),
-            "lowest_clean_by_group": {g: {"clean_agreement": v, "model": n} for g, (v, n) in sorted(lowest.items())},
-            "zoo_models_below_gate": sorted(g for g, (v, _) in lowest.items() if v < gate)}
+            "gate": gate, "models": rows, "summary": summary}
 
 
 def main() -> None:
@@ -107,15 +143,16 @@ def main() -> None:
     setup_threads()
     for seed in args.seeds:
         r = evaluate(args.zoo, args.other, seed, args.untrained)
-        z = {n: s["z"] for n, s in r["suspects"].items()}
-        cleans = [s["clean_agreement"] for s in r["suspects"].values()]
-        print(f"{args.zoo} seed {seed}: {len(z)} out-of-task suspects, flagged at z >= {Z_THRESHOLD:g}: "
-              f"{len(r['flagged'])}; highest z {z[r['highest']]:.2f} ({r['highest']}); their clean agreement "
-              f"{min(cleans):.2f}-{max(cleans):.2f}; references {min(r['references']):.2f}-"
-              f"{max(r['references']):.2f}; gate {r['gate']:.3f}, zoo groups with a model below it: "
-              f"{', '.join(r['zoo_models_below_gate']) or 'none'}")
-        for group, low in r["lowest_clean_by_group"].items():
-            print(f"  lowest clean agreement, {group:<16s} {low['clean_agreement']:.3f} ({low['model']})")
+        print(f"{args.zoo} seed {seed}: chance {r['chance']:.2f}, calibration references' clean agreement "
+              f"{min(r['references']):.2f}-{max(r['references']):.2f}, gate {r['gate']:.3f}")
+        print(f"  {'kind':<16s} {'models':>6s} {'lowest clean':>12s} {'gated':>6s} {'flagged':>8s} "
+              f"{'gated: by signature':>20s} {'gated: not judged':>18s}")
+        for kind, k in r["summary"].items():
+            print(f"  {kind:<16s} {k['models']:>6d} {k['lowest_clean']:>12.3f} {k['gated']:>6d} {k['flagged']:>8d} "
+                  f"{k['flagged_gated']:>20d} {k['flagged_gated_unjudged']:>18d}")
+        out = [v for v in r["models"].values() if v["kind"] in OUT_OF_TASK]
+        top = max(out, key=lambda v: v["z"])
+        print(f"  out-of-task: highest fingerprint z {top['z']:.2f} ({top['kind']}, {top['arch']})")
         write_json(results_dir() / f"out_of_task-{args.zoo}-{args.other}-s{seed}.json", r)
 
 

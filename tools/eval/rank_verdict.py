@@ -54,8 +54,12 @@ def negative_kind(group: str) -> str | None:
 
 def verdict_z(model: dict) -> float:
     """What ``suspect`` decides by (fingerprint_ip's ``combined``): the fingerprint's evidence, else the
-    signature's z against the population."""
-    return model["z"] if model.get("z") is not None else model["z_gif_population"]
+    signature's z against the population; -inf for a model not judged (not of the owner's task, 6.2v)."""
+    if model.get("off_task"):
+        return -np.inf
+    if model.get("z") is not None:
+        return model["z"]
+    return model.get("z_gif_population", -np.inf)
 
 
 def rank_run(run: dict, budget: float, hub: str, trim: bool = False) -> tuple[dict[str, list], dict[str, list]]:
@@ -68,7 +72,7 @@ def rank_run(run: dict, budget: float, hub: str, trim: bool = False) -> tuple[di
         elif kind is not None:
             negatives.append((verdict_z(model), kind))
     for model in (run.get("recipe_negatives") or {}).values():
-        negatives.append((model["z"] if model["z"] is not None else -np.inf, "irrelevant-r"))
+        negatives.append((verdict_z(model), "irrelevant-r"))
     pool = [z for z, _ in negatives] + ([z for z, _ in derived] if hub == "index" else [])
     if trim:
         pool = [z for z in pool if z < Z_THRESHOLD]
