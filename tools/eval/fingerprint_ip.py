@@ -429,8 +429,10 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
             by_recipe[n] = {"arch": arch, **fingerprint_score(fp, module, arch, zoo.spec).to_dict()}
         for name, field in (("fp-dec-z", "decision_z"), ("fp-out-z", "output_z"), ("fp-query-z", "query_z"),
                             ("fp-z", "z"), ("combined", "z")):
-            flagged[name]["irrelevant-r"] = float(np.mean([(m[field] if m[field] is not None else -1e9)
-                                                           >= Z_THRESHOLD for m in by_recipe.values()]))
+            # the verdict (combined) does not judge a model that hardly does the owner's task (combine, 6.2v)
+            flagged[name]["irrelevant-r"] = float(np.mean([
+                (m[field] if m[field] is not None and not (name == "combined" and m["off_task"]) else -1e9)
+                >= Z_THRESHOLD for m in by_recipe.values()]))
     return {
         "zoo": zoo_name, "seed": seed, "quick": quick, "query_log": queries,
         "fingerprint": {"size": fp.size, "calibration": fp.calibration, "output_calibration": fp.output_calibration,
