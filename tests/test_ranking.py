@@ -149,3 +149,39 @@ def test_the_evaluation_ranks_a_run_as_the_command_does():
     assert sum(flag for flag, _ in kinds["irrelevant"]) == 0
     among_all, _ = rank_verdict.rank_run(run, 0.05, "index")  # the transfer copy now outranks the student too
     assert among_all["extract-p"] == [(False, False)]  # p = 2 / 23
+
+
+def test_the_evaluation_leaves_models_not_of_the_task_unjudged(tmp_path, monkeypatch, capsys):
+    """A stored model the verdict does not judge (off_task: below the fingerprint's task gate) counts as the weakest
+    evidence in tools/eval's rescorings, however high its fingerprint's raw z, for zoo models and recipe-trained ones
+    alike; tools/eval/screening_bar.py counts flags at the Sidak-raised bar for M owners from the same z."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    folder = str(Path(__file__).resolve().parents[1] / "tools" / "eval")
+    sys.path.insert(0, folder)
+    try:
+        import rank_verdict
+        import screening_bar
+    finally:
+        sys.path.remove(folder)
+    assert rank_verdict.verdict_z({"z": 6.5, "off_task": True}) == -np.inf
+    assert rank_verdict.verdict_z({"z": 2.0, "off_task": False}) == 2.0
+    assert rank_verdict.verdict_z({"z": None, "z_gif_population": 4.0}) == 4.0
+    run = {"per_model": {"copy": {"group": "finetune-a", "z": 9.0}, "student": {"group": "extract-p", "z": 3.4},
+                         "junk": {"group": "irrelevant", "z": 6.5, "off_task": True}},
+           "recipe_negatives": {"short": {"z": 4.6, "off_task": True}, "long": {"z": 3.5, "off_task": False}}}
+    scores = screening_bar.run_scores(run)
+    assert scores["irrelevant"] == [-np.inf] and sorted(scores["recipe"]) == [-np.inf, 3.5]
+    import json
+
+    (tmp_path / "run.json").write_text(json.dumps({"runs": [run]}).replace("-Infinity", "null"))
+    monkeypatch.setattr(screening_bar, "results_dir", lambda: tmp_path)
+    monkeypatch.setattr(sys, "argv", ["screening_bar.py", "--files", "run.json"])
+    screening_bar.main()
+    rows = {int(line.split()[0]): line for line in capsys.readouterr().out.splitlines() if line.split()[0].isdigit()}
+    # M = 1, 2: z 3.00 / 3.21 keep the student (3.4) and the long recipe (3.5); M = 10 (3.64): only the copy
+    assert "1 of 1" in rows[1] and rows[1].count("1 of 1") == 2 and "1 of 3" in rows[1]  # copy, student; 1 of 3 indep
+    assert rows[10].count("1 of 1") == 1 and "0 of 1" in rows[10] and "0 of 3" in rows[10]
