@@ -49,15 +49,15 @@ class ConstantAnswer(torch.nn.Module):
         return out + 0.01 * self.scale * x.flatten(1)[:, :self.classes]
 
 
-def out_of_task(zoo: ipzoo.IPZoo, other: ipzoo.IPZoo, untrained: int) -> dict[str, tuple]:
-    """{name: (kind, arch, module, input spec)} of the out-of-task suspects."""
+def out_of_task(zoo: ipzoo.IPZoo, other: ipzoo.IPZoo | None, untrained: int) -> dict[str, tuple]:
+    """{name: (kind, arch, module, input spec)} of the out-of-task suspects (``other``: None, no other task's)."""
     build = helper_builder(zoo)
     out = {}
     for arch in sorted(set(zoo.archs.values())):
         for s in range(untrained):
             torch.manual_seed(1000 + s)
             out[f"untrained-{arch.partition(':')[2]}-{s}"] = ("untrained", arch, build(arch, 10).module, zoo.spec)
-    for name, module in other.models.items():
+    for name, module in ({} if other is None else other.models).items():
         if other.groups[name] in ("owner", "irrelevant"):
             out[f"{other.name}:{name}"] = ("another task", other.archs[name], module, other.spec)
     for c in range(10):
@@ -86,7 +86,7 @@ def signature_z(zoo: ipzoo.IPZoo, models: dict[str, tuple[torch.nn.Module, objec
 
 def evaluate(zoo_name: str, other_name: str, seed: int, untrained: int) -> dict:
     zoo = ipzoo.build(zoo_name, seed, False)
-    other = ipzoo.build(other_name, seed, False)
+    other = None if other_name == "none" else ipzoo.build(other_name, seed, False)
     config = zoo_config(zoo, FitConfig(), seed)
     fp, _, _ = fitted(zoo, config)
     answers = fp.probe_logits.argmax(1)
@@ -135,8 +135,9 @@ def evaluate(zoo_name: str, other_name: str, seed: int, untrained: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", choices=sorted(ipzoo.ZOOS), default="digits")
-    parser.add_argument("--other", choices=sorted(ipzoo.ZOOS), default="textures",
-                        help="the zoo whose models are the other task's (its resolution must be the zoo's)")
+    parser.add_argument("--other", choices=[*sorted(ipzoo.ZOOS), "none"], default="textures",
+                        help="the zoo whose models are the other task's (its resolution must be the zoo's; none: "
+                             "untrained models and constant answers only)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--untrained", type=int, default=3, help="untrained models per zoo architecture")
     args = parser.parse_args()
