@@ -1553,4 +1553,4 @@ def test_helper_archs_from_the_index_are_the_most_used_of_the_owners_task(owner)
     archs, _ = expand_helper_archs(("timm:test_resnet", "timm:test_convnext", "index"), index, "owner", owner)
     assert archs == ("timm:test_resnet", "timm:test_convnext", "timm:test_vit", "timm:test_byobnet",
                      "timm:test_efficientnet")  # the owner's own named once, by name
-    assert expand_helper_archs(("owner", "timm:test_vit"), index, "owner", owner) == (("owner", "timm:test_vit"), [])
+    assert expand_helper_archs(("owner", "timm:test_vit"), index, "owner", owner) == (("owner", "timm:test_vit"), None)

@@ -48,20 +48,22 @@ def task_archs(records: Sequence["ModelRecord"], owner: str, own: str, outputs: 
 
 
 def expand_helper_archs(helper_archs: Sequence[str], index: "Index", owner: str,
-                        loaded: Any) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+                        loaded: Any) -> tuple[tuple[str, ...], list[tuple[str, int]] | None]:
     """``helper_archs`` with INDEX_ARCHS replaced by the owner's own architecture and ``task_archs`` (duplicates
-    dropped, order kept), and what the index gave."""
+    dropped, order kept), and what the index gave (None: INDEX_ARCHS was not asked for)."""
     from ..fingerprint.fit import OWN_ARCH, own_arch
 
     if INDEX_ARCHS not in helper_archs:
-        return tuple(helper_archs), []
+        return tuple(helper_archs), None
     own = own_arch(loaded)
     found = task_archs(index.catalog.models(), owner, own, index.catalog.by_name(owner).metadata.get("num_outputs"))
     out: list[str] = []
+    seen: set[str] = set()  # as built: OWN_ARCH is the owner's own
     for arch in helper_archs:
         for name in ((OWN_ARCH, *(a for a, _ in found)) if arch == INDEX_ARCHS else (arch,)):
             resolved = own if name == OWN_ARCH else name
-            if resolved not in [own if a == OWN_ARCH else a for a in out]:
+            if resolved not in seen:
+                seen.add(resolved)
                 out.append(name)
     return tuple(out), found
 
@@ -88,9 +90,8 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
         pass
     loaded = _owner_model(index, owner, device)
-    from_hub = INDEX_ARCHS in helper_archs
     helper_archs, from_index = expand_helper_archs(helper_archs, index, owner, loaded)
-    if from_hub:
+    if from_index is not None:
         say("helper architectures from the index (models of the owner's task): " + (
             ", ".join(f"{arch} ({n} model{'s' * (n != 1)})" for arch, n in from_index) if from_index else
             "none buildable besides the owner's own"))
@@ -129,7 +130,8 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     return {"owner": owner, "path": str(path), "inputs": fingerprint.size,
             "candidates": fingerprint.recipe["candidates"], "eps": fingerprint.recipe["eps"],
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
-            "helper_archs_from_index": [{"arch": arch, "models": n} for arch, n in from_index] if from_hub else None,
+            "helper_archs_from_index": None if from_index is None else
+            [{"arch": arch, "models": n} for arch, n in from_index],
             "surrogate_agreement": sum(surrogate) / max(1, len(surrogate)), "null_mean": null[0],
             "null_sigma": null[1], "calibration": fingerprint.calibration,
             "output_probes": fingerprint.output_probes, "output_probe_queries": fingerprint.output_probe_queries,

@@ -174,20 +174,11 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
     _check_exclude(index, exclude)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
     owners = [name for name in protected_owners(index) if sus_q.record is None or name != sus_q.record.name]
-    if not owners:
-        raise GifindexError("no indexed model has a fingerprint to screen the suspect against: fit one for each model "
-                            "you protect (`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
-    bar = single_look_z(z_threshold, len(owners))
-    each_budget = None if budget is None else family_budget(budget, len(owners))
-    indexed = index.vectors()  # read once for every owner
-    if budget is not None:  # before any model is loaded
-        records = indexed[0]
-        needed = smallest_population(each_budget)
-        if len(_others(records, exclude, sus_q)) - 1 < needed:
-            raise GifindexError(f"a verdict at a false-positive budget of {budget:g} over {len(owners)} protected "
-                                f"models gives each {each_budget:.4g} and ranks the suspect among at least {needed} "
-                                f"other indexed models (found {len(_others(records, exclude, sus_q)) - 1}): ingest "
-                                "more unrelated models, name --owner, or drop --budget")
+    records = index.records()
+    # the others a ranking puts the suspect among: all but it and the owner
+    bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude, sus_q)) - 1,
+                                    "screen the suspect against", "the suspect")
+    indexed = records, index.load_vectors(records)  # read once for every owner
     entry = sus_q.entry or index.loading_entry(suspect_ref)
     model: list[Any] = []
 
@@ -210,7 +201,7 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
                             "error": str(exc)})
         if on_owner is not None:
             on_owner(name, k + 1, len(owners))
-    results.sort(key=lambda r: math.inf if r["z"] is None else -r["z"])  # those not judged last
+    results.sort(key=_strongest_first)
     return {"suspect": sus_q.name, "owners_checked": len(owners), "z_threshold": z_threshold,
             "owner_z_threshold": bar, "budget": budget, "owner_budget": each_budget, "owners": results,
             "derived_from": [r["owner"] for r in results if r["verdict"] == "derived"],
@@ -229,20 +220,11 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
     evidence first."""
     _check_exclude(index, exclude)
     owners = protected_owners(index)
-    if not owners:
-        raise GifindexError("no indexed model has a fingerprint to audit the index against: fit one for each model "
-                            "you protect (`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
-    bar = single_look_z(z_threshold, len(owners))
-    each_budget = None if budget is None else family_budget(budget, len(owners))
-    indexed = index.vectors()  # read once for every owner's scan
-    if each_budget is not None:
-        needed = smallest_population(each_budget)
-        population = len(_others(indexed[0], exclude)) - 2  # the owner and the model judged left out
-        if population < needed:
-            raise GifindexError(f"a verdict at a false-positive budget of {budget:g} over {len(owners)} protected "
-                                f"models gives each {each_budget:.4g} and ranks each model among at least {needed} "
-                                f"others (the index holds {population}): ingest more unrelated models, name "
-                                "--owner, or drop --budget")
+    records = index.records()
+    # the others a ranking puts a model among: all but it and the owner
+    bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude)) - 2,
+                                    "audit the index against", "each model")
+    indexed = records, index.load_vectors(records)  # read once for every owner's scan
     caches = _fill_caches(index, owners, exclude, device, on_model)
     scans = []
     for k, name in enumerate(owners):
@@ -259,6 +241,31 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
     return {"owners_checked": len(owners), "z_threshold": z_threshold, "owner_z_threshold": bar, "budget": budget,
             "owner_budget": each_budget, "scans": scans, "derived": derived,
             "errors": [s["owner"] for s in scans if "error" in s]}
+
+
+def _family_bars(owners: Sequence[str], z_threshold: float, budget: float | None, population: int, purpose: str,
+                 judged: str) -> tuple[float, float | None]:
+    """The z bar and the rank budget each of the protected ``owners`` gets (:func:`screen`, :func:`audit`); no
+    protected model, or too few other models (``population``) for each owner's share of ``budget``, is an error
+    (before any model is loaded)."""
+    if not owners:
+        raise GifindexError(f"no indexed model has a fingerprint to {purpose}: fit one for each model you protect "
+                            "(`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
+    if budget is None:
+        return single_look_z(z_threshold, len(owners)), None
+    each_budget = family_budget(budget, len(owners))
+    needed = smallest_population(each_budget)
+    if population < needed:
+        raise GifindexError(f"a verdict at a false-positive budget of {budget:g} over {len(owners)} protected models "
+                            f"gives each {each_budget:.4g} and ranks {judged} among at least {needed} other indexed "
+                            f"models (found {population}): ingest more unrelated models, name --owner, or drop "
+                            "--budget")
+    return single_look_z(z_threshold, len(owners)), each_budget
+
+
+def _strongest_first(result: dict[str, Any]) -> float:
+    """Sort key of verdicts: strongest evidence first, those without a z (not judged) last."""
+    return math.inf if result["z"] is None else -result["z"]
 
 
 def _fill_caches(index: "Index", owners: Sequence[str], exclude: Sequence[str], device: str,
@@ -381,7 +388,7 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     if budget is not None:
         for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget, z_threshold)):
             out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
-    judged.sort(key=lambda r: math.inf if r["z"] is None else -r["z"])  # models not judged (off task) last
+    judged.sort(key=_strongest_first)
     return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold, "budget": budget,
             "fingerprint": fingerprint is not None, "models": judged,
             "derived": [r["suspect"] for r in judged if r["verdict"] == "derived"]}

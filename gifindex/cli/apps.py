@@ -203,7 +203,7 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
         rows.append([r["suspect"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"],
                      _fmt(r["z"]), *rank, r.get("evidence", "signature"), f"{r['distance']:.4f}",
                      f"{r['signature_z']:.2f}", _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
-                     r.get("error", "not of the owner's task: not judged" if fp.get("off_task") else "")])
+                     r.get("error", OFF_TASK_NOTE if fp.get("off_task") else "")])
     click.echo(table(rows, ["model", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "distance", "signature z", "decisions z", "outputs z", "note"]))
     click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
@@ -242,7 +242,7 @@ def screen_report(session: Any, suspect_ref: str, z_threshold: float, exclude: t
         rows.append([r["owner"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"], _fmt(r["z"]),
                      *rank, r.get("evidence", "signature"), _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
                      f"{r['distance']:.4f}", fp.get("note", "") if fp.get("agreement") is None else
-                     ("not of the owner's task: not judged" if fp.get("off_task") else "")])
+                     (OFF_TASK_NOTE if fp.get("off_task") else "")])
     click.echo(table(rows, ["owner", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "decisions z", "outputs z", "distance", "note"]))
     derived = result["derived_from"]
@@ -433,6 +433,7 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                    "settings (another query log, more probes) reuses them")
 
 
+OFF_TASK_NOTE = "not of the owner's task: not judged"  # a table's note on a model below the fingerprint's task gate
 WEAK_REFERENCES = 0.5  # references' mean share of the owner's answers below which fit-probes warns
 
 

@@ -61,12 +61,11 @@ def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_
 def _fingerprint_hint(index: Any, ref: str) -> str | None:
     """Where the index holds owners' fingerprints, the command that sees what distance alone cannot: copies that
     share no weights (distilled or extracted) of a protected model."""
-    from ..index.layout import fingerprint_path
+    from ..index.layout import fingerprinted, stored_fingerprints
 
-    folder = fingerprint_path(index.root, ref).parent
-    if not folder.is_dir() or not any(folder.glob("*.npz")):
+    if not stored_fingerprints(index.root):
         return None
-    if index.catalog.by_name(ref) is not None and fingerprint_path(index.root, ref).is_file():
+    if index.catalog.by_name(ref) is not None and fingerprinted(index.root, [ref]):
         return (f"note: {ref} has a fingerprint: `gifindex suspect --owner {ref} --all` judges every indexed model by "
                 "its decisions and outputs, which see distilled and extracted copies that this distance misses")
     return (f"note: this index protects models with fingerprints: `gifindex suspect {ref}` checks whether it derives "

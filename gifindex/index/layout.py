@@ -58,12 +58,20 @@ def fingerprint_path(index_root: str | Path, owner: str) -> Path:
     return Path(index_root) / FINGERPRINT_DIR / f"{safe}-{digest}.npz"
 
 
+def stored_fingerprints(index_root: str | Path) -> set[str]:
+    """The file names of the fingerprints stored in the index (those of removed models included: `remove` keeps
+    them)."""
+    folder = Path(index_root) / FINGERPRINT_DIR
+    return {p.name for p in folder.glob("*.npz")} if folder.is_dir() else set()
+
+
 def fingerprinted(index_root: str | Path, names: Iterable[str]) -> list[str]:
     """Those of ``names`` with a fingerprint stored in the index (the models it protects), in their order: one
     listing of the fingerprint folder, not a file check per name."""
-    folder = Path(index_root) / FINGERPRINT_DIR
-    stored = {p.name for p in folder.glob("*.npz")} if folder.is_dir() else set()
-    return [name for name in names if stored and fingerprint_path(index_root, name).name in stored]
+    stored = stored_fingerprints(index_root)
+    if not stored:
+        return []
+    return [name for name in names if fingerprint_path(index_root, name).name in stored]
 
 
 def helpers_path(index_root: str | Path, owner: str) -> Path:
