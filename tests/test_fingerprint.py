@@ -1554,3 +1554,57 @@ def test_helper_archs_from_the_index_are_the_most_used_of_the_owners_task(owner)
     assert archs == ("timm:test_resnet", "timm:test_convnext", "timm:test_vit", "timm:test_byobnet",
                      "timm:test_efficientnet")  # the owner's own named once, by name
     assert expand_helper_archs(("owner", "timm:test_vit"), index, "owner", owner) == (("owner", "timm:test_vit"), None)
+
+
+def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_path, owner, digits):
+    """A fingerprint carries its own null (the owner's calibration references), so `suspect` needs no population of
+    other indexed models when one judges: the signature's z is then absent, with why. And a weights file carries no
+    input convention: a suspect file given without one is run in the owner's (timm's default for test_resnet, 160
+    px, is not this 16 px owner's), said so where it was signed; options given are used as they are."""
+    from safetensors.torch import save_file
+
+    _, owner_data = digits
+    runner, index, files = _hub(tmp_path, owner, digits, 1, 300)
+    np.savez(tmp_path / "owner_data.npz", x=owner_data.x.numpy()[:300], y=owner_data.y.numpy()[:300])
+    fit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
+                               "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
+                               "--calibration", "2", "--candidates", "64", "--output-probes", "32", "--epochs", "1",
+                               "--eps", "0.1"])
+    assert fit.exit_code == 0, fit.output
+    copy = tmp_path / "copy.safetensors"  # the owner's weights in other bytes: not recognised as the indexed file
+    save_file({k: v.contiguous() for k, v in owner.module.state_dict().items()}, str(copy))
+
+    judged = runner.invoke(main, ["suspect", "-i", str(index), str(copy), "--owner", "owner", "--json"])
+    assert judged.exit_code == 0, judged.output
+    result = json.loads(judged.stdout)
+    signed = result["signed"][0]
+    assert signed["input_size"] == [R, R] and signed["mean"] == pytest.approx(MEAN)
+    assert signed["convention_from"].startswith("the owner's, 'owner'")
+    assert result["signature_z"] is None and result["population"]["n"] == 1
+    assert "at least 3 other indexed models" in result["signature_note"]
+    assert result["fingerprint"]["agreement"] == 1.0 and result["verdict"] == "derived"
+    text = runner.invoke(main, ["suspect", "-i", str(index), str(copy), "--owner", "owner"])
+    assert text.exit_code == 0 and "no signature null" in text.output and "DERIVED" in text.output
+
+    given = runner.invoke(main, ["suspect", "-i", str(index), str(copy), "--owner", "owner", "--input-size", "160",
+                                 "--json"])
+    assert given.exit_code == 0, given.output
+    assert json.loads(given.stdout)["signed"][0]["input_size"] == [160, 160]
+    assert json.loads(given.stdout)["signed"][0]["convention_from"] == "given"
+
+    unfingerprinted = runner.invoke(main, ["suspect", "-i", str(index), str(copy), "--owner", "owner",
+                                           "--no-fingerprint"])
+    assert unfingerprinted.exit_code == 1 and "at least 3 other indexed models" in unfingerprinted.output
+    assert [line for line in unfingerprinted.output.splitlines() if "error" in line][0].startswith("error:")
+
+    scanned = runner.invoke(main, ["suspect", "-i", str(index), "--all", "--owner", "owner", "--json"])
+    assert scanned.exit_code == 0, scanned.output
+    [row] = json.loads(scanned.stdout)["models"]
+    assert row["suspect"] == "indep0" and row["signature_z"] is None and row["z"] is not None
+    screened = runner.invoke(main, ["suspect", "-i", str(index), str(copy), "--json"])
+    assert screened.exit_code == 0, screened.output
+    assert json.loads(screened.stdout)["derived_from"] == ["owner"]
+    (tmp_path / "garbage.pt").write_bytes(b"not a model")
+    garbage = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "garbage.pt")])
+    assert garbage.exit_code == 1 and "cannot sign" in garbage.output and "Traceback" not in garbage.output
+    assert sum(line.startswith("error:") for line in garbage.output.replace("\r", "\n").splitlines()) == 1

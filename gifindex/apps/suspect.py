@@ -13,8 +13,10 @@ weights among the suspect, the owner and the population are listed in ``random_i
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +61,22 @@ def population_statistics(pop: np.ndarray) -> dict[str, Any]:
             "max": float(pop.max()), "mean": float(pop.mean()), "std": float(pop.std())}
 
 
+def _without_signature_null(d: float, n: int, why: GifindexError) -> dict[str, Any]:
+    """The signature's part of a verdict when its null cannot be had (too few other indexed models, or no spread
+    among them) but the owner's fingerprint, calibrated on the owner's own references, judges: the distance alone,
+    z None, and why (``signature_note``)."""
+    return {"distance": d, "z": None, "p_value": None, "p_value_floor": None, "verdict": "unrelated",
+            "threshold": None, "population": {"n": n}, "signature_note": str(why)}
+
+
+def _signature_or_none(d: float, population: np.ndarray, z_threshold: float) -> dict[str, Any]:
+    """:func:`suspect_from_distances`, or :func:`_without_signature_null` where the population gives no null."""
+    try:
+        return suspect_from_distances(d, population, z_threshold)
+    except GifindexError as exc:
+        return _without_signature_null(d, len(population), exc)
+
+
 def _verdict(d: float, population: dict[str, Any], at_or_below: int, z_threshold: float) -> dict[str, Any]:
     """The verdict on distance ``d`` against ``population`` (its statistics), ``at_or_below`` of whose
     ``population["n"]`` models sit at most ``d`` from the owner."""
@@ -88,11 +106,62 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     them (``ranking.rank_verdict``; ``z_verdict`` keeps the z-score's)."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
-    sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
+    suspect_ref, convention = in_owners_convention(index, suspect_ref, owner_q)
+    sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size, convention_from=convention)
     entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
     return _suspect_resolved(index, sus_q, owner_q, fingerprint, entry, lambda: _loaded(sus_q, entry, device),
                              z_threshold, exclude, device, budget, on_model)
+
+
+def in_owners_convention(index: "Index", suspect_ref: "str | ModelEntry",
+                         owner_q: Any) -> tuple["str | ModelEntry", str | None]:
+    """The suspect to load, and where its input convention comes from when it is the owner's (else None). A
+    weights file (a state dict, safetensors, TorchScript, or ``--weights`` for a named architecture) carries no
+    input convention: the architecture's default is the one its ImageNet weights were trained with, not this
+    model's. Given without --input-size/--mean/--std, and not the very file of an indexed model (whose stored
+    options are used), a suspect of an owner is loaded in the owner's convention: a copy keeps it, and run at
+    another size a copy of a 32 px owner would not do the owner's task at all (it would not be judged). A model
+    trained otherwise does the owner's task worse this way: its answers move away from the owner's, and far enough
+    off it falls below the fingerprint's task gate (not judged)."""
+    from ..manifest import ModelEntry
+    from ..refs import parse_ref
+
+    if isinstance(suspect_ref, str):
+        if index.catalog.by_name(suspect_ref) is not None:
+            return suspect_ref, None
+        entry = ModelEntry(ref=suspect_ref)
+    elif isinstance(suspect_ref, ModelEntry):
+        entry = suspect_ref
+    else:  # a model object: it is used as it is
+        return suspect_ref, None
+    if entry.input_size or entry.mean or entry.std:
+        return suspect_ref, None
+    try:
+        kind = parse_ref(entry.ref).kind
+    except GifindexError:
+        return suspect_ref, None
+    if (kind != "file" and not entry.weights) or index.reuse_convention(entry)[1] is not None:
+        return suspect_ref, None
+    meta = owner_q.record.metadata if owner_q.record is not None else owner_q.signed
+    size, mean, std = meta.get("input_size"), meta.get("mean"), meta.get("std")
+    if not (size and mean and std):
+        return suspect_ref, None
+    side = int(size[0]) if isinstance(size, (list, tuple)) else int(size)
+    adopted = dataclasses.replace(entry, input_size=side, mean=tuple(mean), std=tuple(std))
+    return adopted, (f"the owner's, {owner_q.name!r}: a weights file carries none; give --input-size/--mean/--std "
+                     "if the suspect takes images otherwise")
+
+
+def _once(make: Callable[[], Any]) -> Callable[[], Any]:
+    """``make``, called at most once: later calls return its first result."""
+    made: list[Any] = []
+
+    def once() -> Any:
+        if not made:
+            made.append(make())
+        return made[0]
+    return once
 
 
 def _loaded(query: Any, entry: "ModelEntry", device: str) -> Any:
@@ -117,7 +186,12 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
         require_population(len(keep), budget)
     population = signature_distances(vectors[keep], owner_vec)
     d = signature_distance(sus_vec, owner_vec)
-    out = suspect_from_distances(d, population, z_threshold)
+    try:
+        out = suspect_from_distances(d, population, z_threshold)
+    except GifindexError as exc:  # the fingerprint has a null of its own; without one this is the answer
+        if fingerprint is None:
+            raise
+        out = _without_signature_null(d, len(population), exc)
     closest = sorted(zip(population.tolist(), [records[i].name for i in keep]))[:5]
     random = [q.name for q in (sus_q, owner_q) if (q.record.metadata if q.record else q.signed).get("random_init")]
     random += [records[i].name for i in keep if records[i].metadata.get("random_init")]
@@ -172,20 +246,33 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
     fitted for other weights, say) is reported with its error, the others are still judged. Owners come back
     strongest evidence first; ``on_owner(name, done, total)`` reports progress."""
     _check_exclude(index, exclude)
-    sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size)
-    owners = [name for name in protected_owners(index) if sus_q.record is None or name != sus_q.record.name]
+    from ..manifest import ModelEntry
+
+    signed_later = isinstance(suspect_ref, (str, ModelEntry)) and not (
+        isinstance(suspect_ref, str) and index.catalog.by_name(suspect_ref) is not None)
+    if signed_later:  # signed once per input convention its owners need (in_owners_convention), when first needed
+        entry_ref = ModelEntry(ref=suspect_ref) if isinstance(suspect_ref, str) else suspect_ref
+        named: Any = SimpleNamespace(record=None, name=entry_ref.display_name())
+    else:
+        named = index.resolve(suspect_ref, device=device, batch_size=batch_size)
+    owners = [name for name in protected_owners(index) if named.record is None or name != named.record.name]
     records = index.records()
     # the others a ranking puts the suspect among: all but it and the owner
-    bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude, sus_q)) - 1,
+    bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude, named)) - 1,
                                     "screen the suspect against", "the suspect")
     indexed = records, index.load_vectors(records)  # read once for every owner
-    entry = sus_q.entry or index.loading_entry(suspect_ref)
-    model: list[Any] = []
+    variants: dict[Any, tuple[Any, "ModelEntry", Callable[[], Any]]] = {}
 
-    def suspect_model() -> Any:  # loaded once, for the first owner whose fingerprint judges it
-        if not model:
-            model.append(_loaded(sus_q, entry, device))
-        return model[0]
+    def as_owner_needs(owner_q: Any) -> tuple[Any, "ModelEntry", Callable[[], Any]]:
+        """The suspect signed, its loading entry, and its model (loaded once) in the convention this owner needs."""
+        ref, convention = in_owners_convention(index, suspect_ref, owner_q) if signed_later else (suspect_ref, None)
+        key = None if convention is None else (ref.input_size, ref.mean, ref.std)
+        if key not in variants:
+            query = named if not signed_later else index.resolve(ref, device=device, batch_size=batch_size,
+                                                                  convention_from=convention)
+            entry = query.entry or index.loading_entry(ref)
+            variants[key] = query, entry, _once(lambda: _loaded(query, entry, device))
+        return variants[key]
 
     # a ranking judges every indexed model against each owner: each is loaded once for all the fingerprints
     caches = {} if budget is None else _fill_caches(index, owners, exclude, device, on_model)
@@ -193,16 +280,22 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
     for k, name in enumerate(owners):
         try:
             owner_q = index.resolve(name, device=device, batch_size=batch_size)
-            results.append(_suspect_resolved(index, sus_q, owner_q, owner_fingerprint(index, name), entry,
-                                             suspect_model, bar, exclude, device, each_budget, None,
-                                             caches.get(name), indexed))
         except GifindexError as exc:
-            results.append({"owner": name, "suspect": sus_q.name, "verdict": "not judged", "z": None,
+            results.append({"owner": name, "suspect": named.name, "verdict": "not judged", "z": None,
                             "error": str(exc)})
+        else:
+            sus_q, entry, suspect_model = as_owner_needs(owner_q)  # unsignable: the command's error, not one owner's
+            try:
+                results.append(_suspect_resolved(index, sus_q, owner_q, owner_fingerprint(index, name), entry,
+                                                 suspect_model, bar, exclude, device, each_budget, None,
+                                                 caches.get(name), indexed))
+            except GifindexError as exc:
+                results.append({"owner": name, "suspect": named.name, "verdict": "not judged", "z": None,
+                                "error": str(exc)})
         if on_owner is not None:
             on_owner(name, k + 1, len(owners))
     results.sort(key=_strongest_first)
-    return {"suspect": sus_q.name, "owners_checked": len(owners), "z_threshold": z_threshold,
+    return {"suspect": named.name, "owners_checked": len(owners), "z_threshold": z_threshold,
             "owner_z_threshold": bar, "budget": budget, "owner_budget": each_budget, "owners": results,
             "derived_from": [r["owner"] for r in results if r["verdict"] == "derived"],
             "errors": [r["owner"] for r in results if "error" in r]}
@@ -346,6 +439,9 @@ def _judge(out: dict[str, Any], evidence: dict[str, Any] | None, z_threshold: fl
     verdict ``out`` and decide."""
     out["signature_z"] = out["z"]
     out["fingerprint"] = None
+    if evidence is not None and out["z"] is None and evidence["z"] is None and not evidence.get("off_task"):
+        raise GifindexError(f"{out['signature_note']} (the fingerprint cannot judge this suspect either: "
+                            f"{evidence.get('note', 'not comparable')})")
     if evidence is not None:
         out["fingerprint"] = evidence
         if evidence.get("query_z") is not None:  # the share of the kept answers that flags it on them alone
@@ -374,12 +470,15 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     records, vectors = indexed or index.vectors()
     keep = _others(records, exclude, owner_q)
-    if len(keep) < MIN_POPULATION + 1:
-        raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
-                            f"{len(keep)}): each is judged against the others")
     if budget is not None:
         require_population(len(keep) - 1, budget)
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
+    if fingerprint is None and len(keep) < MIN_POPULATION + 1:
+        raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
+                            f"{len(keep)}): each is judged against the others (a fingerprint of the owner, "
+                            "`gifindex fit-probes`, needs none)")
+    if not keep:
+        raise GifindexError("a scan judges the other indexed models, and the index holds none besides the owner")
     if fingerprint is None:
         cache = None
     elif cache is None:
@@ -400,9 +499,14 @@ def _judge_all(index: "Index", owner_q: Any, keep: Sequence[int], records: Seque
     """The verdict on each indexed model ``keep`` (rows of ``records``) against the others among them; their
     fingerprint evidence is read from, and added to, the owner's ``cache`` (None: the owner has no fingerprint)."""
     distances = signature_distances(vectors[keep], owner_q.vector)
+    try:
+        signature = leave_one_out(distances, z_threshold)
+    except GifindexError:  # too few, or no spread: the fingerprint judges where the signature cannot
+        signature = [_signature_or_none(float(distances[k]), np.delete(distances, k), z_threshold)
+                     for k in range(len(distances))]
     judged = []
     try:
-        for k, (i, out) in enumerate(zip(keep, leave_one_out(distances, z_threshold))):
+        for k, (i, out) in enumerate(zip(keep, signature)):
             record = records[i]
             out.update({"suspect": record.name, "random_init": bool(record.metadata.get("random_init")),
                         "signature_z": out["z"], "fingerprint": None})

@@ -49,7 +49,8 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
     unrelated population): empirical p-value, robust z-score, and a verdict with the threshold used. With the
     owner's fingerprint (fit-probes) its decisions and outputs decide, against the owner's references; with
     --budget, against the other indexed models, by rank. Without --owner, SUSPECT is judged against each indexed
-    model with a fingerprint, the bar raised for having looked at several (Sidak).
+    model with a fingerprint, the bar raised for having looked at several (Sidak). A SUSPECT weights file given
+    without --input-size/--mean/--std is run in the owner's input convention (a file carries none).
     """
     from ..apps import suspect as run_suspect
     from ..session import Session
@@ -80,10 +81,14 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
     pop = result["population"]
     click.echo(f"suspect {result['suspect']}  owner {result['owner']}  ({result['method']})")
     click.echo(f"distance      {result['distance']:.4f}")
-    click.echo(f"population    {pop['n']} other models: median {pop['median']:.4f}, robust sigma "
-               f"{pop['mad_sigma']:.4f}, closest {pop['min']:.4f}")
-    click.echo(f"z-score       {result['signature_z']:.2f}   empirical p-value {result['p_value']:.4f} (the smallest "
-               f"{pop['n']} models can give is 1/(n+1) = {result['p_value_floor']:.4f})")
+    if result["signature_z"] is None:
+        click.echo(f"population    {pop['n']} other models: no signature null ({result['signature_note']}); the "
+                   "fingerprint's own calibration judges")
+    else:
+        click.echo(f"population    {pop['n']} other models: median {pop['median']:.4f}, robust sigma "
+                   f"{pop['mad_sigma']:.4f}, closest {pop['min']:.4f}")
+        click.echo(f"z-score       {result['signature_z']:.2f}   empirical p-value {result['p_value']:.4f} (the "
+                   f"smallest {pop['n']} models can give is 1/(n+1) = {result['p_value_floor']:.4f})")
     fp = result.get("fingerprint")
     if fp is not None:
         if fp["agreement"] is None:
@@ -202,7 +207,7 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
         rank = [] if budget is None else [f"{r['rank']['p_value']:.3f}"]
         rows.append([r["suspect"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"],
                      _fmt(r["z"]), *rank, r.get("evidence", "signature"), f"{r['distance']:.4f}",
-                     f"{r['signature_z']:.2f}", _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
+                     _fmt(r["signature_z"]), _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
                      r.get("error", OFF_TASK_NOTE if fp.get("off_task") else "")])
     click.echo(table(rows, ["model", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "distance", "signature z", "decisions z", "outputs z", "note"]))

@@ -7,6 +7,7 @@ API in one place.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ class Index(IndexFiles):
         reference as given (what another look at the same model, e.g. its fingerprint, must use too)."""
         if isinstance(model, str) and self.catalog.by_name(model) is not None:
             return self.entry_for(model)
-        return self._reuse_convention(model if isinstance(model, ModelEntry) else ModelEntry(ref=model))[0]
+        return self.reuse_convention(model if isinstance(model, ModelEntry) else ModelEntry(ref=model))[0]
 
     def locate(self, record: ModelRecord, path: str) -> str:
         """The file an indexed model was ingested from: ``path`` when it is there, else a file of the same
@@ -172,11 +173,12 @@ class Index(IndexFiles):
         return q.vector, q.name, q.record
 
     def resolve(self, model: QueryLike, device: str = "cpu", batch_size: int | None = 32,
-                progress: Callable[[int], None] | None = None) -> Query:
+                progress: Callable[[int], None] | None = None, convention_from: str | None = None) -> Query:
         """Resolve a query: an indexed name (its stored signature), a signature vector, or a model signed on
         the fly with this index's probes (not added). A model file whose bytes match a file an indexed model
         was ingested from, given without --input-size/--mean/--std/--arch, is signed with that model's stored
-        loading options (``signed["reused_from"]``). A mistyped name gets a "did you mean" error."""
+        loading options (``signed["reused_from"]``). A mistyped name gets a "did you mean" error.
+        ``convention_from``: where the entry's input convention came from, when the caller chose it (reported)."""
         import torch
         import torch.nn as nn
 
@@ -199,12 +201,12 @@ class Index(IndexFiles):
         from ..observe import signed as report_signed
         from ..observe import signing
 
-        entry, reused = self._reuse_convention(model)
+        entry, reused = self.reuse_convention(model)
         kept: list[Any] = []
         with signing(entry.display_name(), passes(self.config)) as observed:
             result = self.sign(entry, device=device, batch_size=batch_size, progress=progress or observed,
                                on_signed=kept.append)
-        signed = _signed_info(entry, result.metadata, reused)
+        signed = _signed_info(entry, result.metadata, reused, convention_from)
         report_signed(signed)
         return Query(result.signature.astype(np.float16).astype(np.float32), result.name, None, signed,  # as stored
                      model=kept[0] if kept else None, entry=entry)
@@ -244,7 +246,7 @@ class Index(IndexFiles):
             return IndexError_(f"no model named {text!r}; did you mean {' or '.join(repr(c) for c in close)}?")
         return IndexError_(f"no model named {text!r} in the index, and it is not a model reference either ({exc})")
 
-    def _reuse_convention(self, entry: ModelEntry) -> tuple[ModelEntry, str | None]:
+    def reuse_convention(self, entry: ModelEntry) -> tuple[ModelEntry, str | None]:
         """A file given without loading options whose bytes match an indexed model's file: that model's
         stored options (architecture, classes, input convention, output), so the two sign alike."""
         if entry.arch or entry.input_size or entry.mean or entry.std or entry.weights or entry.random_init:
@@ -255,7 +257,7 @@ class Index(IndexFiles):
             return entry, None
         if path is None or not Path(path).is_file():
             return entry, None
-        record = self.catalog.by_file_sha(file_sha256(Path(path)))
+        record = self.catalog.by_file_sha(_file_hash(Path(path)))
         if record is None:
             return entry, None
         stored = self.entry_for(record.name) if record.metadata.get("load") else ModelEntry(ref=path)
@@ -367,11 +369,25 @@ class Index(IndexFiles):
         return maintenance.verify(self)
 
 
-def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None) -> dict[str, Any]:
+def _file_hash(path: Path) -> str:
+    """``file_sha256`` of a file, remembered while its size and modification time stay the same (a query may look
+    for the indexed model of the same file more than once)."""
+    stat = path.stat()
+    return _hash_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_of(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None,
+                 convention_note: str | None = None) -> dict[str, Any]:
     """How a model signed on the fly was loaded: what ``nearest``/``distance`` print and return in --json."""
     from ..observe import origins
 
     arch_from, convention_from = origins(entry.ref, entry.arch, bool(entry.input_size or entry.mean or entry.std))
+    convention_from = convention_note or convention_from
     if reused:
         arch_from = convention_from = f"indexed model {reused!r} (same weights file)"
     return {"ref": entry.ref, "arch": metadata.get("arch"), "arch_from": arch_from,
