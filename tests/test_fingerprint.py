@@ -1569,8 +1569,9 @@ def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_pat
     fit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
                                "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
                                "--calibration", "2", "--candidates", "64", "--output-probes", "32", "--epochs", "1",
-                               "--eps", "0.1"])
+                               "--eps", "0.1", "--json"])
     assert fit.exit_code == 0, fit.output
+    assert json.loads(fit.stdout)["replaced"] is None  # the first: nothing replaced
     copy = tmp_path / "copy.safetensors"  # the owner's weights in other bytes: not recognised as the indexed file
     save_file({k: v.contiguous() for k, v in owner.module.state_dict().items()}, str(copy))
 
@@ -1608,3 +1609,7 @@ def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_pat
     garbage = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "garbage.pt")])
     assert garbage.exit_code == 1 and "cannot sign" in garbage.output and "Traceback" not in garbage.output
     assert sum(line.startswith("error:") for line in garbage.output.replace("\r", "\n").splitlines()) == 1
+    refit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
+                                 "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
+                                 "--calibration", "2", "--candidates", "32", "--output-probes", "16", "--epochs", "1"])
+    assert refit.exit_code == 0 and "(replacing the one written 20" in refit.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,12 +123,14 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     fingerprint.recipe["index_weights_sha256"] = index.catalog.by_name(owner).weights_sha256
     path = fingerprint_path(index.root, owner)
     with index.writer(wait=wait):
+        replaced = (datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+                    if path.is_file() else None)
         save_fingerprint(fingerprint, path)
         if keep_helpers and not reused:
             save_helpers(helpers, kept_at)
     null = fingerprint.null()
     surrogate = fingerprint.recipe.get("surrogate_agreement", [])
-    return {"owner": owner, "path": str(path), "inputs": fingerprint.size,
+    return {"owner": owner, "path": str(path), "replaced": replaced, "inputs": fingerprint.size,
             "candidates": fingerprint.recipe["candidates"], "eps": fingerprint.recipe["eps"],
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
             "helper_archs_from_index": None if from_index is None else

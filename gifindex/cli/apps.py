@@ -422,7 +422,8 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
         click.echo("no query log: a student trained on your hard labels is seen only through your wrong answers to "
                    "the thief's queries; give --queries your API's log, or a public labelled dataset the thief may "
                    "have drawn from, its labels as y (see the README)")
-    click.echo(f"stored in {result['path']}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
+    replaced = f" (replacing the one written {result['replaced']})" if result.get("replaced") else ""
+    click.echo(f"stored in {result['path']}{replaced}; `gifindex suspect SUSPECT --owner {result['owner']}` uses it")
     from ..apps.ranking import smallest_population
 
     others, needed = result["indexed_others"], smallest_population(0.05)
