@@ -53,6 +53,21 @@ class ModelEntry:
                 "input_size": self.input_size, "mean": self.mean, "std": self.std, "trust": self.trust,
                 "random_init": self.random_init}
 
+    def convention_unknown(self) -> bool:
+        """Nothing says what images this model takes: no input size, mean or std given, and its weights come from
+        a file (a state dict, safetensors, TorchScript, or ``weights`` for a named architecture), which carries
+        none; the architecture's default is what its ImageNet weights took. A pretrained reference or a Hugging
+        Face folder (its ``pretrained_cfg``) has its own."""
+        from .errors import GifindexError
+        from .refs import parse_ref
+
+        if self.input_size or self.mean or self.std or self.random_init:
+            return False
+        try:
+            return parse_ref(self.ref).kind == "file" or bool(self.weights)
+        except GifindexError:
+            return False
+
     def display_name(self) -> str:
         if self.name:
             return self.name

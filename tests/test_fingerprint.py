@@ -1556,12 +1556,17 @@ def test_helper_archs_from_the_index_are_the_most_used_of_the_owners_task(owner)
     assert expand_helper_archs(("owner", "timm:test_vit"), index, "owner", owner) == (("owner", "timm:test_vit"), None)
 
 
-def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_path, owner, digits):
+def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_path, owner, digits, monkeypatch):
     """A fingerprint carries its own null (the owner's calibration references), so `suspect` needs no population of
     other indexed models when one judges: the signature's z is then absent, with why. And a weights file carries no
     input convention: a suspect file given without one is run in the owner's (timm's default for test_resnet, 160
     px, is not this 16 px owner's), said so where it was signed; options given are used as they are."""
+    import importlib
+
     from safetensors.torch import save_file
+
+    fitprobes_module = importlib.import_module("gifindex.apps.fitprobes")
+    owner_accuracy = fitprobes_module.owner_accuracy  # (replaced below, to see the warning)
 
     _, owner_data = digits
     runner, index, files = _hub(tmp_path, owner, digits, 1, 300)
@@ -1572,6 +1577,7 @@ def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_pat
                                "--eps", "0.1", "--json"])
     assert fit.exit_code == 0, fit.output
     assert json.loads(fit.stdout)["replaced"] is None  # the first: nothing replaced
+    assert json.loads(fit.stdout)["owner_accuracy"] >= 0.8  # its own training images, in its convention
     copy = tmp_path / "copy.safetensors"  # the owner's weights in other bytes: not recognised as the indexed file
     save_file({k: v.contiguous() for k, v in owner.module.state_dict().items()}, str(copy))
 
@@ -1609,7 +1615,23 @@ def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_pat
     garbage = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "garbage.pt")])
     assert garbage.exit_code == 1 and "cannot sign" in garbage.output and "Traceback" not in garbage.output
     assert sum(line.startswith("error:") for line in garbage.output.replace("\r", "\n").splitlines()) == 1
+    monkeypatch.setattr(fitprobes_module, "owner_accuracy", lambda *args: 0.1)  # as a wrong convention gives
     refit = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
                                  "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
                                  "--calibration", "2", "--candidates", "32", "--output-probes", "16", "--epochs", "1"])
     assert refit.exit_code == 0 and "(replacing the one written 20" in refit.output
+    assert "the owner gives your labels on 10% of your 300 images (run at 16 px" in refit.output
+    assert "warning: the owner hardly does the task your data labels: is its input convention right" in refit.output
+    plain = runner.invoke(main, ["ingest", "-i", str(index), str(copy), "--name", "plain", "--executor", "inline",
+                                 "--json"])  # ingest says which files took their architecture's default
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["default_convention"] == ["plain"]
+    import dataclasses
+
+    at_160 = dataclasses.replace(owner, spec=InputSpec(size=(160, 160), mean=MEAN, std=STD))
+    assert owner_accuracy(at_160, owner_data) < 0.5 <= owner_accuracy(owner, owner_data)
+    from gifindex.manifest import ModelEntry
+
+    assert ModelEntry(ref=str(copy)).convention_unknown()
+    assert not ModelEntry(ref=str(copy), input_size=R).convention_unknown()
+    assert not ModelEntry(ref="timm:test_resnet").convention_unknown()
+    assert ModelEntry(ref="timm:test_resnet", weights=str(copy)).convention_unknown()

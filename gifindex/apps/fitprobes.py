@@ -69,6 +69,24 @@ def expand_helper_archs(helper_archs: Sequence[str], index: "Index", owner: str,
     return tuple(out), found
 
 
+WEAK_OWNER = 0.5  # the owner's share of its own data's labels below which fit-probes warns
+
+
+def owner_accuracy(owner: Any, data: Any, device: str = "cpu") -> float:
+    """The share of the owner's data (``OwnerData``) on which the owner answers the data's label, as indexed (its
+    stored input convention): far below its real accuracy when that convention or the label order is wrong."""
+    from ..fingerprint.outputs import model_logits
+
+    return float((model_logits(owner, data.x, device).argmax(1) == data.y).float().mean())
+
+
+def _convention(loaded: Any) -> str:
+    """A loaded model's input convention in words: ``32 px, mean 0.5 0.5 0.5, std 0.5 0.5 0.5``."""
+    spec = loaded.spec
+    return (f"{spec.size[0]} px, mean {' '.join(f'{v:g}' for v in spec.mean)}, "
+            f"std {' '.join(f'{v:g}' for v in spec.std)}")
+
+
 def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (),
                surrogates: int = FitConfig.surrogates, references: int = FitConfig.references,
                calibration: int = FitConfig.calibration_per_arch,
@@ -103,6 +121,13 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                        recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
+    accuracy = owner_accuracy(loaded, owner_data, device)
+    say(f"the owner gives your labels on {accuracy:.0%} of your {len(owner_data.y)} images (run at "
+        f"{_convention(loaded)}, as indexed)")
+    if accuracy < WEAK_OWNER:
+        say(f"warning: the owner hardly does the task your data labels: is its input convention right "
+            f"({_convention(loaded)}; a weights file carries none: ingest it again with --input-size/--mean/--std), "
+            "and are your labels its class order? A fingerprint of answers that miss the task judges nothing of it")
     logged, reviewed = (None, None) if queries is None else load_query_log(queries, index.config.resolution)
     kept_at, key = helpers_path(index.root, owner), helper_key(loaded, owner_data, config)
     helpers = None
@@ -130,7 +155,8 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             save_helpers(helpers, kept_at)
     null = fingerprint.null()
     surrogate = fingerprint.recipe.get("surrogate_agreement", [])
-    return {"owner": owner, "path": str(path), "replaced": replaced, "inputs": fingerprint.size,
+    return {"owner": owner, "path": str(path), "replaced": replaced, "owner_accuracy": accuracy,
+            "inputs": fingerprint.size,
             "candidates": fingerprint.recipe["candidates"], "eps": fingerprint.recipe["eps"],
             "seconds": fingerprint.recipe["seconds"], "helper_archs": fingerprint.recipe["helper_archs"],
             "helper_archs_from_index": None if from_index is None else

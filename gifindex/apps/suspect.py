@@ -125,7 +125,6 @@ def in_owners_convention(index: "Index", suspect_ref: "str | ModelEntry",
     trained otherwise does the owner's task worse this way: its answers move away from the owner's, and far enough
     off it falls below the fingerprint's task gate (not judged)."""
     from ..manifest import ModelEntry
-    from ..refs import parse_ref
 
     if isinstance(suspect_ref, str):
         if index.catalog.by_name(suspect_ref) is not None:
@@ -135,13 +134,7 @@ def in_owners_convention(index: "Index", suspect_ref: "str | ModelEntry",
         entry = suspect_ref
     else:  # a model object: it is used as it is
         return suspect_ref, None
-    if entry.input_size or entry.mean or entry.std:
-        return suspect_ref, None
-    try:
-        kind = parse_ref(entry.ref).kind
-    except GifindexError:
-        return suspect_ref, None
-    if (kind != "file" and not entry.weights) or index.reuse_convention(entry)[1] is not None:
+    if not entry.convention_unknown() or index.reuse_convention(entry)[1] is not None:
         return suspect_ref, None
     meta = owner_q.record.metadata if owner_q.record is not None else owner_q.signed
     size, mean, std = meta.get("input_size"), meta.get("mean"), meta.get("std")

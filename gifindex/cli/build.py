@@ -104,14 +104,39 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["index_models"] = len(index)
     summary["without_local_weights"] = without
+    defaulted = _default_conventions(entries, report)
+    summary["default_convention"] = [r.name for r in defaulted]
     if as_json:
         emit_json(summary)
     else:   # each failure was printed once already, as it happened
         failed = " (reasons above)" if summary["failed"] else ""
         click.echo(f"{summary['added']} added, {summary['skipped']} skipped, {summary['failed']} failed{failed} "
                    f"in {summary['seconds']:.1f} s; the index holds {summary['index_models']} models")
+        if defaulted:
+            shown = "; ".join(f"{r.name} ({_convention_words(r.metadata)})" for r in defaulted[:3])
+            more = f" and {len(defaulted) - 3} more" if len(defaulted) > 3 else ""
+            whose = "their architectures'" if len(defaulted) != 1 else "its architecture's"
+            click.echo(f"note: {len(defaulted)} model{'s' * (len(defaulted) != 1)} from weights files took "
+                       f"{whose} default input convention (a file carries none): {shown}{more}; if trained "
+                       "otherwise, `gifindex remove` "
+                       "and ingest again with --input-size/--mean/--std (manifest: input_size, mean, std)")
     if report.by_status("failed"):
         sys.exit(1)
+
+
+def _default_conventions(entries: list[ModelEntry], report: Any) -> list[Any]:
+    """The models added from weights files given no input convention (``ModelEntry.convention_unknown``)."""
+    from ..ingest import absolute_entry
+
+    unknown = {absolute_entry(e).ref for e in entries if e.convention_unknown()}
+    return [r for r in report.by_status("added") if r.ref in unknown]
+
+
+def _convention_words(metadata: dict[str, Any]) -> str:
+    """``32 px, mean 0.5 0.5 0.5, std 0.5 0.5 0.5`` from a signed model's metadata."""
+    size = metadata.get("input_size") or ["?"]
+    return (f"{size[0]} px, mean {' '.join(f'{v:g}' for v in metadata.get('mean') or [])}, "
+            f"std {' '.join(f'{v:g}' for v in metadata.get('std') or [])}")
 
 
 def _without_local_weights(manifest: str | None, entries: list[ModelEntry], quiet: bool) -> list[str]:
