@@ -342,16 +342,25 @@ def _judged(z: float | None) -> float:
     return -1e9 if z is None else z
 
 
-def zoo_config(zoo: ipzoo.IPZoo, config: FitConfig, seed: int) -> FitConfig:
+HELPERS = ("family", "owner")  # the zoo's architecture family (documented runs), or the owner's alone
+
+
+def zoo_family(zoo: ipzoo.IPZoo) -> tuple[str, ...]:
+    """The zoo's architectures: the owner's and the independent models' (its students share them)."""
+    return tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
+
+
+def zoo_config(zoo: ipzoo.IPZoo, config: FitConfig, seed: int, helpers: str = "family") -> FitConfig:
     """``config`` as the evaluation fits a zoo's owner: helper architectures the zoo's family (the owner's and the
-    independent models'), unless named, and the zoo seed."""
-    helper_archs = tuple(dict.fromkeys((zoo.recipe.owner_arch,) + zoo.recipe.independent_archs))
+    independent models'), or with ``helpers`` "owner" the owner's alone (what `fit-probes` without --helper-arch
+    does), unless named, and the zoo seed."""
+    helper_archs = zoo_family(zoo) if helpers == "family" else (zoo.recipe.owner_arch,)
     return dataclasses.replace(config, helper_archs=config.helper_archs or helper_archs, seed=seed)
 
 
 def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_recipe_negatives: bool = True,
              foreign: int | None = None, twins: bool = False, queries: str = "none",
-             with_task_negatives: bool = True) -> dict:
+             with_task_negatives: bool = True, helpers: str = "family") -> dict:
     """Every score of every model of one zoo seed; ``foreign``: students of another teacher per kind (None: as many
     as the zoo has per attack; 0: none); ``twins``: add every hard-label student's label twin (twin_report);
     ``queries``: the owner's query log (QUERY_LOGS); ``with_task_negatives``: add independent models of the
@@ -364,7 +373,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
         zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, "digits"
     for name, (group, arch, task, module) in (task_negatives(zoo) if with_task_negatives else {}).items():
         zoo.models[name], zoo.groups[name], zoo.archs[name], zoo.tasks[name] = module, group, arch, task
-    config = zoo_config(zoo, config, seed)
+    config = zoo_config(zoo, config, seed, helpers)
     fp, calibration_distances, fit_s = fitted(zoo, config, queries)
     scored = [n for n in zoo.models if n != "owner"]
     groups = {n: zoo.groups[n] for n in scored}
@@ -425,7 +434,7 @@ def evaluate(zoo_name: str, seed: int, quick: bool, config: FitConfig, with_reci
             flagged[name]["irrelevant-x"] = float(np.mean([z[n] >= Z_THRESHOLD for n in external]))
     by_recipe = {}
     if with_recipe_negatives:  # the fingerprint's verdict on them (their outputs are comparable: combined = fp-z)
-        for n, (arch, module) in recipe_negatives(zoo, config.helper_archs, fp.num_classes).items():
+        for n, (arch, module) in recipe_negatives(zoo, zoo_family(zoo), fp.num_classes).items():
             by_recipe[n] = {"arch": arch, **fingerprint_score(fp, module, arch, zoo.spec).to_dict()}
         for name, field in (("fp-dec-z", "decision_z"), ("fp-out-z", "output_z"), ("fp-query-z", "query_z"),
                             ("fp-z", "z"), ("combined", "z")):
@@ -506,6 +515,10 @@ def main() -> None:
     parser.add_argument("--no-recipe-negatives", action="store_true",
                         help="skip the independent models trained by RECIPE_NEGATIVES (training them costs a few "
                              "minutes per seed on mnist32)")
+    parser.add_argument("--helpers", choices=HELPERS, default="family",
+                        help="helper architectures: the zoo's family (the owner's and the three the students and "
+                             "independent models use; every documented run) or the owner's alone (fit-probes "
+                             "without --helper-arch); the negatives are the same either way")
     parser.add_argument("--no-task-negatives", action="store_true",
                         help="skip the independent models of the transfer label sets (task_negatives)")
     args = parser.parse_args()
@@ -522,7 +535,8 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         results.append(evaluate(args.zoo, seed, args.quick, config, not args.no_recipe_negatives,
-                                args.foreign_students, args.twins, args.query_log, not args.no_task_negatives))
+                                args.foreign_students, args.twins, args.query_log, not args.no_task_negatives,
+                                args.helpers))
         r = results[-1]
         log(f"{args.zoo} seed {seed}: fingerprint {r['fingerprint']['size']} inputs, {r['fingerprint']['queries']} "
             f"logged queries, fit {r['fit_seconds']} s")
@@ -542,6 +556,7 @@ def main() -> None:
     tagged = ("helper_archs", "seed", "output_probe_source", "query_weighting")  # named above, or per zoo and seed
     changed = {k: v for k, v in config.to_dict().items() if k not in tagged and v != FitConfig().to_dict()[k]}
     log_tag += "" if not changed else f"-cfg{key(changed, 2)}"
+    log_tag += "" if args.helpers == "family" else f"-helpers-{args.helpers}"
     write_json(results_dir() / f"fingerprint_ip-{args.zoo}{'-quick' if args.quick else ''}{log_tag}-s{seeds}.json",
                {"runs": results, "summary": summary, "summary_thief_data_negatives": summary_thief,
                 "summary_foreign_students": summary_foreign, "summary_task_negatives": summary_task})

@@ -26,7 +26,7 @@ import torch
 import ipzoo
 from common import distances_to, log, results_dir, setup_threads, sign_all, write_json
 from fingerprint_ip import (fingerprint_score, fitted, foreign_students, helper_builder, recipe_negatives,
-                            relabelled_copies, zoo_config)
+                            relabelled_copies, zoo_config, zoo_family)
 from gifindex.apps import suspect_from_distances
 from gifindex.fingerprint import FitConfig
 
@@ -102,7 +102,7 @@ def evaluate(zoo_name: str, other_name: str, seed: int, untrained: int) -> dict:
     for name, (group, arch, module) in {**relabelled_copies(zoo),
                                         **foreign_students(zoo, ipzoo.SIZES[zoo_name]["full"][0])}.items():
         judged[name] = (group, arch, module, zoo.spec)
-    for name, (arch, module) in recipe_negatives(zoo, config.helper_archs, 10).items():
+    for name, (arch, module) in recipe_negatives(zoo, zoo_family(zoo), 10).items():
         judged[name] = ("recipe-trained", arch, module, zoo.spec)
     rows = {}
     for name, (kind, arch, module, spec) in judged.items():
