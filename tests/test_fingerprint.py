@@ -1554,6 +1554,9 @@ def test_helper_archs_from_the_index_are_the_most_used_of_the_owners_task(owner)
     assert archs == ("timm:test_resnet", "timm:test_convnext", "timm:test_vit", "timm:test_byobnet",
                      "timm:test_efficientnet")  # the owner's own named once, by name
     assert expand_helper_archs(("owner", "timm:test_vit"), index, "owner", owner) == (("owner", "timm:test_vit"), None)
+    assert expand_helper_archs((), index, "owner", owner) == expand_helper_archs(("index",), index, "owner", owner)
+    alone = SimpleNamespace(catalog=SimpleNamespace(models=lambda: records[:2], by_name=index.catalog.by_name))
+    assert expand_helper_archs((), alone, "owner", owner) == (("owner",), [])  # none named: the owner's own alone
 
 
 def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_path, owner, digits, monkeypatch):

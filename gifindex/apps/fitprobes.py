@@ -51,9 +51,14 @@ def task_archs(records: Sequence["ModelRecord"], owner: str, own: str, outputs: 
 def expand_helper_archs(helper_archs: Sequence[str], index: "Index", owner: str,
                         loaded: Any) -> tuple[tuple[str, ...], list[tuple[str, int]] | None]:
     """``helper_archs`` with INDEX_ARCHS replaced by the owner's own architecture and ``task_archs`` (duplicates
-    dropped, order kept), and what the index gave (None: INDEX_ARCHS was not asked for)."""
+    dropped, order kept), and what the index gave (None: INDEX_ARCHS was not asked for). None named is INDEX_ARCHS:
+    the evaluation's recommendation (the owner's and three common architectures of its task) where the hub can name
+    them, the owner's alone where it cannot; the owner's alone gave calibration references of one architecture, and
+    its verdict accused 14 % of the digits zoo's independent models and 43 % of another teacher's students
+    (docs/results.md 6.2w)."""
     from ..fingerprint.fit import OWN_ARCH, own_arch
 
+    helper_archs = tuple(helper_archs) or (INDEX_ARCHS,)
     if INDEX_ARCHS not in helper_archs:
         return tuple(helper_archs), None
     own = own_arch(loaded)
@@ -113,7 +118,9 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     if from_index is not None:
         say("helper architectures from the index (models of the owner's task): " + (
             ", ".join(f"{arch} ({n} model{'s' * (n != 1)})" for arch, n in from_index) if from_index else
-            "none buildable besides the owner's own"))
+            "none buildable besides the owner's own; name the architectures common for your task with --helper-arch "
+            "(or ingest models of your task first): suspects of other architectures are judged against references "
+            "of the owner's alone, which accuse more independent models (docs/results.md 6.2w)"))
     config = FitConfig(helper_archs=tuple(helper_archs) or None, surrogates=surrogates, references=references,
                        calibration_per_arch=calibration, varied_calibration=varied,
                        candidates=candidates, output_probes=output_probes, output_probe_source=output_probes_from,

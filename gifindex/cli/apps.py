@@ -310,10 +310,12 @@ def _fmt(value: float | None) -> str:
               help="the owner's own labelled data: an .npz with arrays x (images) and y (labels), or a folder "
                    "with one sub-folder of images per class")
 @click.option("--helper-arch", "helper_archs", multiple=True,
-              help="architecture of the helper models the owner trains (repeatable; default: the owner's own; "
-                   "'owner' names it: for a model saved whole, fresh copies of its module). Name the architectures "
-                   "common for the owner's task, the owner's among them: a thief may use any of them. 'index': the "
-                   "owner's own and the 3 most used by indexed models of its task (its number of outputs)")
+              help="architecture of the helper models the owner trains (repeatable; default: 'index', the "
+                   "owner's own and the 3 most used by indexed models of its task (its number of outputs), the "
+                   "owner's alone where the index has none; 'owner' names the owner's: for a model saved whole, "
+                   "fresh copies of its module). Name the architectures common for the owner's task, the owner's "
+                   "among them: a thief may use any of them, and suspects of others are judged against references "
+                   "of other architectures")
 @click.option("--surrogates", type=click.IntRange(1, 64), default=4, show_default=True,
               help="students of the owner to train (its hard labels on augmented owner data)")
 @click.option("--references", type=click.IntRange(1, 64), default=4, show_default=True,
