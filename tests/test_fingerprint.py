@@ -1628,6 +1628,19 @@ def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_pat
     plain = runner.invoke(main, ["ingest", "-i", str(index), str(copy), "--name", "plain", "--executor", "inline",
                                  "--json"])  # ingest says which files took their architecture's default
     assert plain.exit_code == 0 and json.loads(plain.stdout)["default_convention"] == ["plain"]
+    audit = runner.invoke(main, ["suspect", "-i", str(index), "--all", "--owner", "owner", "--json"])
+    assert audit.exit_code == 0, audit.output
+    plain_row = next(r for r in json.loads(audit.stdout)["models"] if r["suspect"] == "plain")
+    assert plain_row["z"] is None and plain_row["fingerprint"]["off_task"]  # the owner's weights, at 160 px
+    assert plain_row["fingerprint"]["default_convention"] and "default input convention" in \
+        plain_row["fingerprint"]["task_note"]
+    audit_text = runner.invoke(main, ["suspect", "-i", str(index), "--all", "--owner", "owner"])
+    assert "note: not judged and run at their architecture's default input convention" in audit_text.output
+    assert next(r for r in json.loads(audit.stdout)["models"] if r["suspect"] == "indep0").get(
+        "fingerprint", {}).get("default_convention") is None  # ingested with its convention
+    one = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
+                               "--helper-arch", "owner", "--calibration", "1"])
+    assert one.exit_code == 1 and "need at least two (--calibration 2" in one.output
     import dataclasses
 
     at_160 = dataclasses.replace(owner, spec=InputSpec(size=(160, 160), mean=MEAN, std=STD))

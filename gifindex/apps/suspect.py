@@ -200,7 +200,7 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
         evidence = fingerprint_evidence(fingerprint, entry, device, loaded=suspect_model())
         if cache is not None and record is not None:  # the ranking need not load it again
             cache.put(record.name, record.weights_sha256, evidence)
-    _judge(out, evidence, z_threshold)
+    _judge(out, evidence, z_threshold, lambda: entry)
     if budget is not None:  # every other model's verdict as `--all` gives it (the suspect among them, if indexed)
         keep = _others(records, exclude, owner_q)
         if len(keep) < MIN_POPULATION + 1:
@@ -427,9 +427,25 @@ def owner_fingerprint(index: "Index", owner_name: str) -> Fingerprint | None:
     return fingerprint
 
 
-def _judge(out: dict[str, Any], evidence: dict[str, Any] | None, z_threshold: float) -> dict[str, Any]:
+DEFAULT_CONVENTION_NOTE = ("; it ran at its architecture's default input convention, none having been given for its "
+                           "weights file: if it takes the owner's images as the owner does, give --input-size/--mean/"
+                           "--std (for an indexed model: remove it and ingest it again with them)")
+
+
+def _convention_unknown(entry: "Callable[[], ModelEntry]") -> bool:
+    """Whether the suspect ``entry()`` describes was given no input convention for its weights file (False when its
+    loading options cannot be had: a moved file is not this note's business)."""
+    try:
+        return entry().convention_unknown()
+    except GifindexError:
+        return False
+
+
+def _judge(out: dict[str, Any], evidence: dict[str, Any] | None, z_threshold: float,
+           entry: "Callable[[], ModelEntry] | None" = None) -> dict[str, Any]:
     """Add the fingerprint's ``evidence`` (:func:`fingerprint_evidence`; None: the owner has none) to a signature
-    verdict ``out`` and decide."""
+    verdict ``out`` and decide. ``entry()``: how the suspect was loaded, asked only of one not judged for not doing
+    the owner's task, whose weights file may simply have run at a convention not its own (``default_convention``)."""
     out["signature_z"] = out["z"]
     out["fingerprint"] = None
     if evidence is not None and out["z"] is None and evidence["z"] is None and not evidence.get("off_task"):
@@ -440,6 +456,9 @@ def _judge(out: dict[str, Any], evidence: dict[str, Any] | None, z_threshold: fl
         if evidence.get("query_z") is not None:  # the share of the kept answers that flags it on them alone
             evidence["query_flag_rate"] = flag_share(evidence["query_null_mean"], evidence["query_null_sigma"],
                                                      z_threshold)
+        if evidence.get("off_task") and entry is not None and _convention_unknown(entry):
+            evidence = out["fingerprint"] = {**evidence, "default_convention": True,
+                                             "task_note": evidence["task_note"] + DEFAULT_CONVENTION_NOTE}
         combined, out["evidence"] = combine(out["z"], evidence["z"], bool(evidence.get("off_task")))
         out["z"] = None if combined is None else float(combined)
         out["verdict"] = "derived" if combined is not None and combined >= z_threshold else "unrelated"
@@ -509,7 +528,7 @@ def _judge_all(index: "Index", owner_q: Any, keep: Sequence[int], records: Seque
                     if evidence is None:
                         evidence = fingerprint_evidence(fingerprint, index.entry_for(record.name), device)
                         cache.put(record.name, record.weights_sha256, evidence)
-                    _judge(out, evidence, z_threshold)
+                    _judge(out, evidence, z_threshold, lambda: index.entry_for(record.name))
                 except GifindexError as exc:
                     out["error"] = f"fingerprint not checked: {exc}"
             judged.append(out)

@@ -212,6 +212,11 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
     click.echo(table(rows, ["model", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
                             "distance", "signature z", "decisions z", "outputs z", "note"]))
     click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
+    defaulted = [r["suspect"] for r in result["models"] if (r.get("fingerprint") or {}).get("default_convention")]
+    if defaulted:
+        click.echo(f"note: not judged and run at their architecture's default input convention, none given for their "
+                   f"weights files: {', '.join(defaulted)}; if they take the owner's images as it does, remove them "
+                   "and ingest them again with --input-size/--mean/--std")
     by_z = [r["suspect"] for r in result["models"] if r["z"] is not None and r["z"] >= z_threshold]
     if budget is not None and by_z:
         click.echo(f"note: {copies_note(len(by_z), z_threshold)}")

@@ -230,6 +230,10 @@ def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitCo
     models whether trained here or inside a fit)."""
     say = progress or (lambda _msg: None)
     archs = _helper_archs(owner, config)
+    if config.calibration_per_arch * len(archs) < 2:
+        raise GifindexError(f"{config.calibration_per_arch} calibration reference per architecture for "
+                            f"{len(archs)} architecture gives one: a null's spread, the outputs' contrast and the "
+                            "task gate each need at least two (--calibration 2, or name another --helper-arch)")
     build = build or default_builder(owner)
     owner_fn = SharedSpaceAdapter.of(owner).to(device).eval().logits
     num_classes = _owner_classes(owner_fn, data, device)
