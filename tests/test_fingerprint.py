@@ -1641,6 +1641,22 @@ def test_an_owner_alone_in_its_index_judges_a_copy_in_its_own_convention(tmp_pat
     one = runner.invoke(main, ["fit-probes", "-i", str(index), "owner", "--data", str(tmp_path / "owner_data.npz"),
                                "--helper-arch", "owner", "--calibration", "1"])
     assert one.exit_code == 1 and "need at least two (--calibration 2" in one.output
+
+    # a hub protecting models of two conventions: a suspect file is signed once in each, each owner judging its own
+    other = [a for a in COMMON if a != str(R)]
+    other.insert(other.index("--input-size") + 1, "20")
+    assert runner.invoke(main, ["ingest", "-i", str(index), str(tmp_path / "owner.pt"), "--name", "owner20",
+                                "--executor", "inline", *other]).exit_code == 0
+    fit20 = runner.invoke(main, ["fit-probes", "-i", str(index), "owner20", "--data", str(tmp_path / "owner_data.npz"),
+                                 "--helper-arch", "timm:test_resnet", "--surrogates", "1", "--references", "1",
+                                 "--calibration", "2", "--candidates", "32", "--output-probes", "16", "--epochs", "1"])
+    assert fit20.exit_code == 0, fit20.output
+    torch.save(owner.module.state_dict(), tmp_path / "copy2.pt")  # not an indexed file (copy.safetensors is now)
+    both = runner.invoke(main, ["suspect", "-i", str(index), str(tmp_path / "copy2.pt"), "--json"])
+    assert both.exit_code == 0, both.output
+    screened = json.loads(both.stdout)
+    assert sorted(s["input_size"][0] for s in screened["signed"]) == [R, 20]
+    assert {r["owner"] for r in screened["owners"]} == {"owner", "owner20"} and "owner" in screened["derived_from"]
     import dataclasses
 
     at_160 = dataclasses.replace(owner, spec=InputSpec(size=(160, 160), mean=MEAN, std=STD))
