@@ -40,6 +40,7 @@ import rank_verdict
 from common import (CACHE, cached_model, distances_to, key, log, results_dir, setup_threads, sign_all, wrap,
                     write_json)
 from gifindex.apps import suspect_from_distances
+from gifindex.errors import GifindexError
 from gifindex.fingerprint import (FingerprintScore, FitConfig, OwnerData, fit_fingerprint, helper_key, judge,
                                   load_fingerprint, load_helpers, save_fingerprint, save_helpers, train_helpers)
 from gifindex.fingerprint.helpers import TrainRecipe, decisions, train_reference
@@ -578,11 +579,16 @@ def main() -> None:
     for s in results[0]["flagged"]:
         print(f"{s:<10s} " + " ".join(f"{np.mean([r['flagged'][s][g] for r in results]):.0%}"
                                       for g in results[0]["flagged"][s]))
-    ranked = [rank_verdict.rank_run(r, RANK_BUDGET, "independent") for r in results]  # suspect --budget (6.2u)
-    print(f"flagged by rank among the run's independent models at a {RANK_BUDGET:g} budget (suspect --budget), "
-          "mean over seeds: " + "  ".join(
-              f"{a} {np.mean([flag for attacks, _ in ranked for flag, _ in attacks[a]]):.0%}" for a in ipzoo.ATTACKS)
-          + f"  false positives {np.mean([f for _, kinds in ranked for v in kinds.values() for f, _ in v]):.1%}")
+    try:
+        ranked = [rank_verdict.rank_run(r, RANK_BUDGET, "independent") for r in results]  # suspect --budget (6.2u)
+    except GifindexError as exc:  # too few independent models in a run (say, without the recipe-trained ones)
+        print(f"no verdict by rank at a {RANK_BUDGET:g} budget: {exc}")
+    else:
+        print(f"flagged by rank among the run's independent models at a {RANK_BUDGET:g} budget (suspect --budget), "
+              "mean over seeds: " + "  ".join(
+                  f"{a} {np.mean([flag for attacks, _ in ranked for flag, _ in attacks[a]]):.0%}"
+                  for a in ipzoo.ATTACKS)
+              + f"  false positives {np.mean([f for _, kinds in ranked for v in kinds.values() for f, _ in v]):.1%}")
     print("copies with their output units permuted (relabelled), AUC against all independent models, mean over "
           "seeds: " + ", ".join(f"{s} {np.mean([r['auc_relabelled'][s] for r in results]):.2f}" for s in SCORES))
     if args.twins:
