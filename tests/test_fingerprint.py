@@ -1177,6 +1177,14 @@ def test_fit_probes_and_suspect_from_the_command_line(tmp_path, owner, digits, m
     removed = runner.invoke(main, ["remove", "-i", str(index), "owner"])
     assert removed.exit_code == 0 and "kept its fingerprint (" in removed.output, removed.output
     assert "helpers.pt" in removed.output and "evidence.json" in removed.output  # and what was kept beside it
+    quiet = runner.invoke(main, ["nearest", "-i", str(index), "indep0"])  # only a removed model's fingerprint left
+    assert quiet.exit_code == 0 and "note:" not in quiet.output, quiet.output
+    from gifindex.index.layout import fingerprint_path, stale_fingerprint
+
+    odd = fingerprint_path(index, "a/b c").name  # a name the file stem cannot spell: not known to be stale
+    assert not stale_fingerprint(index, odd, lambda name: False)
+    kept = fingerprint_path(index, "owner").name
+    assert stale_fingerprint(index, kept, lambda name: False) and not stale_fingerprint(index, kept, lambda name: True)
     assert runner.invoke(main, ["ingest", "-i", str(index), str(tmp_path / "renamed.pt"), "--name", "owner",
                                 "--executor", "inline", *common]).exit_code == 0
     stale = runner.invoke(main, ["suspect", "-i", str(index), "indep0", "--owner", "owner"])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,14 @@ def stored_fingerprints(index_root: str | Path) -> set[str]:
     them)."""
     folder = Path(index_root) / FINGERPRINT_DIR
     return {p.name for p in folder.glob("*.npz")} if folder.is_dir() else set()
+
+
+def stale_fingerprint(index_root: str | Path, file_name: str, indexed: Callable[[str], bool]) -> bool:
+    """Whether a stored fingerprint file is known to belong to no indexed model (kept by `remove`): its stem names
+    the owner exactly (the name's hash matches) and ``indexed(name)`` says no such model. A name with characters
+    the stem replaced cannot be read back: such a file is not known to be stale."""
+    stem = file_name[:-len(".npz")].rsplit("-", 1)[0] if file_name.endswith(".npz") else ""
+    return bool(stem) and fingerprint_path(index_root, stem).name == file_name and not indexed(stem)
 
 
 def fingerprinted(index_root: str | Path, names: Iterable[str]) -> list[str]:
