@@ -42,7 +42,9 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class FitConfig:
     """What a fingerprint is fitted with. helper_archs: architectures of the helper models (None: the
-    owner's own). Surrogates and references cycle through them; ``calibration_per_arch`` held-out
+    owner's own; name the owner's and those common for its task, as `fit-probes` does from the index by default:
+    with the owner's alone the verdict accused far more independent models, docs/results.md 6.2w). Surrogates and
+    references cycle through them; ``calibration_per_arch`` held-out
     references of each give the null distribution (two or more per architecture let a suspect of that
     architecture be judged against its own kind)."""
 
