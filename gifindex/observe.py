@@ -70,17 +70,24 @@ def loaded_info(loaded: "LoadedModel", *, arch_from: str, convention_from: str,
             "reused_from": reused_from, "random_init": bool(loaded.meta.get("random_init"))}
 
 
-def describe(info: dict[str, Any]) -> str:
-    """One line for a person: ``signed REF: arch A (detected), input 16 px, mean ..., std ... (given)``."""
+def convention_words(size: Any, mean: Any, std: Any, channels: int | None = None) -> str:
+    """An input convention for a person: ``16 px, mean 0.5 0.5 0.5, std 0.5 0.5 0.5`` (``16 px grey`` for one
+    channel; ``?`` for what is not known)."""
     def numbers(values: Any) -> str:
         return " ".join(f"{v:g}" for v in values) if values else "?"
 
-    size = info.get("input_size") or []
+    size = list(size or [])
     side = f"{size[0]} px" if len(size) == 2 and size[0] == size[1] else "x".join(map(str, size)) or "?"
+    side += " grey" if channels == 1 else ""
+    return f"{side}, mean {numbers(mean)}, std {numbers(std)}"
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for a person: ``signed REF: arch A (detected), input 16 px, mean ..., std ... (given)``."""
     random = "; RANDOM (untrained) weights" if info.get("random_init") else ""
-    side += " grey" if info.get("channels") == 1 else ""
-    return (f"signed {info.get('ref')}: arch {info.get('arch')} ({info.get('arch_from')}), input {side}, "
-            f"mean {numbers(info.get('mean'))}, std {numbers(info.get('std'))} ({info.get('convention_from')}){random}")
+    convention = convention_words(info.get("input_size"), info.get("mean"), info.get("std"), info.get("channels"))
+    return (f"signed {info.get('ref')}: arch {info.get('arch')} ({info.get('arch_from')}), input {convention} "
+            f"({info.get('convention_from')}){random}")
 
 
 def origins(ref: str, arch: str | None, convention_given: bool) -> tuple[str, str]:

@@ -86,10 +86,11 @@ def owner_accuracy(owner: Any, data: Any, device: str = "cpu") -> float:
 
 
 def _convention(loaded: Any) -> str:
-    """A loaded model's input convention in words: ``32 px, mean 0.5 0.5 0.5, std 0.5 0.5 0.5``."""
+    """A loaded model's input convention in words."""
+    from ..observe import convention_words
+
     spec = loaded.spec
-    return (f"{spec.size[0]} px, mean {' '.join(f'{v:g}' for v in spec.mean)}, "
-            f"std {' '.join(f'{v:g}' for v in spec.std)}")
+    return convention_words(spec.size, spec.mean, spec.std, spec.channels)
 
 
 def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[str] = (),

@@ -113,7 +113,7 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
         click.echo(f"{summary['added']} added, {summary['skipped']} skipped, {summary['failed']} failed{failed} "
                    f"in {summary['seconds']:.1f} s; the index holds {summary['index_models']} models")
         if defaulted:
-            shown = "; ".join(f"{r.name} ({_convention_words(r.metadata)})" for r in defaulted[:3])
+            shown = "; ".join(f"{r.name} ({_convention_of(r.metadata)})" for r in defaulted[:3])
             more = f" and {len(defaulted) - 3} more" if len(defaulted) > 3 else ""
             whose = "their architectures'" if len(defaulted) != 1 else "its architecture's"
             click.echo(f"note: {len(defaulted)} model{'s' * (len(defaulted) != 1)} from weights files took "
@@ -132,11 +132,12 @@ def _default_conventions(entries: list[ModelEntry], report: Any) -> list[Any]:
     return [r for r in report.by_status("added") if r.ref in unknown]
 
 
-def _convention_words(metadata: dict[str, Any]) -> str:
-    """``32 px, mean 0.5 0.5 0.5, std 0.5 0.5 0.5`` from a signed model's metadata."""
-    size = metadata.get("input_size") or ["?"]
-    return (f"{size[0]} px, mean {' '.join(f'{v:g}' for v in metadata.get('mean') or [])}, "
-            f"std {' '.join(f'{v:g}' for v in metadata.get('std') or [])}")
+def _convention_of(metadata: dict[str, Any]) -> str:
+    """A signed model's input convention in words (its metadata)."""
+    from ..observe import convention_words
+
+    return convention_words(metadata.get("input_size"), metadata.get("mean"), metadata.get("std"),
+                            metadata.get("channels"))
 
 
 def _without_local_weights(manifest: str | None, entries: list[ModelEntry], quiet: bool) -> list[str]:
