@@ -86,8 +86,22 @@ def describe(info: dict[str, Any]) -> str:
     """One line for a person: ``signed REF: arch A (detected), input 16 px, mean ..., std ... (given)``."""
     random = "; RANDOM (untrained) weights" if info.get("random_init") else ""
     convention = convention_words(info.get("input_size"), info.get("mean"), info.get("std"), info.get("channels"))
+    origin = info.get("convention_from")
+    if origin == ARCH_DEFAULT:
+        origin = ("its architecture's default: a weights file carries none; give --input-size/--mean/--std if it "
+                  "takes images otherwise")
     return (f"signed {info.get('ref')}: arch {info.get('arch')} ({info.get('arch_from')}), input {convention} "
-            f"({info.get('convention_from')}){random}")
+            f"({origin}){random}")
+
+
+ARCH_DEFAULT = "architecture default"  # convention_from of a weights file given none: its architecture's default
+
+
+def entry_origins(entry: Any) -> tuple[str, str]:
+    """:func:`origins` of a ``ModelEntry``; a weights file given no convention (``convention_unknown``) has its
+    architecture's default (ARCH_DEFAULT), not one of its own."""
+    arch_from, convention_from = origins(entry.ref, entry.arch, bool(entry.input_size or entry.mean or entry.std))
+    return arch_from, ARCH_DEFAULT if entry.convention_unknown() else convention_from
 
 
 def origins(ref: str, arch: str | None, convention_given: bool) -> tuple[str, str]:
@@ -114,6 +128,6 @@ def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",
     loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
     with signing(entry.display_name(), passes(config)) as progress:
         feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
-    arch_from, convention_from = origins(entry.ref, entry.arch, bool(entry.input_size or entry.mean or entry.std))
+    arch_from, convention_from = entry_origins(entry)
     signed(loaded_info(loaded, arch_from=arch_from, convention_from=convention_from))
     return feats

@@ -177,7 +177,8 @@ def test_file_query_reuses_the_indexed_convention(models, hub):
     other = _run("nearest", "-i", hub, models / "models" / "c.pt", "--json")   # no indexed copy: detected
     signed = json.loads(other.stdout)["signed"]
     assert (signed["arch"], signed["arch_from"], signed["convention_from"]) == ("timm:test_resnet", "detected",
-                                                                               "model")
+                                                                               "architecture default")
+    assert "(its architecture's default: a weights file carries none" in other.stderr
     assert signed["input_size"] and signed["mean"] and signed["std"] and signed["reused_from"] is None
     assert "signing c" in other.stderr                                  # a progress bar on stderr
     text = _run("nearest", "-i", hub, models / "models" / "c.pt", "--input-size", "16").stderr

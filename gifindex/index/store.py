@@ -384,9 +384,9 @@ def _hash_of(path: str, size: int, mtime_ns: int) -> str:
 def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None,
                  convention_note: str | None = None) -> dict[str, Any]:
     """How a model signed on the fly was loaded: what ``nearest``/``distance`` print and return in --json."""
-    from ..observe import origins
+    from ..observe import entry_origins
 
-    arch_from, convention_from = origins(entry.ref, entry.arch, bool(entry.input_size or entry.mean or entry.std))
+    arch_from, convention_from = entry_origins(entry)
     convention_from = convention_note or convention_from
     if reused:
         arch_from = convention_from = f"indexed model {reused!r} (same weights file)"
