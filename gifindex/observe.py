@@ -70,6 +70,9 @@ def loaded_info(loaded: "LoadedModel", *, arch_from: str, convention_from: str,
             "reused_from": reused_from, "random_init": bool(loaded.meta.get("random_init"))}
 
 
+ARCH_DEFAULT = "architecture default"  # convention_from of a weights file given none: its architecture's default
+
+
 def convention_words(size: Any, mean: Any, std: Any, channels: int | None = None) -> str:
     """An input convention for a person: ``16 px, mean 0.5 0.5 0.5, std 0.5 0.5 0.5`` (``16 px grey`` for one
     channel; ``?`` for what is not known)."""
@@ -94,28 +97,20 @@ def describe(info: dict[str, Any]) -> str:
             f"({origin}){random}")
 
 
-ARCH_DEFAULT = "architecture default"  # convention_from of a weights file given none: its architecture's default
-
-
 def entry_origins(entry: Any) -> tuple[str, str]:
-    """:func:`origins` of a ``ModelEntry``; a weights file given no convention (``convention_unknown``) has its
-    architecture's default (ARCH_DEFAULT), not one of its own."""
-    arch_from, convention_from = origins(entry.ref, entry.arch, bool(entry.input_size or entry.mean or entry.std))
-    return arch_from, ARCH_DEFAULT if entry.convention_unknown() else convention_from
-
-
-def origins(ref: str, arch: str | None, convention_given: bool) -> tuple[str, str]:
-    """(arch_from, convention_from) for a model loaded from ``ref``: ``given`` when the user gave them,
-    else ``detected`` (a state-dict file's architecture) / ``reference``, and ``model`` (its own convention)."""
+    """(arch_from, convention_from) for a model loaded from a ``ModelEntry``: ``given`` when the user gave them,
+    else ``detected`` (a state-dict file's architecture) / ``reference``, and ``model`` (its own convention), or
+    for a weights file given none (``convention_unknown``) its architecture's default (ARCH_DEFAULT)."""
     from .errors import GifindexError
     from .refs import parse_ref
 
     try:
-        kind = parse_ref(ref).kind
+        kind = parse_ref(entry.ref).kind
     except GifindexError:
         kind = "file"
-    arch_from = "given" if arch else "detected" if kind == "file" else "reference"
-    return arch_from, "given" if convention_given else "model"
+    arch_from = "given" if entry.arch else "detected" if kind == "file" else "reference"
+    given = bool(entry.input_size or entry.mean or entry.std)
+    return arch_from, "given" if given else ARCH_DEFAULT if entry.convention_unknown() else "model"
 
 
 def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",

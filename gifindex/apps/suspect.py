@@ -13,7 +13,6 @@ weights among the suspect, the owner and the population are listed in ``random_i
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
@@ -61,20 +60,15 @@ def population_statistics(pop: np.ndarray) -> dict[str, Any]:
             "max": float(pop.max()), "mean": float(pop.mean()), "std": float(pop.std())}
 
 
-def _without_signature_null(d: float, n: int, why: GifindexError) -> dict[str, Any]:
-    """The signature's part of a verdict when its null cannot be had (too few other indexed models, or no spread
-    among them) but the owner's fingerprint, calibrated on the owner's own references, judges: the distance alone,
-    z None, and why (``signature_note``)."""
-    return {"distance": d, "z": None, "p_value": None, "p_value_floor": None, "verdict": "unrelated",
-            "threshold": None, "population": {"n": n}, "signature_note": str(why)}
-
-
 def _signature_or_none(d: float, population: np.ndarray, z_threshold: float) -> dict[str, Any]:
-    """:func:`suspect_from_distances`, or :func:`_without_signature_null` where the population gives no null."""
+    """:func:`suspect_from_distances`, or, where the population gives no null (too few other indexed models, or no
+    spread among them) and the owner's fingerprint, calibrated on the owner's own references, judges instead: the
+    distance alone, z None, and why (``signature_note``)."""
     try:
         return suspect_from_distances(d, population, z_threshold)
     except GifindexError as exc:
-        return _without_signature_null(d, len(population), exc)
+        return {"distance": d, "z": None, "p_value": None, "p_value_floor": None, "verdict": "unrelated",
+                "threshold": None, "population": {"n": len(population)}, "signature_note": str(exc)}
 
 
 def _verdict(d: float, population: dict[str, Any], at_or_below: int, z_threshold: float) -> dict[str, Any]:
@@ -106,44 +100,29 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     them (``ranking.rank_verdict``; ``z_verdict`` keeps the z-score's)."""
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
-    suspect_ref, convention = in_owners_convention(index, suspect_ref, owner_q)
-    sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size, convention_from=convention)
+    sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size, fallback=owners_convention(owner_q))
     entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
     return _suspect_resolved(index, sus_q, owner_q, fingerprint, entry, lambda: _loaded(sus_q, entry, device),
                              z_threshold, exclude, device, budget, on_model)
 
 
-def in_owners_convention(index: "Index", suspect_ref: "str | ModelEntry",
-                         owner_q: Any) -> tuple["str | ModelEntry", str | None]:
-    """The suspect to load, and where its input convention comes from when it is the owner's (else None). A
-    weights file (a state dict, safetensors, TorchScript, or ``--weights`` for a named architecture) carries no
-    input convention: the architecture's default is the one its ImageNet weights were trained with, not this
-    model's. Given without --input-size/--mean/--std, and not the very file of an indexed model (whose stored
-    options are used), a suspect of an owner is loaded in the owner's convention: a copy keeps it, and run at
-    another size a copy of a 32 px owner would not do the owner's task at all (it would not be judged). A model
+def owners_convention(owner_q: Any) -> tuple[dict[str, Any], str] | None:
+    """The owner's input convention as loading options, and where they come from: what a suspect weights file
+    given none is loaded with (``Index.resolve``'s ``fallback``). A weights file (a state dict, safetensors,
+    TorchScript, or ``--weights`` for a named architecture) carries no input convention: the architecture's
+    default is the one its ImageNet weights were trained with, not this model's. A copy keeps the owner's, and run
+    at another size a copy of a 32 px owner would not do the owner's task at all (it would not be judged). A model
     trained otherwise does the owner's task worse this way: its answers move away from the owner's, and far enough
-    off it falls below the fingerprint's task gate (not judged)."""
-    from ..manifest import ModelEntry
-
-    if isinstance(suspect_ref, str):
-        if index.catalog.by_name(suspect_ref) is not None:
-            return suspect_ref, None
-        entry = ModelEntry(ref=suspect_ref)
-    elif isinstance(suspect_ref, ModelEntry):
-        entry = suspect_ref
-    else:  # a model object: it is used as it is
-        return suspect_ref, None
-    if not entry.convention_unknown() or index.reuse_convention(entry)[1] is not None:
-        return suspect_ref, None
+    off it falls below the fingerprint's task gate (not judged). None when the owner's convention is not known."""
     meta = owner_q.record.metadata if owner_q.record is not None else owner_q.signed
     size, mean, std = meta.get("input_size"), meta.get("mean"), meta.get("std")
     if not (size and mean and std):
-        return suspect_ref, None
+        return None
     side = int(size[0]) if isinstance(size, (list, tuple)) else int(size)
-    adopted = dataclasses.replace(entry, input_size=side, mean=tuple(mean), std=tuple(std))
-    return adopted, (f"the owner's, {owner_q.name!r}: a weights file carries none; give --input-size/--mean/--std "
-                     "if the suspect takes images otherwise")
+    return ({"input_size": side, "mean": tuple(mean), "std": tuple(std)},
+            f"the owner's, {owner_q.name!r}: a weights file carries none; give --input-size/--mean/--std if the "
+            "suspect takes images otherwise")
 
 
 def _once(make: Callable[[], Any]) -> Callable[[], Any]:
@@ -179,12 +158,9 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
         require_population(len(keep), budget)
     population = signature_distances(vectors[keep], owner_vec)
     d = signature_distance(sus_vec, owner_vec)
-    try:
-        out = suspect_from_distances(d, population, z_threshold)
-    except GifindexError as exc:  # the fingerprint has a null of its own; without one this is the answer
-        if fingerprint is None:
-            raise
-        out = _without_signature_null(d, len(population), exc)
+    # the fingerprint has a null of its own; without one, the signature's missing null is the answer
+    out = (suspect_from_distances(d, population, z_threshold) if fingerprint is None else
+           _signature_or_none(d, population, z_threshold))
     closest = sorted(zip(population.tolist(), [records[i].name for i in keep]))[:5]
     random = [q.name for q in (sus_q, owner_q) if (q.record.metadata if q.record else q.signed).get("random_init")]
     random += [records[i].name for i in keep if records[i].metadata.get("random_init")]
@@ -241,10 +217,10 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
     _check_exclude(index, exclude)
     from ..manifest import ModelEntry
 
-    signed_later = isinstance(suspect_ref, (str, ModelEntry)) and not (
-        isinstance(suspect_ref, str) and index.catalog.by_name(suspect_ref) is not None)
-    if signed_later:  # signed once per input convention its owners need (in_owners_convention), when first needed
-        entry_ref = ModelEntry(ref=suspect_ref) if isinstance(suspect_ref, str) else suspect_ref
+    indexed_name = isinstance(suspect_ref, str) and index.catalog.by_name(suspect_ref) is not None
+    entry_ref = ModelEntry(ref=suspect_ref) if isinstance(suspect_ref, str) and not indexed_name else suspect_ref
+    signed_later = isinstance(entry_ref, ModelEntry)
+    if signed_later:  # signed once per input convention its owners need (owners_convention), when first needed
         named: Any = SimpleNamespace(record=None, name=entry_ref.display_name())
     else:
         named = index.resolve(suspect_ref, device=device, batch_size=batch_size)
@@ -258,12 +234,12 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
 
     def as_owner_needs(owner_q: Any) -> tuple[Any, "ModelEntry", Callable[[], Any]]:
         """The suspect signed, its loading entry, and its model (loaded once) in the convention this owner needs."""
-        ref, convention = in_owners_convention(index, suspect_ref, owner_q) if signed_later else (suspect_ref, None)
-        key = None if convention is None else (ref.input_size, ref.mean, ref.std)
+        fallback = owners_convention(owner_q) if signed_later and entry_ref.convention_unknown() else None
+        key = None if fallback is None else tuple(fallback[0].values())
         if key not in variants:
-            query = named if not signed_later else index.resolve(ref, device=device, batch_size=batch_size,
-                                                                  convention_from=convention)
-            entry = query.entry or index.loading_entry(ref)
+            query = index.resolve(entry_ref, device=device, batch_size=batch_size,
+                                  fallback=fallback) if signed_later else named
+            entry = query.entry or index.loading_entry(suspect_ref)
             variants[key] = query, entry, _once(lambda: _loaded(query, entry, device))
         return variants[key]
 

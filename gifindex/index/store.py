@@ -7,9 +7,8 @@ API in one place.
 from __future__ import annotations
 
 import difflib
-import functools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -145,7 +144,7 @@ class Index(IndexFiles):
         reference as given (what another look at the same model, e.g. its fingerprint, must use too)."""
         if isinstance(model, str) and self.catalog.by_name(model) is not None:
             return self.entry_for(model)
-        return self.reuse_convention(model if isinstance(model, ModelEntry) else ModelEntry(ref=model))[0]
+        return self._reuse_convention(model if isinstance(model, ModelEntry) else ModelEntry(ref=model))[0]
 
     def locate(self, record: ModelRecord, path: str) -> str:
         """The file an indexed model was ingested from: ``path`` when it is there, else a file of the same
@@ -173,12 +172,15 @@ class Index(IndexFiles):
         return q.vector, q.name, q.record
 
     def resolve(self, model: QueryLike, device: str = "cpu", batch_size: int | None = 32,
-                progress: Callable[[int], None] | None = None, convention_from: str | None = None) -> Query:
+                progress: Callable[[int], None] | None = None,
+                fallback: tuple[dict[str, Any], str] | None = None) -> Query:
         """Resolve a query: an indexed name (its stored signature), a signature vector, or a model signed on
         the fly with this index's probes (not added). A model file whose bytes match a file an indexed model
         was ingested from, given without --input-size/--mean/--std/--arch, is signed with that model's stored
         loading options (``signed["reused_from"]``). A mistyped name gets a "did you mean" error.
-        ``convention_from``: where the entry's input convention came from, when the caller chose it (reported)."""
+        ``fallback``: (input_size / mean / std options, where they come from) for a weights file given no input
+        convention and not an indexed model's file (``ModelEntry.convention_unknown``), instead of its
+        architecture's default: `suspect` gives the owner's."""
         import torch
         import torch.nn as nn
 
@@ -201,12 +203,15 @@ class Index(IndexFiles):
         from ..observe import signed as report_signed
         from ..observe import signing
 
-        entry, reused = self.reuse_convention(model)
+        entry, reused = self._reuse_convention(model)
+        adopted = None
+        if reused is None and fallback is not None and entry.convention_unknown():
+            entry, adopted = replace(entry, **fallback[0]), fallback[1]
         kept: list[Any] = []
         with signing(entry.display_name(), passes(self.config)) as observed:
             result = self.sign(entry, device=device, batch_size=batch_size, progress=progress or observed,
                                on_signed=kept.append)
-        signed = _signed_info(entry, result.metadata, reused, convention_from)
+        signed = _signed_info(entry, result.metadata, reused, adopted)
         report_signed(signed)
         return Query(result.signature.astype(np.float16).astype(np.float32), result.name, None, signed,  # as stored
                      model=kept[0] if kept else None, entry=entry)
@@ -246,7 +251,7 @@ class Index(IndexFiles):
             return IndexError_(f"no model named {text!r}; did you mean {' or '.join(repr(c) for c in close)}?")
         return IndexError_(f"no model named {text!r} in the index, and it is not a model reference either ({exc})")
 
-    def reuse_convention(self, entry: ModelEntry) -> tuple[ModelEntry, str | None]:
+    def _reuse_convention(self, entry: ModelEntry) -> tuple[ModelEntry, str | None]:
         """A file given without loading options whose bytes match an indexed model's file: that model's
         stored options (architecture, classes, input convention, output), so the two sign alike."""
         if entry.arch or entry.input_size or entry.mean or entry.std or entry.weights or entry.random_init:
@@ -257,7 +262,7 @@ class Index(IndexFiles):
             return entry, None
         if path is None or not Path(path).is_file():
             return entry, None
-        record = self.catalog.by_file_sha(_file_hash(Path(path)))
+        record = self.catalog.by_file_sha(file_sha256(Path(path)))
         if record is None:
             return entry, None
         stored = self.entry_for(record.name) if record.metadata.get("load") else ModelEntry(ref=path)
@@ -367,18 +372,6 @@ class Index(IndexFiles):
     def verify(self) -> dict[str, Any]:
         """Check every file (see maintenance.verify)."""
         return maintenance.verify(self)
-
-
-def _file_hash(path: Path) -> str:
-    """``file_sha256`` of a file, remembered while its size and modification time stay the same (a query may look
-    for the indexed model of the same file more than once)."""
-    stat = path.stat()
-    return _hash_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _hash_of(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(Path(path))
 
 
 def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None,
