@@ -201,6 +201,27 @@ def test_nested_and_dataparallel_prefixed_state_dict(tmp_path) -> None:
     _same_outputs(lm.module, net)
 
 
+def test_a_training_wrappers_prefix_is_peeled(tmp_path) -> None:
+    """A Lightning checkpoint names every tensor ``model.<the network's name>`` under ``state_dict``: the
+    architecture is detected through the prefix, and --arch / --weights load it exactly."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=4)
+    path = tmp_path / "epoch=3.ckpt"
+    torch.save({"epoch": 3, "global_step": 120, "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"lr": 0.1}}, path)
+    detected = load_model(str(path))
+    assert (detected.arch, detected.num_outputs) == ("torchvision:resnet18", 4)
+    _same_outputs(detected.module, net)
+    for lm in (load_model(str(path), arch="torchvision:resnet18"), load_model("tv:resnet18", weights=str(path))):
+        assert lm.num_outputs == 4
+        _same_outputs(lm.module, net)
+    # two wrappers deep (``model.backbone.``); a mismatch is named in the network's names, not the wrappers'
+    torch.save({f"model.backbone.{k}": v for k, v in net.state_dict().items()}, path)
+    _same_outputs(load_model(str(path), arch="torchvision:resnet18").module, net)
+    with pytest.raises(ArchitectureError, match=r"does not fit torchvision:resnet34: missing: layer1\.2\.conv1\.weight"):
+        load_model(str(path), arch="torchvision:resnet34")
+
+
 def test_safetensors_round_trip(tmp_path) -> None:
     from safetensors.torch import save_file
     net = torchvision.models.resnet18(num_classes=6)

@@ -62,6 +62,11 @@ def test_a_bare_state_dict_loads_into_the_users_class(user_code, tmp_path):
     reference.load_state_dict(torch.load(weights))
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(loaded.module(x), reference(x))
+    # saved from inside a training wrapper (``self.net = LeNetish(...)``): the wrapper's prefix is peeled
+    torch.save({f"net.{k}": v for k, v in reference.state_dict().items()}, tmp_path / "wrapped.pt")
+    wrapped = load_model(str(tmp_path / "wrapped.pt"), arch=f"python:{code}:LeNetish", num_classes=7, trust=True,
+                         input_size=28)
+    assert torch.equal(wrapped.module(x), reference(x))
     # num_classes is passed only to a class that takes it
     torch.save(namespace["Fixed"]().state_dict(), tmp_path / "fixed.pt")
     fixed = load_model(str(tmp_path / "fixed.pt"), arch=f"python:{code}:Fixed", num_classes=3, trust=True)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from gifindex.errors import ArchitectureError
+from gifindex.models.files import fitting, peeled
 from gifindex.models.sources import get_source
 
 PROBE_CLASSES = 977
@@ -239,7 +240,20 @@ def _scan(lib: str, names: list[str], sd: dict[str, torch.Tensor], cache: Finger
 
 def detect_architecture(sd: dict[str, torch.Tensor],
                         libraries: tuple[str, ...] = ("torchvision", "timm")) -> Detection:
-    """Find the torchvision or timm architecture whose parameters match ``sd`` exactly."""
+    """Find the torchvision or timm architecture whose parameters match ``sd`` exactly: as saved, else with a
+    training wrapper's common prefix peeled (:func:`peeled`)."""
+    try:
+        return _detect(sd, libraries)
+    except ArchitectureError as as_saved:
+        for variant in peeled(sd)[1:]:
+            try:
+                return _detect(variant, libraries)
+            except ArchitectureError:
+                pass
+        raise as_saved
+
+
+def _detect(sd: dict[str, torch.Tensor], libraries: tuple[str, ...]) -> Detection:
     start, best, counter = time.perf_counter(), [], [0]
     for lib in libraries:
         cache = FingerprintCache(lib)
@@ -312,7 +326,7 @@ def fit_architecture(lib: str, name: str, sd: dict[str, torch.Tensor],
             cache.save()
     if fp is None:
         raise ArchitectureError(f"cannot build {lib}:{name} to check the state dict against it")
-    fit = compare(f"{lib}:{name}", fp, sd, num_classes)
+    fit = compare(f"{lib}:{name}", fp, fitting(sd, fp["keys"]), num_classes)
     if not fit.exact:
         raise ArchitectureError(f"the state dict does not fit {lib}:{name}: {fit.describe()}")
     return fit.num_classes if fit.num_classes is not None else num_classes

@@ -226,6 +226,29 @@ def extract_state_dict(obj: Any, path: str = "") -> dict[str, torch.Tensor]:
     return sd
 
 
+def peeled(sd: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """``sd`` as saved, then with the one name every key starts with peeled off, in turn (at most three): what a
+    training wrapper puts before the network's own names (a Lightning module's ``model.``, a ``backbone.``)."""
+    variants = [sd]
+    while len(variants) < 4:
+        last = variants[-1]
+        heads = {key.partition(".")[0] for key in last}
+        if len(heads) != 1 or not all("." in key for key in last):
+            break
+        cut = len(heads.pop()) + 1
+        variants.append({key[cut:]: t for key, t in last.items()})
+    return variants
+
+
+def fitting(sd: dict[str, torch.Tensor], keys: Any) -> dict[str, torch.Tensor]:
+    """The variant of ``sd`` (:func:`peeled`) that shares the most names with ``keys`` (``num_batches_tracked``
+    aside; as saved on a tie): the one that loads exactly where any does, and whose mismatch is worth naming."""
+    def names(d: Any) -> set[str]:
+        return {k for k in d if not k.endswith("num_batches_tracked")}
+    want = names(keys)
+    return max(peeled(sd), key=lambda variant: len(names(variant) & want))
+
+
 def check_weight_dtypes(module: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     """Refuse tensors that cannot go into the module unchanged: complex ones anywhere, integer or boolean
     ones into floating-point parameters (a quantised checkpoint: casting its codes makes another model)."""

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from gifindex.errors import MissingWeightsError, ModelLoadError, RefError
 from gifindex.models import detect
-from gifindex.models.files import check_weight_dtypes, read_state_dict, read_weights_file
+from gifindex.models.files import check_weight_dtypes, fitting, read_state_dict, read_weights_file
 from gifindex.models.sources import ModelSource, register_source
 from gifindex.models.spec import IMAGENET_MEAN, IMAGENET_STD, Built, InputSpec, read_weights
 
@@ -63,6 +63,7 @@ def unknown_name(lib: str, name: str, known: list[str]) -> RefError:
 
 
 def _finish_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str) -> None:
+    sd = fitting(sd, module.state_dict())
     check_weight_dtypes(module, sd, arch)
     try:
         module.load_state_dict(sd, strict=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gifindex.errors import ConfigError, ModelLoadError, UntrustedFileError
+from gifindex.models.files import fitting
 
 if TYPE_CHECKING:  # torch is imported where a class is built: manifests read this module without paying for it
     import torch
@@ -116,6 +117,7 @@ def build(arch: str, num_classes: int | None, trust: bool) -> nn.Module:
 def load_into(net: nn.Module, state_dict: dict[str, torch.Tensor], arch: str) -> None:
     """Load ``state_dict`` into ``net`` exactly; a mismatch names the keys (at most three of each kind)."""
     own = net.state_dict()
+    state_dict = fitting(state_dict, own)
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
