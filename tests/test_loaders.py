@@ -218,7 +218,7 @@ def test_a_training_wrappers_prefix_is_peeled(tmp_path) -> None:
     # two wrappers deep (``model.backbone.``); a mismatch is named in the network's names, not the wrappers'
     torch.save({f"model.backbone.{k}": v for k, v in net.state_dict().items()}, path)
     _same_outputs(load_model(str(path), arch="torchvision:resnet18").module, net)
-    with pytest.raises(ArchitectureError, match=r"does not fit torchvision:resnet34: missing: layer1\.2\.conv1\.weight"):
+    with pytest.raises(ArchitectureError, match=r"not fit torchvision:resnet34: missing: layer1\.2\.conv1\.weight"):
         load_model(str(path), arch="torchvision:resnet34")
 
 
