@@ -298,3 +298,24 @@ def test_resume_skips_unchanged_files_without_rehashing(models, hub, tmp_path, m
     finally:
         os.utime(b, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert again["skipped"] == 2 and calls == [str(b.resolve())]
+
+
+# 8. an output path that cannot be written, and a training checkpoint whose names carry a wrapper's prefix
+
+def test_unwritable_outputs_and_a_lightning_checkpoint(models, hub, tmp_path):
+    sd = torch.load(models / "models" / "a.pt")
+    ckpt = tmp_path / "last.ckpt.pt"
+    torch.save({"epoch": 9, "state_dict": {f"model.{k}": v for k, v in sd.items()}}, ckpt)
+    _ingest(hub, models / "models" / "a.pt", *ARCH, "--name", "a")
+    _ingest(hub, ckpt, *ARCH, "--name", "a_lightning")  # the same weights: skipped as already indexed
+    assert set(_records(hub)) == {"a"}
+    assert float(_run("distance", "-i", hub, "a", ckpt, *ARCH).stdout.split()[-1]) < 1e-4
+    for command, name in (("tree", "out.nwk"), ("matrix", "out.csv")):
+        target = tmp_path / "no" / "such" / name
+        missing = _run(command, "-i", hub, "-o", target, code=1)
+        assert missing.stderr.strip() == f"error: cannot write {target}: that folder does not exist"
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    result = _run("tree", "-i", hub, "--format", "json", "-o", blocked / "tree.json", code=1)
+    assert result.stderr.startswith(f"error: cannot write {blocked / 'tree.json'}: ") and "\n" not in \
+        result.stderr.strip()

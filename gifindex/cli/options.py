@@ -56,11 +56,18 @@ class GifindexGroup(click.Group):
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted")
+        except OSError as exc:  # a path the user gave that cannot be read or written: say which and why
+            if os.environ.get("GIFINDEX_DEBUG") or not exc.filename:
+                _unexpected(exc)
+            _fail(f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}")
         except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
-            if os.environ.get("GIFINDEX_DEBUG"):
-                raise
-            _fail(f"{type(exc).__name__}: {' '.join(str(exc).split())} "
-                  "(set GIFINDEX_DEBUG=1 for the traceback)")
+            _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> None:
+    if os.environ.get("GIFINDEX_DEBUG"):
+        raise exc
+    _fail(f"{type(exc).__name__}: {' '.join(str(exc).split())} (set GIFINDEX_DEBUG=1 for the traceback)")
 
 
 def _fail(message: str) -> None:

@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import GifindexError
+
 
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Make a rename inside ``folder`` durable."""
@@ -25,7 +27,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     old complete file or the new complete file.
     """
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except FileNotFoundError:
+        why = "files cannot be created there" if target.parent.is_dir() else "that folder does not exist"
+        raise GifindexError(f"cannot write {target}: {why}") from None
+    except OSError as e:
+        raise GifindexError(f"cannot write {target}: {e.strerror or type(e).__name__} in {target.parent}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
