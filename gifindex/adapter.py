@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import SignatureError
+from .errors import GifindexError, SignatureError
 from .models.spec import GREY_WEIGHTS, InputSpec, LoadedModel
 
 OUTPUT_REDUCTIONS = ("norm", "top-logit")
@@ -34,6 +34,32 @@ def flatten_output(output: object) -> torch.Tensor:
     if not parts:
         raise SignatureError("model returned an empty tuple/list/dict; expected tensors")
     return torch.cat(parts, dim=1)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failure that a smaller batch may avoid (CUDA or host memory)."""
+    text = str(exc).lower()
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in text or \
+        "can't allocate memory" in text
+
+
+def _last_line(exc: BaseException) -> str:
+    """The line of an error message that says what went wrong (a TorchScript error ends with it, after the
+    interpreter's traceback), at most 300 characters."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return (text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}")[:300]
+
+
+def model_failed(exc: Exception, native: torch.Tensor) -> SignatureError:
+    """One line saying that the model itself failed on the images gifindex gave it, and why."""
+    why = _last_line(exc)
+    if "channels" in why and "expected" in why:
+        return SignatureError(f"the model accepts neither 3-channel RGB nor 1-channel grey images ({why}); "
+                              "gifindex signs models on RGB or grey input")
+    shape = "x".join(str(n) for n in native.shape[1:])
+    return SignatureError(f"the model failed on {len(native)} images of {shape} (gifindex runs image models on one "
+                          f"float image batch): {why}")
 
 
 class SharedSpaceAdapter(nn.Module):
@@ -83,8 +109,18 @@ class SharedSpaceAdapter(nn.Module):
         return (x - self.mean) / self.std
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's flattened output (B, N) on shared-space images."""
-        return flatten_output(self.model(self.to_native(x)))
+        """The model's flattened output (B, N) on shared-space images; a model that fails on them is a
+        :class:`SignatureError` saying so (running out of memory is left to the caller, which may retry smaller)."""
+        native = self.to_native(x)
+        try:
+            output = self.model(native)
+        except GifindexError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the model raises is the model's failure
+            if is_out_of_memory(exc):
+                raise
+            raise model_failed(exc, native) from exc
+        return flatten_output(output)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

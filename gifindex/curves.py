@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .adapter import SharedSpaceAdapter
+from .adapter import SharedSpaceAdapter, is_out_of_memory
 from .batching import resolve_batch_size
 from .errors import SignatureError
 from .quadrature import quadrature
@@ -27,12 +27,6 @@ ProgressFn = Callable[[int], None]
 log = logging.getLogger(__name__)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or \
-        "can't allocate memory" in text
-
-
 def _gradients(adapter: SharedSpaceAdapter, points: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
     """d M(x) / d x for every image of the chunk (independent per image: the model is in eval mode)."""
     points = points.detach().requires_grad_(True)
@@ -41,6 +35,10 @@ def _gradients(adapter: SharedSpaceAdapter, points: torch.Tensor, targets: torch
         if not torch.isfinite(scalars).all():
             raise SignatureError("model output is NaN or Inf on the probes; a NaN signature would poison "
                                  "search, so the model is refused")
+        if not scalars.requires_grad:
+            raise SignatureError("the model's output does not depend on its input (no gradient reaches the image: "
+                                 "a constant output, or an input detached or cast to integers); it would match "
+                                 "nothing, so the model is refused")
         (grad,) = torch.autograd.grad(scalars.sum(), points)
     if not torch.isfinite(grad).all():
         raise SignatureError("input gradients are NaN or Inf on the probes; the model is refused")
@@ -72,7 +70,7 @@ def gradient_field(adapter: SharedSpaceAdapter, probes: "Probes", positions: tor
         try:
             grads = _gradients(adapter, points, None if targets is None else targets[k])
         except (RuntimeError, MemoryError) as exc:
-            if not (isinstance(exc, MemoryError) or _is_oom(exc)):
+            if not is_out_of_memory(exc):
                 raise
             if chunk == 1:
                 raise SignatureError(f"out of memory on {device} even with one image per batch") from None

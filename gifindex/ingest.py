@@ -169,9 +169,6 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         raise
     except Exception as exc:  # noqa: BLE001 - a bad model is a result, not a crash
         result.error = _describe(exc)
-        if not isinstance(exc, GifindexError) and "channels" in result.error and "expected" in result.error:
-            result.error = (f"{entry.ref}: the model accepts neither 3-channel RGB nor 1-channel grey images "
-                            f"({result.error[:160]}); gifindex signs models on RGB or grey input")
         result.metadata = {"traceback": traceback.format_exc(limit=5)}
     finally:
         result.seconds = time.perf_counter() - start

@@ -100,9 +100,11 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
             errors.append(f"line {line}: {key!r} must be a positive integer, got {value!r}")
     for key in ("mean", "std"):
         value = data.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            data[key] = value = [value]  # one number, as on the command line: every channel's
         if value is not None and (not isinstance(value, list) or len(value) not in (1, 3) or
                                   not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-            errors.append(f"line {line}: {key!r} must be a list of three numbers (or one, for every channel)")
+            errors.append(f"line {line}: {key!r} must be three numbers (or one, for every channel)")
     if data.get("output") not in (None, "norm", "top-logit"):
         errors.append(f"line {line}: 'output' must be norm or top-logit")
     tags = data.get("tags")

@@ -228,6 +228,13 @@ def test_manifest_errors_listed_with_lines_before_any_work(tmp_path):
     broken.write_text("- name: a\n  ref: [unclosed\n")
     result = _run("ingest", "-i", index, "--manifest", broken, ok=False)
     assert result.exit_code == 1 and "not valid YAML" in result.stderr
+    from gifindex.manifest import parse_manifest  # one number for mean / std is every channel's, as on the CLI
+    (grey,) = parse_manifest("- ref: timm:resnet18\n  mean: 0.1307\n  std: [0.3081]\n  input_size: 28\n")
+    assert (grey.mean, grey.std, grey.input_size) == ((0.1307,), (0.3081,), 28)
+    bad.write_text("- ref: timm:resnet18\n  mean: [0.5, 0.5]\n  std: yes\n")
+    result = _run("ingest", "-i", index, "--manifest", bad, ok=False)
+    assert "line 1: 'mean' must be three numbers (or one, for every channel)" in result.stderr
+    assert "line 1: 'std' must be three numbers" in result.stderr
 
 
 def test_failed_model_is_reported_and_the_rest_go_on(zoo, tmp_path):

@@ -273,6 +273,32 @@ def test_wrong_channels_non_tensor_output_and_oom(hub, tmp_path):
     with pytest.raises(SignatureError, match="out of memory on cpu even with one image per batch"):
         compute_curves(wrap(AlwaysOOM()), probes, CONFIG, batch_size=4)
 
+    class Words2(nn.Module):  # a text model: its embedding cannot take images
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+
+        def forward(self, x):
+            return self.embed(x.long())
+
+    torch.jit.save(torch.jit.script(Words2()), tmp_path / "words.ts.pt")
+    text = refused(hub, [tmp_path / "words.ts.pt", "--trust", "--input-size", "16"],
+                   "images of 3x16x16 (gifindex runs image models on one float image batch): "
+                   "RuntimeError: index out of range in self")
+    assert "TorchScript interpreter" not in text  # the interpreter's traceback is not the reason
+
+    class Constant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return self.bias.expand(len(x), 3)
+
+    torch.jit.save(torch.jit.script(Constant()), tmp_path / "constant.ts.pt")
+    refused(hub, [tmp_path / "constant.ts.pt", "--trust", "--input-size", "16"],
+            "the model's output does not depend on its input")
+
 
 # 10. paths that are not plain files ------------------------------------------------------------------------------
 def test_symlinks_fifos_devices_directories_missing(hub, tmp_path):
@@ -448,8 +474,8 @@ class Constant(nn.Module):
 def test_zero_gradient_model_refused_and_suspect_refuses_degenerate_calibration(hub, tmp_path):
     from gifindex.apps.suspect import suspect_from_distances
 
-    torch.save(Constant(), tmp_path / "constant.pt")
-    refused(hub, [tmp_path / "constant.pt", "--trust", "--input-size", "16"], "signature is identically zero")
+    torch.jit.save(torch.jit.script(Constant()), tmp_path / "constant.ts.pt")
+    refused(hub, [tmp_path / "constant.ts.pt", "--trust", "--input-size", "16"], "signature is identically zero")
     with pytest.raises(GifindexError, match="cannot calibrate: .* no spread"):
         suspect_from_distances(0.3, [1.0, 1.0, 1.0, 1.0, 1.0])
     assert suspect_from_distances(0.3, [0.9, 1.0, 1.1, 0.95, 1.05])["verdict"] == "derived"
