@@ -140,6 +140,16 @@ def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
     raise _unknown(text)
 
 
+def folder_models(text: str) -> list[str] | None:
+    """The model files directly inside ``text`` (sorted) when it is a folder of them rather than one Hugging Face
+    model folder (no ``config.json``); None for anything else, which is then read as one reference."""
+    path = Path(text).expanduser()
+    if not path.is_dir() or (path / HF_FOLDER_CONFIG).exists():
+        return None
+    return sorted(str(child) for child in path.iterdir()
+                  if child.suffix.lower() in FILE_SUFFIXES and child.is_file() and not child.name.startswith("."))
+
+
 def absolute_ref(text: str) -> str:
     """``text`` with a local path made absolute and normalised (symbolic links are not resolved: the loader
     checks where they point), so that what an index stores does not depend on the directory a command ran

@@ -319,3 +319,20 @@ def test_unwritable_outputs_and_a_lightning_checkpoint(models, hub, tmp_path):
     result = _run("tree", "-i", hub, "--format", "json", "-o", blocked / "tree.json", code=1)
     assert result.stderr.startswith(f"error: cannot write {blocked / 'tree.json'}: ") and "\n" not in \
         result.stderr.strip()
+
+
+# 9. a folder of model files is its files (a Hugging Face model folder stays one model)
+
+def test_a_folder_of_model_files_is_ingested_file_by_file(models, hub, tmp_path):
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    for name in ("b", "c"):
+        (folder / f"{name}.pt").write_bytes((models / "models" / f"{name}.pt").read_bytes())
+    (folder / "notes.txt").write_text("not a model")
+    result = _ingest(hub, folder, *ARCH)
+    assert "folder " + str(folder) + ": 2 model files" in result.stderr
+    assert set(_records(hub)) == {"b", "c"}
+    assert "apply to a single REF (the folder given holds 2 model files)" in \
+        _ingest(hub, folder, *ARCH, "--name", "x", code=1).stderr
+    (tmp_path / "empty").mkdir()
+    assert "holds no model files" in _ingest(hub, tmp_path / "empty", code=1).stderr

@@ -84,8 +84,10 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
     # the command line's loading options are defaults for the manifest's entries
     entries = [with_defaults(e, load_kwargs) for e in read_manifest(manifest)] if manifest else []
     without = _without_local_weights(manifest, entries, quiet=as_json)
+    refs = _expand_folders(refs, quiet=as_json)
     if (name or weights) and len(refs) != 1:
-        raise GifindexError("--name and --weights apply to a single REF")
+        raise GifindexError("--name and --weights apply to a single REF" + (
+            f" (the folder given holds {len(refs)} model files)" if len(refs) > 1 else ""))
     for ref in refs:
         entries.append(ModelEntry(ref=ref, name=name, weights=weights, **{
             k: v for k, v in load_kwargs.items()}))
@@ -122,6 +124,24 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
                        "and ingest again with --input-size/--mean/--std (manifest: input_size, mean, std)")
     if report.by_status("failed"):
         sys.exit(1)
+
+
+def _expand_folders(refs: tuple[str, ...], quiet: bool) -> tuple[str, ...]:
+    """Each folder of model files given as a REF becomes its files (a Hugging Face model folder stays one REF)."""
+    from ..refs import folder_models
+    out: list[str] = []
+    for ref in refs:
+        files = folder_models(ref)
+        if files is None:
+            out.append(ref)
+        elif not files:
+            raise GifindexError(f"folder {ref} holds no model files (.pt/.pth/.bin/.safetensors/.ts) and no "
+                                "Hugging Face config.json; give the model files themselves")
+        else:
+            out.extend(files)
+            if not quiet:
+                click.echo(f"folder {ref}: {len(files)} model file{'s' if len(files) != 1 else ''}", err=True)
+    return tuple(out)
 
 
 def _default_conventions(entries: list[ModelEntry], report: Any) -> list[Any]:
