@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -242,24 +243,37 @@ def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitCo
     seed = config.seed * 10_000
     helper_rows, _ = _rows(data, config)
     train_x, train_y = data.x[helper_rows], data.y[helper_rows]
+    surrogate_recipe = dataclasses.replace(config.recipe, epochs=config.recipe.surrogate_epochs)
+    plan: list[tuple[str, str, Any, int]] = (  # (role, architecture, recipe, seed) in training order
+        [("surrogate", _nth_arch(archs, i), surrogate_recipe, seed + 100 + i) for i in range(config.surrogates)]
+        + [("reference", _nth_arch(archs, i), config.recipe, seed + 200 + i) for i in range(config.references)]
+        + [("calibration", arch, config.recipe.variant(j) if config.varied_calibration else config.recipe,
+            seed + 300 + 10 * a + j) for a, arch in enumerate(archs) for j in range(config.calibration_per_arch)])
+    work = [len(train_x) * recipe.epochs * (1 + recipe.augment_copies if role == "surrogate" else 1)
+            for role, _, recipe, _ in plan]  # images pushed through training: what a helper's time scales with
+    counts = {role: sum(1 for r, *_ in plan if r == role) for role in ("surrogate", "reference", "calibration")}
     surrogates, references, calibration = [], [], []
-    for i in range(config.surrogates):
-        arch = _nth_arch(archs, i)
-        say(f"surrogate {i + 1}/{config.surrogates}: {arch}")
-        surrogates.append(train_surrogate(build, arch, owner_fn, train_x, num_classes, config.recipe,
-                                          seed + 100 + i, device))
-    for i in range(config.references):
-        arch = _nth_arch(archs, i)
-        say(f"reference {i + 1}/{config.references}: {arch}")
-        references.append(train_reference(build, arch, train_x, train_y, num_classes, config.recipe,
-                                          seed + 200 + i, device))
-    for a, arch in enumerate(archs):
-        for j in range(config.calibration_per_arch):
-            say(f"calibration reference {arch} #{j + 1}")
-            recipe = config.recipe.variant(j) if config.varied_calibration else config.recipe
+    started, done, numbered = time.perf_counter(), 0, dict.fromkeys(counts, 0)
+    for n, (role, arch, recipe, helper_seed) in enumerate(plan):
+        numbered[role] += 1
+        eta = "" if not done else f" (about {_minutes((time.perf_counter() - started) / done * sum(work[n:]))} left)"
+        say(f"{role} {numbered[role]}/{counts[role]}: {arch}{eta}")
+        if role == "surrogate":
+            surrogates.append(train_surrogate(build, arch, owner_fn, train_x, num_classes, config.recipe,
+                                              helper_seed, device))
+        elif role == "reference":
+            references.append(train_reference(build, arch, train_x, train_y, num_classes, recipe, helper_seed,
+                                              device))
+        else:
             calibration.append((arch, train_reference(build, arch, train_x, train_y, num_classes, recipe,
-                                                      seed + 300 + 10 * a + j, device)))
+                                                      helper_seed, device)))
+        done += work[n]
     return Helpers(helper_key(owner, data, config), archs, num_classes, surrogates, references, calibration)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
 
 
 def _owner_classes(owner_fn: Callable[[torch.Tensor], torch.Tensor], data: OwnerData, device: str) -> int:
