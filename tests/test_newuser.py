@@ -335,4 +335,4 @@ def test_a_folder_of_model_files_is_ingested_file_by_file(models, hub, tmp_path)
     assert "apply to a single REF (the folder given holds 2 model files)" in \
         _ingest(hub, folder, *ARCH, "--name", "x", code=1).stderr
     (tmp_path / "empty").mkdir()
-    assert "holds no model files" in _ingest(hub, tmp_path / "empty", code=1).stderr
+    assert "is a directory, not a model file" in _ingest(hub, tmp_path / "empty", code=1).output

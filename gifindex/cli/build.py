@@ -127,16 +127,14 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
 
 
 def _expand_folders(refs: tuple[str, ...], quiet: bool) -> tuple[str, ...]:
-    """Each folder of model files given as a REF becomes its files (a Hugging Face model folder stays one REF)."""
+    """Each folder of model files given as a REF becomes its files (a Hugging Face model folder stays one REF; a
+    folder without model files stays, and fails as any model that cannot be read does)."""
     from ..refs import folder_models
     out: list[str] = []
     for ref in refs:
         files = folder_models(ref)
-        if files is None:
+        if not files:  # not a folder, or one without model files: the loader says what it is
             out.append(ref)
-        elif not files:
-            raise GifindexError(f"folder {ref} holds no model files (.pt/.pth/.bin/.safetensors/.ts) and no "
-                                "Hugging Face config.json; give the model files themselves")
         else:
             out.extend(files)
             if not quiet:
