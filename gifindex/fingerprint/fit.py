@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -244,7 +243,7 @@ def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitCo
     helper_rows, _ = _rows(data, config)
     train_x, train_y = data.x[helper_rows], data.y[helper_rows]
     surrogate_recipe = dataclasses.replace(config.recipe, epochs=config.recipe.surrogate_epochs)
-    plan: list[tuple[str, str, Any, int]] = (  # (role, architecture, recipe, seed) in training order
+    plan: list[tuple[str, str, TrainRecipe, int]] = (  # (role, architecture, recipe, seed) in training order
         [("surrogate", _nth_arch(archs, i), surrogate_recipe, seed + 100 + i) for i in range(config.surrogates)]
         + [("reference", _nth_arch(archs, i), config.recipe, seed + 200 + i) for i in range(config.references)]
         + [("calibration", arch, config.recipe.variant(j) if config.varied_calibration else config.recipe,
