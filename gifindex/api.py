@@ -59,8 +59,10 @@ def as_loaded_model(model: ModelLike, *, input_size: int | None = None, mean: Se
 def _setup(config: "SignatureConfig | None", probes: "Probes | None",
            device: str) -> tuple["SignatureConfig", "Probes"]:
     from .config import SignatureConfig
+    from .device import check_device
     from .probes import make_probes
 
+    check_device(device)
     config = config or SignatureConfig()
     return config, probes if probes is not None else make_probes(config, device=device)
 

@@ -14,6 +14,7 @@ import torch
 
 from .adapter import SharedSpaceAdapter, is_out_of_memory
 from .batching import resolve_batch_size
+from .device import check_device
 from .errors import SignatureError
 from .quadrature import quadrature
 
@@ -109,6 +110,7 @@ def compute_curves(model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", 
     if probes.resolution != config.resolution or probes.num_probes != config.num_probes:
         raise SignatureError(f"probes are {probes.num_probes} x {probes.resolution}px but the configuration "
                              f"asks for {config.num_probes} x {config.resolution}px")
+    check_device(device)
     adapter = SharedSpaceAdapter.of(model, config.output).to(device).eval()
     batch_size = resolve_batch_size(batch_size, adapter, config.resolution, device)
     targets = None

@@ -69,6 +69,15 @@ def test_signature_and_distance_take_any_model_form(tiny, tmp_path) -> None:
     assert 0.2 < d <= 2.0
     with pytest.raises(TypeError, match="do not apply to an nn.Module"):
         gifindex.signature(net, config, probes, arch="timm:test_resnet")
+    # a device this machine lacks is one clear error before any model moves (none here has 100 GPUs)
+    from gifindex.errors import GifindexError
+    for call in (lambda: gifindex.signature(net, config, probes, device="cuda:99"),
+                 lambda: gifindex.compute_curves(loaded, probes, config, device="cuda:99")):
+        with pytest.raises(GifindexError, match=r"^device='cuda:99' (asked for, but CUDA is not available here; "
+                                                r"use device='cpu'|: this machine has \d+ CUDA device)"):
+            call()
+    with pytest.raises(GifindexError, match="unknown device 'bogus': expected cpu, cuda or cuda:N"):
+        gifindex.distance(net, other, config, probes, device="bogus")
 
 
 def test_module_convention_overrides(tiny) -> None:
@@ -110,6 +119,9 @@ def test_index_api_of_the_design(tiny, tmp_path) -> None:
         index.nearest("a", k=0)
     with pytest.raises(GifindexError, match="cannot query this index"):
         index.nearest(vector[:10], k=1)
+    for call in (lambda: index.nearest(other, device="bogus"), lambda: index.ingest(["x.pt"], device="bogus")):
+        with pytest.raises(GifindexError, match="unknown device 'bogus'"):
+            call()
     with pytest.raises(GifindexError, match=r"no model named 'aa'; did you mean 'a'\?"):
         index.nearest("aa")
 

@@ -201,19 +201,8 @@ def device_options(func):
 
 def check_device(device: str) -> str:
     """A device torch knows and this machine has (cpu, cuda, cuda:N), else a one-line error before any work."""
-    import torch  # lazy: heavy, and not needed to parse or print help
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise GifindexError(f"unknown --device {device!r}: expected cpu, cuda or cuda:N") from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise GifindexError(f"--device {device!r} is not supported: expected cpu, cuda or cuda:N")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise GifindexError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise GifindexError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+    from ..device import check_device as check
+    return check(device, "--device")
 
 
 def wait_option(func):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from ..config import SignatureConfig
+from ..device import check_device
 from ..distance import distance_matrix, signature_distance, signature_distances
 from ..errors import GifindexError, IndexError_
 from ..executors import Reporter
@@ -115,6 +116,7 @@ class Index(IndexFiles):
         """Sign a model with this index's probes and configuration without adding it (``progress`` is
         called with the number of images done, see gifindex.methods.passes; ``on_signed`` with the loaded
         model)."""
+        check_device(device)
         entry = entry if isinstance(entry, ModelEntry) else ModelEntry(ref=entry)
         result = sign_entry(entry, self.config, self.probes, device=device, batch_size=batch_size,
                             progress=progress, on_signed=on_signed)
@@ -186,6 +188,7 @@ class Index(IndexFiles):
 
         from ..models.spec import LoadedModel
 
+        check_device(device)
         if isinstance(model, (np.ndarray, torch.Tensor)):
             return Query(self._as_vector(model), "<signature>")
         if isinstance(model, (LoadedModel, nn.Module)):
@@ -348,6 +351,7 @@ class Index(IndexFiles):
                commit_every: int = 8, commit_seconds: float = 60.0, reporter: Reporter | None = None,
                wait: float = 0.0, executor=None) -> IngestReport:
         """Sign and add models (see gifindex.index.writer.ingest)."""
+        check_device(device)
         return writer.ingest(self, refs, device=device, batch_size=batch_size, commit_every=commit_every,
                              commit_seconds=commit_seconds, reporter=reporter, wait=wait, executor=executor)
 
