@@ -201,6 +201,22 @@ def test_nested_and_dataparallel_prefixed_state_dict(tmp_path) -> None:
     _same_outputs(lm.module, net)
 
 
+def test_detection_across_a_module_of_several_families_and_its_ambiguities(tmp_path) -> None:
+    """timm's ``regnet`` module defines regnetv/x/y/z, named differently: each is found. A state dict that
+    fits several architectures exactly (``tf_efficientnet_b0`` pads otherwise than ``efficientnet_b0``, with
+    the same layers) is loaded as the first and names the others."""
+    torch.manual_seed(0)
+    for name in ("regnetx_002", "regnety_002"):
+        net = timm.create_model(name, num_classes=3)
+        assert detect_architecture(net.state_dict()).arch == f"timm:{name}"
+    path = tmp_path / "tf_b0.pt"
+    torch.save(timm.create_model("tf_efficientnet_b0", num_classes=3).state_dict(), path)
+    lm = load_model(str(path))
+    assert lm.arch == "timm:efficientnet_b0"
+    assert "timm:tf_efficientnet_b0" in lm.meta["detected"]["also_fits"]
+    assert load_model(str(path), arch="timm:tf_efficientnet_b0").arch == "timm:tf_efficientnet_b0"
+
+
 def test_a_training_wrappers_prefix_is_peeled(tmp_path) -> None:
     """A Lightning checkpoint names every tensor ``model.<the network's name>`` under ``state_dict``: the
     architecture is detected through the prefix, and --arch / --weights load it exactly."""

@@ -32,6 +32,8 @@ from gifindex.models.sources import get_source
 
 PROBE_CLASSES = 977
 JACCARD_MIN = 0.3
+MAX_ALSO = 3  # other exact fits named beside a detection
+REPRESENTATIVES = 8  # per group: its first model of each name stem, at most this many
 # Common families (timm modules, torchvision name prefixes), tried before the rest.
 PRIORITY_GROUPS = ("resnet", "mobilenet", "mobilenetv3", "efficientnet", "vision_transformer", "vit",
                    "convnext", "regnet", "densenet", "resnetv2", "deit", "swin_transformer", "vgg",
@@ -104,6 +106,7 @@ class Fit:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "key: file [..] vs model [..]"
+    also: list[str] = field(default_factory=list)  # other architectures the state dict fits exactly
 
     @property
     def exact(self) -> bool:
@@ -162,7 +165,7 @@ class FingerprintCache:
         except (OSError, ValueError):
             data = {}
         self.archs: dict[str, Fingerprint | None] = data.get("archs", {})
-        self.patterns: dict[str, list[str]] = data.get("patterns", {})
+        self.representatives: dict[str, list[list[str]]] = data.get("representatives", {})
 
     def get(self, name: str) -> Fingerprint | None:
         if name not in self.archs:
@@ -179,7 +182,7 @@ class FingerprintCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump({"archs": self.archs, "patterns": self.patterns}, f, separators=(",", ":"))
+            json.dump({"archs": self.archs, "representatives": self.representatives}, f, separators=(",", ":"))
         os.replace(tmp, self.path)
         self.dirty = False
 
@@ -201,6 +204,7 @@ class Detection:
     num_classes: int | None
     seconds: float
     candidates_checked: int
+    also: list[str] = field(default_factory=list)  # architectures of the same family that fit exactly too
 
 
 def _torchvision_groups() -> dict[str, list[str]]:
@@ -263,7 +267,7 @@ def _detect(sd: dict[str, torch.Tensor], libraries: tuple[str, ...]) -> Detectio
         finally:
             cache.save()
         if fit is not None:
-            return Detection(fit.arch, fit.num_classes, time.perf_counter() - start, counter[0])
+            return Detection(fit.arch, fit.num_classes, time.perf_counter() - start, counter[0], fit.also)
     best.sort(key=lambda f: f.distance)
     hint = ""
     if best:
@@ -279,6 +283,32 @@ def _detect(sd: dict[str, torch.Tensor], libraries: tuple[str, ...]) -> Detectio
 
 def _scan_groups(lib: str, groups: dict[str, list[str]], sd: dict[str, torch.Tensor],
                  cache: FingerprintCache, best: list[Fit], counter: list[int]) -> Fit | None:
+    """The first exact fit (:func:`_first_fit`), with the models of its family that fit exactly too (``also``)."""
+    fit = _first_fit(lib, groups, sd, cache, best, counter)
+    if fit is not None:
+        fit.also = _also_fits(lib, groups, fit, sd, cache)
+    return fit
+
+
+def _also_fits(lib: str, groups: dict[str, list[str]], fit: Fit, sd: dict[str, torch.Tensor],
+               cache: FingerprintCache) -> list[str]:
+    """Other architectures of ``fit``'s group and size (the same last name part: ``tf_efficientnet_b0`` beside
+    ``efficientnet_b0``) that ``sd`` fits exactly: a state dict cannot tell them apart, and they may compute
+    another function (padding, activations), so the user should hear of them."""
+    name = fit.arch.partition(":")[2]
+    size = name.rsplit("_", 1)[-1]
+    family = next((ns for ns in groups.values() if name in ns), [])
+    out = []
+    for other in family:
+        if other != name and other.rsplit("_", 1)[-1] == size and len(out) < MAX_ALSO:
+            fp = cache.get(other)
+            if fp is not None and compare(f"{lib}:{other}", fp, sd).exact:
+                out.append(f"{lib}:{other}")
+    return out
+
+
+def _first_fit(lib: str, groups: dict[str, list[str]], sd: dict[str, torch.Tensor],
+               cache: FingerprintCache, best: list[Fit], counter: list[int]) -> Fit | None:
     """Cached fingerprints first, then groups whose representative's key patterns resemble ``sd``
     (common families first, the rest by similarity); stop at the first exact fit."""
     want = patterns(sd)
@@ -307,12 +337,17 @@ def _scan_groups(lib: str, groups: dict[str, list[str]], sd: dict[str, torch.Ten
 
 
 def _group_similarity(group: str, names: list[str], want: set[str], cache: FingerprintCache) -> float:
-    """Jaccard similarity between ``sd``'s key patterns and those of the group's smallest-named model."""
-    if group not in cache.patterns:
-        fp = next((cache.get(n) for n in names[:3] if cache.get(n) is not None), None)
-        cache.patterns[group] = sorted(patterns(fp["keys"])) if fp else []
+    """The best Jaccard similarity between ``sd``'s key patterns and those of the group's representatives: its
+    smallest-named model of each name stem (``regnetx``, ``regnety``... of timm's ``regnet`` module; at most
+    ``REPRESENTATIVES``), since one module can define families whose layers are named differently."""
+    if group not in cache.representatives:
+        stems: dict[str, str] = {}
+        for name in names:
+            stems.setdefault(re.match(r"[A-Za-z]*", name).group(0), name)  # type: ignore[union-attr]
+        found = [cache.get(name) for name in list(stems.values())[:REPRESENTATIVES]]
+        cache.representatives[group] = [sorted(patterns(fp["keys"])) for fp in found if fp is not None]
         cache.dirty = True
-    return _jaccard(want, set(cache.patterns[group]))
+    return max((_jaccard(want, set(p)) for p in cache.representatives[group]), default=0.0)
 
 
 def fit_architecture(lib: str, name: str, sd: dict[str, torch.Tensor],

@@ -63,9 +63,13 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
         found = detect.detect_architecture(wf.state_dict)
         arch, num_classes = found.arch, found.num_classes if num_classes is None else num_classes
         meta["detected"] = {"arch": found.arch, "num_classes": found.num_classes,
-                            "seconds": round(found.seconds, 3)}
+                            "seconds": round(found.seconds, 3), **({"also_fits": found.also} if found.also else {})}
         log.info("%s: architecture detected as %s (%s classes) in %.1f s", path, found.arch, found.num_classes,
                  found.seconds)
+        if found.also:
+            log.warning("%s: detected as %s, but its weights fit %s exactly too (the same layers, perhaps another "
+                        "function: padding, activation); pass --arch to choose", path, found.arch,
+                        ", ".join(found.also))
     if arch.startswith("taskonomy:"):  # the task is only a label once the weights are given
         a = ModelRef("taskonomy", arch.partition(":")[2])
     else:
