@@ -33,7 +33,7 @@ from gifindex.models.sources import get_source
 PROBE_CLASSES = 977
 JACCARD_MIN = 0.3
 MAX_ALSO = 3  # other exact fits named beside a detection
-REPRESENTATIVES = 8  # per group: its first model of each name stem, at most this many
+REPRESENTATIVES = 12  # per group: its first model of each name stem, at most this many
 # Common families (timm modules, torchvision name prefixes), tried before the rest.
 PRIORITY_GROUPS = ("resnet", "mobilenet", "mobilenetv3", "efficientnet", "vision_transformer", "vit",
                    "convnext", "regnet", "densenet", "resnetv2", "deit", "swin_transformer", "vgg",
@@ -336,14 +336,24 @@ def _first_fit(lib: str, groups: dict[str, list[str]], sd: dict[str, torch.Tenso
     return None
 
 
+def _stem(name: str) -> tuple[str, str]:
+    """What a name says of its layers' naming: its leading letters and the letters ending its last part
+    (``regnetx_002`` -> (regnetx, ''), ``davit_base_fl`` -> (davit, fl), ``xception65p`` -> (xception, p),
+    ``convnext_atto`` -> (convnext, ''))."""
+    lead = re.match(r"[A-Za-z]*", name).group(0)  # type: ignore[union-attr]
+    last = name.rsplit("_", 1)[-1]
+    tail = re.search(r"[A-Za-z]*$", last).group(0)  # type: ignore[union-attr]
+    return lead, tail if tail != last or len(tail) <= 3 else ""  # a size word (base, tiny, atto) is not a variant
+
+
 def _group_similarity(group: str, names: list[str], want: set[str], cache: FingerprintCache) -> float:
     """The best Jaccard similarity between ``sd``'s key patterns and those of the group's representatives: its
-    smallest-named model of each name stem (``regnetx``, ``regnety``... of timm's ``regnet`` module; at most
-    ``REPRESENTATIVES``), since one module can define families whose layers are named differently."""
+    smallest-named model of each name stem (:func:`_stem`: ``regnetx``, ``regnety``... of timm's ``regnet`` module;
+    at most ``REPRESENTATIVES``), since one module can define families whose layers are named differently."""
     if group not in cache.representatives:
-        stems: dict[str, str] = {}
+        stems: dict[tuple[str, str], str] = {}
         for name in names:
-            stems.setdefault(re.match(r"[A-Za-z]*", name).group(0), name)  # type: ignore[union-attr]
+            stems.setdefault(_stem(name), name)
         found = [cache.get(name) for name in list(stems.values())[:REPRESENTATIVES]]
         cache.representatives[group] = [sorted(patterns(fp["keys"])) for fp in found if fp is not None]
         cache.dirty = True
