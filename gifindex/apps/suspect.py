@@ -101,9 +101,6 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size, fallback=owners_convention(owner_q))
-    if sus_q.record is not None and owner_q.record is not None and sus_q.record.name == owner_q.record.name:
-        raise GifindexError(f"the suspect is the owner itself ({owner_q.record.name!r}); name another indexed model "
-                            "or a model file (a file of the owner's weights is judged as a copy)")
     entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
     return _suspect_resolved(index, sus_q, owner_q, fingerprint, entry, lambda: _loaded(sus_q, entry, device),
