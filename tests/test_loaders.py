@@ -217,6 +217,28 @@ def test_detection_across_a_module_of_several_families_and_its_ambiguities(tmp_p
     assert load_model(str(path), arch="timm:tf_efficientnet_b0").arch == "timm:tf_efficientnet_b0"
 
 
+def test_a_backbone_saved_without_its_classifier(tmp_path) -> None:
+    """Feature extractors (a torchvision fc set to Identity, timm's num_classes=0) load as backbones: their
+    features are the output, the same function as saved; a class count given for one is named as the mismatch."""
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18().eval()
+    tv.fc = nn.Identity()
+    vit = timm.create_model("test_vit", num_classes=0).eval()
+    for net, name, arch in ((tv, "tv.pt", "torchvision:resnet18"), (vit, "vit.pt", "timm:test_vit")):
+        torch.save(net.state_dict(), tmp_path / name)
+        for lm in (load_model(str(tmp_path / name)), load_model(str(tmp_path / name), arch=arch)):
+            assert lm.arch == arch and lm.num_outputs is None and lm.meta.get("headless") is True
+            _same_outputs(lm.module, net)
+    with pytest.raises(ArchitectureError, match="the file has none .a backbone saved without it., --num-classes "
+                                                "says 10"):
+        load_model(str(tmp_path / "tv.pt"), arch="torchvision:resnet18", num_classes=10)
+    from gifindex.errors import GifindexError
+    from gifindex.fingerprint import FitConfig, OwnerData, fit_fingerprint
+    data = OwnerData(x=torch.rand(20, 3, 16, 16), y=torch.arange(20) % 2)
+    with pytest.raises(GifindexError, match="is a backbone without a classifier"):
+        fit_fingerprint(load_model(str(tmp_path / "tv.pt")), data, FitConfig())
+
+
 def test_a_training_wrappers_prefix_is_peeled(tmp_path) -> None:
     """A Lightning checkpoint names every tensor ``model.<the network's name>`` under ``state_dict``: the
     architecture is detected through the prefix, and --arch / --weights load it exactly."""

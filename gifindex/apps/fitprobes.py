@@ -16,7 +16,7 @@ from ..fingerprint import (FitConfig, fingerprint_path, fit_fingerprint, load_ow
                            save_fingerprint)
 from ..fingerprint.conferrable import SearchConfig
 from ..fingerprint.fit import calibration_recipes as recipes_name
-from ..fingerprint.fit import default_builder, helper_key, train_helpers, varied_calibration
+from ..fingerprint.fit import default_builder, helper_key, require_classifier, train_helpers, varied_calibration
 from ..fingerprint.store import helpers_path, load_helpers, save_helpers
 from ..fingerprint.helpers import TrainRecipe
 from ..fingerprint.queries import REVIEW_SHARE, least_sure
@@ -237,4 +237,5 @@ def _owner_model(index: "Index", owner: str, device: str):
     entry = index.entry_for(owner)
     loaded = load_model(entry.ref, **entry.load_kwargs(), device=device)
     loaded.name = owner
+    require_classifier(loaded)
     return loaded

@@ -231,6 +231,7 @@ def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitCo
     """Train the owner's helpers on ``data`` as ``fit_fingerprint`` does (each seeded on its own, so the same
     models whether trained here or inside a fit)."""
     say = progress or (lambda _msg: None)
+    require_classifier(owner)
     archs = _helper_archs(owner, config)
     if config.calibration_per_arch * len(archs) < 2:
         raise GifindexError(f"{config.calibration_per_arch} calibration reference per architecture for "
@@ -275,6 +276,15 @@ def _minutes(seconds: float) -> str:
         f"{seconds / 3600:.1f} h"
 
 
+def require_classifier(owner: LoadedModel) -> None:
+    """A fingerprint is of a classifier's decisions and class outputs: a backbone saved without its classifier
+    (``headless``) has features, not classes, to fingerprint."""
+    if owner.meta.get("headless"):
+        raise GifindexError(f"{owner.name or owner.ref} is a backbone without a classifier (its output is features, "
+                            "not classes): a fingerprint needs the owner's classifier; fit it for the model you "
+                            "serve, with its head (suspect still compares signatures)")
+
+
 def _owner_classes(owner_fn: Callable[[torch.Tensor], torch.Tensor], data: OwnerData, device: str) -> int:
     with torch.no_grad():
         num_classes = int(owner_fn(data.x[:2].to(device)).shape[1])
@@ -296,6 +306,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     ``query_labels`` (N,): their true labels where the owner reviewed them (-1 elsewhere): then only the
     answers known to be wrong are kept."""
     say = progress or (lambda _msg: None)
+    require_classifier(owner)
     archs = _helper_archs(owner, config)
     started = time.perf_counter()
     owner_fn = SharedSpaceAdapter.of(owner).to(device).eval().logits

@@ -77,6 +77,8 @@ def num_outputs(module: nn.Module) -> int | None:
     n = getattr(module, "num_classes", None)
     if isinstance(n, int) and n > 0:
         return n
+    if n == 0:  # timm's backbone without a classifier: not a classifier
+        return None
     if module.__class__.__name__ == "TaskonomyEncoder":
         return None
     last = None

@@ -128,11 +128,22 @@ class Fit:
 
 def compare(arch: str, fp: Fingerprint, sd: dict[str, torch.Tensor],
             num_classes: int | None = None) -> Fit:
-    """Compare ``sd`` with a fingerprint; infer the class count from the classifier's shapes."""
+    """Compare ``sd`` with a fingerprint; infer the class count from the classifier's shapes (0: a backbone saved
+    without its classifier, every classifier tensor absent and nothing else)."""
     keys: dict[str, list[int]] = fp["keys"]
     have = {k for k in sd if not _ignored(k)}
     fit = Fit(arch, missing=sorted(set(keys) - have, key=list(keys).index),
               unexpected=sorted(have - set(keys)))
+    headless = bool(fp["cls"]) and set(fit.missing) == set(fp["cls"]) and not fit.unexpected
+    if headless and num_classes:
+        fit.mismatched.append(f"classifier: the file has none (a backbone saved without it), --num-classes says "
+                              f"{num_classes}")
+    if headless and not num_classes:
+        fit.missing = []  # a backbone saved without its classifier (num_classes=0, or its fc set to Identity)
+        fit.num_classes = 0
+        fit.mismatched = [f"{k}: file {list(sd[k].shape)} vs model {keys[k]}" for k in keys
+                          if k in sd and list(sd[k].shape) != keys[k]]
+        return fit
     counts = set()
     for k in keys:
         if k not in sd:
@@ -269,6 +280,7 @@ def _detect(sd: dict[str, torch.Tensor], libraries: tuple[str, ...]) -> Detectio
         if fit is not None:
             return Detection(fit.arch, fit.num_classes, time.perf_counter() - start, counter[0], fit.also)
     best.sort(key=lambda f: f.distance)
+    best = list({f.arch: f for f in reversed(best)}.values())[::-1]  # each architecture once, nearest first
     hint = ""
     if best:
         close = best[0]

@@ -71,6 +71,16 @@ def _finish_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str) -
         raise ModelLoadError(f"cannot load weights into {arch}: {str(e).splitlines()[0]}") from None
 
 
+def headless(module: nn.Module) -> None:
+    """Replace every layer built with zero outputs (torchvision's classifier at num_classes=0) by an identity, as timm
+    does itself at num_classes=0: the model then returns its features."""
+    for name, layer in list(module.named_modules()):
+        params = list(layer.parameters(recurse=False))
+        if name and params and all(p.numel() == 0 for p in params):
+            parent, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, attr, nn.Identity())
+
+
 def _file_sha(path: Path) -> str:
     return read_weights_file(path).sha256
 
@@ -118,6 +128,9 @@ def _explicit_build(lib: str, name: str, build: Any, weights: Any, random_init: 
         if n is not None:
             kwargs["num_classes"] = n
         module = build(kwargs)
+        if n == 0:  # a backbone saved without its classifier: the features are its output
+            headless(module)
+            meta["headless"] = True
         _finish_weights(module, sd, f"{lib}:{name}")
         meta["weights_file"] = _describe(weights)
         return module, sha
