@@ -138,12 +138,8 @@ def compare(arch: str, fp: Fingerprint, sd: dict[str, torch.Tensor],
     if headless and num_classes:
         fit.mismatched.append(f"classifier: the file has none (a backbone saved without it), --num-classes says "
                               f"{num_classes}")
-    if headless and not num_classes:
-        fit.missing = []  # a backbone saved without its classifier (num_classes=0, or its fc set to Identity)
-        fit.num_classes = 0
-        fit.mismatched = [f"{k}: file {list(sd[k].shape)} vs model {keys[k]}" for k in keys
-                          if k in sd and list(sd[k].shape) != keys[k]]
-        return fit
+    elif headless:  # a backbone saved without its classifier (num_classes=0, or its fc set to Identity)
+        fit.missing = []
     counts = set()
     for k in keys:
         if k not in sd:
@@ -157,7 +153,7 @@ def compare(arch: str, fp: Fingerprint, sd: dict[str, torch.Tensor],
             fit.mismatched.append(f"{k}: file {got} vs model {want}")
     if len(counts) > 1:
         fit.mismatched.append(f"classifier: inconsistent class counts {sorted(counts)}")
-    fit.num_classes = counts.pop() if len(counts) == 1 else None
+    fit.num_classes = counts.pop() if len(counts) == 1 else 0 if headless and not num_classes else None
     if num_classes is not None and fit.num_classes is not None and num_classes != fit.num_classes:
         fit.mismatched.insert(0, f"classifier: file has {fit.num_classes} classes, "
                                  f"--num-classes says {num_classes}")
