@@ -162,3 +162,36 @@ def test_every_method_works_in_an_index(tmp_path, method):
     tolerance = 1e-3 if isinstance(get_method(method), OutputMethod) else 3 / np.sqrt(info["signature_dim"])
     assert exact["distance"] == pytest.approx(indexed["distance"], abs=tolerance)
     assert exact["distance"] > 0.02
+
+
+SETTINGS_AWAY_FROM_DEFAULT = {"steps": 2, "rule": "gauss-legendre", "mode": "ig", "output": "top-logit",
+                              "baseline": "random", "proj_dim": 64}
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_a_setting_a_method_declares_unused_changes_nothing_and_init_says_so(tmp_path, method):
+    """What ``Method.unused`` lists is really never read (the signature, probes drawn anew from the changed
+    configuration, is the same), every other setting changes it, and `init` warns when a setting the method
+    never reads is given (it would change only the configuration's hash)."""
+    impl = get_method(method)
+    model = wrap(SmoothNet(0))
+    base = SignatureConfig(method=method, resolution=R, num_probes=4, steps=4, proj_dim=32, seed=5)
+
+    def signature(config):
+        return sign(model, make_probes(config), config)
+
+    reference = signature(base)
+    for name, value in SETTINGS_AWAY_FROM_DEFAULT.items():
+        changed = base.replace(**{name: value})
+        if name in impl.unused:
+            assert name in impl.unused_settings(changed)
+            assert np.allclose(signature(changed), reference, rtol=0, atol=1e-6), name   # x0 + (x1 - x0) rounds
+        else:
+            assert name not in impl.unused_settings(changed)
+            other = signature(changed)
+            assert other.shape != reference.shape or not np.allclose(other, reference, atol=1e-3), name
+    result = CliRunner().invoke(main, ["init", "-i", str(tmp_path / "idx"), "--method", method, "--output",
+                                       "top-logit", "--resolution", "16", "-K", "4"])
+    assert result.exit_code == 0, result.output
+    warned = f"method '{method}' never reads --output" in result.stderr
+    assert warned == ("output" in impl.unused)

@@ -7,6 +7,7 @@ API in one place.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..errors import GifindexError, IndexError_
 from ..executors import Reporter
 from ..ingest import SignResult, sign_entry
 from ..manifest import ModelEntry
+from ..methods.registry import get_method
 from ..probes import Probes
 from ..refs import parse_ref
 from ..tree import MAX_DENSE_MODELS, build_tree, build_tree_scalable
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
     from ..models.spec import LoadedModel
+
+log = logging.getLogger(__name__)
 
 IngestReporter = Reporter  # progress hooks an ingest calls (see gifindex.executors.Reporter)
 # What a query may be: an indexed name, a model reference, a ModelEntry (reference + loading options),
@@ -101,6 +105,11 @@ class Index(IndexFiles):
             raise IndexError_(f"{root} exists and is not a directory")
         if root.exists() and any(p for p in root.iterdir() if not p.name.startswith(".")):
             raise IndexError_(f"{root} is not empty and holds no index; choose an empty or new directory")
+        unused = get_method(config.method).unused_settings(config)
+        if unused:
+            log.warning("method %r never reads %s: %s the configuration's hash and nothing else", config.method,
+                        ", ".join(f"--{name.replace('_', '-')}" for name in unused),
+                        "it changes" if len(unused) == 1 else "they change")
         writer.create(root, config, search or SearchSpec(), probes, device)
         return cls.open(root)
 

@@ -35,12 +35,19 @@ class Method(ABC):
     summary: ClassVar[str] = ""
     default_probe_kind: ClassVar[str] = "random"
     min_probes: ClassVar[int] = 1
+    unused: ClassVar[tuple[str, ...]] = ()   # configuration fields the method never reads
 
     def validate(self, config: "SignatureConfig") -> None:
         """Raise ConfigError if ``config`` cannot be used with this method."""
         if config.num_probes < self.min_probes:
             raise ConfigError(f"method {self.name!r} compares the outputs on pairs of probes: it needs "
                               f"num_probes >= {self.min_probes}")
+
+    def unused_settings(self, config: "SignatureConfig") -> list[str]:
+        """The fields of ``config`` set away from their defaults that this method never reads: they change
+        the configuration's hash and nothing else (``sac`` with ``output='top-logit'``), so a caller warns."""
+        defaults = type(config).field_defaults()
+        return [name for name in self.unused if getattr(config, name) != defaults[name]]
 
     @abstractmethod
     def passes(self, config: "SignatureConfig") -> int:

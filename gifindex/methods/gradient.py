@@ -65,6 +65,7 @@ class ModelGiF(GradientMethod):
 class Saliency(GradientMethod):
     name = "saliency"
     summary = "input gradient at each probe"
+    unused = ("steps", "rule", "mode", "baseline")   # no path: the gradient at the probe itself
 
     def compute(self, adapter: SharedSpaceAdapter, probes: "Probes", config: "SignatureConfig",
                 batch_size: int | None, device: str | torch.device, progress: ProgressFn | None) -> torch.Tensor:
@@ -75,6 +76,7 @@ class Saliency(GradientMethod):
 class IntegratedGradients(GradientMethod):
     name = "ig"
     summary = "Integrated Gradients at each probe"
+    unused = ("mode",)   # always the ig mode's last point
 
     def passes(self, config: "SignatureConfig") -> int:
         return config.points_per_model

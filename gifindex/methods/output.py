@@ -29,6 +29,7 @@ class OutputMethod(Method):
     """Features are the upper triangle of ``matrix(outputs)``; at least three probes make a comparison."""
 
     min_probes = 3
+    unused = ("steps", "rule", "mode", "output", "baseline", "proj_dim")   # no gradients, no paths, no projection
 
     @abstractmethod
     def matrix(self, out: torch.Tensor) -> torch.Tensor:
