@@ -20,6 +20,9 @@ OUTPUT_REDUCTIONS = ("norm", "top-logit")
 def flatten_output(output: object) -> torch.Tensor:
     """Flatten a model output to (B, N): tensors as is, tuples/lists/dicts concatenated in order."""
     if isinstance(output, torch.Tensor):
+        if output.dim() == 0:
+            raise SignatureError("the model returned one number for the whole batch, not one output per image "
+                                 "(a loss or a sum over the batch?); gifindex needs an output per image")
         return output.reshape(output.shape[0], -1)
     parts: list[torch.Tensor] = []
     if isinstance(output, Mapping):
@@ -87,6 +90,9 @@ class SharedSpaceAdapter(nn.Module):
                              persistent=False)
         self.register_buffer("grey", torch.tensor(GREY_WEIGHTS, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
+        # a model kept in half or double precision (a user's own module) runs in it; gradients stay float32
+        self.dtype = next((t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()),
+                          torch.float32)
 
     @classmethod
     def of(cls, model: "LoadedModel | SharedSpaceAdapter", output: str = "norm") -> "SharedSpaceAdapter":
@@ -113,14 +119,21 @@ class SharedSpaceAdapter(nn.Module):
         :class:`SignatureError` saying so (running out of memory is left to the caller, which may retry smaller)."""
         native = self.to_native(x)
         try:
-            output = self.model(native)
+            output = self.model(native if self.dtype == torch.float32 else native.to(self.dtype))
         except GifindexError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the model raises is the model's failure
             if is_out_of_memory(exc):
                 raise
             raise model_failed(exc, native) from exc
-        return flatten_output(output)
+        out = flatten_output(output)
+        if out.shape[0] != x.shape[0] or out.shape[1] == 0:
+            raise SignatureError(f"the model returned {tuple(out.shape)} outputs for {x.shape[0]} images; gifindex "
+                                 "needs one or more outputs per image")
+        if not out.is_floating_point():
+            raise SignatureError(f"the model returned {str(out.dtype).replace('torch.', '')} values, not scores: "
+                                 "gifindex needs its real-valued outputs (logits or features), not class indices")
+        return out.float()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

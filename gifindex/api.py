@@ -8,8 +8,9 @@ and the remaining keyword arguments (``arch``, ``num_classes``, ``weights``, ``r
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -23,11 +24,51 @@ if TYPE_CHECKING:
     from .refs import ModelRef
 
 ModelLike = Union[str, "os.PathLike[str]", "ModelRef", "nn.Module", "LoadedModel"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def leaves_modules_as_given(func: F) -> F:
+    """Decorate a public entry that takes the caller's models: signing puts a module in eval mode with frozen
+    parameters (and on the signing device); afterwards each module given is put back as it was (each submodule's
+    training flag, each parameter's requires_grad, its device), so a training loop that signs its checkpoints
+    goes on training."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch.nn as nn
+
+        from .models.spec import LoadedModel
+
+        given = [a.module if isinstance(a, LoadedModel) else a for a in (*args, *kwargs.values())]
+        states = [_state_of(m) for m in given if isinstance(m, nn.Module)]
+        try:
+            return func(*args, **kwargs)
+        finally:
+            for state in states:
+                _restore(*state)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _state_of(module: "nn.Module") -> tuple:
+    devices = {t.device for t in (*module.parameters(), *module.buffers())}
+    return (module, [(m, m.training) for m in module.modules()],
+            [(p, p.requires_grad) for p in module.parameters()], devices.pop() if len(devices) == 1 else None)
+
+
+def _restore(module: "nn.Module", training: list, grads: list, device: Any) -> None:
+    if device is not None:
+        module.to(device)
+    for sub, mode in training:
+        sub.training = mode
+    for param, needed in grads:
+        param.requires_grad_(needed)
 
 
 def as_loaded_model(model: ModelLike, *, input_size: int | None = None, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None, device: str = "cpu", **load_opts: Any) -> "LoadedModel":
-    """``model`` as a :class:`LoadedModel` in eval mode with frozen parameters (see the module docstring)."""
+    """``model`` as a :class:`LoadedModel` in eval mode with frozen parameters (see the module docstring); a bare
+    module is changed so in place (``signature``, ``distance`` and the index's queries put it back afterwards)."""
     import torch.nn as nn
 
     from .models import load_model
@@ -67,6 +108,7 @@ def _setup(config: "SignatureConfig | None", probes: "Probes | None",
     return config, probes if probes is not None else make_probes(config, device=device)
 
 
+@leaves_modules_as_given
 def signature(model: ModelLike, config: "SignatureConfig | None" = None, probes: "Probes | None" = None, *,
               batch_size: int | str | None = 32, device: str = "cpu", progress: Any = None,
               **load_opts: Any) -> np.ndarray:
@@ -82,6 +124,7 @@ def signature(model: ModelLike, config: "SignatureConfig | None" = None, probes:
     return sign_loaded(loaded, config, probes, batch_size=batch_size, device=device, progress=progress)
 
 
+@leaves_modules_as_given
 def distance(a: "ModelLike | np.ndarray | torch.Tensor", b: "ModelLike | np.ndarray | torch.Tensor",
              config: "SignatureConfig | None" = None, probes: "Probes | None" = None, *,
              batch_size: int | str | None = 32, device: str = "cpu", **load_opts: Any) -> float:

@@ -85,6 +85,9 @@ def gradient_field(adapter: SharedSpaceAdapter, probes: "Probes", positions: tor
         if progress is not None:
             progress(stop - start)
         start = stop
+    if not field.any():
+        raise SignatureError("the model's input gradient is zero at every probe point (an output rounded or cast, "
+                             "or zero weights): its signature would match nothing, so the model is refused")
     return field
 
 

@@ -149,3 +149,115 @@ def test_help_imports_no_torch() -> None:
             "print('torch' in sys.modules, 'faiss' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"
+
+
+class _Trainable(torch.nn.Module):
+    """A module a user trains: batch norm and dropout (their mode matters), one frozen layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.drop = torch.nn.Dropout(0.5)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.norm(self.conv(x)).relu().mean((2, 3))))
+
+
+def test_signing_a_users_module_leaves_it_as_given(tiny, tmp_path) -> None:
+    """A training loop that signs its model goes on training: mode and requires_grad are put back, and the
+    signature is the eval-mode one (the same as of an eval-mode copy)."""
+    import copy
+
+    config = tiny[2]
+    probes = gifindex.make_probes(config)
+    model = _Trainable().train()
+    model.conv.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    frozen = copy.deepcopy(model).eval()
+    assert gifindex.distance(model, model, config, probes, input_size=16) == pytest.approx(0.0, abs=1e-9)
+    vector = gifindex.signature(model, config, probes, input_size=16)
+    assert np.array_equal(vector, gifindex.signature(frozen, config, probes, input_size=16))
+    index = gifindex.Index.create(tmp_path / "ix", config)
+    index.resolve(model)
+    assert model.training and model.drop.training and model.norm.training
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_a_module_in_another_precision_is_signed_in_it(tiny, dtype) -> None:
+    config = tiny[2]
+    probes = gifindex.make_probes(config)
+    model = _Trainable().eval()
+    import copy
+
+    other = copy.deepcopy(model).to(dtype)
+    tolerance = 1e-9 if dtype == torch.float64 else 0.01
+    assert gifindex.distance(model, other, config, probes, input_size=16) == pytest.approx(0.0, abs=tolerance)
+    assert next(other.parameters()).dtype == dtype
+
+
+class _Rounded(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.mean((2, 3)) * 10).round()
+
+
+class _BatchSum(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.square().sum()
+
+
+class _ClassIndex(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3)).argmax(1)
+
+
+class _NoOutputs(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))[:, :0]
+
+
+@pytest.mark.parametrize("module, says", [(_Rounded(), "gradient is zero at every probe point"),
+                                          (_BatchSum(), "one number for the whole batch"),
+                                          (_ClassIndex(), "int64 values, not scores"),
+                                          (_NoOutputs(), "outputs for")])
+def test_a_model_without_a_usable_gradient_is_refused_in_one_line(tiny, module, says) -> None:
+    """A zero gradient everywhere would be an all-zero 'unit-norm' signature at distance 0 from every other such
+    model; the other outputs failed deep inside torch."""
+    config = tiny[2]
+    with pytest.raises(gifindex.errors.SignatureError, match=says) as caught:
+        gifindex.signature(module, config, input_size=16)
+    assert "\n" not in str(caught.value)
+
+
+def test_index_ingest_takes_references_and_says_so_for_a_module(tiny, tmp_path) -> None:
+    net, _, config = tiny
+    path = tmp_path / "net.pt"
+    torch.save(net.state_dict(), path)
+    index = gifindex.Index.create(tmp_path / "ix", config)
+    with pytest.raises(gifindex.errors.GifindexError, match="takes model references"):
+        index.ingest([net])
+    report = index.ingest(path)   # one path, not its characters
+    assert [r.status for r in report.results] == ["added"] and [r.name for r in index.records()] == ["net"]
+
+
+def test_a_random_init_model_is_never_reloaded_as_a_new_draw(tmp_path) -> None:
+    """Its weights are not kept: `distance --exact` (and anything loading it again) refuses instead of drawing
+    other weights (which put the model at distance 0.5 from itself)."""
+    from click.testing import CliRunner
+
+    from gifindex.cli import main
+
+    def run(*args: str) -> object:
+        return CliRunner().invoke(main, list(args))
+
+    index = str(tmp_path / "ix")
+    assert run("init", "-i", index, "--resolution", "16", "-K", "2", "-T", "2").exit_code == 0
+    added = run("ingest", "-i", index, "timm:test_resnet", "--random-init", "--name", "rnd", "--num-classes", "4",
+                "--executor", "inline", "--no-progress")
+    assert added.exit_code == 0, added.output
+    assert "took" not in added.stderr   # not a weights file taking a default convention
+    assert run("distance", "-i", index, "rnd", "rnd").stdout.split()[-1].startswith("0.0")
+    exact = run("distance", "-i", index, "rnd", "rnd", "--exact")
+    assert exact.exit_code == 1 and "random weights (--random-init), which are not kept" in exact.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import sys
 import time
 from typing import Any
@@ -144,10 +145,11 @@ def _expand_folders(refs: tuple[str, ...], quiet: bool) -> tuple[str, ...]:
 
 def _default_conventions(entries: list[ModelEntry], report: Any) -> list[Any]:
     """The models added from weights files given no input convention (``ModelEntry.convention_unknown``)."""
-    from ..ingest import absolute_entry
+    from ..ingest import absolute_entry, load_options
 
-    unknown = {absolute_entry(e).ref for e in entries if e.convention_unknown()}
-    return [r for r in report.by_status("added") if r.ref in unknown]
+    unknown = {json.dumps(load_options(absolute_entry(e)), sort_keys=True) for e in entries if e.convention_unknown()}
+    return [r for r in report.by_status("added")   # by how it was loaded: entries may share a reference
+            if json.dumps(r.metadata.get("load"), sort_keys=True) in unknown]
 
 
 def _convention_of(metadata: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ API in one place.
 from __future__ import annotations
 
 import difflib
+import os
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from ..api import leaves_modules_as_given
 from ..config import SignatureConfig
 from ..device import check_device
 from ..distance import distance_matrix, signature_distance, signature_distances
@@ -134,12 +136,16 @@ class Index(IndexFiles):
         return result
 
     def entry_for(self, name_or_ref: str | ModelEntry) -> ModelEntry:
-        """How to load a model: an indexed name's stored loading options, or the reference itself."""
+        """How to load a model: an indexed name's stored loading options, or the reference itself. A model
+        indexed with random weights cannot be loaded again (a new draw is another model): an error."""
         if isinstance(name_or_ref, ModelEntry):
             return name_or_ref
         record = self.catalog.by_name(name_or_ref)
         if record is None:
             return ModelEntry(ref=name_or_ref)
+        if record.metadata.get("random_init"):
+            raise GifindexError(f"model {record.name!r} was indexed with random weights (--random-init), which are "
+                                "not kept: it cannot be loaded again, only its stored signature can be used")
         load = dict(record.metadata.get("load") or {"ref": record.ref})
         for key in ("mean", "std"):
             if load.get(key) is not None:
@@ -182,6 +188,7 @@ class Index(IndexFiles):
         q = self.resolve(ref, device=device, batch_size=batch_size)
         return q.vector, q.name, q.record
 
+    @leaves_modules_as_given
     def resolve(self, model: QueryLike, device: str = "cpu", batch_size: int | None = 32,
                 progress: Callable[[int], None] | None = None,
                 fallback: tuple[dict[str, Any], str] | None = None) -> Query:
@@ -283,6 +290,7 @@ class Index(IndexFiles):
         return ModelEntry(ref=entry.ref, name=entry.name, tags=entry.tags, trust=entry.trust, **options), record.name
 
     # --------------------------------------------------------------------------------------- queries
+    @leaves_modules_as_given
     def nearest(self, ref: QueryLike, k: int = 10, device: str = "cpu",
                 batch_size: int | None = 32, progress: Callable[[int], None] | None = None) -> list[Neighbor]:
         """The k indexed models nearest to ``ref``: an indexed name (not returned as its own neighbour), a model
@@ -315,6 +323,7 @@ class Index(IndexFiles):
             out.append(Neighbor(found.name, float(dist), found.ref, bool(found.metadata.get("random_init"))))
         return out[:k]
 
+    @leaves_modules_as_given
     def distance(self, a: QueryLike, b: QueryLike, device: str = "cpu", batch_size: int | None = 32) -> float:
         """Approximate ModelGiF distance from stored (or freshly signed) compressed signatures; ``a`` and
         ``b`` are anything :meth:`nearest` takes."""
@@ -361,6 +370,14 @@ class Index(IndexFiles):
                wait: float = 0.0, executor=None) -> IngestReport:
         """Sign and add models (see gifindex.index.writer.ingest)."""
         check_device(device)
+        refs = [refs] if isinstance(refs, (str, ModelEntry, os.PathLike)) else list(refs)
+        refs = [os.fspath(ref) if isinstance(ref, os.PathLike) else ref for ref in refs]
+        for ref in refs:
+            if not isinstance(ref, (str, ModelEntry)):
+                raise GifindexError(f"Index.ingest takes model references (str) or ModelEntry objects, not "
+                                    f"{type(ref).__name__}: an index records where each model comes from, so save "
+                                    "a module first (torch.save of its state_dict) and ingest the file; "
+                                    "Index.nearest / Index.resolve take a module as it is")
         return writer.ingest(self, refs, device=device, batch_size=batch_size, commit_every=commit_every,
                              commit_seconds=commit_seconds, reporter=reporter, wait=wait, executor=executor)
 
