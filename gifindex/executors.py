@@ -35,6 +35,7 @@ class SignJob:
     device: str = "cpu"
     batch_size: int | None = 32
     known_sha256: frozenset[str] = field(default_factory=frozenset)
+    taken_names: dict[str, str] = field(default_factory=dict)   # indexed name -> its weights' sha256
 
     @property
     def points(self) -> int:
@@ -46,7 +47,7 @@ class SignJob:
     def run(self, entry: ModelEntry, progress=None) -> SignResult:
         try:
             return sign_entry(entry, self.config, self.probes, device=self.device, batch_size=self.batch_size,
-                              known_sha256=self.known_sha256, progress=progress)
+                              known_sha256=self.known_sha256, taken_names=self.taken_names, progress=progress)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - e.g. SystemExit from a model's own code: that model's failure

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,11 +121,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
+def name_taken(name: str) -> str:
+    """Why a model cannot be added under ``name``: another model (other weights) has it."""
+    return (f"name {name!r} is already used by another model in the index; give this one another name (--name or "
+            "the manifest's name)")
+
+
 def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *, device: str = "cpu",
                batch_size: int | None = 32, known_sha256: Collection[str] = (),
-               progress: Callable[[int], None] | None = None,
+               taken_names: Mapping[str, str] | None = None, progress: Callable[[int], None] | None = None,
                on_signed: Callable[[Any], None] | None = None) -> SignResult:
-    """Load, hash and sign one model; return a SignResult (never raises for a bad model). ``on_signed`` is
+    """Load, hash and sign one model; return a SignResult (never raises for a bad model). A model whose weights
+    are in ``known_sha256`` is skipped, and one whose name ``taken_names`` gives to other weights fails, both
+    before it is signed. ``on_signed`` is
     handed the loaded model once it is signed (in this process: a caller that looks at it again, e.g. its
     fingerprint, need not load it twice)."""
     from .adapter import SharedSpaceAdapter
@@ -146,6 +154,9 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
             result.name = random_name(name, result.weights_sha256)
         if result.weights_sha256 in known_sha256:
             result.status = "skipped"
+            return result
+        if taken_names and taken_names.get(result.name, result.weights_sha256) != result.weights_sha256:
+            result.status, result.error = "failed", name_taken(result.name)   # found before the signing's work
             return result
         adapter = SharedSpaceAdapter(loaded.module, loaded.spec, output)
         result.signature = signature(adapter, config, probes, batch_size=batch_size, device=device,

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import html
 import json
+import logging
+import re
 import sys
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +52,8 @@ NO_GROUP = "#9ca3af"
 MIN_LABEL_PT = 7.0
 _SUFFIXES = {".nwk": "newick", ".newick": "newick", ".tree": "newick", ".json": "json",
              ".png": "png", ".svg": "svg", ".html": "html", ".htm": "html"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -440,8 +445,14 @@ def save_dendrogram(tree: SimilarityTree, path: str | Path, format: str = "png",
     path = Path(path)
     from gifindex.index.atomic import atomic_path  # here: the index package imports this module
 
-    with matplotlib.rc_context({"svg.fonttype": "none"}), atomic_path(path) as tmp:  # SVG text stays text
+    with matplotlib.rc_context({"svg.fonttype": "none"}), atomic_path(path) as tmp, \
+            warnings.catch_warnings(record=True) as caught:   # SVG text stays text
+        warnings.simplefilter("always")
         fig.savefig(tmp, format=format, dpi=110, bbox_inches="tight")
+    missing = sorted({m.group(1) for w in caught if (m := re.search(r"Glyph \d+ \((.+?)\) missing", str(w.message)))})
+    if missing and format == "png":   # an SVG keeps the names as text: a viewer's fonts draw them
+        log.warning("%d characters of the model names have no glyph in matplotlib's font and show as boxes in %s; "
+                    "the SVG and HTML outputs keep them as text", len(missing), path)
     return path
 
 

@@ -336,3 +336,41 @@ def test_a_folder_of_model_files_is_ingested_file_by_file(models, hub, tmp_path)
         _ingest(hub, folder, *ARCH, "--name", "x", code=1).stderr
     (tmp_path / "empty").mkdir()
     assert "is a directory, not a model file" in _ingest(hub, tmp_path / "empty", code=1).output
+
+
+def test_slips_on_the_ingest_line_are_caught_before_any_work(models, hub, monkeypatch):
+    """`--mean 1 2` (two numbers) leaves a number as a model reference; two files with one --name; a name
+    another model has fails before the model is signed; a very long name is shortened where it is printed."""
+    m = models / "models"
+    slip = _ingest(hub, m / "a.pt", *ARCH, "--mean", "1", "2", code=2)
+    assert "2 is a number, not a model" in slip.output and not _records(hub)
+    assert "single REF (2 given)" in _ingest(hub, m / "a.pt", m / "b.pt", *ARCH, "--name", "x", code=1).stderr
+    _ingest(hub, m / "a.pt", *ARCH, "--name", "mine")
+    import importlib
+
+    signing = importlib.import_module("gifindex.signature")   # the module (gifindex.signature is the function)
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("signed a model whose name was taken")
+
+    monkeypatch.setattr(signing, "signature", not_expected)
+    clash = _ingest(hub, m / "b.pt", *ARCH, "--name", "mine", code=1)
+    assert "name 'mine' is already used by another model" in clash.stdout + clash.stderr
+    long = _ingest(hub, m / "c.pt", *ARCH, "--name", "n" * 5000, code=1)
+    line = next(x for x in long.output.splitlines() if x.startswith("failed"))
+    assert "(5000 characters)" in line and len(line) < 400
+
+
+def test_a_png_tree_of_names_without_glyphs_warns_once(tmp_path, caplog):
+    import numpy as np
+
+    from gifindex.tree import build_tree, save_dendrogram
+
+    tree = build_tree(["模型一", "モデル", "abc"], np.array([[0, .5, .9], [.5, 0, .8], [.9, .8, 0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # matplotlib's per-glyph UserWarnings do not escape
+        save_dendrogram(tree, tmp_path / "t.png")
+        save_dendrogram(tree, tmp_path / "t.svg", format="svg")
+    said = [r.getMessage() for r in caplog.records if "no glyph" in r.getMessage()]
+    assert len(said) == 1 and "6 characters" in said[0] and "t.png" in said[0]
+    assert "模型一" in (tmp_path / "t.svg").read_text()

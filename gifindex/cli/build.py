@@ -85,10 +85,13 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
     # the command line's loading options are defaults for the manifest's entries
     entries = [with_defaults(e, load_kwargs) for e in read_manifest(manifest)] if manifest else []
     without = _without_local_weights(manifest, entries, quiet=as_json)
+    _numbers_as_refs(refs)
+    given = len(refs)
     refs = _expand_folders(refs, quiet=as_json)
     if (name or weights) and len(refs) != 1:
         raise GifindexError("--name and --weights apply to a single REF" + (
-            f" (the folder given holds {len(refs)} model files)" if len(refs) > 1 else ""))
+            f" (the folder given holds {len(refs)} model files)" if given == 1 and len(refs) > 1 else
+            f" ({given} given)" if given > 1 else ""))
     for ref in refs:
         entries.append(ModelEntry(ref=ref, name=name, weights=weights, **{
             k: v for k, v in load_kwargs.items()}))
@@ -125,6 +128,26 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
                        "and ingest again with --input-size/--mean/--std (manifest: input_size, mean, std)")
     if report.by_status("failed"):
         sys.exit(1)
+
+
+def _numbers_as_refs(refs: tuple[str, ...]) -> None:
+    """``--mean 0.5 0.5 0.5`` unquoted gives --mean one number and makes the others model references; say so
+    before anything is signed with the wrong convention."""
+    import os
+
+    numbers = [ref for ref in refs if _is_number(ref) and not os.path.exists(ref)]
+    if numbers:
+        raise click.UsageError(f"{' '.join(numbers)} {'is a number' if len(numbers) == 1 else 'are numbers'}, not "
+                               "a model: give --mean/--std three values quoted (--mean '0.5 0.5 0.5') or "
+                               "comma-separated (--mean 0.5,0.5,0.5)")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _expand_folders(refs: tuple[str, ...], quiet: bool) -> tuple[str, ...]:

@@ -59,7 +59,8 @@ def result_line(result: "SignResult") -> str:
         return f"added    {result.name}  ({result.seconds:.1f} s)"
     if result.status == "skipped":
         return f"skipped  {result.name}  (already indexed: same weights)"
-    return f"failed   {result.name}: {result.error}"
+    name = result.name if len(result.name) <= 120 else f"{result.name[:100]}... ({len(result.name)} characters)"
+    return f"failed   {name}: {result.error}"
 
 
 class SigningProgress:

@@ -27,7 +27,7 @@ import numpy as np
 from ..config import SignatureConfig
 from ..errors import GifindexError, IndexError_
 from ..executors import InlineExecutor, Reporter, SignJob
-from ..ingest import SignResult, split_unchanged
+from ..ingest import SignResult, name_taken, split_unchanged
 from ..manifest import ModelEntry
 from ..models.files import check_path
 from ..probes import Probes, make_probes
@@ -202,7 +202,7 @@ def ingest(files: IndexFiles, refs: Iterable[str | ModelEntry], *, device: str =
         known = {r.weights_sha256 for r in records}
         names = {r.name: r.weights_sha256 for r in records}
         job = SignJob(files.config, files.probes, device=device, batch_size=batch_size,
-                      known_sha256=frozenset(known))
+                      known_sha256=frozenset(known), taken_names=dict(names))
         pending: list[SignResult] = []
         failures = _Failures(files)
         last_commit = time.monotonic()
@@ -288,9 +288,7 @@ def settle(result: SignResult, known: set[str], names: dict[str, str]) -> None:
     if result.status == "added" and result.weights_sha256 in known:
         result.status, result.signature = "skipped", None  # signed twice in one ingest
     elif result.status == "added" and names.get(result.name, result.weights_sha256) != result.weights_sha256:
-        result.status, result.signature = "failed", None
-        result.error = (f"name {result.name!r} is already used by another model in the index; "
-                        "give this one another name (--name or the manifest's name)")
+        result.status, result.signature, result.error = "failed", None, name_taken(result.name)
     if result.status == "added":
         known.add(result.weights_sha256)
         names[result.name] = result.weights_sha256
