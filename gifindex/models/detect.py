@@ -40,6 +40,11 @@ PRIORITY_GROUPS = ("resnet", "mobilenet", "mobilenetv3", "efficientnet", "vision
                    "mobilenetv4", "ghostnet", "inception_v3", "beit", "eva", "mlp_mixer")
 
 Fingerprint = dict[str, Any]  # {"keys": {key: shape}, "cls": [classifier keys]}
+CACHE_FORMAT = 2  # 2: torchvision builders taking a pretrained backbone built without it (failures of 1 retried)
+# Auxiliary heads a state dict may lack (torchvision drops them after loading its pretrained weights, so a model
+# fine-tuned from those has none): the architecture is then built with aux_logits=False.
+AUX_HEADS = {"torchvision:googlenet": ("aux1.", "aux2."), "torchvision:inception_v3": ("AuxLogits.",)}
+GREY_CHANNELS = 1  # the input channel count, besides RGB's 3, that the shared space feeds (the images' luma)
 
 
 def cache_dir() -> Path:
@@ -107,6 +112,9 @@ class Fit:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "key: file [..] vs model [..]"
     also: list[str] = field(default_factory=list)  # other architectures the state dict fits exactly
+    in_chans: int | None = None  # the input channels of a first layer that takes other than the architecture's 3
+    input_layer: str | None = None  # that layer's weight (its fingerprint key), with ``in_chans``
+    aux_logits: bool | None = None  # False: the state dict lacks the architecture's auxiliary heads (AUX_HEADS)
 
     @property
     def exact(self) -> bool:
@@ -132,8 +140,14 @@ def compare(arch: str, fp: Fingerprint, sd: dict[str, torch.Tensor],
     without its classifier, every classifier tensor absent and nothing else)."""
     keys: dict[str, list[int]] = fp["keys"]
     have = {k for k in sd if not _ignored(k)}
+    aux = {k for k in keys if k.startswith(AUX_HEADS.get(arch, ()))} if arch in AUX_HEADS else set()
+    no_aux = bool(aux) and not aux & have  # every auxiliary head absent: built with aux_logits=False
+    if no_aux:
+        keys = {k: s for k, s in keys.items() if k not in aux}
+        fp = {"keys": keys, "cls": [k for k in fp["cls"] if k not in aux]}
     fit = Fit(arch, missing=sorted(set(keys) - have, key=list(keys).index),
-              unexpected=sorted(have - set(keys)))
+              unexpected=sorted(have - set(keys)), aux_logits=False if no_aux else None)
+    first = next((k for k, s in keys.items() if len(s) == 4), None)  # the input layer's weight (a convolution)
     headless = bool(fp["cls"]) and set(fit.missing) == set(fp["cls"]) and not fit.unexpected
     if headless and num_classes:
         fit.mismatched.append(f"classifier: the file has none (a backbone saved without it), --num-classes says "
@@ -149,7 +163,14 @@ def compare(arch: str, fp: Fingerprint, sd: dict[str, torch.Tensor],
             dims = [i for i, w in enumerate(want) if w == PROBE_CLASSES]
             counts.update(got[i] for i in dims)
             want = [got[i] if i in dims else w for i, w in enumerate(want)]
-        if got != want:
+        if got != want and k == first and len(got) == 4 and got[0] == want[0] and got[2:] == want[2:] \
+                and want[1] == 3:  # the input layer alone takes another channel count
+            if got[1] == GREY_CHANNELS:
+                fit.in_chans, fit.input_layer = got[1], k
+                continue
+            fit.mismatched.append(f"{k}: file {got} vs model {want} (an input layer taking {got[1]} channels: "
+                                  "gifindex signs RGB (3) or grey (1) models)")
+        elif got != want:
             fit.mismatched.append(f"{k}: file {got} vs model {want}")
     if len(counts) > 1:
         fit.mismatched.append(f"classifier: inconsistent class counts {sorted(counts)}")
@@ -173,6 +194,9 @@ class FingerprintCache:
             data = {}
         self.archs: dict[str, Fingerprint | None] = data.get("archs", {})
         self.representatives: dict[str, list[list[str]]] = data.get("representatives", {})
+        if data and data.get("format") != CACHE_FORMAT:  # an older gifindex's: its failures may build now
+            self.archs = {name: fp for name, fp in self.archs.items() if fp is not None}
+            self.representatives, self.dirty = {}, True
 
     def get(self, name: str) -> Fingerprint | None:
         if name not in self.archs:
@@ -189,7 +213,8 @@ class FingerprintCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump({"archs": self.archs, "representatives": self.representatives}, f, separators=(",", ":"))
+            json.dump({"format": CACHE_FORMAT, "archs": self.archs, "representatives": self.representatives}, f,
+                      separators=(",", ":"))
         os.replace(tmp, self.path)
         self.dirty = False
 
@@ -211,7 +236,9 @@ class Detection:
     num_classes: int | None
     seconds: float
     candidates_checked: int
-    also: list[str] = field(default_factory=list)  # architectures of the same family that fit exactly too
+    also: list[str] = field(default_factory=list)  # architectures of the same family or name that fit exactly too
+    in_chans: int | None = None  # the input channels of a first layer that takes other than the architecture's 3
+    aux_logits: bool | None = None  # False: the architecture's auxiliary heads are absent from the state dict
 
 
 def _torchvision_groups() -> dict[str, list[str]]:
@@ -274,7 +301,9 @@ def _detect(sd: dict[str, torch.Tensor], libraries: tuple[str, ...]) -> Detectio
         finally:
             cache.save()
         if fit is not None:
-            return Detection(fit.arch, fit.num_classes, time.perf_counter() - start, counter[0], fit.also)
+            also = _same_name_fits(lib, fit, sd, libraries) + fit.also
+            return Detection(fit.arch, fit.num_classes, time.perf_counter() - start, counter[0], also, fit.in_chans,
+                             fit.aux_logits)
     best.sort(key=lambda f: f.distance)
     best = list({f.arch: f for f in reversed(best)}.values())[::-1]  # each architecture once, nearest first
     hint = ""
@@ -312,6 +341,28 @@ def _also_fits(lib: str, groups: dict[str, list[str]], fit: Fit, sd: dict[str, t
             fp = cache.get(other)
             if fp is not None and compare(f"{lib}:{other}", fp, sd).exact:
                 out.append(f"{lib}:{other}")
+    return out
+
+
+def _same_name_fits(lib: str, fit: Fit, sd: dict[str, torch.Tensor], libraries: tuple[str, ...]) -> list[str]:
+    """The architectures of the other libraries with ``fit``'s name that ``sd`` fits exactly too (timm's
+    ``resnet18`` has torchvision's names and shapes, but resizes its input otherwise): one fingerprint each."""
+    name = fit.arch.partition(":")[2]
+    out = []
+    for other in libraries:
+        if other == lib:
+            continue
+        try:
+            constructor(other, name)
+        except KeyError:
+            continue
+        cache = FingerprintCache(other)
+        try:
+            fp = cache.get(name)
+        finally:
+            cache.save()
+        if fp is not None and compare(f"{other}:{name}", fp, sd).exact:
+            out.append(f"{other}:{name}")
     return out
 
 
@@ -371,6 +422,14 @@ def _group_similarity(group: str, names: list[str], want: set[str], cache: Finge
 def fit_architecture(lib: str, name: str, sd: dict[str, torch.Tensor],
                      num_classes: int | None = None) -> int | None:
     """Check that ``sd`` fits ``lib:name`` exactly; return the class count read from the classifier."""
+    fit = fit_details(lib, name, sd, num_classes)
+    return fit.num_classes if fit.num_classes is not None else num_classes
+
+
+def fit_details(lib: str, name: str, sd: dict[str, torch.Tensor], num_classes: int | None = None) -> Fit:
+    """Check that ``sd`` fits ``lib:name`` exactly (its input layer may take one channel, ``Fit.in_chans``; its
+    auxiliary heads may be absent, ``Fit.aux_logits``); the :class:`Fit`, with the class count read from the
+    classifier. An architecture that cannot be built, or a state dict that does not fit, is an ArchitectureError."""
     cache = FingerprintCache(lib) if lib in ("timm", "torchvision") else None
     try:
         fp = cache.get(name) if cache else fingerprint_of(build_on_meta(lib, name))
@@ -378,8 +437,13 @@ def fit_architecture(lib: str, name: str, sd: dict[str, torch.Tensor],
         if cache:
             cache.save()
     if fp is None:
-        raise ArchitectureError(f"cannot build {lib}:{name} to check the state dict against it")
+        try:  # the cache records only that it failed: build it again for the reason
+            build_on_meta(lib, name)
+            why = f"it failed to build before; delete {cache.path if cache else 'the fingerprint cache'} to retry"
+        except Exception as e:  # noqa: BLE001 - whatever the builder raises is the reason
+            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        raise ArchitectureError(f"cannot build {lib}:{name} to check the state dict against it ({why})")
     fit = compare(f"{lib}:{name}", fp, fitting(sd, fp["keys"]), num_classes)
     if not fit.exact:
         raise ArchitectureError(f"the state dict does not fit {lib}:{name}: {fit.describe()}")
-    return fit.num_classes if fit.num_classes is not None else num_classes
+    return fit

@@ -7,6 +7,8 @@ torch hub checkpoints folder (torchvision, older timm URLs). Nothing here touche
 from __future__ import annotations
 
 import difflib
+import inspect
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from gifindex.models.spec import IMAGENET_MEAN, IMAGENET_STD, Built, InputSpec, 
 
 if TYPE_CHECKING:
     from gifindex.refs import ModelRef
+
+log = logging.getLogger(__name__)
 
 
 def _home(path: str | Path) -> str:
@@ -118,16 +122,35 @@ def timm_cached_file(cfg: dict[str, Any]) -> Path | None:
     return None
 
 
+# torchvision architectures whose ``transform_input`` (an RGB re-normalisation inside the model) no state dict
+# records: torchvision's pretrained weights use True, its builder without weights False.
+TRANSFORM_INPUT = ("googlenet", "inception_v3")
+
+
 def _explicit_build(lib: str, name: str, build: Any, weights: Any, random_init: bool, num_classes: int | None,
                     trust: bool, kwargs: dict[str, Any], meta: dict[str, Any]) -> tuple[nn.Module, str | None] | None:
-    """Build with weights from ``--weights`` (class count read from the file) or untrained on request;
-    None when the pretrained weights of the local caches are wanted instead."""
+    """Build with weights from ``--weights`` (class count read from the file; a grey input layer and absent
+    auxiliary heads too, :func:`detect.fit_details`) or untrained on request; None when the pretrained weights of
+    the local caches are wanted instead."""
     if weights:
         sd, sha = read_weights(weights, trust)
-        n = detect.fit_architecture(lib, name, sd, num_classes)
+        fit = detect.fit_details(lib, name, sd, num_classes)
+        n = fit.num_classes if fit.num_classes is not None else num_classes
         if n is not None:
             kwargs["num_classes"] = n
+        if fit.aux_logits is False:
+            kwargs["aux_logits"] = False
+            meta["aux_logits"] = False
+        if lib == "torchvision" and name in TRANSFORM_INPUT:
+            kwargs.update(init_weights=False, transform_input=_assumed_transform_input(name, fit.aux_logits is False))
+            meta["transform_input"] = kwargs["transform_input"]
+        if fit.in_chans and lib == "timm":
+            kwargs["in_chans"] = fit.in_chans
         module = build(kwargs)
+        if fit.in_chans and lib == "torchvision":
+            _set_input_channels(module, fit.input_layer or "", fit.in_chans, f"{lib}:{name}")
+        if fit.in_chans:
+            meta["in_chans"] = fit.in_chans
         if n == 0:  # a backbone saved without its classifier: the features are its output
             headless(module)
             meta["headless"] = True
@@ -138,6 +161,40 @@ def _explicit_build(lib: str, name: str, build: Any, weights: Any, random_init: 
         meta["random_init"] = True
         return build(kwargs), None
     return None
+
+
+def _assumed_transform_input(name: str, aux_less: bool) -> bool:
+    """``transform_input`` for a torchvision GoogLeNet / Inception v3 state dict, which does not record it, with a
+    warning saying what was assumed. Without auxiliary heads: True, as the network fine-tuned from torchvision's
+    pretrained weights (the builder drops the heads only after loading those, and sets True with them; a network
+    built without weights has the heads unless asked otherwise). With them: False, the builder's own default
+    without weights."""
+    assumed = aux_less
+    why = ("it has no auxiliary heads, as a network fine-tuned from torchvision's pretrained weights (which use "
+           "True)" if aux_less else "as torchvision builds it without pretrained weights")
+    log.warning("torchvision:%s state dict: assumed transform_input=%s (%s; a state dict does not record it); for "
+                "transform_input=%s, load the weights into your own class building %s(transform_input=%s%s) with "
+                "--arch python:FILE.py:Class --trust, or save the model whole with torch.jit.script and load that "
+                "file with --trust", name, assumed, why, not assumed, name, not assumed,
+                ", aux_logits=False" if aux_less else "")
+    return assumed
+
+
+def _set_input_channels(module: nn.Module, key: str, in_chans: int, arch: str) -> None:
+    """Replace the input convolution of ``module`` (its weight is ``key``) by one taking ``in_chans`` channels, its
+    other hyper-parameters unchanged."""
+    path = key.rpartition(".")[0]
+    try:
+        conv = module.get_submodule(path)
+    except AttributeError:
+        conv = None
+    if type(conv) is not nn.Conv2d or conv.groups != 1:
+        raise ModelLoadError(f"cannot make {arch} take {in_chans} input channel(s): its input layer {path or key!r} is "
+                             f"not a plain convolution")
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    parent, _, attr = path.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, attr, new)
 
 
 def load_timm(name: str, tag: str | None, *, weights: Any, num_classes: int | None,
@@ -270,6 +327,18 @@ def load_torchvision(name: str, tag: str | None, *, weights: Any, num_classes: i
     return Built(module, torchvision_spec(wenum), f"torchvision:{name}", sha, meta)
 
 
+def tv_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for torchvision's builder of ``name``, with ``weights_backbone=None`` where it takes one
+    (segmentation, detection): its default is the pretrained ImageNet backbone, which it would download, or load
+    from the cache into what gifindex builds untrained or fills from a weights file."""
+    import torchvision.models as tvm
+    try:
+        takes = "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters
+    except (ValueError, KeyError, TypeError):
+        takes = False
+    return {**kwargs, "weights_backbone": None} if takes and "weights_backbone" not in kwargs else kwargs
+
+
 def _tv_build(name: str, wenum: Any, kwargs: dict[str, Any],
               sd: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Build with torchvision's own builder; with ``wenum``, it is handed ``sd`` (already read
@@ -282,7 +351,7 @@ def _tv_build(name: str, wenum: Any, kwargs: dict[str, Any],
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return tvm.get_model(name, weights=wenum, **kwargs)
+            return tvm.get_model(name, weights=wenum, **tv_kwargs(name, kwargs))
     except (RuntimeError, ValueError, TypeError) as e:
         raise ModelLoadError(f"cannot build torchvision:{name}: {str(e).splitlines()[0]}") from None
     finally:
@@ -340,7 +409,7 @@ class TorchvisionSource(ModelSource):
         import torchvision.models as tvm
         if name not in tvm.list_models():
             raise KeyError(name)
-        return lambda **kw: tvm.get_model(name, weights=None, **kw)
+        return lambda **kw: tvm.get_model(name, weights=None, **tv_kwargs(name, kw))
 
     def version(self) -> str:
         import torchvision
