@@ -176,6 +176,8 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
             "file_sha256": loaded.weights_sha256, "file_stamp": file_stamp(entry.ref),
             "random_init": random_init, "load": load_options(entry),
         }
+        if loaded.meta.get("convention_from"):   # the file carried its own (a pickled timm module's pretrained_cfg)
+            result.metadata["convention_from"] = loaded.meta["convention_from"]
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a bad model is a result, not a crash

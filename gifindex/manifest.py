@@ -105,6 +105,11 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
         if value is not None and (not isinstance(value, list) or len(value) not in (1, 3) or
                                   not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
             errors.append(f"line {line}: {key!r} must be three numbers (or one, for every channel)")
+        elif value is not None:
+            from .models.spec import convention_problem   # here: it imports torch
+
+            if problem := convention_problem(key, tuple(value)):
+                errors.append(f"line {line}: {key!r}: {problem}")
     if data.get("output") not in (None, "norm", "top-logit"):
         errors.append(f"line {line}: 'output' must be norm or top-logit")
     tags = data.get("tags")

@@ -97,10 +97,11 @@ def describe(info: dict[str, Any]) -> str:
             f"({origin}){random}")
 
 
-def entry_origins(entry: Any) -> tuple[str, str]:
+def entry_origins(entry: Any, meta: dict[str, Any] | None = None) -> tuple[str, str]:
     """(arch_from, convention_from) for a model loaded from a ``ModelEntry``: ``given`` when the user gave them,
     else ``detected`` (a state-dict file's architecture) / ``reference``, and ``model`` (its own convention), or
-    for a weights file given none (``convention_unknown``) its architecture's default (ARCH_DEFAULT)."""
+    for a weights file given none (``convention_unknown``) its architecture's default (ARCH_DEFAULT), unless the
+    loader read the file's own (``meta["convention_from"] == "model"``: a pickled timm module's pretrained_cfg)."""
     from .errors import GifindexError
     from .refs import parse_ref
 
@@ -110,7 +111,8 @@ def entry_origins(entry: Any) -> tuple[str, str]:
         kind = "file"
     arch_from = "given" if entry.arch else "detected" if kind == "file" else "reference"
     given = bool(entry.input_size or entry.mean or entry.std)
-    return arch_from, "given" if given else ARCH_DEFAULT if entry.convention_unknown() else "model"
+    own = (meta or {}).get("convention_from") == "model"
+    return arch_from, "given" if given else ARCH_DEFAULT if entry.convention_unknown() and not own else "model"
 
 
 def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",
@@ -123,6 +125,6 @@ def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",
     loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
     with signing(entry.display_name(), passes(config)) as progress:
         feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
-    arch_from, convention_from = entry_origins(entry)
+    arch_from, convention_from = entry_origins(entry, loaded.meta)
     signed(loaded_info(loaded, arch_from=arch_from, convention_from=convention_from))
     return feats

@@ -102,7 +102,7 @@ def test_one_mean_or_std_value_stands_for_every_channel():
     spec = InputSpec().with_overrides(28, (0.1307,), (0.3081,))
     assert spec.mean == (0.1307,) * 3 and spec.std == (0.3081,) * 3 and spec.size == (28, 28)
     from gifindex.errors import ConfigError
-    with pytest.raises(ConfigError, match="three values"):
+    with pytest.raises(ConfigError, match="three numbers"):
         InputSpec().with_overrides(mean=(0.1, 0.2))
     with pytest.raises(ValueError, match="1 \\(grey\\) or 3"):
         InputSpec(channels=2)

@@ -475,7 +475,7 @@ def test_zero_gradient_model_refused_and_suspect_refuses_degenerate_calibration(
     from gifindex.apps.suspect import suspect_from_distances
 
     torch.jit.save(torch.jit.script(Constant()), tmp_path / "constant.ts.pt")
-    refused(hub, [tmp_path / "constant.ts.pt", "--trust", "--input-size", "16"], "signature is identically zero")
+    refused(hub, [tmp_path / "constant.ts.pt", "--trust", "--input-size", "16"], "gradient is zero at every probe point")
     with pytest.raises(GifindexError, match="cannot calibrate: .* no spread"):
         suspect_from_distances(0.3, [1.0, 1.0, 1.0, 1.0, 1.0])
     assert suspect_from_distances(0.3, [0.9, 1.0, 1.1, 0.95, 1.05])["verdict"] == "derived"

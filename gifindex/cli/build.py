@@ -172,7 +172,8 @@ def _default_conventions(entries: list[ModelEntry], report: Any) -> list[Any]:
 
     unknown = {json.dumps(load_options(absolute_entry(e)), sort_keys=True) for e in entries if e.convention_unknown()}
     return [r for r in report.by_status("added")   # by how it was loaded: entries may share a reference
-            if json.dumps(r.metadata.get("load"), sort_keys=True) in unknown]
+            if json.dumps(r.metadata.get("load"), sort_keys=True) in unknown
+            and r.metadata.get("convention_from") != "model"]
 
 
 def _convention_of(metadata: dict[str, Any]) -> str:

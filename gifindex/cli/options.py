@@ -76,16 +76,28 @@ def _fail(message: str) -> None:
 
 
 def _floats(text: str | None, name: str) -> tuple[float, float, float] | None:
-    """Three numbers, one per channel, or one for all three (a grey model's single mean or std)."""
+    """Three numbers, one per channel, or one for all three (a grey model's single mean or std); finite, and a
+    std above zero (gifindex.models.spec.convention_problem, the check manifests share)."""
     if text is None:
         return None
     try:
         values = tuple(float(v) for v in text.replace(",", " ").split())
     except ValueError:
-        raise click.BadParameter(f"expected three numbers (or one), got {text!r}", param_hint=name) from None
+        raise click.BadParameter(f"expected three numbers (or one), got {text!r}", param_hint=f"'{name}'") from None
     if len(values) not in (1, 3):
-        raise click.BadParameter(f"expected three numbers (or one), got {text!r}", param_hint=name)
+        raise click.BadParameter(f"expected three numbers (or one), got {text!r}", param_hint=f"'{name}'")
+    from ..models.spec import convention_problem
+
+    problem = convention_problem(name.lstrip("-"), values)
+    if problem:
+        raise click.BadParameter(problem, param_hint=f"'{name}'")
     return values * 3 if len(values) == 1 else values  # type: ignore[return-value]
+
+
+def _check_floats(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a bad --mean/--std while the command line is parsed (a usage error, exit 2); kept as text."""
+    _floats(value, f"--{param.name}")
+    return value
 
 
 # The keyword names config_options gives its options (SignatureConfig fields); config_from reads them back.
@@ -154,10 +166,13 @@ def load_options(func):
         click.option("--arch", default=None, help="architecture of a state-dict file, e.g. timm:resnet18, or your own "
                      "class: python:FILE.py:Class (or python:package.module:Class; runs that code: needs --trust)"),
         click.option("--num-classes", type=int, default=None, help="classifier size for --arch"),
-        click.option("--input-size", type=int, default=None, help="override the model's native input size"),
-        click.option("--mean", default=None, help="override normalisation mean: --mean 0.5 0.5 0.5 (or "
+        click.option("--input-size", type=click.IntRange(min=1), default=None,
+                     help="override the model's native input size (pixels)"),
+        click.option("--mean", default=None, callback=_check_floats,
+                     help="override normalisation mean: --mean 0.5 0.5 0.5 (or "
                      "'0.5 0.5 0.5', 0.5,0.5,0.5; one number: every channel, as for a grey model)"),
-        click.option("--std", default=None, help="override normalisation std, same forms as --mean"),
+        click.option("--std", default=None, callback=_check_floats, help="override normalisation std (above "
+                     "zero), same forms as --mean"),
         click.option("--trust", is_flag=True, help="allow files whose loading runs code (pickled modules, "
                                                    "TorchScript); only for files you trust"),
         click.option("--random-init", is_flag=True, help="build untrained weights when none are given"),

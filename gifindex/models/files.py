@@ -15,8 +15,11 @@ import os
 import pickle
 import stat
 import struct
+import sys
 import warnings
 import zipfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,7 +271,26 @@ def _untrusted(path: str) -> UntrustedFileError:
         "from the file. Re-save it as a state dict, or pass --trust if you trust its origin")
 
 
-def _torch_load(data: bytes, path: str, trust: bool) -> Any:
+@contextmanager
+def on_sys_path(folders: Iterable[str]) -> Iterator[None]:
+    """``folders`` at the front of ``sys.path`` for the duration (those not there already), then taken off again:
+    what a trusted pickle's classes or a user's class file import is found as Python itself would find it."""
+    added = []
+    for folder in reversed(list(dict.fromkeys(str(f) for f in folders))):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+            added.append(folder)
+    try:
+        yield
+    finally:
+        for folder in added:
+            try:
+                sys.path.remove(folder)
+            except ValueError:  # the imported code took it off itself
+                pass
+
+
+def _torch_load(data: bytes, path: str, trust: bool, import_paths: Iterable[str] = ()) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -279,9 +301,28 @@ def _torch_load(data: bytes, path: str, trust: bool) -> Any:
     except Exception as e:  # EOFError, RuntimeError, struct.error, zipfile errors...: unreadable
         raise ModelLoadError(f"cannot read {path}: corrupt or truncated file ({_first_line(e)}); {REFIX}")
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        with on_sys_path(import_paths):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except ImportError as e:  # the pickle names a module of classes that is not importable here
+        module = getattr(e, "name", None)
+        raise ModelLoadError(f"cannot load {path} (trusted pickle): it needs module {module or '?'!r} for its "
+                             f"classes, which cannot be imported ({_first_line(e)}); it must be importable: run from "
+                             "the folder that holds it, add that folder to PYTHONPATH, or name the class's file with "
+                             "--arch python:FILE.py:Class") from None
+    except AttributeError as e:  # the module imports but no longer defines the pickled class
+        raise ModelLoadError(f"cannot load {path} (trusted pickle): a class it needs is not where it was saved from "
+                             f"({_first_line(e)}); make the module that defines it importable") from None
     except Exception as e:  # trusted arbitrary pickle: any failure is a load failure
         raise ModelLoadError(f"cannot load {path} (trusted pickle): {_first_line(e)}")
+
+
+def as_float32(module: nn.Module) -> nn.Module:
+    """``module`` (a model read from a file: gifindex's own copy) with its floating-point parameters and buffers in
+    float32, the precision gifindex signs in (a module saved in fp16, bf16 or fp64); other tensors as they are."""
+    if any(t.is_floating_point() and t.dtype != torch.float32
+           for t in (*module.parameters(), *module.buffers())):
+        module = module.float()
+    return module
 
 
 def _first_line(e: BaseException) -> str:
@@ -289,8 +330,9 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def read_weights_file(path: str | Path, *, trust: bool = False) -> WeightsFile:
-    """Read ``path`` as a state dict (or, with ``trust``, a pickled module / TorchScript archive)."""
+def read_weights_file(path: str | Path, *, trust: bool = False, import_paths: Iterable[str] = ()) -> WeightsFile:
+    """Read ``path`` as a state dict (or, with ``trust``, a pickled module / TorchScript archive, its floating-point
+    tensors in float32). A trusted pickle is unpickled with ``import_paths`` on ``sys.path`` (its classes' modules)."""
     path = str(path)
     check_path(path)
     try:
@@ -339,15 +381,23 @@ def read_weights_file(path: str | Path, *, trust: bool = False) -> WeightsFile:
                 module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as e:
             raise ModelLoadError(f"cannot load TorchScript archive {path}: {_first_line(e)}")
-        return WeightsFile(path, fmt, sha, module=module)
-    obj = _torch_load(data, path, trust)
+        return WeightsFile(path, fmt, sha, module=_own_module(module, path))
+    obj = _torch_load(data, path, trust, import_paths)
     if isinstance(obj, nn.Module):
-        return WeightsFile(path, fmt, sha, module=obj)
+        return WeightsFile(path, fmt, sha, module=_own_module(obj, path))
     if isinstance(obj, dict):
         mod = next((v for v in obj.values() if isinstance(v, nn.Module)), None)
         if mod is not None and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            return WeightsFile(path, fmt, sha, module=mod)
+            return WeightsFile(path, fmt, sha, module=_own_module(mod, path))
     return WeightsFile(path, fmt, sha, state_dict=extract_state_dict(obj, path))
+
+
+def _own_module(module: nn.Module, path: str) -> nn.Module:
+    try:
+        return as_float32(module)
+    except Exception as e:  # noqa: BLE001 - a module whose own code refuses the conversion
+        raise ModelLoadError(f"cannot convert {path} to float32 (the precision gifindex signs in): "
+                             f"{_first_line(e)}") from None
 
 
 def read_state_dict(path: str | Path, *, trust: bool = False) -> tuple[dict[str, torch.Tensor], str]:

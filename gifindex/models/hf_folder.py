@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from gifindex.errors import ModelLoadError
-from gifindex.models.files import read_state_dict
+from gifindex.models.files import fitting, read_state_dict
 from gifindex.models.hub import _finish_weights, timm_spec
 from gifindex.models.sources import ModelSource, register_source
-from gifindex.models.spec import Built
+from gifindex.models.spec import Built, convention_problem
 from gifindex.refs import HF_FOLDER_CONFIG, HF_FOLDER_WEIGHTS, ModelRef
 
 
@@ -31,7 +31,54 @@ def read_config(folder: Path) -> dict[str, Any]:
             config.get("architectures") else ""
         raise ModelLoadError(f"{path} names no timm 'architecture'{hint}; only timm-style folders "
                              "(timm's save_for_hf / push_to_hf_hub) are supported")
+    check_convention(config, path)
     return config
+
+
+def check_convention(config: dict[str, Any], path: Path) -> None:
+    """Refuse a ``pretrained_cfg`` whose input convention is malformed (a mean of two numbers, a string, a std of
+    zero, an input size that is no [channels, height, width] of positive integers), naming the field."""
+    cfg = config.get("pretrained_cfg")
+    if cfg is None:
+        return
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{path}: 'pretrained_cfg' must be a mapping, got {type(cfg).__name__}")
+    for field in ("mean", "std"):
+        problem = convention_problem(field, cfg[field]) if cfg.get(field) is not None else None
+        if problem:
+            raise ModelLoadError(f"{path}: pretrained_cfg.{field}: {problem}")
+    size = cfg.get("input_size")
+    if size is not None and (not isinstance(size, list) or len(size) != 3 or
+                             any(convention_problem("input_size", v) for v in size)):
+        raise ModelLoadError(f"{path}: pretrained_cfg.input_size: expected [channels, height, width], three positive "
+                             f"integers, got {size!r}")
+
+
+def check_fit(module: Any, sd: dict[str, Any], arch: str, path: Path, num_classes: int | None) -> None:
+    """Say in one line what keeps the weights in ``path`` from loading into ``module``: a class count that differs
+    from the one asked for (``--num-classes``, else config.json's), else the keys missing, unexpected or shaped
+    otherwise (three of each)."""
+    own = module.state_dict()
+    sd = fitting(sd, own)
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    want = getattr(module, "num_classes", None)
+    counts = {int(sd[k].shape[0]) for k in shapes if sd[k].ndim >= 1}
+    if not missing and not unexpected and isinstance(want, int) and len(counts) == 1 and all(
+            sd[k].ndim == own[k].ndim and own[k].shape[0] == want and tuple(sd[k].shape[1:]) == tuple(own[k].shape[1:])
+            for k in shapes):
+        said = f"--num-classes says {num_classes}" if num_classes is not None else \
+            f"its {HF_FOLDER_CONFIG} says {want}"
+        raise ModelLoadError(f"cannot load {path} into timm:{arch}: the file has {counts.pop()} classes, {said}")
+    problems = [f"{what} {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+                for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                   ("shape", [f"{k} file {list(sd[k].shape)} vs model {list(own[k].shape)}"
+                                              for k in shapes])) if keys]
+    raise ModelLoadError(f"cannot load {path} into timm:{arch} as its {HF_FOLDER_CONFIG} builds it: "
+                         f"{'; '.join(problems)}")
 
 
 def weights_path(folder: Path) -> Path:
@@ -61,8 +108,11 @@ def load_hf_folder(folder: str | Path, *, num_classes: int | None = None, trust:
                              f"{str(e).splitlines()[0][:200]}") from None
     path = weights_path(folder)
     sd, sha = read_state_dict(path, trust=trust)
+    check_fit(module, sd, arch, path, num_classes)
     _finish_weights(module, sd, f"timm:{arch}")
-    return Built(module, timm_spec(module), f"timm:{arch}", sha,
+    spec = timm_spec(module)
+    spec = spec.with_overrides(mean=spec.mean, std=spec.std)  # one value for every channel: three
+    return Built(module, spec, f"timm:{arch}", sha,
                  {"folder": str(folder), "weights_file": str(path)})
 
 

@@ -16,7 +16,7 @@ from gifindex.models import detect, pyclass
 from gifindex.models.files import read_weights_file
 from gifindex.models.hub import timm_spec
 from gifindex.models.sources import ModelSource, get_source, register_source
-from gifindex.models.spec import Built, InputSpec
+from gifindex.models.spec import Built, InputSpec, convention_problem
 from gifindex.refs import ModelRef, parse_ref, taskonomy_task
 
 log = logging.getLogger(__name__)
@@ -40,20 +40,28 @@ class FileSource(ModelSource):
 
 def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool) -> Built:
     """A local file: a whole module (trusted pickle / TorchScript) or a state dict plus architecture."""
-    wf = read_weights_file(path, trust=trust)
+    python_arch = pyclass.canonical(arch) if pyclass.is_python_arch(arch) else None
+    # a trusted pickle's classes are imported as `python` run here would find them: beside a class file named with
+    # --arch python:FILE.py:Class, then in the working folder
+    wf = read_weights_file(path, trust=trust, import_paths=[*pyclass.folders(python_arch), str(Path.cwd())])
     meta: dict[str, Any] = {"file": path, "format": wf.format}
     if wf.module is not None:
-        spec = timm_spec(wf.module) if hasattr(wf.module, "pretrained_cfg") else InputSpec()
         kind = "torchscript" if wf.format == "torchscript" else "pickled module"
         meta["loaded_as"] = kind
         # a TorchScript archive's class is RecursiveScriptModule whatever it holds: name it by the class it compiled
         name = getattr(wf.module, "original_name", None) or type(wf.module).__name__
-        return Built(wf.module, spec, arch or name, wf.sha256, meta)
+        if arch is not None:
+            _check_own_arch(path, wf.module, kind, name, python_arch or arch)
+        spec = InputSpec()
+        if hasattr(wf.module, "pretrained_cfg"):  # a timm model saved whole: its own convention goes with it
+            spec = _own_spec(wf.module, path)
+            meta["convention_from"] = "model"
+        return Built(wf.module, spec, name, wf.sha256, meta)
     assert wf.state_dict is not None
     preloaded = (wf.state_dict, wf.sha256)
-    if pyclass.is_python_arch(arch):  # the user's own class: its input convention is whatever the options say
-        name = pyclass.canonical(arch)
-        net = pyclass.build(name, num_classes, trust)
+    if python_arch is not None:  # the user's own class: its input convention is whatever the options say
+        name = pyclass.absolute(arch)
+        net = pyclass.build(python_arch, num_classes, trust)
         pyclass.load_into(net, wf.state_dict, name)
         meta["loaded_as"] = "state dict into the user's class"
         return Built(net, InputSpec(), name, wf.sha256, {**meta, "weights_file": path})
@@ -67,9 +75,9 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
         log.info("%s: architecture detected as %s (%s classes) in %.1f s", path, found.arch, found.num_classes,
                  found.seconds)
         if found.also:
-            log.warning("%s: detected as %s, but its weights fit %s exactly too (the same layers, perhaps another "
-                        "function: padding, activation); pass --arch to choose", path, found.arch,
-                        ", ".join(found.also))
+            log.warning("%s: detected as %s, but its weights fit %s exactly too (the same layers, perhaps "
+                        "another function: padding, activation, resize, input convention); pass --arch to choose",
+                        path, found.arch, ", ".join(found.also))
     if arch.startswith("taskonomy:"):  # the task is only a label once the weights are given
         a = ModelRef("taskonomy", arch.partition(":")[2])
     else:
@@ -81,6 +89,43 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
                                     trust=trust)
     built.meta.update(meta, weights_file=path)
     return built
+
+
+def _check_own_arch(path: str, module: Any, kind: str, name: str, arch: str) -> None:
+    """``--arch`` given for a file that holds a whole module, which carries its own architecture: accepted only where
+    it names that very architecture (the class of a ``python:`` arch, or a timm module's own name: a state dict given
+    beside it may need it), else refused rather than silently ignored."""
+    what = "a TorchScript archive" if kind == "torchscript" else "a whole pickled module"
+    if pyclass.is_python_arch(arch):
+        wanted = arch.rpartition(":")[2]
+        if wanted == name:
+            return
+        named = f"--arch {arch} names another class, {wanted!r}"
+    else:
+        lib, _, wanted = arch.partition(":") if ":" in arch else ("", "", arch)
+        cfg = getattr(module, "pretrained_cfg", None)
+        own = cfg.get("architecture") if isinstance(cfg, dict) else None
+        if own and lib in ("", "timm") and wanted.partition(".")[0] == own:
+            return
+        named = f"--arch {arch} does not apply to it"
+    raise ConfigError(f"{path} is {what} (class {name!r}): it carries its own architecture, and {named}; drop "
+                      "--arch, which applies to state dicts only")
+
+
+def _own_spec(module: Any, path: str) -> InputSpec:
+    """The input convention of a timm model saved whole, from its ``pretrained_cfg``; a malformed one named."""
+    cfg = module.pretrained_cfg if isinstance(module.pretrained_cfg, dict) else {}
+    for field in ("mean", "std"):
+        problem = convention_problem(field, cfg[field]) if field in cfg else None
+        if problem:
+            raise ModelLoadError(f"{path}: the model's pretrained_cfg {field}: {problem}")
+    size = cfg.get("input_size", (3, 224, 224))
+    if not isinstance(size, (list, tuple)) or len(size) < 2 or \
+            any(convention_problem("input_size", v) for v in size[-2:]):
+        raise ModelLoadError(f"{path}: the model's pretrained_cfg input_size: expected [channels, height, width] "
+                             f"in pixels, got {size!r}")
+    spec = timm_spec(module)
+    return spec.with_overrides(mean=spec.mean, std=spec.std)  # one value for every channel: three
 
 
 def _bare_arch(name: str) -> ModelRef:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gifindex.errors import ConfigError, ModelLoadError, UntrustedFileError
-from gifindex.models.files import fitting
+from gifindex.models.files import fitting, on_sys_path
 
 if TYPE_CHECKING:  # torch is imported where a class is built: manifests read this module without paying for it
     import torch
@@ -45,9 +45,66 @@ def with_file(arch: str, place: Callable[[str], str]) -> str:
     return f"{PREFIX}{place(target) if target.endswith('.py') else target}:{class_name}"
 
 
-def canonical(arch: str) -> str:
-    """``arch`` with a file path made absolute (the name the index records)."""
+def absolute(arch: str) -> str:
+    """``arch`` with a file path made absolute; a module target as it is (the name a loaded model goes by)."""
     return with_file(arch, lambda target: str(Path(target).expanduser().resolve()))
+
+
+def canonical(arch: str) -> str:
+    """``arch`` as the index records it, to load it again from any folder: a file path made absolute, and a
+    ``package.module`` target found below the working folder (where it is imported from) as its file's absolute path
+    (imported again as that package's module); one importable otherwise (installed) as it is."""
+    target, class_name = _split(arch)
+    if not target.endswith(".py"):
+        found = module_file(target, Path.cwd())
+        return f"{PREFIX}{found}:{class_name}" if found is not None else arch
+    return absolute(arch)
+
+
+def module_file(dotted: str, folder: Path) -> Path | None:
+    """The absolute file of module ``dotted`` (``pkg.models``) below ``folder``, as ``import`` would find it with
+    ``folder`` first on ``sys.path`` (``pkg/models.py`` or ``pkg/models/__init__.py``, every folder on the way a
+    package); None when it is not there. Read from the file system alone: nothing is imported."""
+    parts = dotted.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    base = folder.resolve()
+    for part in parts[:-1]:
+        base = base / part
+        if not (base / "__init__.py").is_file():
+            return None
+    for candidate in (base / parts[-1] / "__init__.py", base / f"{parts[-1]}.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def folders(arch: str | None) -> list[str]:
+    """The folders ``arch``'s code is imported from (``sys.path`` entries while a trusted pickle of its class is
+    read): a file's own folder, and the folder above its package when it lies in one; none for a module target."""
+    if not is_python_arch(arch):
+        return []
+    target, _ = _split(arch)
+    if not target.endswith(".py"):
+        return []
+    path = Path(target).expanduser().resolve()
+    root, _ = _package_of(path)
+    return list(dict.fromkeys(str(p) for p in (path.parent, root) if p is not None))
+
+
+def _package_of(path: Path) -> tuple[Path | None, str | None]:
+    """(the folder above the outermost package holding ``path``, its dotted module name), or (None, None) for a file
+    in no package (its folder has no ``__init__.py``)."""
+    if not (path.parent / "__init__.py").is_file():
+        return None, None
+    parts = [] if path.name == "__init__.py" else [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier() and folder.parent != folder:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if not parts or not all(p.isidentifier() for p in parts):
+        return None, None
+    return folder, ".".join(parts)
 
 
 def _import(target: str):
@@ -55,6 +112,9 @@ def _import(target: str):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
             raise ModelLoadError(f"--arch python:{target}: no such file")
+        root, dotted = _package_of(path)
+        if dotted is not None:  # a file in a package: that package's module (its relative imports resolve)
+            return _import_package_module(target, path, root, dotted)
         name = f"gifindex_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
         if name in sys.modules:
             return sys.modules[name]
@@ -62,20 +122,32 @@ def _import(target: str):
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
-            spec.loader.exec_module(module)
+            with on_sys_path([str(path.parent)]):  # what it imports from beside it, as `python FILE.py` finds it
+                spec.loader.exec_module(module)
         except BaseException:
             del sys.modules[name]
             raise
         return module
-    cwd = str(Path.cwd())
-    added = cwd not in sys.path
-    if added:  # a package of the user's, run from its folder
-        sys.path.insert(0, cwd)
-    try:
+    with on_sys_path([str(Path.cwd())]):  # a package of the user's, run from its folder
         return importlib.import_module(target)
-    finally:
-        if added:
-            sys.path.remove(cwd)
+
+
+def _import_package_module(target: str, path: Path, root: Path, dotted: str):
+    """Import ``dotted`` (the module of ``path``, in a package below ``root``) with ``root`` on ``sys.path``; a clear
+    error when a package of that name is already imported from elsewhere."""
+    top = dotted.split(".")[0]
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        where = getattr(loaded, "__file__", None)
+        if not where or Path(where).resolve().parent.parent != root:
+            raise ModelLoadError(f"--arch python:{target}: its package {top!r} is already imported from "
+                                 f"{Path(where).parent if where else 'elsewhere'}, not from {root}; name it as "
+                                 f"python:{dotted}:Class from {root}, or rename one of the packages")
+    with on_sys_path([str(root)]):
+        module = importlib.import_module(dotted)
+    if Path(getattr(module, "__file__", "") or "").resolve() != path:
+        raise ModelLoadError(f"--arch python:{target}: importing it as {dotted} found {module.__file__} instead")
+    return module
 
 
 def build(arch: str, num_classes: int | None, trust: bool) -> nn.Module:
@@ -90,6 +162,14 @@ def build(arch: str, num_classes: int | None, trust: bool) -> nn.Module:
         module = _import(target)
     except ModelLoadError:
         raise
+    except ImportError as e:
+        if "no known parent package" in str(e):
+            raise ModelLoadError(f"--arch {arch}: {target} uses relative imports (from . import ...) but its folder "
+                                 "is not a package (no __init__.py); add an __init__.py there, or name it as "
+                                 "python:package.module:Class from the folder above the package") from None
+        raise ModelLoadError(f"--arch {arch}: cannot import {target}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''} (what it imports must lie beside it, in "
+                             "its package, or be installed)") from None
     except Exception as e:  # the user's code failed to import: its first line says why
         raise ModelLoadError(f"--arch {arch}: cannot import {target}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None

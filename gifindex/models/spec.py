@@ -2,6 +2,8 @@
 (``LoadedModel``: frozen, on its device, with the input convention it was trained with)."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +44,10 @@ class InputSpec:
                        std: tuple[float, ...] | None = None, channels: int | None = None) -> "InputSpec":
         """Return a copy with user overrides applied (``None`` keeps the current value; one mean or std value
         stands for every channel)."""
-        if isinstance(size, int):
+        if isinstance(size, numbers.Integral):
             size = (size, size)
+        if size is not None and (len(tuple(size)) != 2 or not all(_positive_int(v) for v in size)):
+            raise ConfigError(f"input size: expected a positive number of pixels, got {size!r}")
         return InputSpec(
             size=tuple(size) if size is not None else self.size,  # type: ignore[arg-type]
             mean=_per_channel(mean, "mean") if mean is not None else self.mean,
@@ -62,11 +66,39 @@ class InputSpec:
 
 
 def _per_channel(values: tuple[float, ...], name: str) -> tuple[float, float, float]:
-    """Three floats from three values, or from one repeated."""
-    values = tuple(float(v) for v in values)
-    if len(values) not in (1, 3):
-        raise ConfigError(f"{name}: expected three values (or one for every channel), got {len(values)}")
+    """Three floats from three values, or from one repeated (finite; a std above zero)."""
+    try:  # numpy or torch scalars as plain floats; text and the like stay as they are, for the message
+        values = tuple(v if isinstance(v, (str, bytes, bool)) else float(v) for v in values)
+    except (TypeError, ValueError):
+        pass
+    problem = convention_problem(name, values)
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
     return values * 3 if len(values) == 1 else values  # type: ignore[return-value]
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def convention_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` as an input convention's ``name`` (``mean``, ``std`` or ``input_size``), else
+    None: a mean or std is three numbers (or one, for every channel), finite, and a std above zero; an input size
+    a positive integer. The one check the command line, manifests (gifindex.manifest), the Python API
+    (``InputSpec.with_overrides``) and a model folder's ``pretrained_cfg`` share."""
+    if name == "input_size":
+        return None if _positive_int(value) else f"expected a positive integer, got {value!r}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) not in (1, 3) or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        return f"expected three numbers (or one, for every channel), got {shown}"
+    if not all(math.isfinite(v) for v in value):
+        return f"expected finite numbers, got {list(value)}"
+    if "std" in name and not all(v > 0 for v in value):
+        return f"a standard deviation must be above zero, got {list(value)}"
+    return None
 
 
 def input_channels(module: nn.Module, size: tuple[int, int]) -> int:
