@@ -374,3 +374,15 @@ def test_a_png_tree_of_names_without_glyphs_warns_once(tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records if "no glyph" in r.getMessage()]
     assert len(said) == 1 and "6 characters" in said[0] and "t.png" in said[0]
     assert "模型一" in (tmp_path / "t.svg").read_text()
+
+
+def test_a_closed_pipe_ends_a_command_quietly(models, hub):
+    """`gifindex list | head -1`: the reader leaves early; no error line, no traceback."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from gifindex.cli import main; sys.argv = ['gifindex', 'info', '-i', sys.argv[1]]; main()")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(hub)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()   # nobody reads
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and stderr == ""

@@ -13,7 +13,7 @@ from ..errors import GifindexError
 from ..manifest import ModelEntry, read_manifest, with_defaults
 from . import main
 from .progress import ProgressReporter
-from .options import (check_device, config_from, config_options, device_options, emit_json, index_option,
+from .options import (check_device, is_number, config_from, config_options, device_options, emit_json, index_option,
                       json_option, load_options, load_kwargs_from, method_option, open_index, table, wait_option)
 
 # gifindex.index and gifindex.executors (torch, faiss) are imported inside the commands that use them:
@@ -135,19 +135,11 @@ def _numbers_as_refs(refs: tuple[str, ...]) -> None:
     before anything is signed with the wrong convention."""
     import os
 
-    numbers = [ref for ref in refs if _is_number(ref) and not os.path.exists(ref)]
+    numbers = [ref for ref in refs if is_number(ref) and not os.path.exists(ref)]
     if numbers:
         raise click.UsageError(f"{' '.join(numbers)} {'is a number' if len(numbers) == 1 else 'are numbers'}, not "
                                "a model: give --mean/--std three values quoted (--mean '0.5 0.5 0.5') or "
                                "comma-separated (--mean 0.5,0.5,0.5)")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _expand_folders(refs: tuple[str, ...], quiet: bool) -> tuple[str, ...]:

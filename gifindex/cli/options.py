@@ -25,7 +25,7 @@ def join_triples(args: list[str]) -> list[str]:
     out, i = [], 0
     while i < len(args):
         out.append(args[i])
-        if args[i] in TRIPLE_OPTIONS and len(args) >= i + 4 and all(_is_number(a) for a in args[i + 1:i + 4]):
+        if args[i] in TRIPLE_OPTIONS and len(args) >= i + 4 and all(is_number(a) for a in args[i + 1:i + 4]):
             out.append(" ".join(args[i + 1:i + 4]))
             i += 4
             continue
@@ -33,7 +33,8 @@ def join_triples(args: list[str]) -> list[str]:
     return out
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (a --mean/--std value on the command line)."""
     try:
         float(text)
     except ValueError:
@@ -56,12 +57,25 @@ class GifindexGroup(click.Group):
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted")
+        except BrokenPipeError:   # the reader went away (`| head`): nothing more to say, and nothing to say it to
+            _stdout_gone()
         except OSError as exc:  # a path the user gave that cannot be read or written: say which and why
             if os.environ.get("GIFINDEX_DEBUG") or not exc.filename:
                 _unexpected(exc)
             _fail(f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}")
         except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
             _unexpected(exc)
+
+
+def _stdout_gone() -> None:
+    """Leave quietly after a broken pipe: point stdout at /dev/null so that the interpreter's final flush does not
+    fail again, and exit 1 (Python's advice for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(1)
 
 
 def _unexpected(exc: Exception) -> None:
