@@ -19,6 +19,21 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux /proc); else set and
+    restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it into place.
@@ -34,8 +49,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise GifindexError(f"cannot write {target}: {why}") from None
     except OSError as e:
         raise GifindexError(f"cannot write {target}: {e.strerror or type(e).__name__} in {target.parent}") from None
-    os.close(fd)
     tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: a shared hub's files follow the umask
+    except OSError:
+        pass  # a file system without modes: the file is written all the same
+    finally:
+        os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:

@@ -258,7 +258,7 @@ class Catalog:
                 cursor = self.db.execute(
                     "INSERT INTO models(name, ref, weights_sha256, shard, row, added, metadata) "
                     "VALUES(?, ?, ?, ?, ?, ?, ?)",
-                    (entry["name"], entry["ref"], entry["weights_sha256"], shard, row, now,
+                    (entry["name"], entry["ref"], entry["weights_sha256"], shard, row, entry.get("added") or now,
                      json.dumps(entry.get("metadata", {}), sort_keys=True, default=str)))
                 ids.append(int(cursor.lastrowid))
             self._bump()
@@ -306,6 +306,19 @@ class Catalog:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def copy_failures(self, other: "Catalog") -> int:
+        """Append ``other``'s failure log, times kept (a recreated catalogue keeps a readable old one's log)."""
+        rows = [(f["name"], f["ref"], f["error"], f["time"]) for f in other.failures()]
+        if rows:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany("INSERT INTO failures(name, ref, error, time) VALUES(?, ?, ?, ?)", rows)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return len(rows)
 
     def set_state(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO state(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",

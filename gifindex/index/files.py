@@ -9,6 +9,8 @@ and a search file that is stale or does not belong to the catalogue is rebuilt i
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import logging
 import math
@@ -37,6 +39,9 @@ MAX_SEARCH_BYTES = 1 << 40   # 1 TiB: far above any search file gifindex writes
 MAX_SIDECAR_BYTES = 1 << 20
 SEARCH_META = "search.json"
 SPOT_CHECKS = 4              # stored signatures a loaded search index must find (it belongs to these shards)
+SHARD_FIX = ("`gifindex verify --repair` quarantines the shard and names the models to re-ingest (`gifindex verify` "
+             "lists every problem first)")
+CATALOG_FIX = "`gifindex verify --repair` recreates the catalogue from the shards (the old one is kept beside it)"
 
 
 class IndexFiles:
@@ -66,16 +71,21 @@ class IndexFiles:
             raise IndexError_(f"{meta_path} is damaged: its configuration is invalid ({exc})") from None
         if config.hash() != meta["config_hash"]:
             raise IndexError_(f"index at {root}: stored configuration does not match its hash "
-                              f"({meta['config_hash']} vs {config.hash()}); the index.json was edited")
+                              f"({meta['config_hash']} vs {config.hash()}); the index.json was edited: restore it "
+                              "from a backup")
         probes_path = root / PROBES_FILE
-        check_file(probes_path, "probe file", MAX_PROBES_BYTES, IndexError_)
-        if file_sha256(probes_path) != meta["probes_sha256"]:
-            raise IndexError_(f"index at {root}: {PROBES_FILE} is missing or altered; the index cannot sign "
-                              "new models consistently")
         try:
-            probes = Probes.load(probes_path)
-        except GifindexError as exc:
-            raise IndexError_(f"{probes_path} is damaged ({exc})") from None
+            check_file(probes_path, "probe file", MAX_PROBES_BYTES, IndexError_)
+            on_disk = file_sha256(probes_path)
+        except (IndexError_, OSError):
+            on_disk = None
+        if on_disk == meta["probes_sha256"]:
+            try:
+                probes = Probes.load(probes_path)
+            except GifindexError as exc:
+                raise IndexError_(f"{probes_path} is damaged ({exc})") from None
+        else:
+            probes = _redrawn_probes(root, config, meta["probes_sha256"], on_disk)
         if (probes.num_probes, probes.resolution) != (config.num_probes, config.resolution):
             raise IndexError_(f"{meta_path} disagrees with {PROBES_FILE}: it says K={config.num_probes}, "
                               f"R={config.resolution}, the probes are K={probes.num_probes}, R={probes.resolution}; "
@@ -149,15 +159,18 @@ class IndexFiles:
         for position, record in enumerate(records):
             by_shard.setdefault(record.shard, []).append((position, record))
         for shard, items in by_shard.items():
-            names, signatures = read_shard_rows(shard_dir(self.root) / shard, [r.row for _, r in items],
-                                                self.config_hash)
+            try:
+                names, signatures = read_shard_rows(shard_dir(self.root) / shard, [r.row for _, r in items],
+                                                    self.config_hash)
+            except IndexError_ as exc:
+                raise IndexError_(f"{exc}; {SHARD_FIX}") from None
             if signatures.shape[1] != self.dim:
                 raise IndexError_(f"shard {shard} holds {signatures.shape[1]}-dimensional signatures, the index "
-                                  f"{self.dim}; run `gifindex verify`")
+                                  f"{self.dim}; {SHARD_FIX}")
             for (position, record), name, signature in zip(items, names, signatures):
                 if name != record.name:
-                    raise IndexError_(f"shard {shard} row {record.row} does not hold {record.name!r}; "
-                                      "run `gifindex verify`")
+                    raise IndexError_(f"shard {shard} row {record.row} holds {name!r}, not {record.name!r}: the "
+                                      f"catalogue disagrees with the shards; {CATALOG_FIX}")
                 out[position] = signature.astype(np.float32)
         return out
 
@@ -218,43 +231,54 @@ class IndexFiles:
             for name, limit in ((SEARCH_FILE, MAX_SEARCH_BYTES), (SEARCH_META, MAX_SIDECAR_BYTES)):
                 check_file(self.root / name, "search file", limit, IndexError_)  # no FIFO, no giant
             index, meta = load_index(self.root / SEARCH_FILE)
-            problem = self._search_problem(index, meta, generation)
         except IndexError_ as exc:
             index, problem = None, str(exc)
+        else:
+            problem = self._search_problem(index, meta, generation)  # a damaged shard is its own error
         if problem:
+            index = self.rebuilt_search()  # a damaged shard stops here, with its own error and fix
             (log.debug if problem.startswith("stale") else log.warning)(
-                "%s: %s; searching an index rebuilt in memory from the shards (`gifindex rebuild` saves it)",
-                SEARCH_FILE, problem)
-            index = self.rebuilt_search()
+                "%s; searching an index rebuilt in memory from the shards (`gifindex rebuild` saves it)",
+                problem.removesuffix("; run `gifindex rebuild`"))
         self._search, self._search_generation = index, generation
         return index
 
     def _search_problem(self, index, meta: dict[str, Any], generation: int) -> str | None:
         """Why a loaded search index cannot answer for this catalogue (None when it can)."""
         if meta.get("generation") != generation:
-            return f"stale (generation {meta.get('generation')}, catalogue {generation})"
+            return f"stale: {SEARCH_FILE} is of generation {meta.get('generation')}, the catalogue {generation}"
         if index.d != self.dim:
-            return f"holds {index.d}-dimensional vectors, the index {self.dim}"
+            return f"{SEARCH_FILE} holds {index.d}-dimensional vectors, the index {self.dim}"
         try:
             record = json.loads(read_bytes(self.root / SEARCH_SUM, "search checksum", MAX_SIDECAR_BYTES, IndexError_))
         except (IndexError_, ValueError):
             record = {}
         if isinstance(record, dict) and record.get("index") not in (None, index_uid(self.meta)):
-            return "belongs to another index"
+            return f"{SEARCH_FILE} belongs to another index"
         ids = self.catalog.ids()
         if int(index.ntotal) != len(ids) or set(faiss_ids(index).tolist()) != set(ids):
-            return "holds other models than the catalogue"
+            return f"{SEARCH_FILE} holds other models than the catalogue"
         if ids and index_kind(index) not in APPROXIMATE:
             picks = sorted({ids[0], ids[-1], ids[len(ids) // 2], ids[len(ids) // 3]})[:SPOT_CHECKS]
-            records = list(self.catalog.by_ids(picks).values())
-            _, found = search(index, self.load_vectors(records), min(10, len(ids)))
-            if any(r.id not in set(row.tolist()) for r, row in zip(records, found)):
-                return "does not find the shards' signatures (another index's file?)"
+            records, vectors = [], []
+            for record in self.catalog.by_ids(picks).values():
+                try:  # a damaged shard is no fault of the search file: checked with the others
+                    vectors.append(self.load_vectors([record])[0])
+                    records.append(record)
+                except IndexError_:
+                    continue
+            if records:
+                _, found = search(index, np.stack(vectors), min(10, len(ids)))
+                if any(r.id not in set(row.tolist()) for r, row in zip(records, found)):
+                    return f"{SEARCH_FILE} does not find the shards' signatures (another index's file?)"
         return None
 
     def search_status(self) -> dict[str, Any]:
         """The search kind in use and why (``auto`` switches from exact to approximate above its budget)."""
-        index = self.search_index()
+        try:
+            index = self.search_index()
+        except IndexError_ as exc:  # a damaged shard: `info` still shows the rest, and says what is wrong
+            return {"active": "unavailable", "reason": f"unavailable: {exc}"}
         return {"active": index_kind(index), "reason": self.search_spec.resolve(int(index.ntotal), self.dim)[1]}
 
 
@@ -302,6 +326,42 @@ def _check_shards_agree(root: Path, meta: dict[str, Any]) -> None:
         raise IndexError_(f"{root / INDEX_FILE} disagrees with {source}: it holds configuration "
                           f"{meta['config_hash']}, the index was made with {others}; index.json was edited or "
                           "replaced: restore it (the catalogue and shards are consistent and were not changed)")
+
+
+def probes_bytes(probes: Probes) -> bytes:
+    """probes.npz as ``Probes.save`` writes it (np.savez is deterministic: no timestamps)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, images=probes.images.numpy(), baseline=probes.baseline.numpy())
+    return buffer.getvalue()
+
+
+def _redrawn_probes(root: Path, config: SignatureConfig, recorded: str, on_disk: str | None) -> Probes:
+    """probes.npz is missing or altered: the probes the configuration draws when they are bit for bit the ones
+    recorded (their sha256 is index.json's; the index then works as before, and `verify --repair` writes them
+    back), else a one-line error saying to restore the file."""
+    from ..probes import make_probes
+
+    state = "missing or unreadable" if on_disk is None else "altered (it differs from the sha256 index.json records)"
+    lost = f"index at {root}: {PROBES_FILE} is {state}; the index cannot sign new models consistently"
+    if config.probe_kind == "pgd":
+        raise IndexError_(f"{lost}; restore it from a backup (pgd probes depend on the anchor model and the device: "
+                          "they are not redrawn)")
+    try:
+        probes = make_probes(config)
+        drawn = hashlib.sha256(probes_bytes(probes)).hexdigest()
+    except (GifindexError, OSError, ValueError) as exc:
+        raise IndexError_(f"{lost}; restore it from a backup (redrawing them from the configuration failed: "
+                          f"{' '.join(str(exc).split())[:120]})") from None
+    if drawn != recorded:
+        if drawn == on_disk:
+            raise IndexError_(f"{root / INDEX_FILE} records another probes sha256 than {PROBES_FILE}, which holds "
+                              "exactly the probes its configuration draws: index.json was edited; restore it from a "
+                              "backup")
+        raise IndexError_(f"{lost}; restore it from a backup (the configuration's seed draws other probes here, "
+                          "e.g. a changed probe source or library version: they cannot be redrawn)")
+    log.warning("%s; using the probes the configuration draws, identical to those recorded (sha256 checked); "
+                "`gifindex verify --repair` writes them back", lost.split(": ", 1)[1].split(";")[0])
+    return probes
 
 
 def faiss_ids(index) -> np.ndarray:

@@ -21,15 +21,18 @@ import faiss
 import numpy as np
 
 from ..errors import IndexError_
-from .atomic import fsync_dir
+from ..safefs import check_file, read_bytes
+from ..text import text_problem
+from .atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from .catalog import Catalog, CatalogDamaged, ModelRecord
-from ..safefs import read_bytes
-from .files import MAX_SEARCH_BYTES, MAX_SIDECAR_BYTES, IndexFiles, faiss_ids
-from .layout import CATALOG_FILE, INDEX_FILE, QUARANTINE_DIR, SEARCH_FILE, SEARCH_SUM, SHARD_DIR, shard_dir
+from .files import (CATALOG_FIX, MAX_PROBES_BYTES, MAX_SEARCH_BYTES, MAX_SIDECAR_BYTES, SEARCH_META, IndexFiles,
+                    faiss_ids, probes_bytes)
+from .layout import (CATALOG_FILE, INDEX_FILE, PROBES_FILE, QUARANTINE_DIR, SEARCH_FILE, SEARCH_SUM, SHARD_DIR,
+                     TOMBSTONES, shard_dir)
 from .lock import writer_active
-from .search import FAISS_READ_ERRORS
-from .shards import file_sha256, read_shard, shard_config_hash
-from .writer import adopt_shards, clean_debris
+from .search import APPROXIMATE, FAISS_READ_ERRORS, comparable_rows, index_kind, read_sidecar
+from .shards import file_sha256, read_shard, read_shard_labels, shard_config_hash
+from .writer import adopt_shards, clean_debris, read_tombstones
 
 log = logging.getLogger(__name__)
 VERIFY_ATTEMPTS = 4   # a search file that changes while verify reads it (a concurrent ingest) is read again
@@ -62,6 +65,7 @@ def recreate_catalog(files: IndexFiles) -> dict[str, Any]:
     """A new catalogue from the shards (the missing or damaged one is kept beside it, renamed); needs the
     writer lock. Returns what adopt_shards registered, plus where the old file went."""
     path = files.root / CATALOG_FILE
+    added_before, old_catalog = _salvage(path)
     kept = None
     if path.exists():
         kept = path.with_name(f"{CATALOG_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -75,15 +79,42 @@ def recreate_catalog(files: IndexFiles) -> dict[str, Any]:
     catalog = Catalog(tmp, create=True)
     try:
         catalog.set_state("config_hash", files.config_hash)
-        adopted = adopt_shards(files, catalog)
+        adopted = adopt_shards(files, catalog, added_before)
+        failures = 0
+        if old_catalog is not None:
+            try:
+                failures = catalog.copy_failures(old_catalog)
+            except IndexError_:
+                failures = 0
     finally:
         catalog.close()
+        if old_catalog is not None:
+            old_catalog.close()
     os.replace(tmp, path)
     fsync_dir(files.root)
     adopted["kept_damaged"] = str(kept.relative_to(files.root)) if kept else None
-    log.warning("recreated %s from %d shard(s): %d model(s); the failure log of past ingests is not recoverable",
-                CATALOG_FILE, len(adopted["shards"]), len(adopted["models"]))
+    adopted["failures_kept"] = failures
+    log.warning("recreated %s from %d shard(s): %d model(s); %s", CATALOG_FILE, len(adopted["shards"]),
+                len(adopted["models"]), f"{failures} logged failure(s) of past ingests kept" if failures else
+                "the failure log of past ingests is not recoverable")
     return adopted
+
+
+def _salvage(path) -> tuple[dict[str, float], Catalog | None]:
+    """From an old catalogue that can still be read (one that disagrees with the shards): each content hash's
+    added time, and the catalogue itself (to copy its failure log); ({}, None) when it cannot be read."""
+    if not path.is_file():
+        return {}, None
+    try:
+        old = Catalog(path, readonly=True)
+    except IndexError_:
+        return {}, None
+    try:
+        rows = old._read("SELECT weights_sha256, added FROM models")
+        return {sha: float(t) for sha, t in rows if isinstance(sha, str) and isinstance(t, (int, float))}, old
+    except IndexError_:
+        old.close()
+        return {}, None
 
 
 # ----------------------------------------------------------------------------------------------- rebuild
@@ -133,6 +164,14 @@ def repair(files: IndexFiles, wait: float = 0.0) -> dict[str, Any]:
         files.use_catalog(catalog)
         _odd_one_out(files)
         removed = clean_debris(files)
+        probes_rewritten = False
+        if _probes_problem(files):  # the index opened: the probes it holds are the recorded ones (sha256 checked)
+            data = probes_bytes(files.probes)
+            if hashlib.sha256(data).hexdigest() == files.meta["probes_sha256"]:
+                atomic_write_bytes(files.root / PROBES_FILE, data)
+                probes_rewritten = True
+                log.warning("rewrote %s: the configuration redraws exactly the recorded probes", PROBES_FILE)
+        tombstones_rewritten = _rewrite_tombstones(files)
         quarantined: dict[str, dict[str, Any]] = {}
         for shard, reason in bad_shards(files).items():
             source = shard_dir(files.root) / shard
@@ -147,12 +186,88 @@ def repair(files: IndexFiles, wait: float = 0.0) -> dict[str, Any]:
                 moved_to = str(target.relative_to(files.root))
             names = files.catalog.drop_shard(shard)
             quarantined[shard] = {"reason": reason, "moved_to": moved_to, "reingest": names}
+        mismatched, unlisted = catalogue_disagreements(files, files.records(), files.catalog.shards(), set())
+        if recreated is None and (mismatched or unlisted):  # the shards are the record: the catalogue follows
+            files.catalog.close()
+            files.use_catalog(None)
+            recreated = recreate_catalog(files)
+            files.use_catalog(Catalog(files.root / CATALOG_FILE))
         adopted = adopt_shards(files, files.catalog)
         index = files.rebuilt_search()
         files.save_search(index)
     return {"quarantined": quarantined, "removed": removed, "models": int(index.ntotal),
             "reingest": sorted(n for q in quarantined.values() for n in q["reingest"]),
-            "adopted": adopted, "recreated_catalog": recreated}
+            "adopted": adopted, "recreated_catalog": recreated, "rewrote_removed": tombstones_rewritten,
+            "rewrote_probes": probes_rewritten}
+
+
+def _rewrite_tombstones(files: IndexFiles) -> dict[str, Any] | None:
+    """A damaged removed.json, rewritten from the (sound) catalogue: every row of a readable registered shard
+    that the catalogue does not hold is recorded as removed, so a catalogue recreated later is this one. The
+    damaged file is kept beside it. None when removed.json is sound."""
+    try:
+        read_tombstones(files.root)
+        return None
+    except IndexError_:
+        pass
+    live = {(r.shard, r.row) for r in files.records()}
+    tombstones = []
+    for shard in sorted(files.catalog.shards()):
+        try:
+            names, hashes = read_shard_labels(shard_dir(files.root) / shard, files.config_hash)
+        except IndexError_:
+            continue  # a damaged shard: quarantined next, its rows are gone anyway
+        for row, name in enumerate(names):
+            if (shard, row) not in live:
+                tombstones.append({"shard": shard, "row": row, "name": name,
+                                   "weights_sha256": hashes[row] if hashes else None, "time": time.time()})
+    path = files.root / TOMBSTONES
+    kept = path.with_name(f"{TOMBSTONES}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, kept)
+    atomic_write_text(path, json.dumps(tombstones, indent=1))
+    log.warning("rewrote %s from the catalogue (%d removed row(s)); the damaged file is kept as %s", TOMBSTONES,
+                len(tombstones), kept.name)
+    return {"removed_rows": len(tombstones), "kept_damaged": kept.name}
+
+
+def catalogue_disagreements(files: IndexFiles, records: Sequence[ModelRecord], registered: dict,
+                            damaged: set[str], removed: set[tuple[str, int]] | None = None
+                            ) -> tuple[list[str], list[str]]:
+    """Where the catalogue and the (readable, registered) shards disagree: (models whose shard row holds another
+    model, as "'NAME' (the row holds 'OTHER')"; models a shard records that are neither in the catalogue nor
+    removed, nor a duplicate of an indexed model). ``removed`` None: read removed.json (unreadable: no second
+    list, the damaged file is its own problem)."""
+    if removed is None:
+        try:
+            removed = {(t.get("shard"), t.get("row")) for t in read_tombstones(files.root)}
+        except IndexError_:
+            removed = None
+    live = {(r.shard, r.row): r for r in records}
+    names, shas = {r.name for r in records}, {r.weights_sha256 for r in records}
+    mismatched: list[str] = []
+    unlisted: list[str] = []
+    rows_of: dict[str, int] = {}
+    for shard in sorted(registered):
+        if shard in damaged:
+            continue
+        try:
+            held, hashes = read_shard_labels(shard_dir(files.root) / shard, files.config_hash)
+        except IndexError_:
+            continue  # bad_shards names it
+        rows_of[shard] = len(held)
+        for row, name in enumerate(held):
+            sha = hashes[row] if hashes else None
+            record = live.get((shard, row))
+            if record is not None:
+                if record.name != name or (sha is not None and record.weights_sha256 != sha):
+                    mismatched.append(f"{record.name!r} (the row holds {name!r})")
+            elif removed is not None and (shard, row) not in removed and name not in names \
+                    and (sha is None or sha not in shas) and not text_problem(name, "name"):
+                unlisted.append(repr(name))
+    for record in records:
+        if record.shard in rows_of and not 0 <= record.row < rows_of[record.shard]:
+            mismatched.append(f"{record.name!r} (shard {record.shard} has no row {record.row})")
+    return mismatched, unlisted
 
 
 # ------------------------------------------------------------------------------------------------ verify
@@ -181,6 +296,19 @@ def verify(files: IndexFiles) -> dict[str, Any]:
     for record in records:
         if record.shard not in registered:
             problems.append(f"model {record.name!r} points to unregistered shard {record.shard}")
+    try:
+        read_tombstones(root)
+    except IndexError_:
+        problems.append(f"{TOMBSTONES} is damaged (it lists the removed models a recreated catalogue leaves out); "
+                        f"`gifindex verify --repair` rewrites it from the catalogue (the damaged file is kept beside "
+                        "it), or restore it from a backup")
+    mismatched, unlisted = catalogue_disagreements(files, records, registered, set(damaged))
+    if mismatched:
+        problems.append(f"{CATALOG_FILE} disagrees with the shards: {_some(mismatched)} point(s) to shard rows "
+                        f"holding other models; {CATALOG_FIX}")
+    if unlisted:
+        problems.append(f"the shards hold {len(unlisted)} model(s) that {CATALOG_FILE} lost (neither indexed nor "
+                        f"in {TOMBSTONES}: {_some(unlisted)}); {CATALOG_FIX}")
     for orphan in sorted(on_disk - set(registered)):
         notes.append(f"shard {orphan} is not registered in the catalogue (left by an interrupted ingest, or its "
                      "catalogue entry was lost); it is kept: the next ingest or `gifindex verify --repair` "
@@ -189,28 +317,53 @@ def verify(files: IndexFiles) -> dict[str, Any]:
         for tmp in sorted(folder.glob(".*.tmp")):
             notes.append(f"{tmp.relative_to(root)} is a temporary file left by an interrupted write "
                          "(harmless, removed by the next ingest, rebuild or verify --repair)")
+    if _probes_problem(files):
+        problems.append(f"{PROBES_FILE} is missing or altered; the configuration redraws exactly the recorded "
+                        "probes (sha256 checked), which this command used: `gifindex verify --repair` writes them "
+                        "back")
     quarantine = shard_dir(root) / QUARANTINE_DIR
     if quarantine.is_dir() and any(quarantine.iterdir()):
         notes.append(f"{len(list(quarantine.iterdir()))} quarantined shard(s) in {SHARD_DIR}/{QUARANTINE_DIR} "
                      "(their models were dropped; re-ingest them, then delete the folder)")
-    _verify_search(files, problems, notes)
+    _verify_search(files, problems, notes, set(damaged))
     return {"ok": not problems, "models": len(records), "shards": len(registered), "problems": problems,
             "notes": notes}
 
 
-def search_matches(files: IndexFiles, index, records: Sequence[ModelRecord]) -> bool:
-    """Whether ``index`` holds exactly the catalogue's models with their shard signatures."""
+def _probes_problem(files: IndexFiles) -> bool:
+    """Whether probes.npz differs from its recorded sha256 (the index opened on redrawn, verified probes)."""
+    try:
+        check_file(files.root / PROBES_FILE, "probe file", MAX_PROBES_BYTES, IndexError_)  # no FIFO, no giant
+        return file_sha256(files.root / PROBES_FILE) != files.meta["probes_sha256"]
+    except (OSError, IndexError_):
+        return True
+
+
+def _some(items: list[str], shown: int = 5) -> str:
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def search_matches(files: IndexFiles, index, records: Sequence[ModelRecord],
+                   damaged: set[str] = frozenset()) -> bool | None:
+    """Whether ``index`` holds exactly the catalogue's models with their shard signatures (those in ``damaged``
+    shards: by id only, their signatures cannot be read); None when the catalogue's rows cannot be read from
+    the shards (a problem verify names on its own)."""
     if index.ntotal != len(records) or index.d != files.dim:
         return False
     if set(int(i) for i in faiss_ids(index)) != {r.id for r in records}:
         return False
+    records = [r for r in records if r.shard not in damaged]
     try:
-        stored = files.load_vectors(records).astype(np.float16)
-        held = np.stack([index.reconstruct(int(r.id)) for r in records]).astype(np.float16) if records \
-            else stored
-    except (IndexError_, RuntimeError):
+        stored = files.load_vectors(records)
+    except IndexError_:
+        return None  # the shards and the catalogue disagree (named on their own): nothing to compare with
+    try:
+        expected, held = comparable_rows(index, stored, [r.id for r in records])
+    except (RuntimeError, KeyError):
         return False
-    return bool(np.array_equal(stored, held))
+    if index_kind(index) in APPROXIMATE and expected.shape[1] != files.dim:  # compared after the PCA: float32
+        return bool(np.allclose(expected, held, rtol=1e-2, atol=1e-3))   # rounding of the projection aside
+    return bool(np.array_equal(expected.astype(np.float16), held.astype(np.float16)))
 
 
 def _read_sum(files: IndexFiles) -> str | None:
@@ -221,13 +374,13 @@ def _read_sum(files: IndexFiles) -> str | None:
         return None
 
 
-def _verify_search(files: IndexFiles, problems: list[str], notes: list[str]) -> None:
+def _verify_search(files: IndexFiles, problems: list[str], notes: list[str], damaged: set[str] = frozenset()) -> None:
     """search.faiss, read again while a concurrent writer changes it under verify (a race, not corruption)."""
     for attempt in range(VERIFY_ATTEMPTS):
         generation, recorded = files.catalog.generation(), _read_sum(files)
         found_problems: list[str] = []
         found_notes: list[str] = []
-        _check_search(files, files.records(), recorded, found_problems, found_notes)
+        _check_search(files, files.records(), recorded, found_problems, found_notes, damaged)
         changed = generation != files.catalog.generation() or recorded != _read_sum(files)
         if not found_problems or not (changed or writer_active(files.root)):
             break
@@ -241,7 +394,7 @@ def _verify_search(files: IndexFiles, problems: list[str], notes: list[str]) -> 
 
 
 def _check_search(files: IndexFiles, records: Sequence[ModelRecord], recorded: str | None, problems: list[str],
-                  notes: list[str]) -> None:
+                  notes: list[str], damaged: set[str] = frozenset()) -> None:
     """search.faiss: intact (its sha256 as recorded when written) or, if not, equal to the shards.
 
     Writes go search.faiss -> search.json -> search.sha256, each atomic, and always after the catalogue,
@@ -256,8 +409,23 @@ def _check_search(files: IndexFiles, records: Sequence[ModelRecord], recorded: s
         problems.append(f"{SEARCH_FILE} is missing or unreadable ({' '.join(str(exc).split())[:100]}); "
                         "run `gifindex rebuild`")
         return
-    matches = search_matches(files, index, records)
-    if recorded is not None and recorded == hashlib.sha256(data).hexdigest():
+    matches = search_matches(files, index, records, damaged)
+    try:
+        sidecar = read_sidecar(path)
+    except IndexError_ as exc:
+        problems.append(str(exc))
+        return
+    if matches and (sidecar["generation"] != files.catalog.generation() or sidecar["ntotal"] != int(index.ntotal)):
+        notes.append(f"{SEARCH_META} records generation {sidecar['generation']} ({sidecar['ntotal']} models), not "
+                     f"the catalogue's {files.catalog.generation()} (an interrupted write): queries rebuild the "
+                     "search index in memory until `gifindex rebuild` rewrites it")
+    intact = recorded is not None and recorded == hashlib.sha256(data).hexdigest()
+    if matches is None:  # the catalogue disagrees with the shards: only the checksum can be judged
+        if not intact:
+            problems.append(f"{SEARCH_FILE} differs from its recorded sha256; run `gifindex rebuild` once the "
+                            "catalogue is repaired")
+        return
+    if intact:
         if not matches:
             notes.append(f"{SEARCH_FILE} is behind the catalogue (an interrupted write); it is rebuilt from "
                          "the shards when queried, or now with `gifindex rebuild`")

@@ -20,8 +20,8 @@ Kinds:
   same PCA pre-transform, re-ranked in PCA space with float16 vectors (IndexRefine): the compact one for
   hubs of millions of models.
 * ``auto`` (the default): ``flat`` while an exhaustive scan reads at most ``exact_mb``, ``ivf`` while the
-  float16 vectors fit ``flat_budget_mb``, else ``approximate`` (``ivfpq`` by default). The index says which it chose and why (``gifindex info``,
-  ``rebuild``, ``search.json``).
+  float16 vectors fit ``flat_budget_mb``, else ``approximate`` (``ivfpq`` by default). The index says which it
+  chose and why (``gifindex info``, ``rebuild``, ``search.json``).
 
 The approximate kinds use the L2 metric on the unit vectors (||a - b||^2 = 2 - 2 <a, b>, so the order is
 the same and PCA's centring does not matter); :func:`search` converts every kind to distance = 1 - <a, b>.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import weakref
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -431,14 +432,44 @@ def _hnsw_ef(index: faiss.Index, ef: int) -> None:
         inner.hnsw.efSearch = ef
 
 
+def _pretransform(index: faiss.Index):
+    """The IndexPreTransform (PCA) inside an ID-mapped approximate index, else None."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    return inner if isinstance(inner, faiss.IndexPreTransform) else None
+
+
 def needs_rebuild(index: faiss.Index, spec: SearchSpec, n: int, dim: int) -> bool:
-    """Whether ``index`` should be rebuilt (not extended) to hold ``n`` models: ``auto`` resolves to another
-    kind, or an ``ivf`` index has four times the models its lists were made for."""
+    """Whether ``index`` should be rebuilt (not extended) to hold ``n`` models: it is untrained (an empty
+    approximate index: nothing to train its PCA or quantisers on yet), ``auto`` resolves to another kind, an
+    ``ivf`` or ``ivfpq`` index has four times the models its lists were made for, or an approximate index's
+    PCA was trained on fewer than half of them (rebuilt at each doubling until PCA_TRAIN rows: amortised
+    linear, and the projection always reflects the hub)."""
     kind = index_kind(index)
-    if spec.resolve(n, dim)[0] != kind:
+    if spec.resolve(n, dim)[0] != kind or (kind in APPROXIMATE and not index.is_trained):
         return True
-    ivf = _ivf(index) if kind == "ivf" else None
+    if kind in APPROXIMATE and _pretransform(index) is not None:
+        held = int(index.ntotal)
+        if held < PCA_TRAIN and held.bit_length() != max(n, held).bit_length():
+            return True
+    ivf = _ivf(index) if kind in ("ivf", "ivfpq") else None
     return ivf is not None and not spec.nlist and _nlist(spec, n) >= 2 * ivf.nlist
+
+
+def comparable_rows(index: faiss.Index, vectors: np.ndarray, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(what ``index`` should hold for ``vectors``, what it holds under ``ids``), in the space it stores: the
+    signatures themselves, or their PCA projection for an approximate kind with a pre-transform (reconstructing
+    through a PCA back to the signatures' space is lossy, so the comparison is made after the projection)."""
+    pre = _pretransform(index)
+    if pre is None:
+        held = np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else vectors
+        return np.asarray(vectors, dtype=np.float32), np.asarray(held, dtype=np.float32)
+    expected = np.ascontiguousarray(vectors, dtype=np.float32)
+    for step in range(pre.chain.size()):
+        expected = faiss.downcast_VectorTransform(pre.chain.at(step)).apply(expected)
+    rows = {int(i): row for row, i in enumerate(faiss.vector_to_array(index.id_map))}
+    inner = faiss.downcast_index(pre.index)
+    held = np.stack([inner.reconstruct(rows[int(i)]) for i in ids]) if len(ids) else expected
+    return np.asarray(expected, dtype=np.float32), np.asarray(held, dtype=np.float32)
 
 
 def add(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> None:
@@ -533,12 +564,29 @@ def save_index(index: faiss.Index, path: Path, generation: int, spec: SearchSpec
 
 def load_index(path: Path) -> tuple[faiss.Index, dict]:
     """Read the search index and its sidecar; IndexError_ when either is missing or corrupt."""
+    meta = read_sidecar(path)
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
         index = faiss.read_index(str(path))
     except (OSError, ValueError, *FAISS_READ_ERRORS) as exc:
         raise IndexError_(f"search index {path.name} is missing or corrupt ({' '.join(str(exc).split())[:120]}); "
                           "run `gifindex rebuild`") from None
-    if int(index.ntotal) != int(meta.get("ntotal", -1)):
+    if int(index.ntotal) != meta["ntotal"]:
         raise IndexError_(f"search index {path.name} does not match its sidecar; run `gifindex rebuild`")
     return index, meta
+
+
+def read_sidecar(path: Path) -> dict:
+    """``search.json`` beside the search file at ``path``: a JSON object with an integer generation and ntotal;
+    IndexError_ naming it when missing or damaged."""
+    sidecar = path.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+        ok = isinstance(meta, dict) and all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool)
+                                            for k in ("generation", "ntotal"))
+        reason = "" if ok else "not a search sidecar"
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        meta, reason = None, " ".join(str(exc).split())[:120] or type(exc).__name__
+    if reason:
+        raise IndexError_(f"{sidecar.name}, the record of which catalogue generation {path.name} holds, is missing "
+                          f"or damaged ({reason}); run `gifindex rebuild`")
+    return meta

@@ -27,6 +27,7 @@ class ShardEntry:
     ref: str | None
     weights_sha256: str | None
     metadata: dict[str, Any]
+    added: float | None = None   # when it was committed (shards written before this was recorded: None)
 
 
 def file_sha256(path: Path) -> str:
@@ -58,6 +59,8 @@ def write_shard(path: Path, names: list[str], signatures: np.ndarray, config_has
             handle.create_dataset("metadata", data=np.array(
                 [json.dumps(e.get("metadata", {}), sort_keys=True, default=str) for e in entries], dtype=object),
                 dtype=strings)
+            if all(isinstance(e.get("added"), (int, float)) for e in entries):  # when each model was committed
+                handle.create_dataset("added", data=np.array([float(e["added"]) for e in entries], np.float64))
         handle.attrs["config_hash"] = config_hash
         handle.attrs["format"] = "gifindex-shard-1"
     data = buffer.getvalue()
@@ -153,6 +156,7 @@ def read_shard_entries(path: Path, config_hash: str) -> tuple[list[ShardEntry], 
             refs = _strings(handle, "refs", len(names))
             hashes = _strings(handle, "weights_sha256s", len(names))
             metadata = _strings(handle, "metadata", len(names))
+            added = _times(handle, len(names))
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise IndexError_(f"shard {path.name} is unreadable or corrupt: {' '.join(str(exc).split())}") from None
     entries = []
@@ -162,5 +166,22 @@ def read_shard_entries(path: Path, config_hash: str) -> tuple[list[ShardEntry], 
         except ValueError:
             meta = {}
         entries.append(ShardEntry(name, refs[row] if refs else None, hashes[row] if hashes else None,
-                                  meta if isinstance(meta, dict) else {}))
+                                  meta if isinstance(meta, dict) else {}, added[row] if added else None))
     return entries, signatures
+
+
+def _times(handle: h5py.File, rows: int) -> list[float | None] | None:
+    """The ``added`` times of a shard's rows (None where absent or not a plausible time)."""
+    if "added" not in handle:
+        return None
+    dataset = handle["added"]
+    if dataset.shape != (rows,) or dataset.dtype.kind != "f":
+        return None
+    return [float(t) if np.isfinite(t) and t > 0 else None for t in dataset[:]]
+
+
+def read_shard_labels(path: Path, config_hash: str | None = None) -> tuple[list[str], list[str] | None]:
+    """The names and weights sha256 (None for shards that do not record them) of a shard's rows, without its
+    signatures (what verify compares with the catalogue)."""
+    with _reading(path, config_hash) as (handle, rows):
+        return _strings(handle, "names", rows) or [], _strings(handle, "weights_sha256s", rows)

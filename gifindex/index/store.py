@@ -409,7 +409,7 @@ def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None
     """How a model signed on the fly was loaded: what ``nearest``/``distance`` print and return in --json."""
     from ..observe import entry_origins
 
-    arch_from, convention_from = entry_origins(entry)
+    arch_from, convention_from = entry_origins(entry, metadata)
     convention_from = convention_note or convention_from
     if reused:
         arch_from = convention_from = f"indexed model {reused!r} (same weights file)"

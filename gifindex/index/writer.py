@@ -34,7 +34,7 @@ from ..probes import Probes, make_probes
 from ..refs import FILE_SUFFIXES
 from ..safefs import read_bytes
 from ..text import printable, text_problem
-from .atomic import atomic_path, atomic_write_text, fsync_dir
+from .atomic import atomic_path, atomic_write_text, current_umask, fsync_dir
 from .catalog import Catalog, ModelRecord
 from .files import IndexFiles
 from .layout import (CATALOG_FILE, INDEX_FILE, PROBES_FILE, SHARD_DIR, TOMBSTONES, new_meta, shard_dir,
@@ -70,6 +70,7 @@ def create(root: Path, config: SignatureConfig, search: SearchSpec, probes: Prob
         raise IndexError_("the given probes do not match the configuration's K and resolution")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.init-", dir=root.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: the index folder follows the umask
     except OSError as exc:
         raise write_failure(f"a new index next to {root}", exc, "nothing was created") from None
     try:
@@ -140,8 +141,9 @@ def commit(files: IndexFiles, results: list[SignResult]) -> None:
     shard = f"{len(files.catalog.shards()) + 1:05d}-{secrets.token_hex(4)}.h5"
     path = shard_dir(files.root) / shard
     signatures = np.stack([r.signature for r in results]).astype(np.float16)
-    entries = [{"name": r.name, "ref": r.ref, "weights_sha256": r.weights_sha256, "metadata": r.metadata}
-               for r in results]
+    now = time.time()  # the models' added time, in the shard too (a recreated catalogue keeps it)
+    entries = [{"name": r.name, "ref": r.ref, "weights_sha256": r.weights_sha256, "metadata": r.metadata,
+                "added": now} for r in results]
     kept = "models committed before are kept; free space and rerun the same ingest to add the rest"
     try:
         sha = write_shard(path, [r.name for r in results], signatures, files.config_hash, entries)
@@ -302,10 +304,15 @@ def read_tombstones(root: Path) -> list[dict[str, Any]]:
         return []
     try:
         data = json.loads(read_bytes(path, "list of removed models", MAX_TOMBSTONE_BYTES, IndexError_))
-    except (IndexError_, ValueError) as exc:
-        raise IndexError_(f"{path} is damaged ({exc}); it lists removed models; restore it or delete it "
-                          "(removed models would then come back in a recreated catalogue)") from None
-    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+    except (IndexError_, ValueError, RecursionError) as exc:
+        raise IndexError_(f"{path} is damaged ({' '.join(str(exc).split())[:120]}); it lists removed models; "
+                          "while the catalogue is sound `gifindex verify --repair` rewrites it from the catalogue, "
+                          "else restore it from a backup or delete it (removed models would then come back in a "
+                          "recreated catalogue)") from None
+    if not isinstance(data, list):
+        raise IndexError_(f"{path} is damaged (not a list of removed models); while the catalogue is sound "
+                          "`gifindex verify --repair` rewrites it from the catalogue, else restore it from a backup")
+    return [d for d in data if isinstance(d, dict)]
 
 
 def remove(files: IndexFiles, name: str, wait: float = 0.0) -> ModelRecord:
@@ -333,10 +340,13 @@ def remove(files: IndexFiles, name: str, wait: float = 0.0) -> ModelRecord:
 
 
 # ------------------------------------------------------------------------------------------ adopt shards
-def adopt_shards(files: IndexFiles, catalog: Catalog) -> dict[str, Any]:
+def adopt_shards(files: IndexFiles, catalog: Catalog, added_before: dict[str, float] | None = None) -> dict[str, Any]:
     """Register every complete shard on disk that ``catalog`` does not know (left by an interrupted ingest,
     or all of them for a recreated catalogue). Models already indexed (same content hash or name) and
-    removed ones (removed.json) are not registered again; unreadable shards are left as they are."""
+    removed ones (removed.json) are not registered again; unreadable shards are left as they are. Each model
+    keeps the added time its shard records, else the one ``added_before`` gives its content hash (a readable
+    old catalogue), else now."""
+    added_before = added_before or {}
     registered = set(catalog.shards())
     orphans = sorted(p for p in shard_dir(files.root).glob("*.h5") if p.name not in registered)
     out: dict[str, Any] = {"shards": [], "models": [], "left": {}}
@@ -362,7 +372,7 @@ def adopt_shards(files: IndexFiles, catalog: Catalog) -> dict[str, Any]:
             known.add(sha)
             names.add(entry.name)
             live.append({"row": row, "name": entry.name, "ref": entry.ref or entry.name, "weights_sha256": sha,
-                         "metadata": entry.metadata})
+                         "metadata": entry.metadata, "added": entry.added or added_before.get(sha)})
         catalog.register_shard(path.name, file_sha256(path), live, rows=len(entries))
         out["shards"].append(path.name)
         out["models"] += [e["name"] for e in live]
