@@ -140,6 +140,8 @@ def _read_array(path: Path) -> list[np.ndarray]:
     if array.ndim < 3:
         raise ProbeError(f"{path}: expected images shaped (N, H, W), (N, H, W, C) or (N, C, H, W), "
                          f"got {array.shape}")
+    if array.size == 0:
+        raise ProbeError(f"{path} holds no images (its array is shaped {array.shape})")
     if np.issubdtype(array.dtype, np.floating) and (np.nanmax(array) > 1.0 or np.nanmin(array) < 0.0):
         raise ProbeError(f"{path}: float images must lie in [0, 1] (found {np.nanmin(array):.3g}.."
                          f"{np.nanmax(array):.3g})")

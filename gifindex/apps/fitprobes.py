@@ -3,6 +3,7 @@ the index, where `suspect` finds it (gifindex.fingerprint has the method). `gifi
 of the owner's query log worth reviewing before the fit."""
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from ..errors import GifindexError
 from ..fingerprint import (FitConfig, fingerprint_path, fit_fingerprint, load_owner_data, load_query_log,
                            save_fingerprint)
 from ..fingerprint.conferrable import SearchConfig
+from ..fingerprint.data import check_review_labels
 from ..fingerprint.fit import calibration_recipes as recipes_name
 from ..fingerprint.fit import default_builder, helper_key, require_classifier, train_helpers, varied_calibration
 from ..fingerprint.store import helpers_path, load_helpers, save_helpers
@@ -85,6 +87,65 @@ def owner_accuracy(owner: Any, data: Any, device: str = "cpu") -> float:
     return float((model_logits(owner, data.x, device).argmax(1) == data.y).float().mean())
 
 
+def owner_outputs(owner: Any, data: Any, device: str = "cpu") -> int:
+    """The owner's number of outputs (classes), read from its logits on one of the owner's images."""
+    from ..fingerprint.outputs import model_logits
+
+    return int(model_logits(owner, data.x[:1], device).shape[1])
+
+
+MIN_CLASS_SHARE = 0.5  # owner data covering fewer of the owner's classes than this share is refused
+
+
+def check_classes(data: Any, outputs: int, say: Callable[[str], None]) -> None:
+    """Owner data (``OwnerData``) must hold images of at least 2 classes and of at least half of the owner's
+    ``outputs`` (its helpers, trained on the data, must do the owner's task: trained on fewer classes they learn
+    another one, and calibration references that never saw most of its classes make a null any independent model
+    of the whole task escapes: such fingerprints accused independent models at z 7-12). Below all of them, and for
+    class folders not named 0..C-1 or not one per output, a warning through ``say``. Labels past the outputs are
+    an error."""
+    labels = torch.unique(data.y).tolist()
+    if labels and labels[-1] >= outputs:
+        raise GifindexError(f"owner data has labels up to {labels[-1]} but the owner has {outputs} outputs")
+    if len(labels) < 2:
+        raise GifindexError(f"owner data holds images of {len(labels)} class only (label {labels[0]}): a fingerprint "
+                            "is of how the owner decides between its classes; give images of its classes (it has "
+                            f"{outputs} outputs)")
+    if len(labels) < MIN_CLASS_SHARE * outputs:
+        raise GifindexError(f"owner data covers {len(labels)} of the owner's {outputs} classes: helpers trained on so "
+                            "few learn another task, and a fingerprint calibrated on them accuses independent models "
+                            f"of the owner's; give images of at least {-(-outputs // 2)} of its classes (all of them "
+                            "is best)")
+    if data.class_names is not None:
+        note = _folder_note(data.class_names, outputs)
+        if note:
+            say(f"warning: {note}")
+    if len(labels) < outputs:
+        missing = sorted(set(range(outputs)) - set(labels))
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        say(f"warning: owner data covers {len(labels)} of the owner's {outputs} classes (none of class {shown}): its "
+            "helpers never learn those, so suspects are judged on part of the task; give images of every class")
+
+
+def _folder_note(names: Sequence[str], outputs: int) -> str | None:
+    """What is off about an owner-data folder's class sub-folders (``names``, in label order) for an owner of
+    ``outputs`` classes: numbered folders that are not 0..C-1 in order (labels are the sorted order, so a missing
+    number shifts every later class), or not one folder per output; None when nothing is."""
+    numbered = all(n.isdigit() for n in names)
+    shifted = [(n, i) for i, n in enumerate(names) if numbered and int(n) != i]
+    parts = []
+    if shifted:
+        pairs = ", ".join(f"folder {n!r} is label {i}" for n, i in shifted[:4]) + (", ..." if len(shifted) > 4 else "")
+        parts.append(f"the class folders are not numbered 0..{len(names) - 1} in order, and labels are their sorted "
+                     f"order: {pairs}")
+    if len(names) != outputs:
+        parts.append(f"{len(names)} class folders for the owner's {outputs} outputs")
+    if not parts:
+        return None
+    return ("; ".join(parts) + ": name one folder per class of the owner, by its class number (zero-padded: "
+            "'00'..'15'), with an empty folder for a class you have no images of")
+
+
 def _convention(loaded: Any) -> str:
     """A loaded model's input convention in words."""
     from ..observe import convention_words
@@ -129,6 +190,8 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
                        recipe=TrainRecipe(epochs=epochs, surrogate_epochs=max(1, round(epochs * 2 / 3))),
                        search=SearchConfig(eps=eps))
     owner_data = load_owner_data(data, index.config.resolution)
+    outputs = owner_outputs(loaded, owner_data, device)
+    check_classes(owner_data, outputs, say)
     accuracy = owner_accuracy(loaded, owner_data, device)
     say(f"the owner gives your labels on {accuracy:.0%} of your {len(owner_data.y)} images (run at "
         f"{_convention(loaded)}, as indexed)")
@@ -137,6 +200,12 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             f"({_convention(loaded)}; a weights file carries none: ingest it again with --input-size/--mean/--std), "
             "and are your labels its class order? A fingerprint of answers that miss the task judges nothing of it")
     logged, reviewed = (None, None) if queries is None else load_query_log(queries, index.config.resolution)
+    check_review_labels(reviewed, outputs, queries)
+    distinct = _probe_images_available(owner_data, config, logged)
+    if output_probes > distinct:
+        say(f"--output-probes {output_probes}: your data{' and query log' if logged is not None else ''} hold "
+            f"{distinct} distinct images to compare outputs on; using those {distinct}")
+        config = dataclasses.replace(config, output_probes=distinct)
     kept_at, key = helpers_path(index.root, owner), helper_key(loaded, owner_data, config)
     helpers = None
     if kept_at.is_file():
@@ -188,6 +257,15 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
             "recipe": fingerprint.recipe}
 
 
+def _probe_images_available(data: Any, config: FitConfig, logged: torch.Tensor | None) -> int:
+    """How many distinct images the fit can compare outputs on: the owner's images it searches (the fit takes
+    each once), plus the logged queries when outputs are compared on them."""
+    from ..fingerprint.fit import _rows
+
+    own = len(_rows(data, config)[1])
+    return own + (len(logged) if logged is not None and config.output_probe_source == "queries" else 0)
+
+
 def review_queries(index: "Index", owner: str, queries: str, out: str, *, share: float = REVIEW_SHARE,
                    max_review: int | None = None, overwrite: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Write the ``share`` of the query log ``queries`` (at most ``max_review`` queries) the indexed ``owner``
@@ -213,6 +291,8 @@ def review_queries(index: "Index", owner: str, queries: str, out: str, *, share:
     if not len(logged):
         raise GifindexError(f"{queries}: the query log holds no images")
     owner_fn = SharedSpaceAdapter.of(_owner_model(index, owner, device)).to(device).eval().logits
+    with torch.no_grad():
+        check_review_labels(reviewed, int(owner_fn(logged[:1].to(device)).shape[1]), queries)
     positions, answers, sure = least_sure(owner_fn, logged, share, device, limit=max_review)
     labels = reviewed[positions] if reviewed is not None else torch.full((len(positions),), -1, dtype=torch.int64)
     buffer = io.BytesIO()

@@ -11,6 +11,7 @@ leads.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,13 +37,16 @@ def load_affinity(path: str | Path) -> tuple[list[str], np.ndarray, list[list[st
     if not isinstance(data, dict) or "matrix" not in data:
         raise GifindexError(f"{path}: expected a JSON object with 'matrix' and 'names' (or the Taskonomy "
                             "format of gifindex/data/taskonomy_affinity.json)")
-    matrix = np.asarray(data["matrix"], dtype=np.float64)
+    matrix = _matrix(data["matrix"], path)
     if "names" in data:
-        names = [str(n) for n in data["names"]]
+        names = _names(data["names"], path, "names")
         aliases = [[n] for n in names]
     elif "task_keys_pickle" in data:
-        names = [str(n) for n in data["task_keys_pickle"]]
-        others = [data.get(k) or names for k in ("task_names_visualpriors", "task_display_names_paper")]
+        names = _names(data["task_keys_pickle"], path, "task_keys_pickle")
+        others = [_names(data.get(k), path, k) if data.get(k) else names
+                  for k in ("task_names_visualpriors", "task_display_names_paper")]
+        if any(len(o) != len(names) for o in others):
+            raise GifindexError(f"{path}: every list of task names must have one name per task ({len(names)})")
         aliases = [[names[i]] + [str(o[i]) for o in others] for i in range(len(names))]
     else:
         raise GifindexError(f"{path}: no 'names' list to match the matrix rows to indexed models")
@@ -52,6 +56,36 @@ def load_affinity(path: str | Path) -> tuple[list[str], np.ndarray, list[list[st
     if not np.isfinite(matrix).all():
         raise GifindexError(f"{path}: matrix holds NaN or Inf")
     return names, matrix, aliases
+
+
+def _matrix(value: Any, path: str | Path) -> np.ndarray:
+    """The affinity matrix of a truth file: a list of equally long rows of numbers, else one clear error."""
+    rows = value if isinstance(value, list) else None
+    if not rows or not all(isinstance(r, list) for r in rows):
+        raise GifindexError(f"{path}: 'matrix' must be a list of rows, each a list of numbers")
+    if len({len(r) for r in rows}) > 1:
+        raise GifindexError(f"{path}: 'matrix' rows differ in length ({', '.join(str(len(r)) for r in rows[:8])}"
+                            f"{', ...' if len(rows) > 8 else ''}): it must be square, one row and column per name")
+    bad = next(((i, j, v) for i, r in enumerate(rows) for j, v in enumerate(r)
+                if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    if bad is not None:
+        raise GifindexError(f"{path}: 'matrix' holds {bad[2]!r} at row {bad[0]}, column {bad[1]}: every affinity "
+                            "must be a number")
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+
+
+def _names(value: Any, path: str | Path, key: str) -> list[str]:
+    """A truth file's list of task names (strings or numbers), else one clear error (a string is not split)."""
+    if not isinstance(value, list) or not all(isinstance(n, (str, int, float)) and not isinstance(n, bool)
+                                              for n in value):
+        raise GifindexError(f"{path}: {key!r} must be a list of task names, got {type(value).__name__}"
+                            + (f" {value!r}" if isinstance(value, str) else ""))
+    names = [str(n) for n in value]
+    repeated = sorted({n for n in names if names.count(n) > 1}) if key in ("names", "task_keys_pickle") else []
+    if repeated:
+        raise GifindexError(f"{path}: {key!r} names {', '.join(repr(n) for n in repeated[:5])} more than once: one "
+                            "row and column per task")
+    return names
 
 
 def _norm(name: str) -> str:
@@ -80,29 +114,55 @@ def match_names(aliases: Sequence[Sequence[str]], indexed: Sequence[str]) -> lis
 
 
 def spearman_columns(distances: np.ndarray, affinity: np.ndarray, diagonal: bool) -> np.ndarray:
-    """Spearman's rho per column j between distances[:, j] and affinity[:, j] (optionally without row j)."""
+    """Spearman's rho per column j between distances[:, j] and affinity[:, j] (optionally without row j); NaN
+    where it is undefined (a column whose distances or affinities are all equal), without scipy's warning."""
     from scipy.stats import spearmanr
 
     n = distances.shape[0]
     rhos = []
     for j in range(n):
         rows = np.arange(n) if diagonal else np.array([i for i in range(n) if i != j])
-        rho = spearmanr(distances[rows, j], affinity[rows, j])[0]
+        a, b = distances[rows, j], affinity[rows, j]
+        if len(rows) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+            rhos.append(np.nan)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rho = spearmanr(a, b)[0]
         rhos.append(np.nan if rho is None else rho)
     return np.asarray(rhos, dtype=np.float64)
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """The mean of the defined (finite) values, None when none is."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+def _defined(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def score(distances: np.ndarray, affinity: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     """Column-wise Spearman with and without the diagonal, for matched square matrices."""
     strict = spearman_columns(distances, affinity, diagonal=False)
     loose = spearman_columns(distances, affinity, diagonal=True)
+    without, with_ = _mean(strict), _mean(loose)
+    undefined = [t for t, a, b in zip(names, strict, loose) if not (np.isfinite(a) and np.isfinite(b))]
+    notes = [] if not undefined else [
+        f"Spearman is undefined for {len(undefined)} of {len(names)} target columns, whose distances or affinities "
+        f"are all equal ({', '.join(undefined[:5])}{', ...' if len(undefined) > 5 else ''}): null there, and left out "
+        "of the means" + ("" if without is not None and with_ is not None else "; no column is defined, so neither "
+                          "is the score")]
     return {
-        "spearman_without_diagonal": float(np.nanmean(strict)),
-        "spearman_with_diagonal": float(np.nanmean(loose)),
-        "agreement_without_diagonal": float(-np.nanmean(strict)),
-        "agreement_with_diagonal": float(-np.nanmean(loose)),
-        "per_column": [{"task": t, "without_diagonal": float(a), "with_diagonal": float(b)}
+        "spearman_without_diagonal": without,
+        "spearman_with_diagonal": with_,
+        "agreement_without_diagonal": None if without is None else -without,
+        "agreement_with_diagonal": None if with_ is None else -with_,
+        "per_column": [{"task": t, "without_diagonal": _defined(a), "with_diagonal": _defined(b)}
                        for t, a, b in zip(names, strict, loose)],
+        "undefined_columns": undefined,
+        "notes": notes,
     }
 
 

@@ -14,6 +14,7 @@ weights among the suspect, the owner and the population are listed in ``random_i
 from __future__ import annotations
 
 import math
+from numbers import Real
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -21,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..distance import signature_distance, signature_distances
-from ..errors import GifindexError
+from ..errors import ConfigError, GifindexError
 from ..fingerprint import Fingerprint, fingerprint_path, judge, load_fingerprint
+from ..fingerprint.store import current_fingerprints
 from ..fingerprint.fingerprint import combine, flag_share, single_look_z
 from ..index.layout import fingerprinted
 from ..models import load_model
@@ -37,8 +39,18 @@ MIN_SPREAD = 1e-4  # distances lie in [0, 2]: a population spread below this is 
 MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 
 
+def check_threshold(z_threshold: float, budget: float | None = None) -> None:
+    """A z threshold must be a finite number and a false-positive budget one in (0, 1): NaN or infinity would
+    make every verdict the same and print as such ("derived when z >= nan")."""
+    if isinstance(z_threshold, bool) or not isinstance(z_threshold, Real) or not math.isfinite(z_threshold):
+        raise ConfigError(f"the z threshold must be a finite number, got {z_threshold!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, Real) or not 0 < budget < 1):
+        raise ConfigError(f"the false-positive budget must be a number between 0 and 1 (exclusive), got {budget!r}")
+
+
 def suspect_from_distances(d: float, population: Sequence[float], z_threshold: float = 3.0) -> dict[str, Any]:
     """Calibrate one suspect-owner distance against the owner's distances to a reference population."""
+    check_threshold(z_threshold)
     pop = np.asarray(population, dtype=np.float64)
     return _verdict(float(d), population_statistics(pop), int(np.sum(pop <= d)), z_threshold)
 
@@ -98,6 +110,7 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     the references' stored decisions. With a false-positive ``budget`` every other indexed model is judged too,
     exactly as :func:`scan` judges it (``on_model`` reports progress), and the verdict is the suspect's rank among
     them (``ranking.rank_verdict``; ``z_verdict`` keeps the z-score's)."""
+    check_threshold(z_threshold, budget)
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size, fallback=owners_convention(owner_q))
@@ -192,8 +205,27 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
 
 def protected_owners(index: "Index") -> list[str]:
     """The indexed models whose owners fitted a fingerprint for them (``gifindex fit-probes``), in the catalogue's
-    order: the models a hub protects."""
-    return fingerprinted(index.root, (r.name for r in index.catalog.models()))
+    order: the models a hub protects. A fingerprint fitted for other weights than those indexed under its name now
+    (kept when its model was removed, another then indexed under the name) protects nothing
+    (``fingerprint.store.current_fingerprints``)."""
+    return current_fingerprints(index.root, index.catalog.models())
+
+
+def stale_owners(index: "Index") -> list[str]:
+    """Indexed names whose stored fingerprint was fitted for other weights than those indexed under the name now:
+    not protected (:func:`protected_owners`), and reported so where the protected models are judged."""
+    current = set(protected_owners(index))
+    return [name for name in fingerprinted(index.root, (r.name for r in index.catalog.models()))
+            if name not in current]
+
+
+def _stale_reason(index: "Index", name: str) -> str:
+    """Why the stale fingerprint of ``name`` is not used (:func:`owner_fingerprint`'s error)."""
+    try:
+        owner_fingerprint(index, name)
+    except GifindexError as exc:
+        return str(exc)
+    return f"the fingerprint of {name!r} was fitted for other weights than the model indexed under that name now"
 
 
 def family_budget(budget: float, looks: int) -> float:
@@ -213,7 +245,9 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
     ``z_threshold``: each owner's z must reach ``single_look_z(z_threshold, M)`` (Sidak), or, with a ``budget``,
     each rank p-value must be at most ``family_budget(budget, M)``. An owner whose check fails (a fingerprint
     fitted for other weights, say) is reported with its error, the others are still judged. Owners come back
-    strongest evidence first; ``on_owner(name, done, total)`` reports progress."""
+    strongest evidence first; ``on_owner(name, done, total)`` reports progress. A fingerprint fitted for other
+    weights than those indexed under its name now is listed as not judged and not counted among the M."""
+    check_threshold(z_threshold, budget)
     _check_exclude(index, exclude)
     from ..manifest import ModelEntry
 
@@ -225,10 +259,11 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
     else:
         named = index.resolve(suspect_ref, device=device, batch_size=batch_size)
     owners = [name for name in protected_owners(index) if named.record is None or name != named.record.name]
+    stale = [name for name in stale_owners(index) if named.record is None or name != named.record.name]
     records = index.records()
     # the others a ranking puts the suspect among: all but it and the owner
     bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude, named)) - 1,
-                                    "screen the suspect against", "the suspect")
+                                    "screen the suspect against", "the suspect", stale)
     indexed = records, index.load_vectors(records)  # read once for every owner
     variants: dict[Any, tuple[Any, "ModelEntry", Callable[[], Any]]] = {}
 
@@ -263,6 +298,8 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
                                 "error": str(exc)})
         if on_owner is not None:
             on_owner(name, k + 1, len(owners))
+    results += [{"owner": name, "suspect": named.name, "verdict": "not judged", "z": None,
+                 "error": _stale_reason(index, name)} for name in stale]
     results.sort(key=_strongest_first)
     return {"suspect": named.name, "owners_checked": len(owners), "z_threshold": z_threshold,
             "owner_z_threshold": bar, "budget": budget, "owner_budget": each_budget, "owners": results,
@@ -279,13 +316,15 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
     (a protected model is judged against the M - 1 others at the same bar: the stricter one). Each owner's evidence
     cache serves later audits, so only models not seen before are loaded. An owner whose scan fails is reported
     with its error and the others are still scanned. ``derived`` lists every (model, owner) pair flagged, strongest
-    evidence first."""
+    evidence first. A fingerprint fitted for other weights than those indexed under its name now is reported with
+    its error and not counted among the M."""
+    check_threshold(z_threshold, budget)
     _check_exclude(index, exclude)
-    owners = protected_owners(index)
+    owners, stale = protected_owners(index), stale_owners(index)
     records = index.records()
     # the others a ranking puts a model among: all but it and the owner
     bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude)) - 2,
-                                    "audit the index against", "each model")
+                                    "audit the index against", "each model", stale)
     indexed = records, index.load_vectors(records)  # read once for every owner's scan
     caches = _fill_caches(index, owners, exclude, device, on_model)
     scans = []
@@ -297,6 +336,7 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
             scans.append({"owner": name, "error": str(exc), "models": [], "derived": []})
         if on_owner is not None:
             on_owner(name, k + 1, len(owners))
+    scans += [{"owner": name, "error": _stale_reason(index, name), "models": [], "derived": []} for name in stale]
     derived = sorted(({"model": r["suspect"], "owner": s["owner"], "z": r["z"], "evidence": r.get("evidence"),
                        **({"rank": r["rank"]} if "rank" in r else {})}
                       for s in scans for r in s["models"] if r["verdict"] == "derived"), key=lambda d: -d["z"])
@@ -306,13 +346,16 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
 
 
 def _family_bars(owners: Sequence[str], z_threshold: float, budget: float | None, population: int, purpose: str,
-                 judged: str) -> tuple[float, float | None]:
+                 judged: str, stale: Sequence[str] = ()) -> tuple[float, float | None]:
     """The z bar and the rank budget each of the protected ``owners`` gets (:func:`screen`, :func:`audit`); no
     protected model, or too few other models (``population``) for each owner's share of ``budget``, is an error
-    (before any model is loaded)."""
+    (before any model is loaded). ``stale``: names whose fingerprint was fitted for other weights (not counted)."""
     if not owners:
-        raise GifindexError(f"no indexed model has a fingerprint to {purpose}: fit one for each model you protect "
-                            "(`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
+        why = ("" if not stale else f" ({len(stale)} stored fingerprint{'s' * (len(stale) != 1)}, of "
+               f"{', '.join(repr(n) for n in stale[:5])}, {'were' if len(stale) != 1 else 'was'} fitted for other "
+               "weights than those indexed under the name now: fit again)")
+        raise GifindexError(f"no indexed model has a fingerprint to {purpose}{why}: fit one for each model you "
+                            "protect (`gifindex fit-probes OWNER --data OWNER_DATA.npz`), or name --owner")
     if budget is None:
         return single_look_z(z_threshold, len(owners)), None
     each_budget = family_budget(budget, len(owners))
@@ -454,19 +497,24 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     ``budget`` each verdict is the model's rank among the others (``ranking.rank_all``; ``z_verdict`` keeps the
     z-score's). ``cache``: the owner's evidence cache, when already open (else it is read from the index);
     ``indexed``: ``index.vectors()``, when already read."""
+    check_threshold(z_threshold, budget)
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     records, vectors = indexed or index.vectors()
     keep = _others(records, exclude, owner_q)
+    excluded = len(_others(records, (), owner_q)) - len(keep)
+    left_out = "" if not excluded else f", {excluded} more excluded (--exclude)"
     if budget is not None:
         require_population(len(keep) - 1, budget)
     fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
     if fingerprint is None and len(keep) < MIN_POPULATION + 1:
         raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
-                            f"{len(keep)}): each is judged against the others (a fingerprint of the owner, "
+                            f"{len(keep)}{left_out}): each is judged against the others (a fingerprint of the owner, "
                             "`gifindex fit-probes`, needs none)")
     if not keep:
-        raise GifindexError("a scan judges the other indexed models, and the index holds none besides the owner")
+        raise GifindexError("a scan judges the other indexed models, and the index holds none besides the owner"
+                            if not excluded else f"a scan judges the other indexed models, and all {excluded} of "
+                            "them are excluded (--exclude): leave some in")
     if fingerprint is None:
         cache = None
     elif cache is None:

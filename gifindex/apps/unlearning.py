@@ -8,23 +8,28 @@ a model that never saw it. Without a control only the distance is reported.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GifindexError
 from ..methods import feature_distance, get_method
-from ..observe import entry_features
 from ..probes import Probes, load_source, make_probes
 
 if TYPE_CHECKING:
     from ..config import SignatureConfig
+    from ..index import Index
     from ..manifest import ModelEntry
 
 FORGOTTEN_RATIO = 0.5
+SAME_MODEL = 1e-4  # an original-control distance below this: the control is the original (distances lie in [0, 2])
 
 
 def forget_probes(config: "SignatureConfig", forget: str,
                   num_probes: int | None = None) -> tuple["SignatureConfig", Probes]:
     """(config, probes) drawn from the forget data (an .npy/.npz array or a folder of images)."""
+    from ..fingerprint.data import require_images
+
+    require_images(forget, "the forget data")
     images, _ = load_source(forget)
     k = min(num_probes or config.num_probes, len(images))
     if k < 1:
@@ -38,14 +43,28 @@ def forget_probes(config: "SignatureConfig", forget: str,
 
 def unlearning(original: "ModelEntry", candidate: "ModelEntry", forget: str, config: "SignatureConfig",
                control: "ModelEntry | None" = None, num_probes: int | None = None, device: str = "cpu",
-               batch_size: int | None = 32) -> dict[str, Any]:
-    """Distances between exact (uncompressed) signatures on forget-data probes, and what they mean."""
+               batch_size: int | None = 32, index: "Index | None" = None) -> dict[str, Any]:
+    """Distances between exact (uncompressed) signatures on forget-data probes, and what they mean.
+
+    How a candidate or control weights file given no input convention is loaded (as `suspect` loads a suspect):
+    the very file of a model in ``index`` with that model's stored options, else in the original's input
+    convention (a weights file carries none, and its architecture's default is not this model's); the line
+    reporting how it was signed says which. A control that is the original (the same model, or at distance ~0 from
+    it on the forget data) calibrates nothing: an error."""
+    if control is not None and _same_entry(original, control):
+        raise GifindexError(f"the control {control.display_name()!r} is the original itself: give a model that never "
+                            "saw the forget data (e.g. one retrained without it) as --control")
     probe_config, probes = forget_probes(config, forget, num_probes)
-    feats = {}
+    feats: dict[str, Any] = {}
+    original_loaded = None
     for role, entry in (("original", original), ("candidate", candidate), ("control", control)):
         if entry is None:
             continue
-        feats[role] = entry_features(entry, probes, probe_config, device=device, batch_size=batch_size)
+        entry, reused, adopted = _loading(index, entry, None if role == "original" else
+                                          _originals_convention(original, original_loaded))
+        feats[role], loaded = _features(entry, probes, probe_config, device, batch_size, reused, adopted)
+        if role == "original":
+            original_loaded = loaded
     method = probe_config.method
     out: dict[str, Any] = {"method": method, "forget": str(forget), "num_probes": probes.num_probes,
                            "original_candidate": feature_distance(feats["original"], feats["candidate"], method),
@@ -54,6 +73,11 @@ def unlearning(original: "ModelEntry", candidate: "ModelEntry", forget: str, con
                                            if entry is not None and entry.random_init]}
     if control is not None:
         out["original_control"] = feature_distance(feats["original"], feats["control"], method)
+        if not out["original_control"] >= SAME_MODEL:
+            raise GifindexError(f"the control {control.display_name()!r} sits at distance "
+                                f"{out['original_control']:.2g} from the original on the forget data: it is the "
+                                "original (or a copy of it), which calibrates nothing; give a model that never saw "
+                                "the forget data (e.g. one retrained without it) as --control")
         out["candidate_control"] = feature_distance(feats["candidate"], feats["control"], method)
         ratio = out["original_candidate"] / max(out["original_control"], 1e-12)
         out["ratio"] = ratio
@@ -70,3 +94,50 @@ def unlearning(original: "ModelEntry", candidate: "ModelEntry", forget: str, con
                           "unrelated); give --control MODEL (e.g. a model retrained without the forget data) "
                           "for a verdict")
     return out
+
+
+def _same_entry(a: "ModelEntry", b: "ModelEntry") -> bool:
+    """Whether two entries name the same model the same way (an indexed name twice, or one reference and options)."""
+    return (a.name is not None and a.name == b.name) or (a.ref == b.ref and a.load_kwargs() == b.load_kwargs())
+
+
+def _originals_convention(original: "ModelEntry", loaded: Any) -> tuple[dict[str, Any], str] | None:
+    """The original's input convention as it ran (``loaded``), as loading options, and where they come from: what
+    a weights file given none is run with (``Index.resolve``'s ``fallback``, as `suspect` gives the owner's)."""
+    if loaded is None:
+        return None
+    spec = loaded.spec
+    return ({"input_size": int(spec.size[0]), "mean": tuple(spec.mean), "std": tuple(spec.std)},
+            f"the original's, {original.display_name()!r}: a weights file carries none; give --input-size/--mean/"
+            "--std if it takes images otherwise")
+
+
+def _loading(index: "Index | None", entry: "ModelEntry",
+             fallback: tuple[dict[str, Any], str] | None) -> tuple["ModelEntry", str | None, str | None]:
+    """(entry, the indexed model whose stored options it took or None, the fallback note or None): a file given no
+    loading options that is an indexed model's file takes that model's options; else a weights file given no input
+    convention takes ``fallback``'s."""
+    reused = None
+    if index is not None and index.catalog.by_name(entry.ref) is None:
+        entry, reused = index._reuse_convention(entry)
+    if reused is None and fallback is not None and entry.convention_unknown():
+        return replace(entry, **fallback[0]), None, fallback[1]
+    return entry, reused, None
+
+
+def _features(entry: "ModelEntry", probes: Probes, config: "SignatureConfig", device: str,
+              batch_size: int | None, reused: str | None, adopted: str | None) -> tuple[Any, Any]:
+    """(features, loaded model) of ``entry`` under ``config``, observed as ``observe.entry_features`` observes it,
+    its ``signed`` line saying where its convention came from (an indexed model's file, or ``adopted``)."""
+    from ..methods import features, passes
+    from ..models import load_model
+    from ..observe import entry_origins, loaded_info, signed, signing
+
+    loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
+    with signing(entry.display_name(), passes(config)) as progress:
+        feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
+    arch_from, convention_from = entry_origins(entry)
+    if reused is not None:
+        arch_from = convention_from = f"indexed model {reused!r} (same weights file)"
+    signed(loaded_info(loaded, arch_from=arch_from, convention_from=adopted or convention_from, reused_from=reused))
+    return feats, loaded

@@ -1,6 +1,7 @@
 """The paper's applications as commands: suspect (IP protection), unlearning, relatedness."""
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -17,6 +18,17 @@ from .progress import SigningProgress
 # not pay for them.
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option (optionally in a range) that refuses NaN and infinities, which Python's float() accepts and
+    a range check lets through (NaN compares false with every bound): a usage error, exit 2."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 @main.command()
 @index_option
 @click.argument("suspect_ref", metavar="[SUSPECT]", required=False)
@@ -25,13 +37,13 @@ from .progress import SigningProgress
 @click.option("--all", "scan_all", is_flag=True,
               help="judge every indexed model (instead of one SUSPECT): which models in the index derive from the "
                    "owner (without --owner: from any protected model), strongest evidence first")
-@click.option("--z-threshold", type=float, default=3.0, show_default=True,
+@click.option("--z-threshold", type=FiniteFloat(), default=3.0, show_default=True,
               help="robust z-score at or above which the suspect is judged derived from the owner")
 @click.option("--exclude", multiple=True, help="indexed names to leave out of the calibration population "
               "(e.g. other known derivatives of the owner); repeatable")
 @click.option("--no-fingerprint", is_flag=True, help="ignore the owner's fingerprint (gifindex fit-probes) and "
               "judge by the signature distance alone")
-@click.option("--budget", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+@click.option("--budget", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=None,
               help="false-positive budget: judge by the suspect's rank among the other indexed models' evidence "
                    "instead of by --z-threshold (derived when at most this share of them score as high). Needs "
                    "at least 1/budget - 1 other models, unrelated ones of the owner's task (--exclude known copies: "
@@ -342,7 +354,7 @@ def _fmt(value: float | None) -> str:
               help="with --queries, compare outputs on a sample of the logged queries (a student distilled through "
                    "your API learnt your outputs on exactly those; owner images make up a shorter log), or always "
                    "on your own images (owner)")
-@click.option("--eps", type=click.FloatRange(0, 0.5, min_open=True), default=0.075, show_default=True,
+@click.option("--eps", type=FiniteFloat(0, 0.5, min_open=True), default=0.075, show_default=True,
               help="largest perturbation per pixel (pixel values in [0, 1]); doubled, up to 0.3, while fewer than 32 "
                    "inputs, or than an eighth of the candidates, are kept")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=6, show_default=True,
@@ -470,7 +482,7 @@ def _query_power(rates: dict[str, float]) -> str:
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="the .npz to write: x (the queries to review), y (-1: fill in their true labels), index (their "
                    "positions in the log), answer and confidence (the owner's)")
-@click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=0.25, show_default=True,
+@click.option("--share", type=FiniteFloat(0, 1, min_open=True), default=0.25, show_default=True,
               help="the part of the log to review: the queries the owner answered least surely")
 @click.option("--max-review", type=click.IntRange(1), default=None,
               help="review at most this many queries (the least sure first): a budget for a large log")
@@ -531,7 +543,7 @@ def unlearning(ctx: click.Context, index_path: str, original: str, candidate: st
     with observing(SigningProgress()) as progress:
         result = run_unlearning(session.entry(original), session.entry(candidate), forget, config,
                                 control=session.entry(control) if control else None, device=check_device(device),
-                                batch_size=batch_size)
+                                batch_size=batch_size, index=session.index)
     result["signed"] = progress.signed_models
     if as_json:
         emit_json(result)
@@ -563,13 +575,23 @@ def relatedness(index_path: str, truth: str, as_json: bool) -> None:
         return
     click.echo(f"{result['tasks']} tasks matched ({result['method']}); distances vs affinities, mean over "
                "target columns (negative = agreement)")
-    click.echo(f"Spearman without diagonal  {result['spearman_without_diagonal']:+.4f}   (agreement "
-               f"{result['agreement_without_diagonal']:.4f})")
-    click.echo(f"Spearman with diagonal     {result['spearman_with_diagonal']:+.4f}   (agreement "
-               f"{result['agreement_with_diagonal']:.4f}; the authors' protocol)")
+    click.echo(f"Spearman without diagonal  {_signed(result['spearman_without_diagonal'])}   (agreement "
+               f"{_plain(result['agreement_without_diagonal'])})")
+    click.echo(f"Spearman with diagonal     {_signed(result['spearman_with_diagonal'])}   (agreement "
+               f"{_plain(result['agreement_with_diagonal'])}; the authors' protocol)")
+    for note in result.get("notes", []):
+        click.echo(f"note: {note}")
     if result["missing"]:
         click.echo(f"not in the index: {', '.join(result['missing'])}")
     random_note(result["random_init"])
+
+
+def _signed(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:+.4f}"
+
+
+def _plain(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 LEAD_Z = 1.0  # below the verdict's threshold, a fingerprint z from here up is worth a look (docs/results.md 6.2e-f)

@@ -197,11 +197,11 @@ def _without_local_weights(manifest: str | None, entries: list[ModelEntry], quie
 def list_models(index_path: str, as_json: bool) -> None:
     """Indexed models (name, reference, when added, architecture, weights: loaded or RANDOM INIT, and whether a
     fingerprint protects it: `fit-probes`)."""
-    from ..index.layout import fingerprinted
+    from ..fingerprint.store import current_fingerprints
 
     index = open_index(index_path)
     records = index.records()
-    protected = set(fingerprinted(index.root, (r.name for r in records)))
+    protected = set(current_fingerprints(index.root, records))   # fitted for the weights indexed under the name
     if as_json:
         emit_json([{**r.to_dict(), "random_init": bool(r.metadata.get("random_init")),
                     "protected": r.name in protected} for r in records])

@@ -61,14 +61,16 @@ def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_
 def _fingerprint_hint(index: Any, ref: str) -> str | None:
     """Where the index holds owners' fingerprints, the command that sees what distance alone cannot: copies that
     share no weights (distilled or extracted) of a protected model."""
-    from ..index.layout import fingerprinted, stale_fingerprint, stored_fingerprints
+    from ..fingerprint.store import current_fingerprints
+    from ..index.layout import stale_fingerprint, stored_fingerprints
 
     def indexed(name: str) -> bool:
         return index.catalog.by_name(name) is not None
 
     if all(stale_fingerprint(index.root, f, indexed) for f in stored_fingerprints(index.root)):
         return None  # none, or only those of removed models
-    if index.catalog.by_name(ref) is not None and fingerprinted(index.root, [ref]):
+    record = index.catalog.by_name(ref)
+    if record is not None and current_fingerprints(index.root, [record]):
         return (f"note: {ref} has a fingerprint: `gifindex suspect --owner {ref} --all` judges every indexed model by "
                 "its decisions and outputs, which see distilled and extracted copies that this distance misses")
     return (f"note: this index protects models with fingerprints: `gifindex suspect {ref}` checks whether it derives "

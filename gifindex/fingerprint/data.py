@@ -7,7 +7,8 @@ grey, (N, H, W, 3) or (N, 3, H, W), float in [0, 1] or uint8; they are resized t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ..probes import IMAGE_SUFFIXES
 MAX_IMAGES = 200_000
 MAX_FILE_BYTES = 4 << 30
 MAX_QUERY_BYTES = 4 << 30  # a query log is held in memory at the index resolution while the fit chooses from it
+MIN_IMAGES = 20  # labelled images a fingerprint's fit needs at least
 
 
 @dataclass
@@ -28,14 +30,16 @@ class OwnerData:
 
     x: torch.Tensor
     y: torch.Tensor
+    class_names: list[str] | None = field(default=None, compare=False)  # a folder's class sub-folders, label order
 
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.x.shape[1] != 3:
             raise ProbeError(f"owner data images must be (N, 3, R, R), got {tuple(self.x.shape)}")
         if self.y.shape != (self.x.shape[0],):
             raise ProbeError(f"owner data has {self.x.shape[0]} images but {tuple(self.y.shape)} labels")
-        if len(self.y) < 20:
-            raise ProbeError(f"owner data has {len(self.y)} labelled images; fitting a fingerprint needs at least 20")
+        if len(self.y) < MIN_IMAGES:
+            raise ProbeError(f"owner data has {len(self.y)} labelled images; fitting a fingerprint needs at least "
+                             f"{MIN_IMAGES}")
         if int(self.y.min()) < 0:
             raise ProbeError("owner data labels must be integers >= 0")
 
@@ -68,7 +72,53 @@ def to_shared_space(images: np.ndarray, resolution: int) -> torch.Tensor:
     return x.clamp(0.0, 1.0).contiguous()
 
 
+def _require_npz(path: Path, what: str) -> None:
+    """An ``.npz`` that is not a zip archive of arrays is one clear error (numpy would read it as a pickle)."""
+    if not zipfile.is_zipfile(path):
+        raise ProbeError(f"{path}: not an .npz archive (numpy's zip of named arrays, as np.savez writes it); "
+                         f"{what}")
+
+
+def require_images(source: str | os.PathLike, what: str) -> None:
+    """An ``.npy``/``.npz`` image array (``source``) that holds no images, or an ``.npz`` that is not a zip archive,
+    is one clear error naming ``what`` it is, read from the arrays' headers alone (``probes.load_source`` would
+    fail on the first with numpy's text). Folders and other sources are left to the reader."""
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in (".npy", ".npz"):
+        return
+    shape = None
+    try:
+        if suffix == ".npz":
+            _require_npz(path, f"{what} must be an .npy/.npz image array or a folder of images")
+            with zipfile.ZipFile(path) as archive:
+                members = [n[:-len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
+                key = next((k for k in ("images", "x") if k in members), members[0] if members else None)
+                if key is not None:
+                    with archive.open(f"{key}.npy") as handle:
+                        shape = _npy_shape(handle)
+        else:
+            with open(path, "rb") as handle:
+                shape = _npy_shape(handle)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return  # unreadable: the reader's own error says so
+    if shape is not None and len(shape) >= 3 and shape[0] == 0:
+        raise ProbeError(f"{path}: {what} holds no images (an array of shape {shape})")
+
+
+def _npy_shape(handle) -> tuple[int, ...]:
+    """The shape in an ``.npy`` header, without reading the array."""
+    version = np.lib.format.read_magic(handle)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return tuple(read(handle)[0])
+
+
 def _from_npz(path: Path, resolution: int) -> OwnerData:
+    if path.suffix.lower() == ".npy":
+        raise ProbeError(f"{path}: owner data needs labels: an .npz with arrays 'x' (images) and 'y' (labels), or a "
+                         "folder with one sub-folder of images per class (an .npy holds one array, no labels)")
+    _require_npz(path, "owner data is an .npz with arrays 'x' (images) and 'y' (labels), or a folder of class "
+                       "sub-folders")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data or "y" not in data:
@@ -79,8 +129,15 @@ def _from_npz(path: Path, resolution: int) -> OwnerData:
         raise
     except (OSError, ValueError) as exc:
         raise ProbeError(f"{path}: not a readable .npz file ({exc})") from None
+    if np.ndim(x) == 0:
+        raise ProbeError(f"{path}: images 'x' must be an array of images, got a single value")
     if len(x) > MAX_IMAGES:
         raise ProbeError(f"{path}: {len(x)} images; at most {MAX_IMAGES} are used to fit a fingerprint")
+    if len(x) < MIN_IMAGES:
+        raise ProbeError(f"owner data has {len(x)} labelled images; fitting a fingerprint needs at least "
+                         f"{MIN_IMAGES}")
+    if np.ndim(y) != 1:
+        raise ProbeError(f"{path}: labels 'y' must be one integer per image, got shape {np.shape(y)}")
     if not np.issubdtype(np.asarray(y).dtype, np.integer):
         raise ProbeError(f"{path}: labels 'y' must be integers, got {np.asarray(y).dtype}")
     return OwnerData(to_shared_space(x, resolution), torch.from_numpy(np.asarray(y, dtype=np.int64)))
@@ -109,7 +166,11 @@ def _from_folder(path: Path, resolution: int) -> OwnerData:
             labels.append(label)
     if not images:
         raise ProbeError(f"{path}: no images in its class sub-folders")
-    return OwnerData(to_shared_space(np.stack(images), resolution), torch.tensor(labels, dtype=torch.int64))
+    if len(images) < MIN_IMAGES:
+        raise ProbeError(f"owner data has {len(images)} labelled images; fitting a fingerprint needs at least "
+                         f"{MIN_IMAGES}")
+    return OwnerData(to_shared_space(np.stack(images), resolution), torch.tensor(labels, dtype=torch.int64),
+                     class_names=[folder.name for folder in classes])
 
 
 def load_owner_data(source: str | os.PathLike, resolution: int) -> OwnerData:
@@ -133,6 +194,7 @@ def load_query_log(source: str | os.PathLike, resolution: int) -> tuple[torch.Te
     if str(source) == "builtin":
         raise ProbeError("a query log is the owner's own record of queries: an .npy/.npz array or a folder of images")
     labels = _review_labels(Path(source))
+    require_images(source, "the query log")
     images, _ = load_source(str(source))
     limit = min(MAX_IMAGES, MAX_QUERY_BYTES // (3 * resolution * resolution * 4))
     if len(images) > limit:
@@ -141,15 +203,26 @@ def load_query_log(source: str | os.PathLike, resolution: int) -> tuple[torch.Te
     out = torch.empty(len(images), 3, resolution, resolution)
     for i, image in enumerate(images):
         out[i] = _resize(torch.from_numpy(image), resolution)
+    if not len(out):
+        raise ProbeError(f"{source}: the query log holds no images")
     if labels is not None and len(labels) != len(out):
         raise ProbeError(f"{source}: {len(out)} logged queries but {len(labels)} review labels 'y'")
     return out, labels
+
+
+def check_review_labels(labels: torch.Tensor | None, num_classes: int, source: str | os.PathLike) -> None:
+    """Review labels (``y`` of a query log) must name the owner's classes (or be -1, not reviewed): a label past
+    its ``num_classes`` outputs would count every answer to that query as wrong."""
+    if labels is not None and len(labels) and int(labels.max()) >= num_classes:
+        raise ProbeError(f"{source}: review labels 'y' go up to {int(labels.max())} but the owner has {num_classes} "
+                         f"outputs (classes 0-{num_classes - 1}; -1: not reviewed)")
 
 
 def _review_labels(path: Path) -> torch.Tensor | None:
     """``y`` of a query-log ``.npz`` (integers, -1 = not reviewed), or None."""
     if path.suffix.lower() != ".npz" or not path.is_file():
         return None
+    _require_npz(path, "a query log is an .npy/.npz image array or a folder of images")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "y" not in data.files:

@@ -342,7 +342,9 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
     probe_inputs = probe_logits = map_inputs = map_labels = map_logits = gradient_inputs = None
     probe_queries = 0
     if config.output_probes:
-        own = data.x[torch.cat([candidate_rows[len(pick):], candidate_rows])[:config.output_probes]].contiguous()
+        # each image once (the rows not searched first): at most the data's images, however many were asked for
+        own = data.x[torch.cat([candidate_rows[len(pick):], candidate_rows[:len(pick)]])[:config.output_probes]]
+        own = own.contiguous()
         probe_inputs, probe_queries = _probe_images(own, queries, config, seed)
         probe_logits = model_logits(owner, probe_inputs, device)
         gradient_inputs = own[:GRADIENT_IMAGES]  # where another label set's gradients meet the owner's span

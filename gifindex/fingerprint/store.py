@@ -7,7 +7,8 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -131,6 +132,39 @@ def load_fingerprint(path: str | Path) -> Fingerprint:
                            **{k: torch.from_numpy(a) for k, a in optional.items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise GifindexError(f"{source}: damaged fingerprint metadata ({exc})") from None
+
+
+def fitted_for(path: str | Path) -> str | None:
+    """The indexed weights (sha256) the fingerprint at ``path`` was fitted for, read from its metadata alone; None
+    when it records none (fitted before fingerprints recorded it) or cannot be read (``load_fingerprint`` says
+    why when it is used)."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None
+    recipe = meta.get("recipe") if isinstance(meta, dict) else None
+    sha = recipe.get("index_weights_sha256") if isinstance(recipe, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
+def current_fingerprints(index_root: str | Path, records: Iterable[Any]) -> list[str]:
+    """The names of the indexed ``records`` (catalogue records: ``name``, ``weights_sha256``) whose stored fingerprint
+    was fitted for the weights indexed under that name now, in their order: the models an index protects. A
+    fingerprint kept when its model was removed (`gifindex remove`) and another model later indexed under the name
+    belongs to the weights it was fitted for, not to the new model, and protects nothing; one that records no weights
+    (fitted before fingerprints recorded them) or cannot be read counts (using it says what is wrong)."""
+    from ..index.layout import fingerprinted
+
+    records = list(records)
+    stored = set(fingerprinted(index_root, (r.name for r in records)))
+    out = []
+    for record in records:
+        if record.name in stored:
+            sha = fitted_for(fingerprint_path(index_root, record.name))
+            if sha is None or sha == record.weights_sha256:
+                out.append(record.name)
+    return out
 
 
 HELPERS_FORMAT = "gifindex-helpers-1"
