@@ -500,8 +500,14 @@ def test_index_files_replaced_by_fifos_never_hang_a_reader(hub, tmp_path):
     for name in ("search.json", "search.sha256", ".lock.owner"):
         (root / name).unlink(missing_ok=True)
         os.mkfifo(root / name)
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("a read hung on a FIFO")))
-    signal.alarm(120)
+    hung = []   # TimeoutError is an OSError, which readers may catch: record that the alarm fired as well
+
+    def alarm(*_):
+        hung.append(True)
+        raise TimeoutError("a read hung on a FIFO")
+
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(60)
     try:
         with Index.open(root) as index:
             assert [n.name for n in index.nearest("good", k=1)] == []  # one model: searched, not hung
@@ -510,3 +516,4 @@ def test_index_files_replaced_by_fifos_never_hang_a_reader(hub, tmp_path):
         assert result.exit_code == 0, result.output
     finally:
         signal.alarm(0)
+    assert not hung, "a read hung on a FIFO until the alarm"

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import IndexError_
 from ..pca import PCA_TRAIN, fit_pca
+from ..safefs import read_bytes
 from .atomic import atomic_path, atomic_write_text
 
 SEARCH_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
@@ -579,12 +580,12 @@ def read_sidecar(path: Path) -> dict:
     """``search.json`` beside the search file at ``path``: a JSON object with an integer generation and ntotal;
     IndexError_ naming it when missing or damaged."""
     sidecar = path.with_suffix(".json")
-    try:
-        meta = json.loads(sidecar.read_text())
+    try:   # a regular file of bounded size only: a FIFO or device put there must not hang a reader
+        meta = json.loads(read_bytes(sidecar, "search sidecar", 1 << 20, IndexError_))
         ok = isinstance(meta, dict) and all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool)
                                             for k in ("generation", "ntotal"))
         reason = "" if ok else "not a search sidecar"
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, IndexError_) as exc:
         meta, reason = None, " ".join(str(exc).split())[:120] or type(exc).__name__
     if reason:
         raise IndexError_(f"{sidecar.name}, the record of which catalogue generation {path.name} holds, is missing "
