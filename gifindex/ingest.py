@@ -171,7 +171,8 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         result.metadata = {
             "source": loaded.source, "arch": loaded.arch, "output": output, "device": device,
             "input_size": list(loaded.spec.size), "mean": list(loaded.spec.mean), "std": list(loaded.spec.std),
-            "channels": loaded.spec.channels, "num_outputs": loaded.num_outputs, "tags": entry.tags,
+            "channels": loaded.spec.channels, "interpolation": loaded.spec.interpolation,
+            "num_outputs": loaded.num_outputs, "tags": entry.tags,
             "parameters": int(sum(p.numel() for p in loaded.module.parameters())),
             "file_sha256": loaded.weights_sha256, "file_stamp": file_stamp(entry.ref),
             "random_init": random_init, "load": load_options(entry),

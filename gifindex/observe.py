@@ -66,7 +66,7 @@ def loaded_info(loaded: "LoadedModel", *, arch_from: str, convention_from: str,
     each came from (``given``, ``detected``, ``reference``/``model``, or an indexed model's stored options)."""
     return {"ref": loaded.ref, "arch": loaded.arch, "arch_from": arch_from, "input_size": list(loaded.spec.size),
             "mean": list(loaded.spec.mean), "std": list(loaded.spec.std), "channels": loaded.spec.channels,
-            "convention_from": convention_from,
+            "interpolation": loaded.spec.interpolation, "convention_from": convention_from,
             "reused_from": reused_from, "random_init": bool(loaded.meta.get("random_init"))}
 
 
@@ -93,8 +93,9 @@ def describe(info: dict[str, Any]) -> str:
     if origin == ARCH_DEFAULT:
         origin = ("its architecture's default: a weights file carries none; give --input-size/--mean/--std if it "
                   "takes images otherwise")
+    resize = f", {info['interpolation']} resize" if info.get("interpolation") else ""   # timm/torchvision differ
     return (f"signed {info.get('ref')}: arch {info.get('arch')} ({info.get('arch_from')}), input {convention} "
-            f"({origin}){random}")
+            f"({origin}){resize}{random}")
 
 
 def entry_origins(entry: Any, meta: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -167,6 +167,10 @@ def test_file_query_reuses_the_indexed_convention(models, hub):
     assert doc["signed"]["reused_from"] == "a"
     assert doc["signed"]["input_size"] == [16, 16] and doc["signed"]["mean"] == [0.5] * 3
     assert doc["signed"]["arch"] == "timm:test_resnet"
+    import timm   # the resize is part of the convention (timm's and torchvision's resnet18 differ only in it)
+    expected = timm.create_model("test_resnet").pretrained_cfg["interpolation"]
+    assert meta["interpolation"] == doc["signed"]["interpolation"] == expected
+    assert f", {expected} resize" in result.stderr
     assert doc["neighbors"][0]["name"] == "a" and doc["neighbors"][0]["distance"] < 0.01   # was 0.906
     assert "signed " in result.stderr and "indexed model 'a' (same weights file)" in result.stderr
     with Index.open(hub) as index:  # what a second look at the same file (suspect's fingerprint) loads with

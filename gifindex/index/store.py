@@ -415,5 +415,6 @@ def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None
         arch_from = convention_from = f"indexed model {reused!r} (same weights file)"
     return {"ref": entry.ref, "arch": metadata.get("arch"), "arch_from": arch_from,
             "input_size": metadata.get("input_size"), "mean": metadata.get("mean"), "std": metadata.get("std"),
-            "channels": metadata.get("channels", 3), "convention_from": convention_from, "reused_from": reused,
+            "channels": metadata.get("channels", 3), "interpolation": metadata.get("interpolation"),
+            "convention_from": convention_from, "reused_from": reused,
             "random_init": bool(entry.random_init)}
