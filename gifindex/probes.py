@@ -6,6 +6,7 @@ stored exactly as used, so every signature of an index sees bit-identical refere
 from __future__ import annotations
 
 import logging
+import io
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,10 +57,16 @@ class Probes:
     def resolution(self) -> int:
         return int(self.images.shape[-1])
 
+    def to_bytes(self) -> bytes:
+        """The .npz file's bytes (np.savez is deterministic: no timestamps, so equal probes give equal bytes)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, images=self.images.numpy(), baseline=self.baseline.numpy())
+        return buffer.getvalue()
+
     def save(self, path: str | os.PathLike) -> None:
         """Write to an .npz file (the caller handles atomic replacement)."""
         with open(path, "wb") as handle:
-            np.savez(handle, images=self.images.numpy(), baseline=self.baseline.numpy())
+            handle.write(self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Probes":

@@ -108,10 +108,10 @@ def _floats(text: str | None, name: str) -> tuple[float, float, float] | None:
     return values * 3 if len(values) == 1 else values  # type: ignore[return-value]
 
 
-def _check_floats(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Refuse a bad --mean/--std while the command line is parsed (a usage error, exit 2); kept as text."""
-    _floats(value, f"--{param.name}")
-    return value
+def _check_floats(ctx: click.Context, param: click.Parameter,
+                  value: str | None) -> tuple[float, float, float] | None:
+    """--mean/--std parsed while the command line is (a bad one is a usage error, exit 2): three numbers."""
+    return _floats(value, f"--{param.name}")
 
 
 # The keyword names config_options gives its options (SignatureConfig fields); config_from reads them back.
@@ -198,8 +198,8 @@ def load_options(func):
 
 def load_kwargs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
     return dict(arch=kwargs.pop("arch"), num_classes=kwargs.pop("num_classes"),
-                input_size=kwargs.pop("input_size"), mean=_floats(kwargs.pop("mean"), "--mean"),
-                std=_floats(kwargs.pop("std"), "--std"), trust=kwargs.pop("trust"),
+                input_size=kwargs.pop("input_size"), mean=kwargs.pop("mean"),
+                std=kwargs.pop("std"), trust=kwargs.pop("trust"),
                 random_init=kwargs.pop("random_init"))
 
 

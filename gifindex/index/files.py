@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import math
@@ -30,13 +29,13 @@ from .catalog import Catalog, ModelRecord, read_only_storage
 from .layout import (CATALOG_FILE, INDEX_FILE, PROBES_FILE, SEARCH_FILE, SEARCH_SUM, index_uid, read_meta,
                      shard_dir, write_failure)
 from .lock import WriterLock
-from .search import APPROXIMATE, SearchSpec, build_index, for_search, index_kind, load_index, save_index, search
+from .search import (APPROXIMATE, MAX_SIDECAR_BYTES, SearchSpec, build_index, for_search, index_kind, load_index,
+                     save_index, search)
 from .shards import file_sha256, read_shard_rows, shard_config_hash
 
 log = logging.getLogger(__name__)
 MAX_PROBES_BYTES = 1 << 32   # 4 GiB: far above any probe set a valid configuration makes
 MAX_SEARCH_BYTES = 1 << 40   # 1 TiB: far above any search file gifindex writes
-MAX_SIDECAR_BYTES = 1 << 20
 SEARCH_META = "search.json"
 SPOT_CHECKS = 4              # stored signatures a loaded search index must find (it belongs to these shards)
 SHARD_FIX = ("`gifindex verify --repair` quarantines the shard and names the models to re-ingest (`gifindex verify` "
@@ -328,13 +327,6 @@ def _check_shards_agree(root: Path, meta: dict[str, Any]) -> None:
                           "replaced: restore it (the catalogue and shards are consistent and were not changed)")
 
 
-def probes_bytes(probes: Probes) -> bytes:
-    """probes.npz as ``Probes.save`` writes it (np.savez is deterministic: no timestamps)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, images=probes.images.numpy(), baseline=probes.baseline.numpy())
-    return buffer.getvalue()
-
-
 def _redrawn_probes(root: Path, config: SignatureConfig, recorded: str, on_disk: str | None) -> Probes:
     """probes.npz is missing or altered: the probes the configuration draws when they are bit for bit the ones
     recorded (their sha256 is index.json's; the index then works as before, and `verify --repair` writes them
@@ -348,7 +340,7 @@ def _redrawn_probes(root: Path, config: SignatureConfig, recorded: str, on_disk:
                           "they are not redrawn)")
     try:
         probes = make_probes(config)
-        drawn = hashlib.sha256(probes_bytes(probes)).hexdigest()
+        drawn = hashlib.sha256(probes.to_bytes()).hexdigest()
     except (GifindexError, OSError, ValueError) as exc:
         raise IndexError_(f"{lost}; restore it from a backup (redrawing them from the configuration failed: "
                           f"{' '.join(str(exc).split())[:120]})") from None

@@ -26,7 +26,7 @@ from ..text import text_problem
 from .atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from .catalog import Catalog, CatalogDamaged, ModelRecord
 from .files import (CATALOG_FIX, MAX_PROBES_BYTES, MAX_SEARCH_BYTES, MAX_SIDECAR_BYTES, SEARCH_META, IndexFiles,
-                    faiss_ids, probes_bytes)
+                    faiss_ids)
 from .layout import (CATALOG_FILE, INDEX_FILE, PROBES_FILE, QUARANTINE_DIR, SEARCH_FILE, SEARCH_SUM, SHARD_DIR,
                      TOMBSTONES, shard_dir)
 from .lock import writer_active
@@ -166,7 +166,7 @@ def repair(files: IndexFiles, wait: float = 0.0) -> dict[str, Any]:
         removed = clean_debris(files)
         probes_rewritten = False
         if _probes_problem(files):  # the index opened: the probes it holds are the recorded ones (sha256 checked)
-            data = probes_bytes(files.probes)
+            data = files.probes.to_bytes()
             if hashlib.sha256(data).hexdigest() == files.meta["probes_sha256"]:
                 atomic_write_bytes(files.root / PROBES_FILE, data)
                 probes_rewritten = True

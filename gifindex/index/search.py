@@ -45,6 +45,8 @@ from ..pca import PCA_TRAIN, fit_pca
 from ..safefs import read_bytes
 from .atomic import atomic_path, atomic_write_text
 
+MAX_SIDECAR_BYTES = 1 << 20   # search.json and search.sha256: small JSON records
+
 SEARCH_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 APPROXIMATE = ("hnsw", "ivfpq")   # kinds whose distances are not exact (Index.nearest re-scores them)
 IVF_MIN = 1024                    # fewer models: ivf is built as flat (too few to cluster usefully)
@@ -581,7 +583,7 @@ def read_sidecar(path: Path) -> dict:
     IndexError_ naming it when missing or damaged."""
     sidecar = path.with_suffix(".json")
     try:   # a regular file of bounded size only: a FIFO or device put there must not hang a reader
-        meta = json.loads(read_bytes(sidecar, "search sidecar", 1 << 20, IndexError_))
+        meta = json.loads(read_bytes(sidecar, "search sidecar", MAX_SIDECAR_BYTES, IndexError_))
         ok = isinstance(meta, dict) and all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool)
                                             for k in ("generation", "ntotal"))
         reason = "" if ok else "not a search sidecar"

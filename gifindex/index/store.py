@@ -7,8 +7,8 @@ API in one place.
 from __future__ import annotations
 
 import difflib
-import os
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path

@@ -15,7 +15,7 @@ from gifindex.errors import ModelLoadError
 from gifindex.models.files import fitting, read_state_dict
 from gifindex.models.hub import _finish_weights, timm_spec
 from gifindex.models.sources import ModelSource, register_source
-from gifindex.models.spec import Built, convention_problem
+from gifindex.models.spec import Built, pretrained_cfg_problem
 from gifindex.refs import HF_FOLDER_CONFIG, HF_FOLDER_WEIGHTS, ModelRef
 
 
@@ -43,15 +43,9 @@ def check_convention(config: dict[str, Any], path: Path) -> None:
         return
     if not isinstance(cfg, dict):
         raise ModelLoadError(f"{path}: 'pretrained_cfg' must be a mapping, got {type(cfg).__name__}")
-    for field in ("mean", "std"):
-        problem = convention_problem(field, cfg[field]) if cfg.get(field) is not None else None
-        if problem:
-            raise ModelLoadError(f"{path}: pretrained_cfg.{field}: {problem}")
-    size = cfg.get("input_size")
-    if size is not None and (not isinstance(size, list) or len(size) != 3 or
-                             any(convention_problem("input_size", v) for v in size)):
-        raise ModelLoadError(f"{path}: pretrained_cfg.input_size: expected [channels, height, width], three positive "
-                             f"integers, got {size!r}")
+    problem = pretrained_cfg_problem(cfg)
+    if problem:
+        raise ModelLoadError(f"{path}: pretrained_cfg.{problem}")
 
 
 def check_fit(module: Any, sd: dict[str, Any], arch: str, path: Path, num_classes: int | None) -> None:

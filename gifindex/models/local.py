@@ -16,7 +16,7 @@ from gifindex.models import detect, pyclass
 from gifindex.models.files import read_weights_file
 from gifindex.models.hub import timm_spec
 from gifindex.models.sources import ModelSource, get_source, register_source
-from gifindex.models.spec import Built, InputSpec, convention_problem
+from gifindex.models.spec import Built, InputSpec, pretrained_cfg_problem
 from gifindex.refs import ModelRef, parse_ref, taskonomy_task
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,9 @@ def _check_own_arch(path: str, module: Any, kind: str, name: str, arch: str) -> 
 def _own_spec(module: Any, path: str) -> InputSpec:
     """The input convention of a timm model saved whole, from its ``pretrained_cfg``; a malformed one named."""
     cfg = module.pretrained_cfg if isinstance(module.pretrained_cfg, dict) else {}
-    for field in ("mean", "std"):
-        problem = convention_problem(field, cfg[field]) if field in cfg else None
-        if problem:
-            raise ModelLoadError(f"{path}: the model's pretrained_cfg {field}: {problem}")
-    size = cfg.get("input_size", (3, 224, 224))
-    if not isinstance(size, (list, tuple)) or len(size) < 2 or \
-            any(convention_problem("input_size", v) for v in size[-2:]):
-        raise ModelLoadError(f"{path}: the model's pretrained_cfg input_size: expected [channels, height, width] "
-                             f"in pixels, got {size!r}")
+    problem = pretrained_cfg_problem(cfg)
+    if problem:
+        raise ModelLoadError(f"{path}: the model's pretrained_cfg {problem}")
     spec = timm_spec(module)
     return spec.with_overrides(mean=spec.mean, std=spec.std)  # one value for every channel: three
 

@@ -101,6 +101,21 @@ def convention_problem(name: str, value: Any) -> str | None:
     return None
 
 
+def pretrained_cfg_problem(cfg: dict[str, Any]) -> str | None:
+    """What is wrong with the input convention a timm ``pretrained_cfg`` records (``field: why``), else None: its
+    mean and std as :func:`convention_problem` says, its input size [channels, height, width] of positive integers.
+    Shared by a Hugging Face folder's config.json and a timm model saved whole."""
+    for name in ("mean", "std"):
+        problem = convention_problem(name, cfg[name]) if cfg.get(name) is not None else None
+        if problem:
+            return f"{name}: {problem}"
+    size = cfg.get("input_size")
+    if size is not None and (not isinstance(size, (list, tuple)) or len(size) != 3 or
+                             any(convention_problem("input_size", v) for v in size)):
+        return f"input_size: expected [channels, height, width], three positive integers, got {size!r}"
+    return None
+
+
 def input_channels(module: nn.Module, size: tuple[int, int]) -> int:
     """1 when ``module`` reads a single grey channel, else 3. Read from its first weight, the input layer in
     registration order (timm, torchvision and hand-written nets alike): a convolution taking one channel, or, for
