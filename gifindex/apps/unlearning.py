@@ -136,7 +136,7 @@ def _features(entry: "ModelEntry", probes: Probes, config: "SignatureConfig", de
     loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
     with signing(entry.display_name(), passes(config)) as progress:
         feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
-    arch_from, convention_from = entry_origins(entry)
+    arch_from, convention_from = entry_origins(entry, loaded.meta)
     if reused is not None:
         arch_from = convention_from = f"indexed model {reused!r} (same weights file)"
     signed(loaded_info(loaded, arch_from=arch_from, convention_from=adopted or convention_from, reused_from=reused))
