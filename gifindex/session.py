@@ -66,5 +66,5 @@ class Session:
         probes = self.probes(device)
         feats = []
         for ref in (a, b):
-            feats.append(entry_features(self.entry(ref), probes, self.config, device=device, batch_size=batch_size))
+            feats.append(entry_features(self.entry(ref), probes, self.config, device=device, batch_size=batch_size)[0])
         return feature_distance(feats[0], feats[1], self.config.method), "exact"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import GifindexError
 from ..methods import feature_distance, get_method
+from ..observe import entry_features
 from ..probes import Probes, load_source, make_probes
 
 if TYPE_CHECKING:
@@ -60,9 +61,10 @@ def unlearning(original: "ModelEntry", candidate: "ModelEntry", forget: str, con
     for role, entry in (("original", original), ("candidate", candidate), ("control", control)):
         if entry is None:
             continue
-        entry, reused, adopted = _loading(index, entry, None if role == "original" else
-                                          _originals_convention(original, original_loaded))
-        feats[role], loaded = _features(entry, probes, probe_config, device, batch_size, reused, adopted)
+        fallback = None if role == "original" else _originals_convention(original, original_loaded)
+        entry, reused, adopted = _loading(index, entry, fallback)
+        feats[role], loaded = entry_features(entry, probes, probe_config, device=device, batch_size=batch_size,
+                                             reused_from=reused, convention_note=adopted)
         if role == "original":
             original_loaded = loaded
     method = probe_config.method
@@ -114,30 +116,10 @@ def _originals_convention(original: "ModelEntry", loaded: Any) -> tuple[dict[str
 
 def _loading(index: "Index | None", entry: "ModelEntry",
              fallback: tuple[dict[str, Any], str] | None) -> tuple["ModelEntry", str | None, str | None]:
-    """(entry, the indexed model whose stored options it took or None, the fallback note or None): a file given no
-    loading options that is an indexed model's file takes that model's options; else a weights file given no input
-    convention takes ``fallback``'s."""
-    reused = None
+    """``Index.query_options`` of ``entry`` (an indexed name keeps its stored options); without an index, only
+    ``fallback`` for a weights file given no input convention."""
     if index is not None and index.catalog.by_name(entry.ref) is None:
-        entry, reused = index._reuse_convention(entry)
-    if reused is None and fallback is not None and entry.convention_unknown():
+        return index.query_options(entry, fallback)
+    if fallback is not None and entry.convention_unknown():
         return replace(entry, **fallback[0]), None, fallback[1]
-    return entry, reused, None
-
-
-def _features(entry: "ModelEntry", probes: Probes, config: "SignatureConfig", device: str,
-              batch_size: int | None, reused: str | None, adopted: str | None) -> tuple[Any, Any]:
-    """(features, loaded model) of ``entry`` under ``config``, observed as ``observe.entry_features`` observes it,
-    its ``signed`` line saying where its convention came from (an indexed model's file, or ``adopted``)."""
-    from ..methods import features, passes
-    from ..models import load_model
-    from ..observe import entry_origins, loaded_info, signed, signing
-
-    loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
-    with signing(entry.display_name(), passes(config)) as progress:
-        feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
-    arch_from, convention_from = entry_origins(entry, loaded.meta)
-    if reused is not None:
-        arch_from = convention_from = f"indexed model {reused!r} (same weights file)"
-    signed(loaded_info(loaded, arch_from=arch_from, convention_from=adopted or convention_from, reused_from=reused))
-    return feats, loaded
+    return entry, None, None

@@ -222,10 +222,7 @@ class Index(IndexFiles):
         from ..observe import signed as report_signed
         from ..observe import signing
 
-        entry, reused = self._reuse_convention(model)
-        adopted = None
-        if reused is None and fallback is not None and entry.convention_unknown():
-            entry, adopted = replace(entry, **fallback[0]), fallback[1]
+        entry, reused, adopted = self.query_options(model, fallback)
         kept: list[Any] = []
         with signing(entry.display_name(), passes(self.config)) as observed:
             result = self.sign(entry, device=device, batch_size=batch_size, progress=progress or observed,
@@ -269,6 +266,17 @@ class Index(IndexFiles):
         if close:
             return IndexError_(f"no model named {text!r}; did you mean {' or '.join(repr(c) for c in close)}?")
         return IndexError_(f"no model named {text!r} in the index, and it is not a model reference either ({exc})")
+
+    def query_options(self, entry: ModelEntry, fallback: tuple[dict[str, Any], str] | None = None
+                      ) -> tuple[ModelEntry, str | None, str | None]:
+        """(entry, the indexed model whose stored options it took or None, the fallback's note or None): how a
+        model that is not an indexed name is loaded to be compared with this index's models (:meth:`resolve`,
+        unlearning). A file whose bytes match an indexed model's file takes that model's stored options; else a
+        weights file given no input convention takes ``fallback``'s, when one is given."""
+        entry, reused = self._reuse_convention(entry)
+        if reused is None and fallback is not None and entry.convention_unknown():
+            return replace(entry, **fallback[0]), None, fallback[1]
+        return entry, reused, None
 
     def _reuse_convention(self, entry: ModelEntry) -> tuple[ModelEntry, str | None]:
         """A file given without loading options whose bytes match an indexed model's file: that model's
