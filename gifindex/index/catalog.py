@@ -294,31 +294,26 @@ class Catalog:
 
     def record_failures(self, failures: list[tuple[str | None, str, str]]) -> None:
         """Append several failures in one transaction (one fsync, not one per failure)."""
-        if not failures:
-            return
         now = time.time()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany("INSERT INTO failures(name, ref, error, time) VALUES(?, ?, ?, ?)",
-                                [(printable(n) if n is not None else None, printable(r), printable(e), now)
-                                 for n, r, e in failures])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        self._insert_failures([(printable(n) if n is not None else None, printable(r), printable(e), now)
+                               for n, r, e in failures])
 
     def copy_failures(self, other: "Catalog") -> int:
         """Append ``other``'s failure log, times kept (a recreated catalogue keeps a readable old one's log)."""
         rows = [(f["name"], f["ref"], f["error"], f["time"]) for f in other.failures()]
-        if rows:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany("INSERT INTO failures(name, ref, error, time) VALUES(?, ?, ?, ?)", rows)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        self._insert_failures(rows)
         return len(rows)
+
+    def _insert_failures(self, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT INTO failures(name, ref, error, time) VALUES(?, ?, ?, ?)", rows)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def set_state(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO state(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
