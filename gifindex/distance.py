@@ -39,7 +39,8 @@ def curve_distance(curves_a: "np.ndarray | torch.Tensor", curves_b: "np.ndarray 
     return float(np.mean(1.0 - pointwise_cosine(curves_a, curves_b)))
 
 
-# Compressed signatures are unit vectors: their distance is 1 - <a, b>, clipped to [0, 2] (float64).
+# Compressed signatures are unit vectors: their distance is 1 - <a, b>, clipped to [0, 2] (float64). Stored in
+# float16, a signature's norm is 1 only to ~1e-4, so the same signature twice is set to 0 exactly (d(M, M) = 0).
 def signature_distance(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     """Approximate ModelGiF distance of two compressed signatures: 1 - <s_a, s_b>, clipped to [0, 2]."""
     return float(signature_distances(np.asarray(sig_a)[None], sig_b)[0])
@@ -48,14 +49,22 @@ def signature_distance(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
 def signature_distances(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Distances of each row of ``vectors`` (n, dim) to one ``query`` signature (dim,)."""
     v = np.asarray(vectors, dtype=np.float64)
-    return np.clip(1.0 - v @ np.asarray(query, dtype=np.float64), 0.0, 2.0)
+    q = np.asarray(query, dtype=np.float64).reshape(-1)
+    d = np.clip(1.0 - v @ q, 0.0, 2.0)
+    d[np.all(v == q, axis=1)] = 0.0
+    return d
 
 
 def distance_matrix(vectors: np.ndarray) -> np.ndarray:
-    """All pairwise distances of the rows of ``vectors``: float64, symmetric, zero diagonal."""
+    """All pairwise distances of the rows of ``vectors``: float64, symmetric, zero diagonal (and zero between
+    equal rows: the same model named twice)."""
     v = np.asarray(vectors, dtype=np.float64)
     d = np.clip(1.0 - v @ v.T, 0.0, 2.0)
     d = (d + d.T) / 2
+    if len(v):
+        _, group = np.unique(v, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        d[group[:, None] == group[None, :]] = 0.0
     np.fill_diagonal(d, 0.0)
     return d
 

@@ -118,11 +118,12 @@ def entry_origins(entry: Any, meta: dict[str, Any] | None = None) -> tuple[str, 
 
 def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",
                    batch_size: int | str | None = 32, reused_from: str | None = None,
-                   convention_note: str | None = None) -> tuple[Any, "LoadedModel"]:
+                   convention_note: str | None = None, origin: str | None = None) -> tuple[Any, "LoadedModel"]:
     """(features, loaded model): load a ``ModelEntry`` and compute its exact features under ``config``
     (gifindex.methods.features), observed: a progress callback while signing, then a ``signed`` note of how it
     was loaded. ``reused_from``: the indexed model whose stored options ``entry`` carries (its file's twin);
-    ``convention_note``: where its input convention came from, when a caller supplied it (``Index.query_options``)."""
+    ``convention_note``: where its input convention came from, when a caller supplied it (``Index.query_options``);
+    ``origin``: where all its loading options came from (an indexed name's stored options), said for both."""
     from .methods import features, passes
     from .models import load_model
 
@@ -130,8 +131,8 @@ def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",
     with signing(entry.display_name(), passes(config)) as progress:
         feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
     arch_from, convention_from = entry_origins(entry, loaded.meta)
-    if reused_from is not None:
-        arch_from = convention_from = f"indexed model {reused_from!r} (same weights file)"
+    if origin is not None or reused_from is not None:
+        arch_from = convention_from = origin or f"indexed model {reused_from!r} (same weights file)"
     signed(loaded_info(loaded, arch_from=arch_from, convention_from=convention_note or convention_from,
                        reused_from=reused_from))
     return feats, loaded

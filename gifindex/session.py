@@ -8,16 +8,22 @@ reference is loaded with the command's loading options.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import SignatureConfig
+from .errors import GifindexError
 from .index import Index, index_exists
 from .manifest import ModelEntry
 from .methods import feature_distance
 from .observe import entry_features
 from .probes import Probes, make_probes
+from .refs import parse_ref
+
+OPTION_FLAGS = {"arch": "--arch", "num_classes": "--num-classes", "input_size": "--input-size", "mean": "--mean",
+                "std": "--std", "trust": "--trust", "random_init": "--random-init"}
 
 
 @dataclass
@@ -54,6 +60,37 @@ class Session:
         query = self.model(ref)
         return self.index.entry_for(query) if self.index is not None else query
 
+    def check_options_used(self, refs: Sequence[str | None]) -> None:
+        """Loading options (--arch, --input-size, ...) apply to references and files; when every model named is
+        an indexed name (signed with its stored options) they would be silently ignored: an error instead."""
+        given = [OPTION_FLAGS.get(k, k) for k, v in self.load.items() if v not in (None, False, ())]
+        named = [ref for ref in refs if ref is not None]
+        if not given or self.index is None:
+            return
+        if all(self.index.catalog.by_name(ref) is not None for ref in named):
+            models = (", ".join(repr(ref) for ref in named) + (" is an indexed name" if len(named) == 1 else
+                                                                 " are indexed names")) if named else \
+                "every model judged is indexed"
+            raise GifindexError(f"{'/'.join(given)} apply to model files and references, but {models}, signed "
+                                "with the options stored when ingested: drop them, or give the model's file instead")
+
+    def _exact_entry(self, ref: str) -> tuple[ModelEntry, str | None, str | None]:
+        """(entry, the indexed model whose stored options it carries or None, where its options come from or None)
+        for an exact signature: an indexed name's stored options; a file whose bytes match an indexed model's file,
+        that model's (as the compressed distance and `nearest` load it); else the reference with this session's
+        options. A reference that is neither an indexed name nor loadable is an error (with "did you mean")."""
+        if self.index is None:
+            return self.model(ref), None, None   # type: ignore[return-value]
+        if self.index.catalog.by_name(ref) is not None:
+            return self.index.entry_for(ref), None, f"stored options of indexed model {ref!r}"
+        entry = ModelEntry(ref=ref, **self.load)
+        try:
+            parse_ref(ref)
+        except GifindexError as exc:
+            raise self.index._unknown_name(ref, exc) from None
+        entry, reused, _ = self.index.query_options(entry)
+        return entry, reused, None
+
     def probes(self, device: str = "cpu") -> Probes:
         return self.index.probes if self.index is not None else make_probes(self.config, device=device)
 
@@ -63,8 +100,8 @@ class Session:
         if self.index is not None and not exact:
             value = self.index.distance(self.model(a), self.model(b), device=device, batch_size=batch_size)
             return value, "compressed"
+        entries = [self._exact_entry(ref) for ref in (a, b)]   # both checked before either is signed
         probes = self.probes(device)
-        feats = []
-        for ref in (a, b):
-            feats.append(entry_features(self.entry(ref), probes, self.config, device=device, batch_size=batch_size)[0])
+        feats = [entry_features(entry, probes, self.config, device=device, batch_size=batch_size,
+                                reused_from=reused, origin=origin)[0] for entry, reused, origin in entries]
         return feature_distance(feats[0], feats[1], self.config.method), "exact"

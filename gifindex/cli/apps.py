@@ -73,6 +73,7 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
         raise click.UsageError("without --owner models are judged against the protected models' fingerprints: "
                                "--no-fingerprint needs --owner")
     session = Session.at(index_path, load_kwargs_from(kwargs))
+    session.check_options_used([suspect_ref])
     if owner is None and scan_all:
         audit_report(session, z_threshold, exclude, check_device(device), batch_size, as_json, budget)
         return
@@ -539,6 +540,7 @@ def unlearning(ctx: click.Context, index_path: str, original: str, candidate: st
 
     session = Session.choose(index_path, config_from(kwargs), config_given=config_given(ctx),
                              explicit=index_path != DEFAULT_INDEX, load=load_kwargs_from(kwargs))
+    session.check_options_used([original, candidate, control])
     config = session.config.replace(method=method) if method else session.config
     with observing(SigningProgress()) as progress:
         result = run_unlearning(session.entry(original), session.entry(candidate), forget, config,

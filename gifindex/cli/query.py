@@ -39,6 +39,7 @@ def nearest(index_path: str, ref: str, k: int, device: str, batch_size: int, as_
     from ..session import Session
 
     session = Session.at(index_path, load_kwargs_from(kwargs))
+    session.check_options_used([ref])
     start = time.perf_counter()
     with observing(SigningProgress()) as progress:
         neighbours = session.index.nearest(session.model(ref), k=k, device=check_device(device),
@@ -100,6 +101,7 @@ def distance(ctx: click.Context, index_path: str, model_a: str, model_b: str, ex
 
     session = Session.choose(index_path, config_from(kwargs), config_given=config_given(ctx),
                              explicit=index_path != DEFAULT_INDEX, load=load_kwargs_from(kwargs))
+    session.check_options_used([model_a, model_b])
     start = time.perf_counter()
     with observing(SigningProgress()) as progress:
         value, kind = session.distance(model_a, model_b, exact=exact, device=check_device(device),

@@ -9,6 +9,7 @@ and a search file that is stale or does not belong to the catalogue is rebuilt i
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import logging
@@ -178,13 +179,25 @@ class IndexFiles:
         if names is None:
             records = self.records()
         else:
+            if isinstance(names, str):
+                raise IndexError_(f"names is a list of indexed names, not one string ({names!r})")
             records = []
             for name in names:
                 record = self.catalog.by_name(name)
                 if record is None:
-                    raise IndexError_(f"no model named {name!r} in the index")
+                    raise self.no_model(name)
                 records.append(record)
         return records, self.load_vectors(records)
+
+    def similar_names(self, text: str, n: int = 3) -> list[str]:
+        """Indexed names close to ``text`` (for "did you mean" hints), closest first."""
+        return difflib.get_close_matches(text, [r.name for r in self.records()], n=n, cutoff=0.6)
+
+    def no_model(self, name: str) -> IndexError_:
+        """The error for a name the index does not hold, with the indexed names close to it."""
+        close = self.similar_names(name)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return IndexError_(f"no model named {name!r} in the index{hint}")
 
     # ---------------------------------------------------------------------------------------- search
     def save_search(self, index) -> None:

@@ -50,6 +50,7 @@ MAX_SIDECAR_BYTES = 1 << 20   # search.json and search.sha256: small JSON record
 SEARCH_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 APPROXIMATE = ("hnsw", "ivfpq")   # kinds whose distances are not exact (Index.nearest re-scores them)
 IVF_MIN = 1024                    # fewer models: ivf is built as flat (too few to cluster usefully)
+TRAIN_MIN = 64                    # fewer models: ivf or ivfpq chosen at init is built as flat (cannot train)
 KMEANS_POINTS = 64                # ivf: k-means training points per list (at most)
 
 
@@ -94,6 +95,9 @@ class SearchSpec:
     def resolve(self, n: int, dim: int) -> tuple[str, str]:
         """(kind actually built for n signatures of dim, a one-line reason)."""
         need = n * dim * 2 / 2**20
+        if self.kind in ("ivf", "ivfpq") and n < TRAIN_MIN:
+            return "flat", (f"flat: exact; {self.kind} was chosen at init, but its quantisers need at least "
+                            f"{TRAIN_MIN} models to train ({n} now)")
         if self.kind != "auto":
             return self.kind, f"{self.kind} (chosen at init)"
         if need <= min(self.exact_mb, self.flat_budget_mb) or (need <= self.flat_budget_mb and n < IVF_MIN):
@@ -187,8 +191,6 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, spec: SearchSpec) -> faiss
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
     n = len(ids)
     kind, _ = spec.resolve(n, dim)
-    if kind in ("ivf", "ivfpq") and n < 64:  # too few to train quantisers: exact is cheap anyway
-        kind = "flat"
     index = empty_index(dim, SearchSpec.from_dict({**spec.to_dict(), "kind": kind}), n)
     if not n:
         return index
@@ -248,10 +250,22 @@ def _train_ivf(ivf: faiss.IndexIVF, vectors: np.ndarray, order: np.ndarray, pca_
 
 
 def _silence(index: faiss.Index) -> None:
-    ivf = _ivf(index)
+    ivf = _ivfpq(index) or _ivf(index)
     if ivf is not None:
         ivf.verbose = False
         ivf.cp.min_points_per_centroid = 1  # small hubs: no warning, fewer points per list is fine
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            ivf.pq.cp.min_points_per_centroid = 1  # and one warning per sub-quantiser from the PQ's k-means
+
+
+def _ivfpq(index: faiss.Index):
+    """The IndexIVFPQ of an ``ivfpq`` index (IDMap2, PCA, IndexRefine around it), else None."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    if isinstance(inner, faiss.IndexRefine):
+        inner = faiss.downcast_index(inner.base_index)
+    return inner if isinstance(inner, faiss.IndexIVFPQ) else None
 
 
 def _container(index: faiss.Index):

@@ -6,8 +6,8 @@ API in one place.
 """
 from __future__ import annotations
 
-import difflib
 import logging
+import numbers
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,6 +47,8 @@ IngestReporter = Reporter  # progress hooks an ingest calls (see gifindex.execut
 # What a query may be: an indexed name, a model reference, a ModelEntry (reference + loading options),
 # a LoadedModel or nn.Module (signed with the index's probes), or a signature vector of the index's dimension.
 QueryLike = Union[str, ModelEntry, "LoadedModel", "nn.Module", np.ndarray]
+UNIT_TOLERANCE = 1e-2  # a query vector's norm may differ from 1 by this much (float16 storage: ~1e-4)
+NEAR_TWIN = 1e-3     # nearest: hits closer than this are checked against their stored signature (equal: 0)
 RELOCATE_DEPTH = 2   # a missing model file is looked for this many folders below the index's parent
 
 
@@ -214,6 +216,9 @@ class Index(IndexFiles):
             if record is not None:
                 return Query(self.load_vectors([record])[0], record.name, record)
             model = ModelEntry(ref=model)
+        if not isinstance(model, ModelEntry):
+            raise IndexError_(f"a query is an indexed name, a model reference or file, a ModelEntry, a LoadedModel or "
+                              f"nn.Module, or a signature vector; got {type(model).__name__} {model!r:.60}")
         try:
             parse_ref(model.ref)
         except GifindexError as exc:
@@ -239,6 +244,11 @@ class Index(IndexFiles):
                               f"{self.dim}; sign the model with index.config and index.probes")
         if not np.all(np.isfinite(arr)):
             raise IndexError_("the query signature holds NaN or Inf")
+        norm = float(np.linalg.norm(arr.astype(np.float64)))
+        if abs(norm - 1.0) > UNIT_TOLERANCE:
+            raise IndexError_(f"the query vector has norm {norm:.4g}, but signatures are unit vectors (a distance is 1 "
+                              "- their inner product): give a signature from this index (Index.vectors) or one "
+                              "signed with index.config and index.probes")
         return arr.astype(np.float16).astype(np.float32)
 
     def _sign_loaded(self, model: Any, device: str, batch_size: int | None,
@@ -256,10 +266,6 @@ class Index(IndexFiles):
         signed = loaded_info(loaded, arch_from="given", convention_from="given")
         report_signed(signed)
         return Query(vector.astype(np.float16).astype(np.float32), loaded.name, None, signed, model=loaded)
-
-    def similar_names(self, text: str, n: int = 3) -> list[str]:
-        """Indexed names close to ``text`` (for "did you mean" hints), closest first."""
-        return difflib.get_close_matches(text, [r.name for r in self.records()], n=n, cutoff=0.6)
 
     def _unknown_name(self, text: str, exc: GifindexError) -> IndexError_:
         close = self.similar_names(text)
@@ -303,8 +309,9 @@ class Index(IndexFiles):
                 batch_size: int | None = 32, progress: Callable[[int], None] | None = None) -> list[Neighbor]:
         """The k indexed models nearest to ``ref``: an indexed name (not returned as its own neighbour), a model
         reference, ModelEntry, LoadedModel or nn.Module (signed on the fly), or a signature vector."""
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise IndexError_(f"k must be a positive number of neighbours, got {k!r}")
+        k = int(k)
         return self.nearest_to(self.resolve(ref, device=device, batch_size=batch_size, progress=progress), k)
 
     def nearest_to(self, query: Query, k: int = 10) -> list[Neighbor]:
@@ -323,6 +330,13 @@ class Index(IndexFiles):
             order = np.argsort(exact, kind="stable")
             distances = exact[order][None]
             ids = np.array(found, dtype=np.int64)[order][None]
+        else:  # float16 twins: a model's own signature is at ~1e-5 by inner product; signature_distances says 0
+            near = [int(i) for d, i in zip(distances[0], ids[0]) if d < NEAR_TWIN and int(i) in by_id]
+            if near:
+                exact = dict(zip(near, signature_distances(self.load_vectors([by_id[i] for i in near]), vector)))
+                corrected = np.array([exact.get(int(i), d) for d, i in zip(distances[0], ids[0])])
+                order = np.argsort(corrected, kind="stable")
+                distances, ids = corrected[order][None], ids[0][order][None]
         out = []
         for dist, model_id in zip(distances[0], ids[0]):
             if model_id < 0 or (record is not None and model_id == record.id) or model_id not in by_id:
@@ -347,17 +361,15 @@ class Index(IndexFiles):
     def tree(self, linkage: str = "average"):
         """Hierarchical clustering of every indexed model (see gifindex.tree); one model makes a one-leaf
         tree, an empty index is an error. Leaf metadata: the ref, the manifest tags and random_init."""
-        if len(self) > MAX_DENSE_MODELS:  # the n x n matrix would not fit: k-means clusters, then dense trees
-            records, vectors = self.vectors()
-            metadata = {r.name: {"ref": r.ref, **r.metadata.get("tags", {})} for r in records}
-            return build_tree_scalable([r.name for r in records], vectors, linkage=linkage, metadata=metadata)
-        names, dist = self.matrix()
-        if not names:
+        records, vectors = self.vectors()
+        if not records:
             raise IndexError_("the index is empty: a tree needs at least one indexed model; ingest some first")
+        names = [r.name for r in records]
         metadata = {r.name: {"ref": r.ref, **r.metadata.get("tags", {}),
-                             **({"random_init": True} if r.metadata.get("random_init") else {})}
-                    for r in self.records()}
-        return build_tree(names, dist, linkage=linkage, metadata=metadata)
+                             **({"random_init": True} if r.metadata.get("random_init") else {})} for r in records}
+        if len(records) > MAX_DENSE_MODELS:  # the n x n matrix would not fit: k-means clusters, then dense trees
+            return build_tree_scalable(names, vectors, linkage=linkage, metadata=metadata)
+        return build_tree(names, distance_matrix(vectors), linkage=linkage, metadata=metadata)
 
     def info(self) -> dict[str, Any]:
         records = self.records()

@@ -321,7 +321,7 @@ def remove(files: IndexFiles, name: str, wait: float = 0.0) -> ModelRecord:
     with files.writer(wait=wait):
         record = files.catalog.by_name(name)
         if record is None:
-            raise IndexError_(f"no model named {name!r} in the index")
+            raise files.no_model(name)
         index = files.search_index(writable=True)
         tombstones = read_tombstones(files.root)
         tombstones.append({"shard": record.shard, "row": record.row, "name": record.name,
