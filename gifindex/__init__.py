@@ -3,7 +3,7 @@
 Data flow: model reference -> load_model -> SharedSpaceAdapter -> make_probes -> compute_curves ->
 curve_distance (exact) or signature (compressed) -> Index.
 
-The Python API (DESIGN section 3), one entry point per stage: ``load_model(ref, **opts)``,
+The Python API, one entry point per stage: ``load_model(ref, **opts)``,
 ``SignatureConfig``, ``make_probes(config)``, ``compute_curves(model, probes, config)``,
 ``curve_distance(curves_a, curves_b)``, ``signature(model, config, probes)`` and ``distance(a, b, config)``
 (models as references, files, ``LoadedModel`` or ``nn.Module``), ``Index.create(path, config)`` /

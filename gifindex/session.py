@@ -71,7 +71,8 @@ class Session:
             models = (", ".join(repr(ref) for ref in named) + (" is an indexed name" if len(named) == 1 else
                                                                  " are indexed names")) if named else \
                 "every model judged is indexed"
-            raise GifindexError(f"{'/'.join(given)} apply to model files and references, but {models}, signed "
+            verb = "apply" if len(given) > 1 else "applies"
+            raise GifindexError(f"{'/'.join(given)} {verb} to model files and references, but {models}, signed "
                                 "with the options stored when ingested: drop them, or give the model's file instead")
 
     def _exact_entry(self, ref: str) -> tuple[ModelEntry, str | None, str | None]:

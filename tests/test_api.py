@@ -1,4 +1,4 @@
-"""The Python API of DESIGN section 3, as a user imports it from ``gifindex``."""
+"""The Python API (the shared DESIGN.md's section 3), as a user imports it from ``gifindex``."""
 from __future__ import annotations
 
 import subprocess

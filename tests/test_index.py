@@ -197,8 +197,10 @@ def test_nearest_equals_brute_force_and_compressed_tracks_exact(zoo, tmp_path):
 def test_index_refusals(zoo, tmp_path):
     index = tmp_path / "idx"
     _run("init", "-i", index, *TINY)
-    again = _run("init", "-i", index, *TINY, ok=False)
-    assert again.exit_code == 1 and "already exists" in again.stderr
+    again = _run("init", "-i", index, *TINY)   # idempotent: the same configuration again is nothing to do
+    assert again.exit_code == 0 and "already exists" in again.stdout and "nothing to do" in again.stdout
+    searched = _run("init", "-i", index, *TINY, "--search", "hnsw", ok=False)
+    assert searched.exit_code == 1 and "other search settings" in searched.stderr
     other = _run("init", "-i", index, "-K", "5", ok=False)
     assert other.exit_code == 1 and "another configuration" in other.stderr
     (tmp_path / "notindex").mkdir()

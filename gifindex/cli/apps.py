@@ -37,7 +37,7 @@ class FiniteFloat(click.FloatRange):
 @click.option("--all", "scan_all", is_flag=True,
               help="judge every indexed model (instead of one SUSPECT): which models in the index derive from the "
                    "owner (without --owner: from any protected model), strongest evidence first")
-@click.option("--z-threshold", type=FiniteFloat(), default=3.0, show_default=True,
+@click.option("--z-threshold", type=FiniteFloat(0, min_open=True), default=3.0, show_default=True,
               help="robust z-score at or above which the suspect is judged derived from the owner")
 @click.option("--exclude", multiple=True, help="indexed names to leave out of the calibration population "
               "(e.g. other known derivatives of the owner); repeatable")
@@ -325,8 +325,9 @@ def _fmt(value: float | None) -> str:
 @index_option
 @click.argument("owner")
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True),
-              help="the owner's own labelled data: an .npz with arrays x (images) and y (labels), or a folder "
-                   "with one sub-folder of images per class")
+              help="the owner's own labelled data: an .npz with arrays x (images: (N, H, W) grey, (N, H, W, 3) or "
+                   "(N, 3, H, W), float in [0, 1] or uint8) and y (integer labels), or a folder with one sub-folder "
+                   "of images per class")
 @click.option("--helper-arch", "helper_archs", multiple=True,
               help="architecture of the helper models the owner trains (repeatable; default: 'index', the "
                    "owner's own and the 3 most used by indexed models of its task (its number of outputs), the "

@@ -39,11 +39,23 @@ def init(index_path: str, method: str, search_kind: str, flat_budget_mb: float, 
     """Create an empty index with a fixed signature configuration (probes drawn and stored now)."""
     from ..index import Index, SearchSpec
 
+    from ..index.layout import index_exists
+
     config = config_from(kwargs, method=method)
-    index = Index.create(index_path, config, search=SearchSpec(kind=search_kind, flat_budget_mb=flat_budget_mb), device=check_device(device))
+    search = SearchSpec(kind=search_kind, flat_budget_mb=flat_budget_mb)
+    existed = index_exists(index_path)
+    index = Index.create(index_path, config, search=search, device=check_device(device), exist_ok=True)
+    if existed and index.search_spec != search:
+        spec = index.search_spec
+        raise GifindexError(f"an index with this configuration already exists at {index_path}, but with other search "
+                            f"settings ({spec.kind}, {spec.flat_budget_mb:g} MiB flat budget); choose another --index "
+                            "directory")
     info = index.info()
     if as_json:
-        emit_json(info)
+        emit_json({**info, "created_now": not existed})
+    elif existed:   # init is idempotent: what a setup script re-run wants
+        click.echo(f"an index with this configuration ({info['config_hash']}) already exists at {index_path}; "
+                   "nothing to do")
     else:
         click.echo(f"created index at {index_path} (configuration {info['config_hash']}: K={config.num_probes}, "
                    f"T={config.steps}, R={config.resolution}, proj_dim={config.proj_dim}; "
@@ -233,6 +245,10 @@ def info(index_path: str, as_json: bool) -> None:
                "(float16)")
     search = details["search"]
     click.echo(f"search      {search.get('kind')} -> {search.get('reason')}")
+    created, running = details.get("versions") or {}, details["running_versions"]
+    click.echo("versions    " + ", ".join(
+        f"{name} {version}" + (f" (created with {created[name]})" if created.get(name, version) != version else "")
+        for name, version in running.items()) + ("" if created else " (the index records none)"))
     click.echo(f"failures    {details['failures']} recorded")
     for failure in details["recent_failures"]:
         click.echo(f"  {failure['name'] or failure['ref']}: {failure['error']}")

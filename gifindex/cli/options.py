@@ -1,19 +1,18 @@
 """Shared pieces of the command line: error handling, option groups, index location, output."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
 import click
-import numpy as np
 from click.core import ParameterSource
 
 from ..config import BASELINES, MODES, OUTPUTS, PROBE_KINDS, SignatureConfig
 from ..errors import GifindexError
 from ..methods.registry import method_names
 from ..quadrature import RULES
+from ..text import json_text
 
 
 TRIPLE_OPTIONS = ("--mean", "--std")
@@ -54,6 +53,8 @@ class GifindexGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except GifindexError as exc:
+            if os.environ.get("GIFINDEX_DEBUG"):   # where the refusal came from, for a bug report
+                raise
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted")
@@ -261,16 +262,10 @@ def open_index(path: str):
     return Index.open(path)
 
 
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+def emit_json(data: Any, indent: int | None = 2) -> None:
+    """Print ``data`` as one strict JSON document (NaN and infinities as null: a tag such as ``score: .nan``
+    must not make the output unreadable to JSON.parse or jq), at any nesting depth; ``indent`` None: compact."""
+    click.echo(json_text(data, indent=indent))
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:

@@ -93,12 +93,15 @@ def evidence_cache_path(index_root: str | Path, owner: str) -> Path:
 
 
 def versions() -> dict[str, str]:
-    """Library versions recorded in index.json when an index is created."""
+    """Library versions: recorded in index.json when an index is created, and those running now (`info`)."""
     import faiss
+    import timm
     import torch
+    import torchvision
 
-    return {"gifindex": __version__, "torch": torch.__version__, "faiss": faiss.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return {"gifindex": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "faiss": faiss.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
 
 
 def write_failure(what: str, exc: BaseException, after: str) -> IndexError_:

@@ -31,7 +31,7 @@ from ..tree import MAX_DENSE_MODELS, build_tree, build_tree_scalable
 from . import maintenance, writer
 from .catalog import ModelRecord
 from .files import IndexFiles
-from .layout import INDEX_FILE
+from .layout import INDEX_FILE, versions
 from .search import APPROXIMATE, SearchSpec, index_kind, search
 from .shards import file_sha256
 from .writer import IngestReport
@@ -381,7 +381,7 @@ class Index(IndexFiles):
             "shards": len(shards), "signature_dim": self.dim, "bytes_per_model": self.dim * 2,
             "search": {**(self.meta.get("search") or {}), **self.search_status()}, "bytes_on_disk": bytes_on_disk,
             "failures": len(self.catalog.failures()), "created": self.meta.get("created"),
-            "versions": self.meta.get("versions"),
+            "versions": self.meta.get("versions"), "running_versions": versions(),
         }
 
     # ------------------------------------------------------------------------------------ writes
