@@ -61,8 +61,13 @@ def model_failed(exc: Exception, native: torch.Tensor) -> SignatureError:
         return SignatureError(f"the model accepts neither 3-channel RGB nor 1-channel grey images ({why}); "
                               "gifindex signs models on RGB or grey input")
     shape = "x".join(str(n) for n in native.shape[1:])
+    size_hint = ""
+    if any(word in why for word in ("shapes cannot be multiplied", "size mismatch", "must match the size",
+                                    "Expected size", "shape '[")):   # a fixed-size layer met the wrong image size
+        size_hint = (f"; it ran at {native.shape[-2]}x{native.shape[-1]} px: if it takes another size, give "
+                     "--input-size (and --mean/--std)")
     return SignatureError(f"the model failed on {len(native)} images of {shape} (gifindex runs image models on one "
-                          f"float image batch): {why}")
+                          f"float image batch): {why}{size_hint}")
 
 
 class SharedSpaceAdapter(nn.Module):

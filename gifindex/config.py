@@ -103,6 +103,13 @@ class SignatureConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def unread_probe_settings(self) -> list[str]:
+        """PGD settings given for probes of another kind, which never read them (they only change the hash)."""
+        if self.probe_kind == "pgd":
+            return []
+        defaults = self.field_defaults()
+        return [name for name in ("pgd_anchor", "pgd_eps", "pgd_steps") if getattr(self, name) != defaults[name]]
+
     @classmethod
     def field_defaults(cls) -> dict[str, Any]:
         """Each field's default, without constructing a configuration (which looks the method up)."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .config import SignatureConfig
 from .index import Index, index_exists
 from .index.shards import file_sha256
+from .probes import make_probes
 
 # Fixed normalisation of the upscaled digits in [0, 1] (measured once at 32 px; recorded in
 # every manifest entry so the index feeds the models exactly what they were trained on).
@@ -423,17 +424,33 @@ def demo_index_config(zoo_dir: str | os.PathLike) -> SignatureConfig:
     method ``modelgif+outputs`` so that distilled students (another architecture, the teacher's outputs)
     land next to their teachers, not only fine-tuned and pruned copies (docs/results.md)."""
     return SignatureConfig(method="modelgif+outputs", resolution=16, num_probes=16, steps=4,
-                           probe_source=str(Path(zoo_dir) / PROBES_NAME))
+                           probe_source=str((Path(zoo_dir) / PROBES_NAME).resolve()))
 
 
-def open_demo_index(index_dir: str | os.PathLike, config: SignatureConfig, device: str = "cpu") -> Index:
-    """The demo index at ``index_dir``: reused when its configuration is ``config``, else made afresh."""
+def open_demo_index(index_dir: str | os.PathLike, config: SignatureConfig, entries: list[dict[str, Any]] | None = None,
+                    device: str = "cpu") -> Index:
+    """The demo index at ``index_dir``: reused when it was made for this zoo, else made afresh. Made for this zoo:
+    the same configuration (the probes' path aside: the same probe images, so a copied or moved demo folder is
+    reused) and, given ``entries`` (the zoo's entries, as build_demo_zoo returns them), no indexed model that the
+    zoo does not hold as the same file (a --quick zoo's index is not the full zoo's)."""
     if index_exists(index_dir):
         with Index.open(index_dir) as existing:
-            stale = existing.config != config
+            stale = (existing.config.replace(probe_source=config.probe_source) != config
+                     or not np.array_equal(existing.probes.images.cpu().numpy(), make_probes(config).images.numpy())
+                     or (entries is not None and _other_models(existing, entries)))
         if stale:
             shutil.rmtree(index_dir)
     return Index.create(index_dir, config, device=device, exist_ok=True)
+
+
+def _other_models(index: Index, entries: list[dict[str, Any]]) -> bool:
+    """Whether ``index`` holds a model that is not one of the zoo's files as they are now."""
+    files = {e["name"]: Path(e["ref"]) for e in entries}
+    for record in index.records():
+        path = files.get(record.name)
+        if path is None or not path.is_file() or record.metadata.get("file_sha256") != file_sha256(path):
+            return True
+    return False
 
 
 def relation_rows(index: Index, entries: list[dict[str, Any]]) -> list[list[Any]]:

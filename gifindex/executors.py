@@ -6,23 +6,29 @@
   (segfault, out-of-memory kill), is recorded as a failure; that worker is restarted and the ingest goes on.
 Other executors (Ray) plug in with the same ``map`` signature. Executors only run the worker; the
 index commits what they yield.
+
+A worker ends itself when the driver dies, however it died (``kill -9`` included). This module imports
+torch (through ``ingest``) only when a model is signed, so a starting worker watches its driver before the
+slow imports.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .ingest import SignResult, sign_entry
 from .manifest import ModelEntry
 
 if TYPE_CHECKING:
     from .config import SignatureConfig
+    from .ingest import SignResult
     from .probes import Probes
 
 
@@ -45,6 +51,8 @@ class SignJob:
         return passes(self.config)
 
     def run(self, entry: ModelEntry, progress=None) -> SignResult:
+        from .ingest import SignResult, sign_entry
+
         try:
             return sign_entry(entry, self.config, self.probes, device=self.device, batch_size=self.batch_size,
                               known_sha256=self.known_sha256, taken_names=self.taken_names, progress=progress)
@@ -84,9 +92,34 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 STARTUP_GRACE = 120.0  # seconds a new worker may take to start (imports) before its first model's clock runs
 
 
-def _worker_main(job: SignJob, tasks: Any, results: Any, threads: int | None) -> None:
-    """Worker process loop: sign entries from ``tasks`` until a None arrives."""
+def _exit_with_parent() -> None:
+    """End this worker as soon as the driver process is gone, whatever way it went.
+
+    ``daemon=True`` only stops workers when the driver exits cleanly; after SIGKILL or an unhandled SIGTERM a
+    worker would wait on its task queue forever (reparented, holding its memory and keeping the resource
+    tracker alive). A spawned child has a sentinel on its parent (the end of a pipe that the parent's death
+    closes): a daemon thread waits on it, without polling, and exits the process. No-op outside a child."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+    threading.Thread(target=_wait_for_parent_then_exit, args=(parent,), name="gifindex-parent-watch",
+                     daemon=True).start()
+
+
+def _wait_for_parent_then_exit(parent: Any) -> None:
+    """Block until ``parent`` (``mp.parent_process()``) has died, then leave at once: nobody reads our results."""
+    parent.join()
+    os._exit(1)
+
+
+def _worker_main(pickled_job: bytes, tasks: Any, results: Any, threads: int | None) -> None:
+    """Worker process loop: sign entries from ``tasks`` until a None arrives.
+
+    The job comes pickled so that its tensors (and torch) load after the driver watch has started."""
+    _exit_with_parent()
     import torch
+
+    job: SignJob = pickle.loads(pickled_job)
 
     if threads:
         torch.set_num_threads(threads)
@@ -145,8 +178,8 @@ class LocalExecutor:
 
     def _start(self, job: SignJob) -> _Worker:
         tasks, results = self._ctx.Queue(), self._ctx.Queue()
-        process = self._ctx.Process(target=_worker_main, args=(job, tasks, results, self.threads), daemon=True,
-                                    name="gifindex-worker")
+        process = self._ctx.Process(target=_worker_main, args=(pickle.dumps(job), tasks, results, self.threads),
+                                    daemon=True, name="gifindex-worker")
         saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
         if self.threads:  # the child reads these when its OpenMP / MKL runtimes start
             os.environ.update({k: str(self.threads) for k in THREAD_VARIABLES})
@@ -206,6 +239,8 @@ class LocalExecutor:
             failure = f"timed out after {self.timeout:g} s (per-model limit; raise it with --timeout)"
         if failure is None:
             return counts, None, False
+        from .ingest import SignResult
+
         entry = worker.entry
         assert entry is not None
         return counts, SignResult(name=entry.display_name(), ref=entry.ref, status="failed", error=failure,

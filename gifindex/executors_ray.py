@@ -10,10 +10,14 @@ recorded the same way. A task whose worker process dies (segfault, out-of-memory
 Every worker needs: the same Python with gifindex (and torch, timm, ...) installed, and read access to
 the model files and weight caches named by the entries (a shared filesystem or identical caches). The
 job (configuration and probes) is put in Ray's object store once and shared by every task.
+
+An explicit cluster address is checked with a plain TCP connection first: Ray itself retries an unreachable
+one for minutes, logging each attempt, where the user should get one line at once.
 """
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -33,6 +37,45 @@ def _import_ray():
     return ray
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to open a TCP connection to a cluster address before calling it unreachable
+
+
+def _endpoint(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of an explicit cluster address, ``host:port`` or ``ray://host:port`` (IPv6 in brackets).
+
+    None where Ray finds the cluster itself (no address, ``auto``, ``local``) or for a form not read here:
+    Ray then judges the address as before."""
+    if not address or address in ("auto", "local"):
+        return None
+    text = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str | None, timeout: float) -> None:
+    """Raise GifindexError unless something accepts TCP connections at ``address`` within ``timeout`` s."""
+    endpoint = _endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except OSError as exc:
+        raise GifindexError(f"cannot reach the Ray cluster at {address} ({_why(exc, timeout)}): check --address "
+                            "(or RAY_ADDRESS) and that the cluster is running") from None
+
+
+def _why(exc: OSError, timeout: float) -> str:
+    """A failed connection in a few words."""
+    if isinstance(exc, socket.timeout):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
 def _sign_task(job: SignJob, entry: ModelEntry, threads: int) -> SignResult:
     """Body of one Ray task: the local worker's function, unchanged."""
     import torch
@@ -49,8 +92,10 @@ class RayExecutor:
 
     def __init__(self, timeout: float | None = 1800.0, address: str | None = None, num_cpus: float = 1,
                  num_gpus: float | None = None, max_in_flight: int | None = None,
-                 runtime_env: dict[str, Any] | None = None, init_options: dict[str, Any] | None = None):
+                 runtime_env: dict[str, Any] | None = None, init_options: dict[str, Any] | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT):
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -60,14 +105,22 @@ class RayExecutor:
 
     # ------------------------------------------------------------------------------------------------
     def _ensure_ray(self):
-        """Connect to ``address`` (or start a local Ray) unless the caller already did; True if we did."""
+        """Connect to ``address`` (or start a local Ray) unless the caller already did; True if we did.
+
+        An address that takes no TCP connection fails here in ``connect_timeout`` seconds, not in Ray's
+        minutes of retries; a cluster Ray cannot join (a Ray error at connection) fails in one line too."""
         ray = _import_ray()
         if ray.is_initialized():
             return ray, False
+        _check_reachable(self.address, self.connect_timeout)
         options = {"ignore_reinit_error": True, "log_to_driver": False, **self.init_options}
         if self.runtime_env:
             options["runtime_env"] = self.runtime_env
-        ray.init(address=self.address, **options)
+        try:
+            ray.init(address=self.address, **options)
+        except ConnectionError as exc:
+            where = f" at {self.address}" if self.address else ""
+            raise GifindexError(f"cannot connect to the Ray cluster{where}: {exc}") from None
         return ray, True
 
     def _slots(self, ray, num_gpus: float) -> int:

@@ -37,6 +37,8 @@ class SignResult:
     status: str  # "added" (signed, to be committed), "skipped" (already indexed), "failed"
     weights_sha256: str | None = None
     signature: np.ndarray | None = None
+    legacy_sha256: str | None = None   # the content hash as indexes made before it named the architecture held it
+    same_as: str | None = None         # skipped: the indexed model that holds the same content
     seconds: float = 0.0
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -45,15 +47,21 @@ class SignResult:
         out = {"name": self.name, "ref": self.ref, "status": self.status, "seconds": round(self.seconds, 3)}
         if self.weights_sha256:
             out["weights_sha256"] = self.weights_sha256
+        if self.same_as:
+            out["same_as"] = self.same_as
+        if self.metadata.get("random_init"):
+            out["random_init"] = True
         if self.error:
             out["error"] = self.error
         return out
 
 
-def content_sha256(loaded: "LoadedModel", output: str) -> str:
-    """Hash of what defines the model's function: every tensor of its state dict (names, dtypes, shapes,
-    bytes), its input convention and the output reduction. The same weights saved in another file
-    format hash the same; the same weights behind another normalisation do not."""
+def content_sha256(loaded: "LoadedModel", output: str, legacy: bool = False) -> str:
+    """Hash of what defines the model's function: its architecture (``architecture_identity``), every tensor of its
+    state dict (names, dtypes, shapes, bytes), its input convention and the output reduction. The same weights saved
+    in another file format hash the same; the same weights behind another normalisation, or in another architecture
+    (another class, another TorchScript program: a ReLU net and its Tanh twin), do not. ``legacy``: the hash indexes
+    made before the architecture was part of it hold (without it), so that they still recognise their models."""
     digest = hashlib.sha256()
     state = loaded.module.state_dict()
     for key in sorted(state):
@@ -64,9 +72,24 @@ def content_sha256(loaded: "LoadedModel", output: str) -> str:
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     spec = loaded.spec
-    digest.update(json.dumps({**spec.describe(), "interpolation": spec.interpolation, "output": output},
-                             sort_keys=True).encode())
+    described = {**spec.describe(), "interpolation": spec.interpolation, "output": output}
+    if not legacy:
+        described["architecture"] = architecture_identity(loaded)
+    digest.update(json.dumps(described, sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def architecture_identity(loaded: "LoadedModel") -> str:
+    """What names a model's computation besides its weights: its architecture (``timm:NAME``, ``torchvision:NAME``,
+    the user's ``python:FILE.py:Class``, a pickled module's class) and, for a TorchScript program, the sha256 of
+    its code (every submodule's), which is the architecture there."""
+    code = []
+    for name, module in loaded.module.named_modules():
+        text = getattr(module, "code", None) if isinstance(module, torch.jit.ScriptModule) else None
+        if isinstance(text, str):
+            code.append(f"{name}\n{text}")
+    program = hashlib.sha256("\n".join(code).encode()).hexdigest() if code else None
+    return f"{loaded.arch}" + (f"|torchscript:{program}" if program else "")
 
 
 def check_finite_weights(module: torch.nn.Module, ref: str) -> None:
@@ -149,13 +172,17 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         check_finite_weights(loaded.module, entry.ref)
         output = entry.output or config.output
         result.weights_sha256 = content_sha256(loaded, output)
+        result.legacy_sha256 = content_sha256(loaded, output, legacy=True)
         random_init = bool(entry.random_init or loaded.meta.get("random_init"))
         if random_init and not entry.name:
             result.name = random_name(name, result.weights_sha256)
-        if result.weights_sha256 in known_sha256:
-            result.status = "skipped"
+        hashes = (result.weights_sha256, result.legacy_sha256)
+        held = next((sha for sha in hashes if sha in known_sha256), None)
+        if held is not None:
+            holders = {sha: indexed for indexed, sha in (taken_names or {}).items()}
+            result.status, result.same_as = "skipped", holders.get(held)
             return result
-        if taken_names and taken_names.get(result.name, result.weights_sha256) != result.weights_sha256:
+        if taken_names and taken_names.get(result.name, result.weights_sha256) not in hashes:
             result.status, result.error = "failed", name_taken(result.name)   # found before the signing's work
             return result
         adapter = SharedSpaceAdapter(loaded.module, loaded.spec, output)
@@ -179,6 +206,9 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         }
         if loaded.meta.get("convention_from"):   # the file carried its own (a pickled timm module's pretrained_cfg)
             result.metadata["convention_from"] = loaded.meta["convention_from"]
+        for key in ("detected", "headless"):      # an architecture read from the weights; a backbone without a head
+            if loaded.meta.get(key):
+                result.metadata[key] = loaded.meta[key]
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a bad model is a result, not a crash
@@ -197,14 +227,20 @@ def split_unchanged(entries: list[ModelEntry], records: list[Any]) -> tuple[list
     hashing the file again; the rest go to the workers (which still skip by content hash)."""
     stamped = {json.dumps(r.metadata["load"], sort_keys=True): r for r in records
                if r.metadata.get("load") and r.metadata.get("file_stamp")}
+    drawn = {(r.name, json.dumps(r.metadata["load"], sort_keys=True)): r for r in records
+             if r.metadata.get("load") and r.metadata.get("random_init")}
     todo: list[ModelEntry] = []
     skipped: list[SignResult] = []
     for entry in entries:
         absolute = absolute_entry(entry)
-        record = stamped.get(json.dumps(load_options(absolute), sort_keys=True))
-        if record is not None and record.metadata["file_stamp"] == file_stamp(absolute.ref):
-            skipped.append(SignResult(name=record.name, ref=absolute.ref, status="skipped",
-                                      weights_sha256=record.weights_sha256))
+        options = json.dumps(load_options(absolute), sort_keys=True)
+        record = stamped.get(options)
+        if record is None or record.metadata["file_stamp"] != file_stamp(absolute.ref):
+            # a named --random-init entry indexed before: its weights were drawn once (a new draw is another model)
+            record = drawn.get((entry.name, options)) if entry.name and entry.random_init else None
+        if record is not None:
+            skipped.append(SignResult(name=absolute.display_name(), ref=absolute.ref, status="skipped",
+                                      weights_sha256=record.weights_sha256, same_as=record.name))
         else:
             todo.append(entry)
     return todo, skipped

@@ -67,7 +67,15 @@ def loaded_info(loaded: "LoadedModel", *, arch_from: str, convention_from: str,
     return {"ref": loaded.ref, "arch": loaded.arch, "arch_from": arch_from, "input_size": list(loaded.spec.size),
             "mean": list(loaded.spec.mean), "std": list(loaded.spec.std), "channels": loaded.spec.channels,
             "interpolation": loaded.spec.interpolation, "convention_from": convention_from,
-            "reused_from": reused_from, "random_init": bool(loaded.meta.get("random_init"))}
+            "reused_from": reused_from, "random_init": bool(loaded.meta.get("random_init")),
+            "also_fits": also_fits(loaded.meta)}
+
+
+def also_fits(meta: dict[str, Any]) -> list[str]:
+    """The other architectures a state dict's weights fit exactly (``detected.also_fits``): the detected one is a
+    guess among them (timm's and torchvision's resnet18 share every tensor name but resize differently)."""
+    detected = meta.get("detected")
+    return list(detected.get("also_fits") or []) if isinstance(detected, dict) else []
 
 
 ARCH_DEFAULT = "architecture default"  # convention_from of a weights file given none: its architecture's default
@@ -94,8 +102,11 @@ def describe(info: dict[str, Any]) -> str:
         origin = ("its architecture's default: a weights file carries none; give --input-size/--mean/--std if it "
                   "takes images otherwise")
     resize = f", {info['interpolation']} resize" if info.get("interpolation") else ""   # timm/torchvision differ
+    others = info.get("also_fits") or []
+    also = (f"; warning: its weights fit {', '.join(others)} exactly too (another function, perhaps: padding, "
+            "activation, resize); pass --arch to choose") if others and info.get("arch_from") == "detected" else ""
     return (f"signed {info.get('ref')}: arch {info.get('arch')} ({info.get('arch_from')}), input {convention} "
-            f"({origin}){resize}{random}")
+            f"({origin}){resize}{random}{also}")
 
 
 def entry_origins(entry: Any, meta: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -60,6 +60,13 @@ class Session:
         query = self.model(ref)
         return self.index.entry_for(query) if self.index is not None else query
 
+    def random_init(self, ref: str) -> bool:
+        """Whether ``ref`` names a model with random (untrained) weights: an indexed one, or one drawn now."""
+        record = self.index.catalog.by_name(ref) if self.index is not None else None
+        if record is not None:
+            return bool(record.metadata.get("random_init"))
+        return bool(self.load.get("random_init"))
+
     def check_options_used(self, refs: Sequence[str | None]) -> None:
         """Loading options (--arch, --input-size, ...) apply to references and files; when every model named is
         an indexed name (signed with its stored options) they would be silently ignored: an error instead."""

@@ -22,7 +22,6 @@ O(n * dim + clusters^2 + max cluster^2)); ``Index.tree`` switches to it above th
 from __future__ import annotations
 
 import html
-import json
 import logging
 import re
 import sys
@@ -39,6 +38,7 @@ from scipy.spatial.distance import squareform
 
 from gifindex.distance import distance_matrix
 from gifindex.errors import GifindexError
+from gifindex.text import json_text
 
 LINKAGES = ("average", "complete", "single", "ward")
 FORMATS = ("newick", "json", "png", "svg", "html")
@@ -292,7 +292,8 @@ def to_json(tree: SimilarityTree) -> dict[str, Any]:
     a leaf ``{"name", "height": 0, "size": 1}`` plus ``"metadata"`` when the model has any.
 
     Children are in dendrogram order. Nesting is as deep as the tree (up to n for single-linkage
-    chains): Python's ``json.loads`` needs a raised recursion limit beyond ~900 levels.
+    chains): write it with :func:`tree_json_text` (no recursion); Python's ``json.loads`` needs a raised
+    recursion limit beyond ~900 levels.
     """
     made: dict[int, dict[str, Any]] = {}
     for node in _postorder(tree):
@@ -310,6 +311,12 @@ def to_json(tree: SimilarityTree) -> dict[str, Any]:
     return {"linkage": tree.method, "n": tree.n, "root": made[_root(tree)]}
 
 
+def tree_json_text(tree: SimilarityTree) -> str:
+    """:func:`to_json` as compact strict JSON (non-finite metadata values as null), one line at any depth: what
+    ``tree -o FILE.json`` writes and ``tree --json`` prints (indented, an n-deep chain would be O(n^2) bytes)."""
+    return json_text(to_json(tree))
+
+
 def _postorder(tree: SimilarityTree) -> list[int]:
     order, stack = [], [_root(tree)]
     while stack:
@@ -321,19 +328,13 @@ def _postorder(tree: SimilarityTree) -> list[int]:
 
 @contextmanager
 def _deep_recursion(limit: int = 4 * MAX_DENSE_MODELS + 1000) -> Iterator[None]:
-    """Temporarily allow deep recursion (json and scipy's dendrogram recurse over the tree)."""
+    """Temporarily allow deep recursion (scipy's dendrogram recurses over the tree)."""
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old, limit))
     try:
         yield
     finally:
         sys.setrecursionlimit(old)
-
-
-def _json_text(obj: Any, **kw: Any) -> str:
-    """json.dumps that survives deep trees; non-JSON metadata values are stringified."""
-    with _deep_recursion():
-        return json.dumps(obj, default=str, **kw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,7 +375,7 @@ def leaf_groups(tree: SimilarityTree, tag: str) -> Groups:
     values = [_tag_value(tree.metadata.get(name, {}), tag) for name in tree.names]
     counts = Counter(v for v in values if v is not None)
     if not counts:
-        present = sorted({k for m in tree.metadata.values() for k in m if k != "tags"}
+        present = sorted({k for m in tree.metadata.values() for k in m if k not in ("tags", "ref", "random_init")}
                          | {k for m in tree.metadata.values() if isinstance(m.get("tags"), Mapping)
                             for k in m["tags"]})
         raise GifindexError(f"no model has a tag {tag!r} to colour by; tags present: "
@@ -470,27 +471,26 @@ def _flat_data(tree: SimilarityTree, groups: Groups | None = None) -> dict[str, 
         "order": tree.leaf_order,
         "cond": np.round(tree.condensed, 5).tolist(),   # condensed: half the size
         "quantiles": np.round(quantiles, 6).tolist(),
-        "meta": {k: _finite(v) for k, v in tree.metadata.items() if v},
+        "ticks": legend_ticks(quantiles),
+        "meta": {k: v for k, v in tree.metadata.items() if v},   # NaN/inf tags: null (json_text)
         "colorBy": groups.tag if groups else None,
         "group": groups.values if groups else None,
         "palette": groups.colours if groups else {},
     }
 
 
-def _finite(value: Any) -> Any:
-    """Metadata with NaN/inf floats replaced by None (JSON.parse rejects them)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+def legend_ticks(quantiles: np.ndarray) -> list[list[float]]:
+    """The heatmap legend's ticks, [fraction of the colour bar, distance] at the 0, 25, 50, 75 and 100th
+    percentiles of the pairs' distances; none without pairs (one model: there is no scale to show)."""
+    if quantiles.size == 0:
+        return []
+    last = quantiles.size - 1
+    return [[f, round(float(quantiles[round(f * last)]), 6)] for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
 
 
 def _script_json(obj: Any) -> str:
     """JSON safe inside a <script> element: no '<', '>', '&' or line separators left raw."""
-    text = _json_text(obj, separators=(",", ":"), allow_nan=False)
+    text = json_text(obj)
     for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                      ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(raw, esc)
@@ -537,7 +537,7 @@ def save_tree(tree: SimilarityTree, path: str | Path, format: str | None = None,
     if fmt == "newick":
         text = to_newick(tree) + "\n"
     elif fmt == "json":
-        text = _json_text(to_json(tree), separators=(",", ":")) + "\n"
+        text = tree_json_text(tree) + "\n"
     else:
         text = to_html(tree, color_by=color_by)
     from gifindex.index.atomic import atomic_write_text  # here: the index package imports this module

@@ -323,7 +323,7 @@ def test_leaf_groups(tagged):
     assert set(groups.colours) == {"resnet", "vit", "convnext"} and set(groups.colours.values()) <= set(PALETTE)
     assert len(set(groups.colours.values())) == 3
     assert leaf_groups(tagged, "relation").counts() == {"derived": 6, "base": 3}   # nested tags, by count
-    with pytest.raises(GifindexError, match=r"no model has a tag 'dataset'.*tags present: family, ref, relation"):
+    with pytest.raises(GifindexError, match=r"no model has a tag 'dataset'.*tags present: family, relation"):
         leaf_groups(tagged, "dataset")
     with pytest.raises(GifindexError, match="dataset"):
         save_tree(tagged, Path("/nonexistent/never-written.nwk"), color_by="dataset")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,24 +93,58 @@ def _norm(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
+# A model as the matching stages see it: (its name, its name without case and punctuation).
+Model = tuple[str, str]
+
+
+def _primary_hits(names: Sequence[str], models: Sequence[Model], free: set[int]) -> set[int]:
+    """The free model named exactly as the task's own name (its first)."""
+    return {i for i in free if models[i][0] == names[0]}
+
+
+def _alias_hits(names: Sequence[str], models: Sequence[Model], free: set[int]) -> set[int]:
+    """The free model named exactly as the task's first other name (alias) that names one."""
+    for name in names[1:]:
+        hits = {i for i in free if models[i][0] == name}
+        if hits:
+            return hits
+    return set()
+
+
+def _loose_hits(names: Sequence[str], models: Sequence[Model], free: set[int]) -> set[int]:
+    """Free models whose name equals one of the task's names but for case and punctuation."""
+    wanted = {_norm(n) for n in names} - {""}
+    return {i for i in free if models[i][1] in wanted}
+
+
+def _affix_hits(names: Sequence[str], models: Sequence[Model], free: set[int]) -> set[int]:
+    """Free models whose loose name starts or ends with one of the task's (``taskonomy-NAME``, ``NAME-v2``)."""
+    wanted = tuple({_norm(n) for n in names} - {""})   # "" would fit every model
+    if not wanted:
+        return set()
+    return {i for i in free if models[i][1].startswith(wanted) or models[i][1].endswith(wanted)}
+
+
+MATCH_STAGES = (_primary_hits, _alias_hits, _loose_hits, _affix_hits)
+
+
 def match_names(aliases: Sequence[Sequence[str]], indexed: Sequence[str]) -> list[int | None]:
-    """For every task, the position of the indexed model that bears one of its names (exact, then
-    case/punctuation-insensitive, then ``taskonomy-NAME``/``NAME-...`` style prefixes); None if absent."""
-    exact = {n: i for i, n in enumerate(indexed)}
-    loose = {_norm(n): i for i, n in enumerate(indexed)}
-    out: list[int | None] = []
-    for names in aliases:
-        hit = next((exact[n] for n in names if n in exact), None)
-        if hit is None:
-            hit = next((loose[_norm(n)] for n in names if _norm(n) in loose), None)
-        if hit is None:
-            for n in names:
-                cands = [i for i, m in enumerate(indexed) if _norm(m).endswith(_norm(n)) or
-                         _norm(m).startswith(_norm(n))]
-                if len(cands) == 1:
-                    hit = cands[0]
-                    break
-        out.append(hit)
+    """For every task, the position of the indexed model that bears one of its names; None if absent.
+
+    Stages, strictest first: the task's own name exactly, another of its names exactly, a case/punctuation-
+    insensitive name, a ``taskonomy-NAME``/``NAME-...`` style prefix or suffix. Each stage looks only among
+    models no earlier stage matched, so a model serves one task at most; a task that fits several free models
+    at a stage, or a model that several tasks fit, is matched by none there (a guess would pair rows wrongly).
+    """
+    models = [(name, _norm(name)) for name in indexed]
+    out: list[int | None] = [None] * len(aliases)
+    for stage in MATCH_STAGES:
+        free = set(range(len(models))) - {p for p in out if p is not None}
+        wanted = {t: stage(names, models, free) for t, names in enumerate(aliases) if out[t] is None}
+        claims = Counter(i for hits in wanted.values() for i in hits)
+        for task, hits in wanted.items():
+            if len(hits) == 1 and claims[min(hits)] == 1:
+                out[task] = min(hits)
     return out
 
 

@@ -12,6 +12,7 @@ import click
 from ..errors import GifindexError
 from ..manifest import ModelEntry, read_manifest, with_defaults
 from . import main
+from .apps import FiniteFloat
 from .progress import ProgressReporter
 from .options import (check_device, is_number, config_from, config_options, device_options, emit_json, index_option,
                       json_option, load_options, load_kwargs_from, method_option, open_index, table, wait_option)
@@ -30,7 +31,7 @@ from .options import (check_device, is_number, config_from, config_options, devi
               show_default=True, help="auto: exhaustive exact search (flat) up to 128 MiB of signatures, then ivf "
               "(probed lists plus a PCA screen, scored exactly) while they fit --flat-budget-mb, then ivfpq; flat: always "
               "exhaustive; hnsw / ivfpq: approximate (PCA to 256 dims first), re-ranked exactly")
-@click.option("--flat-budget-mb", type=float, default=4096.0, show_default=True,
+@click.option("--flat-budget-mb", type=FiniteFloat(0, min_open=True), default=4096.0, show_default=True,
               help="auto search: memory for the float16 signatures (flat / ivf) before switching to ivfpq")
 @click.option("--device", default="cpu", show_default=True, help="device for PGD probe generation")
 @json_option
@@ -93,6 +94,9 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
     """
     from ..executors import make_executor
 
+    if address is not None and executor != "ray":
+        raise GifindexError(f"--address (a Ray cluster's) applies to the ray executor only, not {executor}: add "
+                            "--executor ray")
     load_kwargs = load_kwargs_from(kwargs)
     # the command line's loading options are defaults for the manifest's entries
     entries = [with_defaults(e, load_kwargs) for e in read_manifest(manifest)] if manifest else []
@@ -129,7 +133,8 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
     else:   # each failure was printed once already, as it happened
         failed = " (reasons above)" if summary["failed"] else ""
         click.echo(f"{summary['added']} added, {summary['skipped']} skipped, {summary['failed']} failed{failed} "
-                   f"in {summary['seconds']:.1f} s; the index holds {summary['index_models']} models")
+                   f"in {summary['seconds']:.1f} s; the index holds {summary['index_models']} model"
+                   f"{'' if summary['index_models'] == 1 else 's'}")
         if defaulted:
             shown = "; ".join(f"{r.name} ({_convention_of(r.metadata)})" for r in defaulted[:3])
             more = f" and {len(defaulted) - 3} more" if len(defaulted) > 3 else ""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import GifindexError
 from ..manifest import read_manifest
 from . import main
 from .options import check_device, table
@@ -44,13 +45,17 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
     manifest = write_manifest(entries, out / "demo.yaml", relative_to=out)
 
     config = demo_index_config(zoo_dir)
-    index = open_demo_index(index_dir, config, device=device)
+    index = open_demo_index(index_dir, config, entries, device=device)
     click.echo(f"2/4 signing and indexing {len(entries)} models in {index_dir} "
                f"(K={config.num_probes} probes x T={config.steps} steps, R={config.resolution})")
     report = index.ingest(read_manifest(manifest), device=device, batch_size=64,
                           reporter=ProgressReporter(enabled=not no_progress))
     summary = report.to_dict()
     click.echo(f"    {summary['added']} added, {summary['skipped']} already indexed, {summary['failed']} failed")
+    if summary["failed"]:
+        failed = [r for r in summary["models"] if r["status"] == "failed"]
+        raise GifindexError(f"{len(failed)} demo model(s) could not be indexed (first: {failed[0]['name']}: "
+                            f"{failed[0].get('error')}); run `gifindex demo --fresh --out {out_dir}`")
 
     query = entries[1]["name"] if len(entries) > 1 else entries[0]["name"]
     click.echo(f"3/4 nearest models to {query}:")

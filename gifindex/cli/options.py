@@ -28,6 +28,10 @@ def join_triples(args: list[str]) -> list[str]:
             out.append(" ".join(args[i + 1:i + 4]))
             i += 4
             continue
+        if args[i] in TRIPLE_OPTIONS and len(args) >= i + 3 and all(is_number(a) for a in args[i + 1:i + 3]) \
+                and (len(args) == i + 3 or not is_number(args[i + 3])):
+            raise click.UsageError(f"{args[i]} takes one number (every channel) or three (one per channel), not two: "
+                                   f"{' '.join(args[i + 1:i + 3])}")
         i += 1
     return out
 
@@ -48,6 +52,7 @@ class GifindexGroup(click.Group):
         return super().parse_args(ctx, join_triples(args))
 
     def invoke(self, ctx: click.Context) -> Any:
+        _terminate_as_interrupt()
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -66,6 +71,21 @@ class GifindexGroup(click.Group):
             _fail(f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}")
         except Exception as exc:  # noqa: BLE001 - the promise is: never a traceback
             _unexpected(exc)
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (``kill``, a job scheduler's stop) ends a command as Ctrl-C does: an ingest commits what it signed
+    and stops its workers, instead of dying at once and losing up to --commit-every signed models."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _stdout_gone() -> None:
@@ -149,8 +169,14 @@ def config_options(func):
 
 
 def config_from(kwargs: dict[str, Any], **fields: Any) -> SignatureConfig:
-    """Pop the configuration options out of a command's kwargs and build the config (with ``fields``)."""
-    return SignatureConfig(**{name: kwargs.pop(name) for name in CONFIG_OPTION_NAMES}, **fields)
+    """Pop the configuration options out of a command's kwargs and build the config (with ``fields``). A probe
+    source or PGD anchor given as a path is recorded absolute: the index redraws its probes from it (`verify
+    --repair`) from whatever folder it is run in."""
+    values = {name: kwargs.pop(name) for name in CONFIG_OPTION_NAMES}
+    for name in ("probe_source", "pgd_anchor"):
+        if values.get(name) and values[name] != "builtin" and os.path.exists(values[name]):
+            values[name] = os.path.abspath(values[name])
+    return SignatureConfig(**values, **fields)
 
 
 class MethodChoice(click.Choice):
@@ -262,10 +288,10 @@ def open_index(path: str):
     return Index.open(path)
 
 
-def emit_json(data: Any, indent: int | None = 2) -> None:
-    """Print ``data`` as one strict JSON document (NaN and infinities as null: a tag such as ``score: .nan``
-    must not make the output unreadable to JSON.parse or jq), at any nesting depth; ``indent`` None: compact."""
-    click.echo(json_text(data, indent=indent))
+def emit_json(data: Any) -> None:
+    """Print ``data`` as one strict, indented JSON document (NaN and infinities as null: a tag such as
+    ``score: .nan`` must not make the output unreadable to JSON.parse or jq), at any nesting depth."""
+    click.echo(json_text(data, indent=2))
 
 
 def table(rows: list[list[Any]], headers: list[str]) -> str:

@@ -58,7 +58,8 @@ def result_line(result: "SignResult") -> str:
     if result.status == "added":
         return f"added    {result.name}  ({result.seconds:.1f} s)"
     if result.status == "skipped":
-        return f"skipped  {result.name}  (already indexed: same weights)"
+        held = f" as {result.same_as!r}" if result.same_as and result.same_as != result.name else ""
+        return f"skipped  {result.name}  (already indexed{held}: same weights, architecture and input convention)"
     name = result.name if len(result.name) <= 120 else f"{result.name[:100]}... ({len(result.name)} characters)"
     return f"failed   {name}: {result.error}"
 

@@ -108,7 +108,9 @@ def distance(ctx: click.Context, index_path: str, model_a: str, model_b: str, ex
                                        batch_size=batch_size)
     seconds = time.perf_counter() - start
     if as_json:
-        emit_json({"a": model_a, "b": model_b, "distance": value, "kind": kind, "config_hash": session.config.hash(),
+        emit_json({"a": model_a, "b": model_b, "distance": value, "kind": kind,
+                   "random_init": [session.random_init(model_a), session.random_init(model_b)],
+                   "config_hash": session.config.hash(),
                    "config": session.config.to_dict(), "seconds": round(seconds, 3),
                    "signed": progress.signed_models})
     else:
@@ -124,9 +126,11 @@ def matrix(index_path: str, output: str | None, as_json: bool) -> None:
     """All pairwise distances between indexed models (--json: names and distances as JSON on stdout)."""
     from ..index.atomic import atomic_path
 
-    names, dist = open_index(index_path).matrix()
+    index = open_index(index_path)
+    names, dist = index.matrix()
+    random = [bool(index.catalog.by_name(n).metadata.get("random_init")) for n in names]
     if as_json and not output:
-        emit_json({"names": names, "distances": dist.round(6).tolist()})
+        emit_json({"names": names, "distances": dist.round(6).tolist(), "random_init": random})
         return
     suffix = Path(output).suffix.lower() if output else ".csv"
     if suffix not in (".csv", ".npy", ".json"):
@@ -137,11 +141,14 @@ def matrix(index_path: str, output: str | None, as_json: bool) -> None:
                 np.save(handle, dist)
         with atomic_path(Path(output).with_suffix(".names.txt")) as tmp:
             tmp.write_text("\n".join(names) + "\n")
+        names_file = str(Path(output).with_suffix(".names.txt"))
         if as_json:
-            emit_json({"wrote": output, "names": str(Path(output).with_suffix(".names.txt")), "n": len(names)})
+            emit_json({"wrote": output, "names": names_file, "n": len(names)})
+        else:
+            click.echo(f"wrote {output} ({len(names)} x {len(names)} distances; row and column order in {names_file})")
         return
     if suffix == ".json":
-        text = json.dumps({"names": names, "distances": dist.round(6).tolist()})
+        text = json.dumps({"names": names, "distances": dist.round(6).tolist(), "random_init": random})
     else:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -154,6 +161,8 @@ def matrix(index_path: str, output: str | None, as_json: bool) -> None:
             tmp.write_text(text)
         if as_json:
             emit_json({"wrote": output, "n": len(names)})
+        else:
+            click.echo(f"wrote {output} ({len(names)} x {len(names)} distances)")
     else:
         click.echo(text, nl=False)
 
@@ -174,11 +183,18 @@ def tree(index_path: str, linkage: str, fmt: str | None, output: str | None, col
     """Hierarchical clustering of the whole index: Newick, JSON, PNG/SVG dendrogram, or an HTML page.
 
     Heights are ModelGiF distances; the Newick file is ultrametric with leaf-to-leaf path length equal to
-    the linkage distance at which two models join. --json prints the tree as JSON (with -o: what was written).
+    the linkage distance at which two models join. --json prints the tree as JSON, one compact line as
+    -o FILE.json writes it (with -o: what was written).
     """
-    from ..tree import infer_format, leaf_groups, save_tree, to_json, to_newick
+    from ..tree import infer_format, leaf_groups, save_tree, to_newick, tree_json_text
 
+    if as_json and output is None and fmt not in (None, "json"):
+        raise click.UsageError(f"--json prints the tree as JSON on stdout, not {fmt}: drop --json, or give -o FILE "
+                               "to write the file")
     fmt = fmt or (infer_format(output) if output else "json" if as_json else "newick")
+    if color_by and fmt in ("newick", "json"):
+        raise click.UsageError(f"--color-by colours the png, svg and html outputs, not {fmt}: give -o FILE.html "
+                               "(or .png, .svg)")
     result = open_index(index_path).tree(linkage=linkage)
     if color_by:
         leaf_groups(result, color_by)   # an unknown tag is an error whatever the output
@@ -186,7 +202,7 @@ def tree(index_path: str, linkage: str, fmt: str | None, output: str | None, col
         if fmt == "newick":
             click.echo(to_newick(result))
         elif fmt == "json":
-            emit_json(to_json(result))
+            click.echo(tree_json_text(result))   # compact: indented, a deep tree's text grows as its depth squared
         else:
             raise GifindexError(f"--format {fmt} writes a file: give -o FILE")
         return

@@ -262,7 +262,7 @@ def catalogue_disagreements(files: IndexFiles, records: Sequence[ModelRecord], r
                 if record.name != name or (sha is not None and record.weights_sha256 != sha):
                     mismatched.append(f"{record.name!r} (the row holds {name!r})")
             elif removed is not None and (shard, row) not in removed and name not in names \
-                    and (sha is None or sha not in shas) and not text_problem(name, "name"):
+                    and (sha is None or sha not in shas) and not text_problem(name, "name", stored=True):
                 unlisted.append(repr(name))
     for record in records:
         if record.shard in rows_of and not 0 <= record.row < rows_of[record.shard]:

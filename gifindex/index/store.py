@@ -114,6 +114,12 @@ class Index(IndexFiles):
             log.warning("method %r never reads %s: %s the configuration's hash and nothing else", config.method,
                         ", ".join(f"--{name.replace('_', '-')}" for name in unused),
                         "it changes" if len(unused) == 1 else "they change")
+        unread = config.unread_probe_settings()
+        if unread:
+            log.warning("%s only %s to --probe-kind pgd (the probes are %s): %s the configuration's hash and "
+                        "nothing else", ", ".join(f"--{name.replace('_', '-')}" for name in unread),
+                        "applies" if len(unread) == 1 else "apply", config.probe_kind,
+                        "it changes" if len(unread) == 1 else "they change")
         writer.create(root, config, search or SearchSpec(), probes, device)
         return cls.open(root)
 
@@ -427,7 +433,7 @@ class Index(IndexFiles):
 def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None,
                  convention_note: str | None = None) -> dict[str, Any]:
     """How a model signed on the fly was loaded: what ``nearest``/``distance`` print and return in --json."""
-    from ..observe import entry_origins
+    from ..observe import also_fits, entry_origins
 
     arch_from, convention_from = entry_origins(entry, metadata)
     convention_from = convention_note or convention_from
@@ -437,4 +443,4 @@ def _signed_info(entry: ModelEntry, metadata: dict[str, Any], reused: str | None
             "input_size": metadata.get("input_size"), "mean": metadata.get("mean"), "std": metadata.get("std"),
             "channels": metadata.get("channels", 3), "interpolation": metadata.get("interpolation"),
             "convention_from": convention_from, "reused_from": reused,
-            "random_init": bool(entry.random_init)}
+            "random_init": bool(entry.random_init), "also_fits": also_fits(metadata)}

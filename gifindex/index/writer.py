@@ -287,9 +287,12 @@ def settle(result: SignResult, known: set[str], names: dict[str, str]) -> None:
         problem = text_problem(result.name, "name") or text_problem(result.ref, "reference")
         if problem:
             result.status, result.signature, result.error = "failed", None, problem
-    if result.status == "added" and result.weights_sha256 in known:
-        result.status, result.signature = "skipped", None  # signed twice in one ingest
-    elif result.status == "added" and names.get(result.name, result.weights_sha256) != result.weights_sha256:
+    hashes = (result.weights_sha256, result.legacy_sha256 or result.weights_sha256)
+    held = next((sha for sha in hashes if sha in known), None)
+    if result.status == "added" and held is not None:   # signed twice in one ingest
+        same_as = next((name for name, sha in names.items() if sha == held), None)
+        result.status, result.signature, result.same_as = "skipped", None, same_as
+    elif result.status == "added" and names.get(result.name, result.weights_sha256) not in hashes:
         result.status, result.signature, result.error = "failed", None, name_taken(result.name)
     if result.status == "added":
         known.add(result.weights_sha256)
@@ -367,7 +370,8 @@ def adopt_shards(files: IndexFiles, catalog: Catalog, added_before: dict[str, fl
         live = []
         for row, entry in enumerate(entries):
             sha = entry.weights_sha256 or f"unknown:{path.name}:{row}"
-            if (path.name, row) in removed or sha in known or entry.name in names or text_problem(entry.name, "name"):
+            if (path.name, row) in removed or sha in known or entry.name in names or \
+                    text_problem(entry.name, "name", stored=True):
                 continue
             known.add(sha)
             names.add(entry.name)

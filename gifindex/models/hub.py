@@ -146,7 +146,9 @@ def _explicit_build(lib: str, name: str, build: Any, weights: Any, random_init: 
             meta["transform_input"] = kwargs["transform_input"]
         if fit.in_chans and lib == "timm":
             kwargs["in_chans"] = fit.in_chans
-        module = build(kwargs)
+        with warnings.catch_warnings():   # a headless build's empty classifier (replaced below): not the user's
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            module = build(kwargs)
         if fit.in_chans and lib == "torchvision":
             _set_input_channels(module, fit.input_layer or "", fit.in_chans, f"{lib}:{name}")
         if fit.in_chans:
