@@ -424,7 +424,7 @@ def demo_index_config(zoo_dir: str | os.PathLike) -> SignatureConfig:
     method ``modelgif+outputs`` so that distilled students (another architecture, the teacher's outputs)
     land next to their teachers, not only fine-tuned and pruned copies (docs/results.md)."""
     return SignatureConfig(method="modelgif+outputs", resolution=16, num_probes=16, steps=4,
-                           probe_source=str((Path(zoo_dir) / PROBES_NAME).resolve()))
+                           probe_source=str(Path(zoo_dir) / PROBES_NAME))
 
 
 def open_demo_index(index_dir: str | os.PathLike, config: SignatureConfig, entries: list[dict[str, Any]] | None = None,
@@ -434,13 +434,15 @@ def open_demo_index(index_dir: str | os.PathLike, config: SignatureConfig, entri
     reused) and, given ``entries`` (the zoo's entries, as build_demo_zoo returns them), no indexed model that the
     zoo does not hold as the same file (a --quick zoo's index is not the full zoo's)."""
     if index_exists(index_dir):
-        with Index.open(index_dir) as existing:
-            stale = (existing.config.replace(probe_source=config.probe_source) != config
-                     or not np.array_equal(existing.probes.images.cpu().numpy(), make_probes(config).images.numpy())
-                     or (entries is not None and _other_models(existing, entries)))
-        if stale:
-            shutil.rmtree(index_dir)
-    return Index.create(index_dir, config, device=device, exist_ok=True)
+        existing = Index.open(index_dir)
+        stale = (existing.config.replace(probe_source=config.probe_source) != config
+                 or not np.array_equal(existing.probes.images.cpu().numpy(), make_probes(config).images.numpy())
+                 or (entries is not None and _other_models(existing, entries)))
+        if not stale:
+            return existing     # as made (its recorded probe path may name the folder it was made in)
+        existing.close()
+        shutil.rmtree(index_dir)
+    return Index.create(index_dir, config, device=device)
 
 
 def _other_models(index: Index, entries: list[dict[str, Any]]) -> bool:

@@ -48,7 +48,7 @@ def signature_distance(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
 
 def signature_distances(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Distances of each row of ``vectors`` (n, dim) to one ``query`` signature (dim,)."""
-    v = np.asarray(vectors, dtype=np.float64)
+    v = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
     q = np.asarray(query, dtype=np.float64).reshape(-1)
     d = np.clip(1.0 - v @ q, 0.0, 2.0)
     d[np.all(v == q, axis=1)] = 0.0

@@ -40,7 +40,7 @@ class SignJob:
     probes: "Probes"
     device: str = "cpu"
     batch_size: int | None = 32
-    known_sha256: frozenset[str] = field(default_factory=frozenset)
+    known_sha256: dict[str, str] = field(default_factory=dict)   # indexed content hash -> the model's name
     taken_names: dict[str, str] = field(default_factory=dict)   # indexed name -> its weights' sha256
 
     @property

@@ -12,6 +12,7 @@ import json
 import os
 import time
 import traceback
+from pathlib import Path
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -89,7 +90,22 @@ def architecture_identity(loaded: "LoadedModel") -> str:
         if isinstance(text, str):
             code.append(f"{name}\n{text}")
     program = hashlib.sha256("\n".join(code).encode()).hexdigest() if code else None
-    return f"{loaded.arch}" + (f"|torchscript:{program}" if program else "")
+    return _portable_arch(loaded.arch) + (f"|torchscript:{program}" if program else "")
+
+
+def _portable_arch(arch: str | None) -> str:
+    """``arch``, with a ``python:FILE.py:Class`` named by its class and the sha256 of the file's bytes instead of its
+    path: a project moved or copied elsewhere holds the same models (an edited class is another architecture)."""
+    from .models import pyclass
+
+    if not pyclass.is_python_arch(arch):
+        return str(arch)
+    file, _, cls = str(arch)[len("python:"):].rpartition(":")
+    try:
+        digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+    except OSError:
+        return str(arch)
+    return f"python:sha256={digest}:{cls}"
 
 
 def check_finite_weights(module: torch.nn.Module, ref: str) -> None:
@@ -154,8 +170,9 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
                batch_size: int | None = 32, known_sha256: Collection[str] = (),
                taken_names: Mapping[str, str] | None = None, progress: Callable[[int], None] | None = None,
                on_signed: Callable[[Any], None] | None = None) -> SignResult:
-    """Load, hash and sign one model; return a SignResult (never raises for a bad model). A model whose weights
-    are in ``known_sha256`` is skipped, and one whose name ``taken_names`` gives to other weights fails, both
+    """Load, hash and sign one model; return a SignResult (never raises for a bad model). A model whose content
+    hash is in ``known_sha256`` (a mapping to the indexed model's name, or a set) is skipped, and one whose name
+    ``taken_names`` gives to other weights fails, both
     before it is signed. ``on_signed`` is
     handed the loaded model once it is signed (in this process: a caller that looks at it again, e.g. its
     fingerprint, need not load it twice)."""
@@ -179,8 +196,8 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         hashes = (result.weights_sha256, result.legacy_sha256)
         held = next((sha for sha in hashes if sha in known_sha256), None)
         if held is not None:
-            holders = {sha: indexed for indexed, sha in (taken_names or {}).items()}
-            result.status, result.same_as = "skipped", holders.get(held)
+            result.status = "skipped"
+            result.same_as = known_sha256.get(held) if isinstance(known_sha256, Mapping) else None
             return result
         if taken_names and taken_names.get(result.name, result.weights_sha256) not in hashes:
             result.status, result.error = "failed", name_taken(result.name)   # found before the signing's work

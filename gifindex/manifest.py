@@ -72,9 +72,9 @@ class ModelEntry:
         if self.name:
             return self.name
         if any(self.ref.lower().endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors", ".ts", ".jit")):
-            return Path(self.ref).stem
+            return Path(self.ref).stem.strip() or Path(self.ref).stem   # "resnet .pt" is named "resnet"
         if Path(self.ref).is_dir():  # a Hugging Face model folder: its folder name
-            return Path(self.ref).name
+            return Path(self.ref).name.strip() or Path(self.ref).name
         return self.ref
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,7 +119,8 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
             for k, v in tags.items())):
         errors.append(f"line {line}: 'tags' must be a mapping of names to strings, numbers or lists of them")
     for key, what in (("name", "name"), ("ref", "reference"), ("weights", "reference")):
-        if isinstance(data.get(key), str) and (problem := text_problem(data[key], what)):
+        # blanks around a name are judged at ingest, which knows the names an older index may hold with them
+        if isinstance(data.get(key), str) and (problem := text_problem(data[key], what, stored=True)):
             errors.append(f"line {line}: {problem}")
     for key in ("trust", "random_init"):
         if data.get(key) is not None and not isinstance(data[key], bool):
@@ -148,7 +149,7 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
                       trust=bool(data.get("trust", False)), random_init=bool(data.get("random_init", False)))
     if len(errors) > before:
         return None
-    problem = text_problem(entry.display_name(), "name")
+    problem = text_problem(entry.display_name(), "name", stored=True)
     if problem:
         errors.append(f"line {line}: {problem}")
         return None

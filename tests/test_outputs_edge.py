@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from gifindex.apps.relatedness import match_names, relatedness
 from gifindex.cli import main
 from gifindex.cli.options import emit_json
-from gifindex.manifest import ManifestError, parse_manifest
+from gifindex.manifest import ModelEntry, parse_manifest
 from gifindex.text import json_text, text_problem
 from gifindex.tree import build_tree, save_tree, to_html, to_json, to_newick, tree_json_text
 
@@ -64,6 +64,8 @@ def index(tmp_path_factory):
     ([["M1"], ["m1"]], ["m1"], [None, 0]),                                   # whatever the task order
     ([["seg"]], ["seg-a", "seg-b"], [None]),                                 # two prefixes fit: no guess
     ([["res"], ["net"]], ["res-net"], [None, None]),                         # two tasks fit one model: neither
+    ([["depth"], ["depth_euclid"]], ["depth-v2", "depth_euclid-v2"], [None, 1]),   # one fit: not blocked by
+    #                                                                        a task that fits it among others
     ([["curvature", "curvature", "Curvature"], ["edge2d", "edge_texture", "Edge 2D"]],
      ["taskonomy-curvature", "Edge-2D"], [0, 1]),                            # the fallbacks still work
 ])
@@ -167,8 +169,10 @@ def test_names_with_leading_or_trailing_whitespace_are_refused(name):
     problem = text_problem(name, "name")
     assert problem and "starts or ends with whitespace" in problem and "\n" not in problem
     assert text_problem("m 1", "name") is None and text_problem(name, "reference") is None
-    with pytest.raises(ManifestError, match="starts or ends with whitespace"):
-        parse_manifest(f"- name: {json.dumps(name)}\n  ref: timm:test_resnet\n")
+    assert text_problem(name, "name", stored=True) is None     # one an older index holds is still its name
+    entry = parse_manifest(f"- name: {json.dumps(name)}\n  ref: timm:test_resnet\n")[0]   # judged at ingest
+    assert entry.name == name
+    assert ModelEntry(ref="/x/resnet .pt").display_name() == "resnet"   # a name from a file: stripped
 
 
 def test_ingest_refuses_a_name_with_a_trailing_blank(index):
@@ -216,3 +220,23 @@ def test_color_by_needs_a_coloured_output(tmp_path):
     unknown = CliRunner().invoke(main, ["tree", "-i", str(tmp_path / "ix"), "--color-by", "family", "-o",
                                         str(tmp_path / "t.html")])
     assert unknown.exit_code == 1 and "tags present: none" in unknown.output
+
+
+def test_a_manifest_resumes_a_name_an_older_index_holds_with_blanks(tmp_path, monkeypatch):
+    """An index from before the rule may hold "m1 ": its manifest still resumes (the entry is skipped as indexed),
+    while a new name with blanks fails on its own."""
+    import gifindex.index.writer as writer
+    import gifindex.text as text
+
+    rule = text.text_problem
+    _run("init", "-i", tmp_path / "ix", "-K", "2", "-T", "2", "--resolution", "16", "--proj-dim", "16")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("- {name: 'm1 ', ref: 'timm:test_resnet', random_init: true, num_classes: 4, input_size: 16}\n")
+    monkeypatch.setattr(writer, "text_problem", lambda value, what, stored=False: rule(value, what, stored=True))
+    _run("ingest", "-i", tmp_path / "ix", "--manifest", manifest, "--no-progress", "--executor", "inline")
+    monkeypatch.setattr(writer, "text_problem", rule)
+    again = _run("ingest", "-i", tmp_path / "ix", "--manifest", manifest, "--no-progress", "--executor", "inline")
+    assert "1 skipped" in again.output
+    new = _run("ingest", "-i", tmp_path / "ix", "timm:test_resnet", "--random-init", "--num-classes", "4",
+               "--input-size", "16", "--name", " m2", "--no-progress", "--executor", "inline", code=1)
+    assert "starts or ends with whitespace" in new.output

@@ -134,14 +134,15 @@ def match_names(aliases: Sequence[Sequence[str]], indexed: Sequence[str]) -> lis
     Stages, strictest first: the task's own name exactly, another of its names exactly, a case/punctuation-
     insensitive name, a ``taskonomy-NAME``/``NAME-...`` style prefix or suffix. Each stage looks only among
     models no earlier stage matched, so a model serves one task at most; a task that fits several free models
-    at a stage, or a model that several tasks fit, is matched by none there (a guess would pair rows wrongly).
+    at a stage is matched by none there, nor is a model that is the one fit of several tasks (a guess would pair
+    rows wrongly); a task with one fit is not blocked by another task that fits it among others.
     """
     models = [(name, _norm(name)) for name in indexed]
     out: list[int | None] = [None] * len(aliases)
     for stage in MATCH_STAGES:
         free = set(range(len(models))) - {p for p in out if p is not None}
         wanted = {t: stage(names, models, free) for t, names in enumerate(aliases) if out[t] is None}
-        claims = Counter(i for hits in wanted.values() for i in hits)
+        claims = Counter(min(hits) for hits in wanted.values() if len(hits) == 1)   # a task's one candidate
         for task, hits in wanted.items():
             if len(hits) == 1 and claims[min(hits)] == 1:
                 out[task] = min(hits)

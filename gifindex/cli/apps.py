@@ -73,7 +73,7 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
         raise click.UsageError("without --owner models are judged against the protected models' fingerprints: "
                                "--no-fingerprint needs --owner")
     session = Session.at(index_path, load_kwargs_from(kwargs))
-    session.check_options_used([suspect_ref])
+    session.check_options_used([suspect_ref, owner])
     if owner is None and scan_all:
         audit_report(session, z_threshold, exclude, check_device(device), batch_size, as_json, budget)
         return

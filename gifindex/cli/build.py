@@ -15,7 +15,8 @@ from . import main
 from .apps import FiniteFloat
 from .progress import ProgressReporter
 from .options import (check_device, is_number, config_from, config_options, device_options, emit_json, index_option,
-                      json_option, load_options, load_kwargs_from, method_option, open_index, table, wait_option)
+                      json_option, load_options, load_kwargs_from, method_option, open_index, table,
+                      terminate_as_interrupt, wait_option)
 
 # gifindex.index and gifindex.executors (torch, faiss) are imported inside the commands that use them:
 # `gifindex --help` does not pay for them.
@@ -119,9 +120,11 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
         raise GifindexError(f"-j/--jobs applies to the local executor; --executor {executor} runs "
                             + ("one model at a time" if executor == "inline" else "as many as the cluster has CPUs"))
     options = {"address": address} if executor == "ray" else {}
-    report = index.ingest(entries, device=check_device(device), batch_size=batch_size, commit_every=commit_every,
-                          reporter=ProgressReporter(enabled=not no_progress and not as_json), wait=wait,
-                          executor=make_executor(executor, timeout=timeout, jobs=jobs, **options))
+    with terminate_as_interrupt():   # SIGTERM: what was signed is committed first, as on Ctrl-C
+        report = index.ingest(entries, device=check_device(device), batch_size=batch_size,
+                              commit_every=commit_every, wait=wait,
+                              reporter=ProgressReporter(enabled=not no_progress and not as_json),
+                              executor=make_executor(executor, timeout=timeout, jobs=jobs, **options))
     summary = report.to_dict()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["index_models"] = len(index)

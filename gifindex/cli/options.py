@@ -1,8 +1,10 @@
 """Shared pieces of the command line: error handling, option groups, index location, output."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -52,7 +54,6 @@ class GifindexGroup(click.Group):
         return super().parse_args(ctx, join_triples(args))
 
     def invoke(self, ctx: click.Context) -> Any:
-        _terminate_as_interrupt()
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -73,19 +74,26 @@ class GifindexGroup(click.Group):
             _unexpected(exc)
 
 
-def _terminate_as_interrupt() -> None:
-    """SIGTERM (``kill``, a job scheduler's stop) ends a command as Ctrl-C does: an ingest commits what it signed
-    and stops its workers, instead of dying at once and losing up to --commit-every signed models."""
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside: SIGTERM (``kill``, a job scheduler's stop) ends the work as Ctrl-C does, so an ingest commits what it
+    signed and stops its workers instead of dying at once; the previous handler is restored after (a program that
+    runs the command line in-process keeps its own). Only in the main thread, where Python delivers signals."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
 
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stdout_gone() -> None:
@@ -169,14 +177,8 @@ def config_options(func):
 
 
 def config_from(kwargs: dict[str, Any], **fields: Any) -> SignatureConfig:
-    """Pop the configuration options out of a command's kwargs and build the config (with ``fields``). A probe
-    source or PGD anchor given as a path is recorded absolute: the index redraws its probes from it (`verify
-    --repair`) from whatever folder it is run in."""
-    values = {name: kwargs.pop(name) for name in CONFIG_OPTION_NAMES}
-    for name in ("probe_source", "pgd_anchor"):
-        if values.get(name) and values[name] != "builtin" and os.path.exists(values[name]):
-            values[name] = os.path.abspath(values[name])
-    return SignatureConfig(**values, **fields)
+    """Pop the configuration options out of a command's kwargs and build the config (with ``fields``)."""
+    return SignatureConfig(**{name: kwargs.pop(name) for name in CONFIG_OPTION_NAMES}, **fields)
 
 
 class MethodChoice(click.Choice):

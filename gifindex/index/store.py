@@ -47,7 +47,7 @@ IngestReporter = Reporter  # progress hooks an ingest calls (see gifindex.execut
 # What a query may be: an indexed name, a model reference, a ModelEntry (reference + loading options),
 # a LoadedModel or nn.Module (signed with the index's probes), or a signature vector of the index's dimension.
 QueryLike = Union[str, ModelEntry, "LoadedModel", "nn.Module", np.ndarray]
-UNIT_TOLERANCE = 1e-2  # a query vector's norm may differ from 1 by this much (float16 storage: ~1e-4)
+UNIT_TOLERANCE = 1e-2  # a query vector's norm may exceed 1 by this much (float16 storage: ~1e-4)
 NEAR_TWIN = 1e-3     # nearest: hits closer than this are checked against their stored signature (equal: 0)
 RELOCATE_DEPTH = 2   # a missing model file is looked for this many folders below the index's parent
 
@@ -251,10 +251,10 @@ class Index(IndexFiles):
         if not np.all(np.isfinite(arr)):
             raise IndexError_("the query signature holds NaN or Inf")
         norm = float(np.linalg.norm(arr.astype(np.float64)))
-        if abs(norm - 1.0) > UNIT_TOLERANCE:
-            raise IndexError_(f"the query vector has norm {norm:.4g}, but signatures are unit vectors (a distance is 1 "
-                              "- their inner product): give a signature from this index (Index.vectors) or one "
-                              "signed with index.config and index.probes")
+        if not 0.0 < norm <= 1.0 + UNIT_TOLERANCE:   # below 1 where a model's gradient vanishes on part of a path
+            raise IndexError_(f"the query vector has norm {norm:.4g}, but signatures have norm at most 1 (a distance "
+                              "is 1 - their inner product) and are not zero: give a signature from this index "
+                              "(Index.vectors) or one signed with index.config and index.probes")
         return arr.astype(np.float16).astype(np.float32)
 
     def _sign_loaded(self, model: Any, device: str, batch_size: int | None,

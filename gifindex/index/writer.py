@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,15 +201,15 @@ def ingest(files: IndexFiles, refs: Iterable[str | ModelEntry], *, device: str =
         clean_debris(files)
         adopt_shards(files, files.catalog)  # complete an interrupted ingest's last commit
         records = files.records()
-        known = {r.weights_sha256 for r in records}
+        known = {r.weights_sha256: r.name for r in records}
         names = {r.name: r.weights_sha256 for r in records}
         job = SignJob(files.config, files.probes, device=device, batch_size=batch_size,
-                      known_sha256=frozenset(known), taken_names=dict(names))
+                      known_sha256=dict(known), taken_names=dict(names))
         pending: list[SignResult] = []
         failures = _Failures(files)
         last_commit = time.monotonic()
         reporter.start(len(entries))
-        entries, refused = _screen(entries)
+        entries, refused = _screen(entries, names)
         entries, unchanged = split_unchanged(entries, records)  # resume: same file, size, mtime: not re-hashed
         for result in refused + unchanged:
             report.results.append(result)
@@ -220,11 +220,11 @@ def ingest(files: IndexFiles, refs: Iterable[str | ModelEntry], *, device: str =
             for result in executor.map(entries, job, reporter):
                 settle(result, known, names)
                 report.results.append(result)
-                _report(reporter, result)
-                if result.status == "added":
+                if result.status == "added":   # pending before it is reported: what was said added is committed
                     pending.append(result)
                 elif result.status == "failed":
                     failures.add(result)
+                _report(reporter, result)
                 if len(pending) >= commit_every or (pending and time.monotonic() - last_commit > commit_seconds):
                     batch, pending = pending, []
                     commit(files, batch)
@@ -240,13 +240,16 @@ def ingest(files: IndexFiles, refs: Iterable[str | ModelEntry], *, device: str =
     return report
 
 
-def _screen(entries: list[ModelEntry]) -> tuple[list[ModelEntry], list[SignResult]]:
-    """Entries whose name or reference cannot be stored or printed (control characters, invalid UTF-8) fail
-    here, each on its own, before any work; the rest go on."""
+def _screen(entries: list[ModelEntry], indexed: Collection[str] = ()) -> tuple[list[ModelEntry], list[SignResult]]:
+    """Entries whose name or reference cannot be stored or printed (control characters, invalid UTF-8, a new
+    name with blanks around it; one an older index already holds is kept) fail here, each on its own, before any
+    work; the rest go on."""
     good, refused = [], []
     for entry in entries:
+        name = entry.name
         problem = (text_problem(entry.ref, "reference") or
-                   (text_problem(entry.name, "name") if entry.name is not None else None) or _missing_file(entry))
+                   (text_problem(name, "name", stored=name in indexed) if name is not None else None) or
+                   _missing_file(entry))
         if problem:
             refused.append(SignResult(name=printable(entry.name or entry.ref), ref=printable(entry.ref),
                                       status="failed", error=problem))
@@ -281,21 +284,21 @@ def _report(reporter: Reporter, result: SignResult) -> None:
             pass
 
 
-def settle(result: SignResult, known: set[str], names: dict[str, str]) -> None:
+def settle(result: SignResult, known: dict[str, str], names: dict[str, str]) -> None:
     """Decide a worker's result against the index: bad names, duplicates, name clashes."""
     if result.status == "added":
-        problem = text_problem(result.name, "name") or text_problem(result.ref, "reference")
+        problem = text_problem(result.name, "name", stored=result.name in names) or \
+            text_problem(result.ref, "reference")
         if problem:
             result.status, result.signature, result.error = "failed", None, problem
     hashes = (result.weights_sha256, result.legacy_sha256 or result.weights_sha256)
     held = next((sha for sha in hashes if sha in known), None)
     if result.status == "added" and held is not None:   # signed twice in one ingest
-        same_as = next((name for name, sha in names.items() if sha == held), None)
-        result.status, result.signature, result.same_as = "skipped", None, same_as
+        result.status, result.signature, result.same_as = "skipped", None, known[held]
     elif result.status == "added" and names.get(result.name, result.weights_sha256) not in hashes:
         result.status, result.signature, result.error = "failed", None, name_taken(result.name)
     if result.status == "added":
-        known.add(result.weights_sha256)
+        known[result.weights_sha256] = result.name
         names[result.name] = result.weights_sha256
 
 

@@ -56,6 +56,9 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
         if hasattr(wf.module, "pretrained_cfg"):  # a timm model saved whole: its own convention goes with it
             spec = _own_spec(wf.module, path)
             meta["convention_from"] = "model"
+            architecture = wf.module.pretrained_cfg.get("architecture")
+            if isinstance(architecture, str) and architecture:   # named as its state dict would be: one model
+                name = f"timm:{architecture}"
         return Built(wf.module, spec, name, wf.sha256, meta)
     assert wf.state_dict is not None
     preloaded = (wf.state_dict, wf.sha256)
