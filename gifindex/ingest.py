@@ -257,7 +257,8 @@ def split_unchanged(entries: list[ModelEntry], records: list[Any]) -> tuple[list
             record = drawn.get((entry.name, options)) if entry.name and entry.random_init else None
         if record is not None:
             skipped.append(SignResult(name=absolute.display_name(), ref=absolute.ref, status="skipped",
-                                      weights_sha256=record.weights_sha256, same_as=record.name))
+                                      weights_sha256=record.weights_sha256, same_as=record.name,
+                                      metadata={"random_init": True} if record.metadata.get("random_init") else {}))
         else:
             todo.append(entry)
     return todo, skipped

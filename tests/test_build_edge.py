@@ -93,6 +93,8 @@ def test_a_manifest_with_named_random_models_resumes(tmp_path):
     assert again.exit_code == 0, again.output
     assert [(m["name"], m["status"]) for m in json.loads(again.stdout)["models"]] == [("c", "skipped"),
                                                                                        ("d", "skipped")]
+    said = _cli("ingest", "-i", tmp_path / "ix", "--manifest", manifest, "--executor", "inline", "--no-progress")
+    assert "skipped  c  (already indexed: its random weights were drawn once)" in said.output, said.output
 
 
 def test_catalogue_records_detection_and_headless_backbones(tmp_path):

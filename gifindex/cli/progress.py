@@ -59,7 +59,9 @@ def result_line(result: "SignResult") -> str:
         return f"added    {result.name}  ({result.seconds:.1f} s)"
     if result.status == "skipped":
         held = f" as {result.same_as!r}" if result.same_as and result.same_as != result.name else ""
-        return f"skipped  {result.name}  (already indexed{held}: same weights, architecture and input convention)"
+        why = ("its random weights were drawn once" if result.metadata.get("random_init") else
+               "same weights, architecture and input convention")
+        return f"skipped  {result.name}  (already indexed{held}: {why})"
     name = result.name if len(result.name) <= 120 else f"{result.name[:100]}... ({len(result.name)} characters)"
     return f"failed   {name}: {result.error}"
 
