@@ -44,6 +44,10 @@ class SignResult:
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def held_in(self, known: Collection[str]) -> str | None:
+        """The first of this model's content hashes (current, then legacy) that ``known`` holds, or None."""
+        return next((sha for sha in (self.weights_sha256, self.legacy_sha256) if sha and sha in known), None)
+
     def summary(self) -> dict[str, Any]:
         out = {"name": self.name, "ref": self.ref, "status": self.status, "seconds": round(self.seconds, 3)}
         if self.weights_sha256:
@@ -58,11 +62,17 @@ class SignResult:
 
 
 def content_sha256(loaded: "LoadedModel", output: str, legacy: bool = False) -> str:
-    """Hash of what defines the model's function: its architecture (``architecture_identity``), every tensor of its
-    state dict (names, dtypes, shapes, bytes), its input convention and the output reduction. The same weights saved
-    in another file format hash the same; the same weights behind another normalisation, or in another architecture
-    (another class, another TorchScript program: a ReLU net and its Tanh twin), do not. ``legacy``: the hash indexes
-    made before the architecture was part of it hold (without it), so that they still recognise their models."""
+    """One of :func:`content_hashes`: the current one, or with ``legacy`` the one older indexes hold."""
+    return content_hashes(loaded, output)[1 if legacy else 0]
+
+
+def content_hashes(loaded: "LoadedModel", output: str) -> tuple[str, str]:
+    """(current, legacy) hashes of what defines the model's function, from one pass over its weights. Current: its
+    architecture (``architecture_identity``), every tensor of its state dict (names, dtypes, shapes, bytes), its
+    input convention and the output reduction. The same weights saved in another file format hash the same; the
+    same weights behind another normalisation, or in another architecture (another class, another TorchScript
+    program: a ReLU net and its Tanh twin), do not. Legacy: the same without the architecture, which indexes made
+    before it was part of the hash hold, so that they still recognise their models."""
     digest = hashlib.sha256()
     state = loaded.module.state_dict()
     for key in sorted(state):
@@ -74,10 +84,10 @@ def content_sha256(loaded: "LoadedModel", output: str, legacy: bool = False) -> 
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     spec = loaded.spec
     described = {**spec.describe(), "interpolation": spec.interpolation, "output": output}
-    if not legacy:
-        described["architecture"] = architecture_identity(loaded)
-    digest.update(json.dumps(described, sort_keys=True).encode())
-    return digest.hexdigest()
+    legacy = digest.copy()
+    legacy.update(json.dumps(described, sort_keys=True).encode())
+    digest.update(json.dumps({**described, "architecture": architecture_identity(loaded)}, sort_keys=True).encode())
+    return digest.hexdigest(), legacy.hexdigest()
 
 
 def architecture_identity(loaded: "LoadedModel") -> str:
@@ -172,10 +182,9 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
                on_signed: Callable[[Any], None] | None = None) -> SignResult:
     """Load, hash and sign one model; return a SignResult (never raises for a bad model). A model whose content
     hash is in ``known_sha256`` (a mapping to the indexed model's name, or a set) is skipped, and one whose name
-    ``taken_names`` gives to other weights fails, both
-    before it is signed. ``on_signed`` is
-    handed the loaded model once it is signed (in this process: a caller that looks at it again, e.g. its
-    fingerprint, need not load it twice)."""
+    ``taken_names`` gives to other weights fails, both before it is signed. ``on_signed`` is handed the loaded
+    model once it is signed (in this process: a caller that looks at it again, e.g. its fingerprint, need not load
+    it twice)."""
     from .adapter import SharedSpaceAdapter
     from .models import load_model
     from .signature import signature
@@ -188,18 +197,16 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
         check_finite_weights(loaded.module, entry.ref)
         output = entry.output or config.output
-        result.weights_sha256 = content_sha256(loaded, output)
-        result.legacy_sha256 = content_sha256(loaded, output, legacy=True)
+        result.weights_sha256, result.legacy_sha256 = content_hashes(loaded, output)
         random_init = bool(entry.random_init or loaded.meta.get("random_init"))
         if random_init and not entry.name:
             result.name = random_name(name, result.weights_sha256)
-        hashes = (result.weights_sha256, result.legacy_sha256)
-        held = next((sha for sha in hashes if sha in known_sha256), None)
+        held = result.held_in(known_sha256)
         if held is not None:
             result.status = "skipped"
             result.same_as = known_sha256.get(held) if isinstance(known_sha256, Mapping) else None
             return result
-        if taken_names and taken_names.get(result.name, result.weights_sha256) not in hashes:
+        if taken_names and result.held_in({taken_names.get(result.name, result.weights_sha256)}) is None:
             result.status, result.error = "failed", name_taken(result.name)   # found before the signing's work
             return result
         adapter = SharedSpaceAdapter(loaded.module, loaded.spec, output)

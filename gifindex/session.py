@@ -20,7 +20,6 @@ from .manifest import ModelEntry
 from .methods import feature_distance
 from .observe import entry_features
 from .probes import Probes, make_probes
-from .refs import parse_ref
 
 OPTION_FLAGS = {"arch": "--arch", "num_classes": "--num-classes", "input_size": "--input-size", "mean": "--mean",
                 "std": "--std", "trust": "--trust", "random_init": "--random-init"}
@@ -91,12 +90,8 @@ class Session:
             return self.model(ref), None, None   # type: ignore[return-value]
         if self.index.catalog.by_name(ref) is not None:
             return self.index.entry_for(ref), None, f"stored options of indexed model {ref!r}"
-        entry = ModelEntry(ref=ref, **self.load)
-        try:
-            parse_ref(ref)
-        except GifindexError as exc:
-            raise self.index._unknown_name(ref, exc) from None
-        entry, reused, _ = self.index.query_options(entry)
+        self.index.check_reference(ref)
+        entry, reused, _ = self.index.query_options(ModelEntry(ref=ref, **self.load))
         return entry, reused, None
 
     def probes(self, device: str = "cpu") -> Probes:

@@ -70,11 +70,11 @@ def test_an_index_made_before_still_recognises_its_models(twins, monkeypatch):
     is still skipped, not refused as a name clash."""
     import gifindex.ingest as ingest
 
-    current = ingest.content_sha256
-    monkeypatch.setattr(ingest, "content_sha256", lambda loaded, output, legacy=False: current(loaded, output, True))
+    current = ingest.content_hashes
+    monkeypatch.setattr(ingest, "content_hashes", lambda loaded, output: (current(loaded, output)[1],) * 2)
     arch = f"python:{twins / 'relu.py'}:Tiny"
     assert _cli("ingest", "-i", twins / "ix", twins / "t0.pt", "--arch", arch, "--name", "old", *OPTS).exit_code == 0
-    monkeypatch.setattr(ingest, "content_sha256", current)
+    monkeypatch.setattr(ingest, "content_hashes", current)
     (twins / "t0.pt").touch()   # a new mtime: the resume shortcut does not apply, the content hash decides
     again = _cli("ingest", "-i", twins / "ix", twins / "t0.pt", "--arch", arch, "--name", "old", *OPTS)
     assert again.exit_code == 0 and "0 added, 1 skipped" in again.output, again.output

@@ -1,7 +1,6 @@
 """The paper's applications as commands: suspect (IP protection), unlearning, relatedness."""
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any
 
@@ -9,24 +8,13 @@ import click
 
 from ..observe import observing
 from . import main
-from .options import (DEFAULT_INDEX, check_device, config_from, config_given, config_options, device_options,
-                      emit_json, index_option, json_option, load_kwargs_from, load_options, method_option,
-                      open_index, table, wait_option)
+from .options import (DEFAULT_INDEX, FiniteFloat, check_device, config_from, config_given, config_options,
+                      device_options, emit_json, index_option, json_option, load_kwargs_from, load_options,
+                      method_option, open_index, table, wait_option)
 from .progress import SigningProgress
 
 # gifindex.apps and gifindex.session (faiss, scipy) are imported inside the commands: `gifindex --help` does
 # not pay for them.
-
-
-class FiniteFloat(click.FloatRange):
-    """A float option (optionally in a range) that refuses NaN and infinities, which Python's float() accepts and
-    a range check lets through (NaN compares false with every bound): a usage error, exit 2."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
 
 
 @main.command()

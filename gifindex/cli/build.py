@@ -12,10 +12,9 @@ import click
 from ..errors import GifindexError
 from ..manifest import ModelEntry, read_manifest, with_defaults
 from . import main
-from .apps import FiniteFloat
 from .progress import ProgressReporter
-from .options import (check_device, is_number, config_from, config_options, device_options, emit_json, index_option,
-                      json_option, load_options, load_kwargs_from, method_option, open_index, table,
+from .options import (FiniteFloat, check_device, is_number, config_from, config_options, device_options, emit_json,
+                      index_option, json_option, load_options, load_kwargs_from, method_option, open_index, table,
                       terminate_as_interrupt, wait_option)
 
 # gifindex.index and gifindex.executors (torch, faiss) are imported inside the commands that use them:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -230,6 +231,17 @@ def load_kwargs_from(kwargs: dict[str, Any]) -> dict[str, Any]:
                 input_size=kwargs.pop("input_size"), mean=kwargs.pop("mean"),
                 std=kwargs.pop("std"), trust=kwargs.pop("trust"),
                 random_init=kwargs.pop("random_init"))
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option (optionally in a range) that refuses NaN and infinities, which Python's float() accepts and
+    a range check lets through (NaN compares false with every bound): a usage error, exit 2."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 class BatchSize(click.ParamType):

@@ -128,7 +128,8 @@ def matrix(index_path: str, output: str | None, as_json: bool) -> None:
 
     index = open_index(index_path)
     names, dist = index.matrix()
-    random = [bool(index.catalog.by_name(n).metadata.get("random_init")) for n in names]
+    drawn = {r.name for r in index.records() if r.metadata.get("random_init")}
+    random = [name in drawn for name in names]
     if as_json and not output:
         emit_json({"names": names, "distances": dist.round(6).tolist(), "random_init": random})
         return

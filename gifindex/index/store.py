@@ -225,10 +225,7 @@ class Index(IndexFiles):
         if not isinstance(model, ModelEntry):
             raise IndexError_(f"a query is an indexed name, a model reference or file, a ModelEntry, a LoadedModel or "
                               f"nn.Module, or a signature vector; got {type(model).__name__} {model!r:.60}")
-        try:
-            parse_ref(model.ref)
-        except GifindexError as exc:
-            raise self._unknown_name(model.ref, exc) from None
+        self.check_reference(model.ref)
         from ..methods import passes
         from ..observe import signed as report_signed
         from ..observe import signing
@@ -272,6 +269,13 @@ class Index(IndexFiles):
         signed = loaded_info(loaded, arch_from="given", convention_from="given")
         report_signed(signed)
         return Query(vector.astype(np.float16).astype(np.float32), loaded.name, None, signed, model=loaded)
+
+    def check_reference(self, ref: str) -> None:
+        """A model reference that does not parse (a mistyped indexed name?): the error, with "did you mean"."""
+        try:
+            parse_ref(ref)
+        except GifindexError as exc:
+            raise self._unknown_name(ref, exc) from None
 
     def _unknown_name(self, text: str, exc: GifindexError) -> IndexError_:
         close = self.similar_names(text)

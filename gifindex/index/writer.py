@@ -291,11 +291,10 @@ def settle(result: SignResult, known: dict[str, str], names: dict[str, str]) -> 
             text_problem(result.ref, "reference")
         if problem:
             result.status, result.signature, result.error = "failed", None, problem
-    hashes = (result.weights_sha256, result.legacy_sha256 or result.weights_sha256)
-    held = next((sha for sha in hashes if sha in known), None)
+    held = result.held_in(known)
     if result.status == "added" and held is not None:   # signed twice in one ingest
         result.status, result.signature, result.same_as = "skipped", None, known[held]
-    elif result.status == "added" and names.get(result.name, result.weights_sha256) not in hashes:
+    elif result.status == "added" and result.held_in({names.get(result.name, result.weights_sha256)}) is None:
         result.status, result.signature, result.error = "failed", None, name_taken(result.name)
     if result.status == "added":
         known[result.weights_sha256] = result.name
