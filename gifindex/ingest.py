@@ -38,15 +38,15 @@ class SignResult:
     status: str  # "added" (signed, to be committed), "skipped" (already indexed), "failed"
     weights_sha256: str | None = None
     signature: np.ndarray | None = None
-    legacy_sha256: str | None = None   # the content hash as indexes made before it named the architecture held it
+    older_sha256: tuple[str, ...] = ()  # the content hash as indexes made by earlier versions held it
     same_as: str | None = None         # skipped: the indexed model that holds the same content
     seconds: float = 0.0
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def held_in(self, known: Collection[str]) -> str | None:
-        """The first of this model's content hashes (current, then legacy) that ``known`` holds, or None."""
-        return next((sha for sha in (self.weights_sha256, self.legacy_sha256) if sha and sha in known), None)
+        """The first of this model's content hashes (current, then older forms) that ``known`` holds, or None."""
+        return next((sha for sha in (self.weights_sha256, *self.older_sha256) if sha and sha in known), None)
 
     def summary(self) -> dict[str, Any]:
         out = {"name": self.name, "ref": self.ref, "status": self.status, "seconds": round(self.seconds, 3)}
@@ -62,17 +62,19 @@ class SignResult:
 
 
 def content_sha256(loaded: "LoadedModel", output: str, legacy: bool = False) -> str:
-    """One of :func:`content_hashes`: the current one, or with ``legacy`` the one older indexes hold."""
-    return content_hashes(loaded, output)[1 if legacy else 0]
+    """One of :func:`content_hashes`: the current one, or with ``legacy`` the oldest form (no architecture)."""
+    current, older = content_hashes(loaded, output)
+    return older[0] if legacy else current
 
 
-def content_hashes(loaded: "LoadedModel", output: str) -> tuple[str, str]:
-    """(current, legacy) hashes of what defines the model's function, from one pass over its weights. Current: its
-    architecture (``architecture_identity``), every tensor of its state dict (names, dtypes, shapes, bytes), its
-    input convention and the output reduction. The same weights saved in another file format hash the same; the
-    same weights behind another normalisation, or in another architecture (another class, another TorchScript
-    program: a ReLU net and its Tanh twin), do not. Legacy: the same without the architecture, which indexes made
-    before it was part of the hash hold, so that they still recognise their models."""
+def content_hashes(loaded: "LoadedModel", output: str) -> tuple[str, tuple[str, ...]]:
+    """The current hash of what defines the model's function, and its older forms, from one pass over its weights.
+    Current: its architecture (``architecture_identity``), every tensor of its state dict (names, dtypes, shapes,
+    bytes), its input convention and the output reduction. The same weights saved in another file format hash the
+    same; the same weights behind another normalisation, or in another architecture (another class, another
+    TorchScript program or pickled module tree: a ReLU net and its Tanh twin), do not. Older forms, which indexes
+    made by earlier versions hold, so that they still recognise their models: the hash without the architecture,
+    and (for a pickled module) with the architecture named by its top class alone."""
     digest = hashlib.sha256()
     state = loaded.module.state_dict()
     for key in sorted(state):
@@ -84,23 +86,57 @@ def content_hashes(loaded: "LoadedModel", output: str) -> tuple[str, str]:
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     spec = loaded.spec
     described = {**spec.describe(), "interpolation": spec.interpolation, "output": output}
-    legacy = digest.copy()
-    legacy.update(json.dumps(described, sort_keys=True).encode())
-    digest.update(json.dumps({**described, "architecture": architecture_identity(loaded)}, sort_keys=True).encode())
-    return digest.hexdigest(), legacy.hexdigest()
+    forms = [described] + [{**described, "architecture": arch} for arch in _architecture_forms(loaded)]
+    hashes = []
+    for form in forms:
+        one = digest.copy()
+        one.update(json.dumps(form, sort_keys=True).encode())
+        hashes.append(one.hexdigest())
+    return hashes[-1], tuple(dict.fromkeys(hashes[:-1]))
 
 
-def architecture_identity(loaded: "LoadedModel") -> str:
+def _architecture_forms(loaded: "LoadedModel") -> list[str]:
+    """How the content hash has named the architecture, oldest first; the last is ``architecture_identity``."""
+    return list(dict.fromkeys([architecture_identity(loaded, tree=False), architecture_identity(loaded)]))
+
+
+def architecture_identity(loaded: "LoadedModel", tree: bool = True) -> str:
     """What names a model's computation besides its weights: its architecture (``timm:NAME``, ``torchvision:NAME``,
-    the user's ``python:FILE.py:Class``, a pickled module's class) and, for a TorchScript program, the sha256 of
-    its code (every submodule's), which is the architecture there."""
+    the user's ``python:FILE.py:Class``, a pickled module's class); for a TorchScript program, the sha256 of its
+    code (every submodule's), which is the architecture there; for a pickled module not named by timm, the sha256
+    of its module tree (``_module_tree``; ``tree=False``: without it, as the hash named it before)."""
     code = []
     for name, module in loaded.module.named_modules():
         text = getattr(module, "code", None) if isinstance(module, torch.jit.ScriptModule) else None
         if isinstance(text, str):
             code.append(f"{name}\n{text}")
     program = hashlib.sha256("\n".join(code).encode()).hexdigest() if code else None
-    return _portable_arch(loaded.arch) + (f"|torchscript:{program}" if program else "")
+    identity = _portable_arch(loaded.arch) + (f"|torchscript:{program}" if program else "")
+    if tree and loaded.meta.get("loaded_as") == "pickled module" and not str(loaded.arch).startswith("timm:"):
+        identity += f"|tree:{_module_tree(loaded.module)}"
+    return identity
+
+
+_LIBRARIES = ("torch", "torchvision", "timm")   # their classes are named, not hashed: an upgrade keeps the model
+
+
+def _module_tree(module: torch.nn.Module) -> str:
+    """sha256 of a pickled module's tree: every submodule's path and class (``torch.nn.modules.activation.Tanh``),
+    and for a class of the user's own code the sha256 of its source file, since the forward is code the weights do
+    not hold (a ReLU net and its Tanh twin, or an edited class, are other models)."""
+    import inspect
+
+    digest = hashlib.sha256()
+    for name, sub in module.named_modules():
+        cls = type(sub)
+        source = ""
+        if cls.__module__.split(".")[0] not in _LIBRARIES:
+            try:
+                source = hashlib.sha256(Path(inspect.getsourcefile(cls) or "").read_bytes()).hexdigest()
+            except (OSError, TypeError):
+                source = ""
+        digest.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{source}\n".encode())
+    return digest.hexdigest()
 
 
 def _portable_arch(arch: str | None) -> str:
@@ -197,7 +233,7 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
         check_finite_weights(loaded.module, entry.ref)
         output = entry.output or config.output
-        result.weights_sha256, result.legacy_sha256 = content_hashes(loaded, output)
+        result.weights_sha256, result.older_sha256 = content_hashes(loaded, output)
         random_init = bool(entry.random_init or loaded.meta.get("random_init"))
         if random_init and not entry.name:
             result.name = random_name(name, result.weights_sha256)

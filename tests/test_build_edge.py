@@ -71,12 +71,49 @@ def test_an_index_made_before_still_recognises_its_models(twins, monkeypatch):
     import gifindex.ingest as ingest
 
     current = ingest.content_hashes
-    monkeypatch.setattr(ingest, "content_hashes", lambda loaded, output: (current(loaded, output)[1],) * 2)
+    monkeypatch.setattr(ingest, "content_hashes", lambda loaded, output: (current(loaded, output)[1][0], ()))
     arch = f"python:{twins / 'relu.py'}:Tiny"
     assert _cli("ingest", "-i", twins / "ix", twins / "t0.pt", "--arch", arch, "--name", "old", *OPTS).exit_code == 0
     monkeypatch.setattr(ingest, "content_hashes", current)
     (twins / "t0.pt").touch()   # a new mtime: the resume shortcut does not apply, the content hash decides
     again = _cli("ingest", "-i", twins / "ix", twins / "t0.pt", "--arch", arch, "--name", "old", *OPTS)
+    assert again.exit_code == 0 and "0 added, 1 skipped" in again.output, again.output
+
+
+def _pickled_twins(folder: Path) -> tuple[Path, Path]:
+    """The same weights pickled whole (torch.save of the module) in a ReLU net and in its Tanh twin."""
+    torch.manual_seed(0)
+    relu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    tanh = torch.nn.Sequential(*[torch.nn.Tanh() if isinstance(m, torch.nn.ReLU) else m for m in relu])
+    torch.save(relu, folder / "relu_whole.pt")
+    torch.save(tanh, folder / "tanh_whole.pt")
+    return folder / "relu_whole.pt", folder / "tanh_whole.pt"
+
+
+def test_pickled_whole_modules_are_told_apart_by_their_module_tree(twins):
+    relu, tanh = _pickled_twins(twins)
+    ix = twins / "ix"
+    first = _cli("ingest", "-i", ix, relu, "--name", "relu", *OPTS)
+    second = _cli("ingest", "-i", ix, tanh, "--name", "tanh", *OPTS)
+    assert first.exit_code == 0 and second.exit_code == 0 and "1 added" in second.output, second.output
+    with Index.open(ix) as index:
+        assert index.distance("relu", "tanh") > 0.01
+    again = _cli("ingest", "-i", ix, relu, "--name", "relu2", *OPTS)
+    assert "already indexed as 'relu'" in again.output, again.output
+
+
+def test_an_index_made_before_the_module_tree_still_recognises_a_pickled_model(twins, monkeypatch):
+    """An index whose pickled model was hashed with its top class alone (before the module tree) still skips it."""
+    import gifindex.ingest as ingest
+
+    relu, _ = _pickled_twins(twins)
+    current = ingest.content_hashes
+    monkeypatch.setattr(ingest, "content_hashes", lambda loaded, output: (current(loaded, output)[1][-1], ()))
+    assert _cli("ingest", "-i", twins / "ix", relu, "--name", "old", *OPTS).exit_code == 0
+    monkeypatch.setattr(ingest, "content_hashes", current)
+    relu.touch()
+    again = _cli("ingest", "-i", twins / "ix", relu, "--name", "old", *OPTS)
     assert again.exit_code == 0 and "0 added, 1 skipped" in again.output, again.output
 
 
