@@ -102,11 +102,9 @@ def describe(info: dict[str, Any]) -> str:
         origin = ("its architecture's default: a weights file carries none; give --input-size/--mean/--std if it "
                   "takes images otherwise")
     resize = f", {info['interpolation']} resize" if info.get("interpolation") else ""   # timm/torchvision differ
-    others = info.get("also_fits") or []
-    also = (f"; warning: its weights fit {', '.join(others)} exactly too (another function, perhaps: padding, "
-            "activation, resize); pass --arch to choose") if others and info.get("arch_from") == "detected" else ""
+    # an architecture that other ones fit too is warned of once, by the loader; ``also_fits`` goes to --json
     return (f"signed {info.get('ref')}: arch {info.get('arch')} ({info.get('arch_from')}), input {convention} "
-            f"({origin}){resize}{random}{also}")
+            f"({origin}){resize}{random}")
 
 
 def entry_origins(entry: Any, meta: dict[str, Any] | None = None) -> tuple[str, str]:
