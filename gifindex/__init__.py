@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 # public name -> module (relative to this package) that defines it
 _EXPORTS = {
     "SharedSpaceAdapter": ".adapter", "Projection": ".compress", "compress": ".compress",
-    "SignatureConfig": ".config", "compute_curves": ".curves", "curve_distance": ".distance",
+    "SignatureConfig": ".config", "compute_curves": ".api", "curve_distance": ".distance",
     "signature_distance": ".distance", "GifindexError": ".errors", "load_model": ".models",
     "InputSpec": ".models.spec", "LoadedModel": ".models.spec", "Probes": ".probes", "make_probes": ".probes",
     "signature": ".api", "distance": ".api", "as_loaded_model": ".api", "Index": ".index",

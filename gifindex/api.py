@@ -140,6 +140,36 @@ def distance(a: "ModelLike | np.ndarray | torch.Tensor", b: "ModelLike | np.ndar
     if isinstance(a, arrays) and isinstance(b, arrays):
         return curve_distance(a, b)
     config, probes = _setup(config, probes, device)
-    feats = [features(as_loaded_model(m, device=device, **load_opts), probes, config, batch_size=batch_size,
-                      device=device) for m in (a, b)]
+    models = [as_loaded_model(m, device=device, **_loading_options_for(m, load_opts, (a, b))) for m in (a, b)]
+    feats = [features(m, probes, config, batch_size=batch_size, device=device) for m in models]
     return feature_distance(feats[0], feats[1], config.method)
+
+
+def _loading_options_for(model: Any, load_opts: dict[str, Any], models: tuple) -> dict[str, Any]:
+    """The loading options for one of ``models``: all of them for a reference; for a module or loaded model only
+    the input convention (``input_size``, ``mean``, ``std``), when another of ``models`` is a reference that takes
+    the rest (a module compared with a state-dict file given ``arch``); where no model is a reference, all of them
+    (as_loaded_model refuses what does not apply)."""
+    import torch.nn as nn
+
+    from .models.spec import LoadedModel
+
+    loaded = (nn.Module, LoadedModel)
+    if isinstance(model, loaded) and not all(isinstance(m, loaded) for m in models):
+        return {k: v for k, v in load_opts.items() if k in ("input_size", "mean", "std")}
+    return load_opts
+
+
+@leaves_modules_as_given
+def compute_curves(model: "ModelLike | Any", probes: "Probes", config: "SignatureConfig",
+                   batch_size: int | str | None = 32, device: str = "cpu", progress: Any = None,
+                   **load_opts: Any) -> "torch.Tensor":
+    """The K ModelGiF curves (K, T, 3*R*R) of a model given in any form (a reference, a loaded model, a module
+    or a shared-space adapter): :func:`gifindex.curves.compute_curves` after loading it. ``load_opts`` go to the
+    loader, as for :func:`signature`."""
+    from .adapter import SharedSpaceAdapter
+    from .curves import compute_curves as curves_of
+
+    if not isinstance(model, SharedSpaceAdapter):
+        model = as_loaded_model(model, device=device, **load_opts)
+    return curves_of(model, probes, config, batch_size=batch_size, device=device, progress=progress)

@@ -59,10 +59,19 @@ def bytes_per_image(adapter: torch.nn.Module, resolution: int, device: str | tor
 def resolve_batch_size(batch_size: int | str | None, adapter: torch.nn.Module, resolution: int,
                        device: str | torch.device, fraction: float = DEFAULT_FRACTION,
                        cap: int = DEFAULT_CAP) -> int | None:
-    """An int batch size from ``batch_size`` (an int, None for all at once, or "auto")."""
-    if batch_size is None or isinstance(batch_size, int):
-        return batch_size
+    """An int batch size from ``batch_size`` (an int >= 1, None for all at once, or "auto")."""
+    from .errors import ConfigError
+
+    if batch_size is None:
+        return None
     if str(batch_size).lower() != "auto":
-        return max(1, int(batch_size))
+        try:
+            value = int(batch_size)
+        except (TypeError, ValueError):
+            value = 0
+        if isinstance(batch_size, bool) or value < 1 or value != batch_size and not isinstance(batch_size, str):
+            raise ConfigError(f"invalid batch size {batch_size!r}: expected an integer >= 1, None (all at once) "
+                              "or 'auto'")
+        return value
     per_image = max(1, bytes_per_image(adapter, resolution, device))
     return max(1, min(cap, int(fraction * available_bytes(device) // per_image)))

@@ -11,6 +11,12 @@ Before projecting, curve point i is multiplied element-wise by its own seeded ra
 strongly alike, would all meet the same projection errors, and those errors would add up instead of
 averaging out; with it, the errors of different points are uncorrelated, so the distance error shrinks
 like 1/sqrt(K*T*proj_dim) instead of 1/sqrt(proj_dim) (measured: tools/bench/compression.py).
+
+A curve point that is exactly zero (a model flat there: dead ReLUs on a dark path start, a one-output model's
+centred output) has no direction. The exact distance counts two such points as equal (cos 1) and one against a
+non-zero point as unrelated (cos 0); from signature revision 2 on, the point becomes one fixed, seeded unit
+direction, so the inner product keeps both conventions (the second up to the projection's error) and the
+signature keeps unit norm. Revision 1 (indexes made before) left it at zero.
 """
 from __future__ import annotations
 
@@ -70,17 +76,28 @@ def point_signs(seed: int, points: int, dim: int) -> torch.Tensor:
     return bits.mul_(2).sub_(1)
 
 
-def compress(curves: torch.Tensor, projection: Projection) -> np.ndarray:
-    """Curves (K, T, D) -> unit-norm float32 signature of length K*T*p (see module docstring)."""
+def compress(curves: torch.Tensor, projection: Projection, zero_direction: bool = True) -> np.ndarray:
+    """Curves (K, T, D) -> float32 signature of length K*T*p (see module docstring); ``zero_direction``: a zero
+    point becomes :func:`flat_direction` (revision 2), else it stays zero (revision 1)."""
     points = curves.reshape(-1, curves.shape[-1]).to(torch.float32)
     points = points * point_signs(projection.seed, points.shape[0], points.shape[1]).to(points.device)
-    return unit_points(projection(points))
+    return unit_points(projection(points), zero_direction)   # a zero point projects to exactly zero
 
 
-def unit_points(points: torch.Tensor) -> np.ndarray:
-    """(P, d) points -> each l2-normalised (zero stays zero), scaled by 1/sqrt(P), flattened to float32: a
-    signature part whose inner products are the mean cosine over the points."""
-    points = points.double()
+@lru_cache(maxsize=16)
+def flat_direction(dim: int) -> torch.Tensor:
+    """The fixed unit vector (dim,) a zero point becomes: seeded, the same on every machine and for every index."""
+    generator = torch.Generator().manual_seed(20_231_001 + int(dim))
+    vector = torch.randn(int(dim), generator=generator, dtype=torch.float64)
+    return vector / torch.linalg.vector_norm(vector)
+
+
+def unit_points(points: torch.Tensor, zero_direction: bool = True) -> np.ndarray:
+    """(P, d) points -> each l2-normalised, scaled by 1/sqrt(P), flattened to float32: a signature part whose
+    inner products are the mean cosine over the points. A zero point becomes :func:`flat_direction`
+    (``zero_direction``, revision 2) or stays zero (revision 1)."""
+    points = points.double().cpu()
     norms = torch.linalg.vector_norm(points, dim=1, keepdim=True)
-    unit = torch.where(norms > 0, points / norms.clamp_min(1e-300), torch.zeros_like(points))
+    flat = flat_direction(points.shape[1]) if zero_direction else torch.zeros(points.shape[1], dtype=torch.float64)
+    unit = torch.where(norms > 0, points / norms.clamp_min(1e-300), flat.expand_as(points))
     return (unit / np.sqrt(points.shape[0])).reshape(-1).float().numpy()

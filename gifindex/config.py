@@ -19,6 +19,7 @@ PROBE_KINDS = ("random", "cutmix", "pgd")
 MODES = ("field", "ig")
 OUTPUTS = ("norm", "top-logit")
 BASELINES = ("zero", "random")
+REVISION = 2       # the signature format new configurations get (``SignatureConfig.revision``)
 
 MAX_SIGNATURE_DIM = 1 << 24   # 32 MiB per model as float16
 MAX_PROBE_BYTES = 4 << 30     # probes held in memory (float32)
@@ -35,6 +36,11 @@ class SignatureConfig:
     method: a registered signature method (gifindex.methods); probe_kind None means the method's default
     (``random``; ``cutmix`` for sac) and is resolved on construction, so the stored configuration (and its
     hash) always names the kind.
+    revision: how features are compressed. 2 (new configurations): a curve point that is exactly zero becomes one
+    fixed unit direction, so two models that are both flat there agree in the compressed distance as in the exact
+    one (and the signature keeps unit norm), and modelgif+outputs embeds more than 32 outputs with per-point signs
+    (its errors average out over the points). 1: indexes made before, read as they were made (zero stays zero).
+    Revision 1 is left out of the stored dictionary and the hash, so older indexes keep theirs.
     """
 
     method: str = "modelgif"
@@ -52,6 +58,7 @@ class SignatureConfig:
     pgd_anchor: str | None = None
     pgd_eps: float = 8 / 255
     pgd_steps: int = 10
+    revision: int = REVISION
 
     def __post_init__(self) -> None:
         if self.probe_kind is None:
@@ -82,6 +89,9 @@ class SignatureConfig:
             raise ConfigError(f"signatures of {self.signature_dim:,} values ({self.signature_dim * 2:,} bytes per "
                               f"model) exceed the {MAX_SIGNATURE_DIM:,}-value limit; lower --proj-dim, "
                               "--num-probes or --steps")
+        if self.revision not in (1, REVISION):
+            raise ConfigError(f"invalid revision {self.revision!r}: this gifindex makes signatures of revision "
+                              f"{REVISION} and reads revision 1")
         if not (0 < self.pgd_eps <= 1):
             raise ConfigError(f"invalid pgd_eps {self.pgd_eps!r}: expected 0 < eps <= 1")
 
@@ -101,7 +111,10 @@ class SignatureConfig:
         return 3 * self.resolution * self.resolution
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["revision"] == 1:   # as indexes made before revisions stored it (their hash is kept)
+            del data["revision"]
+        return data
 
     def unread_probe_settings(self) -> list[str]:
         """PGD settings given for probes of another kind, which never read them (they only change the hash)."""
@@ -121,7 +134,7 @@ class SignatureConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown signature configuration field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**{"revision": 1, **data})   # a stored configuration without one predates revisions
 
     def replace(self, **changes: Any) -> "SignatureConfig":
         return dataclasses.replace(self, **changes)

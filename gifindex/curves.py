@@ -2,7 +2,7 @@
 
 For probe x1 and baseline x0, point j of the curve is g(t_j) = sum_{i<=j} w_i F(x0 + a_i (x1 - x0)),
 F = grad_x M(x) (paper Eqn 4, DESIGN section 1). The K*T path points are stacked and pushed through
-the model in chunks of ``batch_size``; chunking never changes the result, only the memory used.
+the model in chunks of ``batch_size``; chunking changes the memory used, and the result only by float rounding.
 """
 from __future__ import annotations
 

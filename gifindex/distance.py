@@ -20,6 +20,10 @@ def pointwise_cosine(curves_a: "np.ndarray | torch.Tensor", curves_b: "np.ndarra
     Convention for degenerate points: two zero vectors are identical (cos 1); a zero vector against a
     non-zero one has cos 0.
     """
+    shape_a, shape_b = np.shape(curves_a), np.shape(curves_b)
+    if len(shape_a) == len(shape_b) and shape_a != shape_b:   # (4, 4, D) against (2, 8, D): other curve points
+        raise ValueError(f"curves differ in shape: {shape_a} vs {shape_b}; were they signed with the same "
+                         "configuration?")
     a, b = _as_points(curves_a), _as_points(curves_b)
     if a.shape != b.shape:
         raise ValueError(f"curves differ in shape: {a.shape} vs {b.shape}; were they signed with the "

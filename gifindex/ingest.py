@@ -223,7 +223,7 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
     it twice)."""
     from .adapter import SharedSpaceAdapter
     from .models import load_model
-    from .signature import signature
+    from .methods import get_method
 
     start = time.perf_counter()
     entry = absolute_entry(entry)
@@ -246,12 +246,14 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
             result.status, result.error = "failed", name_taken(result.name)   # found before the signing's work
             return result
         adapter = SharedSpaceAdapter(loaded.module, loaded.spec, output)
-        result.signature = signature(adapter, config, probes, batch_size=batch_size, device=device,
-                                     progress=progress)
-        if not np.any(result.signature):
-            raise SignatureError(f"{entry.ref}: the model's signature is identically zero (its gradient field "
-                                 "vanishes on every probe: a constant output?); it would match nothing and skew "
-                                 "calibration, so the model is refused")
+        method = get_method(config.method)
+        feats = method.features(adapter, probes, config, batch_size=batch_size, device=device, progress=progress)
+        flat = method.flat_reason(feats)
+        if flat is not None:
+            raise SignatureError(f"{entry.ref}: the model's {config.method} signature says nothing of it: {flat}; "
+                                 "it would match nothing (or everything alike) and skew calibration, so the model "
+                                 "is refused")
+        result.signature = method.compress(feats, config)
         result.status = "added"
         if on_signed is not None:
             on_signed(loaded)

@@ -81,11 +81,17 @@ class Probes:
 
 # ---------------------------------------------------------------------------------------------- sources
 def _to_chw_float(image: np.ndarray) -> np.ndarray:
-    """Any HxW, HxWxC or CxHxW image (uint8, bool or float in [0,1]) -> float32 3xHxW in [0, 1]."""
+    """Any HxW, HxWxC or CxHxW image (uint8, uint16, bool, float in [0,1], or other integers in 0..255) ->
+    float32 3xHxW in [0, 1]."""
     arr = np.asarray(image)
     if arr.dtype == bool:
         arr = arr.astype(np.float32)
+    elif arr.dtype == np.uint16:     # 16-bit images: full scale is 65535 (dividing by 255 turned them white)
+        arr = arr.astype(np.float32) / 65535.0
     elif np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
+            raise ProbeError(f"integer probe images of dtype {arr.dtype} hold values {int(arr.min())}.."
+                             f"{int(arr.max())}; expected 0..255 (uint8), uint16, or floats in [0, 1]")
         arr = arr.astype(np.float32) / 255.0
     else:
         arr = arr.astype(np.float32)

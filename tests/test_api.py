@@ -69,6 +69,14 @@ def test_signature_and_distance_take_any_model_form(tiny, tmp_path) -> None:
     assert 0.2 < d <= 2.0
     with pytest.raises(TypeError, match="do not apply to an nn.Module"):
         gifindex.signature(net, config, probes, arch="timm:test_resnet")
+    # any model form goes to compute_curves; a module and a state-dict file compare in one call (arch for the file)
+    from_ref = gifindex.compute_curves(str(path), probes, config, arch="timm:test_resnet")
+    torch.testing.assert_close(from_ref, gifindex.compute_curves(net, probes, config), rtol=1e-5, atol=1e-7)
+    assert gifindex.distance(net, str(path), config, probes, arch="timm:test_resnet") == pytest.approx(0, abs=1e-9)
+    with pytest.raises(ValueError, match="curves differ in shape"):     # (2, 2, D) against (1, 4, D)
+        gifindex.curve_distance(curves[0], curves[1].reshape(1, 4, -1))
+    with pytest.raises(gifindex.GifindexError, match="invalid batch size -1"):
+        gifindex.signature(net, config, probes, batch_size=-1)
     # a device this machine lacks is one clear error before any model moves (none here has 100 GPUs)
     from gifindex.errors import GifindexError
     for call in (lambda: gifindex.signature(net, config, probes, device="cuda:99"),

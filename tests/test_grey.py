@@ -82,6 +82,26 @@ def test_input_channels_reads_the_input_layer(build, size, channels):
     assert input_channels(build(), size) == channels
 
 
+class HeadFirst(nn.Module):
+    """An RGB net whose 1024-input head is registered before its stem: its first weight looks like a flattened
+    32 x 32 grey input."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(1024, 10)
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(16))
+
+    def forward(self, x):
+        return self.head(self.stem(x).flatten(1))
+
+
+def test_a_first_weight_that_looks_grey_is_checked_by_running_the_model():
+    net = HeadFirst().train()
+    before = net.stem[1].running_mean.clone()
+    assert input_channels(net, (32, 32)) == 3                     # was 1: then signing failed
+    assert net.training and torch.equal(net.stem[1].running_mean, before)   # modes kept, no statistics moved
+
+
 def test_rgb_models_record_and_hash_as_before_grey_models_existed():
     """Indexes built before grey models keep matching their models: an RGB spec records no ``channels``."""
     spec = InputSpec(size=(16, 16), mean=(0.5,) * 3, std=(0.25,) * 3)

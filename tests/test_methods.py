@@ -92,9 +92,15 @@ def test_the_method_chooses_the_default_probe_kind_and_old_hashes_hold():
     assert SignatureConfig(method="sac", probe_kind="random").probe_kind == "random"
     assert SignatureConfig(method="rsa").probe_kind == "random"
     # hashes of configurations made before probe_kind became method-dependent (index.json stores the kind)
-    assert SignatureConfig().hash() == "2f761b0859783590"
-    assert SignatureConfig(method="rsa").hash() == "e777f274036c1dce"
-    assert SignatureConfig(method="sac").hash() == "4f094c125a81fb41"
+    assert SignatureConfig(revision=1).hash() == "2f761b0859783590"
+    assert SignatureConfig(method="rsa", revision=1).hash() == "e777f274036c1dce"
+    assert SignatureConfig(method="sac", revision=1).hash() == "4f094c125a81fb41"
+    # a stored configuration without a revision is one made before revisions: read as revision 1, its hash kept
+    stored = {k: v for k, v in SignatureConfig().to_dict().items() if k != "revision"}
+    assert SignatureConfig.from_dict(stored).revision == 1 and SignatureConfig.from_dict(stored).hash() == \
+        "2f761b0859783590"
+    assert SignatureConfig().revision == 2 and SignatureConfig().hash() != "2f761b0859783590"
+    assert SignatureConfig.from_dict(SignatureConfig().to_dict()) == SignatureConfig()
     assert SignatureConfig.from_dict(SignatureConfig(method="sac", probe_kind="random").to_dict()).probe_kind == "random"
 
 

@@ -58,6 +58,9 @@ def test_folder_and_array_sources(tmp_path):
     b = make_probes(cfg.replace(probe_source=str(tmp_path / "x.npz")))
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=1e-6)
     torch.testing.assert_close(a.images, from_folder.images, rtol=0, atol=1e-6)  # same pixels, same picks
+    np.save(tmp_path / "x16.npy", np.stack(arrays).astype(np.uint16) * 257)     # the same images in 16 bits
+    c = make_probes(cfg.replace(probe_source=str(tmp_path / "x16.npy")))
+    torch.testing.assert_close(c.images, a.images, rtol=0, atol=1e-6)              # were nearly all white
 
 
 def test_probe_source_errors(tmp_path):
@@ -69,6 +72,9 @@ def test_probe_source_errors(tmp_path):
     np.save(tmp_path / "bad.npy", np.full((2, 8, 8, 3), 7.0, dtype=np.float32))
     with pytest.raises(ProbeError, match=r"must lie in \[0, 1\]"):
         make_probes(SignatureConfig(probe_source=str(tmp_path / "bad.npy")))
+    np.save(tmp_path / "int32.npy", np.full((2, 8, 8, 3), 4000, dtype=np.int32))
+    with pytest.raises(ProbeError, match=r"hold values 4000..4000; expected 0..255"):
+        make_probes(SignatureConfig(probe_source=str(tmp_path / "int32.npy")))
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ProbeError, match="unsupported probe source"):
         make_probes(SignatureConfig(probe_source=str(tmp_path / "x.txt")))

@@ -96,7 +96,7 @@ class Index(IndexFiles):
         config = config or SignatureConfig()
         if (root / INDEX_FILE).exists():
             existing = cls.open(root)
-            if existing.config != config:
+            if existing.config != config.replace(revision=existing.config.revision):   # an older index stays as made
                 existing.close()
                 raise IndexError_(f"an index with another configuration ({existing.config.hash()}) already "
                                   f"exists at {root}; choose another --index directory")

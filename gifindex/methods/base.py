@@ -70,6 +70,13 @@ class Method(ABC):
     def distance(self, feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
         """The exact (uncompressed) distance of two models' features, in [0, 2]."""
 
+    def flat_reason(self, feats: torch.Tensor) -> str | None:
+        """Why features that say nothing about the model (it would match nothing, or everything alike) are
+        refused, or None: here, features that are zero everywhere."""
+        if not bool(torch.as_tensor(feats).any()):
+            return "its gradient field vanishes on every probe (a constant output?)"
+        return None
+
     def features(self, model: "LoadedModel | SharedSpaceAdapter", probes: "Probes", config: "SignatureConfig",
                  batch_size: int | str | None = 32, device: str | torch.device = "cpu",
                  progress: ProgressFn | None = None) -> torch.Tensor:

@@ -5,7 +5,12 @@ gradient field, so on ModelGiF curves alone it sits as far from its teacher as a
 method adds, for every curve point (probe k, step t), the model's output at that path point
 x0 + a_t (x1 - x0): centred (so a constant shift or the softmax temperature does not matter) and embedded
 in ``OUTPUT_DIM`` dimensions by a seeded map chosen by the output size N (orthonormal rows when
-N <= OUTPUT_DIM, so cosines are exact; a Gaussian map otherwise). Models whose outputs have different
+N <= OUTPUT_DIM, so cosines are exact; otherwise a Gaussian map, after per-point random signs from signature
+revision 2 on, so that its errors on the K*T points average out: the "exact" distance of models with more than
+OUTPUT_DIM outputs is this embedding's, within 0.015 of the centred outputs' own in the output part at K*T = 64,
+where one map for all points was off by up to 0.045). A one-output model's
+centred output is zero at every point: its output part then agrees with any other one-output model's and with
+nothing else (the zero-point convention of gifindex.compress). Models whose outputs have different
 sizes get independent random maps, so their output parts are near-orthogonal: their outputs mean
 different things. The distance is
 
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 
 from ..adapter import SharedSpaceAdapter
-from ..compress import compress, projection_for, unit_points
+from ..compress import compress, point_signs, projection_for, unit_points
 from ..curves import compute_curves
 from ..distance import curve_distance
 from ..quadrature import quadrature
@@ -61,6 +66,8 @@ def path_outputs(adapter: SharedSpaceAdapter, probes: "Probes", config: "Signatu
     outs = torch.cat([adapter.logits(points[i:i + step].to(device)).double().cpu()
                       for i in range(0, len(points), step)])
     outs = outs - outs.mean(dim=1, keepdim=True)
+    if outs.shape[1] > OUTPUT_DIM and config.revision >= 2:   # per-point signs: the map's errors average out
+        outs = outs * point_signs(config.seed + 1, outs.shape[0], outs.shape[1]).double()
     return (outs @ output_map(outs.shape[1], config.seed)).float()
 
 
@@ -91,8 +98,8 @@ class ModelGiFOutputs(Method):
     def compress(self, feats: torch.Tensor, config: "SignatureConfig") -> np.ndarray:
         half = feats.shape[0] // 2
         grads = feats[:half, :config.input_dim]
-        s_grad = compress(grads.reshape(half, 1, -1), projection_for(config))
-        s_out = unit_points(feats[half:, :OUTPUT_DIM])
+        s_grad = compress(grads.reshape(half, 1, -1), projection_for(config), config.revision >= 2)
+        s_out = unit_points(feats[half:, :OUTPUT_DIM], config.revision >= 2)
         return np.concatenate([np.sqrt(1 - OUTPUT_WEIGHT) * s_grad, np.sqrt(OUTPUT_WEIGHT) * s_out]).astype(np.float32)
 
     def distance(self, feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:

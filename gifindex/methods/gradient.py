@@ -38,7 +38,7 @@ class GradientMethod(Method):
         return self.points(config) * config.proj_dim
 
     def compress(self, feats: torch.Tensor, config: "SignatureConfig") -> np.ndarray:
-        return compress(feats.reshape(feats.shape[0], 1, -1), projection_for(config))
+        return compress(feats.reshape(feats.shape[0], 1, -1), projection_for(config), config.revision >= 2)
 
     def distance(self, feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
         return curve_distance(feats_a, feats_b)

@@ -4,7 +4,10 @@
 (representational dissimilarity matrix, 1 - Pearson of the outputs: Dwivedi & Roig 2019). The features
 are the upper triangle (K*(K-1)/2 values); the distance is 1 - the Pearson correlation of two models'
 triangles. Signatures are the triangles centred and l2-normalised, so 1 - <s_a, s_b> is that distance
-(up to the float16 the index stores).
+(up to the float16 the index stores). Both papers compare their matrices otherwise (SAC: the mean absolute
+difference; RSA: Spearman's rank correlation); gifindex uses Pearson for both, which an inner-product index
+holds exactly, so these baselines are adaptations (a monotone but non-linear change of an RDM moves the
+distance here, not under Spearman).
 """
 from __future__ import annotations
 
@@ -55,6 +58,14 @@ class OutputMethod(Method):
 
     def distance(self, feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
         return centred_cosine_distance(feats_a, feats_b)
+
+    def flat_reason(self, feats: torch.Tensor) -> str | None:
+        vec = torch.as_tensor(feats).reshape(-1).double()
+        if bool((vec == vec[0]).all()):
+            return (f"its {self.name} matrix is constant: its outputs relate alike on every pair of probes (a constant "
+                    "output; a one-output model gives rsa nothing to compare, and sac nothing unless the output "
+                    "changes sign); sign it with a gradient method (modelgif)")
+        return None
 
 
 @register

@@ -119,13 +119,38 @@ def pretrained_cfg_problem(cfg: dict[str, Any]) -> str | None:
 def input_channels(module: nn.Module, size: tuple[int, int]) -> int:
     """1 when ``module`` reads a single grey channel, else 3. Read from its first weight, the input layer in
     registration order (timm, torchvision and hand-written nets alike): a convolution taking one channel, or, for
-    a network that flattens its input first, a linear layer taking H x W features. Nothing is run."""
+    a network that flattens its input first, a linear layer taking H x W features. A first weight that says grey
+    may be another layer registered first (a head of H x W inputs declared before the stem): the model is then
+    run once, in eval mode, on a 3-channel image, and one that takes it reads RGB."""
     for param in module.parameters():
         if param.ndim == 4:
-            return 1 if param.shape[1] == 1 else 3
+            grey = param.shape[1] == 1
+            break
         if param.ndim == 2:
-            return 1 if param.shape[1] == size[0] * size[1] else 3
-    return 3
+            grey = param.shape[1] == size[0] * size[1]
+            break
+    else:
+        return 3
+    return 1 if grey and not _takes_rgb(module, size) else 3
+
+
+def _takes_rgb(module: nn.Module, size: tuple[int, int]) -> bool:
+    """Whether ``module`` runs on one 3-channel image of ``size`` (eval mode, no gradient; modes restored)."""
+    import torch
+
+    param = next(iter(module.parameters()))
+    dtype = param.dtype if param.is_floating_point() else torch.float32
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, 3, *size, device=param.device, dtype=dtype))
+        return True
+    except Exception:  # noqa: BLE001 - any failure means the model does not take RGB images
+        return False
+    finally:
+        for sub, mode in modes:
+            sub.training = mode
 
 
 @dataclass
