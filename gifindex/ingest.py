@@ -97,22 +97,27 @@ def content_hashes(loaded: "LoadedModel", output: str) -> tuple[str, tuple[str, 
 
 def _architecture_forms(loaded: "LoadedModel") -> list[str]:
     """How the content hash has named the architecture, oldest first; the last is ``architecture_identity``."""
-    return list(dict.fromkeys([architecture_identity(loaded, tree=False), architecture_identity(loaded)]))
+    return list(dict.fromkeys([architecture_identity(loaded, earlier=True), architecture_identity(loaded)]))
 
 
-def architecture_identity(loaded: "LoadedModel", tree: bool = True) -> str:
+def architecture_identity(loaded: "LoadedModel", earlier: bool = False) -> str:
     """What names a model's computation besides its weights: its architecture (``timm:NAME``, ``torchvision:NAME``,
-    the user's ``python:FILE.py:Class``, a pickled module's class); for a TorchScript program, the sha256 of its
-    code (every submodule's), which is the architecture there; for a pickled module not named by timm, the sha256
-    of its module tree (``_module_tree``; ``tree=False``: without it, as the hash named it before)."""
+    the user's ``python:FILE.py:Class``, a pickled module's class; every Taskonomy task's encoder is one
+    architecture, the task a label read from a file name); for a TorchScript program, the sha256 of its code
+    (every submodule's), which is the architecture there; for a pickled module not named by timm, the sha256 of
+    its module tree (``_module_tree``). ``earlier``: as the hash named it before the last two (the Taskonomy task
+    named, no module tree)."""
     code = []
     for name, module in loaded.module.named_modules():
         text = getattr(module, "code", None) if isinstance(module, torch.jit.ScriptModule) else None
         if isinstance(text, str):
             code.append(f"{name}\n{text}")
     program = hashlib.sha256("\n".join(code).encode()).hexdigest() if code else None
-    identity = _portable_arch(loaded.arch) + (f"|torchscript:{program}" if program else "")
-    if tree and loaded.meta.get("loaded_as") == "pickled module" and not str(loaded.arch).startswith("timm:"):
+    arch = _portable_arch(loaded.arch)
+    if not earlier and arch.startswith("taskonomy:"):
+        arch = "taskonomy:encoder"
+    identity = arch + (f"|torchscript:{program}" if program else "")
+    if not earlier and loaded.meta.get("loaded_as") == "pickled module" and not arch.startswith("timm:"):
         identity += f"|tree:{_module_tree(loaded.module)}"
     return identity
 

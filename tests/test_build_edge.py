@@ -336,3 +336,17 @@ def test_a_timm_model_saved_whole_is_its_state_dict(tmp_path):
     _cli("ingest", "-i", tmp_path / "ix", tmp_path / "sd.pt", "--arch", "timm:test_resnet", "--executor", "inline")
     whole = _cli("ingest", "-i", tmp_path / "ix", tmp_path / "whole.pt", "--trust", "--executor", "inline")
     assert "already indexed as 'sd'" in whole.output, whole.output
+
+
+def test_taskonomy_weights_are_one_model_whatever_task_their_file_name_says():
+    """Every Taskonomy task's encoder is one architecture: the same weights read as 'normal' from one file name
+    and as 'encoder' from another hash alike (they were two models); the earlier hash, task named, still counts."""
+    from gifindex.ingest import content_hashes
+    from gifindex.models.spec import InputSpec, LoadedModel
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten())
+    hashes = [content_hashes(LoadedModel(module=module, spec=InputSpec(), ref="f", name="f", source="file",
+                                         arch=f"taskonomy:{task}"), "norm") for task in ("normal", "encoder")]
+    assert hashes[0][0] == hashes[1][0]
+    assert hashes[0][1][-1] != hashes[1][1][-1]            # the earlier form named the task

@@ -93,3 +93,38 @@ def test_a_model_flat_everywhere_is_refused_with_its_method_reason(tmp_path, met
     assert results[0].status == "failed"
     assert ("zero at every probe point" if method == "modelgif" else "one-output model gives rsa nothing") in \
         results[0].error
+
+
+class DropoutForced(nn.Module):
+    """Calls self.train() in its forward: dropout stays on whatever mode it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * R * R, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+
+    def forward(self, x):
+        self.train()
+        return self.net(x)
+
+
+class BatchStatistics(nn.Module):
+    """Normalises each batch by its own statistics: an image's output depends on the rest of the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 14 * 14, 4))
+
+    def forward(self, x):
+        out = self.net(x)
+        return (out - out.mean(0)) / (out.std(0, unbiased=False) + 1e-3) if len(out) > 1 else out
+
+
+@pytest.mark.parametrize("model, said", [(DropoutForced, "differ between two runs"),
+                                         (BatchStatistics, "depends on the other images in the batch")])
+def test_a_model_that_is_not_a_function_of_each_image_is_refused(model, said):
+    from gifindex.errors import SignatureError
+
+    config = SignatureConfig(resolution=R, num_probes=2, steps=2, proj_dim=16)
+    torch.manual_seed(0)
+    with pytest.raises(SignatureError, match=said):           # was signed: the same file 0.2-0.5 from itself
+        _feats(model(), config, make_probes(config))

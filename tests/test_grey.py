@@ -95,11 +95,20 @@ class HeadFirst(nn.Module):
         return self.head(self.stem(x).flatten(1))
 
 
-def test_a_first_weight_that_looks_grey_is_checked_by_running_the_model():
+class GreyHeadFirst(HeadFirst):
+    """A grey net whose head is registered before its stem: its first weight looks like an RGB model's head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem[0] = nn.Conv2d(1, 4, 3, padding=1)
+
+
+def test_a_first_weight_that_is_not_the_input_layer_is_checked_by_running_the_model():
     net = HeadFirst().train()
     before = net.stem[1].running_mean.clone()
     assert input_channels(net, (32, 32)) == 3                     # was 1: then signing failed
     assert net.training and torch.equal(net.stem[1].running_mean, before)   # modes kept, no statistics moved
+    assert input_channels(GreyHeadFirst(), (32, 32)) == 1         # was 3: refused as taking neither
 
 
 def test_rgb_models_record_and_hash_as_before_grey_models_existed():

@@ -83,4 +83,33 @@ class Method(ABC):
         """The features of a loaded model (or adapter); ``batch_size`` may be ``"auto"``."""
         adapter = SharedSpaceAdapter.of(model, config.output).to(device)
         batch_size = resolve_batch_size(batch_size, adapter, config.resolution, device)
+        check_reproducible(adapter, probes, device)
         return self.compute(adapter, probes, config, batch_size, device, progress)
+
+
+@torch.no_grad()
+def check_reproducible(adapter: SharedSpaceAdapter, probes: "Probes", device: str | torch.device) -> None:
+    """Refuse a model whose outputs are not a function of each image alone: run twice on the same two probes,
+    and on the first alone, they must agree (to float rounding). Dropout left on (a forward that calls
+    ``self.train()``), added noise, or batch norm using the batch's statistics would give a signature that is
+    not the model's: the same file far from itself. Costs three forward passes of at most two images."""
+    from ..errors import SignatureError
+
+    images = probes.images[:2].to(device)
+    first, again, alone = adapter.logits(images), adapter.logits(images), adapter.logits(images[:1])
+    if not bool(torch.isfinite(first).all()):
+        return                                   # NaN or Inf outputs are refused, with that reason, when signed
+    scale = float(first.abs().max()) if first.numel() else 0.0
+    tolerance = 1e-3 if getattr(adapter, "dtype", torch.float32) in (torch.float32, torch.float64) else 2e-2
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=tolerance,
+                                                          atol=0.1 * tolerance * scale))
+
+    if not close(first, again):
+        raise SignatureError("its outputs differ between two runs on the same images (dropout left on, or random "
+                             "noise): its signature would not be reproducible; put it in eval mode (a forward "
+                             "that calls self.train() keeps dropout on)")
+    if not close(first[:1], alone):
+        raise SignatureError("its output for an image depends on the other images in the batch (batch norm using "
+                             "the batch's statistics?): its signature would not be reproducible; put it in eval mode")

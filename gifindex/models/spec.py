@@ -118,24 +118,23 @@ def pretrained_cfg_problem(cfg: dict[str, Any]) -> str | None:
 
 def input_channels(module: nn.Module, size: tuple[int, int]) -> int:
     """1 when ``module`` reads a single grey channel, else 3. Read from its first weight, the input layer in
-    registration order (timm, torchvision and hand-written nets alike): a convolution taking one channel, or, for
-    a network that flattens its input first, a linear layer taking H x W features. A first weight that says grey
-    may be another layer registered first (a head of H x W inputs declared before the stem): the model is then
-    run once, in eval mode, on a 3-channel image, and one that takes it reads RGB."""
-    for param in module.parameters():
-        if param.ndim == 4:
-            grey = param.shape[1] == 1
-            break
-        if param.ndim == 2:
-            grey = param.shape[1] == size[0] * size[1]
-            break
-    else:
+    registration order (timm, torchvision and hand-written nets alike): a convolution taking three channels is
+    RGB; one taking one channel, or, for a network that flattens its input first, a linear layer taking H x W
+    features, is grey. The first weight may be another layer registered first (a head declared before the stem):
+    unless it is a 3-channel convolution, the model is run once, in eval mode, on one image of the guessed kind,
+    and on the other kind if that fails."""
+    first = next((p for p in module.parameters() if p.ndim in (2, 4)), None)
+    if first is None or (first.ndim == 4 and first.shape[1] == 3):
         return 3
-    return 1 if grey and not _takes_rgb(module, size) else 3
+    grey = first.shape[1] == 1 if first.ndim == 4 else first.shape[1] == size[0] * size[1]
+    guess, other = (1, 3) if grey else (3, 1)
+    if _runs_on(module, size, guess) or not _runs_on(module, size, other):
+        return guess
+    return other
 
 
-def _takes_rgb(module: nn.Module, size: tuple[int, int]) -> bool:
-    """Whether ``module`` runs on one 3-channel image of ``size`` (eval mode, no gradient; modes restored)."""
+def _runs_on(module: nn.Module, size: tuple[int, int], channels: int) -> bool:
+    """Whether ``module`` runs on one image of ``channels`` x ``size`` (eval mode, no gradient; modes restored)."""
     import torch
 
     param = next(iter(module.parameters()))
@@ -144,9 +143,9 @@ def _takes_rgb(module: nn.Module, size: tuple[int, int]) -> bool:
     module.eval()
     try:
         with torch.no_grad():
-            module(torch.zeros(1, 3, *size, device=param.device, dtype=dtype))
+            module(torch.zeros(1, channels, *size, device=param.device, dtype=dtype))
         return True
-    except Exception:  # noqa: BLE001 - any failure means the model does not take RGB images
+    except Exception:  # noqa: BLE001 - any failure means the model does not take such images
         return False
     finally:
         for sub, mode in modes:
