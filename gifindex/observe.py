@@ -120,9 +120,17 @@ def entry_origins(entry: Any, meta: dict[str, Any] | None = None) -> tuple[str, 
     except GifindexError:
         kind = "file"
     arch_from = "given" if entry.arch else "detected" if kind == "file" else "reference"
-    given = bool(entry.input_size or entry.mean or entry.std)
+    fields = {"input size": entry.input_size, "mean": entry.mean, "std": entry.std}
+    given = [name for name, value in fields.items() if value]
     own = (meta or {}).get("convention_from") == "model"
-    return arch_from, "given" if given else ARCH_DEFAULT if entry.convention_unknown() and not own else "model"
+    from_file = (kind == "file" or bool(entry.weights)) and not own and not entry.random_init
+    if len(given) == len(fields):
+        return arch_from, "given"
+    if given:   # the rest is not given: say where it came from (ImageNet's mean/std for a weights file)
+        rest = [name for name in fields if name not in given]
+        source = "its architecture's default: a weights file carries none" if from_file else "the model's own"
+        return arch_from, f"{', '.join(given)} given; {', '.join(rest)}: {source}"
+    return arch_from, ARCH_DEFAULT if entry.convention_unknown() and not own else "model"
 
 
 def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",

@@ -350,3 +350,13 @@ def test_taskonomy_weights_are_one_model_whatever_task_their_file_name_says():
                                          arch=f"taskonomy:{task}"), "norm") for task in ("normal", "encoder")]
     assert hashes[0][0] == hashes[1][0]
     assert hashes[0][1][-1] != hashes[1][1][-1]            # the earlier form named the task
+
+
+def test_a_convention_given_in_part_says_where_the_rest_came_from(tmp_path):
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=4).state_dict(), tmp_path / "m.pt")
+    said = _cli("distance", tmp_path / "m.pt", tmp_path / "m.pt", "--arch", "timm:test_resnet", "--input-size", "16",
+                "-K", "2", "-T", "2", "--resolution", "16")
+    assert said.exit_code == 0, said.output
+    # was "(given)", though the mean and std were ImageNet's, the architecture's default
+    assert "(input size given; mean, std: its architecture's default: a weights file carries none)" in said.stderr
