@@ -149,6 +149,35 @@ def test_damaged_removed_list_is_named_and_rewritten_from_the_catalogue(built, t
     assert _names(root) == ["m00", "m01", "m03", "m04", "m05"]
 
 
+def test_an_interrupted_remove_is_named_and_settled_so_a_recreated_catalogue_keeps_the_model(built, tmp_path):
+    """remove killed after removed.json was written and before the catalogue: the model is live, listed as
+    removed. verify said ok and a recreated catalogue then lost the model."""
+    root = _copy(built, tmp_path)
+    with Index.open(root) as index:
+        record = index.catalog.by_name("m02")
+    (root / "removed.json").write_text(json.dumps([{"shard": record.shard, "row": record.row, "name": "m02"}]))
+    code, out = _verify(root)
+    assert code == 1 and "lists 'm02' as removed, but the catalogue still holds" in out, out
+    code, out = _verify(root, "--repair")
+    assert code == 0 and "problem" not in out, out
+    assert json.loads((root / "removed.json").read_text()) == []
+    (root / "catalog.sqlite").unlink()
+    assert _cli("rebuild", "-i", root).exit_code == 0 and "m02" in _names(root)
+    with Index.open(root) as index:   # remove again: listed once
+        index.remove("m02")
+    assert [t["name"] for t in json.loads((root / "removed.json").read_text())] == ["m02"]
+
+
+def test_a_damaged_search_file_is_named_though_a_dead_writer_left_its_pid(built, tmp_path):
+    """A pid file left by a killed writer (its pid reused by a live process) made verify call a corrupt
+    search.faiss 'a writer is writing it' and pass."""
+    root = _copy(built, tmp_path)
+    (root / "search.faiss").write_bytes((root / "search.faiss").read_bytes()[:40])
+    (root / ".lock.owner").write_text(str(os.getpid()))       # alive, but holds no lock
+    code, out = _verify(root)
+    assert code == 1 and "search.faiss" in out and "kept changing" not in out, out
+
+
 def test_swapped_catalogue_names_are_named_and_repaired_from_the_shards(built, tmp_path):
     root = _copy(built, tmp_path)
     _sql(root, "UPDATE models SET name = 'tmp' WHERE name = 'm01'", "UPDATE models SET name = 'm01' WHERE name = 'm04'",
@@ -274,3 +303,32 @@ def test_written_files_follow_the_umask(signed, tmp_path):
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_a_full_disk_during_a_catalogue_commit_is_named_not_hidden_by_the_rollback(tmp_path):
+    """SQLite rolls back by itself on a full disk; the second ROLLBACK's 'no transaction is active' used to
+    replace the real reason in the error."""
+    import sqlite3 as sql
+
+    from gifindex.index.catalog import Catalog
+
+    catalog = Catalog(tmp_path / "catalog.sqlite", create=True)
+
+    class FullDisk:
+        def __init__(self, db):
+            self.db = db
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+        def execute(self, statement, *args):
+            if statement.startswith("INSERT INTO models"):
+                self.db.execute("ROLLBACK")                 # what SQLite does on SQLITE_FULL
+                raise sql.OperationalError("database or disk is full")
+            return self.db.execute(statement, *args)
+
+    catalog.db = FullDisk(catalog.db)
+    with pytest.raises(sql.OperationalError, match="database or disk is full"):
+        catalog.register_shard("s.h5", "0" * 64, [{"name": "m", "ref": "r", "weights_sha256": "x"}])
+    catalog.db = catalog.db.db
+    assert not catalog.shards() and catalog.by_name("m") is None   # nothing half-written

@@ -167,6 +167,22 @@ class Catalog:
             if self.db.in_transaction:  # nothing was written: ending the read is all that is left
                 self.db.execute("ROLLBACK")
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction: committed whole, or rolled back with the error that stopped it (SQLite may
+        have rolled back itself on a full disk: a second ROLLBACK's "no transaction is active" must not hide why)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+
     # ------------------------------------------------------------------------------------------ reads
     @staticmethod
     def _record(row: tuple) -> ModelRecord:
@@ -249,8 +265,7 @@ class Catalog:
         may name its ``row`` (a shard adopted with only some of its rows live; ``rows``: the shard's total)."""
         now = time.time()
         ids = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing():
             self.db.execute("INSERT INTO shards(name, rows, sha256, added) VALUES(?, ?, ?, ?)",
                             (shard, len(entries) if rows is None else rows, sha256, now))
             for position, entry in enumerate(entries):
@@ -262,30 +277,24 @@ class Catalog:
                      json.dumps(entry.get("metadata", {}), sort_keys=True, default=str)))
                 ids.append(int(cursor.lastrowid))
             self._bump()
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return ids
 
     def remove(self, name: str) -> ModelRecord | None:
         record = self.by_name(name)
         if record is None:
             return None
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("DELETE FROM models WHERE id = ?", (record.id,))
-        self._bump()
-        self.db.execute("COMMIT")
+        with self._writing():
+            self.db.execute("DELETE FROM models WHERE id = ?", (record.id,))
+            self._bump()
         return record
 
     def drop_shard(self, shard: str) -> list[str]:
         """Forget a (corrupt) shard and its models; returns the names that must be re-ingested."""
         names = [r[0] for r in self.db.execute("SELECT name FROM models WHERE shard = ?", (shard,))]
-        self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("DELETE FROM models WHERE shard = ?", (shard,))
-        self.db.execute("DELETE FROM shards WHERE name = ?", (shard,))
-        self._bump()
-        self.db.execute("COMMIT")
+        with self._writing():
+            self.db.execute("DELETE FROM models WHERE shard = ?", (shard,))
+            self.db.execute("DELETE FROM shards WHERE name = ?", (shard,))
+            self._bump()
         return names
 
     def record_failure(self, name: str | None, ref: str, error: str) -> None:
@@ -307,13 +316,8 @@ class Catalog:
     def _insert_failures(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing():
             self.db.executemany("INSERT INTO failures(name, ref, error, time) VALUES(?, ?, ?, ?)", rows)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def set_state(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO state(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",

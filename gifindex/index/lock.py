@@ -41,7 +41,22 @@ class WriterLock:
 
 
 def writer_active(root: Path) -> bool:
-    """Whether a live process holds the writer lock of the index at ``root`` (read without locking)."""
+    """Whether another process holds the writer lock of the index at ``root``: the lock itself is tried (a pid
+    file left by a killed writer, whose pid may have been reused, says nothing); where it cannot be opened (a
+    read-only index), the recorded pid is asked whether it lives."""
+    lock = FileLock(str(root / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return _owner_alive(root)
+    lock.release()
+    return False
+
+
+def _owner_alive(root: Path) -> bool:
+    """Whether the pid recorded beside the lock names a live process."""
     try:
         pid = int(_owner(root / ".lock.owner") or "")
         os.kill(pid, 0)

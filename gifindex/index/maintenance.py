@@ -172,6 +172,7 @@ def repair(files: IndexFiles, wait: float = 0.0) -> dict[str, Any]:
                 probes_rewritten = True
                 log.warning("rewrote %s: the configuration redraws exactly the recorded probes", PROBES_FILE)
         tombstones_rewritten = _rewrite_tombstones(files)
+        kept_removals = _settle_interrupted_removals(files)
         quarantined: dict[str, dict[str, Any]] = {}
         for shard, reason in bad_shards(files).items():
             source = shard_dir(files.root) / shard
@@ -198,7 +199,32 @@ def repair(files: IndexFiles, wait: float = 0.0) -> dict[str, Any]:
     return {"quarantined": quarantined, "removed": removed, "models": int(index.ntotal),
             "reingest": sorted(n for q in quarantined.values() for n in q["reingest"]),
             "adopted": adopted, "recreated_catalog": recreated, "rewrote_removed": tombstones_rewritten,
-            "rewrote_probes": probes_rewritten}
+            "rewrote_probes": probes_rewritten, "kept_interrupted_removals": kept_removals}
+
+
+def interrupted_removals(files: IndexFiles, records: Sequence[ModelRecord]) -> list[dict[str, Any]]:
+    """Entries of removed.json whose shard row the catalogue still holds: a ``remove`` killed between writing
+    removed.json and the catalogue (the model is live, but a recreated catalogue would leave it out)."""
+    live = {(r.shard, r.row) for r in records}
+    try:
+        return [t for t in read_tombstones(files.root) if (t.get("shard"), t.get("row")) in live]
+    except IndexError_:
+        return []
+
+
+def _settle_interrupted_removals(files: IndexFiles) -> list[str]:
+    """Drop the entries of interrupted removals from removed.json: the model stays, as the catalogue holds it (the
+    user saw ``remove`` fail; running it again removes the model). Returns their names."""
+    interrupted = interrupted_removals(files, files.records())
+    if not interrupted:
+        return []
+    drop = {(t.get("shard"), t.get("row")) for t in interrupted}
+    kept = [t for t in read_tombstones(files.root) if (t.get("shard"), t.get("row")) not in drop]
+    atomic_write_text(files.root / TOMBSTONES, json.dumps(kept, indent=1))
+    names = sorted(str(t.get("name")) for t in interrupted)
+    log.warning("kept %s: an interrupted remove had listed them in %s but left them indexed; run `gifindex remove` "
+                "again to remove them", ", ".join(map(repr, names)), TOMBSTONES)
+    return names
 
 
 def _rewrite_tombstones(files: IndexFiles) -> dict[str, Any] | None:
@@ -302,6 +328,12 @@ def verify(files: IndexFiles) -> dict[str, Any]:
         problems.append(f"{TOMBSTONES} is damaged (it lists the removed models a recreated catalogue leaves out); "
                         f"`gifindex verify --repair` rewrites it from the catalogue (the damaged file is kept beside "
                         "it), or restore it from a backup")
+    interrupted = interrupted_removals(files, records)
+    if interrupted:
+        names = ", ".join(sorted(repr(str(t.get("name"))) for t in interrupted))
+        problems.append(f"{TOMBSTONES} lists {names} as removed, but the catalogue still holds them (a `remove` was "
+                        "interrupted; a recreated catalogue would lose them): `gifindex verify --repair` keeps them, "
+                        "and `gifindex remove NAME` again removes one")
     mismatched, unlisted = catalogue_disagreements(files, records, registered, set(damaged))
     if mismatched:
         problems.append(f"{CATALOG_FILE} disagrees with the shards: {_some(mismatched)} point(s) to shard rows "
@@ -375,20 +407,29 @@ def _read_sum(files: IndexFiles) -> str | None:
 
 
 def _verify_search(files: IndexFiles, problems: list[str], notes: list[str], damaged: set[str] = frozenset()) -> None:
-    """search.faiss, read again while a concurrent writer changes it under verify (a race, not corruption)."""
+    """search.faiss, read again while a concurrent writer changes it under verify (a race, not corruption). A
+    problem is dropped only if the files were seen to change: one that stays the same over every reading is
+    reported, a writer active or not (a pid file left by a killed writer, or an ingest not committing, changes
+    nothing)."""
+    ever_changed = False
     for attempt in range(VERIFY_ATTEMPTS):
         generation, recorded = files.catalog.generation(), _read_sum(files)
         found_problems: list[str] = []
         found_notes: list[str] = []
         _check_search(files, files.records(), recorded, found_problems, found_notes, damaged)
         changed = generation != files.catalog.generation() or recorded != _read_sum(files)
+        ever_changed = ever_changed or changed
         if not found_problems or not (changed or writer_active(files.root)):
             break
         time.sleep(0.25 * (attempt + 1))
     else:
-        found_notes.append(f"{SEARCH_FILE} kept changing while verify read it (an ingest is writing it); "
-                           "run verify again when the writer has finished")
-        found_problems = []
+        if ever_changed:
+            found_notes.append(f"{SEARCH_FILE} kept changing while verify read it (an ingest is writing it); "
+                               "run verify again when the writer has finished")
+            found_problems = []
+        else:
+            found_notes.append(f"a writer holds the index, but {SEARCH_FILE} did not change while verify read it: "
+                               "the problem above is not a write in progress")
     problems += found_problems
     notes += found_notes
 

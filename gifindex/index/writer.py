@@ -328,7 +328,8 @@ def remove(files: IndexFiles, name: str, wait: float = 0.0) -> ModelRecord:
         if record is None:
             raise files.no_model(name)
         index = files.search_index(writable=True)
-        tombstones = read_tombstones(files.root)
+        tombstones = [t for t in read_tombstones(files.root)   # a rerun of an interrupted remove: listed once
+                      if (t.get("shard"), t.get("row")) != (record.shard, record.row)]
         tombstones.append({"shard": record.shard, "row": record.row, "name": record.name,
                            "weights_sha256": record.weights_sha256, "time": time.time()})
         try:
