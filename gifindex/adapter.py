@@ -23,8 +23,14 @@ def flatten_output(output: object) -> torch.Tensor:
         if output.dim() == 0:
             raise SignatureError("the model returned one number for the whole batch, not one output per image "
                                  "(a loss or a sum over the batch?); gifindex needs an output per image")
+        if output.numel() == 0:
+            raise SignatureError(f"the model returned an empty tensor (shape {list(output.shape)}); gifindex signs "
+                                 "models that return one output tensor per image")
         return output.reshape(output.shape[0], -1)
     parts: list[torch.Tensor] = []
+    if isinstance(output, (tuple, list)) and output and all(isinstance(item, Mapping) for item in output):
+        raise SignatureError("the model returned a dict per image (boxes, labels, scores: a detection or instance "
+                             "segmentation model?); gifindex signs models that return one output tensor per image")
     if isinstance(output, Mapping):
         items: Sequence[object] = [output[key] for key in output]
     elif isinstance(output, (tuple, list)):

@@ -46,6 +46,13 @@ def _gradients(adapter: SharedSpaceAdapter, points: torch.Tensor, targets: torch
     return grad.detach()
 
 
+def _out_of_memory(adapter: SharedSpaceAdapter, device: str | torch.device) -> str:
+    """Why a model cannot be signed on ``device`` at all, with the native input size that sets its memory."""
+    height, width = adapter.spec.size
+    return (f"out of memory on {device} even with one image per batch at the model's native input size "
+            f"{height}x{width} px; give a smaller --input-size if the model takes one, or a device with more memory")
+
+
 def gradient_field(adapter: SharedSpaceAdapter, probes: "Probes", positions: torch.Tensor,
                    batch_size: int | None = None, targets: torch.Tensor | None = None,
                    device: str | torch.device = "cpu", progress: ProgressFn | None = None) -> torch.Tensor:
@@ -74,7 +81,7 @@ def gradient_field(adapter: SharedSpaceAdapter, probes: "Probes", positions: tor
             if not is_out_of_memory(exc):
                 raise
             if chunk == 1:
-                raise SignatureError(f"out of memory on {device} even with one image per batch") from None
+                raise SignatureError(_out_of_memory(adapter, device)) from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             log.warning("out of memory on %s with %d images per batch; retrying with %d (set --batch-size lower "

@@ -3,7 +3,8 @@
 All problems in a manifest are collected with their line numbers and reported together, before any
 model is loaded. Manifests are untrusted input: the file is checked (a regular file, at most
 MAX_MANIFEST_BYTES) before it is read, parsed once with libyaml (linear in its size), and YAML aliases are
-refused (an "alias bomb" would expand a few lines into gigabytes).
+refused (an "alias bomb" would expand a few lines into gigabytes). Nor can a manifest allow code to run: an
+entry's ``trust: true`` is honoured only when the command line says ``--trust`` too (``with_defaults``).
 """
 from __future__ import annotations
 
@@ -23,12 +24,22 @@ MAX_MANIFEST_BYTES = 256 << 20   # 256 MiB: about two million entries
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SCALARS = (str, int, float, bool, type(None))
 
+# model files named after their file name (a Lightning checkpoint, a `.pth.tar` too: "m.pth.tar" is "m")
+NAMED_BY_STEM = (".pt", ".pth", ".bin", ".safetensors", ".ts", ".jit", ".ckpt", ".tar")
+MAX_INPUT_SIZE = 8192   # pixels: --input-size / input_size above this is a mistake, not a model (--resolution: 2048)
+
 FIELDS = ("name", "ref", "weights", "arch", "num_classes", "input_size", "mean", "std", "output", "tags",
           "trust", "random_init")
 
 
 class ManifestError(GifindexError):
     """A manifest with one or more problems (all listed, with line numbers)."""
+
+
+# why an entry's own `trust: true` is refused without the command line's --trust
+UNTRUSTED_REQUEST = ("the manifest asks for trust: true, but a manifest cannot allow code to run by itself (loading "
+                     "this model may run code from its files); pass --trust on the command line if you trust the "
+                     "files the manifest names")
 
 
 @dataclass
@@ -47,8 +58,14 @@ class ModelEntry:
     tags: dict[str, Any] = field(default_factory=dict)
     trust: bool = False
     random_init: bool = False
+    # a manifest entry's own `trust: true`: a request only the command line's --trust grants (see with_defaults)
+    trust_asked: bool = False
 
     def load_kwargs(self) -> dict[str, Any]:
+        """How ``load_model`` loads this entry; an entry whose manifest asked for trust the command line did not
+        give is refused here (ingest reports it as that entry's failure)."""
+        if self.trust_asked and not self.trust:
+            raise ManifestError(UNTRUSTED_REQUEST)
         return {"arch": self.arch, "weights": self.weights, "num_classes": self.num_classes,
                 "input_size": self.input_size, "mean": self.mean, "std": self.std, "trust": self.trust,
                 "random_init": self.random_init}
@@ -71,8 +88,10 @@ class ModelEntry:
     def display_name(self) -> str:
         if self.name:
             return self.name
-        if any(self.ref.lower().endswith(s) for s in (".pt", ".pth", ".bin", ".safetensors", ".ts", ".jit")):
-            return Path(self.ref).stem.strip() or Path(self.ref).stem   # "resnet .pt" is named "resnet"
+        if any(self.ref.lower().endswith(s) for s in NAMED_BY_STEM):
+            stem = Path(self.ref).stem
+            stem = stem[:-4] if self.ref.lower().endswith(".pth.tar") and len(stem) > 4 else stem   # "m.pth.tar": m
+            return stem.strip() or stem   # "resnet .pt" is named "resnet"
         if Path(self.ref).is_dir():  # a Hugging Face model folder: its folder name
             return Path(self.ref).name.strip() or Path(self.ref).name
         return self.ref
@@ -98,6 +117,8 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
         value = data.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             errors.append(f"line {line}: {key!r} must be a positive integer, got {value!r}")
+        elif key == "input_size" and value is not None and value > MAX_INPUT_SIZE:
+            errors.append(f"line {line}: 'input_size' {value} is above the {MAX_INPUT_SIZE} px limit")
     for key in ("mean", "std"):
         value = data.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -146,7 +167,7 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
                       mean=tuple(data["mean"]) if data.get("mean") else None,  # type: ignore[arg-type]
                       std=tuple(data["std"]) if data.get("std") else None,  # type: ignore[arg-type]
                       output=data.get("output"), tags=dict(data.get("tags") or {}),
-                      trust=bool(data.get("trust", False)), random_init=bool(data.get("random_init", False)))
+                      trust_asked=bool(data.get("trust", False)), random_init=bool(data.get("random_init", False)))
     if len(errors) > before:
         return None
     problem = text_problem(entry.display_name(), "name", stored=True)
@@ -267,7 +288,8 @@ def read_manifest(path: str | Path) -> list[ModelEntry]:
 def with_defaults(entry: ModelEntry, defaults: dict[str, Any]) -> ModelEntry:
     """``entry`` with the command line's loading options (``ingest --manifest M --random-init ...``) as
     defaults for what it leaves unset. Options that cannot apply to the entry's kind are left out:
-    ``arch`` only for model files, ``random_init`` only for named models without a ``weights`` file."""
+    ``arch`` only for model files, ``random_init`` only for named models without a ``weights`` file. ``trust`` from
+    the command line trusts every entry, which also grants an entry's own ``trust: true`` (a manifest alone cannot)."""
     from .errors import GifindexError
     from .refs import FILE_SUFFIXES, parse_ref
 
@@ -282,4 +304,6 @@ def with_defaults(entry: ModelEntry, defaults: dict[str, Any]) -> ModelEntry:
         if (key == "arch" and not is_file) or (key == "random_init" and (is_file or entry.weights)):
             continue
         changes[key] = tuple(value) if key in ("mean", "std") else value
+    if changes.get("trust"):
+        changes["trust_asked"] = False   # granted: stored as any trusted entry is
     return replace(entry, **changes) if changes else entry

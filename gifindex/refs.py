@@ -3,8 +3,8 @@
 Forms: ``timm:NAME[.TAG]``, ``torchvision:NAME`` (alias ``tv:NAME``), ``taskonomy:TASK``,
 ``hf-hub:ORG/NAME`` (also timm's spelling ``hf_hub:ORG/NAME``), a local Hugging Face model folder
 (``config.json`` with timm's ``architecture`` + ``model.safetensors`` or ``pytorch_model.bin``) and local
-files (``.pt``, ``.pth``, ``.bin``, ``.safetensors``, TorchScript ``.ts``/``.torchscript``/``.jit``, or any
-existing file; the loader sniffs the content, not the name).
+files (``.pt``, ``.pth``, ``.bin``, ``.safetensors``, TorchScript ``.ts``/``.torchscript``/``.jit``, checkpoints
+``.ckpt``/``.pth.tar``, or any existing file; the loader sniffs the content, not the name).
 Parsing checks syntax and, for files and folders, existence; names are validated by the loaders.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ HF_FOLDER_CONFIG = "config.json"
 HF_FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
-FILE_SUFFIXES = WEIGHT_SUFFIXES + TORCHSCRIPT_SUFFIXES
+CHECKPOINT_SUFFIXES = (".ckpt", ".tar")   # Lightning's checkpoints; `.pth.tar` (torch.save under a tar-like name)
+FILE_SUFFIXES = WEIGHT_SUFFIXES + TORCHSCRIPT_SUFFIXES + CHECKPOINT_SUFFIXES
 
 # Encoders published by visualpriors (Sax et al.), by their visualpriors names.
 TASKONOMY_TASKS = (
@@ -143,11 +144,28 @@ def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
 def folder_models(text: str) -> list[str] | None:
     """The model files directly inside ``text`` (sorted) when it is a folder of them rather than one Hugging Face
     model folder (no ``config.json``); None for anything else, which is then read as one reference."""
+    files = _folder_files(text)
+    return None if files is None else sorted(str(f) for f in files if f.suffix.lower() in FILE_SUFFIXES)
+
+
+def folder_left_out(text: str) -> dict[str, int]:
+    """The files of a folder of model files (:func:`folder_models`) that it leaves out, counted by extension
+    (``""``: none): a folder ingest says so rather than skipping them silently."""
+    counts: dict[str, int] = {}
+    for child in _folder_files(text) or []:
+        kind = child.suffix.lower()
+        if kind not in FILE_SUFFIXES:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _folder_files(text: str) -> list[Path] | None:
+    """The visible regular files directly inside ``text`` when it is a folder but not a Hugging Face model folder
+    (no ``config.json``); None otherwise."""
     path = Path(text).expanduser()
     if not path.is_dir() or (path / HF_FOLDER_CONFIG).exists():
         return None
-    return sorted(str(child) for child in path.iterdir()
-                  if child.suffix.lower() in FILE_SUFFIXES and child.is_file() and not child.name.startswith("."))
+    return [child for child in path.iterdir() if child.is_file() and not child.name.startswith(".")]
 
 
 def absolute_ref(text: str) -> str:

@@ -150,6 +150,7 @@ def test_the_command_line_indexes_it_and_loads_it_again_from_anywhere(user_code,
     torch.save(namespace["LeNetish"](num_classes=7).state_dict(), tmp_path / "fresh.pt")
     (tmp_path / "m.yaml").write_text("- name: viaManifest\n  ref: fresh.pt\n  arch: python:netdefs.py:LeNetish\n"
                                      "  num_classes: 7\n  input_size: 28\n  trust: true\n")
-    _run("ingest", "-i", index, "--manifest", tmp_path / "m.yaml", "--no-progress", "--executor", "inline")
+    _run("ingest", "-i", index, "--manifest", tmp_path / "m.yaml", "--no-progress", "--executor", "inline",
+         "--trust")   # a manifest's own trust: true needs the command line's too
     listed = {m["name"]: m for m in json.loads(_run("list", "-i", index, "--json").stdout)}
     assert listed["viaManifest"]["metadata"]["load"]["arch"] == f"python:{code.resolve()}:LeNetish"

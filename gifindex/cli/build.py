@@ -29,8 +29,8 @@ from .options import (FiniteFloat, check_device, is_number, config_from, config_
 @config_options
 @click.option("--search", "search_kind", type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfpq"]), default="auto",
               show_default=True, help="auto: exhaustive exact search (flat) up to 128 MiB of signatures, then ivf "
-              "(probed lists plus a PCA screen, scored exactly) while they fit --flat-budget-mb, then ivfpq; flat: always "
-              "exhaustive; hnsw / ivfpq: approximate (PCA to 256 dims first), re-ranked exactly")
+              "(probed lists plus a PCA screen, scored exactly) while they fit --flat-budget-mb, then ivfpq; flat: "
+              "always exhaustive; hnsw / ivfpq: approximate (PCA to 256 dims first), re-ranked exactly")
 @click.option("--flat-budget-mb", type=FiniteFloat(0, min_open=True), default=4096.0, show_default=True,
               help="auto search: memory for the float16 signatures (flat / ivf) before switching to ivfpq")
 @click.option("--device", default="cpu", show_default=True, help="device for PGD probe generation")
@@ -164,7 +164,7 @@ def _numbers_as_refs(refs: tuple[str, ...]) -> None:
 def _expand_folders(refs: tuple[str, ...], quiet: bool) -> tuple[str, ...]:
     """Each folder of model files given as a REF becomes its files (a Hugging Face model folder stays one REF; a
     folder without model files stays, and fails as any model that cannot be read does)."""
-    from ..refs import folder_models
+    from ..refs import folder_left_out, folder_models
     out: list[str] = []
     for ref in refs:
         files = folder_models(ref)
@@ -172,9 +172,20 @@ def _expand_folders(refs: tuple[str, ...], quiet: bool) -> tuple[str, ...]:
             out.append(ref)
         else:
             out.extend(files)
-            if not quiet:
-                click.echo(f"folder {ref}: {len(files)} model file{'s' if len(files) != 1 else ''}", err=True)
+        if files is not None and not quiet:
+            click.echo(f"folder {ref}: {len(files)} model file{'s' if len(files) != 1 else ''}"
+                       f"{_left_out(folder_left_out(ref))}", err=True)
     return tuple(out)
+
+
+def _left_out(counts: dict[str, int]) -> str:
+    """What a folder ingest leaves out, in words (empty when nothing): how many files, of which kinds."""
+    total = sum(counts.values())
+    if not total:
+        return ""
+    kinds = ", ".join(f"{n} {kind or 'without extension'}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"; left out {total} other file{'s' if total != 1 else ''} ({kinds}), not model files by their "
+            "extension: give one by its path to have its format read from its bytes")
 
 
 def _default_conventions(entries: list[ModelEntry], report: Any) -> list[Any]:

@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from ..config import BASELINES, MODES, OUTPUTS, PROBE_KINDS, SignatureConfig
 from ..errors import GifindexError
+from ..manifest import MAX_INPUT_SIZE
 from ..methods.registry import method_names
 from ..quadrature import RULES
 from ..text import json_text
@@ -209,9 +210,10 @@ def load_options(func):
     options = [
         click.option("--arch", default=None, help="architecture of a state-dict file, e.g. timm:resnet18, or your own "
                      "class: python:FILE.py:Class (or python:package.module:Class; runs that code: needs --trust)"),
-        click.option("--num-classes", type=int, default=None, help="classifier size for --arch"),
-        click.option("--input-size", type=click.IntRange(min=1), default=None,
-                     help="override the model's native input size (pixels)"),
+        click.option("--num-classes", type=click.IntRange(min=0), default=None,
+                     help="classifier size for --arch (0: a backbone without its classifier)"),
+        click.option("--input-size", type=click.IntRange(min=1, max=MAX_INPUT_SIZE), default=None,
+                     help=f"override the model's native input size (pixels, at most {MAX_INPUT_SIZE})"),
         click.option("--mean", default=None, callback=_check_floats,
                      help="override normalisation mean: --mean 0.5 0.5 0.5 (or "
                      "'0.5 0.5 0.5', 0.5,0.5,0.5; one number: every channel, as for a grey model)"),

@@ -80,6 +80,19 @@ class Query:
     entry: ModelEntry | None = field(default=None, repr=False, compare=False)  # and the options it was loaded with
 
 
+def _loaded_files(path: str) -> list[Path]:
+    """The local files a model reference is loaded from (the file itself, or a Hugging Face model folder's weights
+    files); none for a reference that is not a local path."""
+    from ..refs import HF_FOLDER_WEIGHTS
+
+    where = Path(path)
+    if where.is_file():
+        return [where]
+    if where.is_dir():
+        return [where / name for name in HF_FOLDER_WEIGHTS if (where / name).is_file()]
+    return []
+
+
 class Index(IndexFiles):
     """A directory of model signatures that answers nearest / distance / matrix / tree queries."""
 
@@ -143,14 +156,23 @@ class Index(IndexFiles):
             raise GifindexError(f"cannot sign {entry.ref}: {result.error}")
         return result
 
-    def entry_for(self, name_or_ref: str | ModelEntry) -> ModelEntry:
+    def entry_for(self, name_or_ref: str | ModelEntry, trust: bool = False) -> ModelEntry:
         """How to load a model: an indexed name's stored loading options, or the reference itself. A model
-        indexed with random weights cannot be loaded again (a new draw is another model): an error."""
+        indexed with random weights cannot be loaded again (a new draw is another model): an error. A stored
+        ``--trust`` holds only for the bytes that were trusted: a trusted model whose file changed since it was
+        indexed is refused unless the caller trusts it now (``trust``)."""
         if isinstance(name_or_ref, ModelEntry):
             return name_or_ref
         record = self.catalog.by_name(name_or_ref)
         if record is None:
             return ModelEntry(ref=name_or_ref)
+        entry = self._stored_entry(record)
+        if entry.trust and not trust:
+            self._check_trusted_bytes(record, entry)
+        return entry
+
+    def _stored_entry(self, record: ModelRecord) -> ModelEntry:
+        """The loading options stored for ``record``, its files located (:meth:`locate`)."""
         if record.metadata.get("random_init"):
             raise GifindexError(f"model {record.name!r} was indexed with random weights (--random-init), which are "
                                 "not kept: it cannot be loaded again, only its stored signature can be used")
@@ -162,6 +184,22 @@ class Index(IndexFiles):
             if load.get(key):
                 load[key] = self.locate(record, load[key])
         return ModelEntry(name=record.name, **load)
+
+    def _check_trusted_bytes(self, record: ModelRecord, entry: ModelEntry) -> None:
+        """Refuse to apply ``record``'s stored --trust to a file whose sha256 is not the one recorded when it was
+        indexed (another pickle put at its path would run its code); a reference without a local file passes."""
+        path = entry.weights or entry.ref
+        files = _loaded_files(path)
+        if not files:
+            return
+        wanted = record.metadata.get("file_sha256")
+        found = [file_sha256(f) for f in files]
+        if wanted and wanted in found:
+            return
+        held = f"sha256 {found[0][:16]}..., trusted {wanted[:16]}..." if wanted else "no sha256 was recorded"
+        raise IndexError_(f"model {record.name!r} was indexed with --trust, but its file {path} changed since it was "
+                          f"indexed ({held}); the stored --trust applies only to the bytes that were trusted: give the "
+                          "file itself with --trust to load it as it is now, or ingest it again with --trust")
 
     def loading_entry(self, model: str | ModelEntry) -> ModelEntry:
         """The options a query model is loaded with, as :meth:`resolve` signs it: an indexed name's stored
@@ -308,7 +346,8 @@ class Index(IndexFiles):
         record = self.catalog.by_file_sha(file_sha256(Path(path)))
         if record is None:
             return entry, None
-        stored = self.entry_for(record.name) if record.metadata.get("load") else ModelEntry(ref=path)
+        # its options, not its trust: the query keeps its own (and its bytes are those indexed)
+        stored = self._stored_entry(record) if record.metadata.get("load") else ModelEntry(ref=path)
         keep = {"arch", "num_classes", "input_size", "mean", "std", "output"}
         options = {k: getattr(stored, k) for k in keep if getattr(stored, k) is not None}
         return ModelEntry(ref=entry.ref, name=entry.name, tags=entry.tags, trust=entry.trust, **options), record.name

@@ -18,10 +18,11 @@ import struct
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -290,7 +291,77 @@ def on_sys_path(folders: Iterable[str]) -> Iterator[None]:
                 pass
 
 
-def _torch_load(data: bytes, path: str, trust: bool, import_paths: Iterable[str] = ()) -> Any:
+class PickledDDP(nn.Module):
+    """What a whole pickled ``DistributedDataParallel`` is read as: its attributes, not its process group (which
+    unpickling DDP itself would ask for); :func:`unwrapped` takes out the model it wraps."""
+
+
+DDP_CLASS = ("torch.nn.parallel.distributed", "DistributedDataParallel")
+MainModule = Callable[[], ModuleType]
+
+
+def _unpickler(main: MainModule | None) -> ModuleType:
+    """A pickle module for ``torch.load`` whose unpickler reads a DistributedDataParallel as :class:`PickledDDP`,
+    and a class pickled from a script's ``__main__`` as the class of that name in ``main()`` (the user's file named
+    with ``--arch python:FILE.py:Class``; else a clear error)."""
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) == DDP_CLASS:
+                return PickledDDP
+            if module == "__main__":
+                return _main_class(name, main, super().find_class)
+            return super().find_class(module, name)
+
+    shim = ModuleType("gifindex_pickle")
+    shim.__dict__.update({k: v for k, v in vars(pickle).items() if not k.startswith("__")})
+    shim.Unpickler = Unpickler  # type: ignore[attr-defined]
+    return shim
+
+
+def _main_class(name: str, main: MainModule | None, find: Callable[[str, str], Any]) -> Any:
+    """Class ``name`` of a pickle saved from a script (``__main__``): the one the user's file defines, else (no file
+    named) the running program's own, as pickle finds it (a Python caller that defines the class itself)."""
+    try:
+        found = getattr(main(), name, None) if main is not None else find("__main__", name)
+    except AttributeError:
+        found = None
+    if found is None:
+        where = "the file --arch names defines none" if main is not None else "gifindex cannot import that script"
+        raise ModelLoadError(f"its class {name!r} was defined in a script's __main__ (the script that saved it) and "
+                             f"{where}; re-save a state dict (torch.save(model.state_dict(), PATH)) and pass --arch "
+                             f"python:FILE.py:{name} --trust, or name the file that defines it with --arch "
+                             f"python:FILE.py:{name}")
+    return found
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The network inside the wrappers training saves whole with it: ``DataParallel`` and
+    ``DistributedDataParallel`` (``.module``), ``torch.compile``'s ``OptimizedModule`` (``._orig_mod``); so it is
+    named, normalised and hashed as itself, and a compiled one is not compiled again when it runs."""
+    for _ in range(8):   # wrappers of wrappers; a few at most
+        inner = _wrapped(module)
+        if inner is None:
+            break
+        module = inner
+    for sub in () if isinstance(module, torch.jit.ScriptModule) else module.modules():
+        if getattr(sub, "_compiled_call_impl", None) is not None:   # `model.compile()` in place: run it uncompiled
+            sub._compiled_call_impl = None
+    return module
+
+
+def _wrapped(module: nn.Module) -> nn.Module | None:
+    """The module a training wrapper holds (see :func:`unwrapped`), or None when ``module`` is no wrapper."""
+    if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel, PickledDDP)):
+        inner = getattr(module, "module", None)
+    elif type(module).__name__ == "OptimizedModule":   # by name: torch._dynamo is not imported for the check
+        inner = getattr(module, "_orig_mod", None)
+    else:
+        return None
+    return inner if isinstance(inner, nn.Module) else None
+
+
+def _torch_load(data: bytes, path: str, trust: bool, import_paths: Iterable[str] = (),
+                main: MainModule | None = None) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -302,7 +373,9 @@ def _torch_load(data: bytes, path: str, trust: bool, import_paths: Iterable[str]
         raise ModelLoadError(f"cannot read {path}: corrupt or truncated file ({_first_line(e)}); {REFIX}")
     try:
         with on_sys_path(import_paths):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_unpickler(main))
+    except ModelLoadError as e:   # said in full where it was found (a class from a script's __main__)
+        raise ModelLoadError(f"cannot load {path} (trusted pickle): {e}") from None
     except ImportError as e:  # the pickle names a module of classes that is not importable here
         module = getattr(e, "name", None)
         raise ModelLoadError(f"cannot load {path} (trusted pickle): it needs module {module or '?'!r} for its "
@@ -330,9 +403,11 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def read_weights_file(path: str | Path, *, trust: bool = False, import_paths: Iterable[str] = ()) -> WeightsFile:
+def read_weights_file(path: str | Path, *, trust: bool = False, import_paths: Iterable[str] = (),
+                      main: MainModule | None = None) -> WeightsFile:
     """Read ``path`` as a state dict (or, with ``trust``, a pickled module / TorchScript archive, its floating-point
-    tensors in float32). A trusted pickle is unpickled with ``import_paths`` on ``sys.path`` (its classes' modules)."""
+    tensors in float32, out of its training wrappers). A trusted pickle is unpickled with ``import_paths`` on
+    ``sys.path`` (its classes' modules), and classes pickled from a script's ``__main__`` taken from ``main()``."""
     path = str(path)
     check_path(path)
     try:
@@ -382,7 +457,7 @@ def read_weights_file(path: str | Path, *, trust: bool = False, import_paths: It
         except Exception as e:
             raise ModelLoadError(f"cannot load TorchScript archive {path}: {_first_line(e)}")
         return WeightsFile(path, fmt, sha, module=_own_module(module, path))
-    obj = _torch_load(data, path, trust, import_paths)
+    obj = _torch_load(data, path, trust, import_paths, main)
     if isinstance(obj, nn.Module):
         return WeightsFile(path, fmt, sha, module=_own_module(obj, path))
     if isinstance(obj, dict):
@@ -393,8 +468,9 @@ def read_weights_file(path: str | Path, *, trust: bool = False, import_paths: It
 
 
 def _own_module(module: nn.Module, path: str) -> nn.Module:
+    """A module read from ``path`` as gifindex signs it: out of its training wrappers, in float32."""
     try:
-        return as_float32(module)
+        return as_float32(unwrapped(module))
     except Exception as e:  # noqa: BLE001 - a module whose own code refuses the conversion
         raise ModelLoadError(f"cannot convert {path} to float32 (the precision gifindex signs in): "
                              f"{_first_line(e)}") from None

@@ -43,7 +43,10 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
     python_arch = pyclass.canonical(arch) if pyclass.is_python_arch(arch) else None
     # a trusted pickle's classes are imported as `python` run here would find them: beside a class file named with
     # --arch python:FILE.py:Class, then in the working folder
-    wf = read_weights_file(path, trust=trust, import_paths=[*pyclass.folders(python_arch), str(Path.cwd())])
+    # and a class pickled from a script's __main__ is that file's class of the same name
+    main = (lambda: pyclass.user_module(python_arch, trust)) if python_arch is not None and trust else None
+    wf = read_weights_file(path, trust=trust, import_paths=[*pyclass.folders(python_arch), str(Path.cwd())],
+                           main=main)
     meta: dict[str, Any] = {"file": path, "format": wf.format}
     if wf.module is not None:
         kind = "torchscript" if wf.format == "torchscript" else "pickled module"
@@ -52,6 +55,8 @@ def load_file(path: str, arch: str | None, num_classes: int | None, trust: bool)
         name = getattr(wf.module, "original_name", None) or type(wf.module).__name__
         if arch is not None:
             _check_own_arch(path, wf.module, kind, name, python_arch or arch)
+        if num_classes is not None:
+            _check_own_classes(path, wf.module, kind, name, num_classes)
         spec = InputSpec()
         if hasattr(wf.module, "pretrained_cfg"):  # a timm model saved whole: its own convention goes with it
             spec = _own_spec(wf.module, path)
@@ -113,6 +118,20 @@ def _check_own_arch(path: str, module: Any, kind: str, name: str, arch: str) -> 
         named = f"--arch {arch} does not apply to it"
     raise ConfigError(f"{path} is {what} (class {name!r}): it carries its own architecture, and {named}; drop "
                       "--arch, which applies to state dicts only")
+
+
+def _check_own_classes(path: str, module: Any, kind: str, name: str, num_classes: int) -> None:
+    """``--num-classes`` given for a whole module, whose classifier is part of it: accepted only where it is that
+    classifier's size, else refused rather than silently ignored (as ``--arch`` is)."""
+    from gifindex.models import num_outputs
+
+    own = num_outputs(module)
+    if own == num_classes:
+        return
+    what = "a TorchScript archive" if kind == "torchscript" else "a whole pickled module"
+    has = f"its classifier has {own} outputs" if own is not None else "its classifier is part of it"
+    raise ConfigError(f"{path} is {what} (class {name!r}): it carries its own architecture ({has}), so --num-classes "
+                      f"{num_classes} does not apply; drop --num-classes, which applies to state dicts only")
 
 
 def _own_spec(module: Any, path: str) -> InputSpec:

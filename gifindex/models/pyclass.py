@@ -16,10 +16,11 @@ import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from gifindex.errors import ConfigError, ModelLoadError, UntrustedFileError
-from gifindex.models.files import fitting, on_sys_path
+from gifindex.models.files import check_weight_dtypes, fitting, on_sys_path
 
 if TYPE_CHECKING:  # torch is imported where a class is built: manifests read this module without paying for it
     import torch
@@ -150,16 +151,14 @@ def _import_package_module(target: str, path: Path, root: Path, dotted: str):
     return module
 
 
-def build(arch: str, num_classes: int | None, trust: bool) -> nn.Module:
-    """An untrained instance of the class ``arch`` names (imported only with ``trust``)."""
-    import torch.nn as nn
-
-    target, class_name = _split(arch)
+def user_module(arch: str, trust: bool) -> ModuleType:
+    """The module that defines ``arch``'s class, imported (only with ``trust``: importing runs its code)."""
+    target, _ = _split(arch)
     if not trust:
         raise UntrustedFileError(f"--arch {arch}: building it imports {target} and runs its code; pass --trust if "
                                  "you trust that code")
     try:
-        module = _import(target)
+        return _import(target)
     except ModelLoadError:
         raise
     except ImportError as e:
@@ -173,6 +172,14 @@ def build(arch: str, num_classes: int | None, trust: bool) -> nn.Module:
     except Exception as e:  # the user's code failed to import: its first line says why
         raise ModelLoadError(f"--arch {arch}: cannot import {target}: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def build(arch: str, num_classes: int | None, trust: bool) -> nn.Module:
+    """An untrained instance of the class ``arch`` names (imported only with ``trust``)."""
+    import torch.nn as nn
+
+    target, class_name = _split(arch)
+    module = user_module(arch, trust)
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ModelLoadError(f"--arch {arch}: {target} defines no {class_name!r}")
@@ -195,9 +202,11 @@ def build(arch: str, num_classes: int | None, trust: bool) -> nn.Module:
 
 
 def load_into(net: nn.Module, state_dict: dict[str, torch.Tensor], arch: str) -> None:
-    """Load ``state_dict`` into ``net`` exactly; a mismatch names the keys (at most three of each kind)."""
+    """Load ``state_dict`` into ``net`` exactly; a mismatch names the keys (at most three of each kind), and integer
+    or complex tensors for floating-point ones are refused, as for every architecture (never silently cast)."""
     own = net.state_dict()
     state_dict = fitting(state_dict, own)
+    check_weight_dtypes(net, state_dict, f"--arch {arch}")
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own

@@ -48,6 +48,10 @@ class InputSpec:
             size = (size, size)
         if size is not None and (len(tuple(size)) != 2 or not all(_positive_int(v) for v in size)):
             raise ConfigError(f"input size: expected a positive number of pixels, got {size!r}")
+        problem = next((convention_problem("input_size", v) for v in size or () if convention_problem("input_size", v)),
+                       None)
+        if problem:
+            raise ConfigError(f"input size: {problem}")
         return InputSpec(
             size=tuple(size) if size is not None else self.size,  # type: ignore[arg-type]
             mean=_per_channel(mean, "mean") if mean is not None else self.mean,
@@ -87,7 +91,11 @@ def convention_problem(name: str, value: Any) -> str | None:
     a positive integer. The one check the command line, manifests (gifindex.manifest), the Python API
     (``InputSpec.with_overrides``) and a model folder's ``pretrained_cfg`` share."""
     if name == "input_size":
-        return None if _positive_int(value) else f"expected a positive integer, got {value!r}"
+        from ..manifest import MAX_INPUT_SIZE
+
+        if not _positive_int(value):
+            return f"expected a positive integer, got {value!r}"
+        return None if value <= MAX_INPUT_SIZE else f"{value} px is above the {MAX_INPUT_SIZE} px limit"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) not in (1, 3) or \
