@@ -126,7 +126,24 @@ def test_stored_trust_refused_for_a_changed_file(tmp_path):
     with Index.open(root) as index:
         with pytest.raises(IndexError_, match="changed since it was indexed"):
             index.entry_for("m")
-        assert index.entry_for("m", trust=True).trust   # trusted again by the caller: goes on
+        with pytest.raises(IndexError_, match="its stored signature is of the old bytes"):   # trusted, still not m
+            index.entry_for("m", trust=True)
+
+
+def test_an_indexed_state_dict_whose_file_changed_is_refused_by_name(tmp_path):
+    """A changed state-dict file was loaded silently by --exact, the fingerprint checks and unlearning: a copy
+    of other weights judged under the indexed model's name (and cached so)."""
+    root = _index(tmp_path)
+    for name, seed in (("m", 1), ("n", 2)):
+        torch.save(_timm(seed).state_dict(), tmp_path / f"{name}.pt")
+    with Index.open(root) as index:
+        index.ingest([ModelEntry(ref=str(tmp_path / f"{n}.pt"), name=n, arch="timm:test_resnet", num_classes=4,
+                                 **SMALL) for n in "mn"])
+    torch.save(_timm(3).state_dict(), tmp_path / "m.pt")          # same path, other weights
+    code, text = _cli(["distance", "-i", root, "m", "n", "--exact"])
+    assert code == 1 and "changed since it was indexed" in text and "another name" in text, text
+    code, text = _cli(["distance", "-i", root, tmp_path / "m.pt", "n", "--exact"])   # the file itself: as it is now
+    assert code == 0, text
 
 
 # 3. a python: class refuses weights it would have to cast -------------------------------------------------------

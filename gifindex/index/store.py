@@ -167,8 +167,7 @@ class Index(IndexFiles):
         if record is None:
             return ModelEntry(ref=name_or_ref)
         entry = self._stored_entry(record)
-        if entry.trust and not trust:
-            self._check_trusted_bytes(record, entry)
+        self._check_indexed_bytes(record, entry, trusted_before=entry.trust and not trust)
         return entry
 
     def _stored_entry(self, record: ModelRecord) -> ModelEntry:
@@ -185,21 +184,28 @@ class Index(IndexFiles):
                 load[key] = self.locate(record, load[key])
         return ModelEntry(name=record.name, **load)
 
-    def _check_trusted_bytes(self, record: ModelRecord, entry: ModelEntry) -> None:
-        """Refuse to apply ``record``'s stored --trust to a file whose sha256 is not the one recorded when it was
-        indexed (another pickle put at its path would run its code); a reference without a local file passes."""
+    def _check_indexed_bytes(self, record: ModelRecord, entry: ModelEntry, trusted_before: bool) -> None:
+        """Refuse to load ``record`` from a file whose sha256 is not the one recorded when it was indexed: its
+        stored signature is of the old bytes (an exact distance, a fingerprint check or an unlearning test would
+        mix two models), and a stored ``--trust`` covers only the bytes that were trusted (another pickle put at
+        its path would run its code). A reference without a local file, or none recorded, passes."""
         path = entry.weights or entry.ref
         files = _loaded_files(path)
-        if not files:
-            return
         wanted = record.metadata.get("file_sha256")
+        if not files or (not wanted and not trusted_before):
+            return
         found = [file_sha256(f) for f in files]
         if wanted and wanted in found:
             return
-        held = f"sha256 {found[0][:16]}..., trusted {wanted[:16]}..." if wanted else "no sha256 was recorded"
-        raise IndexError_(f"model {record.name!r} was indexed with --trust, but its file {path} changed since it was "
-                          f"indexed ({held}); the stored --trust applies only to the bytes that were trusted: give the "
-                          "file itself with --trust to load it as it is now, or ingest it again with --trust")
+        held = f"sha256 {found[0][:16]}..., indexed {wanted[:16]}..." if wanted else "no sha256 was recorded"
+        if trusted_before:
+            raise IndexError_(f"model {record.name!r} was indexed with --trust, but its file {path} changed since it "
+                              f"was indexed ({held}); the stored --trust applies only to the bytes that were trusted: "
+                              "give the file itself with --trust to load it as it is now, or ingest it again with "
+                              "--trust")
+        raise IndexError_(f"model {record.name!r}: its file {path} changed since it was indexed ({held}); its stored "
+                          "signature is of the old bytes: restore the file, or ingest the new one under another name "
+                          "(or give the file itself, not the indexed name, to use it as it is now)")
 
     def loading_entry(self, model: str | ModelEntry) -> ModelEntry:
         """The options a query model is loaded with, as :meth:`resolve` signs it: an indexed name's stored
