@@ -1,10 +1,11 @@
 """Where a one-off command's signatures come from: an index, or a signature configuration.
 
 ``gifindex distance`` and ``gifindex unlearning`` work with or without an index; ``nearest`` and ``suspect``
-need one. The rule, in one place: an index is used when no configuration option was given and either it
-exists or it was named explicitly (a named index that does not exist is an error); otherwise the models
-are signed with the given configuration. Model arguments are indexed names or model references; a
-reference is loaded with the command's loading options.
+need one. The rule, in one place: an index is used when it exists or was named explicitly (a named index that
+does not exist is an error). Without configuration options its configuration and signatures are used; with
+them the models are signed exactly with the given configuration, and the index only says what its indexed names
+are and how they are loaded (a configuration option never makes an indexed name unknown). Model arguments are
+indexed names or model references; a reference is loaded with the command's loading options.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Session:
     config: SignatureConfig
     index: Index | None = None
     load: dict[str, Any] = field(default_factory=dict)
+    own_config: bool = False  # configuration options given: sign with ``config``, the index only names models
 
     @classmethod
     def at(cls, index_path: str | Path, load: dict[str, Any] | None = None) -> "Session":
@@ -42,11 +44,16 @@ class Session:
     @classmethod
     def choose(cls, index_path: str | Path, config: SignatureConfig, *, config_given: bool, explicit: bool,
                load: dict[str, Any] | None = None) -> "Session":
-        """The index at ``index_path`` unless configuration options were given (``config_given``); it is used
-        when it exists or was named ``explicit``-ly (then opening a missing one is the error the user sees)."""
-        if not config_given and (explicit or index_exists(index_path)):
-            return cls.at(index_path, load)
-        return cls(config, None, dict(load or {}))
+        """The index at ``index_path`` when it exists or was named ``explicit``-ly (then opening a missing one is
+        the error the user sees). With configuration options (``config_given``) models are signed with ``config``
+        and the index serves only its names (their stored loading options): dropping it would make the names the
+        user gave unknown."""
+        if not (explicit or index_exists(index_path)):
+            return cls(config, None, dict(load or {}))
+        session = cls.at(index_path, load)
+        if config_given:
+            session.config, session.own_config = config, True
+        return session
 
     def model(self, ref: str) -> str | ModelEntry:
         """What index queries take: an indexed name as it is, anything else as a reference to sign."""
@@ -95,12 +102,16 @@ class Session:
         return entry, reused, None
 
     def probes(self, device: str = "cpu") -> Probes:
-        return self.index.probes if self.index is not None else make_probes(self.config, device=device)
+        """The index's probes, or those of the configuration given (``own_config``, or no index)."""
+        if self.index is not None and not self.own_config:
+            return self.index.probes
+        return make_probes(self.config, device=device)
 
     def distance(self, a: str, b: str, exact: bool = False, device: str = "cpu",
                  batch_size: int | str | None = 32) -> tuple[float, str]:
-        """(distance, kind): ``compressed`` from the index's signatures, else ``exact`` under the method."""
-        if self.index is not None and not exact:
+        """(distance, kind): ``compressed`` from the index's signatures, else (``exact``, or a configuration of
+        its own) ``exact`` under the method."""
+        if self.index is not None and not exact and not self.own_config:
             value = self.index.distance(self.model(a), self.model(b), device=device, batch_size=batch_size)
             return value, "compressed"
         entries = [self._exact_entry(ref) for ref in (a, b)]   # both checked before either is signed

@@ -175,6 +175,7 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     _require_owner(index, owner)
     with index.writer(wait=wait):  # fail now, not after minutes of training, if the index cannot be written
         pass
+    fitted_for = index.catalog.by_name(owner)  # the weights the fingerprint is of, whatever the index holds later
     loaded = _owner_model(index, owner, device)
     helper_archs, from_index = expand_helper_archs(helper_archs, index, owner, loaded)
     if from_index is not None:
@@ -222,9 +223,10 @@ def fit_probes(index: "Index", owner: str, data: str, *, helper_archs: Sequence[
     fingerprint = fit_fingerprint(loaded, owner_data, config, device=device, progress=progress, queries=logged,
                                   query_labels=reviewed, helpers=helpers)
     # which indexed weights it belongs to: `suspect` refuses it for another model later indexed under this name
-    fingerprint.recipe["index_weights_sha256"] = index.catalog.by_name(owner).weights_sha256
+    fingerprint.recipe["index_weights_sha256"] = fitted_for.weights_sha256
     path = fingerprint_path(index.root, owner)
     with index.writer(wait=wait):
+        _require_same_owner(index, fitted_for)
         replaced = (datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
                     if path.is_file() else None)
         save_fingerprint(fingerprint, path)
@@ -310,6 +312,20 @@ def _require_owner(index: "Index", owner: str) -> None:
         close = index.similar_names(owner, 1)
         hint = f"; did you mean {close[0]!r}?" if close else "; ingest the owner's model first"
         raise GifindexError(f"no model named {owner!r} in the index{hint}")
+
+
+def _require_same_owner(index: "Index", fitted_for: "ModelRecord") -> None:
+    """Under the writer lock, before a fingerprint is stored: the owner's name must still hold the weights it was
+    fitted for (``fitted_for``, read when the fit began). Removed, or another model indexed under the name while the
+    helpers trained, the fingerprint would be stored for weights it is not of, and judge suspects of another model."""
+    now = index.catalog.by_name(fitted_for.name)
+    if now is None:
+        raise GifindexError(f"{fitted_for.name!r} was removed from the index while its fingerprint was fitted: "
+                            "nothing stored; ingest it again and fit again")
+    if now.weights_sha256 != fitted_for.weights_sha256:
+        raise GifindexError(f"{fitted_for.name!r} now holds other weights ({now.weights_sha256[:12]}) than those its "
+                            f"fingerprint was fitted for ({fitted_for.weights_sha256[:12]}), indexed while it was "
+                            "fitted: nothing stored; fit again for the model indexed now")
 
 
 def _owner_model(index: "Index", owner: str, device: str):

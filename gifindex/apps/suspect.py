@@ -32,6 +32,7 @@ from .ranking import EvidenceCache, rank_all, rank_verdict, require_population, 
 
 if TYPE_CHECKING:
     from ..index import Index
+    from ..index.catalog import ModelRecord
     from ..manifest import ModelEntry
 
 MIN_POPULATION = 3
@@ -115,9 +116,34 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size, fallback=owners_convention(owner_q))
     entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
-    fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
+    identities = indexed_as(index, owner_q), indexed_as(index, sus_q)
+    fingerprint = owner_fingerprint(index, identities[0].name) if use_fingerprint and identities[0] else None
     return _suspect_resolved(index, sus_q, owner_q, fingerprint, entry, lambda: _loaded(sus_q, entry, device),
-                             z_threshold, exclude, device, budget, on_model)
+                             z_threshold, exclude, device, budget, on_model, identities=identities)
+
+
+def indexed_as(index: "Index", query: Any) -> "ModelRecord | None":
+    """The indexed model (its catalogue record) a resolved query is: an indexed name's record; for a model signed on
+    the fly, the indexed model holding the same weights in the same input convention (its content hash, as ingest
+    computes it), else None. A fingerprint belongs to a record, and a verdict's population leaves out the owner and
+    the suspect by record: never by a name taken from a file, which may be any indexed model's name."""
+    if query.record is not None:
+        return query.record
+    if query.model is None:
+        return None
+    from ..ingest import content_hashes
+
+    output = (query.entry.output if query.entry is not None else None) or index.config.output
+    current, older = content_hashes(query.model, output)
+    return next((record for sha in (current, *older) if (record := index.catalog.by_sha(sha)) is not None), None)
+
+
+def query_name(index: "Index", query: Any) -> str:
+    """How a verdict names a resolved query: an indexed model by its name; a model signed on the fly by its file
+    name, or by its reference as given where that file name is an indexed model's (which it is not)."""
+    if query.record is not None or index.catalog.by_name(query.name) is None:
+        return query.name
+    return query.entry.ref if query.entry is not None else f"{query.name} (not indexed)"
 
 
 def owners_convention(owner_q: Any) -> tuple[dict[str, Any], str] | None:
@@ -159,14 +185,17 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
                       exclude: Sequence[str], device: str, budget: float | None,
                       on_model: Callable[[str, int, int], None] | None,
                       cache: EvidenceCache | None = None,
-                      indexed: tuple[list[Any], np.ndarray] | None = None) -> dict[str, Any]:
+                      indexed: tuple[list[Any], np.ndarray] | None = None,
+                      identities: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """:func:`suspect` on a resolved suspect and owner; ``suspect_model()`` gives the suspect's model (as loaded
     from ``entry``) when the owner's ``fingerprint`` (None: none, or not used) must judge it; ``cache``: the owner's
-    evidence cache when already open (a ranking's); ``indexed``: ``index.vectors()``, when already read."""
-    owner_vec, owner_name = owner_q.vector, owner_q.name
-    sus_vec, sus_name = sus_q.vector, sus_q.name
+    evidence cache when already open (a ranking's); ``indexed``: ``index.vectors()``, when already read;
+    ``identities``: the owner's and the suspect's :func:`indexed_as`, when already known."""
+    owner_rec, sus_rec = identities or (indexed_as(index, owner_q), indexed_as(index, sus_q))
+    owner_vec, owner_name = owner_q.vector, query_name(index, owner_q)
+    sus_vec, sus_name = sus_q.vector, query_name(index, sus_q)
     records, vectors = indexed or index.vectors()
-    keep = _others(records, exclude, owner_q, sus_q)
+    keep = _others(records, exclude, owner_rec, sus_rec)
     if budget is not None:  # before any model is loaded for the ranking
         require_population(len(keep), budget)
     population = signature_distances(vectors[keep], owner_vec)
@@ -175,15 +204,16 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
     out = (suspect_from_distances(d, population, z_threshold) if fingerprint is None else
            _signature_or_none(d, population, z_threshold))
     closest = sorted(zip(population.tolist(), [records[i].name for i in keep]))[:5]
-    random = [q.name for q in (sus_q, owner_q) if (q.record.metadata if q.record else q.signed).get("random_init")]
+    random = [name for q, name in ((sus_q, sus_name), (owner_q, owner_name))
+              if (q.record.metadata if q.record else q.signed).get("random_init")]
     random += [records[i].name for i in keep if records[i].metadata.get("random_init")]
     out.update({"suspect": sus_name, "owner": owner_name, "method": index.config.method,
                 "closest_population": [{"name": n, "distance": v} for v, n in closest], "random_init": random})
     if budget is None or fingerprint is None:
         cache = None
     elif cache is None:
-        cache = EvidenceCache(index.root, owner_name)
-    record = sus_q.record  # None: a model signed on the fly
+        cache = EvidenceCache(index.root, owner_rec.name)
+    record = sus_rec  # None: a model signed on the fly that no indexed model holds
     evidence = None if cache is None or record is None else cache.get(record.name, record.weights_sha256)
     if evidence is None and fingerprint is not None:
         evidence = fingerprint_evidence(fingerprint, entry, device, loaded=suspect_model())
@@ -191,13 +221,13 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
             cache.put(record.name, record.weights_sha256, evidence)
     _judge(out, evidence, z_threshold, lambda: entry)
     if budget is not None:  # every other model's verdict as `--all` gives it (the suspect among them, if indexed)
-        keep = _others(records, exclude, owner_q)
+        keep = _others(records, exclude, owner_rec)
         if len(keep) < MIN_POPULATION + 1:
             raise GifindexError(f"a verdict by rank judges every indexed model against the others: it needs at least "
                                 f"{MIN_POPULATION + 1} besides the owner (found {len(keep)})")
         judged = _judge_all(index, owner_q, keep, records, vectors, cache, fingerprint, z_threshold, device,
                             on_model)
-        population = [r["z"] for r in judged if sus_q.record is None or r["suspect"] != sus_q.record.name]
+        population = [r["z"] for r in judged if sus_rec is None or r["suspect"] != sus_rec.name]
         rank = rank_verdict(out["z"], population, budget, z_threshold)
         out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
     return out
@@ -255,27 +285,34 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
     entry_ref = ModelEntry(ref=suspect_ref) if isinstance(suspect_ref, str) and not indexed_name else suspect_ref
     signed_later = isinstance(entry_ref, ModelEntry)
     if signed_later:  # signed once per input convention its owners need (owners_convention), when first needed
-        named: Any = SimpleNamespace(record=None, name=entry_ref.display_name())
+        shown = entry_ref.display_name()
+        named: Any = SimpleNamespace(record=None, name=entry_ref.ref if index.catalog.by_name(shown) else shown)
     else:
         named = index.resolve(suspect_ref, device=device, batch_size=batch_size)
-    owners = [name for name in protected_owners(index) if named.record is None or name != named.record.name]
+    protected = protected_owners(index)
+    owners = [name for name in protected if named.record is None or name != named.record.name]
+    if not owners and named.record is not None and named.record.name in protected:
+        raise GifindexError(f"{named.name!r} is the only protected model in the index (the only one with a "
+                            "fingerprint), and a model is not screened against itself: name --owner to judge it "
+                            "against another model, or fit fingerprints for the other models you protect")
     stale = [name for name in stale_owners(index) if named.record is None or name != named.record.name]
     records = index.records()
     # the others a ranking puts the suspect among: all but it and the owner
-    bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude, named)) - 1,
+    bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude, named.record)) - 1,
                                     "screen the suspect against", "the suspect", stale)
     indexed = records, index.load_vectors(records)  # read once for every owner
-    variants: dict[Any, tuple[Any, "ModelEntry", Callable[[], Any]]] = {}
+    variants: dict[Any, tuple[Any, "ModelEntry", Callable[[], Any], Any]] = {}
 
-    def as_owner_needs(owner_q: Any) -> tuple[Any, "ModelEntry", Callable[[], Any]]:
-        """The suspect signed, its loading entry, and its model (loaded once) in the convention this owner needs."""
+    def as_owner_needs(owner_q: Any) -> tuple[Any, "ModelEntry", Callable[[], Any], Any]:
+        """The suspect signed, its loading entry, its model (loaded once) in the convention this owner needs, and
+        the indexed model it is (:func:`indexed_as`)."""
         fallback = owners_convention(owner_q) if signed_later and entry_ref.convention_unknown() else None
         key = None if fallback is None else tuple(fallback[0].values())
         if key not in variants:
             query = index.resolve(entry_ref, device=device, batch_size=batch_size,
                                   fallback=fallback) if signed_later else named
             entry = query.entry or index.loading_entry(suspect_ref)
-            variants[key] = query, entry, _once(lambda: _loaded(query, entry, device))
+            variants[key] = query, entry, _once(lambda: _loaded(query, entry, device)), indexed_as(index, query)
         return variants[key]
 
     # a ranking judges every indexed model against each owner: each is loaded once for all the fingerprints
@@ -288,11 +325,11 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
             results.append({"owner": name, "suspect": named.name, "verdict": "not judged", "z": None,
                             "error": str(exc)})
         else:
-            sus_q, entry, suspect_model = as_owner_needs(owner_q)  # unsignable: the command's error, not one owner's
+            sus_q, entry, suspect_model, sus_rec = as_owner_needs(owner_q)  # unsignable: the command's error
             try:
                 results.append(_suspect_resolved(index, sus_q, owner_q, owner_fingerprint(index, name), entry,
                                                  suspect_model, bar, exclude, device, each_budget, None,
-                                                 caches.get(name), indexed))
+                                                 caches.get(name), indexed, (owner_q.record, sus_rec)))
             except GifindexError as exc:
                 results.append({"owner": name, "suspect": named.name, "verdict": "not judged", "z": None,
                                 "error": str(exc)})
@@ -338,6 +375,7 @@ def audit(index: "Index", z_threshold: float = 3.0, exclude: Sequence[str] = (),
             on_owner(name, k + 1, len(owners))
     scans += [{"owner": name, "error": _stale_reason(index, name), "models": [], "derived": []} for name in stale]
     derived = sorted(({"model": r["suspect"], "owner": s["owner"], "z": r["z"], "evidence": r.get("evidence"),
+                       "query_z": (r.get("fingerprint") or {}).get("query_z"),
                        **({"rank": r["rank"]} if "rank" in r else {})}
                       for s in scans for r in s["models"] if r["verdict"] == "derived"), key=lambda d: -d["z"])
     return {"owners_checked": len(owners), "z_threshold": z_threshold, "owner_z_threshold": bar, "budget": budget,
@@ -420,11 +458,12 @@ def _check_exclude(index: "Index", exclude: Sequence[str]) -> None:
         raise GifindexError(f"--exclude names no indexed model: {', '.join(hints)}; see `gifindex list`")
 
 
-def _others(records: Sequence[Any], exclude: Sequence[str], *queries: Any) -> list[int]:
-    """Rows of the index's records that are none of the resolved ``queries`` (by record or by name) and not
-    excluded by name: the population a verdict is calibrated against."""
-    ids = {q.record.id for q in queries if q.record is not None}
-    names = set(exclude) | {q.name for q in queries}
+def _others(records: Sequence[Any], exclude: Sequence[str], *identities: "ModelRecord | None") -> list[int]:
+    """Rows of the index's records that are none of the indexed models ``identities`` (records, None for a model no
+    indexed one holds: :func:`indexed_as`) and not excluded by name (``exclude`` names indexed models): the
+    population a verdict is calibrated against."""
+    ids = {record.id for record in identities if record is not None}
+    names = set(exclude)
     return [i for i, r in enumerate(records) if r.id not in ids and r.name not in names]
 
 
@@ -500,13 +539,14 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     check_threshold(z_threshold, budget)
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
+    owner_rec = indexed_as(index, owner_q)
     records, vectors = indexed or index.vectors()
-    keep = _others(records, exclude, owner_q)
-    excluded = len(_others(records, (), owner_q)) - len(keep)
+    keep = _others(records, exclude, owner_rec)
+    excluded = len(_others(records, (), owner_rec)) - len(keep)
     left_out = "" if not excluded else f", {excluded} more excluded (--exclude)"
     if budget is not None:
         require_population(len(keep) - 1, budget)
-    fingerprint = owner_fingerprint(index, owner_q.name) if use_fingerprint else None
+    fingerprint = owner_fingerprint(index, owner_rec.name) if use_fingerprint and owner_rec is not None else None
     if fingerprint is None and len(keep) < MIN_POPULATION + 1:
         raise GifindexError(f"a scan needs at least {MIN_POPULATION + 1} indexed models besides the owner (found "
                             f"{len(keep)}{left_out}): each is judged against the others (a fingerprint of the owner, "
@@ -518,13 +558,14 @@ def scan(index: "Index", owner: "str | ModelEntry", z_threshold: float = 3.0, ex
     if fingerprint is None:
         cache = None
     elif cache is None:
-        cache = EvidenceCache(index.root, owner_q.name)
+        cache = EvidenceCache(index.root, owner_rec.name)
     judged = _judge_all(index, owner_q, keep, records, vectors, cache, fingerprint, z_threshold, device, on_model)
     if budget is not None:
         for out, rank in zip(judged, rank_all([r["z"] for r in judged], budget, z_threshold)):
             out.update({"rank": rank, "z_verdict": out["verdict"], "verdict": rank["verdict"]})
     judged.sort(key=_strongest_first)
-    return {"owner": owner_q.name, "method": index.config.method, "z_threshold": z_threshold, "budget": budget,
+    return {"owner": query_name(index, owner_q), "method": index.config.method, "z_threshold": z_threshold,
+            "budget": budget,
             "fingerprint": fingerprint is not None, "models": judged,
             "derived": [r["suspect"] for r in judged if r["verdict"] == "derived"]}
 

@@ -28,10 +28,11 @@ SAME_MODEL = 1e-4  # an original-control distance below this: the control is the
 def forget_probes(config: "SignatureConfig", forget: str,
                   num_probes: int | None = None) -> tuple["SignatureConfig", Probes]:
     """(config, probes) drawn from the forget data (an .npy/.npz array or a folder of images)."""
-    from ..fingerprint.data import require_images
+    from ..fingerprint.data import file_role, require_images
 
-    require_images(forget, "the forget data")
-    images, _ = load_source(forget)
+    with file_role(forget, "the forget data"):
+        require_images(forget, "the forget data")
+        images, _ = load_source(forget)
     k = min(num_probes or config.num_probes, len(images))
     if k < 1:
         raise GifindexError(f"no images in the forget data {forget}")
@@ -39,7 +40,8 @@ def forget_probes(config: "SignatureConfig", forget: str,
     if k < needed:
         raise GifindexError(f"method {config.method} needs >= {needed} forget images, {forget} has {len(images)}")
     probe_config = config.replace(probe_source=str(forget), probe_kind="random", num_probes=k)
-    return probe_config, make_probes(probe_config)
+    with file_role(forget, "the forget data"):
+        return probe_config, make_probes(probe_config)
 
 
 def unlearning(original: "ModelEntry", candidate: "ModelEntry", forget: str, config: "SignatureConfig",

@@ -1,6 +1,7 @@
 """The paper's applications as commands: suspect (IP protection), unlearning, relatedness."""
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -123,7 +124,7 @@ def suspect(index_path: str, suspect_ref: str | None, owner: str | None, scan_al
                            f"{fp['queries']} logged queries{weighed}; independent models {fp['query_null_mean']:.1%} "
                            f"(sigma {fp['query_null_sigma']:.1%}): z {fp['query_z']:.2f}")
                 needed = fp["query_flag_rate"]
-                click.echo("              " + (f"repeating {needed:.0%} of them would flag it on them alone"
+                click.echo("              " + (f"repeating {share_up(needed)} of them would flag it on them alone"
                                                if needed <= 1 else "too few of them to flag it on them alone, "
                                                "however many it repeated"))
     elif not no_fingerprint:
@@ -203,16 +204,20 @@ def scan_report(session: Any, owner: str, z_threshold: float, exclude: tuple[str
     click.echo(f"owner {result['owner']}  ({result['method']}); {len(result['models'])} indexed models judged by the "
                f"{evidence}; {rule}")
     rows = []
+    logged = _has_query_part(result["models"])
     for r in result["models"]:
         fp = r.get("fingerprint") or {}
         rank = [] if budget is None else [f"{r['rank']['p_value']:.3f}"]
         rows.append([r["suspect"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"],
                      _fmt(r["z"]), *rank, r.get("evidence", "signature"), f"{r['distance']:.4f}",
                      _fmt(r["signature_z"]), _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
+                     *([_fmt(fp.get("query_z"))] if logged else []),
                      r.get("error", OFF_TASK_NOTE if fp.get("off_task") else "")])
     click.echo(table(rows, ["model", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
-                            "distance", "signature z", "decisions z", "outputs z", "note"]))
+                            "distance", "signature z", "decisions z", "outputs z",
+                            *(["query z"] if logged else []), "note"]))
     click.echo(f"derived: {', '.join(result['derived']) if result['derived'] else 'none'}")
+    unreviewed_table_note([(r["suspect"], r) for r in result["models"]], z_threshold)
     defaulted = [r["suspect"] for r in result["models"] if (r.get("fingerprint") or {}).get("default_convention")]
     if defaulted:
         click.echo(f"note: not judged and run at their architecture's default input convention, none given for their "
@@ -243,21 +248,25 @@ def screen_report(session: Any, suspect_ref: str, z_threshold: float, exclude: t
     click.echo(f"suspect {result['suspect']}: judged against {count} protected model{'s' * (count != 1)} (those "
                f"with a fingerprint); {_family_rule(result, z_threshold, budget)}")
     rows = []
+    logged = _has_query_part(result["owners"])
     for r in result["owners"]:
         if "error" in r:
-            rows.append([r["owner"], "NOT JUDGED", "-", *([] if budget is None else ["-"]), "-", "-", "-", "-",
-                         "see below"])
+            rows.append([r["owner"], "NOT JUDGED", "-", *([] if budget is None else ["-"]), "-", "-", "-",
+                         *(["-"] if logged else []), "-", "see below"])
             continue
         fp = r.get("fingerprint") or {}
         rank = [] if budget is None else [f"{r['rank']['p_value']:.4f}"]
         rows.append([r["owner"], r["verdict"].upper() if r["verdict"] == "derived" else r["verdict"], _fmt(r["z"]),
                      *rank, r.get("evidence", "signature"), _fmt(fp.get("decision_z")), _fmt(fp.get("output_z")),
+                     *([_fmt(fp.get("query_z"))] if logged else []),
                      f"{r['distance']:.4f}", fp.get("note", "") if fp.get("agreement") is None else
                      (OFF_TASK_NOTE if fp.get("off_task") else "")])
     click.echo(table(rows, ["owner", "verdict", "z", *([] if budget is None else ["rank p"]), "judged by",
-                            "decisions z", "outputs z", "distance", "note"]))
+                            "decisions z", "outputs z", *(["query z"] if logged else []), "distance", "note"]))
     derived = result["derived_from"]
     click.echo(f"derived from: {', '.join(derived) if derived else 'none of them'}")
+    unreviewed_table_note([(f"from {r['owner']}", r) for r in result["owners"] if "error" not in r],
+                          result["owner_z_threshold"])
     for r in result["owners"]:
         if "error" in r:
             click.echo(f"not judged against {r['owner']}: {r['error']}")
@@ -288,16 +297,41 @@ def audit_report(session: Any, z_threshold: float, exclude: tuple[str, ...], dev
     count = result["owners_checked"]
     click.echo(f"every indexed model judged against {count} protected model{'s' * (count != 1)} (those with a "
                f"fingerprint); {_family_rule(result, z_threshold, budget)}")
+    logged = any(d.get("query_z") is not None for d in result["derived"])
     rows = [[d["model"], d["owner"], f"{d['z']:.2f}", *([] if budget is None else [f"{d['rank']['p_value']:.4f}"]),
-             d.get("evidence") or "signature"] for d in result["derived"]]
+             d.get("evidence") or "signature", *([_fmt(d.get("query_z"))] if logged else [])]
+            for d in result["derived"]]
     if rows:
-        click.echo(table(rows, ["model", "derived from", "z", *([] if budget is None else ["rank p"]), "judged by"]))
+        click.echo(table(rows, ["model", "derived from", "z", *([] if budget is None else ["rank p"]), "judged by",
+                                *(["query z"] if logged else [])]))
+    unreviewed_table_note([(f"{r['suspect']} from {s['owner']}", r) for s in result["scans"] for r in s["models"]],
+                          result["owner_z_threshold"])
     for s in result["scans"]:
         if "error" in s:
             click.echo(f"{s['owner']}: not audited: {s['error']}")
         else:
             click.echo(f"{s['owner']}: {len(s['derived'])} of {len(s['models'])} indexed models derived from it")
     click.echo(f"derived pairs: {len(result['derived'])}")
+
+
+def _has_query_part(verdicts: list[dict]) -> bool:
+    """Whether any of a table's verdicts was judged by a fingerprint with a query-log part (its column is shown)."""
+    return any((r.get("fingerprint") or {}).get("query_z") is not None for r in verdicts)
+
+
+def unreviewed_table_note(verdicts: list[tuple[str, dict]], z_threshold: float) -> None:
+    """Under a table of verdicts (label, verdict): once, the "derived" ones only an unreviewed query log carried
+    (``unreviewed_note``), which the single-suspect output warns of under its verdict."""
+    carried = [label for label, r in verdicts if unreviewed_note(r, z_threshold)]
+    if carried:
+        click.echo(f"note: derived only by an unreviewed query log: {', '.join(carried)}: {UNREVIEWED}; review it "
+                   "(`gifindex review-queries`, then `fit-probes --queries`) before relying on these verdicts")
+
+
+def share_up(share: float) -> str:
+    """A share a suspect must reach, as a percentage rounded up to one decimal: rounded to nearest, a suspect just
+    below it could print as repeating the share "that would flag it" and still be judged unrelated."""
+    return f"{math.ceil(share * 1000 - 1e-9) / 10:.1f}%"
 
 
 def _logged_share(count: int | None) -> str:
@@ -416,8 +450,8 @@ def fit_probes(index_path: str, owner: str, data_path: str, helper_archs: tuple[
                    "models' (a copy under a new head keeps the owner's span)")
     if result["logged_queries"]:
         if result["query_null_mean"] is None:
-            click.echo(f"query log: none of {result['logged_queries']} logged queries kept (fewer than 8 answers "
-                       "differ from the references'): fitted without it")
+            click.echo(f"query log: none of {result['logged_queries']} logged queries kept ({_dropped_log(result)}): "
+                       "fitted without it")
         else:
             kind = (f"of the {result['reviewed_queries']} reviewed were answered wrongly" if
                     result["reviewed_queries"] else "carry the owner's idiosyncratic answers")
@@ -452,11 +486,24 @@ OFF_TASK_NOTE = "not of the owner's task: not judged"  # a table's note on a mod
 WEAK_REFERENCES = 0.5  # references' mean share of the owner's answers below which fit-probes warns
 
 
+def _dropped_log(result: dict) -> str:
+    """Why fit-probes kept none of a query log (``result``: what it returned): too few wrong answers among the
+    reviewed queries, or (unreviewed) too few answers the references do not share."""
+    from ..fingerprint.fit import MIN_QUERIES
+
+    reviewed, found = result["reviewed_queries"], result["recipe"].get("query_answers_found")
+    if reviewed:
+        wrong = "" if found is None else f"only {found} wrong answer{'s' * (found != 1)} among "
+        return f"{wrong}the {reviewed} reviewed, fewer than {MIN_QUERIES}"
+    found = "" if found is None else f"only {found}; "
+    return f"{found}fewer than {MIN_QUERIES} answers differ from the references'"
+
+
 def _query_power(rates: dict[str, float]) -> str:
     """What the query part alone can flag: the share of the kept answers a suspect must repeat, by architecture
-    (Fingerprint.query_flag_rates), and which architectures it cannot flag at all."""
+    (Fingerprint.query_flag_rates, rounded up: ``share_up``), and which architectures it cannot flag at all."""
     low, high = min(rates.values()), max(rates.values())
-    span = f"{low:.0%}" if round(low, 2) == round(high, 2) else f"{low:.0%}-{high:.0%} by architecture"
+    span = share_up(low) if share_up(low) == share_up(high) else f"{share_up(low)}-{share_up(high)} by architecture"
     beyond = [arch for arch, rate in rates.items() if rate > 1]
     if not beyond:
         return f"a suspect that repeats at least {span} of those answers is flagged on them alone"
@@ -521,8 +568,8 @@ def unlearning(ctx: click.Context, index_path: str, original: str, candidate: st
                **kwargs: Any) -> None:
     """Unlearning verification: distances on probes drawn from the forget data.
 
-    With an index (and no configuration options) its configuration is used and ORIGINAL/CANDIDATE may
-    be indexed names; the probes always come from --forget (up to K of its images).
+    With an index ORIGINAL/CANDIDATE may be indexed names (loaded with their stored options); its configuration
+    is used unless configuration options are given; the probes always come from --forget (up to K of its images).
     """
     from ..apps import unlearning as run_unlearning
     from ..session import Session

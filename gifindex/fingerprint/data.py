@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,26 +175,59 @@ def _from_folder(path: Path, resolution: int) -> OwnerData:
                      class_names=[folder.name for folder in classes])
 
 
+PROBE_WORDS = (("probe images", "images"), ("probe image", "image"), ("probe array", "array"),
+               ("probe file", "file"), ("probe source", "source"))  # gifindex.probes' words for any image source
+
+
+@contextmanager
+def file_role(source: str | os.PathLike, role: str) -> Iterator[None]:
+    """Errors reading ``source`` name the file and what it is (``role``: "the query log", "owner data", ...): the
+    image readers of gifindex.probes speak of "probe images", and a check of the data's values names no file."""
+    try:
+        yield
+    except ProbeError as exc:
+        message = str(exc)
+        for probe, plain in PROBE_WORDS:
+            message = message.replace(probe, plain)
+        names = {str(source), str(Path(source))}
+        if any(name in message for name in names):
+            if role not in message:
+                name = next(name for name in names if name in message)
+                message = message.replace(name, f"{name} ({role})", 1)
+        else:
+            message = f"{source} ({role}): {message}" if role not in message else f"{source}: {message}"
+        raise ProbeError(message) from None
+
+
 def load_owner_data(source: str | os.PathLike, resolution: int) -> OwnerData:
-    """Load the owner's labelled data from an ``.npz`` (``x``, ``y``) or a class-per-folder directory."""
+    """Load the owner's labelled data from an ``.npz`` (``x``, ``y``) or a class-per-folder directory; every error
+    names the file (``file_role``)."""
     path = Path(source)
-    if path.is_dir():
-        return _from_folder(path, resolution)
-    if not path.is_file():
-        raise ProbeError(f"owner data {path} does not exist (an .npz with x and y, or a folder of class folders)")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ProbeError(f"{path}: larger than {MAX_FILE_BYTES >> 30} GiB; pass a sample of the owner's data")
-    return _from_npz(path, resolution)
+    with file_role(source, "owner data"):
+        if path.is_dir():
+            return _from_folder(path, resolution)
+        if not path.is_file():
+            raise ProbeError(f"owner data {path} does not exist (an .npz with x and y, or a folder of class folders)")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ProbeError(f"{path}: larger than {MAX_FILE_BYTES >> 30} GiB; pass a sample of the owner's data")
+        return _from_npz(path, resolution)
 
 
 def load_query_log(source: str | os.PathLike, resolution: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The inputs the owner's API answered (its query log; the owner's answers are recomputed) from an
     ``.npy``/``.npz`` array or a folder of images, as (N, 3, R, R) float32 in [0, 1]; and, when an ``.npz``
-    also holds ``y``, the true labels the owner reviewed (-1 where not reviewed), else None."""
-    from ..probes import _resize, load_source
-
+    also holds ``y``, the true labels the owner reviewed (-1 where not reviewed), else None. Every error names the
+    file as the query log (``file_role``)."""
     if str(source) == "builtin":
         raise ProbeError("a query log is the owner's own record of queries: an .npy/.npz array or a folder of images")
+    with file_role(source, "the query log"):
+        return _query_log(source, resolution)
+
+
+def _query_log(source: str | os.PathLike, resolution: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`load_query_log`'s reading, its errors not yet naming the file's role."""
+    from ..probes import _resize, load_source
+
     labels = _review_labels(Path(source))
     require_images(source, "the query log")
     images, _ = load_source(str(source))

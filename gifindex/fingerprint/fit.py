@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -240,6 +240,7 @@ def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitCo
     build = build or default_builder(owner)
     owner_fn = SharedSpaceAdapter.of(owner).to(device).eval().logits
     num_classes = _owner_classes(owner_fn, data, device)
+    check_helper_archs(archs, build, num_classes, data.x[:1], device)
     seed = config.seed * 10_000
     helper_rows, _ = _rows(data, config)
     train_x, train_y = data.x[helper_rows], data.y[helper_rows]
@@ -269,6 +270,28 @@ def train_helpers(owner: LoadedModel, data: OwnerData, config: FitConfig = FitCo
                                                       helper_seed, device)))
         done += work[n]
     return Helpers(helper_key(owner, data, config), archs, num_classes, surrogates, references, calibration)
+
+
+def check_helper_archs(archs: Sequence[str], build: Builder, num_classes: int, image: torch.Tensor,
+                       device: str = "cpu") -> None:
+    """Every helper architecture builds and is a classifier of the owner's ``num_classes`` classes (its output on
+    one owner ``image`` is (1, num_classes)), checked before any helper is trained: a misspelled name or a model of
+    another kind (a dense-prediction network) would otherwise fail only after the others had trained, with an error
+    of the training loop's."""
+    for arch in dict.fromkeys(archs):
+        try:
+            helper = build(arch, num_classes)
+        except GifindexError as exc:
+            raise GifindexError(f"helper architecture {arch!r} cannot be built: {exc}") from None
+        try:
+            with torch.no_grad():
+                shape = tuple(SharedSpaceAdapter.of(helper).to(device).eval().logits(image.to(device)).shape)
+        except Exception as exc:  # noqa: BLE001 - whatever a foreign model raises on an image, the user's answer
+            raise GifindexError(f"helper architecture {arch!r} fails on one of the owner's images: {exc}") from None
+        if shape != (1, num_classes):
+            raise GifindexError(f"helper architecture {arch!r} is not a classifier of the owner's {num_classes} "
+                                f"classes: its output on one image is {shape}, not (1, {num_classes}); name "
+                                "classification architectures (--helper-arch)")
 
 
 def _minutes(seconds: float) -> str:
@@ -351,7 +374,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         if probe_queries:  # a suspect's class map is read on the owner's own images, where it errs least
             map_inputs, map_logits = own, model_logits(owner, own, device)
             map_labels = map_logits.argmax(1)
-    query_inputs = query_answers = query_weights = None
+    query_inputs = query_answers = query_weights = found = None
     if queries is not None and len(queries):
         if query_labels is not None and tuple(query_labels.shape) != (len(queries),):
             raise GifindexError(f"{len(queries)} logged queries but review labels of shape "
@@ -362,6 +385,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
         query_inputs, query_answers, query_weights = logged_answers(
             owner_fn, as_fn[len(surrogates):], queries, query_labels, config.query_reference_share,
             config.max_queries, config.query_weighting, seed + 11, device)
+        found = len(query_answers)
         if len(query_answers) < MIN_QUERIES:
             kind = "wrong answers among the reviewed" if reviewed else "idiosyncratic answers among the"
             say(f"only {len(query_answers)} {kind} logged queries (fewer than {MIN_QUERIES}): the fingerprint is "
@@ -410,6 +434,7 @@ def fit_fingerprint(owner: LoadedModel, data: OwnerData, config: FitConfig = Fit
                           "output_probes": fingerprint.output_probes, "output_probe_queries": probe_queries,
                           "logged_queries": 0 if queries is None else len(queries), "queries": fingerprint.queries,
                           "reviewed_queries": 0 if query_labels is None else int((query_labels >= 0).sum()),
+                          "query_answers_found": found,  # before a log with too few (MIN_QUERIES) is left out
                           "seconds": round(time.perf_counter() - started, 1), "helpers_reused": reused,
                           "surrogate_agreement": [agreement(fingerprint, m, device) for m in surrogates]}
     log.info("fingerprint of %s: %d inputs, calibration %s", owner.name, fingerprint.size, fingerprint.calibration)
