@@ -115,8 +115,10 @@ def _check_entry(data: dict[str, Any], line: int, base: Path, errors: list[str])
             errors.append(f"line {line}: {key!r} must be a string")
     for key in ("num_classes", "input_size"):
         value = data.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            errors.append(f"line {line}: {key!r} must be a positive integer, got {value!r}")
+        least = 0 if key == "num_classes" else 1   # as on the command line: 0 classes asks for the backbone alone
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            kind = "a non-negative" if least == 0 else "a positive"
+            errors.append(f"line {line}: {key!r} must be {kind} integer, got {value!r}")
         elif key == "input_size" and value is not None and value > MAX_INPUT_SIZE:
             errors.append(f"line {line}: 'input_size' {value} is above the {MAX_INPUT_SIZE} px limit")
     for key in ("mean", "std"):

@@ -229,7 +229,7 @@ class _NoOutputs(torch.nn.Module):
 @pytest.mark.parametrize("module, says", [(_Rounded(), "gradient is zero at every probe point"),
                                           (_BatchSum(), "one number for the whole batch"),
                                           (_ClassIndex(), "int64 values, not scores"),
-                                          (_NoOutputs(), "outputs for")])
+                                          (_NoOutputs(), "returned an empty tensor")])
 def test_a_model_without_a_usable_gradient_is_refused_in_one_line(tiny, module, says) -> None:
     """A zero gradient everywhere would be an all-zero 'unit-norm' signature at distance 0 from every other such
     model; the other outputs failed deep inside torch."""

@@ -258,6 +258,9 @@ def test_the_api_and_a_folders_config_are_validated(tmp_path):
         load_model(str(folder), std=(0.0,))
     with pytest.raises(ConfigError, match="input size"):
         load_model(str(folder), input_size=0)
+    for bad in (-3, 2.5, True):   # the CLI's --num-classes takes 0 (the backbone alone) and up, the API the same
+        with pytest.raises(ConfigError, match="num_classes must be a non-negative integer"):
+            load_model(str(folder), num_classes=bad)
     original = json.loads((folder / "config.json").read_text())
     for field, value, message in (("mean", [0.5, 0.5], "three numbers"), ("mean", "0.5", "three numbers"),
                                   ("std", [0, 1, 1], "above zero"),

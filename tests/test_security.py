@@ -361,12 +361,14 @@ def test_malformed_manifests_listed_before_any_work(hub, tmp_path):
     text = refused(hub, ["--manifest", manifest], f"manifest {manifest} has 3 error(s): ")
     assert "line 4: duplicate name 'a' (first on line 1)" in text
     assert "line 6: unknown field 'archh' (did you mean 'arch'?)" in text
-    assert "line 9: 'num_classes' must be a positive integer, got -2" in text
+    assert "line 9: 'num_classes' must be a non-negative integer, got -2" in text
     assert not marker.exists()
     manifest.write_text("- name: a\n  ref: [unclosed\n")
     refused(hub, ["--manifest", manifest], f"manifest {manifest} is not valid YAML: line 3")
     with pytest.raises(ManifestError, match="expected a list of models"):
         parse_manifest("just a string")
+    # 0 classes is the backbone alone, as --num-classes 0 is on the command line
+    assert parse_manifest("- ref: timm:test_resnet\n  num_classes: 0\n")[0].num_classes == 0
 
 
 # 13. issue 11: names, encodings, symlinked folders, files that hang or exhaust memory, coerced weights -------------

@@ -6,6 +6,7 @@ The result is always a :class:`LoadedModel` whose module is in eval mode, has ev
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +37,9 @@ def load_model(ref: "str | ModelRef", *, arch: str | None = None, weights: str |
     channel reads the images' luma (``InputSpec.channels``, ``input_channels``).
     """
     _check_file_ref(ref)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+                                    or num_classes < 0):
+        raise ConfigError(f"num_classes must be a non-negative integer, got {num_classes!r}")
     r = parse_ref(ref)
     source = get_source(r.kind)
     if weights is not None and random_init:
