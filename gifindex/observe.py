@@ -144,9 +144,14 @@ def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",
     from .methods import features, passes
     from .models import load_model
 
+    from .errors import SignatureError
+
     loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
     with signing(entry.display_name(), passes(config)) as progress:
-        feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
+        try:
+            feats = features(loaded, probes, config, batch_size=batch_size, device=device, progress=progress)
+        except SignatureError as exc:              # the reason alone would not say which of two models it is
+            raise SignatureError(f"cannot sign {entry.display_name()}: {exc}") from None
     arch_from, convention_from = entry_origins(entry, loaded.meta)
     if origin is not None or reused_from is not None:
         arch_from = convention_from = origin or f"indexed model {reused_from!r} (same weights file)"

@@ -128,3 +128,33 @@ def test_a_model_that_is_not_a_function_of_each_image_is_refused(model, said):
     torch.manual_seed(0)
     with pytest.raises(SignatureError, match=said):           # was signed: the same file 0.2-0.5 from itself
         _feats(model(), config, make_probes(config))
+
+
+def test_an_exact_distance_names_the_model_it_cannot_sign(tmp_path):
+    """Two models are signed for an exact distance: the refusal says which one (ingest's line did, distance's not)."""
+    from gifindex.errors import SignatureError
+    from gifindex.observe import entry_features
+
+    path = tmp_path / "dropout_on.pt"
+    torch.save(DropoutForced(), path)      # a whole pickled module: loading it needs trust
+    config = SignatureConfig(resolution=R, num_probes=2, steps=2, proj_dim=16)
+    entry = ModelEntry(ref=str(path), trust=True, input_size=R, mean=(0.0,) * 3, std=(1.0,) * 3)
+    with pytest.raises(SignatureError, match=r"^cannot sign dropout_on: its outputs differ between two runs"):
+        entry_features(entry, make_probes(config), config)
+
+
+def test_float_rounding_between_batch_sizes_is_not_refused():
+    """TF32 convolutions on CUDA (another algorithm for another batch size) change outputs by 1e-3 or more of
+    their size: a deterministic model must not be refused for that (rtol 1e-3 per value refused this one)."""
+
+    class Rounding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * R * R, 4))
+
+        def forward(self, x):
+            out = self.net(x)
+            return out * (1 + 5e-3 * (len(x) - 1))   # 5e-3 of the output, by the batch's size only
+
+    config = SignatureConfig(resolution=R, num_probes=2, steps=2, proj_dim=16)
+    assert _feats(Rounding(), config, make_probes(config)).shape[0] == 2 * 2

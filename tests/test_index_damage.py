@@ -332,3 +332,21 @@ def test_a_full_disk_during_a_catalogue_commit_is_named_not_hidden_by_the_rollba
         catalog.register_shard("s.h5", "0" * 64, [{"name": "m", "ref": "r", "weights_sha256": "x"}])
     catalog.db = catalog.db.db
     assert not catalog.shards() and catalog.by_name("m") is None   # nothing half-written
+
+
+def test_a_writer_is_not_refused_for_a_readers_instant_look_at_the_lock(tmp_path, monkeypatch):
+    """verify's writer_active takes the lock for an instant; a writer starting then (--wait 0) was refused, 1 in 4
+    under a loop of looks. 'At once' waits WriterLock.GRACE first (here long, so the test does not race a clock)."""
+    import threading
+
+    from filelock import FileLock
+
+    from gifindex.index.lock import WriterLock, writer_active
+
+    monkeypatch.setattr(WriterLock, "GRACE", 30.0)
+    look = FileLock(str(tmp_path / ".lock"), thread_local=False)   # released by the timer's thread
+    look.acquire()                                   # what writer_active holds while it looks
+    threading.Timer(0.05, look.release).start()
+    with WriterLock(tmp_path, wait=0):
+        assert (tmp_path / ".lock.owner").read_text() == str(os.getpid())
+    assert not writer_active(tmp_path)

@@ -4,7 +4,10 @@ int8 / complex weights into a python: class, training wrappers pickled whole (Da
 out-of-memory hint, checkpoints in a folder ingest, and detection models' outputs."""
 from __future__ import annotations
 
+import importlib
 import sys
+import tarfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -130,20 +133,64 @@ def test_stored_trust_refused_for_a_changed_file(tmp_path):
             index.entry_for("m", trust=True)
 
 
+def test_stored_trust_covers_the_code_it_ran(tmp_path, monkeypatch):
+    """A stored --trust ran the class file (python:FILE.py:Class) or the modules a pickle imports by name again,
+    whatever they had become: an edited class file, or a file of the same name in the working folder, ran unasked."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir(), elsewhere.mkdir()
+    module = f"trusted_{uuid.uuid4().hex[:8]}"
+    (project / f"{module}.py").write_text(NETS)
+    (project / "nets.py").write_text(NETS)
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    whole = importlib.import_module(module).Net()
+    torch.save(whole, project / "whole.pt")                            # a pickle that imports `module` by name
+    for name in "ab":
+        torch.save(importlib.import_module(module).Net().state_dict(), project / f"{name}.pt")
+    root = _index(tmp_path)
+    with Index.open(root) as index:
+        index.ingest([ModelEntry(ref=str(project / f"{n}.pt"), name=n, arch=f"python:{project / 'nets.py'}:Net",
+                                 trust=True, **SMALL) for n in "ab"] +
+                     [ModelEntry(ref=str(project / "whole.pt"), name="whole", trust=True, **SMALL)])
+        recorded = {n: index.catalog.by_name(n).metadata["code_sha256"] for n in ("a", "whole")}
+    assert list(recorded["a"]) == [str((project / "nets.py").resolve())]
+    assert list(recorded["whole"]) == [str((project / f"{module}.py").resolve())]
+    assert _cli(["distance", "-i", root, "a", "whole", "--exact"])[0] == 0    # as trusted: the stored trust holds
+
+    monkeypatch.chdir(elsewhere)                  # a file of the pickle's module name where the command runs
+    (elsewhere / f"{module}.py").write_text("raise SystemExit('ran')\n")
+    code, text = _cli(["distance", "-i", root, "whole", "b", "--exact"])
+    assert code == 1 and f"{elsewhere / module}.py in the working folder would be imported" in text, text
+    monkeypatch.chdir(project)
+    with (project / "nets.py").open("a") as edited:                   # the class file edited since
+        edited.write("\nEDITED = True\n")
+    code, text = _cli(["distance", "-i", root, "a", "b", "--exact"])
+    assert code == 1 and "its code file" in text and "changed since it was indexed" in text, text
+    assert len(text.strip().splitlines()) == 1, text
+    code, text = _cli(["distance", "-i", root, project / "a.pt", project / "b.pt", "--exact", "--trust"])  # as now
+    assert code == 0, text
+
+
 def test_an_indexed_state_dict_whose_file_changed_is_refused_by_name(tmp_path):
     """A changed state-dict file was loaded silently by --exact, the fingerprint checks and unlearning: a copy
     of other weights judged under the indexed model's name (and cached so)."""
     root = _index(tmp_path)
-    for name, seed in (("m", 1), ("n", 2)):
+    names = "mnpqr"
+    for seed, name in enumerate(names, 1):
         torch.save(_timm(seed).state_dict(), tmp_path / f"{name}.pt")
     with Index.open(root) as index:
         index.ingest([ModelEntry(ref=str(tmp_path / f"{n}.pt"), name=n, arch="timm:test_resnet", num_classes=4,
-                                 **SMALL) for n in "mn"])
-    torch.save(_timm(3).state_dict(), tmp_path / "m.pt")          # same path, other weights
+                                 **SMALL) for n in names])
+    torch.save(_timm(9).state_dict(), tmp_path / "m.pt")          # same path, other weights
     code, text = _cli(["distance", "-i", root, "m", "n", "--exact"])
     assert code == 1 and "changed since it was indexed" in text and "another name" in text, text
     code, text = _cli(["distance", "-i", root, tmp_path / "m.pt", "n", "--exact"])   # the file itself: as it is now
     assert code == 0, text
+    # what needs only the stored signatures (no fingerprint to load the suspect for) still answers by name
+    for args in (["suspect", "-i", root, "m", "--owner", "n"], ["suspect", "-i", root, "n", "--owner", "m"],
+                 ["distance", "-i", root, "m", "n"], ["nearest", "-i", root, "m"]):
+        code, text = _cli(args)
+        assert code == 0 and "changed since" not in text, (args, text)
 
 
 # 3. a python: class refuses weights it would have to cast -------------------------------------------------------
@@ -259,13 +306,15 @@ def test_folder_ingest_takes_checkpoints_and_says_what_it_leaves_out(tmp_path):
     torch.save({"state_dict": _timm(2).state_dict(), "epoch": 9}, folder / "resumed.pth.tar")
     (folder / "notes.txt").write_text("x")
     (folder / "README").write_text("y")
+    with tarfile.open(folder / "notes.tar", "w") as archive:   # an archive, not a checkpoint: left out, not failed
+        archive.add(folder / "notes.txt", arcname="notes.txt")
     assert [Path(f).name for f in folder_models(str(folder))] == ["lightning.ckpt", "resumed.pth.tar"]
-    assert folder_left_out(str(folder)) == {".txt": 1, "": 1}
+    assert folder_left_out(str(folder)) == {".txt": 1, "": 1, ".tar": 1}
     root = _index(tmp_path)
     code, text = _cli(["ingest", "-i", root, folder, "--arch", "timm:test_resnet", "--num-classes", 4, "--input-size",
                        16, "--executor", "inline", "--no-progress"])
     assert code == 0, text
-    assert text.count("left out 2 other files") == 1 and ".txt" in text and "without extension" in text, text
+    assert text.count("left out 3 other files") == 1 and ".txt" in text and "without extension" in text, text
     with Index.open(root) as index:
         assert sorted(r.name for r in index.records()) == ["lightning", "resumed"]
 

@@ -186,7 +186,7 @@ def test_file_query_reuses_the_indexed_convention(models, hub):
     assert signed["input_size"] and signed["mean"] and signed["std"] and signed["reused_from"] is None
     assert "signing c" in other.stderr                                  # a progress bar on stderr
     text = _run("nearest", "-i", hub, models / "models" / "c.pt", "--input-size", "16").stderr
-    assert "input 16 px" in text and "(given)" in text
+    assert "input 16 px" in text and "(input size given; mean, std: its architecture's default" in text
 
 
 # 4. manifest entries take the command line's loading options as defaults; missing weights are counted first

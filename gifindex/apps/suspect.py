@@ -115,10 +115,12 @@ def suspect(index: "Index", suspect_ref: "str | ModelEntry", owner: "str | Model
     _check_exclude(index, exclude)
     owner_q = index.resolve(owner, device=device, batch_size=batch_size)
     sus_q = index.resolve(suspect_ref, device=device, batch_size=batch_size, fallback=owners_convention(owner_q))
-    entry = sus_q.entry or index.loading_entry(suspect_ref)  # a file signed on the fly: as it was loaded
+    # how the suspect loads (a file signed on the fly: as it was loaded), asked only where a fingerprint judges it:
+    # an indexed name's entry checks its file, which a verdict from stored signatures alone does not need
+    entry = _once(lambda: sus_q.entry or index.loading_entry(suspect_ref))
     identities = indexed_as(index, owner_q), indexed_as(index, sus_q)
     fingerprint = owner_fingerprint(index, identities[0].name) if use_fingerprint and identities[0] else None
-    return _suspect_resolved(index, sus_q, owner_q, fingerprint, entry, lambda: _loaded(sus_q, entry, device),
+    return _suspect_resolved(index, sus_q, owner_q, fingerprint, entry, _once(lambda: _loaded(sus_q, entry(), device)),
                              z_threshold, exclude, device, budget, on_model, identities=identities)
 
 
@@ -181,15 +183,16 @@ def _loaded(query: Any, entry: "ModelEntry", device: str) -> Any:
 
 
 def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fingerprint | None,
-                      entry: "ModelEntry", suspect_model: Callable[[], Any], z_threshold: float,
+                      entry: "Callable[[], ModelEntry]", suspect_model: Callable[[], Any], z_threshold: float,
                       exclude: Sequence[str], device: str, budget: float | None,
                       on_model: Callable[[str, int, int], None] | None,
                       cache: EvidenceCache | None = None,
                       indexed: tuple[list[Any], np.ndarray] | None = None,
                       identities: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """:func:`suspect` on a resolved suspect and owner; ``suspect_model()`` gives the suspect's model (as loaded
-    from ``entry``) when the owner's ``fingerprint`` (None: none, or not used) must judge it; ``cache``: the owner's
-    evidence cache when already open (a ranking's); ``indexed``: ``index.vectors()``, when already read;
+    from ``entry()``, how it loads) when the owner's ``fingerprint`` (None: none, or not used) must judge it;
+    ``cache``: the owner's evidence cache when already open (a ranking's); ``indexed``: ``index.vectors()``, when
+    already read;
     ``identities``: the owner's and the suspect's :func:`indexed_as`, when already known."""
     owner_rec, sus_rec = identities or (indexed_as(index, owner_q), indexed_as(index, sus_q))
     owner_vec, owner_name = owner_q.vector, query_name(index, owner_q)
@@ -216,10 +219,10 @@ def _suspect_resolved(index: "Index", sus_q: Any, owner_q: Any, fingerprint: Fin
     record = sus_rec  # None: a model signed on the fly that no indexed model holds
     evidence = None if cache is None or record is None else cache.get(record.name, record.weights_sha256)
     if evidence is None and fingerprint is not None:
-        evidence = fingerprint_evidence(fingerprint, entry, device, loaded=suspect_model())
+        evidence = fingerprint_evidence(fingerprint, entry(), device, loaded=suspect_model())
         if cache is not None and record is not None:  # the ranking need not load it again
             cache.put(record.name, record.weights_sha256, evidence)
-    _judge(out, evidence, z_threshold, lambda: entry)
+    _judge(out, evidence, z_threshold, entry)
     if budget is not None:  # every other model's verdict as `--all` gives it (the suspect among them, if indexed)
         keep = _others(records, exclude, owner_rec)
         if len(keep) < MIN_POPULATION + 1:
@@ -301,9 +304,9 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
     bar, each_budget = _family_bars(owners, z_threshold, budget, len(_others(records, exclude, named.record)) - 1,
                                     "screen the suspect against", "the suspect", stale)
     indexed = records, index.load_vectors(records)  # read once for every owner
-    variants: dict[Any, tuple[Any, "ModelEntry", Callable[[], Any], Any]] = {}
+    variants: dict[Any, tuple[Any, Callable[[], "ModelEntry"], Callable[[], Any], Any]] = {}
 
-    def as_owner_needs(owner_q: Any) -> tuple[Any, "ModelEntry", Callable[[], Any], Any]:
+    def as_owner_needs(owner_q: Any) -> tuple[Any, Callable[[], "ModelEntry"], Callable[[], Any], Any]:
         """The suspect signed, its loading entry, its model (loaded once) in the convention this owner needs, and
         the indexed model it is (:func:`indexed_as`)."""
         fallback = owners_convention(owner_q) if signed_later and entry_ref.convention_unknown() else None
@@ -311,8 +314,8 @@ def screen(index: "Index", suspect_ref: "str | ModelEntry", z_threshold: float =
         if key not in variants:
             query = index.resolve(entry_ref, device=device, batch_size=batch_size,
                                   fallback=fallback) if signed_later else named
-            entry = query.entry or index.loading_entry(suspect_ref)
-            variants[key] = query, entry, _once(lambda: _loaded(query, entry, device)), indexed_as(index, query)
+            entry = _once(lambda: query.entry or index.loading_entry(suspect_ref))   # asked only by a fingerprint
+            variants[key] = query, entry, _once(lambda: _loaded(query, entry(), device)), indexed_as(index, query)
         return variants[key]
 
     # a ranking judges every indexed model against each owner: each is loaded once for all the fingerprints

@@ -14,8 +14,12 @@ class WriterLock:
     """Exclusive lock on ``INDEX/.lock``; ``wait`` seconds to wait for another writer (0: refuse at once).
 
     The lock is an fcntl/flock lock, so a writer killed with SIGKILL leaves no stale lock behind: the
-    kernel releases it. The holder's pid is written beside it only to say who holds it.
+    kernel releases it. The holder's pid is written beside it only to say who holds it. "At once" still waits
+    ``GRACE`` seconds: a reader asking whether a writer is active (``writer_active``) holds the lock for an instant,
+    and a writer starting then must not be refused for it.
     """
+
+    GRACE = 0.25
 
     def __init__(self, root: Path, wait: float = 0.0):
         self.path = root / ".lock"
@@ -25,7 +29,7 @@ class WriterLock:
 
     def __enter__(self) -> "WriterLock":
         try:
-            self._lock.acquire(timeout=self.wait)
+            self._lock.acquire(timeout=max(self.wait, self.GRACE), poll_interval=0.01)
         except Timeout:
             holder = _owner(self.owner) or "unknown"
             raise IndexError_(f"the index at {self.path.parent} is being written by another process "
@@ -43,7 +47,8 @@ class WriterLock:
 def writer_active(root: Path) -> bool:
     """Whether another process holds the writer lock of the index at ``root``: the lock itself is tried (a pid
     file left by a killed writer, whose pid may have been reused, says nothing); where it cannot be opened (a
-    read-only index), the recorded pid is asked whether it lives."""
+    read-only index), the recorded pid is asked whether it lives. The lock is held for an instant only, which a
+    writer's ``WriterLock.GRACE`` covers."""
     lock = FileLock(str(root / ".lock"))
     try:
         lock.acquire(timeout=0)

@@ -93,6 +93,30 @@ def _loaded_files(path: str) -> list[Path]:
     return []
 
 
+def _check_trusted_code(record: ModelRecord) -> None:
+    """A stored ``--trust`` covers the code it let run (``ingest.user_code_files``, recorded since code hashes were):
+    refuse when one of those files changed or is gone, or when a file in the working folder would be imported in its
+    place (a pickle imports its classes' modules by name, the working folder first)."""
+    code = record.metadata.get("code_sha256") or {}
+    cwd = Path.cwd().resolve()
+    for path, held in code.items():
+        where = Path(path)
+        found = file_sha256(where) if where.is_file() else None
+        if found != held.get("sha256"):
+            state = "is gone" if found is None else "changed since it was indexed"
+            raise IndexError_(f"model {record.name!r} was indexed with --trust, but its code file {path} {state}; the "
+                              "stored --trust applies only to the code that was trusted: give the model's file itself "
+                              "with --trust to run that code as it is now, or ingest the model again with --trust")
+        top = str(held.get("module") or "").split(".")[0]
+        if not top.isidentifier() or top == "__main__" or top.startswith("gifindex_user_"):
+            continue                              # imported by its path, not found by name
+        for shadow, home in ((cwd / f"{top}.py", cwd / f"{top}.py"), (cwd / top / "__init__.py", cwd / top)):
+            if shadow.is_file() and not where.resolve().is_relative_to(home.resolve()):
+                raise IndexError_(f"model {record.name!r} was indexed with --trust from code in {path}, but {shadow} "
+                                  f"in the working folder would be imported as {top!r} instead; run from another "
+                                  "folder, or give the model's file itself with --trust to run that code")
+
+
 class Index(IndexFiles):
     """A directory of model signatures that answers nearest / distance / matrix / tree queries."""
 
@@ -189,6 +213,8 @@ class Index(IndexFiles):
         stored signature is of the old bytes (an exact distance, a fingerprint check or an unlearning test would
         mix two models), and a stored ``--trust`` covers only the bytes that were trusted (another pickle put at
         its path would run its code). A reference without a local file, or none recorded, passes."""
+        if trusted_before:
+            _check_trusted_code(record)
         path = entry.weights or entry.ref
         files = _loaded_files(path)
         wanted = record.metadata.get("file_sha256")

@@ -99,12 +99,15 @@ def check_reproducible(adapter: SharedSpaceAdapter, probes: "Probes", device: st
     first, again, alone = adapter.logits(images), adapter.logits(images), adapter.logits(images[:1])
     if not bool(torch.isfinite(first).all()):
         return                                   # NaN or Inf outputs are refused, with that reason, when signed
-    scale = float(first.abs().max()) if first.numel() else 0.0
-    tolerance = 1e-3 if getattr(adapter, "dtype", torch.float32) in (torch.float32, torch.float64) else 2e-2
+    # Relative l2 difference: float rounding (also TF32 convolutions on CUDA, whose algorithm may change with the
+    # batch size) stays near 1e-3; dropout or batch statistics move outputs by tens of percent.
+    limit = 2e-2 if getattr(adapter, "dtype", torch.float32) in (torch.float32, torch.float64) else 1e-1
 
     def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-        return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=tolerance,
-                                                          atol=0.1 * tolerance * scale))
+        if a.shape != b.shape:
+            return False
+        a, b = a.double(), b.double()
+        return float((a - b).norm()) <= limit * max(float(a.norm()), float(b.norm()), 1e-12)
 
     if not close(first, again):
         raise SignatureError("its outputs differ between two runs on the same images (dropout left on, or random "
