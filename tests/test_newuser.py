@@ -123,8 +123,8 @@ def test_refs_are_absolute_and_found_again_by_hash(models, hub, tmp_path, monkey
     import shutil
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    (manifests / "m.yaml").write_text(f"- name: b\n  ref: ../models/b.pt\n  arch: timm:test_resnet\n"
-                                      f"  num_classes: 10\n")
+    (manifests / "m.yaml").write_text("- name: b\n  ref: ../models/b.pt\n  arch: timm:test_resnet\n"
+                                      "  num_classes: 10\n")
     shutil.copy(models / "models" / "a.pt", tmp_path / "work" / "a.pt")
     (tmp_path / "models").mkdir()
     shutil.copy(models / "models" / "b.pt", tmp_path / "models" / "b.pt")
