@@ -144,28 +144,19 @@ def _module_tree(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def user_code_files(module: torch.nn.Module) -> dict[str, dict[str, str]]:
-    """The source files of the user's own classes in ``module``'s tree (not torch's, torchvision's, timm's, nor any
-    installed library's or the standard library's): ``{absolute path: {"sha256", "module"}}``. Loading such a model
-    again imports them, so a stored ``--trust`` holds only while they are the files trusted (``Index.entry_for``)."""
-    import inspect
-    import sysconfig
+def trusted_code(arch: str | None) -> dict[str, dict[str, str]]:
+    """The class file a ``python:FILE.py:Class`` architecture imports (as the index records it, by absolute path),
+    with its sha256: ``{path: {"sha256"}}``; empty for any other architecture. A stored ``--trust`` holds only while
+    that file is the one trusted (``Index.entry_for``). What the file imports in turn, and the modules a whole pickle
+    imports by name, are found as Python finds them when the model loads, as for any script, and are not recorded."""
+    from .models import pyclass
 
-    installed = [Path(p).resolve() for key in ("purelib", "platlib", "stdlib", "platstdlib")
-                 if (p := sysconfig.get_paths().get(key))]
-    files: dict[str, dict[str, str]] = {}
-    for sub in module.modules():
-        cls = type(sub)
-        if cls.__module__.split(".")[0] in _LIBRARIES:
-            continue
-        try:
-            path = Path(inspect.getsourcefile(cls) or "").resolve()
-            if not path.is_file() or any(path.is_relative_to(root) for root in installed) or str(path) in files:
-                continue
-            files[str(path)] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "module": cls.__module__}
-        except (OSError, TypeError):
-            continue
-    return files
+    if not pyclass.is_python_arch(arch):
+        return {}
+    path = pyclass.class_file(pyclass.canonical(arch))
+    if path is None or not path.is_file():
+        return {}
+    return {str(path): {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
 
 
 def _portable_arch(arch: str | None) -> str:
@@ -300,10 +291,9 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
         for key in ("detected", "headless"):      # an architecture read from the weights; a backbone without a head
             if loaded.meta.get(key):
                 result.metadata[key] = loaded.meta[key]
-        if entry.trust:                           # the code this --trust let run, which a stored trust covers
-            code = user_code_files(loaded.module)
-            if code:
-                result.metadata["code_sha256"] = code
+        code = trusted_code(entry.arch) if entry.trust else {}
+        if code:                                  # the class file this --trust let run, which a stored trust covers
+            result.metadata["code_sha256"] = code
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a bad model is a result, not a crash

@@ -25,7 +25,7 @@ Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SCALARS = (str, int, float, bool, type(None))
 
 # model files named after their file name (a Lightning checkpoint, a `.pth.tar` too: "m.pth.tar" is "m")
-NAMED_BY_STEM = (".pt", ".pth", ".bin", ".safetensors", ".ts", ".jit", ".ckpt", ".pth.tar")
+NAMED_BY_STEM = (".pt", ".pth", ".bin", ".safetensors", ".ts", ".jit", ".ckpt", ".tar")
 MAX_INPUT_SIZE = 8192   # pixels: --input-size / input_size above this is a mistake, not a model (--resolution: 2048)
 
 FIELDS = ("name", "ref", "weights", "arch", "num_classes", "input_size", "mean", "std", "output", "tags",
@@ -293,12 +293,12 @@ def with_defaults(entry: ModelEntry, defaults: dict[str, Any]) -> ModelEntry:
     ``arch`` only for model files, ``random_init`` only for named models without a ``weights`` file. ``trust`` from
     the command line trusts every entry, which also grants an entry's own ``trust: true`` (a manifest alone cannot)."""
     from .errors import GifindexError
-    from .refs import is_model_file_name, parse_ref
+    from .refs import FILE_SUFFIXES, parse_ref
 
     try:
         is_file = parse_ref(entry.ref).kind in ("file", "hf-folder")
     except GifindexError:
-        is_file = is_model_file_name(entry.ref)
+        is_file = Path(entry.ref).suffix.lower() in FILE_SUFFIXES
     changes: dict[str, Any] = {}
     for key, value in defaults.items():
         if value in (None, False) or getattr(entry, key) not in (None, False):

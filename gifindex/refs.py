@@ -22,13 +22,15 @@ HF_FOLDER_CONFIG = "config.json"
 HF_FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
-CHECKPOINT_SUFFIXES = (".ckpt", ".pth.tar")   # Lightning's checkpoints; torch.save under a tar-like name
+CHECKPOINT_SUFFIXES = (".ckpt", ".tar")   # Lightning's checkpoints; `.pth.tar` (torch.save under a tar-like name)
 FILE_SUFFIXES = WEIGHT_SUFFIXES + TORCHSCRIPT_SUFFIXES + CHECKPOINT_SUFFIXES
 
 
-def is_model_file_name(path: "str | os.PathLike[str]") -> bool:
-    """Whether a file's name says it holds a model (a plain `.tar` archive does not; `m.pth.tar` does)."""
-    return os.fspath(path).lower().endswith(FILE_SUFFIXES)
+def in_model_folder(path: Path) -> bool:
+    """Whether a file inside a folder given to ``ingest`` is one of its models: a model file's suffix, where a plain
+    ``.tar`` is an archive (left out) and only ``.pth.tar`` a checkpoint; a ``.tar`` named directly is still loaded."""
+    name = path.name.lower()
+    return path.suffix.lower() in FILE_SUFFIXES and (not name.endswith(".tar") or name.endswith(".pth.tar"))
 
 # Encoders published by visualpriors (Sax et al.), by their visualpriors names.
 TASKONOMY_TASKS = (
@@ -139,7 +141,7 @@ def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
         return ModelRef("file", path.name, path=str(path.resolve()))
     if path.is_dir():
         return _hf_folder(text, path)
-    if is_model_file_name(path):
+    if path.suffix.lower() in FILE_SUFFIXES:
         if path.exists():
             raise RefError(f"model file {text} is not a regular file")
         raise RefError(f"model file not found: {text}")
@@ -150,7 +152,7 @@ def folder_models(text: str) -> list[str] | None:
     """The model files directly inside ``text`` (sorted) when it is a folder of them rather than one Hugging Face
     model folder (no ``config.json``); None for anything else, which is then read as one reference."""
     files = _folder_files(text)
-    return None if files is None else sorted(str(f) for f in files if is_model_file_name(f))
+    return None if files is None else sorted(str(f) for f in files if in_model_folder(f))
 
 
 def folder_left_out(text: str) -> dict[str, int]:
@@ -159,7 +161,7 @@ def folder_left_out(text: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     for child in _folder_files(text) or []:
         kind = child.suffix.lower()
-        if not is_model_file_name(child):
+        if not in_model_folder(child):
             counts[kind] = counts.get(kind, 0) + 1
     return counts
 

@@ -94,27 +94,15 @@ def _loaded_files(path: str) -> list[Path]:
 
 
 def _check_trusted_code(record: ModelRecord) -> None:
-    """A stored ``--trust`` covers the code it let run (``ingest.user_code_files``, recorded since code hashes were):
-    refuse when one of those files changed or is gone, or when a file in the working folder would be imported in its
-    place (a pickle imports its classes' modules by name, the working folder first)."""
-    code = record.metadata.get("code_sha256") or {}
-    cwd = Path.cwd().resolve()
-    for path, held in code.items():
+    """A stored ``--trust`` covers the class file it let run (``ingest.trusted_code``, recorded since class files
+    were): refuse when that file has changed. A file gone is left to the loader, which says so."""
+    for path, held in (record.metadata.get("code_sha256") or {}).items():
         where = Path(path)
-        found = file_sha256(where) if where.is_file() else None
-        if found != held.get("sha256"):
-            state = "is gone" if found is None else "changed since it was indexed"
-            raise IndexError_(f"model {record.name!r} was indexed with --trust, but its code file {path} {state}; the "
-                              "stored --trust applies only to the code that was trusted: give the model's file itself "
-                              "with --trust to run that code as it is now, or ingest the model again with --trust")
-        top = str(held.get("module") or "").split(".")[0]
-        if not top.isidentifier() or top == "__main__" or top.startswith("gifindex_user_"):
-            continue                              # imported by its path, not found by name
-        for shadow, home in ((cwd / f"{top}.py", cwd / f"{top}.py"), (cwd / top / "__init__.py", cwd / top)):
-            if shadow.is_file() and not where.resolve().is_relative_to(home.resolve()):
-                raise IndexError_(f"model {record.name!r} was indexed with --trust from code in {path}, but {shadow} "
-                                  f"in the working folder would be imported as {top!r} instead; run from another "
-                                  "folder, or give the model's file itself with --trust to run that code")
+        if where.is_file() and file_sha256(where) != held.get("sha256"):
+            raise IndexError_(f"model {record.name!r} was indexed with --trust, but its class file {path} changed "
+                              "since it was indexed; the stored --trust applies only to the code that was trusted: give the "
+                              "model's file itself with --trust to run the class as it is now, or remove the model and "
+                              "ingest it again with --trust")
 
 
 class Index(IndexFiles):
@@ -227,8 +215,8 @@ class Index(IndexFiles):
         if trusted_before:
             raise IndexError_(f"model {record.name!r} was indexed with --trust, but its file {path} changed since it "
                               f"was indexed ({held}); the stored --trust applies only to the bytes that were trusted: "
-                              "give the file itself with --trust to load it as it is now, or ingest it again with "
-                              "--trust")
+                              "give the file itself with --trust to load it as it is now, or remove the model and "
+                              "ingest it again with --trust")
         raise IndexError_(f"model {record.name!r}: its file {path} changed since it was indexed ({held}); its stored "
                           "signature is of the old bytes: restore the file, or ingest the new one under another name "
                           "(or give the file itself, not the indexed name, to use it as it is now)")

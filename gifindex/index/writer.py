@@ -31,7 +31,7 @@ from ..ingest import SignResult, name_taken, split_unchanged
 from ..manifest import ModelEntry
 from ..models.files import check_path
 from ..probes import Probes, make_probes
-from ..refs import is_model_file_name
+from ..refs import FILE_SUFFIXES
 from ..safefs import read_bytes
 from ..text import printable, text_problem
 from .atomic import atomic_path, atomic_write_text, current_umask, fsync_dir
@@ -261,7 +261,7 @@ def _screen(entries: list[ModelEntry], indexed: Collection[str] = ()) -> tuple[l
 def _missing_file(entry: ModelEntry) -> str | None:
     """The loader's own error for a model file that does not exist (found here, in the driver: a hub manifest
     with thousands of missing files fails each at once instead of a worker round trip per file)."""
-    if not is_model_file_name(entry.ref) or os.path.lexists(entry.ref):
+    if Path(entry.ref).suffix.lower() not in FILE_SUFFIXES or os.path.lexists(entry.ref):
         return None
     try:
         check_path(entry.ref)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+from pathlib import Path
 from typing import Sequence
 
 import torch.nn as nn
@@ -16,7 +17,7 @@ from gifindex.errors import ConfigError
 from gifindex.models.files import check_path
 from gifindex.models.sources import get_source
 from gifindex.models.spec import Built, InputSpec, LoadedModel, input_channels, read_weights
-from gifindex.refs import _PREFIXES, ModelRef, is_model_file_name, parse_ref
+from gifindex.refs import _PREFIXES, FILE_SUFFIXES, ModelRef, parse_ref
 
 __all__ = ["Built", "InputSpec", "LoadedModel", "load_model", "read_weights"]
 
@@ -71,7 +72,7 @@ def _check_file_ref(ref: object) -> None:
     prefixed = text.partition(":")[0].lower() in _PREFIXES and ":" in text
     if os.path.isdir(text) and os.path.isfile(os.path.join(text, "config.json")):
         return  # a Hugging Face model folder: parse_ref checks its layout, the loader its files
-    if os.path.lexists(text) or (not prefixed and is_model_file_name(text)):
+    if os.path.lexists(text) or (not prefixed and Path(text).suffix.lower() in FILE_SUFFIXES):
         check_path(text)
 
 

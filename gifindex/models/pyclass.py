@@ -51,6 +51,12 @@ def absolute(arch: str) -> str:
     return with_file(arch, lambda target: str(Path(target).expanduser().resolve()))
 
 
+def class_file(arch: str) -> Path | None:
+    """The file of a ``python:FILE.py:Class`` architecture (None for a ``package.module`` target)."""
+    target, _ = _split(arch)
+    return Path(target).expanduser() if target.endswith(".py") else None
+
+
 def canonical(arch: str) -> str:
     """``arch`` as the index records it, to load it again from any folder: a file path made absolute, and a
     ``package.module`` target found below the working folder (where it is imported from) as its file's absolute path
