@@ -306,9 +306,21 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
     return result
 
 
+def changed_code(metadata: Mapping[str, Any]) -> list[str]:
+    """The class files recorded with a model (``trusted_code``) that are there but no longer hold the bytes
+    recorded (a file gone is the loader's to report)."""
+    changed = []
+    for path, held in (metadata.get("code_sha256") or {}).items():
+        where = Path(path)
+        if where.is_file() and hashlib.sha256(where.read_bytes()).hexdigest() != held.get("sha256"):
+            changed.append(path)
+    return changed
+
+
 def split_unchanged(entries: list[ModelEntry], records: list[Any]) -> tuple[list[ModelEntry], list[SignResult]]:
     """Split off the entries an index already holds unchanged: same loading options (absolute paths) and a
-    file of the same size and mtime as when it was ingested. A resumed ingest skips them without reading or
+    file of the same size and mtime as when it was ingested (and the same ``python:`` class file, where one was
+    recorded). A resumed ingest skips them without reading or
     hashing the file again; the rest go to the workers (which still skip by content hash)."""
     stamped = {json.dumps(r.metadata["load"], sort_keys=True): r for r in records
                if r.metadata.get("load") and r.metadata.get("file_stamp")}
@@ -320,6 +332,8 @@ def split_unchanged(entries: list[ModelEntry], records: list[Any]) -> tuple[list
         absolute = absolute_entry(entry)
         options = json.dumps(load_options(absolute), sort_keys=True)
         record = stamped.get(options)
+        if record is not None and changed_code(record.metadata):   # its class edited: another model, signed again
+            record = None
         if record is None or record.metadata["file_stamp"] != file_stamp(absolute.ref):
             # a named --random-init entry indexed before: its weights were drawn once (a new draw is another model)
             record = drawn.get((entry.name, options)) if entry.name and entry.random_init else None

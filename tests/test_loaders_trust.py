@@ -164,6 +164,10 @@ def test_stored_trust_covers_the_class_file_it_ran(tmp_path, monkeypatch):
     assert _cli(["distance", "-i", root, "whole", "whole", "--exact"])[0] == 0
     code, text = _cli(["distance", "-i", root, project / "a.pt", project / "b.pt", "--exact", "--trust"])  # as now
     assert code == 0, text
+    code, text = _cli(["ingest", "-i", root, project / "a.pt", "--name", "a", "--arch", "python:nets.py:Net",
+                       "--trust", "--input-size", 16, "--mean", 0.5, "--std", 0.5, "--executor", "inline",
+                       "--no-progress"])                # not skipped as unchanged: its class is another model now
+    assert "0 skipped" in text and "name 'a' is already used by another model" in text, text
 
 
 def test_an_indexed_state_dict_whose_file_changed_is_refused_by_name(tmp_path):

@@ -22,7 +22,7 @@ from ..device import check_device
 from ..distance import distance_matrix, signature_distance, signature_distances
 from ..errors import GifindexError, IndexError_
 from ..executors import Reporter
-from ..ingest import SignResult, sign_entry
+from ..ingest import SignResult, changed_code, sign_entry
 from ..manifest import ModelEntry
 from ..methods.registry import get_method
 from ..probes import Probes
@@ -96,13 +96,11 @@ def _loaded_files(path: str) -> list[Path]:
 def _check_trusted_code(record: ModelRecord) -> None:
     """A stored ``--trust`` covers the class file it let run (``ingest.trusted_code``, recorded since class files
     were): refuse when that file has changed. A file gone is left to the loader, which says so."""
-    for path, held in (record.metadata.get("code_sha256") or {}).items():
-        where = Path(path)
-        if where.is_file() and file_sha256(where) != held.get("sha256"):
-            raise IndexError_(f"model {record.name!r} was indexed with --trust, but its class file {path} changed "
-                              "since it was indexed; the stored --trust applies only to the code that was trusted: give the "
-                              "model's file itself with --trust to run the class as it is now, or remove the model and "
-                              "ingest it again with --trust")
+    for path in changed_code(record.metadata):
+        raise IndexError_(f"model {record.name!r} was indexed with --trust, but its class file {path} changed since "
+                          "it was indexed; the stored --trust applies only to the code that was trusted: give the "
+                          "model's file itself with --trust to run the class as it is now, or remove the model and "
+                          "ingest it again with --trust")
 
 
 class Index(IndexFiles):
