@@ -82,3 +82,25 @@ def completeness_error(loaded: LoadedModel, config) -> float:
         change = adapter(probes.images, target) - adapter(probes.baseline, target)
     lhs = ((probes.images - probes.baseline).reshape(len(change), -1) * curves[:, -1]).sum(dim=1)
     return float(((lhs - change).abs() / change.abs()).max())
+
+
+def five_model_hub(root, classes: int, run) -> tuple:
+    """(index, files): an index of five random test_resnet models (``owner``, ``other1``-``other4``, seeds 0-4) of
+    ``classes`` classes at 16 px (mean/std 0.5), saved as state-dict files and ingested through a manifest; ``run``
+    runs the command line."""
+    import timm
+    import torch
+
+    files = {}
+    for seed, name in enumerate(["owner", "other1", "other2", "other3", "other4"]):
+        torch.manual_seed(seed)
+        files[name] = root / f"{name}.pt"
+        torch.save(timm.create_model("test_resnet", num_classes=classes).state_dict(), files[name])
+    index = root / "idx"
+    run("init", "-i", index, "-K", "6", "-T", "2", "--resolution", "16", "--proj-dim", "128")
+    manifest = root / "m.yaml"
+    manifest.write_text("".join(f"- name: {n}\n  ref: {p}\n  arch: timm:test_resnet\n  num_classes: {classes}\n"
+                                f"  input_size: 16\n  mean: [0.5, 0.5, 0.5]\n  std: [0.5, 0.5, 0.5]\n"
+                                for n, p in files.items()))
+    run("ingest", "-i", index, "--manifest", manifest, "--no-progress", "--executor", "inline")
+    return index, files

@@ -9,13 +9,14 @@ import shutil
 
 import numpy as np
 import pytest
-import timm
 import torch
 from click.testing import CliRunner
 
 from gifindex.cli import main
 from gifindex.errors import ConfigError, GifindexError, ProbeError
 from gifindex.fingerprint import OwnerData, load_owner_data, load_query_log
+
+from helpers import five_model_hub
 
 CLASSES = 4
 
@@ -51,18 +52,7 @@ def _no_nan(text: str):
 def hub(tmp_path_factory):
     """An index of five random test_resnet models of CLASSES classes at 16 px (mean/std 0.5), ingested from files."""
     root = tmp_path_factory.mktemp("edges")
-    files = {}
-    for i, name in enumerate(["owner", "other1", "other2", "other3", "other4"]):
-        torch.manual_seed(i)
-        files[name] = root / f"{name}.pt"
-        torch.save(timm.create_model("test_resnet", num_classes=CLASSES).state_dict(), files[name])
-    index = root / "idx"
-    _run("init", "-i", index, "-K", "6", "-T", "2", "--resolution", "16", "--proj-dim", "128")
-    manifest = root / "m.yaml"
-    manifest.write_text("".join(f"- name: {n}\n  ref: {p}\n  arch: timm:test_resnet\n  num_classes: {CLASSES}\n"
-                                f"  input_size: 16\n  mean: [0.5, 0.5, 0.5]\n  std: [0.5, 0.5, 0.5]\n"
-                                for n, p in files.items()))
-    _run("ingest", "-i", index, "--manifest", manifest, "--no-progress", "--executor", "inline")
+    index, files = five_model_hub(root, CLASSES, _run)
     forget = root / "forget.npy"
     np.save(forget, np.random.default_rng(0).random((8, 3, 16, 16)).astype(np.float32))
     return index, files, forget

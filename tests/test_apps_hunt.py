@@ -18,6 +18,8 @@ from click.testing import CliRunner
 from gifindex.cli import main
 from gifindex.errors import GifindexError
 
+from helpers import five_model_hub
+
 CLASSES = 4
 LOAD = ["--arch", "timm:test_resnet", "--num-classes", str(CLASSES), "--input-size", "16", "--mean", "0.5", "0.5",
         "0.5", "--std", "0.5", "0.5", "0.5"]
@@ -59,17 +61,7 @@ def hub(tmp_path_factory):
     """An index of five random test_resnet models of CLASSES classes at 16 px (mean/std 0.5), ingested from files,
     owner data (40 labelled images) and a forget set."""
     root = tmp_path_factory.mktemp("hunt")
-    files = {}
-    for i, name in enumerate(["owner", "other1", "other2", "other3", "other4"]):
-        files[name] = root / f"{name}.pt"
-        _save(files[name], i)
-    index = root / "idx"
-    _run("init", "-i", index, "-K", "6", "-T", "2", "--resolution", "16", "--proj-dim", "128")
-    manifest = root / "m.yaml"
-    manifest.write_text("".join(f"- name: {n}\n  ref: {p}\n  arch: timm:test_resnet\n  num_classes: {CLASSES}\n"
-                                f"  input_size: 16\n  mean: [0.5, 0.5, 0.5]\n  std: [0.5, 0.5, 0.5]\n"
-                                for n, p in files.items()))
-    _run("ingest", "-i", index, "--manifest", manifest, "--no-progress", "--executor", "inline")
+    index, files = five_model_hub(root, CLASSES, _run)
     data = root / "data.npz"
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.random((40, 3, 16, 16)).astype(np.float32), y=np.arange(40) % CLASSES)
