@@ -149,6 +149,33 @@ def test_damaged_removed_list_is_named_and_rewritten_from_the_catalogue(built, t
     assert _names(root) == ["m00", "m01", "m03", "m04", "m05"]
 
 
+def test_a_lost_removed_list_is_rewritten_so_removed_models_stay_removed(built, tmp_path, monkeypatch):
+    """removed.json gone (by hand, or a repair killed between moving the damaged file aside and writing the new one)
+    read as 'nothing removed': verify said the catalogue lost the removed model and --repair brought it back."""
+    root = _copy(built, tmp_path)
+    with Index.open(root) as index:
+        index.remove("m02")
+    (root / "removed.json").unlink()
+    code, out = _verify(root)
+    assert code == 1 and "removed.json is missing" in out and "'m02'" in out and "keeping them removed" in out, out
+    code, out = _verify(root, "--repair")
+    assert code == 0 and "problem" not in out, out
+    assert _names(root) == ["m00", "m01", "m03", "m04", "m05"]
+    assert [t["name"] for t in json.loads((root / "removed.json").read_text())] == ["m02"]
+
+    (root / "removed.json").write_text("{garbage")                  # a repair cut short after copying it aside
+    import gifindex.index.maintenance as maintenance
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(maintenance, "atomic_write_text", cut)
+    with pytest.raises(KeyboardInterrupt), Index.open(root) as index:
+        index.repair()
+    assert (root / "removed.json").read_text() == "{garbage"       # never none: the damaged file stays in place
+    monkeypatch.undo()
+    assert _verify(root, "--repair")[0] == 0 and _names(root) == ["m00", "m01", "m03", "m04", "m05"]
+
+
 def test_an_interrupted_remove_is_named_and_settled_so_a_recreated_catalogue_keeps_the_model(built, tmp_path):
     """remove killed after removed.json was written and before the catalogue: the model is live, listed as
     removed. verify said ok and a recreated catalogue then lost the model."""
@@ -350,3 +377,89 @@ def test_a_writer_is_not_refused_for_a_readers_instant_look_at_the_lock(tmp_path
     with WriterLock(tmp_path, wait=0):
         assert (tmp_path / ".lock.owner").read_text() == str(os.getpid())
     assert not writer_active(tmp_path)
+
+
+def test_remove_on_a_full_disk_is_whole_or_says_what_it_did(built, tmp_path, monkeypatch):
+    """A full disk at the catalogue's commit left removed.json listing a live model and printed a raw sqlite error;
+    one while rewriting search.faiss said 'every committed model is kept' of a model that was removed."""
+    import sqlite3
+
+    import gifindex.index.catalog as catalog_module
+    import gifindex.index.files as files_module
+    from gifindex.errors import IndexError_
+
+    root = _copy(built, tmp_path)
+    before = (root / "removed.json").read_text() if (root / "removed.json").exists() else None
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(catalog_module.Catalog, "remove", full)
+    with Index.open(root) as index, pytest.raises(IndexError_, match=r"cannot write catalog.sqlite \(disk full.*"
+                                                                     r"nothing was removed"):
+        index.remove("m02")
+    monkeypatch.undo()
+    assert ((root / "removed.json").read_text() if (root / "removed.json").exists() else None) in (before, "[]")
+    assert "m02" in _names(root) and _verify(root)[0] == 0
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(files_module, "save_index", no_room)
+    with Index.open(root) as index, pytest.raises(IndexError_, match="'m02' is removed all the same"):
+        index.remove("m02")
+    monkeypatch.undo()
+    assert "m02" not in _names(root)
+    with Index.open(root) as index:     # the stale search file is not answered from
+        assert "m02" not in [hit.name for hit in index.nearest("m00", k=6)]
+    assert _cli("rebuild", "-i", root).exit_code == 0 and _verify(root)[0] == 0
+
+
+def test_a_read_only_copy_reads_commits_still_in_the_write_ahead_log(built, tmp_path):
+    """A writer killed after a commit leaves it in catalog.sqlite-wal; a read-only copy opened the catalogue
+    immutable, which ignores that file: committed changes vanished there, and verify said ok."""
+    import shutil
+
+    root = _copy(built, tmp_path)
+    writer = sqlite3.connect(root / "catalog.sqlite", isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("UPDATE models SET name = 'renamed' WHERE name = 'm05'")   # committed, not yet checkpointed
+    assert (root / "catalog.sqlite-wal").stat().st_size > 0
+    published = tmp_path / "published"
+    shutil.copytree(root, published)                   # as a killed writer left it: the -wal beside the catalogue
+    writer.close()
+    for path in [published, *published.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        assert "renamed" in _names(published) and "m05" not in _names(published)
+    finally:
+        for path in [published, *published.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_a_deleted_index_file_is_named_as_such(built, tmp_path):
+    """Every command said 'no gifindex index here; create one with gifindex init' of a folder holding one."""
+    root = _copy(built, tmp_path)
+    (root / "index.json").unlink()
+    for args in (["verify", "-i", root], ["list", "-i", root], ["nearest", "-i", root, "m00"]):
+        result = _cli(*args)
+        assert result.exit_code == 1 and "holds an index" in result.output and "index.json is missing" in \
+            result.output and "restore it from a backup" in result.output, (args, result.output)
+    assert "create one with" in _cli("list", "-i", tmp_path / "empty").output
+
+
+def test_a_full_disk_does_not_stop_a_writer_at_its_pid_file(built, tmp_path, monkeypatch):
+    """Every writing command failed on a full disk with a bare 'OSError: No space left on device' from the pid
+    file beside the lock (which only names the holder), and the Python API kept the lock."""
+    root = _copy(built, tmp_path)
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == ".lock.owner":
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "write_text", full)
+    assert _cli("rebuild", "-i", root).exit_code == 0
+    with Index.open(root) as index:
+        index.remove("m05")
+    monkeypatch.undo()
+    assert "m05" not in _names(root) and _verify(root)[0] == 0

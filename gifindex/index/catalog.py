@@ -117,7 +117,12 @@ class Catalog:
         removes them on close), so a reader and a concurrent writer see consistent snapshots; on read-only
         storage the file is opened immutable and nothing at all is written."""
         quoted = urllib.parse.quote(str(path.resolve()))
-        modes = ["mode=ro&immutable=1"] if read_only_storage(path.parent) else ["mode=rw", "mode=ro&immutable=1"]
+        wal = path.with_name(path.name + "-wal")
+        pending = wal.is_file() and wal.stat().st_size > 0   # commits a writer killed before its checkpoint left
+        if not read_only_storage(path.parent):
+            modes = ["mode=rw", "mode=ro&immutable=1"]
+        else:   # immutable ignores the WAL: its commits would vanish, so only where there are none
+            modes = ["mode=ro"] if pending else ["mode=ro&immutable=1"]
         for number, mode in enumerate(modes):
             db = sqlite3.connect(f"file:{quoted}?{mode}", uri=True, timeout=60.0, isolation_level=None)
             try:
@@ -125,8 +130,14 @@ class Catalog:
                 return db
             except sqlite3.OperationalError:  # a WAL catalogue on storage we cannot write: read it as is
                 db.close()
-                if number == len(modes) - 1:
-                    raise
+                if number < len(modes) - 1:
+                    continue
+                if pending and read_only_storage(path.parent):
+                    raise IndexError_(f"the catalogue {path} has commits in {wal.name} (a writer stopped before "
+                                      "folding them in) that read-only storage cannot read; run any gifindex "
+                                      "command on the index where it is writable (`gifindex verify`), then copy or "
+                                      "publish it again; nothing was changed") from None
+                raise
         raise AssertionError("unreachable")
 
     def damaged(self, exc: BaseException) -> IndexError_:
@@ -285,8 +296,16 @@ class Catalog:
             return None
         with self._writing():
             self.db.execute("DELETE FROM models WHERE id = ?", (record.id,))
+            self.db.execute("INSERT INTO state(key, value) VALUES('removals', '1') ON CONFLICT(key) "
+                            "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
             self._bump()
         return record
+
+    def removals(self) -> int:
+        """How many models were removed through this catalogue (counted since catalogues count them): with none, a
+        shard row the catalogue does not hold was lost, not removed, whatever removed.json says or lacks."""
+        value = self.state("removals")
+        return int(value) if value is not None else 0
 
     def drop_shard(self, shard: str) -> list[str]:
         """Forget a (corrupt) shard and its models; returns the names that must be re-ingested."""

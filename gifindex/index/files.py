@@ -200,8 +200,10 @@ class IndexFiles:
         return IndexError_(f"no model named {name!r} in the index{hint}")
 
     # ---------------------------------------------------------------------------------------- search
-    def save_search(self, index) -> None:
-        """Write search.faiss (+ search.json, search.sha256), each atomically, at the catalogue's generation."""
+    def save_search(self, index, after: str = "every committed model is kept in the catalogue and shards; free "
+                                              "space and run `gifindex rebuild`") -> None:
+        """Write search.faiss (+ search.json, search.sha256), each atomically, at the catalogue's generation;
+        ``after``: what a failed write's error says of the index's state."""
         generation = self.catalog.generation()
         try:
             save_index(index, self.root / SEARCH_FILE, generation, self.search_spec,
@@ -210,8 +212,7 @@ class IndexFiles:
                 {"generation": generation, "sha256": file_sha256(self.root / SEARCH_FILE),
                  "index": index_uid(self.meta)}))
         except (OSError, RuntimeError) as exc:
-            raise write_failure(SEARCH_FILE, exc, "every committed model is kept in the catalogue and shards; "
-                                "free space and run `gifindex rebuild`") from None
+            raise write_failure(SEARCH_FILE, exc, after) from None
         self._search, self._search_generation = index, generation
 
     def rebuilt_search(self):

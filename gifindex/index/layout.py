@@ -129,6 +129,10 @@ def read_meta(root: Path) -> dict[str, Any]:
     """index.json, read with a size cap and checked field by field; every problem names the file."""
     path = root / INDEX_FILE
     if not path.is_file() and not path.exists():
+        held = [name for name in (CATALOG_FILE, SHARD_DIR, PROBES_FILE) if (root / name).exists()]
+        if held:   # the rest of an index is there: its configuration file was deleted, not never made
+            raise IndexError_(f"{root} holds an index ({', '.join(held)}) but its {INDEX_FILE} is missing; restore it "
+                              "from a backup: the configuration it records cannot be rebuilt from the shards")
         raise IndexError_(f"no gifindex index at {root} (missing {INDEX_FILE}); create one with "
                           "`gifindex init -i DIR`")
     data = read_bytes(path, "index file", MAX_META_BYTES, IndexError_)

@@ -34,12 +34,20 @@ class WriterLock:
             holder = _owner(self.owner) or "unknown"
             raise IndexError_(f"the index at {self.path.parent} is being written by another process "
                               f"(pid {holder}); wait for it to finish, or pass --wait SECONDS") from None
-        self.owner.write_text(str(os.getpid()))
+        try:
+            self.owner.write_text(str(os.getpid()))
+        except OSError:   # a full disk, say: the pid only names the holder in messages, the lock is what counts
+            try:
+                self.owner.unlink(missing_ok=True)
+            except OSError:
+                pass
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
             self.owner.unlink(missing_ok=True)
+        except OSError:
+            pass
         finally:
             self._lock.release()
 

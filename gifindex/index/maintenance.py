@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -96,6 +97,7 @@ def recreate_catalog(files: IndexFiles) -> dict[str, Any]:
     adopted["failures_kept"] = failures
     log.warning("recreated %s from %d shard(s): %d model(s); %s", CATALOG_FILE, len(adopted["shards"]),
                 len(adopted["models"]), f"{failures} logged failure(s) of past ingests kept" if failures else
+                "the old catalogue logged no failed ingest" if old_catalog is not None else
                 "the failure log of past ingests is not recoverable")
     return adopted
 
@@ -228,14 +230,21 @@ def _settle_interrupted_removals(files: IndexFiles) -> list[str]:
 
 
 def _rewrite_tombstones(files: IndexFiles) -> dict[str, Any] | None:
-    """A damaged removed.json, rewritten from the (sound) catalogue: every row of a readable registered shard
-    that the catalogue does not hold is recorded as removed, so a catalogue recreated later is this one. The
-    damaged file is kept beside it. None when removed.json is sound."""
-    try:
-        read_tombstones(files.root)
-        return None
-    except IndexError_:
-        pass
+    """A damaged or missing removed.json, rewritten from the (sound) catalogue: every row of a readable registered
+    shard that the catalogue does not hold is recorded as removed, so a catalogue recreated later is this one (a
+    registered shard's rows enter the catalogue in one transaction, so a sound catalogue that counts removals lacks
+    only removed ones). A damaged file is kept beside it. None when removed.json is sound, or missing while the
+    catalogue counts no removal (rows it lacks were then lost, not removed)."""
+    path = files.root / TOMBSTONES
+    missing = not path.exists()
+    if missing and not files.catalog.removals():
+        return None   # nothing was removed: rows the catalogue lacks were lost, and the repair brings them back
+    if not missing:
+        try:
+            read_tombstones(files.root)
+            return None
+        except IndexError_:
+            pass
     live = {(r.shard, r.row) for r in files.records()}
     tombstones = []
     for shard in sorted(files.catalog.shards()):
@@ -247,13 +256,16 @@ def _rewrite_tombstones(files: IndexFiles) -> dict[str, Any] | None:
             if (shard, row) not in live:
                 tombstones.append({"shard": shard, "row": row, "name": name,
                                    "weights_sha256": hashes[row] if hashes else None, "time": time.time()})
-    path = files.root / TOMBSTONES
-    kept = path.with_name(f"{TOMBSTONES}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, kept)
+    if missing and not tombstones:
+        return None
+    kept = None
+    if not missing:   # copied aside, not moved: a write cut short leaves the damaged file, never none
+        kept = path.with_name(f"{TOMBSTONES}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copy2(path, kept)
     atomic_write_text(path, json.dumps(tombstones, indent=1))
-    log.warning("rewrote %s from the catalogue (%d removed row(s)); the damaged file is kept as %s", TOMBSTONES,
-                len(tombstones), kept.name)
-    return {"removed_rows": len(tombstones), "kept_damaged": kept.name}
+    log.warning("rewrote %s from the catalogue (%d removed row(s)); %s", TOMBSTONES, len(tombstones),
+                "it was missing" if missing else f"the damaged file is kept as {kept.name}")
+    return {"removed_rows": len(tombstones), "kept_damaged": kept.name if kept else None, "was_missing": missing}
 
 
 def catalogue_disagreements(files: IndexFiles, records: Sequence[ModelRecord], registered: dict,
@@ -309,6 +321,7 @@ def verify(files: IndexFiles) -> dict[str, Any]:
             integrity = files.catalog.integrity()
             registered = files.catalog.shards()
             records = files.records()
+            removals = files.catalog.removals()
             damaged = bad_shards(files)
     except IndexError_ as exc:
         problems.append(f"{exc} ({len(on_disk)} shard(s) on disk hold the models)")
@@ -338,7 +351,12 @@ def verify(files: IndexFiles) -> dict[str, Any]:
     if mismatched:
         problems.append(f"{CATALOG_FILE} disagrees with the shards: {_some(mismatched)} point(s) to shard rows "
                         f"holding other models; {CATALOG_FIX}")
-    if unlisted:
+    if unlisted and not (root / TOMBSTONES).exists() and removals:
+        problems.append(f"{TOMBSTONES} is missing, and the shards hold {len(unlisted)} model(s) the catalogue does not "
+                        f"list ({_some(unlisted)}): models removed before it was lost, while the catalogue is sound; "
+                        f"`gifindex verify --repair` rewrites {TOMBSTONES} from the catalogue, keeping them removed "
+                        "(ingest one again to bring it back)")
+    elif unlisted:
         problems.append(f"the shards hold {len(unlisted)} model(s) that {CATALOG_FILE} lost (neither indexed nor "
                         f"in {TOMBSTONES}: {_some(unlisted)}); {CATALOG_FIX}")
     for orphan in sorted(on_disk - set(registered)):

@@ -573,7 +573,10 @@ FAISS_READ_ERRORS = (RuntimeError, MemoryError)
 def save_index(index: faiss.Index, path: Path, generation: int, spec: SearchSpec, reason: str = "") -> None:
     """Write ``search.faiss`` then its sidecar ``search.json`` (generation, kind, why), each atomically."""
     with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
+        with open(tmp, "wb") as handle:   # through Python: a failed write or close raises (faiss only prints it)
+            writer = faiss.PyCallbackIOWriter(handle.write)
+            faiss.write_index(index, writer)
+            del writer
     atomic_write_text(path.with_suffix(".json"), json.dumps(
         {"generation": generation, "kind": index_kind(index), "spec": spec.kind, "reason": reason,
          "ntotal": int(index.ntotal), "dim": int(index.d)}))

@@ -328,7 +328,8 @@ def remove(files: IndexFiles, name: str, wait: float = 0.0) -> ModelRecord:
         if record is None:
             raise files.no_model(name)
         index = files.search_index(writable=True)
-        tombstones = [t for t in read_tombstones(files.root)   # a rerun of an interrupted remove: listed once
+        before = read_tombstones(files.root)
+        tombstones = [t for t in before   # a rerun of an interrupted remove: listed once
                       if (t.get("shard"), t.get("row")) != (record.shard, record.row)]
         tombstones.append({"shard": record.shard, "row": record.row, "name": record.name,
                            "weights_sha256": record.weights_sha256, "time": time.time()})
@@ -336,12 +337,21 @@ def remove(files: IndexFiles, name: str, wait: float = 0.0) -> ModelRecord:
             atomic_write_text(files.root / TOMBSTONES, json.dumps(tombstones, indent=1))
         except OSError as exc:
             raise write_failure(TOMBSTONES, exc, "nothing was removed") from None
-        files.catalog.remove(name)
+        try:
+            files.catalog.remove(name)
+        except (sqlite3.Error, OSError) as exc:   # a full disk at the commit: take back the removed.json entry
+            try:
+                atomic_write_text(files.root / TOMBSTONES, json.dumps(before, indent=1))
+            except OSError:
+                pass   # left listed while indexed: verify names it, --repair keeps the model
+            raise write_failure(CATALOG_FILE, exc, "nothing was removed") from None
         try:
             index.remove_ids(np.array([record.id], dtype=np.int64))
-            files.save_search(index)
         except RuntimeError:
-            files.save_search(files.rebuilt_search())
+            index = files.rebuilt_search()
+        files.save_search(index, after=f"{record.name!r} is removed all the same (the catalogue and {TOMBSTONES} "
+                          "say so, and queries rebuild the search index in memory until then); free space and run "
+                          "`gifindex rebuild`")
     return record
 
 
