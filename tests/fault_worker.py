@@ -7,6 +7,7 @@ Forking from a warm process keeps each trial at a fraction of a second instead o
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import resource
@@ -39,18 +40,26 @@ def op_ingest(cmd: dict) -> int:
 
 def op_rebuild_hang(cmd: dict) -> int:
     """Rebuild, but stall for good in the middle of writing search.faiss (after half the bytes)."""
-    original = search_mod.faiss.write_index
+    class Writer:   # stands in for faiss.PyCallbackIOWriter: keeps the Python write the search file goes through
+        def __init__(self, write):
+            self.write = write
 
-    def slow_write(index, path):
-        original(index, path)
-        data = open(path, "rb").read()
-        with open(path, "wb") as handle:
-            handle.write(data[: len(data) // 2])
-            handle.flush()
-            os.fsync(handle.fileno())
+    original, real_writer = search_mod.faiss.write_index, search_mod.faiss.PyCallbackIOWriter
+
+    def slow_write(index, writer):
+        whole = io.BytesIO()
+        into = real_writer(whole.write)
+        original(index, into)
+        del into
+        data = whole.getvalue()
+        writer.write(data[: len(data) // 2])
+        handle = writer.write.__self__          # the open temporary file
+        handle.flush()
+        os.fsync(handle.fileno())
         open(cmd["ready"], "w").close()
         time.sleep(600)
 
+    search_mod.faiss.PyCallbackIOWriter = Writer
     search_mod.faiss.write_index = slow_write
     Index.open(cmd["index"]).rebuild()
     return 0
