@@ -149,6 +149,7 @@ def trusted_code(arch: str | None) -> dict[str, dict[str, str]]:
     with its sha256: ``{path: {"sha256"}}``; empty for any other architecture. A stored ``--trust`` holds only while
     that file is the one trusted (``Index.entry_for``). What the file imports in turn, and the modules a whole pickle
     imports by name, are found as Python finds them when the model loads, as for any script, and are not recorded."""
+    from .index.shards import file_sha256
     from .models import pyclass
 
     if not pyclass.is_python_arch(arch):
@@ -156,7 +157,7 @@ def trusted_code(arch: str | None) -> dict[str, dict[str, str]]:
     path = pyclass.class_file(pyclass.canonical(arch))
     if path is None or not path.is_file():
         return {}
-    return {str(path): {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+    return {str(path): {"sha256": file_sha256(path)}}
 
 
 def _portable_arch(arch: str | None) -> str:
@@ -306,13 +307,18 @@ def sign_entry(entry: ModelEntry, config: "SignatureConfig", probes: "Probes", *
     return result
 
 
-def changed_code(metadata: Mapping[str, Any]) -> list[str]:
+def changed_code(metadata: Mapping[str, Any], hashed: dict[str, str | None] | None = None) -> list[str]:
     """The class files recorded with a model (``trusted_code``) that are there but no longer hold the bytes
-    recorded (a file gone is the loader's to report)."""
+    recorded (a file gone is the loader's to report). ``hashed``: each file's sha256 already read (None: gone),
+    filled in as files are read, so models sharing a class file read it once."""
+    from .index.shards import file_sha256
+
+    hashed = {} if hashed is None else hashed
     changed = []
     for path, held in (metadata.get("code_sha256") or {}).items():
-        where = Path(path)
-        if where.is_file() and hashlib.sha256(where.read_bytes()).hexdigest() != held.get("sha256"):
+        if path not in hashed:
+            hashed[path] = file_sha256(Path(path)) if Path(path).is_file() else None
+        if hashed[path] is not None and hashed[path] != held.get("sha256"):
             changed.append(path)
     return changed
 
@@ -328,11 +334,12 @@ def split_unchanged(entries: list[ModelEntry], records: list[Any]) -> tuple[list
              if r.metadata.get("load") and r.metadata.get("random_init")}
     todo: list[ModelEntry] = []
     skipped: list[SignResult] = []
+    class_files: dict[str, str | None] = {}   # each python: class file hashed once, however many models use it
     for entry in entries:
         absolute = absolute_entry(entry)
         options = json.dumps(load_options(absolute), sort_keys=True)
         record = stamped.get(options)
-        if record is not None and changed_code(record.metadata):   # its class edited: another model, signed again
+        if record is not None and changed_code(record.metadata, class_files):   # its class edited: signed again
             record = None
         if record is None or record.metadata["file_stamp"] != file_stamp(absolute.ref):
             # a named --random-init entry indexed before: its weights were drawn once (a new draw is another model)

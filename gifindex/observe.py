@@ -141,10 +141,9 @@ def entry_features(entry: Any, probes: Any, config: Any, *, device: str = "cpu",
     was loaded. ``reused_from``: the indexed model whose stored options ``entry`` carries (its file's twin);
     ``convention_note``: where its input convention came from, when a caller supplied it (``Index.query_options``);
     ``origin``: where all its loading options came from (an indexed name's stored options), said for both."""
+    from .errors import SignatureError
     from .methods import features, passes
     from .models import load_model
-
-    from .errors import SignatureError
 
     loaded = load_model(entry.ref, device=device, **entry.load_kwargs())
     with signing(entry.display_name(), passes(config)) as progress:

@@ -119,7 +119,8 @@ class Catalog:
         quoted = urllib.parse.quote(str(path.resolve()))
         wal = path.with_name(path.name + "-wal")
         pending = wal.is_file() and wal.stat().st_size > 0   # commits a writer killed before its checkpoint left
-        if not read_only_storage(path.parent):
+        read_only = read_only_storage(path.parent)
+        if not read_only:
             modes = ["mode=rw", "mode=ro&immutable=1"]
         else:   # immutable ignores the WAL: its commits would vanish, so only where there are none
             modes = ["mode=ro"] if pending else ["mode=ro&immutable=1"]
@@ -132,7 +133,7 @@ class Catalog:
                 db.close()
                 if number < len(modes) - 1:
                     continue
-                if pending and read_only_storage(path.parent):
+                if pending and read_only:
                     raise IndexError_(f"the catalogue {path} has commits in {wal.name} (a writer stopped before "
                                       "folding them in) that read-only storage cannot read; run any gifindex "
                                       "command on the index where it is writable (`gifindex verify`), then copy or "
@@ -262,13 +263,20 @@ class Catalog:
 
     def generation(self) -> int:
         """A counter bumped by every change to the set of models (to detect a stale search index)."""
-        value = self.state("generation")
+        return self._counter("generation")
+
+    def _counter(self, key: str) -> int:
+        value = self.state(key)
         return int(value) if value is not None else 0
 
     # ----------------------------------------------------------------------------------------- writes
     def _bump(self) -> None:
-        self.db.execute("INSERT INTO state(key, value) VALUES('generation', '1') ON CONFLICT(key) "
-                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+        self._count("generation")
+
+    def _count(self, key: str) -> None:
+        """Add one to the counter ``key`` of the state table (inside the caller's write transaction)."""
+        self.db.execute("INSERT INTO state(key, value) VALUES(?, '1') ON CONFLICT(key) "
+                        "DO UPDATE SET value = CAST(value AS INTEGER) + 1", (key,))
 
     def register_shard(self, shard: str, sha256: str, entries: list[dict[str, Any]],
                        rows: int | None = None) -> list[int]:
@@ -296,16 +304,14 @@ class Catalog:
             return None
         with self._writing():
             self.db.execute("DELETE FROM models WHERE id = ?", (record.id,))
-            self.db.execute("INSERT INTO state(key, value) VALUES('removals', '1') ON CONFLICT(key) "
-                            "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+            self._count("removals")
             self._bump()
         return record
 
     def removals(self) -> int:
         """How many models were removed through this catalogue (counted since catalogues count them): with none, a
         shard row the catalogue does not hold was lost, not removed, whatever removed.json says or lacks."""
-        value = self.state("removals")
-        return int(value) if value is not None else 0
+        return self._counter("removals")
 
     def drop_shard(self, shard: str) -> list[str]:
         """Forget a (corrupt) shard and its models; returns the names that must be re-ingested."""

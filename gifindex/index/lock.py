@@ -37,19 +37,20 @@ class WriterLock:
         try:
             self.owner.write_text(str(os.getpid()))
         except OSError:   # a full disk, say: the pid only names the holder in messages, the lock is what counts
-            try:
-                self.owner.unlink(missing_ok=True)
-            except OSError:
-                pass
+            self._drop_owner()
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
+            self._drop_owner()
+        finally:
+            self._lock.release()
+
+    def _drop_owner(self) -> None:
+        try:
             self.owner.unlink(missing_ok=True)
         except OSError:
             pass
-        finally:
-            self._lock.release()
 
 
 def writer_active(root: Path) -> bool:

@@ -96,11 +96,12 @@ def _loaded_files(path: str) -> list[Path]:
 def _check_trusted_code(record: ModelRecord) -> None:
     """A stored ``--trust`` covers the class file it let run (``ingest.trusted_code``, recorded since class files
     were): refuse when that file has changed. A file gone is left to the loader, which says so."""
-    for path in changed_code(record.metadata):
-        raise IndexError_(f"model {record.name!r} was indexed with --trust, but its class file {path} changed since "
-                          "it was indexed; the stored --trust applies only to the code that was trusted: give the "
-                          "model's file itself with --trust to run the class as it is now, or remove the model and "
-                          "ingest it again with --trust")
+    changed = changed_code(record.metadata)
+    if changed:
+        raise IndexError_(f"model {record.name!r} was indexed with --trust, but its class file {changed[0]} changed "
+                          "since it was indexed; the stored --trust applies only to the code that was trusted: give "
+                          "the model's file itself with --trust to run the class as it is now, or remove the model "
+                          "and ingest it again with --trust")
 
 
 class Index(IndexFiles):
