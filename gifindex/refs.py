@@ -24,6 +24,7 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
 CHECKPOINT_SUFFIXES = (".ckpt", ".tar")   # Lightning's checkpoints; `.pth.tar` (torch.save under a tar-like name)
 FILE_SUFFIXES = WEIGHT_SUFFIXES + TORCHSCRIPT_SUFFIXES + CHECKPOINT_SUFFIXES
+MANIFEST_SUFFIXES = (".yaml", ".yml")  # a manifest given where a model is expected is named as one
 
 
 def in_model_folder(path: Path) -> bool:
@@ -138,6 +139,9 @@ def parse_ref(text: "str | ModelRef | os.PathLike[str]") -> ModelRef:
     except RuntimeError:  # ~user of an unknown user: not expandable, take the text literally
         path = Path(text)
     if path.is_file():
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            raise RefError(f"{text} is a manifest (a list of models), not a model: ingest it with "
+                           f"`gifindex ingest --manifest {text}`")
         return ModelRef("file", path.name, path=str(path.resolve()))
     if path.is_dir():
         return _hf_folder(text, path)

@@ -262,7 +262,12 @@ def test_sigterm_during_ingest_keeps_what_was_signed(tmp_path):
         process.kill()
     assert process.returncode == 1 and "interrupted" in output, output
     with Index.open(tmp_path / "ix") as index:
-        assert len(index) >= 1, output  # at least the model it said it added (commit-every 100: none before)
+        held = len(index)
+        assert held >= 1, output  # at least the model it said it added (commit-every 100: none before)
+    # the last line says what was kept and how to go on
+    assert output.strip().splitlines()[-1] == (
+        f"error: interrupted; every model signed before it is committed (the index holds {held} "
+        f"model{'' if held == 1 else 's'}): run the same command again to resume"), output
     assert _cli("verify", "-i", tmp_path / "ix").exit_code == 0
 
 

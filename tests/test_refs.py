@@ -53,6 +53,17 @@ def test_file_with_colon_in_name_is_a_file(tmp_path) -> None:
     assert parse_ref(str(path)).kind == "file"
 
 
+@pytest.mark.parametrize("fname", ["zoo.yaml", "Zoo.YML"])
+def test_a_manifest_given_as_a_model_is_named_as_one(tmp_path, fname: str) -> None:
+    """`gifindex ingest zoo.yaml` (forgetting --manifest) says what to do, not that zoo.yaml is no weights file."""
+    path = tmp_path / fname
+    path.write_text("- ref: timm:resnet18\n")
+    with pytest.raises(RefError) as info:
+        parse_ref(str(path))
+    assert str(info.value) == (f"{path} is a manifest (a list of models), not a model: ingest it with "
+                               f"`gifindex ingest --manifest {path}`")
+
+
 @pytest.mark.parametrize("text, message", [
     ("foo:bar", f"unknown model reference 'foo:bar': {EXPECTED}"),
     ("resnet50", f"unknown model reference 'resnet50': {EXPECTED}"),

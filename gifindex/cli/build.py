@@ -119,11 +119,16 @@ def ingest(index_path: str, refs: tuple[str, ...], manifest: str | None, name: s
         raise GifindexError(f"-j/--jobs applies to the local executor; --executor {executor} runs "
                             + ("one model at a time" if executor == "inline" else "as many as the cluster has CPUs"))
     options = {"address": address} if executor == "ray" else {}
-    with terminate_as_interrupt():   # SIGTERM: what was signed is committed first, as on Ctrl-C
-        report = index.ingest(entries, device=check_device(device), batch_size=batch_size,
-                              commit_every=commit_every, wait=wait,
-                              reporter=ProgressReporter(enabled=not no_progress and not as_json),
-                              executor=make_executor(executor, timeout=timeout, jobs=jobs, **options))
+    try:
+        with terminate_as_interrupt():   # SIGTERM: what was signed is committed first, as on Ctrl-C
+            report = index.ingest(entries, device=check_device(device), batch_size=batch_size,
+                                  commit_every=commit_every, wait=wait,
+                                  reporter=ProgressReporter(enabled=not no_progress and not as_json),
+                                  executor=make_executor(executor, timeout=timeout, jobs=jobs, **options))
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: say what was kept and how to go on
+        held = len(index)
+        raise GifindexError(f"interrupted; every model signed before it is committed (the index holds {held} "
+                            f"model{'' if held == 1 else 's'}): run the same command again to resume") from None
     summary = report.to_dict()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["index_models"] = len(index)
