@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,6 +181,52 @@ def test_killed_while_rebuild_writes_search_index(zoo, zygote, reference, tmp_pa
         assert idx.rebuild() == N_MODELS
     assert not list(root.glob(".*.tmp"))
     assert _state(root) == reference[0]
+
+
+@pytest.mark.slow
+def test_command_line_killed_at_random_moments_during_remove_rebuild_and_repair(zoo, zygote, reference, tmp_path):
+    """`remove`, `rebuild` and `verify --repair` run as the command line does and SIGKILLed at random moments: every
+    model but the one removed is kept bit-identical; the removed one is there or gone, never half; the index verifies,
+    or verify names what the kill left and `verify --repair` settles it."""
+    ref_state, _ = reference
+    base = tmp_path / "base"
+    Index.create(base, CONFIG).close()
+    assert zygote.run(op="ingest", index=str(base), manifest=str(zoo / "zoo.yaml")) == 0
+    rng = random.Random(99)
+    commands = {"remove": ["remove", "m3"], "rebuild": ["rebuild"], "repair": ["verify", "--repair"]}
+
+    def cli(args: list[str], root: Path, tag: str) -> dict:
+        return dict(op="cli", args=[args[0], "-i", str(root), *args[1:]], stdout=str(tmp_path / f"{tag}.out"),
+                    stderr=str(tmp_path / f"{tag}.err"))
+
+    for label, args in commands.items():
+        timing = tmp_path / f"{label}-timing"
+        shutil.copytree(base, timing)
+        started = time.monotonic()
+        assert zygote.run(**cli(args, timing, label)) == 0
+        elapsed = time.monotonic() - started
+        killed = 0
+        for trial in range(max(4, KILL_TRIALS // 2)):
+            root = tmp_path / f"{label}{trial}"
+            shutil.copytree(base, root)
+            if label == "repair":
+                (root / "search.faiss").unlink()   # work for the repair to do
+            pid = zygote.start(**cli(args, root, f"{label}{trial}"))
+            time.sleep(rng.uniform(0.0, elapsed))
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            killed += zygote.wait() == -signal.SIGKILL
+            with Index.open(root) as index:
+                report = index.verify()
+            if not report["ok"]:
+                assert zygote.run(**cli(["verify", "--repair"], root, f"{label}{trial}-repair")) == 0, report
+                _verify_ok(root)
+            state = _state(root)
+            assert set(ref_state) - set(state) <= ({"m3"} if label == "remove" else set()), (label, trial)
+            assert all(state[name] == ref_state[name] for name in state), (label, trial)
+        assert killed >= 2, (label, killed)   # the kills landed while the command ran, not only after it
 
 
 def test_second_writer_refused_or_waits_and_stale_lock_recovered(zoo, zygote, reference, tmp_path):
