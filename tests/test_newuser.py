@@ -247,6 +247,13 @@ def test_nearest_k_zero_and_mistyped_names(models, hub):
     assert "no model named 'bb'; did you mean 'b'?" in typo.stderr
 
 
+def test_matrix_of_an_empty_index_says_so_beside_the_empty_table(hub):
+    result = _run("matrix", "-i", hub)
+    assert result.stdout.strip() == '""'   # the table programs read, with no models in it
+    assert result.stderr.strip() == "the index is empty: no distances (ingest some models first)"
+    assert json.loads(_run("matrix", "-i", hub, "--json").stdout)["names"] == []
+
+
 # 7. suspect states the smallest p-value its population can give; --exclude must name indexed models
 
 def test_suspect_p_value_floor_and_exclude(models, hub):

@@ -128,6 +128,8 @@ def matrix(index_path: str, output: str | None, as_json: bool) -> None:
 
     index = open_index(index_path)
     names, dist = index.matrix()
+    if not names and not as_json:   # an empty table is still written (programs read it); people are told why
+        click.echo("the index is empty: no distances (ingest some models first)", err=True)
     drawn = {r.name for r in index.records() if r.metadata.get("random_init")}
     random = [name in drawn for name in names]
     if as_json and not output:
