@@ -35,6 +35,7 @@ DIGITS_MEAN = (0.305, 0.305, 0.305)
 DIGITS_STD = (0.324, 0.324, 0.324)
 STAMP_NAME = "demo_zoo.json"
 PROBES_NAME = "digit_probes.npy"
+OWNER_DATA_NAME = "digits_train.npz"  # the base models' training digits, as an owner gives them to `fit-probes`
 STAMP_VERSION = 2
 RELATIONS = ("base", "finetuned", "pruned", "distilled", "reseeded")
 
@@ -99,6 +100,8 @@ class DigitsData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     raw_test: np.ndarray  # (N, 8, 8) float32 in [0, 1]: the hold-out digits, usable as probes
+    raw_train: np.ndarray  # (N, 8, 8) float32 in [0, 1]: the training digits
+    y_train_raw: np.ndarray  # (N,) int64 labels of raw_train
 
 
 def digits_to_rgb(images: np.ndarray, size: int) -> torch.Tensor:
@@ -126,7 +129,18 @@ def load_digit_data(config: DemoZooConfig) -> DigitsData:
                                                       random_state=config.seed, stratify=labels)
     return DigitsData(normalise(digits_to_rgb(tr_img, config.image_size)), torch.from_numpy(tr_lab),
                       normalise(digits_to_rgb(te_img, config.image_size)), torch.from_numpy(te_lab),
-                      te_img)
+                      te_img, tr_img, tr_lab)
+
+
+def write_owner_data(out_dir: Path, config: DemoZooConfig, data: DigitsData | None = None) -> Path:
+    """``digits_train.npz`` in out_dir: the training digits as the base models saw them before normalising (grey,
+    (N, S, S) in [0, 1] at the zoo's image size) with their labels: what an owner gives `gifindex fit-probes`
+    (``--data``) to fit its model's fingerprint. Derived from the bundled digits, so written again when missing."""
+    data = data or load_digit_data(config)
+    images = digits_to_rgb(data.raw_train, config.image_size)[:, 0].numpy()
+    path = out_dir / OWNER_DATA_NAME
+    _atomic_write(path, lambda h: np.savez(h, x=images, y=data.y_train_raw.astype(np.int64)))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -305,7 +319,8 @@ def build_demo_zoo(out_dir: str | os.PathLike, config: DemoZooConfig = DemoZooCo
     the training set at a lower lr), ``pruned`` (global magnitude pruning of conv/linear weights, masked
     recovery epoch), ``distilled`` (a different architecture trained on the base's soft labels) and
     ``reseeded`` (same architecture and data, another initialisation and data order). Also writes
-    ``digit_probes.npy`` (hold-out digits, usable as ``probe_source``) and the cache stamp.
+    ``digit_probes.npy`` (hold-out digits, usable as ``probe_source``), ``digits_train.npz`` (the training digits
+    with labels, an owner's data for ``fit-probes``) and the cache stamp.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,11 +328,14 @@ def build_demo_zoo(out_dir: str | os.PathLike, config: DemoZooConfig = DemoZooCo
     cached = _load_cached(out, config)
     if cached is not None:
         say(f"demo zoo: reusing {len(cached)} trained models in {out}")
+        if not (out / OWNER_DATA_NAME).is_file():   # a zoo built before the file was written
+            write_owner_data(out, config)
         return cached
 
     data = load_digit_data(config)
     probes_path = out / PROBES_NAME
     _atomic_write(probes_path, lambda h: np.save(h, data.raw_test.astype(np.float32)))
+    write_owner_data(out, config, data)
     entries: list[dict[str, Any]] = []
     hashes: dict[str, str] = {}
     started = time.perf_counter()

@@ -9,7 +9,7 @@ import yaml
 
 from gifindex.config import SignatureConfig
 from gifindex.curves import compute_curves
-from gifindex.demo import DemoZooConfig, augment, build_arch, build_demo_zoo, normalise, write_manifest
+from gifindex.demo import OWNER_DATA_NAME, DemoZooConfig, augment, build_arch, build_demo_zoo, normalise, write_manifest
 from gifindex.distance import curve_distance
 from gifindex.models.spec import InputSpec, LoadedModel
 from gifindex.probes import make_probes
@@ -64,6 +64,25 @@ def test_cache_reuse(zoo):
     assert time.perf_counter() - started < seconds / 3
     assert again == entries
     assert {p.name: p.read_bytes() for p in out.glob("*.pt")} == hashes
+
+
+def test_owner_data_is_the_training_digits_as_the_owner_saw_them(zoo):
+    """digits_train.npz is what `fit-probes --data` reads: the base models' training digits in [0, 1] with their
+    labels, so read through the fingerprint's own loader and the owner's convention the owner classifies them."""
+    from gifindex.adapter import SharedSpaceAdapter
+    from gifindex.fingerprint import load_owner_data
+
+    out, entries, _ = zoo
+    data = load_owner_data(out / OWNER_DATA_NAME, SMALL.image_size)
+    assert data.x.shape[1:] == (3, SMALL.image_size, SMALL.image_size) and 0.0 <= data.x.min() <= data.x.max() <= 1.0
+    assert sorted(data.y.unique().tolist()) == list(range(10))
+    owner = SharedSpaceAdapter.of(_load(entries[0])).eval()
+    with torch.no_grad():
+        accuracy = float((owner.logits(data.x).argmax(1) == data.y).float().mean())
+    assert accuracy >= max(0.8, entries[0]["tags"]["test_accuracy"] - 0.05), accuracy
+    (out / OWNER_DATA_NAME).unlink()     # a cached zoo without it (built before it was written) gets it back
+    build_demo_zoo(out, SMALL)
+    assert torch.equal(load_owner_data(out / OWNER_DATA_NAME, SMALL.image_size).x, data.x)
 
 
 def test_default_config_has_every_relation_and_a_torchvision_base():

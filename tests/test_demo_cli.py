@@ -19,6 +19,10 @@ def test_demo_builds_indexes_and_shows_families(tmp_path):
         assert (out / name).stat().st_size > 100
     assert "does each derived model sit next to its parent?" in result.output
     assert '"colorBy":"family"' in (out / "tree.html").read_text()          # leaves coloured by family
+    # the next steps name the IP check with the owner data the demo wrote, for its first base model
+    fit = f"gifindex fit-probes -i {out / 'index'} test_resnet --data {out / 'zoo' / 'digits_train.npz'}"
+    assert fit in result.output and (out / "zoo" / "digits_train.npz").is_file()
+    assert f"gifindex suspect -i {out / 'index'} --owner test_resnet --all" in result.output
     with Index.open(out / "index") as index:
         records = index.records()
         assert len(records) == 10 and index.verify()["ok"]

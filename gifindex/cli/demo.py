@@ -29,8 +29,8 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
 
     Runs offline in a minute or two on a laptop CPU; a second run reuses the trained zoo and the index.
     """
-    from ..demo import (QUICK_ZOO, DemoZooConfig, build_demo_zoo, demo_index_config, open_demo_index,
-                        relation_rows, write_manifest)
+    from ..demo import (OWNER_DATA_NAME, QUICK_ZOO, DemoZooConfig, build_demo_zoo, demo_index_config,
+                        open_demo_index, relation_rows, write_manifest)
     from ..tree import save_tree, to_newick
 
     device = check_device(device)
@@ -73,7 +73,12 @@ def demo(out_dir: str, device: str, fresh: bool, quick: bool, no_progress: bool)
                (("nwk", "newick"), ("png", "png"), ("html", "html"))]   # leaves coloured by model family
     click.echo("    " + to_newick(tree))
     click.echo("    wrote " + ", ".join(str(p) for p in written))
+    owner = next(e["name"] for e in entries if e["tags"]["relation"] == "base")
     click.echo(f"done in {time.perf_counter() - started:.0f} s. Next: open {out / 'tree.html'} in a browser, or try\n"
                f"    gifindex nearest -i {index_dir} {query}\n"
-               f"    gifindex tree -i {index_dir} --format json")
+               f"    gifindex tree -i {index_dir} --format json\n"
+               f"  and the IP check that also catches distilled copies (fitted once from the owner's data, in\n"
+               f"  minutes on a CPU):\n"
+               f"    gifindex fit-probes -i {index_dir} {owner} --data {zoo_dir / OWNER_DATA_NAME}\n"
+               f"    gifindex suspect -i {index_dir} --owner {owner} --all")
     index.close()
