@@ -100,8 +100,7 @@ class DigitsData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     raw_test: np.ndarray  # (N, 8, 8) float32 in [0, 1]: the hold-out digits, usable as probes
-    raw_train: np.ndarray  # (N, 8, 8) float32 in [0, 1]: the training digits
-    y_train_raw: np.ndarray  # (N,) int64 labels of raw_train
+    raw_train: np.ndarray  # (N, 8, 8) float32 in [0, 1]: the training digits (labels: y_train)
 
 
 def digits_to_rgb(images: np.ndarray, size: int) -> torch.Tensor:
@@ -129,7 +128,7 @@ def load_digit_data(config: DemoZooConfig) -> DigitsData:
                                                       random_state=config.seed, stratify=labels)
     return DigitsData(normalise(digits_to_rgb(tr_img, config.image_size)), torch.from_numpy(tr_lab),
                       normalise(digits_to_rgb(te_img, config.image_size)), torch.from_numpy(te_lab),
-                      te_img, tr_img, tr_lab)
+                      te_img, tr_img)
 
 
 def write_owner_data(out_dir: Path, config: DemoZooConfig, data: DigitsData | None = None) -> Path:
@@ -139,7 +138,7 @@ def write_owner_data(out_dir: Path, config: DemoZooConfig, data: DigitsData | No
     data = data or load_digit_data(config)
     images = digits_to_rgb(data.raw_train, config.image_size)[:, 0].numpy()
     path = out_dir / OWNER_DATA_NAME
-    _atomic_write(path, lambda h: np.savez(h, x=images, y=data.y_train_raw.astype(np.int64)))
+    _atomic_write(path, lambda h: np.savez(h, x=images, y=data.y_train.numpy().astype(np.int64)))
     return path
 
 
