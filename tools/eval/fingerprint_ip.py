@@ -290,7 +290,7 @@ def relabelled_copies(zoo: ipzoo.IPZoo) -> dict[str, tuple[str, str, torch.nn.Mo
 def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[str] | None = None) -> dict[str, float]:
     """AUC per attack against all independent models, or only ``negatives``."""
     neg = negatives if negatives is not None else [n for n in scores if groups[n] == "irrelevant"]
-    row = {attack: _auc([scores[n] for n in scores if groups[n] == attack], [scores[n] for n in neg])
+    row = {attack: auc([scores[n] for n in scores if groups[n] == attack], [scores[n] for n in neg])
            for attack in ipzoo.ATTACKS}
     row["mean"] = float(np.mean(list(row.values())))
     return row
@@ -298,7 +298,7 @@ def auc_rows(scores: dict[str, float], groups: dict[str, str], negatives: list[s
 
 def group_auc(scores: dict[str, float], groups: dict[str, str], group: str) -> float:
     """AUC of the models of ``group`` against all independent models."""
-    return _auc([scores[n] for n in scores if groups[n] == group],
+    return auc([scores[n] for n in scores if groups[n] == group],
                 [scores[n] for n in scores if groups[n] == "irrelevant"])
 
 
@@ -327,12 +327,13 @@ def twin_report(zoo: ipzoo.IPZoo, scores: dict[str, dict[str, float]]) -> dict:
         for score, values in scores.items():
             students, twins = [values[s] for s, _ in pairs], [values[t] for _, t in pairs]
             wins = float(np.mean([(a > b) + 0.5 * (a == b) for a, b in zip(students, twins)]))
-            row["scores"][score] = {"auc": _auc(students, twins), "paired_wins": wins}
+            row["scores"][score] = {"auc": auc(students, twins), "paired_wins": wins}
         report[attack] = row
     return report
 
 
-def _auc(positives: list[float], negatives: list[float]) -> float:
+def auc(positives: list[float], negatives: list[float]) -> float:
+    """ROC AUC of a score: positives above negatives (sklearn)."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score([1] * len(positives) + [0] * len(negatives), positives + negatives))

@@ -263,9 +263,7 @@ def z_against(value: float, null_by_arch: dict[str, list[float]], arch: str, kin
 
 
 def auc(pos: list[float], neg: list[float]) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score([1] * len(pos) + [0] * len(neg), pos + neg)) if pos and neg else float("nan")
+    return fip.auc(pos, neg) if pos and neg else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------- one zoo seed
